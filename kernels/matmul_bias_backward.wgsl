@@ -1,0 +1,33 @@
+// matmul_bias_backward: dbias[N] (+)= sum over rows m of dout[M, N] (row stride ldd).
+//
+// Each invocation owns one column and walks the rows, so reads of a row are
+// contiguous across the workgroup and no atomics are needed. GPT-2's column
+// counts (C .. 4C) give enough invocations; M is the number of tokens B·T.
+//
+// Bindings: 0 dout, 1 dbias (read_write), 2 params (uniform).
+// Geometry: workgroup (64,1,1); grid (ceil(N/64), 1, 1).
+
+override ACCUMULATE: bool = true;
+
+struct Params { M: u32, N: u32, ldd: u32, d_off: u32, bias_off: u32, p0: u32, p1: u32, p2: u32 }
+
+@group(0) @binding(0) var<storage, read> dout: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dbias: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let n = gid.x;
+  if (n >= p.N) { return; }
+  // Four partial sums break the dependency chain of one long running sum.
+  var s = vec4f(0.0);
+  var m = 0u;
+  for (; m + 4u <= p.M; m += 4u) {
+    let base = p.d_off + m * p.ldd + n;
+    s += vec4f(dout[base], dout[base + p.ldd], dout[base + 2u * p.ldd], dout[base + 3u * p.ldd]);
+  }
+  for (; m < p.M; m++) { s.x += dout[p.d_off + m * p.ldd + n]; }
+  var total = s.x + s.y + s.z + s.w;
+  if (ACCUMULATE) { total += dbias[p.bias_off + n]; }
+  dbias[p.bias_off + n] = total;
+}

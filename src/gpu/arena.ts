@@ -1,0 +1,153 @@
+/**
+ * The buffer arena: every GPU buffer the package makes goes through here, tagged
+ * with a category, so memory can be reported (current and peak, by category)
+ * and checked against a plan.
+ *
+ * @module
+ */
+
+/** What a buffer holds; the memory report groups by these. */
+export type MemoryCategory =
+  | "parameters"
+  | "gradients"
+  | "optimizer"
+  | "activations"
+  | "scratch";
+
+/** All categories, in report order. */
+export const MEMORY_CATEGORIES: readonly MemoryCategory[] = [
+  "parameters",
+  "gradients",
+  "optimizer",
+  "activations",
+  "scratch",
+];
+
+/** A byte count per category plus the total. */
+export type MemoryBytes = Record<MemoryCategory, number> & { total: number };
+
+/** A snapshot of the arena's accounting. */
+export interface MemoryReport {
+  current: MemoryBytes;
+  /** Peak of the total, with the per-category bytes at the moment of that peak. */
+  peak: MemoryBytes;
+  /** Live buffers, largest first. */
+  buffers: { label: string; category: MemoryCategory; bytes: number }[];
+}
+
+/** Usage for storage buffers that can be copied in and out. */
+export const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC |
+  GPUBufferUsage.COPY_DST;
+
+function zeroBytes(): MemoryBytes {
+  return { parameters: 0, gradients: 0, optimizer: 0, activations: 0, scratch: 0, total: 0 };
+}
+
+/**
+ * Allocates and frees GPU buffers and keeps the books.
+ *
+ * @example
+ * ```ts
+ * const gpu = await requestGpu();
+ * const arena = new Arena(gpu.device);
+ * const w = arena.alloc("wte", "parameters", 1024);
+ * console.log(arena.report().current.parameters); // 1024
+ * arena.free(w);
+ * ```
+ */
+export class Arena {
+  readonly device: GPUDevice;
+  #live = new Map<GPUBuffer, { label: string; category: MemoryCategory; bytes: number }>();
+  #current = zeroBytes();
+  #peak = zeroBytes();
+
+  constructor(device: GPUDevice) {
+    this.device = device;
+  }
+
+  /**
+   * A new zero-filled buffer of at least `bytes` bytes (rounded up to 16).
+   * Storage buffers bigger than the device allows fail here with the numbers.
+   */
+  alloc(
+    label: string,
+    category: MemoryCategory,
+    bytes: number,
+    usage: GPUBufferUsageFlags = STORAGE_USAGE,
+  ): GPUBuffer {
+    // Multiples of 16 so any range can be bound as array<vec4f>.
+    const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+    const max = this.device.limits.maxBufferSize;
+    if (size > max) {
+      throw new RangeError(
+        `Cannot allocate buffer "${label}": ${size} bytes is over this device's maxBufferSize ` +
+          `of ${max}: split it into smaller buffers`,
+      );
+    }
+    const buffer = this.device.createBuffer({ label, size, usage });
+    this.#live.set(buffer, { label, category, bytes: size });
+    this.#current[category] += size;
+    this.#current.total += size;
+    if (this.#current.total > this.#peak.total) this.#peak = { ...this.#current };
+    return buffer;
+  }
+
+  /** A buffer holding `data`, written through the queue. */
+  allocWith(
+    label: string,
+    category: MemoryCategory,
+    data: ArrayBufferView<ArrayBuffer>,
+    usage: GPUBufferUsageFlags = STORAGE_USAGE,
+  ): GPUBuffer {
+    const buffer = this.alloc(label, category, data.byteLength, usage);
+    this.device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    return buffer;
+  }
+
+  /** Destroys a buffer made by this arena and takes it off the books. */
+  free(buffer: GPUBuffer): void {
+    const rec = this.#live.get(buffer);
+    if (!rec) {
+      throw new Error(`Cannot free buffer "${buffer.label}": it was not made by this arena`);
+    }
+    this.#live.delete(buffer);
+    this.#current[rec.category] -= rec.bytes;
+    this.#current.total -= rec.bytes;
+    buffer.destroy();
+  }
+
+  /** Frees every live buffer. */
+  freeAll(): void {
+    for (const b of [...this.#live.keys()]) this.free(b);
+  }
+
+  /** Current and peak bytes by category, and the live buffers. */
+  report(): MemoryReport {
+    return {
+      current: { ...this.#current },
+      peak: { ...this.#peak },
+      buffers: [...this.#live.values()].sort((a, b) => b.bytes - a.bytes).map((r) => ({ ...r })),
+    };
+  }
+}
+
+/** Formats a byte count with binary units (e.g. "1.50 GiB"). */
+export function formatBytes(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = bytes;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(2)} ${units[u]}`;
+}
+
+/** A one-line summary of a report's current and peak totals by category. */
+export function formatMemory(report: MemoryReport): string {
+  const parts = MEMORY_CATEGORIES.filter((c) => report.peak[c] > 0).map((c) =>
+    `${c} ${formatBytes(report.peak[c])}`
+  );
+  return `current ${formatBytes(report.current.total)}, peak ${formatBytes(report.peak.total)}` +
+    (parts.length ? ` (at peak: ${parts.join(", ")})` : "");
+}

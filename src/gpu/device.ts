@@ -1,0 +1,136 @@
+/**
+ * One place that finds the WebGPU adapter, requests its real limits and the
+ * optional features we use, and says clearly what is missing.
+ *
+ * @module
+ */
+
+/** Optional adapter features the package uses when they exist. */
+export const OPTIONAL_FEATURES: GPUFeatureName[] = ["shader-f16", "timestamp-query"];
+
+/** Limits requested at the adapter's maximum (WebGPU defaults are far lower). */
+const RAISED_LIMITS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+] as const;
+
+/** The limits the package reads, copied from the device. */
+export interface GpuLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+  maxStorageBuffersPerShaderStage: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeWorkgroupSizeX: number;
+  maxComputeWorkgroupSizeY: number;
+  maxComputeWorkgroupSizeZ: number;
+  maxComputeWorkgroupsPerDimension: number;
+  minStorageBufferOffsetAlignment: number;
+  minUniformBufferOffsetAlignment: number;
+}
+
+/** A device with what we learnt about its adapter. */
+export interface Gpu {
+  device: GPUDevice;
+  /** Human-readable adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  name: string;
+  /** True for software adapters (llvmpipe, SwiftShader, WARP): kernels pick CPU-friendly variants. */
+  isCpu: boolean;
+  limits: GpuLimits;
+  features: { shaderF16: boolean; timestampQuery: boolean };
+}
+
+/** Thrown when no WebGPU adapter can be found; tests catch it to skip. */
+export class NoAdapterError extends Error {
+  constructor(detail = "") {
+    super(
+      "No WebGPU adapter found: install a GPU driver with Vulkan support, or " +
+        "mesa-vulkan-drivers for a CPU fallback (apt-get install -y mesa-vulkan-drivers)" +
+        detail,
+    );
+    this.name = "NoAdapterError";
+  }
+}
+
+/** Options for {@linkcode requestGpu}. */
+export interface RequestGpuOptions {
+  powerPreference?: GPUPowerPreference;
+  /** Features that must exist; a missing one is an error that names it. */
+  requiredFeatures?: GPUFeatureName[];
+}
+
+const CPU_ADAPTER = /llvmpipe|lavapipe|swiftshader|warp|softpipe/i;
+
+/**
+ * Gets an adapter and a device with the adapter's real limits and every optional
+ * feature it has.
+ *
+ * @example
+ * ```ts
+ * const gpu = await requestGpu();
+ * console.log(gpu.name, gpu.limits.maxStorageBufferBindingSize);
+ * ```
+ */
+export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> {
+  if (typeof navigator === "undefined" || !("gpu" in navigator)) {
+    throw new NoAdapterError(": this runtime has no navigator.gpu (use Deno 2.9 or later)");
+  }
+  const adapter = await navigator.gpu.requestAdapter({
+    powerPreference: options.powerPreference ?? "high-performance",
+  });
+  if (!adapter) throw new NoAdapterError();
+  for (const f of options.requiredFeatures ?? []) {
+    if (!adapter.features.has(f)) {
+      throw new Error(
+        `WebGPU adapter "${adapterName(adapter)}" lacks the feature "${f}": ` +
+          "use a GPU and driver that support it, or run without the option that needs it",
+      );
+    }
+  }
+  const requiredFeatures = [
+    ...new Set([
+      ...(options.requiredFeatures ?? []),
+      ...OPTIONAL_FEATURES.filter((f) => adapter.features.has(f)),
+    ]),
+  ];
+  const requiredLimits: Record<string, number> = {};
+  for (const k of RAISED_LIMITS) requiredLimits[k] = adapter.limits[k];
+  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  const l = device.limits;
+  const name = adapterName(adapter);
+  return {
+    device,
+    name,
+    isCpu: adapter.info.isFallbackAdapter || CPU_ADAPTER.test(name),
+    limits: {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupSizeZ: l.maxComputeWorkgroupSizeZ,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: l.minUniformBufferOffsetAlignment,
+    },
+    features: {
+      shaderF16: device.features.has("shader-f16"),
+      timestampQuery: device.features.has("timestamp-query"),
+    },
+  };
+}
+
+function adapterName(adapter: GPUAdapter): string {
+  const i = adapter.info;
+  return i.description || [i.vendor, i.architecture, i.device].filter(Boolean).join(" ") ||
+    "unknown adapter";
+}

@@ -1,0 +1,113 @@
+/**
+ * The pipeline cache: compute pipelines keyed by kernel source, entry point and
+ * override constants, compiled once and shared. Compile errors name the kernel
+ * and give line:column.
+ *
+ * @module
+ */
+
+import { debugLevel } from "./debug.ts";
+
+/** A WGSL kernel: its name (for errors and profiles) and source. */
+export interface KernelSource {
+  name: string;
+  code: string;
+  entryPoint?: string;
+}
+
+/** Override constants as passed to `GPUProgrammableStage.constants`. */
+export type OverrideConstants = Record<string, number>;
+
+/** A shader that failed to compile or validate. */
+export class ShaderError extends Error {
+  constructor(kernel: string, detail: string) {
+    super(`Kernel "${kernel}" failed to compile: ${detail}`);
+    this.name = "ShaderError";
+  }
+}
+
+/**
+ * Compiles each (source, entry point, constants) once.
+ *
+ * @example
+ * ```ts
+ * const gpu = await requestGpu();
+ * const cache = new PipelineCache(gpu.device);
+ * const p = await cache.get({ name: "fill", code: "@compute @workgroup_size(1) fn main() {}" });
+ * ```
+ */
+export class PipelineCache {
+  readonly device: GPUDevice;
+  #modules = new Map<string, GPUShaderModule>();
+  #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+
+  constructor(device: GPUDevice) {
+    this.device = device;
+  }
+
+  /** Number of distinct pipelines compiled so far. */
+  get size(): number {
+    return this.#pipelines.size;
+  }
+
+  /** The pipeline for a kernel with the given override constants. */
+  get(kernel: KernelSource, constants: OverrideConstants = {}): Promise<GPUComputePipeline> {
+    const entryPoint = kernel.entryPoint ?? "main";
+    const sortedConstants = Object.keys(constants).sort().map((k) => [k, constants[k]]);
+    const key = `${entryPoint}\0${JSON.stringify(sortedConstants)}\0${kernel.code}`;
+    let p = this.#pipelines.get(key);
+    if (!p) {
+      p = this.#compile(kernel, entryPoint, constants);
+      this.#pipelines.set(key, p);
+      p.catch(() => this.#pipelines.delete(key)); // a failed compile is not cached
+    }
+    return p;
+  }
+
+  async #compile(
+    kernel: KernelSource,
+    entryPoint: string,
+    constants: OverrideConstants,
+  ): Promise<GPUComputePipeline> {
+    if (debugLevel() >= 2) {
+      console.error(`[debug2] kernel ${kernel.name} ${JSON.stringify(constants)}\n${kernel.code}`);
+    }
+    const device = this.device;
+    let module = this.#modules.get(kernel.code);
+    if (!module) {
+      device.pushErrorScope("validation");
+      module = device.createShaderModule({ label: kernel.name, code: kernel.code });
+      const info = await module.getCompilationInfo();
+      const scopeError = await device.popErrorScope();
+      const errors = info.messages.filter((m) => m.type === "error");
+      if (errors.length) {
+        const lines = kernel.code.split("\n");
+        throw new ShaderError(
+          kernel.name,
+          errors.map((m) =>
+            `${kernel.name}.wgsl:${m.lineNum}:${m.linePos}: ${m.message.trim()}` +
+            (lines[m.lineNum - 1] !== undefined ? `\n    ${lines[m.lineNum - 1].trim()}` : "")
+          ).join("\n"),
+        );
+      }
+      if (scopeError) throw new ShaderError(kernel.name, scopeError.message);
+      this.#modules.set(kernel.code, module);
+    }
+    device.pushErrorScope("validation");
+    const pipeline = device.createComputePipeline({
+      label: kernel.name,
+      layout: "auto",
+      compute: { module, entryPoint, constants },
+    });
+    const err = await device.popErrorScope();
+    if (err) {
+      throw new ShaderError(
+        kernel.name,
+        `${err.message.trim()} (entry point "${entryPoint}", constants ${
+          JSON.stringify(constants)
+        })`,
+      );
+    }
+    return pipeline;
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * Test helpers: seeded random data, an allclose assertion that shows the first
+ * mismatches, and GPU tests that skip with a reason when there is no adapter
+ * (and fail instead under CI, where GPU tests must never skip).
+ *
+ * @module
+ */
+
+import { createRuntime, type Runtime } from "../src/gpu/runtime.ts";
+
+// ---------------------------------------------------------------------------
+// GPU availability, decided once when the module loads (Deno.test's `ignore`
+// must be known when a test is registered).
+
+const inCi = Deno.env.get("CI") === "true" || Deno.env.get("CI") === "1";
+const probe = typeof navigator !== "undefined" && "gpu" in navigator
+  ? await navigator.gpu.requestAdapter()
+  : null;
+
+/** True when a WebGPU adapter exists. */
+export const hasGpu: boolean = probe !== null;
+
+if (!hasGpu) {
+  const msg = "no WebGPU adapter found: install a GPU driver with Vulkan support, or " +
+    "mesa-vulkan-drivers for a CPU fallback";
+  if (inCi) throw new Error(`GPU tests cannot run in CI: ${msg}`);
+  console.warn(`skipping GPU tests: ${msg}`);
+}
+
+let shared: Promise<Runtime> | undefined;
+
+/** The runtime shared by all GPU tests in one test file. */
+export function testRuntime(): Promise<Runtime> {
+  shared ??= createRuntime();
+  return shared;
+}
+
+/** Registers a test that needs a GPU; it is ignored (with a warning) when none exists. */
+export function gpuTest(name: string, fn: (rt: Runtime) => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: !hasGpu,
+    // WebGPU keeps internal resources alive between tests.
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: async () => fn(await testRuntime()),
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Seeded random numbers.
+
+/** A mulberry32 generator of uniforms in [0, 1). */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `n` standard normal samples as float32, scaled by `scale`. */
+export function randn(n: number, seed: number, scale = 1): Float32Array<ArrayBuffer> {
+  const u = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(1 - u()));
+    const th = 2 * Math.PI * u();
+    out[i] = r * Math.cos(th) * scale;
+    if (i + 1 < n) out[i + 1] = r * Math.sin(th) * scale;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Comparison.
+
+/** Tolerances for {@linkcode assertAllClose}: |a - e| <= atol + rtol * |e|. */
+export interface CloseOptions {
+  rtol?: number;
+  atol?: number;
+  label?: string;
+}
+
+/**
+ * Asserts two arrays agree elementwise. On failure the message gives the count
+ * of mismatches, the first few with their indices, and the max abs/rel error.
+ */
+export function assertAllClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  options: CloseOptions = {},
+): void {
+  const { rtol = 1e-5, atol = 1e-6, label = "values" } = options;
+  if (actual.length !== expected.length) {
+    throw new Error(`${label}: length ${actual.length} != expected ${expected.length}`);
+  }
+  let bad = 0, maxAbs = 0, maxRel = 0;
+  const first: string[] = [];
+  for (let i = 0; i < expected.length; i++) {
+    const a = actual[i], e = expected[i];
+    const err = Math.abs(a - e);
+    if (!(err <= atol + rtol * Math.abs(e))) { // NaN fails too
+      bad++;
+      if (first.length < 8) first.push(`  [${i}] got ${a}, expected ${e} (diff ${err})`);
+    }
+    if (err > maxAbs || Number.isNaN(err)) maxAbs = Number.isNaN(err) ? NaN : err;
+    if (Math.abs(e) > atol) maxRel = Math.max(maxRel, err / Math.abs(e));
+  }
+  if (bad > 0) {
+    throw new Error(
+      `${label}: ${bad} of ${expected.length} elements differ (rtol ${rtol}, atol ${atol}); ` +
+        `max abs error ${maxAbs}, max rel error ${maxRel}\n${first.join("\n")}`,
+    );
+  }
+}
+
+/** Largest |a - e| / (atol + |e|), to report how close a result came. */
+export function maxRelError(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  atol = 1e-6,
+): number {
+  let m = 0;
+  for (let i = 0; i < expected.length; i++) {
+    m = Math.max(m, Math.abs(actual[i] - expected[i]) / (atol + Math.abs(expected[i])));
+  }
+  return m;
+}

@@ -1,0 +1,174 @@
+import { equal, rejects } from "node:assert/strict";
+import { runDispatches } from "../src/gpu/dispatch.ts";
+import { readF32, type Runtime } from "../src/gpu/runtime.ts";
+import { matmul, type MatmulImpl, type MatmulShape } from "../src/model/matmul.ts";
+import { linearBackward, linearForward } from "../src/model/linear.ts";
+import { linearBackwardRef, linearForwardRef, matmulRef } from "./reference/matmul.ts";
+import { assertAllClose, gpuTest, randn } from "./_harness.ts";
+
+const tol = { rtol: 2e-5, atol: 2e-5 };
+
+function upload(rt: Runtime, label: string, data: Float32Array<ArrayBuffer>): GPUBuffer {
+  return rt.arena.allocWith(label, "scratch", data);
+}
+
+/** Runs one matmul on the GPU and compares with the float64 reference. */
+async function checkMatmul(
+  rt: Runtime,
+  impl: MatmulImpl,
+  shape: MatmulShape,
+  opts: { offsets?: [number, number, number]; maxBindingBytes?: number; seed?: number } = {},
+) {
+  const { M, N, K, transA = false, transB = false } = shape;
+  const lda = shape.lda ?? (transA ? M : K), ldb = shape.ldb ?? (transB ? K : N);
+  const ldc = shape.ldc ?? N;
+  const [ao, bo, co] = opts.offsets ?? [0, 0, 0];
+  const seed = opts.seed ?? 1;
+  const aLen = ao + (transA ? (K - 1) * lda + M : (M - 1) * lda + K);
+  const bLen = bo + (transB ? (N - 1) * ldb + K : (K - 1) * ldb + N);
+  const cLen = co + (M - 1) * ldc + N;
+  const a = randn(aLen, seed), b = randn(bLen, seed + 1), c0 = randn(cLen, seed + 2);
+  const bias = randn(N, seed + 3);
+  const A = upload(rt, "A", a), B = upload(rt, "B", b), C = upload(rt, "C", c0);
+  const Bias = upload(rt, "bias", bias);
+  try {
+    const dispatches = await matmul(rt, shape, {
+      a: { buffer: A, offset: ao },
+      b: { buffer: B, offset: bo },
+      c: { buffer: C, offset: co },
+      bias: shape.bias ? { buffer: Bias } : undefined,
+    }, { impl, maxBindingBytes: opts.maxBindingBytes });
+    await runDispatches(rt.device, dispatches);
+    const got = await readF32(rt.device, C, 0, cLen);
+    const want = Float64Array.from(c0);
+    matmulRef(a.subarray(ao), b.subarray(bo), shape, {
+      c: want.subarray(co),
+      bias: shape.bias ? bias : undefined,
+      accumulate: shape.accumulate,
+    });
+    assertAllClose(got, want, { ...tol, label: `${impl} ${JSON.stringify(shape)}` });
+    return dispatches.length;
+  } finally {
+    for (const buf of [A, B, C, Bias]) rt.arena.free(buf);
+  }
+}
+
+// Sizes that are not multiples of any tile (regblock needs 4-aligned contiguous dims).
+for (const impl of ["regblock", "tiled"] as const) {
+  for (const transA of [false, true]) {
+    for (const transB of [false, true]) {
+      const tag = `${transA ? "T" : "N"}${transB ? "T" : "N"}`;
+      gpuTest(`matmul ${impl} ${tag} matches float64 reference at awkward sizes`, async (rt) => {
+        // M, K in TN case (no contiguous constraint) are odd; elsewhere 4-aligned.
+        const M = transA ? 68 : 37, K = !transA && !transB ? 44 : transA && !transB ? 45 : 52;
+        await checkMatmul(rt, impl, { M, N: 36, K, transA, transB });
+        await checkMatmul(rt, impl, { M: 300, N: 100, K: 24, transA, transB }, { seed: 7 });
+      });
+      gpuTest(`matmul ${impl} ${tag} with bias, accumulate, strides and offsets`, async (rt) => {
+        const M = 20, N = 44, K = 28;
+        await checkMatmul(rt, impl, {
+          M,
+          N,
+          K,
+          transA,
+          transB,
+          bias: true,
+          accumulate: true,
+          lda: (transA ? M : K) + 8,
+          ldb: (transB ? K : N) + 4,
+          ldc: N + 12,
+        }, { offsets: [4, 8, 12] });
+      });
+    }
+  }
+  gpuTest(`matmul ${impl} splits products over the binding limit`, async (rt) => {
+    // 4 KiB bindings force splits along M, N and K; every split must agree.
+    const n = await checkMatmul(rt, impl, { M: 64, N: 48, K: 40, transB: true, bias: true }, {
+      maxBindingBytes: 4096,
+    });
+    if (n < 2) throw new Error(`expected several dispatches, got ${n}`);
+    await checkMatmul(rt, impl, { M: 64, N: 48, K: 40, bias: true, accumulate: true }, {
+      maxBindingBytes: 4096,
+    });
+    await checkMatmul(rt, impl, { M: 64, N: 48, K: 40, transA: true }, { maxBindingBytes: 4096 });
+  });
+}
+
+gpuTest("matmul falls back to the tiled kernel for unaligned shapes", async (rt) => {
+  // N = 23 cannot be loaded as vec4; the result must still be right.
+  await checkMatmul(rt, "regblock", { M: 19, N: 23, K: 33, bias: true });
+});
+
+gpuTest("matmul refuses bad shapes and too-small buffers with a clear error", async (rt) => {
+  const buf = rt.arena.alloc("small", "scratch", 64);
+  try {
+    const ops = { a: { buffer: buf }, b: { buffer: buf }, c: { buffer: buf } };
+    await rejects(() => matmul(rt, { M: 0, N: 4, K: 4 }, ops), /M must be a positive/);
+    await rejects(
+      () => matmul(rt, { M: 64, N: 64, K: 64 }, ops),
+      /"small" is too small: the shape needs 16384 bytes, it has 64/,
+    );
+  } finally {
+    rt.arena.free(buf);
+  }
+});
+
+for (const impl of ["regblock", "tiled"] as const) {
+  gpuTest(`linear layer ${impl} forward and backward match float64 reference`, async (rt) => {
+    const BT = 70, C = 48, OC = 3 * 48;
+    const inp = randn(BT * C, 11), w = randn(C * OC, 12, 0.1), bias = randn(OC, 13);
+    const dout = randn(BT * OC, 14);
+    // Parameter gradients accumulate: start them non-zero.
+    const dw0 = randn(C * OC, 15), db0 = randn(OC, 16);
+    const b = (l: string, d: Float32Array<ArrayBuffer>) => upload(rt, l, d);
+    const bufs = {
+      inp: b("inp", inp),
+      weight: b("w", w),
+      bias: b("bias", bias),
+      out: rt.arena.alloc("out", "scratch", BT * OC * 4),
+      dout: b("dout", dout),
+      dinp: rt.arena.alloc("dinp", "scratch", BT * C * 4),
+      dweight: b("dw", dw0),
+      dbias: b("db", db0),
+    };
+    try {
+      const shape = { BT, C, OC, bias: true };
+      const op = (x: GPUBuffer) => ({ buffer: x });
+      const fwd = await linearForward(rt, shape, {
+        inp: op(bufs.inp),
+        weight: op(bufs.weight),
+        bias: op(bufs.bias),
+        out: op(bufs.out),
+      }, { impl });
+      const bwd = await linearBackward(rt, shape, {
+        inp: op(bufs.inp),
+        weight: op(bufs.weight),
+        dout: op(bufs.dout),
+        dinp: op(bufs.dinp),
+        dweight: op(bufs.dweight),
+        dbias: op(bufs.dbias),
+      }, { impl });
+      await runDispatches(rt.device, [...fwd, ...bwd]);
+      assertAllClose(
+        await readF32(rt.device, bufs.out),
+        linearForwardRef(inp, w, bias, BT, C, OC),
+        { ...tol, label: "out" },
+      );
+      const ref = linearBackwardRef(inp, w, dout, BT, C, OC);
+      assertAllClose(await readF32(rt.device, bufs.dinp), ref.dinp, { ...tol, label: "dinp" });
+      assertAllClose(
+        await readF32(rt.device, bufs.dweight),
+        ref.dweight.map((v, i) => v + dw0[i]),
+        { ...tol, label: "dweight" },
+      );
+      assertAllClose(
+        await readF32(rt.device, bufs.dbias),
+        ref.dbias.map((v, i) => v + db0[i]),
+        { ...tol, label: "dbias" },
+      );
+      equal(bwd.length, 3);
+    } finally {
+      for (const x of Object.values(bufs)) rt.arena.free(x);
+    }
+  });
+}
