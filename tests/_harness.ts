@@ -28,14 +28,24 @@ if (!hasGpu) {
 }
 
 let shared: Promise<Runtime> | undefined;
+const gpuErrors: string[] = [];
 
 /** The runtime shared by all GPU tests in one test file. */
 export function testRuntime(): Promise<Runtime> {
-  shared ??= createRuntime();
+  shared ??= createRuntime().then((rt) => {
+    rt.device.addEventListener("uncapturederror", (e) => {
+      gpuErrors.push((e as GPUUncapturedErrorEvent).error.message);
+    });
+    return rt;
+  });
   return shared;
 }
 
-/** Registers a test that needs a GPU; it is ignored (with a warning) when none exists. */
+/**
+ * Registers a test that needs a GPU; it is ignored (with a warning) when none
+ * exists. A WebGPU validation error during the test fails it: such errors only
+ * drop the command, which could otherwise pass unnoticed.
+ */
 export function gpuTest(name: string, fn: (rt: Runtime) => Promise<void>): void {
   Deno.test({
     name,
@@ -43,7 +53,15 @@ export function gpuTest(name: string, fn: (rt: Runtime) => Promise<void>): void 
     // WebGPU keeps internal resources alive between tests.
     sanitizeResources: false,
     sanitizeOps: false,
-    fn: async () => fn(await testRuntime()),
+    fn: async () => {
+      const rt = await testRuntime();
+      const before = gpuErrors.length;
+      await fn(rt);
+      await rt.device.queue.onSubmittedWorkDone();
+      if (gpuErrors.length > before) {
+        throw new Error(`WebGPU errors during the test:\n${gpuErrors.slice(before).join("\n")}`);
+      }
+    },
   });
 }
 

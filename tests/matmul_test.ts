@@ -101,8 +101,9 @@ gpuTest("matmul falls back to the tiled kernel for unaligned shapes", async (rt)
 
 gpuTest("matmul refuses bad shapes and too-small buffers with a clear error", async (rt) => {
   const buf = rt.arena.alloc("small", "scratch", 64);
+  const out = rt.arena.alloc("out", "scratch", 64 * 64 * 4);
   try {
-    const ops = { a: { buffer: buf }, b: { buffer: buf }, c: { buffer: buf } };
+    const ops = { a: { buffer: buf }, b: { buffer: buf }, c: { buffer: out } };
     await rejects(() => matmul(rt, { M: 0, N: 4, K: 4 }, ops), /M must be a positive/);
     await rejects(
       () => matmul(rt, { M: 64, N: 64, K: 64 }, ops),
@@ -110,6 +111,7 @@ gpuTest("matmul refuses bad shapes and too-small buffers with a clear error", as
     );
   } finally {
     rt.arena.free(buf);
+    rt.arena.free(out);
   }
 });
 

@@ -103,6 +103,10 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
   const requiredLimits: Record<string, number> = {};
   for (const k of RAISED_LIMITS) requiredLimits[k] = adapter.limits[k];
   const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  // Errors outside an error scope would otherwise only drop the command silently.
+  device.addEventListener("uncapturederror", (e) => {
+    console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+  });
   const l = device.limits;
   const name = adapterName(adapter);
   return {

@@ -39,6 +39,11 @@ export class Profiler {
 
   private constructor(device: GPUDevice, capacity: number) {
     this.device = device;
+    if (capacity > 2048) {
+      throw new RangeError(
+        `Profiler capacity ${capacity} is over WebGPU's limit: use at most 2048`,
+      );
+    }
     this.capacity = capacity;
     this.#querySet = device.createQuerySet({ type: "timestamp", count: 2 * capacity });
     this.#resolveBuffer = device.createBuffer({
@@ -51,8 +56,11 @@ export class Profiler {
     });
   }
 
-  /** A profiler, or undefined when the device has no timestamp-query feature. */
-  static create(device: GPUDevice, capacity = 4096): Profiler | undefined {
+  /**
+   * A profiler, or undefined when the device has no timestamp-query feature.
+   * WebGPU allows 4096 queries per set, so at most 2048 dispatches per step.
+   */
+  static create(device: GPUDevice, capacity = 2048): Profiler | undefined {
     return device.features.has("timestamp-query") ? new Profiler(device, capacity) : undefined;
   }
 

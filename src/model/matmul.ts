@@ -111,14 +111,16 @@ export async function matmul(
   options: MatmulOptions = {},
 ): Promise<Dispatch[]> {
   const s: Required<MatmulShape> = {
-    transA: false,
-    transB: false,
-    bias: false,
-    accumulate: false,
-    lda: shape.transA ? shape.M : shape.K,
-    ldb: shape.transB ? shape.K : shape.N,
-    ldc: shape.N,
-    ...shape,
+    M: shape.M,
+    N: shape.N,
+    K: shape.K,
+    transA: shape.transA ?? false,
+    transB: shape.transB ?? false,
+    bias: shape.bias ?? false,
+    accumulate: shape.accumulate ?? false,
+    lda: shape.lda ?? (shape.transA ? shape.M : shape.K),
+    ldb: shape.ldb ?? (shape.transB ? shape.K : shape.N),
+    ldc: shape.ldc ?? shape.N,
   };
   for (const k of ["M", "N", "K"] as const) {
     if (!Number.isInteger(s[k]) || s[k] < 1) {
@@ -126,6 +128,14 @@ export async function matmul(
     }
   }
   if (s.bias && !operands.bias) throw new TypeError("Matmul has bias: true but no bias operand");
+  const { a, b, c, bias } = operands;
+  if (c.buffer === a.buffer || c.buffer === b.buffer || (s.bias && c.buffer === bias?.buffer)) {
+    // WebGPU validates usage per buffer, not per range: the dispatch would be dropped.
+    throw new TypeError(
+      `Matmul output C must not share a buffer with an input ("${c.buffer.label}"): ` +
+        "give the output its own buffer",
+    );
+  }
   const name = options.name ?? "matmul";
   let impl = options.impl ?? (rt.gpu.isCpu ? "regblock" : "tiled");
   if (impl === "regblock" && !vec4Aligned(s, operands)) {

@@ -1,0 +1,11 @@
+/**
+ * Every bench `deno task bench` knows, by name.
+ *
+ * @module
+ */
+
+import type { BenchCase } from "./_harness.ts";
+import { matmulBench } from "./matmul_bench.ts";
+
+/** All benches, in the order `deno task bench` runs them. */
+export const BENCHES: BenchCase[] = [matmulBench];

@@ -1,0 +1,36 @@
+/**
+ * Train and evaluate GPT-2 language models on any GPU through WebGPU, with WGSL
+ * kernels. Works from a local checkout or imported by URL.
+ *
+ * @example
+ * ```ts
+ * import { createRuntime, linearForward, readF32, runDispatches } from "./mod.ts";
+ *
+ * const rt = await createRuntime(); // throws NoAdapterError with a fix when there is no GPU
+ * const [BT, C, OC] = [4, 8, 12];
+ * const inp = rt.arena.allocWith("inp", "activations", new Float32Array(BT * C).fill(1));
+ * const w = rt.arena.allocWith("w", "parameters", new Float32Array(C * OC).fill(0.5));
+ * const out = rt.arena.alloc("out", "activations", BT * OC * 4);
+ * const dispatches = await linearForward(rt, { BT, C, OC, bias: false }, {
+ *   inp: { buffer: inp },
+ *   weight: { buffer: w },
+ *   out: { buffer: out },
+ * });
+ * await runDispatches(rt.device, dispatches);
+ * console.log(await readF32(rt.device, out)); // every element is 8 * 0.5 = 4
+ * ```
+ *
+ * @module
+ */
+
+export * from "./src/gpu/mod.ts";
+export {
+  matmul,
+  matmulBiasBackward,
+  type MatmulImpl,
+  type MatmulOperands,
+  type MatmulOptions,
+  type MatmulShape,
+  type Operand,
+} from "./src/model/matmul.ts";
+export { linearBackward, linearForward, type LinearShape } from "./src/model/linear.ts";

@@ -1,0 +1,14 @@
+/**
+ * The WebGPU runtime: device and limits, buffer arena with memory accounting,
+ * pipeline cache, dispatches and the timestamp profiler.
+ *
+ * @module
+ */
+
+export * from "./arena.ts";
+export * from "./debug.ts";
+export * from "./device.ts";
+export * from "./dispatch.ts";
+export * from "./pipelines.ts";
+export * from "./profiler.ts";
+export * from "./runtime.ts";
