@@ -12,3 +12,4 @@ export * from "./dispatch.ts";
 export * from "./pipelines.ts";
 export * from "./profiler.ts";
 export * from "./runtime.ts";
+export * from "./kernel.ts";

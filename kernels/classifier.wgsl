@@ -1,0 +1,76 @@
+// classifier: softmax + cross-entropy + its gradient, fused, in place.
+//
+// For each row n of logits [N, Vp] (only the first V columns are real):
+//   loss[n]   = logsumexp(logits[n, :V]) - logits[n, tgt[n]]
+//   with WRITE_GRAD, logits[n, v] is overwritten by
+//   dlogits   = (softmax(logits[n, :V])[v] - (v == target)) * dloss, and 0 for v >= V.
+// The logits are never copied: the gradient replaces them in the same buffer.
+// A tgt of 0xFFFFFFFF marks a position without a loss (loss 0, gradient 0).
+//
+// Bindings: 0 logits (rw), 1 targets [N] u32, 2 losses [N], 3 params.
+// Geometry: workgroup (64,1,1), one workgroup per row; grid (N,1,1) folded into y.
+
+override WRITE_GRAD: bool = true;
+
+struct Params { N: u32, V: u32, Vp: u32, dloss: f32 }
+
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> targets: array<u32>;
+@group(0) @binding(2) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+var<workgroup> red: array<f32, 64>;
+
+fn reduce_max(x: f32, l: u32) -> f32 {
+  red[l] = x;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (l < s) { red[l] = max(red[l], red[l + s]); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn reduce_sum(x: f32, l: u32) -> f32 {
+  red[l] = x;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (l < s) { red[l] = red[l] + red[l + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) l: u32) {
+  let n = wid.x + wid.y * nwg.x;
+  if (n >= p.N) { return; } // uniform per workgroup: barriers stay uniform
+  let base = n * p.Vp;
+  let tgt = targets[n];
+  var m = -3.0e38;
+  for (var v = l; v < p.V; v += 64u) { m = max(m, logits[base + v]); }
+  m = reduce_max(m, l);
+  var s = 0.0;
+  for (var v = l; v < p.V; v += 64u) { s += exp(logits[base + v] - m); }
+  s = reduce_sum(s, l);
+  let valid = tgt < p.V;
+  if (l == 0u) {
+    losses[n] = select(0.0, log(s) + m - logits[base + min(tgt, p.V - 1u)], valid);
+  }
+  if (WRITE_GRAD) {
+    workgroupBarrier(); // the tgt logit is read above before it is overwritten
+    let scale = select(0.0, p.dloss, valid);
+    for (var v = l; v < p.Vp; v += 64u) {
+      var g = 0.0;
+      if (v < p.V) {
+        g = (exp(logits[base + v] - m) / s - select(0.0, 1.0, v == tgt)) * scale;
+      }
+      logits[base + v] = g;
+    }
+  }
+}

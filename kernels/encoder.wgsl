@@ -1,0 +1,80 @@
+// encoder: token + position embedding, forward and backward.
+//
+// forward:       out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
+// backward_wpe:  dwpe[t,:] += sum_b dout[b,t,:]
+// backward_wte:  dwte[v,:] += sum of dout[b,t,:] over positions with tokens[b,t] == v
+//
+// Shapes: tokens [BT] u32, wte [Vp, C] (bound as the rows [v0, v1) when the table is
+// over the binding limit; then one dispatch per row range, `first` set on the
+// first so it writes and later ones add), wpe [maxT, C], out/dout [BT, C].
+// backward_wte is deterministic without atomics: `order` [BT] lists positions
+// sorted by token (made on the CPU with the batch); an invocation at the start of
+// a run of equal tokens sums that run for one channel.
+//
+// Bindings: see each entry point; params at binding 7.
+// Geometry: workgroup (64,1,1); forward and backward_wte over BT*C invocations,
+// backward_wpe over T*C; grids folded into y past 65535 workgroups.
+
+struct Params { BT: u32, T: u32, C: u32, v0: u32, v1: u32, first: u32, p0: u32, p1: u32 }
+
+@group(0) @binding(0) var<storage, read> tokens: array<u32>;
+@group(0) @binding(7) var<uniform> p: Params;
+
+fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
+  return gid.x + gid.y * nwg.x * 64u;
+}
+
+// ---------------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read> wte: array<f32>;
+@group(0) @binding(2) var<storage, read> wpe: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64, 1, 1)
+fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = linear_index(gid, nwg);
+  if (i >= p.BT * p.C) { return; }
+  let bt = i / p.C;
+  let c = i % p.C;
+  let tok = tokens[bt];
+  var v = 0.0;
+  if (tok >= p.v0 && tok < p.v1) { v = wte[(tok - p.v0) * p.C + c]; }
+  if (p.first == 1u) {
+    out[i] = wpe[(bt % p.T) * p.C + c] + v;
+  } else {
+    out[i] += v;
+  }
+}
+
+// ---------------------------------------------------------------------------
+@group(0) @binding(4) var<storage, read> dout: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dwpe: array<f32>;
+
+@compute @workgroup_size(64, 1, 1)
+fn backward_wpe(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = linear_index(gid, nwg);
+  if (i >= p.T * p.C) { return; }
+  let B = p.BT / p.T;
+  var s = 0.0;
+  for (var b = 0u; b < B; b++) { s += dout[b * p.T * p.C + i]; }
+  dwpe[i] += s;
+}
+
+// ---------------------------------------------------------------------------
+@group(0) @binding(6) var<storage, read_write> dwte: array<f32>;
+@group(0) @binding(8) var<storage, read> order: array<u32>;
+
+@compute @workgroup_size(64, 1, 1)
+fn backward_wte(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = linear_index(gid, nwg);
+  if (i >= p.BT * p.C) { return; }
+  let s = i / p.C;
+  let c = i % p.C;
+  let tok = tokens[order[s]];
+  if (tok < p.v0 || tok >= p.v1) { return; }
+  if (s > 0u && tokens[order[s - 1u]] == tok) { return; } // not the start of a run
+  var sum = 0.0;
+  for (var r = s; r < p.BT && tokens[order[r]] == tok; r++) {
+    sum += dout[order[r] * p.C + c];
+  }
+  dwte[(tok - p.v0) * p.C + c] += sum;
+}

@@ -1,0 +1,98 @@
+// layernorm: y = (x - mean) * rstd * weight + bias over the last dimension, eps 1e-5.
+//
+// forward:          out [N, C], mean [N], rstd [N] from inp [N, C], weight [C], bias [C]
+// backward_input:   dinp [N, C] += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)),
+//                   dnorm = weight * dout, norm = (inp - mean) * rstd
+// backward_params:  dweight[c] += sum_n norm[n,c] * dout[n,c]; dbias[c] += sum_n dout[n,c]
+//
+// Per-row kernels give one invocation a row, the parameter gradient one
+// invocation a channel: no atomics, deterministic sums.
+//
+// Bindings: 0 inp, 1 weight, 2 bias, 3 out, 4 mean, 5 rstd, 6 dout, 7 dinp,
+// 8 dweight, 9 dbias, 10 params. Geometry: workgroup (64,1,1); grid over N rows
+// (forward, backward_input) or C channels (backward_params), folded into y.
+
+struct Params { N: u32, C: u32, p0: u32, p1: u32 }
+
+@group(0) @binding(0) var<storage, read> inp: array<f32>;
+@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
+@group(0) @binding(10) var<uniform> p: Params;
+
+const EPS = 1e-5;
+
+fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
+  return gid.x + gid.y * nwg.x * 64u;
+}
+
+// ---------------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read> weight: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64, 1, 1)
+fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let n = linear_index(gid, nwg);
+  if (n >= p.N) { return; }
+  let base = n * p.C;
+  var s = 0.0;
+  for (var c = 0u; c < p.C; c++) { s += inp[base + c]; }
+  let m = s / f32(p.C);
+  var v = 0.0;
+  for (var c = 0u; c < p.C; c++) {
+    let d = inp[base + c] - m;
+    v += d * d;
+  }
+  let r = inverseSqrt(v / f32(p.C) + EPS);
+  for (var c = 0u; c < p.C; c++) {
+    out[base + c] = (inp[base + c] - m) * r * weight[c] + bias[c];
+  }
+  mean[n] = m;
+  rstd[n] = r;
+}
+
+// ---------------------------------------------------------------------------
+@group(0) @binding(6) var<storage, read> dout: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dinp: array<f32>;
+
+@compute @workgroup_size(64, 1, 1)
+fn backward_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let n = linear_index(gid, nwg);
+  if (n >= p.N) { return; }
+  let base = n * p.C;
+  let m = mean[n];
+  let r = rstd[n];
+  var dnorm_mean = 0.0;
+  var dnorm_norm_mean = 0.0;
+  for (var c = 0u; c < p.C; c++) {
+    let dnorm = weight[c] * dout[base + c];
+    dnorm_mean += dnorm;
+    dnorm_norm_mean += dnorm * (inp[base + c] - m) * r;
+  }
+  dnorm_mean /= f32(p.C);
+  dnorm_norm_mean /= f32(p.C);
+  for (var c = 0u; c < p.C; c++) {
+    let norm = (inp[base + c] - m) * r;
+    let dnorm = weight[c] * dout[base + c];
+    dinp[base + c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;
+  }
+}
+
+// ---------------------------------------------------------------------------
+@group(0) @binding(8) var<storage, read_write> dweight: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dbias: array<f32>;
+
+@compute @workgroup_size(64, 1, 1)
+fn backward_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let c = linear_index(gid, nwg);
+  if (c >= p.C) { return; }
+  var dw = 0.0;
+  var db = 0.0;
+  for (var n = 0u; n < p.N; n++) {
+    let d = dout[n * p.C + c];
+    dw += (inp[n * p.C + c] - mean[n]) * rstd[n] * d;
+    db += d;
+  }
+  dweight[c] += dw;
+  dbias[c] += db;
+}

@@ -1,0 +1,516 @@
+/**
+ * GPT-2 on WebGPU: parameters in one flat buffer with named views, activations
+ * for a fixed batch shape (B, T), and the forward and backward passes as lists
+ * of dispatches built once and replayed each step in one command encoder.
+ *
+ * Semantics are OpenAI GPT-2's: pre-LayerNorm blocks (eps 1e-5), tanh GELU,
+ * causal self-attention, learned position embeddings, lm_head tied to wte and
+ * mean cross-entropy over the B*T positions.
+ *
+ * @module
+ */
+
+import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
+import type { BufferRange } from "../gpu/kernel.ts";
+import { readF32, type Runtime } from "../gpu/runtime.ts";
+import { checkSequenceLength, type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
+import { initTensor } from "./init.ts";
+import { linearBackward, linearForward } from "./linear.ts";
+import { matmul, type MatmulOptions } from "./matmul.ts";
+import {
+  attentionBackward,
+  attentionForward,
+  classifier,
+  encoderBackward,
+  encoderForward,
+  geluBackward,
+  geluForward,
+  layernormBackward,
+  layernormForward,
+  residualForward,
+  type TensorRange,
+} from "./ops.ts";
+import { parameterLayout, type ParamLayout } from "./params.ts";
+
+/** Target id that marks a position without a loss. */
+export const IGNORE_TARGET = 0xffffffff;
+
+/** Options for {@linkcode GPT2.create}. */
+export interface GPT2Options {
+  /** Batch size. */
+  B: number;
+  /** Sequence length (at most the config's nCtx). */
+  T: number;
+  /** Initialise parameters like GPT-2 with this seed (default 1337); `null` leaves them zero. */
+  seed?: number | null;
+  /** Gradient of the loss per position; default 1 / (B*T), the mean. */
+  dloss?: number;
+  matmul?: MatmulOptions;
+}
+
+interface LayerActs {
+  ln1: GPUBuffer;
+  ln1Mean: GPUBuffer;
+  ln1Rstd: GPUBuffer;
+  qkv: GPUBuffer;
+  atty: GPUBuffer;
+  att: GPUBuffer;
+  attproj: GPUBuffer;
+  res2: GPUBuffer;
+  ln2: GPUBuffer;
+  ln2Mean: GPUBuffer;
+  ln2Rstd: GPUBuffer;
+  fch: GPUBuffer;
+  fchGelu: GPUBuffer;
+  fcproj: GPUBuffer;
+  res3: GPUBuffer;
+}
+
+/**
+ * A GPT-2 model bound to a device and a batch shape.
+ *
+ * @example
+ * ```ts
+ * const rt = await createRuntime();
+ * const model = await GPT2.create(rt, resolveConfig("tiny"), { B: 2, T: 8 });
+ * const loss = await model.forwardBackward(tokens, targets); // grads in model.grads
+ * ```
+ */
+export class GPT2 {
+  readonly rt: Runtime;
+  readonly config: GPT2Config;
+  readonly layout: ParamLayout;
+  readonly B: number;
+  readonly T: number;
+  readonly Vp: number;
+  /** All parameters, flat, f32 (views in `layout`). */
+  readonly params: GPUBuffer;
+  /** All gradients, same layout. */
+  readonly grads: GPUBuffer;
+  #inputs!: GPUBuffer;
+  #inputStride: number;
+  #logits!: GPUBuffer;
+  #losses!: GPUBuffer;
+  #dres!: GPUBuffer;
+  #forward: Dispatch[] = [];
+  #train: Dispatch[] = [];
+  #owned: GPUBuffer[] = [];
+  #targets = new Uint32Array(0);
+
+  private constructor(rt: Runtime, config: GPT2Config, B: number, T: number) {
+    this.rt = rt;
+    this.config = validateConfig(config);
+    checkSequenceLength(config, T);
+    if (!Number.isInteger(B) || B < 1) {
+      throw new RangeError(`Batch size must be a positive integer, got ${B}`);
+    }
+    this.B = B;
+    this.T = T;
+    this.Vp = paddedVocab(config.vocabSize);
+    this.layout = parameterLayout(config);
+    const bytes = this.layout.totalElements * 4;
+    if (bytes > rt.gpu.limits.maxBufferSize) {
+      throw new RangeError(
+        `Model parameters need ${bytes} bytes in one buffer, over this adapter's maxBufferSize ` +
+          `of ${rt.gpu.limits.maxBufferSize}: use a smaller model`,
+      );
+    }
+    this.params = this.#alloc("params", "parameters", bytes);
+    this.grads = this.#alloc("grads", "gradients", bytes);
+    this.#inputStride = Math.ceil((B * T) / 64) * 64;
+  }
+
+  /** Allocates the model, initialises it and builds its dispatches. */
+  static async create(rt: Runtime, config: GPT2Config, options: GPT2Options): Promise<GPT2> {
+    const m = new GPT2(rt, config, options.B, options.T);
+    const seed = options.seed === undefined ? 1337 : options.seed;
+    if (seed !== null) m.#initialise(seed);
+    await m.#build(options);
+    return m;
+  }
+
+  #alloc(label: string, category: Parameters<Runtime["arena"]["alloc"]>[1], bytes: number) {
+    const b = this.rt.arena.alloc(label, category, bytes);
+    this.#owned.push(b);
+    return b;
+  }
+
+  #initialise(seed: number): void {
+    this.layout.tensors.forEach((t, i) => {
+      const data = initTensor(this.config, t, i, seed);
+      this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
+    });
+  }
+
+  /** A named parameter's range in the flat buffer (or in the gradient buffer). */
+  tensor(name: string, grads = false): TensorRange {
+    const t = this.layout.byName.get(name);
+    if (!t) throw new RangeError(`Unknown parameter "${name}"`);
+    return { buffer: grads ? this.grads : this.params, offset: t.offset, size: t.size };
+  }
+
+  async #build(options: GPT2Options): Promise<void> {
+    const { rt, B, T, Vp } = this;
+    const { nLayer: L, nHead: NH, nEmbd: C, vocabSize: V } = this.config;
+    const BT = B * T;
+    const mm = options.matmul ?? {};
+    const act = (label: string, floats: number) => this.#alloc(label, "activations", floats * 4);
+    const scratch = (label: string, floats: number) => this.#alloc(label, "scratch", floats * 4);
+    const S = this.#inputStride;
+    this.#inputs = this.#alloc("inputs", "activations", 3 * S * 4);
+    const tokens: BufferRange = { buffer: this.#inputs, offset: 0, size: BT * 4 };
+    const targets: BufferRange = { buffer: this.#inputs, offset: S * 4, size: BT * 4 };
+    const order: BufferRange = { buffer: this.#inputs, offset: 2 * S * 4, size: BT * 4 };
+    const P = (n: string) => this.tensor(n);
+    const G = (n: string) => this.tensor(n, true);
+    const op = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
+    const buf = (b: GPUBuffer) => ({ buffer: b });
+
+    // ---- activations
+    const encoded = act("encoded", BT * C);
+    const layers: LayerActs[] = [];
+    for (let l = 0; l < L; l++) {
+      const a = (n: string, f: number) => act(`h.${l}.${n}`, f);
+      layers.push({
+        ln1: a("ln1", BT * C),
+        ln1Mean: a("ln1_mean", BT),
+        ln1Rstd: a("ln1_rstd", BT),
+        qkv: a("qkv", BT * 3 * C),
+        atty: a("atty", BT * C),
+        att: a("att", B * NH * T * T),
+        attproj: a("attproj", BT * C),
+        res2: a("res2", BT * C),
+        ln2: a("ln2", BT * C),
+        ln2Mean: a("ln2_mean", BT),
+        ln2Rstd: a("ln2_rstd", BT),
+        fch: a("fch", BT * 4 * C),
+        fchGelu: a("fch_gelu", BT * 4 * C),
+        fcproj: a("fcproj", BT * C),
+        res3: a("res3", BT * C),
+      });
+    }
+    const lnf = act("lnf", BT * C), lnfMean = act("lnf_mean", BT), lnfRstd = act("lnf_rstd", BT);
+    this.#logits = act("logits", BT * Vp);
+    this.#losses = act("losses", BT);
+    // backward scratch
+    this.#dres = scratch("dresidual", BT * C);
+    const dbtc = scratch("d_btc", BT * C);
+    const datty = scratch("d_atty", BT * C);
+    const dqkv = scratch("d_qkv", BT * 3 * C);
+    const dfchGelu = scratch("d_fch_gelu", BT * 4 * C);
+    const dfch = scratch("d_fch", BT * 4 * C);
+    const dpre = scratch("d_preatt", B * NH * T * T);
+
+    // ---- forward
+    const fwd: Dispatch[] = [];
+    const enc = { BT, T, C, Vp };
+    fwd.push(
+      ...await encoderForward(rt, enc, {
+        tokens,
+        wte: P("wte.weight"),
+        wpe: P("wpe.weight"),
+        out: encoded,
+      }),
+    );
+    for (let l = 0; l < L; l++) {
+      const a = layers[l];
+      const h = (n: string) => P(`h.${l}.${n}`);
+      const residual = l === 0 ? encoded : layers[l - 1].res3;
+      fwd.push(
+        await layernormForward(rt, { N: BT, C }, {
+          inp: residual,
+          weight: h("ln_1.weight"),
+          bias: h("ln_1.bias"),
+          out: a.ln1,
+          mean: a.ln1Mean,
+          rstd: a.ln1Rstd,
+        }),
+      );
+      fwd.push(
+        ...await linearForward(rt, { BT, C, OC: 3 * C, bias: true }, {
+          inp: buf(a.ln1),
+          weight: op(h("attn.c_attn.weight")),
+          bias: op(h("attn.c_attn.bias")),
+          out: buf(a.qkv),
+        }, mm),
+      );
+      fwd.push(
+        await attentionForward(rt, { B, T, C, NH }, { qkv: a.qkv, out: a.atty, att: a.att }),
+      );
+      fwd.push(
+        ...await linearForward(rt, { BT, C, OC: C, bias: true }, {
+          inp: buf(a.atty),
+          weight: op(h("attn.c_proj.weight")),
+          bias: op(h("attn.c_proj.bias")),
+          out: buf(a.attproj),
+        }, mm),
+      );
+      fwd.push(await residualForward(rt, BT * C, { a: residual, b: a.attproj, out: a.res2 }));
+      fwd.push(
+        await layernormForward(rt, { N: BT, C }, {
+          inp: a.res2,
+          weight: h("ln_2.weight"),
+          bias: h("ln_2.bias"),
+          out: a.ln2,
+          mean: a.ln2Mean,
+          rstd: a.ln2Rstd,
+        }),
+      );
+      fwd.push(
+        ...await linearForward(rt, { BT, C, OC: 4 * C, bias: true }, {
+          inp: buf(a.ln2),
+          weight: op(h("mlp.c_fc.weight")),
+          bias: op(h("mlp.c_fc.bias")),
+          out: buf(a.fch),
+        }, mm),
+      );
+      fwd.push(await geluForward(rt, BT * 4 * C, { inp: a.fch, out: a.fchGelu }));
+      fwd.push(
+        ...await linearForward(rt, { BT, C: 4 * C, OC: C, bias: true }, {
+          inp: buf(a.fchGelu),
+          weight: op(h("mlp.c_proj.weight")),
+          bias: op(h("mlp.c_proj.bias")),
+          out: buf(a.fcproj),
+        }, mm),
+      );
+      fwd.push(await residualForward(rt, BT * C, { a: a.res2, b: a.fcproj, out: a.res3 }));
+    }
+    const last = L > 0 ? layers[L - 1].res3 : encoded;
+    fwd.push(
+      await layernormForward(rt, { N: BT, C }, {
+        inp: last,
+        weight: P("ln_f.weight"),
+        bias: P("ln_f.bias"),
+        out: lnf,
+        mean: lnfMean,
+        rstd: lnfRstd,
+      }),
+    );
+    fwd.push(
+      ...await matmul(rt, { M: BT, N: Vp, K: C, transB: true }, {
+        a: buf(lnf),
+        b: op(P("wte.weight")),
+        c: buf(this.#logits),
+      }, { name: "lm_head_forward", ...mm }),
+    );
+    const cls = { N: BT, V, Vp, dloss: options.dloss ?? 1 / BT };
+    const lossOps = { logits: this.#logits, targets, losses: this.#losses };
+    this.#forward = [...fwd, await classifier(rt, { ...cls, writeGrad: false }, lossOps)];
+
+    // ---- backward (dresidual is cleared before it runs)
+    const bwd: Dispatch[] = [await classifier(rt, { ...cls, writeGrad: true }, lossOps)];
+    bwd.push(
+      ...await matmul(rt, { M: BT, N: C, K: Vp }, {
+        a: buf(this.#logits),
+        b: op(P("wte.weight")),
+        c: buf(dbtc),
+      }, { name: "lm_head_backward_dinp", ...mm }),
+    );
+    bwd.push(
+      ...await matmul(rt, { M: Vp, N: C, K: BT, transA: true, accumulate: true }, {
+        a: buf(this.#logits),
+        b: buf(lnf),
+        c: op(G("wte.weight")),
+      }, { name: "lm_head_backward_dweight", ...mm }),
+    );
+    bwd.push(
+      ...await layernormBackward(rt, { N: BT, C }, {
+        inp: last,
+        weight: P("ln_f.weight"),
+        mean: lnfMean,
+        rstd: lnfRstd,
+        dout: dbtc,
+        dinp: this.#dres,
+        dweight: G("ln_f.weight"),
+        dbias: G("ln_f.bias"),
+      }),
+    );
+    for (let l = L - 1; l >= 0; l--) {
+      const a = layers[l];
+      const h = (n: string) => P(`h.${l}.${n}`);
+      const g = (n: string) => G(`h.${l}.${n}`);
+      const residual = l === 0 ? encoded : layers[l - 1].res3;
+      const lin = (
+        name: string,
+        Cin: number,
+        OC: number,
+        inp: GPUBuffer,
+        dout: GPUBuffer,
+        dinp: GPUBuffer,
+      ) =>
+        linearBackward(rt, { BT, C: Cin, OC, bias: true }, {
+          inp: buf(inp),
+          weight: op(h(`${name}.weight`)),
+          dout: buf(dout),
+          dinp: buf(dinp),
+          dweight: op(g(`${name}.weight`)),
+          dbias: op(g(`${name}.bias`)),
+        }, mm);
+      const ln = (name: string, inp: GPUBuffer, mean: GPUBuffer, rstd: GPUBuffer) =>
+        layernormBackward(rt, { N: BT, C }, {
+          inp,
+          weight: h(`${name}.weight`),
+          mean,
+          rstd,
+          dout: dbtc,
+          dinp: this.#dres,
+          dweight: g(`${name}.weight`),
+          dbias: g(`${name}.bias`),
+        });
+      bwd.push(...await lin("mlp.c_proj", 4 * C, C, a.fchGelu, this.#dres, dfchGelu));
+      bwd.push(await geluBackward(rt, BT * 4 * C, { inp: a.fch, dout: dfchGelu, dinp: dfch }));
+      bwd.push(...await lin("mlp.c_fc", C, 4 * C, a.ln2, dfch, dbtc));
+      bwd.push(...await ln("ln_2", a.res2, a.ln2Mean, a.ln2Rstd));
+      bwd.push(...await lin("attn.c_proj", C, C, a.atty, this.#dres, datty));
+      bwd.push(
+        ...await attentionBackward(rt, { B, T, C, NH }, {
+          qkv: a.qkv,
+          att: a.att,
+          dout: datty,
+          dpre,
+          dqkv,
+        }),
+      );
+      bwd.push(...await lin("attn.c_attn", C, 3 * C, a.ln1, dqkv, dbtc));
+      bwd.push(...await ln("ln_1", residual, a.ln1Mean, a.ln1Rstd));
+    }
+    bwd.push(
+      ...await encoderBackward(rt, enc, {
+        tokens,
+        order,
+        dout: this.#dres,
+        dwte: G("wte.weight"),
+        dwpe: G("wpe.weight"),
+      }),
+    );
+    this.#train = [...fwd, ...bwd];
+  }
+
+  /** Uploads a batch: tokens and targets [B*T] (targets may use IGNORE_TARGET). */
+  #upload(tokens: ArrayLike<number>, targets?: ArrayLike<number>): void {
+    const BT = this.B * this.T, S = this.#inputStride, V = this.config.vocabSize;
+    if (tokens.length !== BT) {
+      throw new RangeError(
+        `Expected ${BT} tokens (B ${this.B} x T ${this.T}), got ${tokens.length}`,
+      );
+    }
+    if (targets && targets.length !== BT) {
+      throw new RangeError(
+        `Expected ${BT} targets (B ${this.B} x T ${this.T}), got ${targets.length}`,
+      );
+    }
+    const data = new Uint32Array(3 * S);
+    for (let i = 0; i < BT; i++) {
+      const tok = tokens[i];
+      if (!(tok >= 0 && tok < V && Number.isInteger(tok))) {
+        throw new RangeError(`Token ${tok} at position ${i} is outside the vocabulary [0, ${V})`);
+      }
+      data[i] = tok;
+      const tgt = targets ? targets[i] : IGNORE_TARGET;
+      if (tgt !== IGNORE_TARGET && !(tgt >= 0 && tgt < V && Number.isInteger(tgt))) {
+        throw new RangeError(`Target ${tgt} at position ${i} is outside the vocabulary [0, ${V})`);
+      }
+      data[S + i] = tgt;
+    }
+    // Positions sorted by token (stable): lets the wte backward sum each token's
+    // rows in one place, deterministically.
+    const order = Array.from({ length: BT }, (_, i) => i).sort((a, b) =>
+      data[a] - data[b] || a - b
+    );
+    data.set(order, 2 * S);
+    this.#targets = data.slice(S, S + BT);
+    this.rt.device.queue.writeBuffer(this.#inputs, 0, data);
+  }
+
+  async #meanLoss(): Promise<number> {
+    const losses = await readF32(this.rt.device, this.#losses, 0, this.B * this.T);
+    let sum = 0, n = 0;
+    for (let i = 0; i < losses.length; i++) {
+      if (this.#targets[i] !== IGNORE_TARGET) {
+        sum += losses[i];
+        n++;
+      }
+    }
+    return n ? sum / n : NaN;
+  }
+
+  #submit(dispatches: Dispatch[], clear: GPUBuffer[]): void {
+    const encoder = this.rt.device.createCommandEncoder();
+    for (const b of clear) encoder.clearBuffer(b);
+    encodeDispatches(encoder, dispatches, this.rt.profiler);
+    this.rt.profiler?.resolve(encoder);
+    this.rt.device.queue.submit([encoder.finish()]);
+  }
+
+  /**
+   * Forward pass only. Returns the mean loss over positions with a target (NaN
+   * without targets); the logits stay readable with {@linkcode readLogits}.
+   */
+  async forward(tokens: ArrayLike<number>, targets?: ArrayLike<number>): Promise<number> {
+    this.#upload(tokens, targets);
+    this.#submit(this.#forward, []);
+    const loss = await this.#meanLoss();
+    await this.rt.profiler?.collect();
+    return loss;
+  }
+
+  /**
+   * Forward and backward in one command encoder: gradients of the mean loss are
+   * added to `grads` (zeroed first unless `accumulate`). Returns the mean loss.
+   */
+  async forwardBackward(
+    tokens: ArrayLike<number>,
+    targets: ArrayLike<number>,
+    options: { accumulate?: boolean } = {},
+  ): Promise<number> {
+    this.#upload(tokens, targets);
+    this.#submit(this.#train, options.accumulate ? [this.#dres] : [this.#dres, this.grads]);
+    const loss = await this.#meanLoss();
+    await this.rt.profiler?.collect();
+    return loss;
+  }
+
+  /** Sets all gradients to zero. */
+  zeroGrad(): void {
+    const encoder = this.rt.device.createCommandEncoder();
+    encoder.clearBuffer(this.grads);
+    this.rt.device.queue.submit([encoder.finish()]);
+  }
+
+  /** Logits [rows, V] for positions row0.. after {@linkcode forward} (padding dropped). */
+  async readLogits(row0 = 0, rows = this.B * this.T - row0): Promise<Float32Array> {
+    const { Vp } = this, V = this.config.vocabSize;
+    const raw = await readF32(this.rt.device, this.#logits, row0 * Vp, rows * Vp);
+    const out = new Float32Array(rows * V);
+    for (let r = 0; r < rows; r++) out.set(raw.subarray(r * Vp, r * Vp + V), r * V);
+    return out;
+  }
+
+  /** A parameter (or its gradient) by Hugging Face name; wte without padding rows. */
+  async readTensor(name: string, grads = false): Promise<Float32Array> {
+    const t = this.tensor(name, grads);
+    const size = name === "wte.weight" ? this.config.vocabSize * this.config.nEmbd : t.size;
+    return await readF32(this.rt.device, t.buffer, t.offset, size);
+  }
+
+  /** Overwrites a parameter by name (wte may omit its padding rows). */
+  writeTensor(name: string, data: Float32Array<ArrayBuffer>): void {
+    const t = this.tensor(name);
+    const expected = name === "wte.weight" ? this.config.vocabSize * this.config.nEmbd : t.size;
+    if (data.length !== expected && data.length !== t.size) {
+      throw new RangeError(`Parameter "${name}" has ${expected} elements, got ${data.length}`);
+    }
+    this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
+  }
+
+  /** Number of dispatches in one training step (forward + backward). */
+  get dispatchCount(): number {
+    return this.#train.length;
+  }
+
+  /** Frees every buffer the model allocated. */
+  destroy(): void {
+    for (const b of this.#owned) this.rt.arena.free(b);
+    this.#owned = [];
+  }
+}

@@ -1,0 +1,171 @@
+import { equal, ok, throws } from "node:assert/strict";
+import {
+  type GPT2Config,
+  paddedVocab,
+  parameterCount,
+  PRESETS,
+  resolveConfig,
+} from "../src/model/config.ts";
+import { GPT2 } from "../src/model/gpt2.ts";
+import { parameterLayout } from "../src/model/params.ts";
+import { gpt2Reference, type RefParams } from "./reference/gpt2.ts";
+import { assertAllClose, gpuTest, rng } from "./_harness.ts";
+
+function batch(cfg: GPT2Config, n: number, seed: number) {
+  const u = rng(seed);
+  const tokens = Array.from({ length: n }, () => Math.floor(u() * cfg.vocabSize));
+  const targets = Array.from({ length: n }, () => Math.floor(u() * cfg.vocabSize));
+  return { tokens, targets };
+}
+
+async function refParamsFrom(model: GPT2): Promise<RefParams> {
+  const out: RefParams = new Map();
+  for (const t of model.layout.tensors) {
+    out.set(t.name, Float64Array.from(await model.readTensor(t.name)));
+  }
+  return out;
+}
+
+Deno.test("presets have GPT-2's parameter counts", () => {
+  equal(parameterCount(PRESETS.gpt2), 124_439_808);
+  equal(parameterCount(PRESETS["gpt2-medium"]), 354_823_168);
+  equal(parameterCount(PRESETS["gpt2-large"]), 774_030_080);
+  equal(parameterCount(PRESETS["gpt2-xl"]), 1_557_611_200);
+  // gpt2-medium-4096: 26 layers and a 4096-row position table
+  equal(parameterCount(PRESETS["gpt2-medium-4096"]), 383_161_344);
+  equal(paddedVocab(50257), 50304);
+});
+
+Deno.test("the flat layout holds every tensor, aligned, without overlap", () => {
+  const layout = parameterLayout(PRESETS.gpt2);
+  let end = 0;
+  for (const t of layout.tensors) {
+    equal(t.offset % 64, 0, t.name);
+    ok(t.offset >= end, `${t.name} overlaps the previous tensor`);
+    end = t.offset + t.size;
+  }
+  equal(layout.byName.get("h.11.mlp.c_proj.weight")!.shape.join(","), "3072,768");
+  equal(layout.byName.get("wte.weight")!.shape.join(","), "50304,768");
+  equal(layout.tensors.length, 2 + 12 * 12 + 2);
+});
+
+Deno.test("configs that cannot work are refused with the value and the reason", () => {
+  throws(() => resolveConfig("gpt3"), /Unknown model "gpt3": choose one of tiny, gpt2/);
+  throws(
+    () => resolveConfig("gpt2", { nHead: 5 }),
+    /nEmbd 768 is not divisible by nHead 5/,
+  );
+  throws(() => resolveConfig("gpt2", { vocabSize: 70000 }), /vocabSize 70000 is over 65535/);
+  throws(() => resolveConfig("gpt2", { nLayer: 0 }), /nLayer must be a positive integer/);
+});
+
+gpuTest("a sequence longer than the position table is refused", async (rt) => {
+  let err: unknown;
+  try {
+    await GPT2.create(rt, PRESETS.tiny, { B: 1, T: 17 });
+  } catch (e) {
+    err = e;
+  }
+  ok(
+    err instanceof RangeError &&
+      /Sequence length 17 is longer than .* \(nCtx 16\)/.test(err.message),
+    String(err),
+  );
+});
+
+for (const impl of ["regblock", "tiled"] as const) {
+  gpuTest(`tiny GPT-2 (${impl} matmul): loss and every gradient match float64`, async (rt) => {
+    const cfg = PRESETS.tiny;
+    const B = 2, T = 5;
+    const model = await GPT2.create(rt, cfg, { B, T, seed: 42, matmul: { impl } });
+    try {
+      // Larger weights than GPT-2's init so that every path carries signal.
+      const u = rng(5);
+      for (const t of model.layout.tensors) {
+        const n = t.name === "wte.weight" ? cfg.vocabSize * cfg.nEmbd : t.size;
+        const data = new Float32Array(n);
+        const isLnW = /ln_\d\.weight|ln_f\.weight/.test(t.name);
+        for (let i = 0; i < n; i++) data[i] = (isLnW ? 1 : 0) + (u() - 0.5) * 0.6;
+        model.writeTensor(t.name, data);
+      }
+      const { tokens, targets } = batch(cfg, B * T, 9);
+      tokens[3] = tokens[7]; // a repeated token: its wte gradient sums two rows
+      const loss = await model.forwardBackward(tokens, targets);
+      const params = await refParamsFrom(model);
+      const ref = gpt2Reference(cfg, params, tokens, targets, B, T, true);
+      ok(Math.abs(loss - ref.loss) / ref.loss < 1e-5, `loss ${loss} vs reference ${ref.loss}`);
+      let worst = 0;
+      for (const t of model.layout.tensors) {
+        const got = await model.readTensor(t.name, true);
+        const want = ref.grads!.get(t.name)!;
+        const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        let err = 0;
+        for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[i] - want[i]));
+        worst = Math.max(worst, err / scale);
+        assertAllClose(got, want, { rtol: 1e-4, atol: 1e-5 * scale, label: `grad ${t.name}` });
+      }
+      ok(worst < 1e-4, `worst gradient error relative to the tensor's max: ${worst}`);
+      // Forward alone gives the same loss and logits that match the reference.
+      const loss2 = await model.forward(tokens, targets);
+      equal(loss2, loss);
+      const logits = await model.readLogits();
+      const scale = ref.logits.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      assertAllClose(logits, ref.logits, { rtol: 1e-4, atol: 1e-5 * scale, label: "logits" });
+    } finally {
+      model.destroy();
+    }
+  });
+}
+
+Deno.test("float64 reference gradients match central finite differences", () => {
+  const cfg: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 8, nCtx: 8, vocabSize: 11 };
+  const B = 2, T = 4;
+  const u = rng(3);
+  const params: RefParams = new Map();
+  for (const t of parameterLayout(cfg).tensors) {
+    const n = t.name === "wte.weight" ? cfg.vocabSize * cfg.nEmbd : t.size;
+    const isLnW = /ln_\d\.weight|ln_f\.weight/.test(t.name);
+    params.set(t.name, Float64Array.from({ length: n }, () => (isLnW ? 1 : 0) + (u() - 0.5)));
+  }
+  const { tokens, targets } = batch(cfg, B * T, 4);
+  const ref = gpt2Reference(cfg, params, tokens, targets, B, T, true);
+  const eps = 1e-6;
+  let checked = 0;
+  for (const [name, p] of params) {
+    const g = ref.grads!.get(name)!;
+    // A few elements of every tensor, including ones with the largest gradient.
+    const argmax = g.reduce((bi, v, i) => (Math.abs(v) > Math.abs(g[bi]) ? i : bi), 0);
+    for (const i of [0, argmax, Math.floor(u() * p.length)]) {
+      const keep = p[i];
+      p[i] = keep + eps;
+      const up = gpt2Reference(cfg, params, tokens, targets, B, T).loss;
+      p[i] = keep - eps;
+      const down = gpt2Reference(cfg, params, tokens, targets, B, T).loss;
+      p[i] = keep;
+      const fd = (up - down) / (2 * eps);
+      const err = Math.abs(fd - g[i]);
+      ok(err <= 1e-7 + 1e-5 * Math.abs(g[i]), `${name}[${i}]: analytic ${g[i]}, numeric ${fd}`);
+      checked++;
+    }
+  }
+  ok(checked >= 3 * (2 + 12 * 2 + 2));
+});
+
+gpuTest("a randomly initialised GPT-2 starts at a loss near ln(50257) = 10.82", async (rt) => {
+  const cfg: GPT2Config = { nLayer: 2, nHead: 4, nEmbd: 64, nCtx: 64, vocabSize: 50257 };
+  const model = await GPT2.create(rt, cfg, { B: 2, T: 32, seed: 1 });
+  try {
+    const { tokens, targets } = batch(cfg, 64, 2);
+    const loss = await model.forward(tokens, targets);
+    ok(Math.abs(loss - Math.log(50257)) < 0.1, `first loss ${loss}`);
+    // Seeded: the same seed gives the same parameters.
+    const again = await GPT2.create(rt, cfg, { B: 2, T: 32, seed: 1 });
+    try {
+      equal(await again.forward(tokens, targets), loss);
+    } finally {
+      again.destroy();
+    }
+  } finally {
+    model.destroy();
+  }
+});
