@@ -2,7 +2,20 @@
  * Train and evaluate GPT-2 language models on any GPU through WebGPU, with WGSL
  * kernels. Works from a local checkout or imported by URL.
  *
- * @example
+ * @example Train step on a small GPT-2
+ * ```ts
+ * import { createRuntime, GPT2, resolveConfig } from "./mod.ts";
+ *
+ * const rt = await createRuntime();
+ * const cfg = resolveConfig("gpt2", { nLayer: 2, nCtx: 64 });
+ * const model = await GPT2.create(rt, cfg, { B: 1, T: 8, seed: 1337 });
+ * const tokens = [464, 2068, 7586, 21831, 18045, 625, 262, 16931];
+ * const targets = [...tokens.slice(1), 13];
+ * const loss = await model.forwardBackward(tokens, targets); // about ln(50257) = 10.8
+ * const dwte = await model.readTensor("wte.weight", true); // gradients, HF names
+ * ```
+ *
+ * @example A single kernel
  * ```ts
  * import { createRuntime, linearForward, readF32, runDispatches } from "./mod.ts";
  *
@@ -34,3 +47,20 @@ export {
   type Operand,
 } from "./src/model/matmul.ts";
 export { linearBackward, linearForward, type LinearShape } from "./src/model/linear.ts";
+export {
+  checkSequenceLength,
+  GPT2_VOCAB_SIZE,
+  type GPT2Config,
+  paddedVocab,
+  parameterCount,
+  PRESETS,
+  resolveConfig,
+  validateConfig,
+} from "./src/model/config.ts";
+export {
+  parameterLayout,
+  parameterShapes,
+  type ParamLayout,
+  type TensorView,
+} from "./src/model/params.ts";
+export { GPT2, type GPT2Options, IGNORE_TARGET } from "./src/model/gpt2.ts";

@@ -6,6 +6,7 @@
 
 import type { BenchCase } from "./_harness.ts";
 import { matmulBench } from "./matmul_bench.ts";
+import { modelBench } from "./model_bench.ts";
 
 /** All benches, in the order `deno task bench` runs them. */
-export const BENCHES: BenchCase[] = [matmulBench];
+export const BENCHES: BenchCase[] = [matmulBench, modelBench];

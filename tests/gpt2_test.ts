@@ -153,6 +153,7 @@ Deno.test("float64 reference gradients match central finite differences", () => 
 
 gpuTest("a randomly initialised GPT-2 starts at a loss near ln(50257) = 10.82", async (rt) => {
   const cfg: GPT2Config = { nLayer: 2, nHead: 4, nEmbd: 64, nCtx: 64, vocabSize: 50257 };
+  const before = rt.arena.report().current.total;
   const model = await GPT2.create(rt, cfg, { B: 2, T: 32, seed: 1 });
   try {
     const { tokens, targets } = batch(cfg, 64, 2);
@@ -168,4 +169,5 @@ gpuTest("a randomly initialised GPT-2 starts at a loss near ln(50257) = 10.82", 
   } finally {
     model.destroy();
   }
+  equal(rt.arena.report().current.total, before, "destroy frees everything the model made");
 });

@@ -1,6 +1,7 @@
 /**
- * The debug switch: `DEBUG=1` logs steps, `DEBUG=2` also dumps generated WGSL,
- * `DEBUG=3` also times every dispatch with timestamp queries.
+ * The debug switch: `DEBUG=1` logs steps, `DEBUG=2` also dumps every compiled
+ * WGSL kernel, `DEBUG=3` times every dispatch with timestamp queries (without
+ * the WGSL dump, which would bury the timings).
  *
  * @module
  */

@@ -16,6 +16,16 @@ export interface Dispatch {
   workgroups: readonly [number, number, number];
   /** Floating-point operations this dispatch does, for GFLOP/s reports (0 if unknown). */
   flops: number;
+  /** Buffers made for this dispatch alone (its uniforms), freed with it. */
+  resources?: GPUBuffer[];
+}
+
+/** Frees the per-dispatch buffers of dispatches built with the runtime's arena. */
+export function freeDispatches(
+  arena: { free(b: GPUBuffer): void },
+  dispatches: readonly Dispatch[],
+): void {
+  for (const d of dispatches) for (const b of d.resources ?? []) arena.free(b);
 }
 
 /**

@@ -60,6 +60,7 @@ export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dis
   const limit = rt.gpu.limits.maxStorageBufferBindingSize;
   const align = rt.gpu.limits.minStorageBufferOffsetAlignment;
   const entries: GPUBindGroupEntry[] = [];
+  const resources: GPUBuffer[] = [];
   for (const [binding, r] of Object.entries(spec.buffers)) {
     const offset = r.offset ?? 0;
     const size = r.size ?? r.buffer.size - offset;
@@ -87,6 +88,7 @@ export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dis
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
     entries.push({ binding: spec.uniform.binding, resource: { buffer } });
+    resources.push(buffer);
   }
   const bindGroup = rt.device.createBindGroup({
     label: spec.name,
@@ -99,5 +101,6 @@ export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dis
     bindGroups: [bindGroup],
     workgroups: spec.workgroups,
     flops: spec.flops ?? 0,
+    resources,
   };
 }

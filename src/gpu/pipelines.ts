@@ -69,7 +69,7 @@ export class PipelineCache {
     entryPoint: string,
     constants: OverrideConstants,
   ): Promise<GPUComputePipeline> {
-    if (debugLevel() >= 2) {
+    if (debugLevel() === 2) {
       console.error(`[debug2] kernel ${kernel.name} ${JSON.stringify(constants)}\n${kernel.code}`);
     }
     const device = this.device;

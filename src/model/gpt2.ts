@@ -10,7 +10,7 @@
  * @module
  */
 
-import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
+import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
 import type { BufferRange } from "../gpu/kernel.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { checkSequenceLength, type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
@@ -510,7 +510,10 @@ export class GPT2 {
 
   /** Frees every buffer the model allocated. */
   destroy(): void {
+    // The forward list is a prefix of the training list plus its own classifier.
+    freeDispatches(this.rt.arena, [...this.#train, this.#forward[this.#forward.length - 1]]);
     for (const b of this.#owned) this.rt.arena.free(b);
     this.#owned = [];
+    this.#train = this.#forward = [];
   }
 }

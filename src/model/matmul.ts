@@ -274,7 +274,14 @@ async function buildBlock(
     layout: pipeline.getBindGroupLayout(0),
     entries,
   });
-  return { name, pipeline, bindGroups: [bindGroup], workgroups, flops: 2 * M * N * K };
+  return {
+    name,
+    pipeline,
+    bindGroups: [bindGroup],
+    workgroups,
+    flops: 2 * M * N * K,
+    resources: [uniform],
+  };
 }
 
 /**
@@ -316,5 +323,6 @@ export async function matmulBiasBackward(
     bindGroups: [bindGroup],
     workgroups: [Math.ceil(N / 64), 1, 1],
     flops: M * N,
+    resources: [uniform],
   };
 }

@@ -36,8 +36,12 @@ const bytes = (t: TensorRange): BufferRange => ({
  * Row ranges of an embedding table [rows, C] that each fit in one binding.
  * Chunks hold a multiple of 64 rows so their offsets stay 256-byte aligned.
  */
-export function tableChunks(rt: Runtime, rows: number, C: number): [number, number][] {
-  const limit = rt.gpu.limits.maxStorageBufferBindingSize;
+export function tableChunks(
+  rt: Runtime,
+  rows: number,
+  C: number,
+  limit: number = rt.gpu.limits.maxStorageBufferBindingSize,
+): [number, number][] {
   const per = Math.max(64, Math.floor(limit / (C * 4) / 64) * 64);
   const out: [number, number][] = [];
   for (let r = 0; r < rows; r += per) out.push([r, Math.min(rows, r + per)]);
@@ -53,6 +57,8 @@ export interface EncoderShape {
   T: number;
   C: number;
   Vp: number;
+  /** Binding limit for the wte chunks (default: the adapter's), for tests. */
+  maxBindingBytes?: number;
 }
 
 /** out[BT, C] = wte[tokens] + wpe[t], one dispatch per binding-sized chunk of wte. */
@@ -62,7 +68,7 @@ export function encoderForward(
   ops: { tokens: BufferRange; wte: TensorRange; wpe: TensorRange; out: GPUBuffer },
 ): Promise<Dispatch[]> {
   return Promise.all(
-    tableChunks(rt, s.Vp, s.C).map(([v0, v1], i) =>
+    tableChunks(rt, s.Vp, s.C, s.maxBindingBytes).map(([v0, v1], i) =>
       makeDispatch(rt, {
         name: "encoder_forward",
         code: encoderSrc,
@@ -105,7 +111,7 @@ export async function encoderBackward(
     workgroups: grid1d(s.T * s.C, 64),
   });
   const wte = await Promise.all(
-    tableChunks(rt, s.Vp, s.C).map(([v0, v1]) =>
+    tableChunks(rt, s.Vp, s.C, s.maxBindingBytes).map(([v0, v1]) =>
       makeDispatch(rt, {
         name: "encoder_backward_wte",
         code: encoderSrc,

@@ -25,8 +25,20 @@ export function refZeros(cfg: GPT2Config): RefParams {
 
 const GELU_S = Math.sqrt(2 / Math.PI);
 
+/** GPT-2's tanh GELU. */
+export function gelu(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(GELU_S * (x + 0.044715 * x ** 3)));
+}
+
+/** d gelu(x) / dx */
+export function geluGrad(x: number): number {
+  const th = Math.tanh(GELU_S * (x + 0.044715 * x ** 3));
+  return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * GELU_S * (1 + 3 * 0.044715 * x * x);
+}
+
 // out [N, OC] = inp [N, C] · w [C, OC] + b
-function linear(
+/** See the kernel of the same name. */
+export function linear(
   inp: Float64Array,
   w: Float64Array,
   b: Float64Array | null,
@@ -45,7 +57,8 @@ function linear(
   return out;
 }
 
-function linearBack(
+/** See the kernel of the same name. */
+export function linearBack(
   dout: Float64Array,
   inp: Float64Array,
   w: Float64Array,
@@ -69,7 +82,14 @@ function linearBack(
   return dinp;
 }
 
-function layernorm(inp: Float64Array, w: Float64Array, b: Float64Array, N: number, C: number) {
+/** See the kernel of the same name. */
+export function layernorm(
+  inp: Float64Array,
+  w: Float64Array,
+  b: Float64Array,
+  N: number,
+  C: number,
+) {
   const out = new Float64Array(N * C), mean = new Float64Array(N), rstd = new Float64Array(N);
   for (let n = 0; n < N; n++) {
     let m = 0;
@@ -85,7 +105,8 @@ function layernorm(inp: Float64Array, w: Float64Array, b: Float64Array, N: numbe
   return { out, mean, rstd };
 }
 
-function layernormBack(
+/** See the kernel of the same name. */
+export function layernormBack(
   dout: Float64Array,
   inp: Float64Array,
   w: Float64Array,
@@ -118,7 +139,8 @@ function layernormBack(
 }
 
 // qkv [B, T, 3C] -> out [B, T, C], att [B, NH, T, T]
-function attention(qkv: Float64Array, B: number, T: number, C: number, NH: number) {
+/** See the kernel of the same name. */
+export function attention(qkv: Float64Array, B: number, T: number, C: number, NH: number) {
   const HS = C / NH, scale = 1 / Math.sqrt(HS);
   const out = new Float64Array(B * T * C), att = new Float64Array(B * NH * T * T);
   for (let b = 0; b < B; b++) {
@@ -152,7 +174,8 @@ function attention(qkv: Float64Array, B: number, T: number, C: number, NH: numbe
   return { out, att };
 }
 
-function attentionBack(
+/** See the kernel of the same name. */
+export function attentionBack(
   dout: Float64Array,
   qkv: Float64Array,
   att: Float64Array,
@@ -238,8 +261,8 @@ export function gpt2Reference(
     const res2 = residual.map((x, i) => x + proj[i]);
     const ln2 = layernorm(res2, h("ln_2.weight"), h("ln_2.bias"), N, C);
     const fch = linear(ln2.out, h("mlp.c_fc.weight"), h("mlp.c_fc.bias"), N, C, 4 * C);
-    const gelu = fch.map((x) => 0.5 * x * (1 + Math.tanh(GELU_S * (x + 0.044715 * x ** 3))));
-    const fcproj = linear(gelu, h("mlp.c_proj.weight"), h("mlp.c_proj.bias"), N, 4 * C, C);
+    const geluOut = fch.map(gelu);
+    const fcproj = linear(geluOut, h("mlp.c_proj.weight"), h("mlp.c_proj.bias"), N, 4 * C, C);
     const res3 = res2.map((x, i) => x + fcproj[i]);
     acts.push({
       residual,
@@ -254,7 +277,7 @@ export function gpt2Reference(
       ln2Mean: ln2.mean,
       ln2Rstd: ln2.rstd,
       fch,
-      gelu,
+      gelu: geluOut,
     });
     residual = res3;
   }
@@ -324,12 +347,7 @@ export function gpt2Reference(
       4 * C,
       C,
     );
-    const dfch = dgelu.map((d, i) => {
-      const x = a.fch[i];
-      const u = GELU_S * (x + 0.044715 * x ** 3);
-      const th = Math.tanh(u);
-      return d * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * GELU_S * (1 + 3 * 0.044715 * x * x));
-    });
+    const dfch = dgelu.map((d, i) => d * geluGrad(a.fch[i]));
     const dln2 = linearBack(
       dfch,
       a.ln2,

@@ -1,0 +1,246 @@
+// Each GPT-2 kernel (other than matmul, see matmul_test.ts) against its float64
+// reference, forward and backward, at sizes that are not multiples of the
+// workgroup size.
+import { equal } from "node:assert/strict";
+import { runDispatches } from "../src/gpu/dispatch.ts";
+import { readF32, type Runtime } from "../src/gpu/runtime.ts";
+import {
+  attentionBackward,
+  attentionForward,
+  classifier,
+  encoderBackward,
+  encoderForward,
+  geluBackward,
+  geluForward,
+  layernormBackward,
+  layernormForward,
+  residualForward,
+  tableChunks,
+} from "../src/model/ops.ts";
+import {
+  attention,
+  attentionBack,
+  gelu,
+  geluGrad,
+  layernorm,
+  layernormBack,
+} from "./reference/gpt2.ts";
+import { assertAllClose, gpuTest, randn, rng } from "./_harness.ts";
+
+const tol = { rtol: 1e-5, atol: 1e-5 };
+
+/** Buffers made in a test, freed at its end. */
+function pool(rt: Runtime) {
+  const made = new Map<GPUBuffer, number>(); // buffer -> element count
+  return {
+    data(label: string, d: Float32Array<ArrayBuffer> | Uint32Array<ArrayBuffer>) {
+      const b = rt.arena.allocWith(label, "scratch", d);
+      made.set(b, d.length);
+      return b;
+    },
+    empty(label: string, floats: number) {
+      const b = rt.arena.alloc(label, "scratch", floats * 4);
+      made.set(b, floats);
+      return b;
+    },
+    /** The buffer's elements (without the arena's rounding). */
+    read: (b: GPUBuffer) => readF32(rt.device, b, 0, made.get(b)),
+    free: () => made.forEach((_, b) => rt.arena.free(b)),
+  };
+}
+
+const f64 = (x: ArrayLike<number>) => Float64Array.from(x);
+const range = (buffer: GPUBuffer, size: number) => ({ buffer, offset: 0, size });
+
+gpuTest("layernorm forward and backward match float64", async (rt) => {
+  const N = 37, C = 20;
+  const p = pool(rt);
+  try {
+    const x = randn(N * C, 1, 2), w = randn(C, 2), b = randn(C, 3), dout = randn(N * C, 4);
+    const dinp0 = randn(N * C, 5), dw0 = randn(C, 6), db0 = randn(C, 7);
+    const X = p.data("x", x), W = p.data("w", w), Bb = p.data("b", b);
+    const out = p.empty("out", N * C), mean = p.empty("mean", N), rstd = p.empty("rstd", N);
+    const D = p.data("dout", dout), dinp = p.data("dinp", dinp0);
+    const dw = p.data("dw", dw0), db = p.data("db", db0);
+    const fwd = await layernormForward(rt, { N, C }, {
+      inp: X,
+      weight: range(W, C),
+      bias: range(Bb, C),
+      out,
+      mean,
+      rstd,
+    });
+    const bwd = await layernormBackward(rt, { N, C }, {
+      inp: X,
+      weight: range(W, C),
+      mean,
+      rstd,
+      dout: D,
+      dinp,
+      dweight: range(dw, C),
+      dbias: range(db, C),
+    });
+    await runDispatches(rt.device, [fwd, ...bwd]);
+    const ref = layernorm(f64(x), f64(w), f64(b), N, C);
+    assertAllClose(await p.read(out), ref.out, { ...tol, label: "out" });
+    assertAllClose(await p.read(mean), ref.mean, { ...tol, label: "mean" });
+    assertAllClose(await p.read(rstd), ref.rstd, { ...tol, label: "rstd" });
+    const rdinp = f64(dinp0), rdw = f64(dw0), rdb = f64(db0);
+    layernormBack(f64(dout), f64(x), f64(w), ref.mean, ref.rstd, rdinp, rdw, rdb, N, C);
+    assertAllClose(await p.read(dinp), rdinp, { ...tol, label: "dinp (accumulated)" });
+    assertAllClose(await p.read(dw), rdw, { ...tol, label: "dweight" });
+    assertAllClose(await p.read(db), rdb, { ...tol, label: "dbias" });
+  } finally {
+    p.free();
+  }
+});
+
+gpuTest("gelu and residual forward and backward match float64", async (rt) => {
+  const N = 203;
+  const p = pool(rt);
+  try {
+    const x = randn(N, 1, 3), y = randn(N, 2), dout = randn(N, 3);
+    x[0] = 30; // large |x|: tanh must not overflow
+    x[1] = -30;
+    const X = p.data("x", x), Y = p.data("y", y), D = p.data("d", dout);
+    const out = p.empty("out", N), dinp = p.empty("dinp", N), sum = p.empty("sum", N);
+    await runDispatches(rt.device, [
+      await geluForward(rt, N, { inp: X, out }),
+      await geluBackward(rt, N, { inp: X, dout: D, dinp }),
+      await residualForward(rt, N, { a: X, b: Y, out: sum }),
+    ]);
+    assertAllClose(await p.read(out), Array.from(x, gelu), { ...tol, label: "gelu" });
+    assertAllClose(
+      await p.read(dinp),
+      Array.from(x, (v, i) => geluGrad(v) * dout[i]),
+      { ...tol, label: "gelu backward" },
+    );
+    assertAllClose(await p.read(sum), Array.from(x, (v, i) => v + y[i]), tol);
+  } finally {
+    p.free();
+  }
+});
+
+gpuTest("attention forward and backward match float64", async (rt) => {
+  const B = 2, T = 7, NH = 3, C = 12;
+  const p = pool(rt);
+  try {
+    const qkv = randn(B * T * 3 * C, 1), dout = randn(B * T * C, 2);
+    const Q = p.data("qkv", qkv), D = p.data("dout", dout);
+    const out = p.empty("out", B * T * C), att = p.empty("att", B * NH * T * T);
+    const dpre = p.empty("dpre", B * NH * T * T), dqkv = p.empty("dqkv", B * T * 3 * C);
+    const s = { B, T, C, NH };
+    await runDispatches(rt.device, [
+      await attentionForward(rt, s, { qkv: Q, out, att }),
+      ...await attentionBackward(rt, s, { qkv: Q, att, dout: D, dpre, dqkv }),
+    ]);
+    const ref = attention(f64(qkv), B, T, C, NH);
+    assertAllClose(await p.read(out), ref.out, { ...tol, label: "out" });
+    assertAllClose(await p.read(att), ref.att, { ...tol, label: "att" });
+    const rd = attentionBack(f64(dout), f64(qkv), ref.att, B, T, C, NH);
+    assertAllClose(await p.read(dqkv), rd, { ...tol, label: "dqkv" });
+  } finally {
+    p.free();
+  }
+});
+
+gpuTest("encoder forward and backward match float64, with wte in chunks", async (rt) => {
+  const B = 3, T = 5, C = 8, V = 150, Vp = 192, BT = B * T;
+  // 64 rows per chunk: three chunks, so both the chunked and the first-chunk paths run.
+  const maxBindingBytes = 64 * C * 4;
+  equal(tableChunks(rt, Vp, C, maxBindingBytes).length, 3);
+  const p = pool(rt);
+  try {
+    const u = rng(3);
+    const tokens = Uint32Array.from({ length: BT }, () => Math.floor(u() * V));
+    tokens[4] = tokens[9] = tokens[10] = 149; // repeats, in the last chunk
+    tokens[0] = 3;
+    const order = Uint32Array.from(
+      Array.from({ length: BT }, (_, i) => i).sort((a, b) => tokens[a] - tokens[b] || a - b),
+    );
+    const wte = randn(Vp * C, 1), wpe = randn(T * C, 2), dout = randn(BT * C, 3);
+    const dwte0 = randn(Vp * C, 4), dwpe0 = randn(T * C, 5);
+    const Tok = p.data("tokens", tokens), Ord = p.data("order", order);
+    const Wte = p.data("wte", wte), Wpe = p.data("wpe", wpe), D = p.data("dout", dout);
+    const dwte = p.data("dwte", dwte0), dwpe = p.data("dwpe", dwpe0);
+    const out = p.empty("out", BT * C);
+    const s = { BT, T, C, Vp, maxBindingBytes };
+    const tok = { buffer: Tok, offset: 0, size: BT * 4 };
+    await runDispatches(rt.device, [
+      ...await encoderForward(rt, s, {
+        tokens: tok,
+        wte: range(Wte, Vp * C),
+        wpe: range(Wpe, T * C),
+        out,
+      }),
+      ...await encoderBackward(rt, s, {
+        tokens: tok,
+        order: { buffer: Ord, offset: 0, size: BT * 4 },
+        dout: D,
+        dwte: range(dwte, Vp * C),
+        dwpe: range(dwpe, T * C),
+      }),
+    ]);
+    const ref = new Float64Array(BT * C), rdwte = f64(dwte0), rdwpe = f64(dwpe0);
+    for (let n = 0; n < BT; n++) {
+      for (let c = 0; c < C; c++) {
+        ref[n * C + c] = wte[tokens[n] * C + c] + wpe[(n % T) * C + c];
+        rdwte[tokens[n] * C + c] += dout[n * C + c];
+        rdwpe[(n % T) * C + c] += dout[n * C + c];
+      }
+    }
+    assertAllClose(await p.read(out), ref, { ...tol, label: "encoded" });
+    assertAllClose(await p.read(dwte), rdwte, { ...tol, label: "dwte" });
+    assertAllClose(await p.read(dwpe), rdwpe, { ...tol, label: "dwpe" });
+  } finally {
+    p.free();
+  }
+});
+
+gpuTest("classifier loss and in-place gradient match float64", async (rt) => {
+  const N = 9, V = 75, Vp = 128, dloss = 1 / 7;
+  const p = pool(rt);
+  try {
+    const logits = randn(N * Vp, 1, 3);
+    const u = rng(2);
+    const targets = Uint32Array.from({ length: N }, () => Math.floor(u() * V));
+    targets[4] = 0xffffffff; // no loss at this position
+    const L = p.data("logits", logits), Tg = p.data("targets", targets);
+    const losses = p.empty("losses", N);
+    const L2 = p.data("logits2", logits), losses2 = p.empty("losses2", N);
+    const tg = { buffer: Tg, offset: 0, size: N * 4 };
+    await runDispatches(rt.device, [
+      await classifier(rt, { N, V, Vp, dloss, writeGrad: true }, {
+        logits: L,
+        targets: tg,
+        losses,
+      }),
+      await classifier(rt, { N, V, Vp, dloss, writeGrad: false }, {
+        logits: L2,
+        targets: tg,
+        losses: losses2,
+      }),
+    ]);
+    const refLoss = new Float64Array(N), refGrad = new Float64Array(N * Vp);
+    for (let n = 0; n < N; n++) {
+      if (targets[n] === 0xffffffff) continue;
+      const row = Array.from(logits.subarray(n * Vp, n * Vp + V));
+      const m = Math.max(...row);
+      const sum = row.reduce((s, x) => s + Math.exp(x - m), 0);
+      refLoss[n] = Math.log(sum) + m - row[targets[n]];
+      for (let v = 0; v < V; v++) {
+        refGrad[n * Vp + v] = (Math.exp(row[v] - m) / sum - (v === targets[n] ? 1 : 0)) * dloss;
+      }
+    }
+    assertAllClose(await p.read(losses), refLoss, { ...tol, label: "losses" });
+    assertAllClose(await p.read(L), refGrad, { ...tol, label: "dlogits" });
+    assertAllClose(await p.read(losses2), refLoss, { ...tol, label: "loss only" });
+    assertAllClose(await p.read(L2), logits, {
+      rtol: 0,
+      atol: 0,
+      label: "logits kept",
+    });
+  } finally {
+    p.free();
+  }
+});
