@@ -22,7 +22,7 @@ export interface DispatchSpec {
   code: string;
   entryPoint: string;
   constants?: OverrideConstants;
-  /** Storage bindings by binding number. */
+  /** Buffer bindings (storage, or a shared uniform buffer) by binding number. */
   buffers: Record<number, BufferRange>;
   /** Uniform parameters (u32 words; floats go through f32Bits) and their binding number. */
   uniform?: { binding: number; words: number[] };

@@ -1,0 +1,45 @@
+// grad_norm: the global L2 norm of all gradients, deterministically.
+//
+// partial:  partials[slot + w] = sum of g^2 over the w-th block of 4096 elements of
+//           one range (one workgroup a block; a fixed tree within the workgroup).
+// finish:   stats[1] = sqrt(sum of partials[0..count]), summed in order by one invocation.
+//
+// Shapes: grads [n] (a range of the flat gradient buffer), partials [count], stats [2].
+// Bindings: 0 grads, 1 partials (rw), 2 stats (rw), 3 params (uniform).
+// Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (1,1,1).
+
+struct Params { n: u32, slot: u32, count: u32, p0: u32 }
+
+@group(0) @binding(0) var<storage, read> grads: array<f32>;
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn partial(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
+  let start = wid.x * 4096u;
+  var s = 0.0;
+  for (var k = 0u; k < 64u; k++) {
+    let i = start + k * 64u + l;
+    if (i < p.n) {
+      let g = grads[i];
+      s += g * g;
+    }
+  }
+  red[l] = s;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w >>= 1u) {
+    if (l < w) { red[l] += red[l + w]; }
+    workgroupBarrier();
+  }
+  if (l == 0u) { partials[p.slot + wid.x] = red[0]; }
+}
+
+@compute @workgroup_size(1, 1, 1)
+fn finish() {
+  var s = 0.0;
+  for (var i = 0u; i < p.count; i++) { s += partials[i]; }
+  stats[1] = sqrt(s);
+}

@@ -1,0 +1,220 @@
+/**
+ * AdamW on the GPU over the flat parameter buffer, with global gradient-norm
+ * clipping computed on the GPU, fp32 state (m, v) in the same layout.
+ *
+ * Each tensor is one or more binding-sized ranges; every range gets an AdamW
+ * dispatch (with its weight-decay flag) and a partial sum of squares for the
+ * norm. Per-step values go into one uniform buffer written once per step.
+ *
+ * @module
+ */
+
+import type { Dispatch } from "../gpu/dispatch.ts";
+import { f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
+import type { Runtime } from "../gpu/runtime.ts";
+import type { ParamLayout } from "../model/params.ts";
+import adamwSrc from "../../kernels/adamw.wgsl" with { type: "text" };
+import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
+
+/** AdamW hyperparameters (PyTorch's names and defaults, nanoGPT's betas). */
+export interface AdamWConfig {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** Clip the global gradient norm to this; 0 disables clipping. */
+  gradClip: number;
+}
+
+/** nanoGPT/llm.c defaults. */
+export const ADAMW_DEFAULTS: AdamWConfig = {
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  weightDecay: 0.1,
+  gradClip: 1.0,
+};
+
+/** A contiguous piece of one tensor that fits in one binding (elements). */
+export interface ParamRange {
+  name: string;
+  offset: number;
+  size: number;
+  decay: boolean;
+}
+
+/** Splits every tensor of a layout into ranges of at most `maxBytes` bytes. */
+export function parameterRanges(layout: ParamLayout, maxBytes: number): ParamRange[] {
+  const per = Math.floor(maxBytes / 4 / 64) * 64;
+  const out: ParamRange[] = [];
+  for (const t of layout.tensors) {
+    for (let o = 0; o < t.size; o += per) {
+      out.push({
+        name: t.name,
+        offset: t.offset + o,
+        size: Math.min(per, t.size - o),
+        decay: t.decay,
+      });
+    }
+  }
+  return out;
+}
+
+const BLOCK = 4096; // elements per grad_norm workgroup
+
+/**
+ * fp32 AdamW for one model's flat buffers.
+ *
+ * @example
+ * ```ts
+ * const opt = await AdamW.create(rt, model.layout, { params: model.params, grads: model.grads });
+ * opt.setStep(1, 6e-4);
+ * // encode opt.dispatches after the backward pass, then read opt.stats for the norm
+ * ```
+ */
+export class AdamW {
+  readonly rt: Runtime;
+  readonly config: AdamWConfig;
+  readonly layout: ParamLayout;
+  /** First and second moments, flat, same layout as the parameters. */
+  readonly m: GPUBuffer;
+  readonly v: GPUBuffer;
+  /** [loss, grad norm] as f32; the norm is written by the grad_norm dispatches. */
+  readonly stats: GPUBuffer;
+  /** grad_norm dispatches, then AdamW dispatches, in order. */
+  dispatches: Dispatch[] = [];
+  #normDispatches = 0;
+  #stepUniform: GPUBuffer;
+  #partials!: GPUBuffer;
+  #owned: GPUBuffer[] = [];
+
+  private constructor(rt: Runtime, layout: ParamLayout, config: AdamWConfig) {
+    this.rt = rt;
+    this.layout = layout;
+    this.config = config;
+    const bytes = layout.totalElements * 4;
+    this.m = this.#alloc("adamw.m", "optimizer", bytes);
+    this.v = this.#alloc("adamw.v", "optimizer", bytes);
+    this.stats = this.#alloc("adamw.stats", "scratch", 16);
+    this.#stepUniform = this.#alloc(
+      "adamw.step",
+      "scratch",
+      32,
+      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    );
+  }
+
+  #alloc(label: string, cat: "optimizer" | "scratch", bytes: number, usage?: GPUBufferUsageFlags) {
+    const b = this.rt.arena.alloc(label, cat, bytes, usage);
+    this.#owned.push(b);
+    return b;
+  }
+
+  /** Builds the optimizer for the given parameter and gradient buffers. */
+  static async create(
+    rt: Runtime,
+    layout: ParamLayout,
+    buffers: { params: GPUBuffer; grads: GPUBuffer },
+    config: Partial<AdamWConfig> = {},
+    options: { maxBindingBytes?: number } = {},
+  ): Promise<AdamW> {
+    const opt = new AdamW(rt, layout, { ...ADAMW_DEFAULTS, ...config });
+    await opt.#build(
+      buffers.params,
+      buffers.grads,
+      options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize,
+    );
+    return opt;
+  }
+
+  async #build(params: GPUBuffer, grads: GPUBuffer, maxBindingBytes: number): Promise<void> {
+    const rt = this.rt;
+    const ranges = parameterRanges(this.layout, maxBindingBytes);
+    const blocks = ranges.map((r) => Math.ceil(r.size / BLOCK));
+    const total = blocks.reduce((a, b) => a + b, 0);
+    this.#partials = this.#alloc("adamw.partials", "scratch", total * 4);
+    const norm: Dispatch[] = [];
+    let slot = 0;
+    for (let i = 0; i < ranges.length; i++) {
+      const r = ranges[i];
+      norm.push(
+        await makeDispatch(rt, {
+          name: "grad_norm_partial",
+          code: gradNormSrc,
+          entryPoint: "partial",
+          buffers: {
+            0: { buffer: grads, offset: r.offset * 4, size: r.size * 4 },
+            1: { buffer: this.#partials },
+          },
+          uniform: { binding: 3, words: [r.size, slot, 0] },
+          workgroups: [blocks[i], 1, 1],
+          flops: 2 * r.size,
+        }),
+      );
+      slot += blocks[i];
+    }
+    norm.push(
+      await makeDispatch(rt, {
+        name: "grad_norm_finish",
+        code: gradNormSrc,
+        entryPoint: "finish",
+        buffers: { 1: { buffer: this.#partials }, 2: { buffer: this.stats } },
+        uniform: { binding: 3, words: [0, 0, total] },
+        workgroups: [1, 1, 1],
+      }),
+    );
+    const update: Dispatch[] = [];
+    for (const r of ranges) {
+      const range = (buffer: GPUBuffer) => ({ buffer, offset: r.offset * 4, size: r.size * 4 });
+      update.push(
+        await makeDispatch(rt, {
+          name: "adamw",
+          code: adamwSrc,
+          entryPoint: "main",
+          buffers: {
+            0: range(params),
+            1: range(grads),
+            2: range(this.m),
+            3: range(this.v),
+            4: { buffer: this.stats },
+            5: { buffer: this.#stepUniform }, // per-step values, shared by every range
+          },
+          uniform: { binding: 6, words: [r.size, r.decay ? 1 : 0] },
+          workgroups: grid1d(r.size, 64),
+          flops: 12 * r.size,
+        }),
+      );
+    }
+    this.#normDispatches = norm.length;
+    this.dispatches = [...norm, ...update];
+  }
+
+  /** Only the grad-norm dispatches (to measure the norm without updating). */
+  get normDispatches(): Dispatch[] {
+    return this.dispatches.slice(0, this.#normDispatches);
+  }
+
+  /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
+  setStep(t: number, lr: number): void {
+    const c = this.config;
+    const words = new Uint32Array([
+      f32Bits(lr),
+      f32Bits(c.beta1),
+      f32Bits(c.beta2),
+      f32Bits(c.eps),
+      f32Bits(1 - c.beta1 ** t),
+      f32Bits(1 - c.beta2 ** t),
+      f32Bits(c.weightDecay),
+      f32Bits(c.gradClip),
+    ]);
+    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, words);
+  }
+
+  /** Frees the state and every buffer the optimizer made. */
+  destroy(): void {
+    for (const d of this.dispatches) for (const b of d.resources ?? []) this.rt.arena.free(b);
+    for (const b of this.#owned) this.rt.arena.free(b);
+    this.#owned = [];
+    this.dispatches = [];
+  }
+}
