@@ -1,0 +1,88 @@
+/**
+ * One unit of tokenizer work, shared by the worker and the in-thread fallback so that both
+ * produce identical tokens. A batch is raw bytes: whole JSON lines, or one chunk of a text
+ * file cut at a boundary where BPE splits the same way with or without the cut. Decoding and
+ * JSON parsing happen here, in the worker, so the main thread only moves bytes.
+ *
+ * @module
+ */
+import { encodeInto, EOT, TokenBuffer } from "./tokenizer.ts";
+
+/** A batch sent to a tokenizer worker. */
+export interface BatchRequest {
+  /** `jsonl`: one unit per line; `text`: the whole batch is one unit. */
+  kind: "jsonl" | "text";
+  bytes: Uint8Array;
+  /** For `text`: whether this chunk starts a document (and so gets an EOT first). */
+  docStart: boolean;
+  /** For `jsonl`: the field holding the document text. */
+  field: string;
+}
+
+/** A problem with one line of a batch; `line` counts from 0 within the batch. */
+export interface BatchIssue {
+  line: number;
+  kind: "malformed" | "field";
+  message: string;
+}
+
+/** Tokens of a batch, with how many came from each unit (line or chunk). */
+export interface BatchResult {
+  tokens: Uint16Array;
+  counts: Uint32Array;
+  documents: number;
+  issues: BatchIssue[];
+}
+
+// Keep U+FEFF: a chunk cut from the middle of a file must not lose one. A byte order mark
+// that starts a file or a JSON line is dropped explicitly below instead.
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+const BOM = 0xfeff;
+
+/** Tokenizes one batch; the units' tokens are concatenated in order. */
+export function tokenizeBatch(req: BatchRequest): BatchResult {
+  let text = decoder.decode(req.bytes);
+  const out = new TokenBuffer(Math.max(1024, text.length >> 2));
+  if (req.kind === "text") {
+    if (req.docStart && text.charCodeAt(0) === BOM) text = text.slice(1);
+    if (req.docStart) out.push(EOT);
+    encodeInto(text, out);
+    return {
+      tokens: out.toArray(),
+      counts: Uint32Array.of(out.length),
+      documents: req.docStart ? 1 : 0,
+      issues: [],
+    };
+  }
+  const lines = text.split("\n");
+  // A final newline ends the last line rather than starting an empty one.
+  if (lines.length > 1 && lines[lines.length - 1] === "") lines.pop();
+  const counts = new Uint32Array(lines.length);
+  const issues: BatchIssue[] = [];
+  let documents = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].charCodeAt(0) === BOM ? lines[i].slice(1) : lines[i];
+    if (line.trim() === "") continue;
+    let record: unknown;
+    try {
+      record = JSON.parse(line);
+    } catch (e) {
+      issues.push({ line: i, kind: "malformed", message: (e as Error).message });
+      continue;
+    }
+    const value = record !== null && typeof record === "object"
+      ? (record as Record<string, unknown>)[req.field]
+      : undefined;
+    if (typeof value !== "string") {
+      const got = value === undefined ? "missing" : `a ${value === null ? "null" : typeof value}`;
+      issues.push({ line: i, kind: "field", message: `field "${req.field}" is ${got}` });
+      continue;
+    }
+    const before = out.length;
+    out.push(EOT);
+    encodeInto(value, out);
+    counts[i] = out.length - before;
+    documents++;
+  }
+  return { tokens: out.toArray(), counts, documents, issues };
+}

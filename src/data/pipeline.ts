@@ -1,0 +1,384 @@
+/**
+ * The shard builder behind `deno task data`: streams every source, tokenizes on a worker
+ * pool, and writes llm.c shards plus `manifest.json`, resumably.
+ *
+ * Order is fixed by the input alone: batches are cut from the byte stream by content
+ * (whole lines, or text cut at BPE-safe newlines), results are consumed in submission
+ * order, and each token carries a stream position (source, unit, offset) so `--resume` can
+ * restart from the last shard boundary without duplicating or skipping a document.
+ *
+ * @module
+ */
+import {
+  afterNewlines,
+  ByteQueue,
+  countNewlines,
+  findSafeCut,
+  utf8Boundary,
+} from "./_byte_queue.ts";
+import type { HttpOptions } from "./_http.ts";
+import { openSource } from "./_streams.ts";
+import type { BatchIssue, BatchRequest, BatchResult } from "./_tokenize_batch.ts";
+import { TokenizerPool } from "./_worker_pool.ts";
+import { SplitWriter } from "./_writer.ts";
+import {
+  comparePositions,
+  type Manifest,
+  type ManifestConfig,
+  type ManifestShard,
+  openManifest,
+  type StreamPosition,
+  updateTotals,
+  writeManifest,
+} from "./manifest.ts";
+import { type Source, unitHash } from "./sources.ts";
+
+/** Counters reported while building. */
+export interface BuildProgress {
+  /** Compressed bytes read from all sources. */
+  rawBytes: number;
+  /** Total compressed bytes when every source size is known. */
+  totalBytes?: number;
+  /** Decompressed bytes tokenized. */
+  textBytes: number;
+  documents: number;
+  tokens: number;
+  malformed: number;
+  source: number;
+  sources: number;
+}
+
+/** Options for {@linkcode buildShards}. */
+export interface BuildOptions {
+  sources: Source[];
+  /** Output folder; created when missing. */
+  outDir: string;
+  /** Shard name prefix. Default `data`. */
+  name?: string;
+  /** Tokens per shard. Default 100,000,000. */
+  shardTokens?: number;
+  /** Validation split: the first N tokens, or a seeded fraction of documents. Default none. */
+  val?: { tokens: number } | { fraction: number; seed?: number };
+  /** JSONL field with the text. Default `text`. */
+  textField?: string;
+  /** Tokenizer workers; 0 tokenizes on this thread. Default: the number of cores. */
+  workers?: number;
+  /** A started pool to use instead of making one (benches pass a warm pool). */
+  pool?: TokenizerPool;
+  /** Fail on a malformed JSON line instead of skipping it. */
+  strict?: boolean;
+  /** Continue after the last complete shard in `outDir`. */
+  resume?: boolean;
+  /** Delete existing shards and manifest of this name first. */
+  overwrite?: boolean;
+  /** Recorded in the manifest. */
+  subset?: { fraction: number; from: number; seed: number } | null;
+  http?: HttpOptions;
+  /** Bytes per JSONL batch and target bytes per text chunk. Default 256 KiB. */
+  batchBytes?: number;
+  signal?: AbortSignal;
+  onProgress?: (p: BuildProgress) => void;
+  onWarning?: (message: string) => void;
+  onShard?: (shard: ManifestShard) => void;
+}
+
+/** What a build did. */
+export interface BuildResult {
+  manifest: Manifest;
+  /** True when stopped by the signal; the completed shards and manifest are consistent. */
+  aborted: boolean;
+  /** Tokens produced in this run (not counting those skipped by `--resume`). */
+  tokens: number;
+  textBytes: number;
+  seconds: number;
+}
+
+/**
+ * Builds token shards from `options.sources` into `options.outDir`.
+ *
+ * @example
+ * ```ts
+ * const sources = await resolveSources(["data/input.txt"]);
+ * const { manifest } = await buildShards({ sources, outDir: "out/tiny", val: { tokens: 32768 } });
+ * ```
+ */
+export async function buildShards(options: BuildOptions): Promise<BuildResult> {
+  const t0 = performance.now();
+  const dir = options.outDir;
+  const name = options.name ?? "data";
+  const shardTokens = options.shardTokens ?? 100_000_000;
+  if (!(Number.isInteger(shardTokens) && shardTokens > 0 && shardTokens < 2 ** 31)) {
+    throw new RangeError(`Invalid shard size ${shardTokens}: use a positive integer below 2^31`);
+  }
+  const val = options.val ?? null;
+  const config: ManifestConfig = {
+    name,
+    sources: options.sources.map((s) => ({ key: s.key, location: s.location })),
+    subset: options.subset ?? null,
+    shardTokens,
+    val: val === null
+      ? null
+      : "tokens" in val
+      ? { tokens: val.tokens }
+      : { fraction: val.fraction, seed: val.seed ?? 0 },
+    textField: options.textField ?? "text",
+  };
+  await Deno.mkdir(dir, { recursive: true });
+  const manifest = await openManifest(dir, config, options);
+  if (manifest.complete) {
+    return { manifest, aborted: false, tokens: 0, textBytes: 0, seconds: 0 };
+  }
+
+  // ---- writers and where to restart
+  const last = (split: "train" | "val") => manifest.shards.filter((s) => s.split === split).at(-1);
+  const lastVal = last("val");
+  const lastTrain = last("train");
+  let malformed = 0;
+  const sink = async (shard: ManifestShard) => {
+    manifest.shards.push(shard);
+    updateTotals(manifest);
+    await writeManifest(dir, manifest);
+    options.onShard?.(shard);
+  };
+  const valWriter = val === null ? undefined : new SplitWriter({
+    dir,
+    name,
+    split: "val",
+    shardTokens,
+    limit: "tokens" in val ? val.tokens : Infinity,
+    firstIndex: lastVal ? lastVal.index + 1 : 0,
+    resumeAt: lastVal?.end,
+    written: manifest.totals.valTokens,
+    sink,
+    malformed: () => malformed,
+  });
+  const trainStart = lastTrain?.end ??
+    (valWriter?.full && val !== null && "tokens" in val ? lastVal?.end : undefined);
+  const trainWriter = new SplitWriter({
+    dir,
+    name,
+    split: "train",
+    shardTokens,
+    limit: Infinity,
+    firstIndex: lastTrain ? lastTrain.index + 1 : 1,
+    resumeAt: trainStart,
+    written: manifest.totals.trainTokens,
+    sink,
+    malformed: () => malformed,
+  });
+  const zero: StreamPosition = { source: 0, unit: 0, offset: 0 };
+  const starts = [
+    valWriter && !valWriter.full ? lastVal?.end ?? zero : undefined,
+    trainStart ?? zero,
+  ]
+    .filter((p): p is StreamPosition => p !== undefined);
+  const restart = starts.reduce((a, b) => comparePositions(a, b) <= 0 ? a : b);
+  malformed = manifest.shards.filter((s) => comparePositions(s.end, restart) <= 0)
+    .reduce((m, s) => Math.max(m, s.malformed), 0);
+
+  const fraction = val !== null && "fraction" in val ? val.fraction : undefined;
+  const valSeed = val !== null && "fraction" in val ? val.seed ?? 0 : 0;
+  const route = async (src: Source, s: number, u: number, tokens: Uint16Array) => {
+    if (tokens.length === 0) return;
+    if (valWriter && fraction !== undefined) {
+      const key = src.format === "txt" ? src.key : `${src.key}#${u}`;
+      const w = unitHash(valSeed, key) < fraction ? valWriter : trainWriter;
+      await w.add(s, u, tokens, 0);
+      return;
+    }
+    let used = 0;
+    if (valWriter && !valWriter.full) used = await valWriter.add(s, u, tokens, 0);
+    if (used < tokens.length) await trainWriter.add(s, u, tokens.subarray(used), used);
+  };
+
+  // ---- reading, batching and tokenizing
+  const ownPool = options.pool === undefined;
+  const pool = options.pool ?? new TokenizerPool(options.workers ?? navigator.hardwareConcurrency);
+  const maxInFlight = Math.max(2, pool.size * 3);
+  const batchBytes = options.batchBytes ?? 256 * 1024;
+  const field = config.textField;
+  const sizes = options.sources.map((s) => s.size);
+  const progress: BuildProgress = {
+    rawBytes: 0,
+    totalBytes: sizes.every((s) => s !== undefined)
+      ? sizes.reduce((a, b) => a! + b!, 0)
+      : undefined,
+    textBytes: 0,
+    documents: 0,
+    tokens: 0,
+    malformed,
+    source: restart.source,
+    sources: options.sources.length,
+  };
+  let inFlight: { promise: Promise<BatchResult>; s: number; unit: number; bytes: number }[] = [];
+  let aborted = false;
+
+  const reportIssue = (src: Source, unit: number, issue: BatchIssue) => {
+    const where = `${src.location} line ${unit + issue.line + 1}`;
+    if (issue.kind === "field") {
+      throw new TypeError(
+        `No text in ${where}: ${issue.message}; set --text-field to the field holding the text`,
+      );
+    }
+    if (options.strict) {
+      throw new SyntaxError(
+        `Malformed JSON in ${where}: ${issue.message}; fix the line or drop --strict to skip it`,
+      );
+    }
+    malformed++;
+    options.onWarning?.(`Skipped malformed JSON in ${where}: ${issue.message}`);
+  };
+  const consume = async (job: (typeof inFlight)[number]) => {
+    const result = await job.promise;
+    const src = options.sources[job.s];
+    // Issues are handled in line order between the units' tokens, so the malformed count a
+    // shard records covers exactly the lines before its end position.
+    let next = 0;
+    let at = 0;
+    for (let k = 0; k < result.counts.length; k++) {
+      while (next < result.issues.length && result.issues[next].line === k) {
+        reportIssue(src, job.unit, result.issues[next++]);
+      }
+      const n = result.counts[k];
+      await route(src, job.s, job.unit + k, result.tokens.subarray(at, at + n));
+      at += n;
+    }
+    progress.textBytes += job.bytes;
+    progress.documents += result.documents;
+    progress.tokens += result.tokens.length;
+    progress.malformed = malformed;
+    options.onProgress?.(progress);
+  };
+  const submit = async (s: number, unit: number, req: BatchRequest) => {
+    // Read the length first: submitting transfers (detaches) the buffer.
+    const bytes = req.bytes.length;
+    inFlight.push({ promise: pool.submit(req), s, unit, bytes });
+    while (inFlight.length >= maxInFlight) await consume(inFlight.shift()!);
+  };
+
+  try {
+    for (let s = restart.source; s < options.sources.length && !aborted; s++) {
+      const src = options.sources[s];
+      progress.source = s;
+      const skipUnits = s === restart.source ? restart.unit : 0;
+      aborted = await readSource(src, s, skipUnits);
+    }
+    for (const job of inFlight) {
+      if (options.signal?.aborted) {
+        aborted = true;
+        break;
+      }
+      await consume(job);
+    }
+    inFlight = [];
+    if (!aborted) {
+      const end = { source: options.sources.length, unit: 0, offset: 0 };
+      await valWriter?.finish(end);
+      await trainWriter.finish(end);
+      manifest.complete = true;
+      updateTotals(manifest);
+      manifest.totals.malformed = malformed;
+      await writeManifest(dir, manifest);
+    }
+  } finally {
+    if (ownPool) pool.close();
+  }
+  return {
+    manifest,
+    aborted,
+    tokens: progress.tokens,
+    textBytes: progress.textBytes,
+    seconds: (performance.now() - t0) / 1000,
+  };
+
+  // Streams one source into batches; returns true when aborted.
+  async function readSource(src: Source, s: number, skipUnits: number): Promise<boolean> {
+    const stream = await openSource(src, {
+      // The stop signal also cancels a download stalled mid-read.
+      http: { ...options.http, signal: options.http?.signal ?? options.signal },
+      onRawBytes: (n) => progress.rawBytes += n,
+    });
+    const queue = new ByteQueue();
+    let unit = 0;
+    const text = src.format === "txt";
+    const reader = stream.getReader();
+    while (true) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (e) {
+        if (options.signal?.aborted) return true;
+        // Finish the batches read before the failure so their full shards reach the disk
+        // and a later --resume starts as late as possible.
+        for (const job of inFlight.splice(0)) await consume(job);
+        const hint = src.compression === "none"
+          ? "check the source and run again with --resume"
+          : "the file is truncated or corrupt: download it again, then run with --resume";
+        throw new Error(`Cannot read ${src.location}: ${(e as Error).message}; ${hint}`, {
+          cause: e,
+        });
+      }
+      if (next.done) break;
+      if (options.signal?.aborted) {
+        await reader.cancel().catch(() => {});
+        return true;
+      }
+      queue.push(next.value);
+      while (queue.length >= batchBytes) {
+        const bytes = queue.view();
+        // Text is cut at the first BPE-safe place in [B, 8B) (B = batchBytes), or forcibly
+        // at 8B when there is none; looking no further than 8B keeps the cuts a function of
+        // the content alone, whatever sizes the chunks arrive in.
+        const max = 8 * batchBytes;
+        // JSONL batches end at the last newline within B bytes, or just after the one line
+        // when that line alone is longer.
+        let cut = text
+          ? findSafeCut(bytes.subarray(0, Math.min(bytes.length, max + 1)), batchBytes)
+          : bytes.lastIndexOf(0x0a, batchBytes - 1) + 1 || bytes.indexOf(0x0a, batchBytes) + 1;
+        if (text && cut < 0 && bytes.length > max) cut = utf8Boundary(bytes, max);
+        if (cut <= 0) break;
+        unit = await emit(s, unit, skipUnits, queue, cut, text);
+      }
+    }
+    if (queue.length > 0) await emit(s, unit, skipUnits, queue, queue.length, text);
+    return false;
+  }
+
+  // Sends the first `cut` queued bytes as one batch, minus units before `skipUnits`.
+  async function emit(
+    s: number,
+    unit: number,
+    skipUnits: number,
+    queue: ByteQueue,
+    cut: number,
+    text: boolean,
+  ): Promise<number> {
+    if (text) {
+      if (unit < skipUnits) queue.drop(cut);
+      else {
+        await submit(s, unit, {
+          kind: "text",
+          bytes: queue.take(cut),
+          docStart: unit === 0,
+          field,
+        });
+      }
+      return unit + 1;
+    }
+    const bytes = queue.view().subarray(0, cut);
+    const lines = countNewlines(bytes) + (bytes[cut - 1] === 0x0a ? 0 : 1);
+    if (unit + lines <= skipUnits) {
+      queue.drop(cut);
+      return unit + lines;
+    }
+    let first = unit;
+    if (unit < skipUnits) {
+      const at = afterNewlines(bytes, skipUnits - unit);
+      queue.drop(at);
+      cut -= at;
+      first = skipUnits;
+    }
+    await submit(s, first, { kind: "jsonl", bytes: queue.take(cut), docStart: false, field });
+    return unit + lines;
+  }
+}

@@ -1,0 +1,56 @@
+import assert from "node:assert/strict";
+import { zstdCompressSync } from "node:zlib";
+import { syntheticJsonl } from "../bench/data_bench.ts";
+import { readManifest } from "../src/data/manifest.ts";
+import { shardBytes } from "./fixtures/data/_fixtures.ts";
+
+const TASK = new URL("../tasks/data.ts", import.meta.url).pathname;
+
+function run(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TASK, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+Deno.test("cli: Ctrl-C keeps finished shards consistent and --resume completes them", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "data_cli_" });
+  try {
+    const input = `${dir}/in.jsonl.zst`;
+    await Deno.writeFile(input, zstdCompressSync(syntheticJsonl(6e6, 5)));
+    const common = [input, "--shard-tokens", "40k", "--val-tokens", "10k", "--workers", "1"];
+    const full = await run([...common, "--out", `${dir}/full`, "--quiet"]).output();
+    assert.equal(full.code, 0, new TextDecoder().decode(full.stderr));
+
+    const child = run([...common, "--out", `${dir}/part`]);
+    // Interrupt as soon as the manifest lists a couple of shards.
+    for (let i = 0; i < 1000; i++) {
+      const m = await readManifest(`${dir}/part`).catch(() => undefined);
+      if (m && m.shards.length >= 2) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    child.kill("SIGINT");
+    const stopped = await child.output();
+    const stderr = new TextDecoder().decode(stopped.stderr);
+    if (stopped.code === 130) {
+      assert.match(stderr, /stopping; finished shards are kept, run again with --resume/);
+      const m = (await readManifest(`${dir}/part`))!;
+      assert.ok(!m.complete);
+      const names = [...(await shardBytes(`${dir}/part`)).keys()];
+      assert.deepEqual(names, m.shards.map((s) => s.file).sort());
+      for await (const e of Deno.readDir(`${dir}/part`)) assert.ok(!e.name.endsWith(".bin.tmp"));
+    } else {
+      // The machine was fast enough to finish first; the resume below is then a no-op.
+      assert.equal(stopped.code, 0, stderr);
+    }
+    const resumed = await run([...common, "--out", `${dir}/part`, "--resume", "--quiet"]).output();
+    assert.equal(resumed.code, 0, new TextDecoder().decode(resumed.stderr));
+    const a = await shardBytes(`${dir}/full`);
+    const b = await shardBytes(`${dir}/part`);
+    assert.deepEqual([...b.keys()], [...a.keys()]);
+    for (const [n, bytes] of a) assert.deepEqual(b.get(n), bytes, n);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
