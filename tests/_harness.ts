@@ -43,13 +43,17 @@ export function testRuntime(): Promise<Runtime> {
 
 /**
  * Registers a test that needs a GPU; it is ignored (with a warning) when none
- * exists. A WebGPU validation error during the test fails it: such errors only
+ * exists, or when `ignore` says so (e.g. ../shared/data is absent). A WebGPU validation error during the test fails it: such errors only
  * drop the command, which could otherwise pass unnoticed.
  */
-export function gpuTest(name: string, fn: (rt: Runtime) => Promise<void>): void {
+export function gpuTest(
+  test: string | { name: string; ignore?: boolean },
+  fn: (rt: Runtime) => Promise<void>,
+): void {
+  const { name, ignore = false } = typeof test === "string" ? { name: test } : test;
   Deno.test({
     name,
-    ignore: !hasGpu,
+    ignore: !hasGpu || ignore,
     // WebGPU keeps internal resources alive between tests.
     sanitizeResources: false,
     sanitizeOps: false,
@@ -147,4 +151,14 @@ export function maxRelError(
     m = Math.max(m, Math.abs(actual[i] - expected[i]) / (atol + Math.abs(expected[i])));
   }
   return m;
+}
+
+/** True when ../shared/data/NAME exists (real data for tests; absent in a fresh clone). */
+export async function hasSharedData(name: string): Promise<boolean> {
+  const ok = await Deno.stat(new URL(`../../shared/data/${name}`, import.meta.url)).then(
+    () => true,
+    () => false,
+  );
+  if (!ok) console.warn(`skipping tests that need ../shared/data/${name}: it is absent`);
+  return ok;
 }

@@ -28,6 +28,8 @@ export const GPT2_VOCAB_SIZE = 50257;
 /** Named presets. `tiny` is for tests. */
 export const PRESETS: Readonly<Record<string, GPT2Config>> = {
   tiny: { nLayer: 2, nHead: 2, nEmbd: 16, nCtx: 16, vocabSize: 101 },
+  /** A small GPT-2 (7M parameters, most in wte) that trains in minutes on a CPU adapter. */
+  "gpt2-mini": { nLayer: 4, nHead: 4, nEmbd: 128, nCtx: 256, vocabSize: GPT2_VOCAB_SIZE },
   gpt2: { nLayer: 12, nHead: 12, nEmbd: 768, nCtx: 1024, vocabSize: GPT2_VOCAB_SIZE },
   "gpt2-medium": { nLayer: 24, nHead: 16, nEmbd: 1024, nCtx: 1024, vocabSize: GPT2_VOCAB_SIZE },
   "gpt2-medium-4096": {

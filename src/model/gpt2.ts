@@ -46,6 +46,10 @@ export interface GPT2Options {
   /** Gradient of the loss per position; default 1 / (B*T), the mean. */
   dloss?: number;
   matmul?: MatmulOptions;
+  /** Forward only: no gradient buffer, no backward dispatches (eval, sampling). */
+  inference?: boolean;
+  /** Use this parameter buffer (of another model with the same config) instead of a new one. */
+  sharedParams?: GPUBuffer;
 }
 
 interface LayerActs {
@@ -85,19 +89,19 @@ export class GPT2 {
   readonly Vp: number;
   /** All parameters, flat, f32 (views in `layout`). */
   readonly params: GPUBuffer;
-  /** All gradients, same layout. */
-  readonly grads: GPUBuffer;
+  #grads: GPUBuffer | undefined;
   #inputs!: GPUBuffer;
   #inputStride: number;
   #logits!: GPUBuffer;
   #losses!: GPUBuffer;
   #dres!: GPUBuffer;
   #forward: Dispatch[] = [];
+  #forwardLossCount = 0;
   #train: Dispatch[] = [];
   #owned: GPUBuffer[] = [];
   #targets = new Uint32Array(0);
 
-  private constructor(rt: Runtime, config: GPT2Config, B: number, T: number) {
+  private constructor(rt: Runtime, config: GPT2Config, B: number, T: number, o: GPT2Options) {
     this.rt = rt;
     this.config = validateConfig(config);
     checkSequenceLength(config, T);
@@ -115,16 +119,21 @@ export class GPT2 {
           `of ${rt.gpu.limits.maxBufferSize}: use a smaller model`,
       );
     }
-    this.params = this.#alloc("params", "parameters", bytes);
-    this.grads = this.#alloc("grads", "gradients", bytes);
+    if (o.sharedParams && o.sharedParams.size < bytes) {
+      throw new RangeError(
+        `Shared parameter buffer holds ${o.sharedParams.size} bytes, needs ${bytes}`,
+      );
+    }
+    this.params = o.sharedParams ?? this.#alloc("params", "parameters", bytes);
+    this.#grads = o.inference ? undefined : this.#alloc("grads", "gradients", bytes);
     this.#inputStride = Math.ceil((B * T) / 64) * 64;
   }
 
   /** Allocates the model, initialises it and builds its dispatches. */
   static async create(rt: Runtime, config: GPT2Config, options: GPT2Options): Promise<GPT2> {
-    const m = new GPT2(rt, config, options.B, options.T);
+    const m = new GPT2(rt, config, options.B, options.T, options);
     const seed = options.seed === undefined ? 1337 : options.seed;
-    if (seed !== null) m.#initialise(seed);
+    if (seed !== null && !options.sharedParams) m.#initialise(seed);
     await m.#build(options);
     return m;
   }
@@ -140,6 +149,24 @@ export class GPT2 {
       const data = initTensor(this.config, t, i, seed);
       this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
     });
+  }
+
+  /** All gradients, same layout as the parameters (not in inference mode). */
+  get grads(): GPUBuffer {
+    if (!this.#grads) {
+      throw new Error("This model was created with inference: true: it has no gradients");
+    }
+    return this.#grads;
+  }
+
+  /** True when the model has no backward pass. */
+  get inference(): boolean {
+    return this.#grads === undefined;
+  }
+
+  /** Per-position losses [B*T] of the last forward pass. */
+  get losses(): GPUBuffer {
+    return this.#losses;
   }
 
   /** A named parameter's range in the flat buffer (or in the gradient buffer). */
@@ -192,15 +219,8 @@ export class GPT2 {
     const lnf = act("lnf", BT * C), lnfMean = act("lnf_mean", BT), lnfRstd = act("lnf_rstd", BT);
     this.#logits = act("logits", BT * Vp);
     this.#losses = act("losses", BT);
-    // backward scratch
-    this.#dres = scratch("dresidual", BT * C);
-    const dbtc = scratch("d_btc", BT * C);
-    const datty = scratch("d_atty", BT * C);
-    const dqkv = scratch("d_qkv", BT * 3 * C);
-    const dfchGelu = scratch("d_fch_gelu", BT * 4 * C);
-    const dfch = scratch("d_fch", BT * 4 * C);
-    const dpre = scratch("d_preatt", B * NH * T * T);
-
+    const cls = { N: BT, V, Vp, dloss: options.dloss ?? 1 / BT };
+    const lossOps = { logits: this.#logits, targets, losses: this.#losses };
     // ---- forward
     const fwd: Dispatch[] = [];
     const enc = { BT, T, C, Vp };
@@ -293,12 +313,21 @@ export class GPT2 {
         c: buf(this.#logits),
       }, { name: "lm_head_forward", ...mm }),
     );
-    const cls = { N: BT, V, Vp, dloss: options.dloss ?? 1 / BT };
-    const lossOps = { logits: this.#logits, targets, losses: this.#losses };
-    this.#forward = [...fwd, await classifier(rt, { ...cls, writeGrad: false }, lossOps)];
+    this.#forward = [...fwd, ...await classifier(rt, { ...cls, writeGrad: false }, lossOps)];
+    this.#forwardLossCount = this.#forward.length - fwd.length;
+    if (options.inference) return;
+
+    // ---- backward scratch
+    this.#dres = scratch("dresidual", BT * C);
+    const dbtc = scratch("d_btc", BT * C);
+    const datty = scratch("d_atty", BT * C);
+    const dqkv = scratch("d_qkv", BT * 3 * C);
+    const dfchGelu = scratch("d_fch_gelu", BT * 4 * C);
+    const dfch = scratch("d_fch", BT * 4 * C);
+    const dpre = scratch("d_preatt", B * NH * T * T);
 
     // ---- backward (dresidual is cleared before it runs)
-    const bwd: Dispatch[] = [await classifier(rt, { ...cls, writeGrad: true }, lossOps)];
+    const bwd: Dispatch[] = await classifier(rt, { ...cls, writeGrad: true }, lossOps);
     bwd.push(
       ...await matmul(rt, { M: BT, N: C, K: Vp }, {
         a: buf(this.#logits),
@@ -443,6 +472,26 @@ export class GPT2 {
   }
 
   /**
+   * Encodes one training micro-step (forward + backward) after {@linkcode setBatch}:
+   * clears dresidual and, unless `accumulate`, the gradients.
+   */
+  encodeTrain(encoder: GPUCommandEncoder, accumulate = false): void {
+    encoder.clearBuffer(this.#dres);
+    if (!accumulate) encoder.clearBuffer(this.grads);
+    encodeDispatches(encoder, this.#train, this.rt.profiler);
+  }
+
+  /** Encodes the forward pass (loss only, logits kept) after {@linkcode setBatch}. */
+  encodeForward(encoder: GPUCommandEncoder): void {
+    encodeDispatches(encoder, this.#forward, this.rt.profiler);
+  }
+
+  /** Uploads the next batch: tokens and targets [B*T] (targets may use IGNORE_TARGET). */
+  setBatch(tokens: ArrayLike<number>, targets?: ArrayLike<number>): void {
+    this.#upload(tokens, targets);
+  }
+
+  /**
    * Forward pass only. Returns the mean loss over positions with a target (NaN
    * without targets); the logits stay readable with {@linkcode readLogits}.
    */
@@ -463,6 +512,7 @@ export class GPT2 {
     targets: ArrayLike<number>,
     options: { accumulate?: boolean } = {},
   ): Promise<number> {
+    if (this.inference) throw new Error("This model was created with inference: true: no backward");
     this.#upload(tokens, targets);
     this.#submit(this.#train, options.accumulate ? [this.#dres] : [this.#dres, this.grads]);
     const loss = await this.#meanLoss();
@@ -503,15 +553,19 @@ export class GPT2 {
     this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
   }
 
-  /** Number of dispatches in one training step (forward + backward). */
+  /** Number of dispatches in one training step (forward + backward), or forward in inference. */
   get dispatchCount(): number {
-    return this.#train.length;
+    return this.#train.length || this.#forward.length;
   }
 
-  /** Frees every buffer the model allocated. */
+  /** Frees every buffer the model allocated (not a shared parameter buffer). */
   destroy(): void {
-    // The forward list is a prefix of the training list plus its own classifier.
-    freeDispatches(this.rt.arena, [...this.#train, this.#forward[this.#forward.length - 1]]);
+    // The forward list is a prefix of the training list plus its own classifier dispatches.
+    const ownLoss = this.#forward.slice(this.#forward.length - this.#forwardLossCount);
+    freeDispatches(
+      this.rt.arena,
+      this.#train.length ? [...this.#train, ...ownLoss] : this.#forward,
+    );
     for (const b of this.#owned) this.rt.arena.free(b);
     this.#owned = [];
     this.#train = this.#forward = [];

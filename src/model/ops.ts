@@ -328,20 +328,39 @@ export async function attentionBackward(
 
 /**
  * losses[N] = cross-entropy of logits [N, Vp] (first V columns) against targets;
- * with `writeGrad`, logits are replaced by dlogits scaled by `dloss`.
+ * with `writeGrad`, logits are replaced by dlogits scaled by `dloss`. Rows are
+ * split into binding-sized chunks (64-row multiples keep offsets aligned).
  */
 export function classifier(
   rt: Runtime,
-  s: { N: number; V: number; Vp: number; dloss: number; writeGrad: boolean },
+  s: {
+    N: number;
+    V: number;
+    Vp: number;
+    dloss: number;
+    writeGrad: boolean;
+    maxBindingBytes?: number;
+  },
   ops: { logits: GPUBuffer; targets: BufferRange; losses: GPUBuffer },
-): Promise<Dispatch> {
-  return makeDispatch(rt, {
-    name: s.writeGrad ? "classifier_loss_grad" : "classifier_loss",
-    code: classifierSrc,
-    entryPoint: "main",
-    constants: { WRITE_GRAD: +s.writeGrad },
-    buffers: { 0: all(ops.logits), 1: ops.targets, 2: all(ops.losses) },
-    uniform: { binding: 3, words: [s.N, s.V, s.Vp, f32Bits(s.dloss)] },
-    workgroups: grid1d(s.N, 1),
-  });
+): Promise<Dispatch[]> {
+  const limit = s.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
+  const per = Math.max(64, Math.floor(limit / (s.Vp * 4) / 64) * 64);
+  const chunks: [number, number][] = [];
+  for (let r = 0; r < s.N; r += per) chunks.push([r, Math.min(s.N, r + per)]);
+  const t0 = ops.targets.offset ?? 0;
+  return Promise.all(chunks.map(([r0, r1]) =>
+    makeDispatch(rt, {
+      name: s.writeGrad ? "classifier_loss_grad" : "classifier_loss",
+      code: classifierSrc,
+      entryPoint: "main",
+      constants: { WRITE_GRAD: +s.writeGrad },
+      buffers: {
+        0: { buffer: ops.logits, offset: r0 * s.Vp * 4, size: (r1 - r0) * s.Vp * 4 },
+        1: { buffer: ops.targets.buffer, offset: t0 + r0 * 4, size: (r1 - r0) * 4 },
+        2: { buffer: ops.losses, offset: r0 * 4, size: (r1 - r0) * 4 },
+      },
+      uniform: { binding: 3, words: [r1 - r0, s.V, s.Vp, f32Bits(s.dloss)] },
+      workgroups: grid1d(r1 - r0, 1),
+    })
+  ));
 }

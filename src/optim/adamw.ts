@@ -11,7 +11,7 @@
 
 import type { Dispatch } from "../gpu/dispatch.ts";
 import { f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
-import type { Runtime } from "../gpu/runtime.ts";
+import { readF32, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import adamwSrc from "../../kernels/adamw.wgsl" with { type: "text" };
 import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
@@ -216,5 +216,36 @@ export class AdamW {
     for (const b of this.#owned) this.rt.arena.free(b);
     this.#owned = [];
     this.dispatches = [];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// State for checkpoints: m and v per tensor, full (padded) size, f32.
+
+/** m and v of every tensor as named f32 arrays (`m.<name>`, `v.<name>`). */
+export async function readAdamWState(
+  opt: AdamW,
+): Promise<{ name: string; shape: number[]; data: Float32Array }[]> {
+  const out = [];
+  for (const which of ["m", "v"] as const) {
+    const buf = which === "m" ? opt.m : opt.v;
+    for (const t of opt.layout.tensors) {
+      const data = await readF32(opt.rt.device, buf, t.offset, t.size);
+      out.push({ name: `${which}.${t.name}`, shape: [t.size], data });
+    }
+  }
+  return out;
+}
+
+/** Restores m and v from arrays named as {@linkcode readAdamWState} writes them. */
+export function writeAdamWState(
+  opt: AdamW,
+  get: (name: string, size: number) => Float32Array<ArrayBuffer>,
+): void {
+  for (const which of ["m", "v"] as const) {
+    const buf = which === "m" ? opt.m : opt.v;
+    for (const t of opt.layout.tensors) {
+      opt.rt.device.queue.writeBuffer(buf, t.offset * 4, get(`${which}.${t.name}`, t.size));
+    }
   }
 }

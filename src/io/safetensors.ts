@@ -1,0 +1,200 @@
+/**
+ * safetensors: read and write (Hugging Face's format: an 8-byte little-endian
+ * header length, a JSON header of {name: {dtype, shape, data_offsets}}, then
+ * the raw little-endian tensor bytes). Reads F32, F16 and BF16 into float32;
+ * writes F32 (exact, for resume) or F16/BF16.
+ *
+ * @module
+ */
+
+/** Dtypes this module reads and writes. */
+export type SafeDtype = "F32" | "F16" | "BF16";
+
+const BYTES: Record<SafeDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+
+/** One tensor as stored in the header. */
+export interface SafeTensorInfo {
+  dtype: string;
+  shape: number[];
+  data_offsets: [number, number];
+}
+
+/** A parsed file: header, metadata, and the data section. */
+export interface SafeTensorsFile {
+  path: string;
+  tensors: Map<string, SafeTensorInfo>;
+  metadata: Record<string, string>;
+  /** The bytes after the header. */
+  data: Uint8Array;
+}
+
+/** Errors in a safetensors file; the message names the file and the problem. */
+export class SafeTensorsError extends Error {
+  constructor(path: string, detail: string) {
+    super(`Invalid safetensors file ${path}: ${detail}`);
+    this.name = "SafeTensorsError";
+  }
+}
+
+/** Parses a safetensors file in memory, checking every offset against the file size. */
+export function parseSafetensors(bytes: Uint8Array, path = "<memory>"): SafeTensorsFile {
+  if (bytes.length < 8) throw new SafeTensorsError(path, `${bytes.length} bytes is too short`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLen = Number(view.getBigUint64(0, true));
+  if (headerLen > bytes.length - 8 || headerLen > 100_000_000) {
+    throw new SafeTensorsError(
+      path,
+      `header length ${headerLen} runs past the end of the file (${bytes.length} bytes); ` +
+        "the file is truncated or not safetensors",
+    );
+  }
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
+  } catch (e) {
+    throw new SafeTensorsError(path, `header is not JSON (${(e as Error).message})`);
+  }
+  const data = bytes.subarray(8 + headerLen);
+  const tensors = new Map<string, SafeTensorInfo>();
+  let metadata: Record<string, string> = {};
+  for (const [name, raw] of Object.entries(header)) {
+    if (name === "__metadata__") {
+      metadata = raw as Record<string, string>;
+      continue;
+    }
+    const t = raw as SafeTensorInfo;
+    const [begin, end] = t.data_offsets ?? [];
+    if (!Array.isArray(t.shape) || typeof begin !== "number" || typeof end !== "number") {
+      throw new SafeTensorsError(path, `tensor "${name}" has no shape or data_offsets`);
+    }
+    if (end > data.length || begin > end) {
+      throw new SafeTensorsError(
+        path,
+        `tensor "${name}" needs bytes ${begin}..${end} but the data section holds ` +
+          `${data.length}: the file is truncated`,
+      );
+    }
+    const elems = t.shape.reduce((a, b) => a * b, 1);
+    const size = BYTES[t.dtype as SafeDtype];
+    if (size && elems * size !== end - begin) {
+      throw new SafeTensorsError(
+        path,
+        `tensor "${name}" has shape [${t.shape}] (${elems} x ${t.dtype}) but ${end - begin} bytes`,
+      );
+    }
+    tensors.set(name, t);
+  }
+  return { path, tensors, metadata, data };
+}
+
+/** Reads and parses a safetensors file. */
+export async function readSafetensors(path: string): Promise<SafeTensorsFile> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (e) {
+    throw new Error(`Cannot read ${path}: ${(e as Error).message}`);
+  }
+  return parseSafetensors(bytes, path);
+}
+
+function f16ToF32(h: number): number {
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 0x1f, f = h & 0x3ff;
+  if (e === 0) return s * f * 2 ** -24;
+  if (e === 31) return f ? NaN : s * Infinity;
+  return s * (1 + f / 1024) * 2 ** (e - 15);
+}
+
+/** A tensor's values as float32 (F32, F16 or BF16 in the file). */
+export function tensorF32(file: SafeTensorsFile, name: string): Float32Array<ArrayBuffer> {
+  const t = file.tensors.get(name);
+  if (!t) throw new SafeTensorsError(file.path, `no tensor "${name}"`);
+  const [begin, end] = t.data_offsets;
+  const raw = file.data.subarray(begin, end);
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  const out = new Float32Array(n);
+  switch (t.dtype) {
+    case "F32":
+      for (let i = 0; i < n; i++) out[i] = view.getFloat32(4 * i, true);
+      break;
+    case "F16":
+      for (let i = 0; i < n; i++) out[i] = f16ToF32(view.getUint16(2 * i, true));
+      break;
+    case "BF16": {
+      const u = new Uint32Array(out.buffer);
+      for (let i = 0; i < n; i++) u[i] = view.getUint16(2 * i, true) << 16;
+      break;
+    }
+    default:
+      throw new SafeTensorsError(
+        file.path,
+        `tensor "${name}" has dtype ${t.dtype}: only F32, F16 and BF16 are supported`,
+      );
+  }
+  return out;
+}
+
+function f32ToF16(x: number): number {
+  const f = new Float32Array([x]), u = new Uint32Array(f.buffer)[0];
+  const sign = (u >>> 16) & 0x8000, exp = ((u >>> 23) & 0xff) - 127 + 15, mant = u & 0x7fffff;
+  if (((u >>> 23) & 0xff) === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  if (exp >= 31) return sign | 0x7c00;
+  if (exp <= 0) {
+    if (exp < -10) return sign;
+    const m = (mant | 0x800000) >> (1 - exp);
+    return sign | ((m + 0x1000) >> 13);
+  }
+  return (sign | (exp << 10) | (mant >> 13)) + ((mant >> 12) & 1);
+}
+
+/** A tensor to write. */
+export interface TensorToWrite {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
+/** Serialises tensors (in the given order) with optional string metadata. */
+export function encodeSafetensors(
+  tensors: TensorToWrite[],
+  options: { dtype?: SafeDtype; metadata?: Record<string, string> } = {},
+): Uint8Array<ArrayBuffer> {
+  const dtype = options.dtype ?? "F32";
+  const size = BYTES[dtype];
+  const header: Record<string, unknown> = {};
+  if (options.metadata) header.__metadata__ = options.metadata;
+  let offset = 0;
+  for (const t of tensors) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    if (n !== t.data.length) {
+      throw new RangeError(`Tensor "${t.name}" has shape [${t.shape}] but ${t.data.length} values`);
+    }
+    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + n * size] };
+    offset += n * size;
+  }
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - ((json.length + 8) % 8)) % 8); // data section 8-byte aligned
+  const head = new TextEncoder().encode(json);
+  const out = new Uint8Array(8 + head.length + offset);
+  const view = new DataView(out.buffer);
+  view.setBigUint64(0, BigInt(head.length), true);
+  out.set(head, 8);
+  let p = 8 + head.length;
+  for (const t of tensors) {
+    if (dtype === "F32") {
+      out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), p);
+      p += t.data.byteLength;
+    } else {
+      const u = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
+      for (let i = 0; i < t.data.length; i++, p += 2) {
+        view.setUint16(
+          p,
+          dtype === "F16" ? f32ToF16(t.data[i]) : (u[i] + 0x7fff + ((u[i] >> 16) & 1)) >>> 16,
+          true,
+        );
+      }
+    }
+  }
+  return out;
+}

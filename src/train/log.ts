@@ -1,0 +1,78 @@
+/**
+ * What a user watches during training: a progress line per step, log.jsonl
+ * in the run directory, and a loss-curve SVG kept up to date beside it.
+ *
+ * @module
+ */
+
+/** Formats seconds as "1h02m", "3m12s" or "45s". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return "?";
+  const s = Math.max(0, Math.round(seconds));
+  if (s >= 3600) {
+    return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  }
+  if (s >= 60) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
+/** Appends JSON lines to a file (created on first write). */
+export class JsonlLog {
+  readonly path: string;
+  constructor(path: string) {
+    this.path = path;
+  }
+  async write(record: Record<string, unknown>): Promise<void> {
+    await Deno.writeTextFile(this.path, JSON.stringify(record) + "\n", { append: true });
+  }
+}
+
+/** A series of (step, value) points. */
+export type Series = { name: string; color: string; points: [number, number][] };
+
+/** An SVG line chart of loss against step, with axes and a legend. */
+export function lossCurveSvg(series: Series[], title = "loss"): string {
+  const W = 640, H = 400, L = 60, R = 20, T = 30, B = 40;
+  const all = series.flatMap((s) => s.points);
+  if (all.length === 0) {
+    return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"/>`;
+  }
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]).filter(Number.isFinite);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  if (y1 - y0 < 1e-6) [y0, y1] = [y0 - 0.5, y1 + 0.5];
+  const px = (x: number) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const py = (y: number) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${W / 2}" y="18" text-anchor="middle" font-size="14">${title}</text>`,
+    `<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="black"/>`,
+    `<line x1="${L}" y1="${T}" x2="${L}" y2="${H - B}" stroke="black"/>`,
+    `<text x="${W / 2}" y="${H - 8}" text-anchor="middle">step</text>`,
+  ];
+  for (let i = 0; i <= 4; i++) {
+    const y = y0 + ((y1 - y0) * i) / 4, x = x0 + ((x1 - x0) * i) / 4;
+    out.push(
+      `<text x="${L - 6}" y="${py(y) + 4}" text-anchor="end">${y.toFixed(2)}</text>`,
+      `<line x1="${L}" y1="${py(y)}" x2="${W - R}" y2="${py(y)}" stroke="#eee"/>`,
+      `<text x="${px(x)}" y="${H - B + 16}" text-anchor="middle">${Math.round(x)}</text>`,
+    );
+  }
+  series.forEach((s, i) => {
+    const pts = s.points.filter((p) => Number.isFinite(p[1]));
+    if (pts.length) {
+      const d = pts.map((p) => `${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join(" ");
+      out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="1.5" points="${d}"/>`);
+      if (pts.length === 1) {
+        out.push(`<circle cx="${px(pts[0][0])}" cy="${py(pts[0][1])}" r="3" fill="${s.color}"/>`);
+      }
+    }
+    out.push(
+      `<rect x="${W - R - 110}" y="${T + 6 + i * 18}" width="12" height="3" fill="${s.color}"/>`,
+      `<text x="${W - R - 92}" y="${T + 10 + i * 18}">${s.name}</text>`,
+    );
+  });
+  out.push("</svg>");
+  return out.join("\n") + "\n";
+}

@@ -1,0 +1,383 @@
+/**
+ * The training loop: gradient accumulation to a total batch in tokens, AdamW
+ * with GPU clipping, a learning-rate schedule, periodic validation, samples and
+ * checkpoints, exact resume, and a clean save on Ctrl-C (SIGINT/SIGTERM).
+ *
+ * One command encoder per micro-step (the inputs differ per micro-step); the
+ * loss and gradient norm come back in one mapped read per optimizer step.
+ *
+ * @module
+ */
+
+import { formatBytes } from "../gpu/arena.ts";
+import { encodeDispatches } from "../gpu/dispatch.ts";
+import type { Runtime } from "../gpu/runtime.ts";
+import { type GPT2Config, parameterCount } from "../model/config.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import type { MatmulImpl } from "../model/matmul.ts";
+import { AdamW, readAdamWState, writeAdamWState } from "../optim/adamw.ts";
+import { lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
+import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
+import { decodeTokens, EOT } from "../data/tokenizer.ts";
+import { loadCheckpoint, saveCheckpoint } from "../io/checkpoint.ts";
+import { encodeModel, loadTensors, matchTensors } from "../io/hf.ts";
+import { tensorF32 } from "../io/safetensors.ts";
+import { generate } from "../eval/generate.ts";
+import { prepareData } from "./corpus.ts";
+import { formatDuration, JsonlLog, lossCurveSvg } from "./log.ts";
+
+/** Everything a run needs; `deno task train` fills it from flags. */
+export interface TrainConfig {
+  /** Model name (for logs) and its resolved architecture. */
+  modelName: string;
+  model: GPT2Config;
+  /** Shard folder, .bin shard or .txt file; undefined: the default corpus. */
+  data?: string;
+  /** Run directory: log.jsonl, loss.svg, checkpoints/. */
+  out: string;
+  batch: number;
+  seq: number;
+  /** Tokens per optimizer step; a multiple of batch*seq (gradient accumulation). */
+  totalBatch: number;
+  /** Optimizer steps to reach (a resumed run continues up to this). */
+  steps: number;
+  schedule: string;
+  lr: number;
+  minLr: number;
+  warmup: number;
+  /** wsd: steps of the final decay. */
+  decaySteps?: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  gradClip: number;
+  seed: number;
+  shuffle: boolean;
+  valEvery: number;
+  valBatches: number;
+  sampleEvery: number;
+  sampleTokens: number;
+  saveEvery: number;
+  keep: number;
+  /** Start from this Hugging Face GPT-2 directory (fine-tuning). */
+  init?: string;
+  /** Continue from this checkpoint directory. */
+  resume?: string;
+  /** Peak TFLOP/s of the device, for MFU; unknown when 0. */
+  peakTflops: number;
+  matmul?: MatmulImpl;
+  /** Where tokenized text files are cached. */
+  cacheDir: string;
+}
+
+/** What a run returns. */
+export interface TrainResult {
+  /** Final checkpoint directory. */
+  checkpoint: string;
+  /** Loss of every optimizer step this run took, in order. */
+  losses: number[];
+  lastStep: number;
+  stopped: boolean;
+  valLoss?: number;
+  sample?: string;
+}
+
+/** Hooks for callers that want more than the printed lines. */
+export interface TrainHooks {
+  /** One line of output (default: console.log). */
+  print?: (line: string) => void;
+  /** Stop after the step this returns true for (used by tests to interrupt). */
+  stopAfter?: (step: number) => boolean;
+}
+
+/** FLOPs per token for forward+backward: 6·N + 12·L·C·T (nanoGPT's estimate_mfu). */
+export function flopsPerToken(cfg: GPT2Config, T: number): number {
+  const N = parameterCount(cfg) - cfg.nCtx * cfg.nEmbd;
+  return 6 * N + 12 * cfg.nLayer * cfg.nEmbd * T;
+}
+
+/** Runs (or resumes) training. */
+export async function train(
+  rt: Runtime,
+  config: TrainConfig,
+  hooks: TrainHooks = {},
+): Promise<TrainResult> {
+  const print = hooks.print ?? ((l: string) => console.log(l));
+  const c = config;
+  const BT = c.batch * c.seq;
+  if (c.totalBatch % BT !== 0) {
+    throw new RangeError(
+      `--total-batch ${c.totalBatch} is not a multiple of batch x seq = ${BT}: pick a multiple`,
+    );
+  }
+  const accum = c.totalBatch / BT;
+
+  // ---- resume / init: read and check everything before touching the GPU or disk
+  const resumed = c.resume ? await loadCheckpoint(c.resume) : undefined;
+  const init = c.init ? await loadCheckpoint(c.init) : undefined;
+  if (resumed && !resumed.optimizer) {
+    throw new Error(`Cannot resume from ${c.resume}: it has no optimizer.safetensors; use --init`);
+  }
+  const cfg = resumed?.config ?? init?.config ?? c.model;
+  const source = resumed ?? init;
+  if (source) matchTensors(source.model, cfg); // shapes checked before anything is written
+  const data = await prepareData(c.data, c.cacheDir);
+  const trainShards = await openShards(data.dir, { split: "train" });
+  const valShards = await openShards(data.dir, { split: "val" }).catch(() => undefined);
+
+  const model = await GPT2.create(rt, cfg, {
+    B: c.batch,
+    T: c.seq,
+    seed: c.seed,
+    dloss: 1 / (BT * accum),
+    matmul: c.matmul ? { impl: c.matmul } : undefined,
+  });
+  const sampler = await GPT2.create(rt, cfg, {
+    B: 1,
+    T: Math.min(cfg.nCtx, c.seq),
+    inference: true,
+    sharedParams: model.params,
+    matmul: c.matmul ? { impl: c.matmul } : undefined,
+  });
+  const opt = await AdamW.create(rt, model.layout, { params: model.params, grads: model.grads }, {
+    beta1: c.beta1,
+    beta2: c.beta2,
+    eps: c.eps,
+    weightDecay: c.weightDecay,
+    gradClip: c.gradClip,
+  });
+  const staging = rt.device.createBuffer({
+    label: "train.readback",
+    size: (accum * BT + 4) * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  let startStep = 0;
+  let cursor: LoaderCursor | undefined;
+  if (resumed) {
+    loadTensors(resumed.model, model);
+    const file = resumed.optimizer!;
+    writeAdamWState(opt, (name, size) => {
+      const a = tensorF32(file, name);
+      if (a.length !== size) {
+        throw new Error(`${file.path}: "${name}" has ${a.length} values, needs ${size}`);
+      }
+      return a;
+    });
+    const st = resumed.trainer ?? {};
+    startStep = Number(st.step ?? 0);
+    if (st.data === data.dir) cursor = st.cursor as LoaderCursor;
+    else print(`resume: new data ${data.dir} (was ${st.data}): reading it from the start`);
+  } else if (init) {
+    loadTensors(init.model, model);
+  }
+  const loader = new TokenLoader(trainShards, {
+    batchSize: c.batch,
+    seqLen: c.seq,
+    shuffle: c.shuffle,
+    seed: c.seed,
+    cursor,
+  });
+  const schedule: Schedule = makeSchedule(c.schedule, {
+    lr: c.lr,
+    minLr: c.minLr,
+    warmup: c.warmup,
+    steps: c.steps,
+    decay: c.decaySteps,
+  });
+
+  // ---- output
+  await Deno.mkdir(c.out, { recursive: true });
+  const log = new JsonlLog(`${c.out}/log.jsonl`);
+  const fpt = flopsPerToken(cfg, c.seq);
+  const resolved = {
+    ...c,
+    model: cfg,
+    data: data.description,
+    data_dir: data.dir,
+    accumulation: accum,
+    parameters: parameterCount(cfg),
+    adapter: rt.gpu.name,
+    mfu_formula:
+      "MFU = tokens/s x (6N + 12LCT) / peak FLOP/s (nanoGPT estimate_mfu; N without wpe)",
+    resumed_from: c.resume,
+    start_step: startStep,
+  };
+  print(`config ${JSON.stringify(resolved, null, 2)}`);
+  await Deno.writeTextFile(`${c.out}/run_config.json`, JSON.stringify(resolved, null, 2) + "\n");
+  await log.write({ event: "start", time: new Date().toISOString(), config: resolved });
+  const trainPts: [number, number][] = [], valPts: [number, number][] = [];
+  const writeCurve = () =>
+    Deno.writeTextFile(
+      `${c.out}/loss.svg`,
+      lossCurveSvg([
+        { name: "train", color: "#1f77b4", points: trainPts },
+        { name: "val", color: "#d62728", points: valPts },
+      ], `${c.modelName} loss`),
+    );
+
+  const evaluate = async (): Promise<number | undefined> => {
+    if (!valShards || c.valBatches <= 0) return undefined;
+    const val = new TokenLoader(valShards, { batchSize: c.batch, seqLen: c.seq });
+    let sum = 0;
+    const n = Math.min(c.valBatches, val.batchesPerEpoch);
+    for (let i = 0; i < n; i++) {
+      const b = val.nextBatch();
+      sum += await model.forward(b.inputs, b.targets);
+    }
+    return sum / n;
+  };
+  const sample = async (step: number) => {
+    const ids = await generate(sampler, [EOT], {
+      maxTokens: c.sampleTokens,
+      temperature: 0.8,
+      topK: 40,
+      seed: c.seed + step,
+      stopToken: EOT,
+    });
+    return decodeTokens(ids);
+  };
+  const save = async (step: number, valLoss?: number) => {
+    const dir = await saveCheckpoint(`${c.out}/checkpoints`, step, {
+      config: cfg,
+      model: await encodeModel(model),
+      optimizer: await readAdamWState(opt),
+      trainer: {
+        step,
+        tokens: step * c.totalBatch,
+        data: data.dir,
+        cursor: loader.cursor,
+        seed: c.seed,
+        schedule,
+        config: { ...c, model: cfg },
+        val_loss: valLoss,
+        time: new Date().toISOString(),
+      },
+    }, c.keep);
+    await log.write({ event: "checkpoint", step, dir });
+    return dir;
+  };
+
+  // ---- Ctrl-C: finish the step, save, exit cleanly; a second one aborts
+  let stopRequested = false;
+  const onSignal = () => {
+    if (stopRequested) Deno.exit(130);
+    stopRequested = true;
+    print("\nstopping: saving a checkpoint after this step (Ctrl-C again to abort without saving)");
+  };
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+
+  const losses: number[] = [];
+  let step = startStep;
+  let lastCheckpoint = "";
+  let valLoss: number | undefined;
+  const t0 = performance.now();
+  try {
+    while (step < c.steps && !stopRequested) {
+      const tStep = performance.now();
+      const lr = lrAt(schedule, step);
+      opt.setStep(step + 1, lr);
+      for (let micro = 0; micro < accum; micro++) {
+        const b = loader.nextBatch();
+        model.setBatch(b.inputs, b.targets);
+        const enc = rt.device.createCommandEncoder();
+        model.encodeTrain(enc, micro > 0);
+        enc.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
+        if (micro === accum - 1) {
+          encodeDispatches(enc, opt.dispatches, rt.profiler);
+          enc.copyBufferToBuffer(opt.stats, 0, staging, accum * BT * 4, 16);
+        }
+        rt.profiler?.resolve(enc);
+        rt.device.queue.submit([enc.finish()]);
+        await rt.profiler?.collect();
+      }
+      await staging.mapAsync(GPUMapMode.READ);
+      const back = new Float32Array(staging.getMappedRange());
+      let sum = 0;
+      for (let i = 0; i < accum * BT; i++) sum += back[i];
+      const norm = back[accum * BT + 1];
+      staging.unmap();
+      const loss = sum / (accum * BT);
+      losses.push(loss);
+      step++;
+      const dt = (performance.now() - tStep) / 1000;
+      const tokPerS = c.totalBatch / dt;
+      const flops = tokPerS * fpt;
+      const mfu = c.peakTflops > 0
+        ? `${((100 * flops) / (c.peakTflops * 1e12)).toFixed(1)}%`
+        : "n/a";
+      const elapsed = (performance.now() - t0) / 1000;
+      const eta = (elapsed / (step - startStep)) * (c.steps - step);
+      const mem = rt.arena.report().current.total;
+      print(
+        `step ${String(step).padStart(String(c.steps).length)}/${c.steps} | loss ${
+          loss.toFixed(4)
+        } | ` +
+          `lr ${lr.toExponential(2)} | norm ${norm.toFixed(3)} | ${tokPerS.toFixed(0)} tok/s | ` +
+          `${(flops / 1e9).toFixed(1)} GFLOP/s | MFU ${mfu} | mem ${formatBytes(mem)} | ` +
+          `ETA ${formatDuration(eta)}`,
+      );
+      await log.write({
+        step,
+        loss,
+        lr,
+        norm,
+        tokens_per_s: tokPerS,
+        gflops: flops / 1e9,
+        ms: dt * 1000,
+      });
+      trainPts.push([step, loss]);
+      if (!Number.isFinite(loss)) {
+        throw new Error(`Loss is ${loss} at step ${step}: lower --lr or check the data`);
+      }
+      const last = step === c.steps;
+      if (c.valEvery > 0 && (step % c.valEvery === 0 || last)) {
+        valLoss = await evaluate();
+        if (valLoss !== undefined) {
+          print(`step ${step} | val loss ${valLoss.toFixed(4)}`);
+          valPts.push([step, valLoss]);
+          await log.write({ step, val_loss: valLoss });
+        }
+      }
+      if (c.sampleEvery > 0 && step % c.sampleEvery === 0 && !last) {
+        const text = await sample(step);
+        print(`step ${step} | sample: ${JSON.stringify(text)}`);
+        await log.write({ step, sample: text });
+      }
+      if (step % 10 === 0 || last) await writeCurve();
+      if (c.saveEvery > 0 && step % c.saveEvery === 0 && !last) {
+        lastCheckpoint = await save(step, valLoss);
+      }
+      if (hooks.stopAfter?.(step)) stopRequested = true;
+    }
+    // Final (or interrupted) checkpoint, then a sample.
+    await writeCurve();
+    lastCheckpoint = await save(step, valLoss);
+    const text = c.sampleTokens > 0 ? await sample(step) : undefined;
+    if (text !== undefined) {
+      print(`sample at step ${step}: ${JSON.stringify(text)}`);
+      await log.write({ step, sample: text });
+    }
+    print(
+      `${
+        stopRequested && step < c.steps ? "stopped" : "done"
+      } at step ${step}: checkpoint ${lastCheckpoint}`,
+    );
+    await log.write({ event: "end", step, checkpoint: lastCheckpoint });
+    return {
+      checkpoint: lastCheckpoint,
+      losses,
+      lastStep: step,
+      stopped: step < c.steps,
+      valLoss,
+      sample: text,
+    };
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    staging.destroy();
+    opt.destroy();
+    sampler.destroy();
+    model.destroy();
+  }
+}

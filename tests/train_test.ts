@@ -1,0 +1,326 @@
+import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
+import { parseTrainArgs } from "../tasks/train.ts";
+import { train, type TrainConfig } from "../src/train/trainer.ts";
+import { textToShards } from "../src/train/corpus.ts";
+import { lrAt, makeSchedule, parsePiecewise } from "../src/optim/schedule.ts";
+import { GPT2 } from "../src/model/gpt2.ts";
+import type { GPT2Config } from "../src/model/config.ts";
+import { encodeModel, loadTensors } from "../src/io/hf.ts";
+import { encodeSafetensors, parseSafetensors, tensorF32 } from "../src/io/safetensors.ts";
+import { loadCheckpoint } from "../src/io/checkpoint.ts";
+import { gpuTest, hasSharedData, rng } from "./_harness.ts";
+
+const SMALL: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 64, vocabSize: 50257 };
+const shared = new URL("../../shared/data/", import.meta.url);
+const hasShakespeare = await hasSharedData("tinyshakespeare.txt");
+
+/** Text the tests write themselves: seeded pseudo-sentences. */
+function syntheticText(words: number, seed: number): string {
+  const vocab = [
+    "the",
+    "whale",
+    "sea",
+    "ship",
+    "captain",
+    "white",
+    "deep",
+    "sailor",
+    "storm",
+    "and",
+  ];
+  const u = rng(seed);
+  const out: string[] = [];
+  for (let i = 0; i < words; i++) {
+    out.push(vocab[Math.floor(u() * vocab.length)] + (i % 9 === 8 ? "." : ""));
+  }
+  return out.join(" ");
+}
+
+function baseConfig(out: string, data: string, over: Partial<TrainConfig> = {}): TrainConfig {
+  return {
+    modelName: "test",
+    model: SMALL,
+    data,
+    out,
+    batch: 2,
+    seq: 32,
+    totalBatch: 128, // two micro-batches: accumulation is exercised
+    steps: 8,
+    schedule: "cosine",
+    lr: 3e-3,
+    minLr: 3e-4,
+    warmup: 2,
+    weightDecay: 0.1,
+    beta1: 0.9,
+    beta2: 0.95,
+    eps: 1e-8,
+    gradClip: 1,
+    seed: 7,
+    shuffle: false,
+    valEvery: 4,
+    valBatches: 2,
+    sampleEvery: 0,
+    sampleTokens: 0,
+    saveEvery: 0,
+    keep: 2,
+    peakTflops: 0,
+    cacheDir: `${out}/cache`,
+    ...over,
+  };
+}
+
+const quiet = { print: () => {} };
+
+// ---------------------------------------------------------------------------
+// schedules
+
+Deno.test("schedules: warmup, cosine, wsd and the reference piecewise run", () => {
+  const o = { lr: 1e-3, minLr: 1e-4, warmup: 10, steps: 110 };
+  const cos = makeSchedule("cosine", o);
+  ok(Math.abs(lrAt(cos, 0) - 1e-4) < 1e-12); // (0+1)/10 of lr
+  ok(Math.abs(lrAt(cos, 10) - 1e-3) < 1e-12);
+  ok(Math.abs(lrAt(cos, 60) - 5.5e-4) < 1e-12); // half-way down the cosine
+  ok(Math.abs(lrAt(cos, 500) - 1e-4) < 1e-12);
+  const wsd = makeSchedule("wsd", { ...o, decay: 20 });
+  equal(lrAt(wsd, 50), 1e-3);
+  ok(Math.abs(lrAt(wsd, 100) - 5.5e-4) < 1e-12);
+  ok(Math.abs(lrAt(wsd, 200) - 1e-4) < 1e-12);
+  const ref = parsePiecewise("linear:3000:6e-5:4e-4,cosine:2000:4e-4:9e-5,constant:inf:9e-5");
+  equal(lrAt(ref, 0), 6e-5);
+  ok(Math.abs(lrAt(ref, 1500) - 2.3e-4) < 1e-12);
+  ok(Math.abs(lrAt(ref, 3000) - 4e-4) < 1e-12);
+  ok(Math.abs(lrAt(ref, 4000) - 2.45e-4) < 1e-12);
+  equal(lrAt(ref, 10_000_000), 9e-5);
+});
+
+Deno.test("a bad schedule names the segment and the fix", () => {
+  let err: unknown;
+  try {
+    makeSchedule("linear:100:1e-3", { lr: 1, minLr: 0, warmup: 0, steps: 1 });
+  } catch (e) {
+    err = e;
+  }
+  match(String(err), /segment 1 "linear:100:1e-3": write shape:steps:from:to/);
+});
+
+// ---------------------------------------------------------------------------
+// flags
+
+Deno.test("unknown flags and bad values are errors that point to --help", async () => {
+  await rejects(() => parseTrainArgs(["--bogus", "1"]), /Unknown option '--bogus'.*--help/);
+  await rejects(() => parseTrainArgs(["--lr", "fast"]), /--lr must be a number, got "fast"/);
+  await rejects(() => parseTrainArgs(["--model", "gpt5"]), /Unknown model "gpt5"/);
+  const c = await parseTrainArgs(["--model", "gpt2-medium-4096", "--batch", "1", "--seq", "4096"]);
+  ok(c !== "help");
+  equal(c.model.nLayer, 26);
+  equal(c.totalBatch, 4096);
+});
+
+// ---------------------------------------------------------------------------
+// safetensors and Hugging Face layout
+
+gpuTest("model.safetensors round-trips with HF names, prefixes and f16/bf16", async (rt) => {
+  const a = await GPT2.create(rt, SMALL, { B: 1, T: 8, seed: 3, inference: true });
+  const b = await GPT2.create(rt, SMALL, { B: 1, T: 8, seed: null, inference: true });
+  try {
+    const file = parseSafetensors(await encodeModel(a));
+    // HF shapes: Conv1D [in, out], wte without padding rows.
+    deepEqual(file.tensors.get("h.0.mlp.c_fc.weight")!.shape, [32, 128]);
+    deepEqual(file.tensors.get("wte.weight")!.shape, [50257, 32]);
+    loadTensors(file, b);
+    for (const name of ["wte.weight", "h.1.attn.c_attn.weight", "ln_f.bias"]) {
+      deepEqual(await b.readTensor(name), await a.readTensor(name));
+    }
+    // A "transformer." prefix and half-precision tensors load too.
+    for (const dtype of ["F16", "BF16"] as const) {
+      const tensors = [...file.tensors.keys()].map((k) => ({
+        name: `transformer.${k}`,
+        shape: file.tensors.get(k)!.shape,
+        data: tensorF32(file, k),
+      }));
+      const half = parseSafetensors(encodeSafetensors(tensors, { dtype }));
+      loadTensors(half, b);
+      const got = await b.readTensor("h.0.attn.c_proj.weight");
+      const want = await a.readTensor("h.0.attn.c_proj.weight");
+      const tol = dtype === "F16" ? 1e-3 : 1e-2;
+      ok(got.every((x, i) => Math.abs(x - want[i]) <= tol * Math.abs(want[i]) + 1e-6), dtype);
+    }
+  } finally {
+    a.destroy();
+    b.destroy();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// training
+
+gpuTest("stop and resume give bit-identical losses to an uninterrupted run", async (rt) => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const text = `${dir}/text.txt`;
+    await Deno.writeTextFile(text, syntheticText(6000, 1));
+    const full = await train(rt, baseConfig(`${dir}/full`, text), quiet);
+    equal(full.losses.length, 8);
+    const part = await train(rt, baseConfig(`${dir}/part`, text), {
+      ...quiet,
+      stopAfter: (s) => s === 3,
+    });
+    equal(part.lastStep, 3);
+    ok(part.stopped);
+    const rest = await train(
+      rt,
+      baseConfig(`${dir}/part`, text, { resume: part.checkpoint }),
+      quiet,
+    );
+    deepEqual([...part.losses, ...rest.losses], full.losses); // bit for bit
+    // The final checkpoints hold the same weights.
+    const fa = await loadCheckpoint(full.checkpoint), fb = await loadCheckpoint(rest.checkpoint);
+    deepEqual(
+      tensorF32(fa.model, "h.1.mlp.c_fc.weight"),
+      tensorF32(fb.model, "h.1.mlp.c_fc.weight"),
+    );
+    deepEqual(fa.trainer?.cursor, fb.trainer?.cursor);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+gpuTest(
+  { name: "a small model's loss falls on tinyshakespeare", ignore: !hasShakespeare },
+  async (rt) => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const data = await textToShards(
+        await Deno.readTextFile(new URL("tinyshakespeare.txt", shared)),
+        `${dir}/shards`,
+        "shakespeare",
+      );
+      const r = await train(
+        rt,
+        baseConfig(`${dir}/run`, data, {
+          steps: 40,
+          totalBatch: 64,
+          warmup: 5,
+          lr: 5e-3,
+          valEvery: 40,
+        }),
+        quiet,
+      );
+      const first = r.losses[0], last = r.losses.slice(-5).reduce((a, b) => a + b) / 5;
+      ok(Math.abs(first - Math.log(50257)) < 0.3, `first loss ${first}`);
+      ok(last < first - 2, `loss fell only from ${first} to ${last}`);
+      ok(r.valLoss! < first - 2, `val loss ${r.valLoss}`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+/** Every file under dir with its size and mtime, to prove nothing was touched. */
+async function snapshot(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string) => {
+    for await (const e of Deno.readDir(d)) {
+      const p = `${d}/${e.name}`;
+      if (e.isDirectory) await walk(p);
+      else {
+        const s = await Deno.stat(p);
+        out.push(`${p} ${s.size} ${s.mtime?.getTime()}`);
+      }
+    }
+  };
+  await walk(dir);
+  return out.sort();
+}
+
+gpuTest("damaged checkpoints and wrong shapes give clear errors and touch nothing", async (rt) => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const text = `${dir}/text.txt`;
+    await Deno.writeTextFile(text, syntheticText(3000, 2));
+    const r = await train(rt, baseConfig(`${dir}/run`, text, { steps: 2, valEvery: 0 }), quiet);
+    const ck = r.checkpoint;
+    // Truncated model.safetensors
+    const bad = `${dir}/bad`;
+    await Deno.mkdir(bad);
+    for (const f of ["config.json", "optimizer.safetensors", "trainer_state.json"]) {
+      await Deno.copyFile(`${ck}/${f}`, `${bad}/${f}`);
+    }
+    const bytes = await Deno.readFile(`${ck}/model.safetensors`);
+    await Deno.writeFile(`${bad}/model.safetensors`, bytes.subarray(0, bytes.length >> 1));
+    const before = await snapshot(dir);
+    await rejects(
+      () => train(rt, baseConfig(`${dir}/run`, text, { resume: bad }), quiet),
+      /Invalid safetensors file .*bad\/model.safetensors: tensor ".*" needs bytes .* the file is truncated/,
+    );
+    // Corrupt trainer state
+    await Deno.writeTextFile(`${bad}/trainer_state.json`, "{ not json");
+    await Deno.writeFile(`${bad}/model.safetensors`, bytes);
+    await rejects(
+      () => train(rt, baseConfig(`${dir}/run`, text, { resume: bad }), quiet),
+      /Invalid .*trainer_state.json: .*the checkpoint is damaged/,
+    );
+    // Wrong shapes: a checkpoint of another size used with --init
+    const other = await GPT2.create(rt, { ...SMALL, nEmbd: 48, nHead: 2 }, {
+      B: 1,
+      T: 8,
+      inference: true,
+    });
+    const wrong = `${dir}/wrong`;
+    await Deno.mkdir(wrong);
+    await Deno.writeFile(`${wrong}/model.safetensors`, await encodeModel(other));
+    await Deno.copyFile(`${ck}/config.json`, `${wrong}/config.json`); // claims nEmbd 32
+    other.destroy();
+    await rejects(
+      () => train(rt, baseConfig(`${dir}/run2`, text, { init: wrong }), quiet),
+      /wrong\/model.safetensors: tensor "wte.weight" has shape \[50257,48\], the model needs \[50257,32\]: check that config.json/,
+    );
+    const after = await snapshot(dir);
+    // Only the files this test wrote itself changed.
+    const mine = (l: string) => l.includes("/bad/") || l.includes("/wrong/");
+    deepEqual(after.filter((l) => !mine(l)), before.filter((l) => !mine(l)));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+gpuTest("Ctrl-C during deno task train saves a checkpoint and exits cleanly", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/text.txt`, syntheticText(4000, 3));
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../tasks/train.ts", import.meta.url).pathname,
+        ...["--model", "gpt2-mini", "--n-layer", "1", "--n-embd", "32", "--n-head", "2"],
+        ...["--batch", "2", "--seq", "32", "--steps", "100000", "--data", `${dir}/text.txt`],
+        ...["--out", `${dir}/run`, "--val-every", "0", "--sample-tokens", "0"],
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let out = "";
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    while (!/step\s+2\/100000/.test(out)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += value;
+    }
+    child.kill("SIGINT");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += value;
+    }
+    const status = await child.status;
+    const err = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
+    equal(status.code, 0, `exit ${status.code}\n${err}`);
+    const m = out.match(/stopped at step (\d+): checkpoint (\S+)/);
+    ok(m, out.slice(-500));
+    const ck = await loadCheckpoint(m[2]);
+    equal(ck.trainer?.step, Number(m[1]));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
