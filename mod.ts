@@ -64,3 +64,39 @@ export {
   type TensorView,
 } from "./src/model/params.ts";
 export { GPT2, type GPT2Options, IGNORE_TARGET } from "./src/model/gpt2.ts";
+export { Decoder } from "./src/model/decode.ts";
+export { AdamW, ADAMW_DEFAULTS, type AdamWConfig } from "./src/optim/adamw.ts";
+export {
+  lrAt,
+  makeSchedule,
+  parsePiecewise,
+  type Schedule,
+  type Segment,
+} from "./src/optim/schedule.ts";
+export { train, type TrainConfig, type TrainResult } from "./src/train/trainer.ts";
+export {
+  generate,
+  generateCached,
+  type GenerateOptions,
+  sampleToken,
+} from "./src/eval/generate.ts";
+export {
+  type HellaSwagItem,
+  type HellaSwagResult,
+  parseHellaSwagJsonl,
+  parseHellaSwagText,
+  readHellaSwag,
+  scoreItems,
+  summarize,
+} from "./src/eval/hellaswag.ts";
+export { openCheckpointModel } from "./src/eval/checkpoint_model.ts";
+export { listCheckpoints, loadCheckpoint, saveCheckpoint } from "./src/io/checkpoint.ts";
+export { encodeModel, hfConfigJson, loadTensors } from "./src/io/hf.ts";
+export {
+  encodeSafetensors,
+  parseSafetensors,
+  readSafetensors,
+  tensorF32,
+} from "./src/io/safetensors.ts";
+export { openShards, TokenLoader } from "./src/data/loader.ts";
+export { decodeTokens, encodeOrdinary, EOT } from "./src/data/tokenizer.ts";

@@ -1,6 +1,6 @@
 // encoder: token + position embedding, forward and backward.
 //
-// forward:       out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]
+// forward:       out[b,t,:] = wte[tokens[b,t],:] + wpe[pos0 + t,:]  (pos0 > 0 when decoding)
 // backward_wpe:  dwpe[t,:] += sum_b dout[b,t,:]
 // backward_wte:  dwte[v,:] += sum of dout[b,t,:] over positions with tokens[b,t] == v
 //
@@ -15,7 +15,7 @@
 // Geometry: workgroup (64,1,1); forward and backward_wte over BT*C invocations,
 // backward_wpe over T*C; grids folded into y past 65535 workgroups.
 
-struct Params { BT: u32, T: u32, C: u32, v0: u32, v1: u32, first: u32, p0: u32, p1: u32 }
+struct Params { BT: u32, T: u32, C: u32, v0: u32, v1: u32, first: u32, pos0: u32, p1: u32 }
 
 @group(0) @binding(0) var<storage, read> tokens: array<u32>;
 @group(0) @binding(7) var<uniform> p: Params;
@@ -39,7 +39,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   var v = 0.0;
   if (tok >= p.v0 && tok < p.v1) { v = wte[(tok - p.v0) * p.C + c]; }
   if (p.first == 1u) {
-    out[i] = wpe[(bt % p.T) * p.C + c] + v;
+    out[i] = wpe[(p.pos0 + bt % p.T) * p.C + c] + v;
   } else {
     out[i] += v;
   }

@@ -1,14 +1,185 @@
 /**
- * `deno task eval`: not built yet (tracked by issue 8). It exits with an
- * error instead of pretending to work.
+ * `deno task eval CHECKPOINT [flags]`: HellaSwag accuracy (two scoring styles)
+ * and/or validation loss on token shards, for any GPT-2 checkpoint directory.
  *
  * @module
  */
 
+import { parseArgs } from "node:util";
+import { createRuntime } from "../src/gpu/runtime.ts";
+import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
+import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
+import { openShards, TokenLoader } from "../src/data/loader.ts";
+import { formatDuration } from "../src/train/log.ts";
+
+const HELLASWAG_URL =
+  "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl";
+
+const HELP = `Usage: deno task eval CHECKPOINT_DIR [flags]
+
+CHECKPOINT_DIR holds config.json + model.safetensors (ours, or any Hugging Face GPT-2).
+
+  --hellaswag PATH|download   HellaSwag validation: hellaswag_val.jsonl (rowanz/hellaswag) or
+                              llama.cpp's 6-line text format; "download" fetches the official
+                              jsonl once into --cache-dir (default when --loss is not given)
+  --limit N                   score only the first N items
+  --batch-items K             items per GPU batch (8 rows each: 4 endings x 2 styles; default 2)
+  --seq T                     longest row in tokens (default 192; longer rows lose context)
+  --loss DIR                  validation loss on token shards (a folder's val split, or a .bin)
+  --loss-batches N            batches for --loss (default 50)
+  --batch B                   rows per batch for --loss (default 4, with --seq)
+  --json FILE                 also write the result as JSON
+  --cache-dir DIR             where the downloaded jsonl is kept (default runs/data)
+  -h, --help                  this text
+
+Prints {n, completion: {acc, acc_norm}, harness: {acc, acc_norm}} for HellaSwag:
+completion = nanoGPT/llm.c style, harness = lm-evaluation-harness style.`;
+
+async function hellaswagPath(arg: string, cacheDir: string): Promise<string> {
+  if (arg !== "download") return arg;
+  const path = `${cacheDir}/hellaswag_val.jsonl`;
+  if (await Deno.stat(path).then(() => true, () => false)) return path;
+  console.error(`downloading ${HELLASWAG_URL}`);
+  let res: Response;
+  try {
+    res = await fetch(HELLASWAG_URL);
+  } catch (e) {
+    throw new Error(
+      `Cannot download ${HELLASWAG_URL} (${
+        (e as Error).message
+      }): pass a local file with --hellaswag PATH`,
+    );
+  }
+  if (!res.ok) {
+    throw new Error(`Cannot download ${HELLASWAG_URL}: HTTP ${res.status}; pass --hellaswag PATH`);
+  }
+  await Deno.mkdir(cacheDir, { recursive: true });
+  const tmp = `${path}.tmp`;
+  await Deno.writeTextFile(tmp, await res.text());
+  await Deno.rename(tmp, path);
+  return path;
+}
+
+function progress(label: string, done: number, total: number, t0: number, extra = "") {
+  const s = (performance.now() - t0) / 1000;
+  const rate = done / Math.max(s, 1e-9);
+  const bar = "#".repeat(Math.round((20 * done) / total)).padEnd(20, ".");
+  const line = `${label} [${bar}] ${done}/${total} | ${rate.toFixed(2)}/s | ETA ${
+    formatDuration((total - done) / rate)
+  }${extra}`;
+  if (Deno.stderr.isTerminal()) Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}`));
+  else if (done === total || done % 50 === 0) console.error(line);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values: v, positionals } = parseArgs({
+    args: argv,
+    options: {
+      hellaswag: { type: "string" },
+      limit: { type: "string" },
+      "batch-items": { type: "string" },
+      seq: { type: "string" },
+      loss: { type: "string" },
+      "loss-batches": { type: "string" },
+      batch: { type: "string" },
+      json: { type: "string" },
+      "cache-dir": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (v.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) {
+    throw new TypeError("Give one CHECKPOINT_DIR: see deno task eval --help");
+  }
+  const num = (k: keyof typeof v, d: number) => {
+    if (v[k] === undefined) return d;
+    const x = Number(v[k]);
+    if (!(Number.isInteger(x) && x > 0)) {
+      throw new TypeError(`--${k} must be a positive integer, got "${v[k]}"`);
+    }
+    return x;
+  };
+  const dir = positionals[0];
+  const seq = num("seq", 192);
+  const rt = await createRuntime();
+  const result: Record<string, unknown> = { checkpoint: dir };
+  const wantHellaswag = v.hellaswag !== undefined || v.loss === undefined;
+  if (wantHellaswag) {
+    const path = await hellaswagPath(
+      String(v.hellaswag ?? "download"),
+      String(v["cache-dir"] ?? "runs/data"),
+    );
+    let items = await readHellaSwag(path);
+    if (v.limit !== undefined) items = items.slice(0, num("limit", items.length));
+    // Rows only need the longest item's length: shorter T means less padding work.
+    const longest = Math.max(
+      ...items.flatMap((it) =>
+        (["completion", "harness"] as const).flatMap((st) =>
+          itemRows(it, st).map((r) => r.ctx.length + r.end.length - 1)
+        )
+      ),
+    );
+    const model = await openCheckpointModel(rt, dir, {
+      B: 8 * num("batch-items", 2),
+      T: Math.min(seq, longest),
+    });
+    const t0 = performance.now();
+    try {
+      const scores = await scoreItems(model, items, (done, sofar) => {
+        const acc = summarize(items.slice(0, done), sofar).completion.acc_norm;
+        progress("hellaswag", done, items.length, t0, ` | acc_norm ${acc.toFixed(4)}`);
+      });
+      result.hellaswag = {
+        file: path,
+        ...summarize(items, scores),
+        items_per_s: items.length / ((performance.now() - t0) / 1000),
+      };
+    } finally {
+      model.destroy();
+    }
+    if (Deno.stderr.isTerminal()) console.error();
+  }
+  if (v.loss !== undefined) {
+    const B = num("batch", 4);
+    const model = await openCheckpointModel(rt, dir, { B, T: seq });
+    try {
+      const shards = await openShards(String(v.loss), { split: "val" });
+      const loader = new TokenLoader(shards, { batchSize: B, seqLen: model.T });
+      const n = Math.min(num("loss-batches", 50), loader.batchesPerEpoch);
+      const t0 = performance.now();
+      let sum = 0;
+      for (let i = 0; i < n; i++) {
+        const b = loader.nextBatch();
+        sum += await model.forward(b.inputs, b.targets);
+        progress("val loss", i + 1, n, t0);
+      }
+      result.val_loss = {
+        shards: String(v.loss),
+        batches: n,
+        tokens: n * B * model.T,
+        loss: sum / n,
+      };
+    } finally {
+      model.destroy();
+    }
+    if (Deno.stderr.isTerminal()) console.error();
+  }
+  const text = JSON.stringify(result, null, 2);
+  console.log(text);
+  if (v.json) await Deno.writeTextFile(String(v.json), text + "\n");
+  return 0;
+}
+
 if (import.meta.main) {
-  console.error(
-    "deno task eval is not implemented yet: it arrives with issue 8; " +
-      "until then see README.md for what works",
-  );
-  Deno.exit(1);
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(e instanceof TypeError ? 2 : 1);
+  }
 }

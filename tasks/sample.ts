@@ -1,14 +1,113 @@
 /**
- * `deno task sample`: not built yet (tracked by issue 8). It exits with an
- * error instead of pretending to work.
+ * `deno task sample CHECKPOINT [flags]`: text generation with a KV cache,
+ * streamed to stdout.
  *
  * @module
  */
 
+import { parseArgs } from "node:util";
+import { createRuntime } from "../src/gpu/runtime.ts";
+import { loadCheckpoint } from "../src/io/checkpoint.ts";
+import { loadTensors } from "../src/io/hf.ts";
+import { GPT2 } from "../src/model/gpt2.ts";
+import { Decoder } from "../src/model/decode.ts";
+import { generateCached } from "../src/eval/generate.ts";
+import { decodeTokens, encodeOrdinary, EOT } from "../src/data/tokenizer.ts";
+
+const HELP = `Usage: deno task sample CHECKPOINT_DIR [flags]
+
+Generates text from a GPT-2 checkpoint (ours or Hugging Face's) and streams it to stdout.
+
+  --prompt TEXT        text to continue (default: start of a document, token 50256)
+  --max-tokens N       tokens to generate (default 128)
+  --temperature X      0 = greedy (default 0.8)
+  --top-k K            sample from the K most likely tokens (default 40; 0 = all)
+  --top-p P            nucleus sampling: the smallest set with probability P (default 1)
+  --seed S             sampling seed (default 0)
+  --ctx T              context window in tokens (default: the model's n_positions, at most 1024)
+  --stop-at-eot        stop at the end-of-text token
+  -h, --help           this text`;
+
+export async function main(argv: string[]): Promise<number> {
+  const { values: v, positionals } = parseArgs({
+    args: argv,
+    options: {
+      prompt: { type: "string" },
+      "max-tokens": { type: "string" },
+      temperature: { type: "string" },
+      "top-k": { type: "string" },
+      "top-p": { type: "string" },
+      seed: { type: "string" },
+      ctx: { type: "string" },
+      "stop-at-eot": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (v.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (positionals.length !== 1) {
+    throw new TypeError("Give one CHECKPOINT_DIR: see deno task sample --help");
+  }
+  const num = (k: keyof typeof v, d: number) => {
+    if (v[k] === undefined) return d;
+    const x = Number(v[k]);
+    if (!Number.isFinite(x) || x < 0) {
+      throw new TypeError(`--${k} must be a non-negative number, got "${v[k]}"`);
+    }
+    return x;
+  };
+  const opts = {
+    maxTokens: num("max-tokens", 128),
+    temperature: num("temperature", 0.8),
+    topK: num("top-k", 40),
+    topP: num("top-p", 1),
+    seed: num("seed", 0),
+    stopToken: v["stop-at-eot"] ? EOT : undefined,
+  };
+  const ck = await loadCheckpoint(positionals[0]);
+  const T = Math.min(num("ctx", Math.min(ck.config.nCtx, 1024)), ck.config.nCtx);
+  const rt = await createRuntime();
+  const weights = await GPT2.create(rt, ck.config, { B: 1, T: 1, seed: null, inference: true });
+  loadTensors(ck.model, weights);
+  const dec = await Decoder.create(rt, ck.config, weights.params, T);
+  try {
+    const prompt = v.prompt ? encodeOrdinary(String(v.prompt)) : [EOT];
+    if (prompt.length === 0) throw new TypeError("--prompt encodes to no tokens: give some text");
+    if (v.prompt) await Deno.stdout.write(new TextEncoder().encode(String(v.prompt)));
+    // Decode the whole continuation each time and print what is new, so that
+    // characters split across tokens come out whole.
+    const ids: number[] = [];
+    let shown = "";
+    const t0 = performance.now();
+    await generateCached(dec, prompt, opts, async (tok) => {
+      ids.push(tok);
+      const text = decodeTokens(ids);
+      if (!text.endsWith("\uFFFD")) {
+        await Deno.stdout.write(new TextEncoder().encode(text.slice(shown.length)));
+        shown = text;
+      }
+    });
+    const s = (performance.now() - t0) / 1000;
+    console.log();
+    console.error(
+      `[${ids.length} tokens in ${s.toFixed(1)} s, ${(ids.length / s).toFixed(1)} tokens/s]`,
+    );
+  } finally {
+    dec.destroy();
+    weights.destroy();
+  }
+  return 0;
+}
+
 if (import.meta.main) {
-  console.error(
-    "deno task sample is not implemented yet: it arrives with issue 8; " +
-      "until then see README.md for what works",
-  );
-  Deno.exit(1);
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(e instanceof TypeError ? 2 : 1);
+  }
 }

@@ -79,6 +79,8 @@ Output
   --save-every N --keep K   checkpoint cadence and how many to keep (default ${
   DEFAULTS["save-every"]
 }, ${DEFAULTS.keep})
+  --hellaswag PATH      HellaSwag file (jsonl or llama.cpp text) to score during training
+  --hellaswag-every N --hellaswag-limit N   cadence and items scored (default 0: off, 500)
   --peak-tflops X       the device's peak, to print MFU
   -h, --help            this text
 
@@ -106,6 +108,8 @@ const NUMBER_FLAGS = [
   "save-every",
   "keep",
   "peak-tflops",
+  "hellaswag-every",
+  "hellaswag-limit",
   "n-layer",
   "n-head",
   "n-embd",
@@ -129,6 +133,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
       "resume",
       "matmul",
       "cache-dir",
+      "hellaswag",
     ]
   ) {
     options[k] = { type: "string" };
@@ -211,6 +216,9 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     init: v.init as string | undefined,
     resume,
     peakTflops: pick("peak-tflops", "peakTflops", DEFAULTS["peak-tflops"]),
+    hellaswag: pick<string | undefined>("hellaswag", "hellaswag", undefined),
+    hellaswagEvery: pick("hellaswag-every", "hellaswagEvery", 0),
+    hellaswagLimit: pick("hellaswag-limit", "hellaswagLimit", 500),
     matmul: pick<"regblock" | "tiled" | undefined>("matmul", "matmul", undefined),
     cacheDir: pick("cache-dir", "cacheDir", DEFAULTS["cache-dir"]),
   };

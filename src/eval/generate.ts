@@ -1,40 +1,51 @@
 /**
- * Text generation by repeated forward passes over a sliding window (no KV
- * cache yet: each token costs a full forward of T positions). Used for the
- * samples training prints; `deno task sample` with a KV cache supersedes it.
+ * Text generation: sampling (temperature, top-k, top-p), with a KV-cache
+ * decoder (O(T) per token, {@linkcode generateCached}) or by full forward
+ * passes over a sliding window ({@linkcode generate}, the reference the cached
+ * path is tested against).
  *
  * @module
  */
 
 import type { GPT2 } from "../model/gpt2.ts";
 import { mulberry32 } from "../model/init.ts";
+import type { Decoder } from "../model/decode.ts";
 
 /** Sampling options. */
-export interface GenerateOptions {
+export interface GenerateOptions extends SamplingOptions {
   maxTokens: number;
-  /** 0 = greedy. */
-  temperature?: number;
-  topK?: number;
   seed?: number;
   /** Stop at this token (not included). */
   stopToken?: number;
 }
 
-/** Picks a token from logits with temperature and top-k (greedy when temperature is 0). */
+/** Sampling knobs: temperature (0 = greedy), top-k and top-p (nucleus). */
+export interface SamplingOptions {
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+}
+
+/** Picks a token from logits (greedy when temperature is 0). */
 export function sampleToken(
   logits: Float32Array,
-  o: { temperature?: number; topK?: number },
+  o: SamplingOptions,
   random: () => number,
 ): number {
   const temperature = o.temperature ?? 1;
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
   if (temperature <= 0) return best;
-  let ids = Array.from(logits.keys());
-  if (o.topK && o.topK < ids.length) {
-    ids = ids.sort((a, b) => logits[b] - logits[a]).slice(0, o.topK);
+  let ids = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a]);
+  if (o.topK && o.topK > 0 && o.topK < ids.length) ids = ids.slice(0, o.topK);
+  let w = ids.map((i) => Math.exp((logits[i] - logits[best]) / temperature));
+  if (o.topP !== undefined && o.topP < 1) {
+    const total = w.reduce((a, b) => a + b, 0);
+    let acc = 0, keep = 0;
+    while (keep < w.length && acc < o.topP * total) acc += w[keep++];
+    ids = ids.slice(0, Math.max(1, keep));
+    w = w.slice(0, Math.max(1, keep));
   }
-  const w = ids.map((i) => Math.exp((logits[i] - logits[best]) / temperature));
   let r = random() * w.reduce((a, b) => a + b, 0);
   for (let j = 0; j < ids.length; j++) {
     r -= w[j];
@@ -73,6 +84,29 @@ export async function generate(
     if (next === options.stopToken) break;
     ids.push(next);
     out.push(next);
+  }
+  return out;
+}
+
+/**
+ * Continues `prompt` with a KV-cache {@linkcode Decoder}: O(T) per token.
+ * `onToken` sees each token as it is chosen (for streaming).
+ */
+export async function generateCached(
+  decoder: Decoder,
+  prompt: number[],
+  options: GenerateOptions,
+  onToken?: (token: number) => void | Promise<void>,
+): Promise<number[]> {
+  const random = mulberry32(options.seed ?? 0);
+  const out: number[] = [];
+  let logits = await decoder.start(prompt);
+  for (let n = 0; n < options.maxTokens; n++) {
+    const next = sampleToken(logits, options, random);
+    if (next === options.stopToken) break;
+    out.push(next);
+    await onToken?.(next);
+    if (n + 1 < options.maxTokens) logits = await decoder.next(next);
   }
   return out;
 }

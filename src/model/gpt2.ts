@@ -100,6 +100,7 @@ export class GPT2 {
   #train: Dispatch[] = [];
   #owned: GPUBuffer[] = [];
   #targets = new Uint32Array(0);
+  #layers: LayerActs[] = [];
 
   private constructor(rt: Runtime, config: GPT2Config, B: number, T: number, o: GPT2Options) {
     this.rt = rt;
@@ -164,6 +165,11 @@ export class GPT2 {
     return this.#grads === undefined;
   }
 
+  /** Layer l's q|k|v activations [B, T, 3C]: the KV cache a decoder reads. */
+  layerQkv(l: number): GPUBuffer {
+    return this.#layers[l].qkv;
+  }
+
   /** Per-position losses [B*T] of the last forward pass. */
   get losses(): GPUBuffer {
     return this.#losses;
@@ -216,6 +222,7 @@ export class GPT2 {
         res3: a("res3", BT * C),
       });
     }
+    this.#layers = layers;
     const lnf = act("lnf", BT * C), lnfMean = act("lnf_mean", BT), lnfRstd = act("lnf_rstd", BT);
     this.#logits = act("logits", BT * Vp);
     this.#losses = act("losses", BT);

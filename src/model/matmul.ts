@@ -252,7 +252,8 @@ async function buildBlock(
       transB: s.transB,
       bias: b.bias,
       accumulate: b.accumulate,
-      tm: options.tile?.tm ?? 32,
+      // Fewer rows per invocation for short products (decoding, M = 1): idle lanes still cost.
+      tm: options.tile?.tm ?? (M >= 256 ? 32 : M >= 64 ? 8 : 4),
       tn4: options.tile?.tn4 ?? 8,
     };
     pipeline = await rt.pipelines.get({ name: "matmul_regblock", code: matmulRegblockWgsl(v) });

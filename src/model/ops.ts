@@ -59,6 +59,8 @@ export interface EncoderShape {
   Vp: number;
   /** Binding limit for the wte chunks (default: the adapter's), for tests. */
   maxBindingBytes?: number;
+  /** First position (decoding one token at position pos0); word 6 of the uniform. */
+  pos0?: number;
 }
 
 /** out[BT, C] = wte[tokens] + wpe[t], one dispatch per binding-sized chunk of wte. */
@@ -83,7 +85,7 @@ export function encoderForward(
           2: bytes(ops.wpe),
           3: all(ops.out),
         },
-        uniform: { binding: 7, words: [s.BT, s.T, s.C, v0, v1, i === 0 ? 1 : 0] },
+        uniform: { binding: 7, words: [s.BT, s.T, s.C, v0, v1, i === 0 ? 1 : 0, s.pos0 ?? 0] },
         workgroups: grid1d(s.BT * s.C, 64),
       })
     ),

@@ -23,6 +23,7 @@ import { loadCheckpoint, saveCheckpoint } from "../io/checkpoint.ts";
 import { encodeModel, loadTensors, matchTensors } from "../io/hf.ts";
 import { tensorF32 } from "../io/safetensors.ts";
 import { generate } from "../eval/generate.ts";
+import { itemRows, readHellaSwag, scoreItems, summarize } from "../eval/hellaswag.ts";
 import { prepareData } from "./corpus.ts";
 import { formatDuration, JsonlLog, lossCurveSvg } from "./log.ts";
 
@@ -64,6 +65,11 @@ export interface TrainConfig {
   init?: string;
   /** Continue from this checkpoint directory. */
   resume?: string;
+  /** HellaSwag file (jsonl or llama.cpp text) scored every `hellaswagEvery` steps. */
+  hellaswag?: string;
+  hellaswagEvery?: number;
+  /** Items scored each time (the first N). */
+  hellaswagLimit?: number;
   /** Peak TFLOP/s of the device, for MFU; unknown when 0. */
   peakTflops: number;
   matmul?: MatmulImpl;
@@ -147,6 +153,23 @@ export async function train(
     weightDecay: c.weightDecay,
     gradClip: c.gradClip,
   });
+  const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
+    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
+    : [];
+  const hsModel = hsItems.length
+    ? await GPT2.create(rt, cfg, {
+      B: 16,
+      T: Math.min(
+        cfg.nCtx,
+        Math.max(...hsItems.flatMap((it) =>
+          itemRows(it, "completion").map((r) => r.ctx.length + r.end.length)
+        )),
+      ),
+      inference: true,
+      sharedParams: model.params,
+      matmul: c.matmul ? { impl: c.matmul } : undefined,
+    })
+    : undefined;
   const staging = rt.device.createBuffer({
     label: "train.readback",
     size: (accum * BT + 4) * 4,
@@ -340,6 +363,14 @@ export async function train(
           await log.write({ step, val_loss: valLoss });
         }
       }
+      if (hsModel && (step % c.hellaswagEvery! === 0 || last)) {
+        const r = summarize(hsItems, await scoreItems(hsModel, hsItems));
+        print(
+          `step ${step} | hellaswag n=${r.n} acc_norm ${r.completion.acc_norm.toFixed(4)} ` +
+            `(harness ${r.harness.acc_norm.toFixed(4)})`,
+        );
+        await log.write({ step, hellaswag: r });
+      }
       if (c.sampleEvery > 0 && step % c.sampleEvery === 0 && !last) {
         const text = await sample(step);
         print(`step ${step} | sample: ${JSON.stringify(text)}`);
@@ -378,6 +409,7 @@ export async function train(
     staging.destroy();
     opt.destroy();
     sampler.destroy();
+    hsModel?.destroy();
     model.destroy();
   }
 }

@@ -1,0 +1,37 @@
+/**
+ * Opening any GPT-2 checkpoint directory (ours or Hugging Face's) as a model
+ * for evaluation or sampling.
+ *
+ * @module
+ */
+
+import type { Runtime } from "../gpu/runtime.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import type { MatmulOptions } from "../model/matmul.ts";
+import { loadCheckpoint } from "../io/checkpoint.ts";
+import { loadTensors } from "../io/hf.ts";
+
+/** A forward-only model of shape (B, T) holding the checkpoint's weights. */
+export async function openCheckpointModel(
+  rt: Runtime,
+  dir: string,
+  shape: { B: number; T: number },
+  mm: MatmulOptions = {},
+): Promise<GPT2> {
+  const ck = await loadCheckpoint(dir);
+  const T = Math.min(shape.T, ck.config.nCtx);
+  const model = await GPT2.create(rt, ck.config, {
+    B: shape.B,
+    T,
+    seed: null,
+    inference: true,
+    matmul: mm,
+  });
+  try {
+    loadTensors(ck.model, model);
+  } catch (e) {
+    model.destroy();
+    throw e;
+  }
+  return model;
+}

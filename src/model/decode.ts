@@ -1,0 +1,241 @@
+/**
+ * Token-by-token decoding with a KV cache: each new token costs O(T), not a
+ * full forward pass. A batch-1 prefill model (sharing the parameter buffer)
+ * runs the prompt and leaves every layer's q|k|v in its activation buffers;
+ * those buffers are the cache. Each new token then runs the one-row versions of
+ * the block's kernels, copies its q|k|v into row t of the cache, and attends
+ * over rows 0..t (kernels/attention_decode.wgsl).
+ *
+ * @module
+ */
+
+import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
+import { grid1d, makeDispatch } from "../gpu/kernel.ts";
+import type { Runtime } from "../gpu/runtime.ts";
+import { type GPT2Config, paddedVocab } from "./config.ts";
+import { GPT2 } from "./gpt2.ts";
+import { linearForward } from "./linear.ts";
+import { matmul, type MatmulOptions } from "./matmul.ts";
+import { encoderForward, geluForward, layernormForward, residualForward } from "./ops.ts";
+import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" };
+
+/**
+ * Generates logits one token at a time.
+ *
+ * @example
+ * ```ts
+ * const dec = await Decoder.create(rt, model.config, model.params, 256);
+ * let logits = await dec.start([50256]);
+ * logits = await dec.next(464);
+ * ```
+ */
+export class Decoder {
+  readonly rt: Runtime;
+  readonly config: GPT2Config;
+  /** Context window (rows of the cache). */
+  readonly T: number;
+  #prefill: GPT2;
+  #token: GPUBuffer;
+  #logits: GPUBuffer;
+  #staging: GPUBuffer;
+  #owned: GPUBuffer[] = [];
+  #embed: Dispatch[] = [];
+  #before: Dispatch[][] = [];
+  #qkv1: GPUBuffer[] = [];
+  #after: Dispatch[][] = [];
+  #head: Dispatch[] = [];
+  #history: number[] = [];
+
+  private constructor(rt: Runtime, config: GPT2Config, T: number, prefill: GPT2) {
+    this.rt = rt;
+    this.config = config;
+    this.T = T;
+    this.#prefill = prefill;
+    const Vp = paddedVocab(config.vocabSize);
+    this.#token = this.#alloc("decode.token", 16);
+    this.#logits = this.#alloc("decode.logits", Vp * 4);
+    this.#staging = rt.device.createBuffer({
+      label: "decode.staging",
+      size: config.vocabSize * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  #alloc(label: string, bytes: number): GPUBuffer {
+    const b = this.rt.arena.alloc(label, "activations", bytes);
+    this.#owned.push(b);
+    return b;
+  }
+
+  /** A decoder over `params` (a GPT2's flat parameter buffer) with a T-token window. */
+  static async create(
+    rt: Runtime,
+    config: GPT2Config,
+    params: GPUBuffer,
+    T: number,
+    mm: MatmulOptions = {},
+  ): Promise<Decoder> {
+    const prefill = await GPT2.create(rt, config, {
+      B: 1,
+      T,
+      inference: true,
+      sharedParams: params,
+      matmul: mm,
+    });
+    const d = new Decoder(rt, config, T, prefill);
+    await d.#build(mm);
+    return d;
+  }
+
+  async #build(mm: MatmulOptions): Promise<void> {
+    const { rt } = this;
+    const { nLayer: L, nHead: NH, nEmbd: C } = this.config;
+    const Vp = paddedVocab(this.config.vocabSize);
+    const m = this.#prefill;
+    const P = (n: string) => m.tensor(n);
+    const op = (n: string) => ({ buffer: m.params, offset: P(n).offset });
+    const buf = (b: GPUBuffer) => ({ buffer: b });
+    const x0 = this.#alloc("decode.x0", C * 4);
+    this.#embed = await encoderForward(rt, { BT: 1, T: 1, C, Vp }, {
+      tokens: { buffer: this.#token, offset: 0, size: 4 },
+      wte: P("wte.weight"),
+      wpe: P("wpe.weight"),
+      out: x0,
+    });
+    let residual = x0;
+    for (let l = 0; l < L; l++) {
+      const a = (n: string, f: number) => this.#alloc(`decode.h.${l}.${n}`, f * 4);
+      const h = (n: string) => `h.${l}.${n}`;
+      const [ln1, mean, rstd] = [a("ln1", C), a("mean", 1), a("rstd", 1)];
+      const qkv1 = a("qkv", 3 * C), atty = a("atty", C), proj = a("proj", C), res2 = a("res2", C);
+      const ln2 = a("ln2", C), fch = a("fch", 4 * C), fchg = a("fch_gelu", 4 * C);
+      const fcproj = a("fcproj", C), res3 = a("res3", C);
+      this.#qkv1.push(qkv1);
+      this.#before.push([
+        await layernormForward(rt, { N: 1, C }, {
+          inp: residual,
+          weight: P(h("ln_1.weight")),
+          bias: P(h("ln_1.bias")),
+          out: ln1,
+          mean,
+          rstd,
+        }),
+        ...await linearForward(rt, { BT: 1, C, OC: 3 * C, bias: true }, {
+          inp: buf(ln1),
+          weight: op(h("attn.c_attn.weight")),
+          bias: op(h("attn.c_attn.bias")),
+          out: buf(qkv1),
+        }, mm),
+      ]);
+      this.#after.push([
+        await makeDispatch(rt, {
+          name: "attention_decode",
+          code: decodeSrc,
+          entryPoint: "main",
+          buffers: { 0: buf(qkv1), 1: buf(m.layerQkv(l)), 2: buf(atty) },
+          uniform: { binding: 3, words: [0, C, NH] },
+          workgroups: grid1d(NH, 64),
+        }),
+        ...await linearForward(rt, { BT: 1, C, OC: C, bias: true }, {
+          inp: buf(atty),
+          weight: op(h("attn.c_proj.weight")),
+          bias: op(h("attn.c_proj.bias")),
+          out: buf(proj),
+        }, mm),
+        await residualForward(rt, C, { a: residual, b: proj, out: res2 }),
+        await layernormForward(rt, { N: 1, C }, {
+          inp: res2,
+          weight: P(h("ln_2.weight")),
+          bias: P(h("ln_2.bias")),
+          out: ln2,
+          mean,
+          rstd,
+        }),
+        ...await linearForward(rt, { BT: 1, C, OC: 4 * C, bias: true }, {
+          inp: buf(ln2),
+          weight: op(h("mlp.c_fc.weight")),
+          bias: op(h("mlp.c_fc.bias")),
+          out: buf(fch),
+        }, mm),
+        await geluForward(rt, 4 * C, { inp: fch, out: fchg }),
+        ...await linearForward(rt, { BT: 1, C: 4 * C, OC: C, bias: true }, {
+          inp: buf(fchg),
+          weight: op(h("mlp.c_proj.weight")),
+          bias: op(h("mlp.c_proj.bias")),
+          out: buf(fcproj),
+        }, mm),
+        await residualForward(rt, C, { a: res2, b: fcproj, out: res3 }),
+      ]);
+      residual = res3;
+    }
+    const lnf = this.#alloc("decode.lnf", C * 4);
+    const [mean, rstd] = [this.#alloc("decode.lnf_mean", 4), this.#alloc("decode.lnf_rstd", 4)];
+    this.#head = [
+      await layernormForward(rt, { N: 1, C }, {
+        inp: residual,
+        weight: P("ln_f.weight"),
+        bias: P("ln_f.bias"),
+        out: lnf,
+        mean,
+        rstd,
+      }),
+      ...await matmul(rt, { M: 1, N: Vp, K: C, transB: true }, {
+        a: buf(lnf),
+        b: op("wte.weight"),
+        c: buf(this.#logits),
+      }, { name: "lm_head_decode", ...mm }),
+    ];
+  }
+
+  /** Runs the prompt (at most T tokens are kept) and returns the next token's logits [V]. */
+  async start(prompt: number[]): Promise<Float32Array> {
+    if (prompt.length === 0) throw new RangeError("Decoder.start needs at least one token");
+    this.#history = prompt.slice(-this.T);
+    const n = this.#history.length;
+    const window = new Array<number>(this.T).fill(0);
+    this.#history.forEach((t, i) => (window[i] = t));
+    await this.#prefill.forward(window);
+    return await this.#prefill.readLogits(n - 1, 1);
+  }
+
+  /** Appends one token and returns the logits [V] for the one after it. */
+  async next(token: number): Promise<Float32Array> {
+    if (this.#history.length >= this.T) {
+      // Window full: keep the last half and rebuild the cache from it.
+      return await this.start([...this.#history.slice(-(this.T >> 1)), token]);
+    }
+    const t = this.#history.length;
+    this.#history.push(token);
+    const q = this.rt.device.queue;
+    q.writeBuffer(this.#token, 0, new Uint32Array([token]));
+    for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, new Uint32Array([t]));
+    for (const after of this.#after) q.writeBuffer(after[0].resources![0], 0, new Uint32Array([t]));
+    const C3 = 3 * this.config.nEmbd * 4;
+    const enc = this.rt.device.createCommandEncoder();
+    encodeDispatches(enc, this.#embed);
+    for (let l = 0; l < this.#before.length; l++) {
+      encodeDispatches(enc, this.#before[l]);
+      enc.copyBufferToBuffer(this.#qkv1[l], 0, this.#prefill.layerQkv(l), t * C3, C3);
+      encodeDispatches(enc, this.#after[l]);
+    }
+    encodeDispatches(enc, this.#head);
+    enc.copyBufferToBuffer(this.#logits, 0, this.#staging, 0, this.#staging.size);
+    q.submit([enc.finish()]);
+    await this.#staging.mapAsync(GPUMapMode.READ);
+    const out = new Float32Array(this.#staging.getMappedRange().slice(0));
+    this.#staging.unmap();
+    return out;
+  }
+
+  /** Frees the decoder's buffers (not the shared parameters). */
+  destroy(): void {
+    freeDispatches(
+      this.rt.arena,
+      [this.#embed, ...this.#before, ...this.#after, this.#head].flat(),
+    );
+    for (const b of this.#owned) this.rt.arena.free(b);
+    this.#owned = [];
+    this.#staging.destroy();
+    this.#prefill.destroy();
+  }
+}
