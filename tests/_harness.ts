@@ -7,6 +7,7 @@
  */
 
 import { createRuntime, type Runtime } from "../src/gpu/runtime.ts";
+import { fillNormal, mulberry32 } from "../src/model/init.ts";
 
 // ---------------------------------------------------------------------------
 // GPU availability, decided once when the module loads (Deno.test's `ignore`
@@ -72,28 +73,13 @@ export function gpuTest(
 // ---------------------------------------------------------------------------
 // Seeded random numbers.
 
-/** A mulberry32 generator of uniforms in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded generator of uniforms in [0, 1) (the package's own mulberry32). */
+export const rng: (seed: number) => () => number = mulberry32;
 
 /** `n` standard normal samples as float32, scaled by `scale`. */
 export function randn(n: number, seed: number, scale = 1): Float32Array<ArrayBuffer> {
-  const u = rng(seed);
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(1 - u()));
-    const th = 2 * Math.PI * u();
-    out[i] = r * Math.cos(th) * scale;
-    if (i + 1 < n) out[i + 1] = r * Math.sin(th) * scale;
-  }
+  fillNormal(out, scale, mulberry32(seed));
   return out;
 }
 
