@@ -6,6 +6,8 @@
 //   v  = beta2 v + (1 - beta2) g^2
 //   p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + wd * p)   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
 //
+// A NaN or Inf gradient element leaves its parameter, m and v unchanged.
+//
 // The per-step values (lr, beta1, beta2, eps, bc1, bc2, max_norm) live in one uniform
 // buffer written once per step; the per-range values (n, decay) in another, written
 // at setup. wd applies only where `decay` is 1 (matrices and embeddings).
@@ -32,6 +34,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   var clip = 1.0;
   if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (stats[1] + 1e-6)); }
   let g = grads[i] * clip;
+  if ((bitcast<u32>(g) & 0x7f800000u) == 0x7f800000u) { return; } // NaN/Inf: leave p, m, v
   let mi = s.beta1 * m[i] + (1.0 - s.beta1) * g;
   let vi = s.beta2 * v[i] + (1.0 - s.beta2) * g * g;
   m[i] = mi;

@@ -1,6 +1,6 @@
 // grad_norm: the global L2 norm of all gradients, deterministically.
 //
-// partial:  partials[slot + w] = sum of g^2 over the w-th block of 4096 elements of
+// partial:  partials[slot + w] = sum of finite g^2 over the w-th block of 4096 elements of
 //           one range (one workgroup a block; a fixed tree within the workgroup).
 // finish:   stats[1] = sqrt(sum of partials[0..count]), summed in order by one invocation.
 //
@@ -25,7 +25,8 @@ fn partial(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
     let i = start + k * 64u + l;
     if (i < p.n) {
       let g = grads[i];
-      s += g * g;
+      // NaN and Inf elements are skipped here and by the optimizers' updates.
+      if ((bitcast<u32>(g) & 0x7f800000u) != 0x7f800000u) { s += g * g; }
     }
   }
   red[l] = s;

@@ -67,6 +67,9 @@ Optimizer and schedule
   DEFAULTS["min-lr"]
 }, ${DEFAULTS.warmup})
   --weight-decay X --beta1 X --beta2 X --eps X --grad-clip X (0: no clipping)
+  --optimizer NAME      adamw (fp32 state, 8 bytes/param), adamw8bit (~2), adamw4bit (~1)
+  --optimizer-block N   8-bit block size (default 256)
+  --optimizer-fp32-embeddings   low-bit optimizers: keep wte/wpe state in fp32
   --seed N              parameter init and shuffle seed (default ${DEFAULTS.seed})
 Output
   --out DIR             run directory (default runs/MODEL)
@@ -109,6 +112,7 @@ const NUMBER_FLAGS = [
   "keep",
   "peak-tflops",
   "hellaswag-every",
+  "optimizer-block",
   "hellaswag-limit",
   "n-layer",
   "n-head",
@@ -121,6 +125,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
     help: { type: "boolean", short: "h" },
     shuffle: { type: "boolean" },
+    "optimizer-fp32-embeddings": { type: "boolean" },
   };
   for (
     const k of [
@@ -134,6 +139,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
       "matmul",
       "cache-dir",
       "hellaswag",
+      "optimizer",
     ]
   ) {
     options[k] = { type: "string" };
@@ -153,6 +159,11 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     return x;
   };
   for (const k of NUMBER_FLAGS) num(k);
+  if (
+    v.optimizer !== undefined && !["adamw", "adamw8bit", "adamw4bit"].includes(String(v.optimizer))
+  ) {
+    throw new TypeError(`--optimizer must be adamw, adamw8bit or adamw4bit, got "${v.optimizer}"`);
+  }
   if (v.matmul !== undefined && v.matmul !== "regblock" && v.matmul !== "tiled") {
     throw new TypeError(`--matmul must be regblock or tiled, got "${v.matmul}"`);
   }
@@ -217,6 +228,10 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     resume,
     peakTflops: pick("peak-tflops", "peakTflops", DEFAULTS["peak-tflops"]),
     hellaswag: pick<string | undefined>("hellaswag", "hellaswag", undefined),
+    optimizer: pick<"adamw" | "adamw8bit" | "adamw4bit">("optimizer", "optimizer", "adamw"),
+    optimizerBlock: pick("optimizer-block", "optimizerBlock", 256),
+    optimizerFp32Embeddings: v["optimizer-fp32-embeddings"] === true ||
+      (v["optimizer-fp32-embeddings"] === undefined && base.optimizerFp32Embeddings === true),
     hellaswagEvery: pick("hellaswag-every", "hellaswagEvery", 0),
     hellaswagLimit: pick("hellaswag-limit", "hellaswagLimit", 500),
     matmul: pick<"regblock" | "tiled" | undefined>("matmul", "matmul", undefined),

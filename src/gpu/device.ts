@@ -45,6 +45,8 @@ export interface Gpu {
   isCpu: boolean;
   limits: GpuLimits;
   features: { shaderF16: boolean; timestampQuery: boolean };
+  /** Messages of uncaptured WebGPU errors so far (such errors only drop the command). */
+  errors: string[];
 }
 
 /** Thrown when no WebGPU adapter can be found; tests catch it to skip. */
@@ -104,8 +106,11 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
   for (const k of RAISED_LIMITS) requiredLimits[k] = adapter.limits[k];
   const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
   // Errors outside an error scope would otherwise only drop the command silently.
+  const errors: string[] = [];
   device.addEventListener("uncapturederror", (e) => {
-    console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+    const message = (e as GPUUncapturedErrorEvent).error.message;
+    errors.push(message);
+    console.error(`WebGPU error: ${message}`);
   });
   const l = device.limits;
   const name = adapterName(adapter);
@@ -130,6 +135,7 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
       shaderF16: device.features.has("shader-f16"),
       timestampQuery: device.features.has("timestamp-query"),
     },
+    errors,
   };
 }
 

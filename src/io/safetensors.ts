@@ -10,7 +10,7 @@
 /** Dtypes this module reads and writes. */
 export type SafeDtype = "F32" | "F16" | "BF16";
 
-const BYTES: Record<SafeDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+const BYTES: Record<SafeDtype | "U8", number> = { F32: 4, F16: 2, BF16: 2, U8: 1 };
 
 /** One tensor as stored in the header. */
 export interface SafeTensorInfo {
@@ -75,7 +75,7 @@ export function parseSafetensors(bytes: Uint8Array, path = "<memory>"): SafeTens
       );
     }
     const elems = t.shape.reduce((a, b) => a * b, 1);
-    const size = BYTES[t.dtype as SafeDtype];
+    const size = BYTES[t.dtype as SafeDtype | "U8"];
     if (size && elems * size !== end - begin) {
       throw new SafeTensorsError(
         path,
@@ -152,7 +152,18 @@ function f32ToF16(x: number): number {
 export interface TensorToWrite {
   name: string;
   shape: number[];
-  data: Float32Array;
+  /** Floats are written in the file's dtype; bytes (raw optimizer state) as U8. */
+  data: Float32Array | Uint8Array;
+}
+
+/** A U8 tensor's bytes (a copy). */
+export function tensorBytes(file: SafeTensorsFile, name: string): Uint8Array<ArrayBuffer> {
+  const t = file.tensors.get(name);
+  if (!t) throw new SafeTensorsError(file.path, `no tensor "${name}"`);
+  if (t.dtype !== "U8") {
+    throw new SafeTensorsError(file.path, `tensor "${name}" is ${t.dtype}, not U8`);
+  }
+  return file.data.slice(t.data_offsets[0], t.data_offsets[1]);
 }
 
 /** Serialises tensors (in the given order) with optional string metadata. */
@@ -161,7 +172,6 @@ export function encodeSafetensors(
   options: { dtype?: SafeDtype; metadata?: Record<string, string> } = {},
 ): Uint8Array<ArrayBuffer> {
   const dtype = options.dtype ?? "F32";
-  const size = BYTES[dtype];
   const header: Record<string, unknown> = {};
   if (options.metadata) header.__metadata__ = options.metadata;
   let offset = 0;
@@ -170,8 +180,9 @@ export function encodeSafetensors(
     if (n !== t.data.length) {
       throw new RangeError(`Tensor "${t.name}" has shape [${t.shape}] but ${t.data.length} values`);
     }
-    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + n * size] };
-    offset += n * size;
+    const dt = t.data instanceof Uint8Array ? "U8" : dtype;
+    header[t.name] = { dtype: dt, shape: t.shape, data_offsets: [offset, offset + n * BYTES[dt]] };
+    offset += n * BYTES[dt];
   }
   let json = JSON.stringify(header);
   json += " ".repeat((8 - ((json.length + 8) % 8)) % 8); // data section 8-byte aligned
@@ -182,7 +193,10 @@ export function encodeSafetensors(
   out.set(head, 8);
   let p = 8 + head.length;
   for (const t of tensors) {
-    if (dtype === "F32") {
+    if (t.data instanceof Uint8Array) {
+      out.set(t.data, p);
+      p += t.data.length;
+    } else if (dtype === "F32") {
       out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), p);
       p += t.data.byteLength;
     } else {

@@ -12,6 +12,7 @@
 import type { Dispatch } from "../gpu/dispatch.ts";
 import { f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
+import { type SafeTensorsFile, tensorF32, type TensorToWrite } from "../io/safetensors.ts";
 import type { ParamLayout } from "../model/params.ts";
 import adamwSrc from "../../kernels/adamw.wgsl" with { type: "text" };
 import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
@@ -24,6 +25,19 @@ export interface AdamWConfig {
   weightDecay: number;
   /** Clip the global gradient norm to this; 0 disables clipping. */
   gradClip: number;
+}
+
+/** What the training loop needs of an optimizer (fp32 AdamW or the low-bit ones). */
+export interface Optimizer {
+  /** grad-norm then update dispatches, encoded after the backward pass. */
+  readonly dispatches: Dispatch[];
+  /** [loss, grad norm] f32. */
+  readonly stats: GPUBuffer;
+  setStep(t: number, lr: number): void;
+  readState(): Promise<TensorToWrite[]>;
+  writeState(file: SafeTensorsFile): void;
+  readonly stateBytes: number;
+  destroy(): void;
 }
 
 /** nanoGPT/llm.c defaults. */
@@ -61,6 +75,69 @@ export function parameterRanges(layout: ParamLayout, maxBytes: number): ParamRan
 }
 
 const BLOCK = 4096; // elements per grad_norm workgroup
+
+/** The per-step uniform of the AdamW kernels (see kernels/adamw.wgsl's Step). */
+export function stepWords(c: AdamWConfig, t: number, lr: number): Uint32Array<ArrayBuffer> {
+  return new Uint32Array([
+    f32Bits(lr),
+    f32Bits(c.beta1),
+    f32Bits(c.beta2),
+    f32Bits(c.eps),
+    f32Bits(1 - c.beta1 ** t),
+    f32Bits(1 - c.beta2 ** t),
+    f32Bits(c.weightDecay),
+    f32Bits(c.gradClip),
+  ]);
+}
+
+/** Floats of partial sums {@linkcode gradNormDispatches} needs for these ranges. */
+export function gradNormPartials(ranges: { size: number }[]): number {
+  return ranges.reduce((a, r) => a + Math.ceil(r.size / BLOCK), 0);
+}
+
+/**
+ * Dispatches that write the global L2 norm of the gradient ranges to stats[1]:
+ * a partial sum of squares per block of 4096, then one ordered sum.
+ */
+export async function gradNormDispatches(
+  rt: Runtime,
+  ranges: { offset: number; size: number }[],
+  grads: GPUBuffer,
+  partials: GPUBuffer,
+  stats: GPUBuffer,
+): Promise<Dispatch[]> {
+  const norm: Dispatch[] = [];
+  let slot = 0;
+  for (const r of ranges) {
+    const blocks = Math.ceil(r.size / BLOCK);
+    norm.push(
+      await makeDispatch(rt, {
+        name: "grad_norm_partial",
+        code: gradNormSrc,
+        entryPoint: "partial",
+        buffers: {
+          0: { buffer: grads, offset: r.offset * 4, size: r.size * 4 },
+          1: { buffer: partials },
+        },
+        uniform: { binding: 3, words: [r.size, slot, 0] },
+        workgroups: [blocks, 1, 1],
+        flops: 2 * r.size,
+      }),
+    );
+    slot += blocks;
+  }
+  norm.push(
+    await makeDispatch(rt, {
+      name: "grad_norm_finish",
+      code: gradNormSrc,
+      entryPoint: "finish",
+      buffers: { 1: { buffer: partials }, 2: { buffer: stats } },
+      uniform: { binding: 3, words: [0, 0, slot] },
+      workgroups: [1, 1, 1],
+    }),
+  );
+  return norm;
+}
 
 /**
  * fp32 AdamW for one model's flat buffers.
@@ -130,39 +207,8 @@ export class AdamW {
   async #build(params: GPUBuffer, grads: GPUBuffer, maxBindingBytes: number): Promise<void> {
     const rt = this.rt;
     const ranges = parameterRanges(this.layout, maxBindingBytes);
-    const blocks = ranges.map((r) => Math.ceil(r.size / BLOCK));
-    const total = blocks.reduce((a, b) => a + b, 0);
-    this.#partials = this.#alloc("adamw.partials", "scratch", total * 4);
-    const norm: Dispatch[] = [];
-    let slot = 0;
-    for (let i = 0; i < ranges.length; i++) {
-      const r = ranges[i];
-      norm.push(
-        await makeDispatch(rt, {
-          name: "grad_norm_partial",
-          code: gradNormSrc,
-          entryPoint: "partial",
-          buffers: {
-            0: { buffer: grads, offset: r.offset * 4, size: r.size * 4 },
-            1: { buffer: this.#partials },
-          },
-          uniform: { binding: 3, words: [r.size, slot, 0] },
-          workgroups: [blocks[i], 1, 1],
-          flops: 2 * r.size,
-        }),
-      );
-      slot += blocks[i];
-    }
-    norm.push(
-      await makeDispatch(rt, {
-        name: "grad_norm_finish",
-        code: gradNormSrc,
-        entryPoint: "finish",
-        buffers: { 1: { buffer: this.#partials }, 2: { buffer: this.stats } },
-        uniform: { binding: 3, words: [0, 0, total] },
-        workgroups: [1, 1, 1],
-      }),
-    );
+    this.#partials = this.#alloc("adamw.partials", "scratch", gradNormPartials(ranges) * 4);
+    const norm = await gradNormDispatches(rt, ranges, grads, this.#partials, this.stats);
     const update: Dispatch[] = [];
     for (const r of ranges) {
       const range = (buffer: GPUBuffer) => ({ buffer, offset: r.offset * 4, size: r.size * 4 });
@@ -196,18 +242,39 @@ export class AdamW {
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
   setStep(t: number, lr: number): void {
-    const c = this.config;
-    const words = new Uint32Array([
-      f32Bits(lr),
-      f32Bits(c.beta1),
-      f32Bits(c.beta2),
-      f32Bits(c.eps),
-      f32Bits(1 - c.beta1 ** t),
-      f32Bits(1 - c.beta2 ** t),
-      f32Bits(c.weightDecay),
-      f32Bits(c.gradClip),
-    ]);
-    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, words);
+    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, stepWords(this.config, t, lr));
+  }
+
+  /** m and v per tensor, for a checkpoint. */
+  readState(): Promise<TensorToWrite[]> {
+    return readAdamWState(this);
+  }
+
+  /** Restores m and v saved by {@linkcode readState}; checks every size first. */
+  writeState(file: SafeTensorsFile): void {
+    const arrays = new Map<string, Float32Array<ArrayBuffer>>();
+    for (const which of ["m", "v"]) {
+      for (const t of this.layout.tensors) {
+        const name = `${which}.${t.name}`;
+        if (!file.tensors.has(name)) {
+          throw new Error(
+            `${file.path} has no "${name}": it holds another optimizer's state; resume with the ` +
+              "--optimizer it was saved with",
+          );
+        }
+        const a = tensorF32(file, name);
+        if (a.length !== t.size) {
+          throw new Error(`${file.path}: "${name}" has ${a.length} values, needs ${t.size}`);
+        }
+        arrays.set(name, a);
+      }
+    }
+    writeAdamWState(this, (name) => arrays.get(name)!);
+  }
+
+  /** Bytes of optimizer state (m and v). */
+  get stateBytes(): number {
+    return this.m.size + this.v.size;
   }
 
   /** Frees the state and every buffer the optimizer made. */

@@ -15,13 +15,13 @@ import type { Runtime } from "../gpu/runtime.ts";
 import { type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import type { MatmulImpl } from "../model/matmul.ts";
-import { AdamW, readAdamWState, writeAdamWState } from "../optim/adamw.ts";
+import { AdamW, type Optimizer } from "../optim/adamw.ts";
+import { LowBitAdamW } from "../optim/lowbit.ts";
 import { lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
 import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
 import { decodeTokens, EOT } from "../data/tokenizer.ts";
 import { loadCheckpoint, saveCheckpoint } from "../io/checkpoint.ts";
 import { encodeModel, loadTensors, matchTensors } from "../io/hf.ts";
-import { tensorF32 } from "../io/safetensors.ts";
 import { generate } from "../eval/generate.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../eval/hellaswag.ts";
 import { prepareData } from "./corpus.ts";
@@ -53,6 +53,12 @@ export interface TrainConfig {
   beta2: number;
   eps: number;
   gradClip: number;
+  /** adamw (fp32 state), adamw8bit or adamw4bit. */
+  optimizer?: "adamw" | "adamw8bit" | "adamw4bit";
+  /** 8-bit block size (default 256). */
+  optimizerBlock?: number;
+  /** Low-bit optimizers: keep wte and wpe state in fp32. */
+  optimizerFp32Embeddings?: boolean;
   seed: number;
   shuffle: boolean;
   valEvery: number;
@@ -146,13 +152,23 @@ export async function train(
     sharedParams: model.params,
     matmul: c.matmul ? { impl: c.matmul } : undefined,
   });
-  const opt = await AdamW.create(rt, model.layout, { params: model.params, grads: model.grads }, {
+  const hyper = {
     beta1: c.beta1,
     beta2: c.beta2,
     eps: c.eps,
     weightDecay: c.weightDecay,
     gradClip: c.gradClip,
-  });
+  };
+  const bufs = { params: model.params, grads: model.grads };
+  const kind = c.optimizer ?? "adamw";
+  const opt: Optimizer = kind === "adamw"
+    ? await AdamW.create(rt, model.layout, bufs, hyper)
+    : await LowBitAdamW.create(rt, model.layout, bufs, {
+      ...hyper,
+      bits: kind === "adamw8bit" ? 8 : 4,
+      block8: c.optimizerBlock ?? 256,
+      fp32Embeddings: c.optimizerFp32Embeddings ?? false,
+    });
   const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
     ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
     : [];
@@ -179,14 +195,7 @@ export async function train(
   let cursor: LoaderCursor | undefined;
   if (resumed) {
     loadTensors(resumed.model, model);
-    const file = resumed.optimizer!;
-    writeAdamWState(opt, (name, size) => {
-      const a = tensorF32(file, name);
-      if (a.length !== size) {
-        throw new Error(`${file.path}: "${name}" has ${a.length} values, needs ${size}`);
-      }
-      return a;
-    });
+    opt.writeState(resumed.optimizer!);
     const st = resumed.trainer ?? {};
     startStep = Number(st.step ?? 0);
     if (st.data === data.dir) cursor = st.cursor as LoaderCursor;
@@ -220,6 +229,7 @@ export async function train(
     data_dir: data.dir,
     accumulation: accum,
     parameters: parameterCount(cfg),
+    optimizer_bytes_per_parameter: +(opt.stateBytes / parameterCount(cfg)).toFixed(3),
     adapter: rt.gpu.name,
     mfu_formula:
       "MFU = tokens/s x (6N + 12LCT) / peak FLOP/s (nanoGPT estimate_mfu; N without wpe)",
@@ -264,7 +274,7 @@ export async function train(
     const dir = await saveCheckpoint(`${c.out}/checkpoints`, step, {
       config: cfg,
       model: await encodeModel(model),
-      optimizer: await readAdamWState(opt),
+      optimizer: await opt.readState(),
       trainer: {
         step,
         tokens: step * c.totalBatch,
@@ -296,6 +306,7 @@ export async function train(
   let lastCheckpoint = "";
   let valLoss: number | undefined;
   const t0 = performance.now();
+  const errorsBefore = rt.gpu.errors.length;
   try {
     while (step < c.steps && !stopRequested) {
       const tStep = performance.now();
@@ -351,6 +362,13 @@ export async function train(
         ms: dt * 1000,
       });
       trainPts.push([step, loss]);
+      if (rt.gpu.errors.length > errorsBefore) {
+        throw new Error(
+          `WebGPU reported errors during step ${step}: ${
+            rt.gpu.errors.slice(errorsBefore).join("; ")
+          }`,
+        );
+      }
       if (!Number.isFinite(loss)) {
         throw new Error(`Loss is ${loss} at step ${step}: lower --lr or check the data`);
       }

@@ -16,10 +16,12 @@ export interface RefAdamWStep {
   gradClip: number;
 }
 
-/** Global L2 norm of all gradients. */
+/** Global L2 norm of all finite gradient elements. */
 export function gradNormRef(grads: ArrayLike<number>[]): number {
   let s = 0;
-  for (const g of grads) for (let i = 0; i < g.length; i++) s += g[i] * g[i];
+  for (const g of grads) {
+    for (let i = 0; i < g.length; i++) if (Number.isFinite(g[i])) s += g[i] * g[i];
+  }
   return Math.sqrt(s);
 }
 
@@ -38,6 +40,7 @@ export function adamwRef(
   const wd = decay ? h.weightDecay : 0;
   for (let i = 0; i < p.length; i++) {
     const gi = g[i] * clip;
+    if (!Number.isFinite(gi)) continue; // NaN/Inf: parameter and state unchanged
     m[i] = h.beta1 * m[i] + (1 - h.beta1) * gi;
     v[i] = h.beta2 * v[i] + (1 - h.beta2) * gi * gi;
     p[i] -= h.lr * (m[i] / bc1 / (Math.sqrt(v[i] / bc2) + h.eps) + wd * p[i]);

@@ -1,0 +1,177 @@
+// adamw4bit: one AdamW step with 4-bit state (Li, Chen and Zhu 2023).
+//
+// m: blocks of 128, signed dynamic-exponent map (16 codes), absmax per block.
+// v: rank-1 (2-D tensors, rows > 0): scale(i,j) = min(row max_i, column max_j) of the updated v,
+//    linear map without zero (k/16, k = 1..16); otherwise blocks of 128 with absmax.
+// Two codes per byte: 8 per u32, element 8w+k in bits 4k..4k+3.
+// A NaN or Inf gradient element leaves its parameter and (dequantized) state unchanged.
+//
+// Entry points, in order each step (rank-1 tensors also need row_max, col_max, commit):
+//   row_max:  rows_new[i] = max_j v_new(i,j)        one invocation per row
+//   col_max:  cols_new[j] = max_i v_new(i,j)        one invocation per column
+//   update:   dequantize, update, requantize        one workgroup of 16 per block of 128
+//   commit:   rows_old, cols_old = rows_new, cols_new
+// Shapes: params, grads [n] f32 (n = rows*cols for rank-1); mq, vq [n/8] u32; mabs [n/128];
+// vabs [n/128] (block-wise v only); scales [2*(rows+cols)] = rows_old | cols_old | rows_new | cols_new;
+// maps [32] = m map | v map. rows = cols = 0 selects block-wise v (a uniform branch, so
+// every binding is used whatever the tensor). Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs,
+// 6 scales, 7 maps, 8 stats, 9 step, 10 range.
+
+struct Step { lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32 }
+struct Range { n: u32, decay: u32, rows: u32, cols: u32 }
+
+@group(0) @binding(0) var<storage, read_write> params: array<f32>;
+@group(0) @binding(1) var<storage, read> grads: array<f32>;
+@group(0) @binding(2) var<storage, read_write> mq: array<u32>;
+@group(0) @binding(3) var<storage, read_write> vq: array<u32>;
+@group(0) @binding(4) var<storage, read_write> mabs: array<f32>;
+@group(0) @binding(5) var<storage, read_write> vabs: array<f32>;
+@group(0) @binding(6) var<storage, read_write> scales: array<f32>;
+@group(0) @binding(7) var<storage, read> maps: array<f32>;
+@group(0) @binding(8) var<storage, read> stats: array<f32>;
+@group(0) @binding(9) var<uniform> s: Step;
+@group(0) @binding(10) var<uniform> r: Range;
+
+var<workgroup> red_m: array<f32, 16>;
+var<workgroup> red_v: array<f32, 16>;
+
+fn is_finite(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+fn clip_scale() -> f32 {
+  if (s.max_norm > 0.0) { return min(1.0, s.max_norm / (stats[1] + 1e-6)); }
+  return 1.0;
+}
+
+fn code(words: u32, k: u32) -> u32 {
+  return (words >> (4u * k)) & 15u;
+}
+
+// The rank-1 scale of element e from the old (which = 0) or new (which = 1) maxima.
+fn rank1(e: u32, which: u32) -> f32 {
+  let o = which * (r.rows + r.cols);
+  return min(scales[o + e / r.cols], scales[o + r.rows + e % r.cols]);
+}
+
+// v after this step's update (unchanged where the gradient is not finite).
+fn v_next(e: u32, clip: f32) -> f32 {
+  let v = maps[16u + code(vq[e / 8u], e % 8u)] * rank1(e, 0u);
+  let g = grads[e] * clip;
+  if (!is_finite(g)) { return v; }
+  return s.beta2 * v + (1.0 - s.beta2) * g * g;
+}
+
+// Nearest of 16 codes in maps[base..base+16): ties go low.
+fn nearest(base: u32, x: f32) -> u32 {
+  var lo = 0u;
+  var hi = 16u;
+  for (var it = 0u; it < 5u && lo < hi; it++) { // log2(16) + 1 halvings reach lo == hi
+    let mid = (lo + hi) >> 1u;
+    if (maps[base + mid] < x) { lo = mid + 1u; } else { hi = mid; }
+  }
+  if (lo == 0u) { return 0u; }
+  if (lo == 16u) { return 15u; }
+  return select(lo - 1u, lo, maps[base + lo] - x < x - maps[base + lo - 1u]);
+}
+
+fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
+  return gid.x + gid.y * nwg.x * 64u;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn row_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = linear_index(gid, nwg);
+  if (i >= r.rows) { return; }
+  let clip = clip_scale();
+  var mx = 0.0;
+  for (var j = 0u; j < r.cols; j++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
+  scales[r.rows + r.cols + i] = mx;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn col_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let j = linear_index(gid, nwg);
+  if (j >= r.cols) { return; }
+  let clip = clip_scale();
+  var mx = 0.0;
+  for (var i = 0u; i < r.rows; i++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
+  scales[2u * r.rows + r.cols + j] = mx;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn commit(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = linear_index(gid, nwg);
+  if (i >= r.rows + r.cols) { return; }
+  scales[i] = scales[r.rows + r.cols + i];
+}
+
+@compute @workgroup_size(16, 1, 1)
+fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+          @builtin(local_invocation_index) l: u32) {
+  let blk = wid.x + wid.y * nwg.x;
+  if (blk * 128u >= r.n) { return; } // uniform per workgroup
+  let clip = clip_scale();
+  let w = blk * 16u + l;
+  let mw = mq[w];
+  let vw = vq[w];
+  let am = mabs[blk];
+  let av = vabs[blk];
+  let rank1_mode = r.rows > 0u;
+  var mv: array<f32, 8>;
+  var vv: array<f32, 8>;
+  var mmax = 0.0;
+  var vmax = 0.0;
+  for (var k = 0u; k < 8u; k++) {
+    let e = 8u * w + k;
+    var m = 0.0;
+    var v = 0.0;
+    if (e < r.n) {
+      m = maps[code(mw, k)] * am;
+      if (rank1_mode) {
+        v = maps[16u + code(vw, k)] * rank1(e, 0u);
+      } else {
+        v = maps[16u + code(vw, k)] * av;
+      }
+      let g = grads[e] * clip;
+      if (is_finite(g)) {
+        m = s.beta1 * m + (1.0 - s.beta1) * g;
+        v = s.beta2 * v + (1.0 - s.beta2) * g * g;
+        let p = params[e];
+        let wd = select(0.0, s.wd, r.decay == 1u);
+        params[e] = p - s.lr * ((m / s.bc1) / (sqrt(v / s.bc2) + s.eps) + wd * p);
+      }
+    }
+    mv[k] = m;
+    vv[k] = v;
+    mmax = max(mmax, abs(m));
+    vmax = max(vmax, v);
+  }
+  red_m[l] = mmax;
+  red_v[l] = vmax;
+  workgroupBarrier();
+  for (var h = 8u; h > 0u; h >>= 1u) {
+    if (l < h) {
+      red_m[l] = max(red_m[l], red_m[l + h]);
+      red_v[l] = max(red_v[l], red_v[l + h]);
+    }
+    workgroupBarrier();
+  }
+  let nm = red_m[0];
+  let nv = red_v[0];
+  var mout = 0u;
+  var vout = 0u;
+  for (var k = 0u; k < 8u; k++) {
+    let e = 8u * w + k;
+    var sv = nv;
+    if (rank1_mode && e < r.n) { sv = rank1(e, 1u); }
+    mout |= nearest(0u, select(0.0, mv[k] / nm, nm > 0.0)) << (4u * k);
+    vout |= nearest(16u, select(0.0, vv[k] / sv, sv > 0.0)) << (4u * k);
+  }
+  mq[w] = mout;
+  vq[w] = vout;
+  if (l == 0u) {
+    mabs[blk] = nm;
+    if (!rank1_mode) { vabs[blk] = nv; }
+  }
+}
