@@ -9,6 +9,7 @@ import { dataBench } from "./data_bench.ts";
 import { evalBench } from "./eval_bench.ts";
 import { matmulBench } from "./matmul_bench.ts";
 import { modelBench } from "./model_bench.ts";
+import { optimBench } from "./optim_bench.ts";
 
 /** All benches, in the order `deno task bench` runs them. */
-export const BENCHES: BenchCase[] = [matmulBench, modelBench, dataBench, evalBench];
+export const BENCHES: BenchCase[] = [matmulBench, modelBench, dataBench, evalBench, optimBench];

@@ -1,0 +1,80 @@
+/**
+ * Optimizer step time per million parameters and bytes of state per
+ * parameter, for fp32 AdamW, 8-bit and 4-bit AdamW, on GPT-2-shaped tensors.
+ *
+ * @module
+ */
+
+import { runDispatches } from "../src/gpu/dispatch.ts";
+import { createRuntime } from "../src/gpu/runtime.ts";
+import { parameterCount, resolveConfig } from "../src/model/config.ts";
+import { parameterLayout } from "../src/model/params.ts";
+import { AdamW, type Optimizer } from "../src/optim/adamw.ts";
+import { LowBitAdamW } from "../src/optim/lowbit.ts";
+import { type BenchCase, type BenchRow, median } from "./_harness.ts";
+
+/** `deno task bench optim [--model gpt2-mini] [--steps 3]` */
+export const optimBench: BenchCase = {
+  name: "optim",
+  description: "AdamW fp32 / 8-bit / 4-bit: step ms per million parameters, state bytes/param",
+  async run({ args, quick, log }) {
+    const rt = await createRuntime();
+    const name = args.model ?? (quick ? "gpt2-mini" : "gpt2");
+    const cfg = resolveConfig(name);
+    const layout = parameterLayout(cfg);
+    const n = layout.totalElements;
+    const steps = Number(args.steps ?? (quick ? 2 : 3));
+    const params = rt.arena.alloc("bench.params", "parameters", n * 4);
+    const grads = rt.arena.alloc("bench.grads", "gradients", n * 4);
+    const rows: BenchRow[] = [];
+    try {
+      // Small random gradients, written in slices (one JS array of n floats can be large).
+      const slice = 1 << 22;
+      for (let o = 0; o < n; o += slice) {
+        const m = Math.min(slice, n - o);
+        rt.device.queue.writeBuffer(
+          grads,
+          o * 4,
+          Float32Array.from({ length: m }, (_, i) => ((i * 7919) % 1000 - 500) * 1e-6),
+        );
+      }
+      const P = parameterCount(cfg);
+      for (const kind of ["adamw", "adamw8bit", "adamw4bit"] as const) {
+        log(`optim ${kind} on ${name} (${(P / 1e6).toFixed(1)}M parameters)`);
+        const opt: Optimizer = kind === "adamw"
+          ? await AdamW.create(rt, layout, { params, grads })
+          : await LowBitAdamW.create(rt, layout, { params, grads }, {
+            bits: kind === "adamw8bit" ? 8 : 4,
+          });
+        try {
+          opt.setStep(1, 1e-4);
+          await runDispatches(rt.device, opt.dispatches); // warm-up
+          const times: number[] = [];
+          for (let s = 0; s < steps; s++) {
+            opt.setStep(s + 2, 1e-4);
+            const t0 = performance.now();
+            await runDispatches(rt.device, opt.dispatches);
+            times.push(performance.now() - t0);
+          }
+          const ms = median(times);
+          rows.push({
+            optimizer: kind,
+            model: name,
+            params_M: +(P / 1e6).toFixed(2),
+            step_ms: ms,
+            ms_per_M_params: ms / (P / 1e6),
+            state_MiB: +(opt.stateBytes / 2 ** 20).toFixed(1),
+            bytes_per_param: +(opt.stateBytes / P).toFixed(3),
+            adapter: rt.gpu.name,
+          });
+        } finally {
+          opt.destroy();
+        }
+      }
+    } finally {
+      rt.arena.free(params);
+      rt.arena.free(grads);
+    }
+    return rows;
+  },
+};
