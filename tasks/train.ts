@@ -70,6 +70,7 @@ Optimizer and schedule
   --optimizer NAME      adamw (fp32 state, 8 bytes/param), adamw8bit (~2), adamw4bit (~1)
   --optimizer-block N   8-bit block size (default 256)
   --optimizer-fp32-embeddings   low-bit optimizers: keep wte/wpe state in fp32
+  --optimizer-offload   low-bit optimizers: state in CPU memory, streamed per tensor ("paged")
   --seed N              parameter init and shuffle seed (default ${DEFAULTS.seed})
 Output
   --out DIR             run directory (default runs/MODEL)
@@ -126,6 +127,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     help: { type: "boolean", short: "h" },
     shuffle: { type: "boolean" },
     "optimizer-fp32-embeddings": { type: "boolean" },
+    "optimizer-offload": { type: "boolean" },
   };
   for (
     const k of [
@@ -230,6 +232,8 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     hellaswag: pick<string | undefined>("hellaswag", "hellaswag", undefined),
     optimizer: pick<"adamw" | "adamw8bit" | "adamw4bit">("optimizer", "optimizer", "adamw"),
     optimizerBlock: pick("optimizer-block", "optimizerBlock", 256),
+    optimizerOffload: v["optimizer-offload"] === true ||
+      (v["optimizer-offload"] === undefined && base.optimizerOffload === true),
     optimizerFp32Embeddings: v["optimizer-fp32-embeddings"] === true ||
       (v["optimizer-fp32-embeddings"] === undefined && base.optimizerFp32Embeddings === true),
     hellaswagEvery: pick("hellaswag-every", "hellaswagEvery", 0),

@@ -302,20 +302,66 @@ gpuTest("low-bit state is saved and restored with checkpoints: resume stays exac
       ...over,
     });
     const quiet = { print: () => {} };
-    for (const optimizer of ["adamw8bit", "adamw4bit"] as const) {
-      const full = await train(rt, cfg(`${dir}/${optimizer}-full`, { optimizer }), quiet);
-      const part = await train(rt, cfg(`${dir}/${optimizer}-part`, { optimizer }), {
+    const variants: Partial<TrainConfig>[] = [
+      { optimizer: "adamw8bit" },
+      { optimizer: "adamw4bit" },
+      { optimizer: "adamw4bit", optimizerOffload: true },
+    ];
+    for (const v of variants) {
+      const tag = `${v.optimizer}${v.optimizerOffload ? "-offload" : ""}`;
+      const full = await train(rt, cfg(`${dir}/${tag}-full`, v), quiet);
+      const part = await train(rt, cfg(`${dir}/${tag}-part`, v), {
         ...quiet,
         stopAfter: (s) => s === 3,
       });
       const rest = await train(
         rt,
-        cfg(`${dir}/${optimizer}-part`, { optimizer, resume: part.checkpoint }),
+        cfg(`${dir}/${tag}-part`, { ...v, resume: part.checkpoint }),
         quiet,
       );
-      deepEqual([...part.losses, ...rest.losses], full.losses, optimizer);
+      deepEqual([...part.losses, ...rest.losses], full.losses, tag);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+gpuTest("offloaded (paged) state gives the same steps as state on the GPU", async (rt) => {
+  const layout = fakeLayout();
+  const n = layout.totalElements;
+  const u = rng(21);
+  const p0 = Float32Array.from({ length: n }, () => u() - 0.5);
+  for (const bits of [8, 4] as const) {
+    const pa = rt.arena.allocWith("pa", "parameters", p0),
+      pb = rt.arena.allocWith("pb", "parameters", p0);
+    const grads = rt.arena.alloc("g", "gradients", n * 4);
+    const onGpu = await LowBitAdamW.create(rt, layout, { params: pa, grads }, { bits });
+    const paged = await LowBitAdamW.create(rt, layout, { params: pb, grads }, {
+      bits,
+      offload: true,
+    });
+    try {
+      ok(paged.stateBytes < onGpu.stateBytes, "the GPU holds one piece's state");
+      equal(paged.hostBytes, onGpu.stateBytes);
+      for (let step = 1; step <= 3; step++) {
+        rt.device.queue.writeBuffer(
+          grads,
+          0,
+          Float32Array.from({ length: n }, () => (u() - 0.5) * 0.1),
+        );
+        onGpu.setStep(step, 1e-2);
+        paged.setStep(step, 1e-2);
+        await runDispatches(rt.device, onGpu.dispatches);
+        await runDispatches(rt.device, paged.normDispatches);
+        await paged.runOffloaded();
+      }
+      deepEqual(await readF32(rt.device, pb), await readF32(rt.device, pa));
+      const sa = await onGpu.readState(), sb = await paged.readState();
+      for (let i = 0; i < sa.length; i++) deepEqual(sb[i].data, sa[i].data, sa[i].name);
+    } finally {
+      onGpu.destroy();
+      paged.destroy();
+      for (const b of [pa, pb, grads]) rt.arena.free(b);
+    }
   }
 });

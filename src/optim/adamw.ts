@@ -37,6 +37,10 @@ export interface Optimizer {
   readState(): Promise<TensorToWrite[]>;
   writeState(file: SafeTensorsFile): void;
   readonly stateBytes: number;
+  /** Offloaded state: encode only `normDispatches`, submit, then await `runOffloaded()`. */
+  readonly offloaded?: boolean;
+  readonly normDispatches?: Dispatch[];
+  runOffloaded?(): Promise<void>;
   destroy(): void;
 }
 

@@ -16,7 +16,7 @@
  * @module
  */
 
-import type { Dispatch } from "../gpu/dispatch.ts";
+import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import { type BufferRange, grid1d, makeDispatch } from "../gpu/kernel.ts";
 import { readBuffer, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
@@ -41,6 +41,32 @@ export interface LowBitConfig extends AdamWConfig {
   block8: number;
   /** Keep wte and wpe state in fp32. */
   fp32Embeddings: boolean;
+  /**
+   * Keep the state in CPU memory and stream it through the GPU piece by piece
+   * ("paged"): GPU memory holds only the largest piece's state.
+   */
+  offload: boolean;
+}
+
+type StateKind = "m32" | "v32" | "mq" | "vq" | "mabs" | "vabs" | "scales";
+const STATE_KINDS: StateKind[] = ["m32", "v32", "mq", "vq", "mabs", "vabs", "scales"];
+
+/** Floats (or u32 words) each state kind of a piece occupies, and where. */
+function pieceExtents(p: StatePiece, block8: number): Record<StateKind, [number, number]> {
+  const per = p.kind === "q8" ? 4 : 8, block = p.kind === "q8" ? block8 : 128;
+  const f32 = p.kind === "fp32" ? align64(p.size) : 0;
+  const words = p.kind === "fp32" ? 0 : align64(Math.ceil(p.size / per));
+  const abs = p.kind === "fp32" ? 0 : align64(Math.ceil(p.size / block));
+  const scales = p.rows ? align64(2 * (p.rows + p.cols)) : 0;
+  return {
+    m32: [p.f32, f32],
+    v32: [p.f32, f32],
+    mq: [p.words, words],
+    vq: [p.words, words],
+    mabs: [p.abs, abs],
+    vabs: [p.abs, abs],
+    scales: [p.scales, scales],
+  };
 }
 
 /** How one piece of one tensor keeps its state. */
@@ -131,7 +157,13 @@ export class LowBitAdamW {
   /** [loss, grad norm]. */
   readonly stats: GPUBuffer;
   dispatches: Dispatch[] = [];
-  #state: Record<"m32" | "v32" | "mq" | "vq" | "mabs" | "vabs" | "scales", GPUBuffer>;
+  /** GPU state: all of it, or (offload) a window for one piece. */
+  #state: Record<StateKind, GPUBuffer>;
+  /** Offload: the state in CPU memory, and mappable buffers to bring it back. */
+  #host?: Record<StateKind, Uint8Array<ArrayBuffer>>;
+  #readback?: Record<StateKind, GPUBuffer>;
+  #norm: Dispatch[] = [];
+  #pieceDispatches: Dispatch[][] = [];
   #step: GPUBuffer;
   #owned: GPUBuffer[] = [];
   #totals: { f32: number; words: number; abs: number; scales: number };
@@ -147,16 +179,36 @@ export class LowBitAdamW {
     const { pieces, totals } = statePieces(layout, config, maxBindingBytes);
     this.pieces = pieces;
     this.#totals = totals;
-    const a = (label: string, bytes: number) => this.#alloc(label, "optimizer", bytes);
-    this.#state = {
-      m32: a("opt.m32", totals.f32 * 4),
-      v32: a("opt.v32", totals.f32 * 4),
-      mq: a("opt.mq", totals.words * 4),
-      vq: a("opt.vq", totals.words * 4),
-      mabs: a("opt.mabs", totals.abs * 4),
-      vabs: a("opt.vabs", totals.abs * 4),
-      scales: a("opt.scales", totals.scales * 4),
+    const sizes: Record<StateKind, number> = {
+      m32: totals.f32,
+      v32: totals.f32,
+      mq: totals.words,
+      vq: totals.words,
+      mabs: totals.abs,
+      vabs: totals.abs,
+      scales: totals.scales,
     };
+    const gpuSizes = { ...sizes };
+    if (config.offload) {
+      for (const k of STATE_KINDS) gpuSizes[k] = 0;
+      for (const p of pieces) {
+        const e = pieceExtents(p, config.block8);
+        for (const k of STATE_KINDS) gpuSizes[k] = Math.max(gpuSizes[k], e[k][1]);
+      }
+      this.#host = {} as Record<StateKind, Uint8Array<ArrayBuffer>>;
+      this.#readback = {} as Record<StateKind, GPUBuffer>;
+      for (const k of STATE_KINDS) {
+        this.#host[k] = new Uint8Array(Math.max(16, sizes[k] * 4));
+        this.#readback[k] = rt.device.createBuffer({
+          label: `opt.host.${k}`,
+          size: Math.max(16, sizes[k] * 4),
+          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        });
+      }
+    }
+    this.#state = Object.fromEntries(
+      STATE_KINDS.map((k) => [k, this.#alloc(`opt.${k}`, "optimizer", gpuSizes[k] * 4)]),
+    ) as Record<StateKind, GPUBuffer>;
     this.stats = this.#alloc("opt.stats", "scratch", 16);
     this.#step = this.#alloc(
       "opt.step",
@@ -180,7 +232,13 @@ export class LowBitAdamW {
     config: Partial<LowBitConfig> & { bits: 8 | 4 },
     options: { maxBindingBytes?: number } = {},
   ): Promise<LowBitAdamW> {
-    const cfg: LowBitConfig = { ...ADAMW_DEFAULTS, block8: 256, fp32Embeddings: false, ...config };
+    const cfg: LowBitConfig = {
+      ...ADAMW_DEFAULTS,
+      block8: 256,
+      fp32Embeddings: false,
+      offload: false,
+      ...config,
+    };
     const wg = cfg.block8 / 4;
     if (!(Number.isInteger(wg) && wg >= 1 && wg <= 256 && (wg & (wg - 1)) === 0)) {
       throw new RangeError(`8-bit block size ${cfg.block8} must be 4 x a power of two, 4 to 1024`);
@@ -211,13 +269,18 @@ export class LowBitAdamW {
       0,
       Float32Array.from([...dynamicMap(true, 4), ...linearMapNoZero(4)]),
     );
-    const out: Dispatch[] = await gradNormDispatches(rt, this.pieces, grads, partials, this.stats);
+    this.#norm = await gradNormDispatches(rt, this.pieces, grads, partials, this.stats);
+    const zero = { f32: 0, words: 0, abs: 0, scales: 0 };
     const f = (buffer: GPUBuffer, offset: number, size: number): BufferRange => ({
       buffer,
       offset: offset * 4,
       size: Math.max(16, size * 4),
     });
-    for (const p of this.pieces) {
+    for (const piece of this.pieces) {
+      const out: Dispatch[] = [];
+      this.#pieceDispatches.push(out);
+      // Offloaded state sits at the start of the GPU window.
+      const p = this.config.offload ? { ...piece, ...zero } : piece;
       const pr = f(params, p.offset, p.size), gr = f(grads, p.offset, p.size);
       if (p.kind === "fp32") {
         out.push(
@@ -302,7 +365,7 @@ export class LowBitAdamW {
       out.push(await spec("update", grid1d(nBlocks, 1)));
       if (rank1) out.push(await spec("commit", grid1d(p.rows + p.cols, 64)));
     }
-    this.dispatches = out;
+    this.dispatches = this.config.offload ? [] : [...this.#norm, ...this.#pieceDispatches.flat()];
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
@@ -310,16 +373,62 @@ export class LowBitAdamW {
     this.rt.device.queue.writeBuffer(this.#step, 0, stepWords(this.config, t, lr));
   }
 
-  /** Bytes of optimizer state (what the memory report counts as "optimizer"). */
+  /** Bytes of optimizer state on the GPU (offload: the one-piece window). */
   get stateBytes(): number {
     return Object.values(this.#state).reduce((a, b) => a + b.size, 0);
+  }
+
+  /** Bytes of optimizer state kept in CPU memory (0 without offload). */
+  get hostBytes(): number {
+    return this.#host ? Object.values(this.#host).reduce((a, b) => a + b.length, 0) : 0;
+  }
+
+  /** True when the state lives in CPU memory: run {@linkcode runOffloaded} after the norm. */
+  get offloaded(): boolean {
+    return this.config.offload;
+  }
+
+  /** The grad-norm dispatches (the part of a step that stays in the step's encoder). */
+  get normDispatches(): Dispatch[] {
+    return this.#norm;
+  }
+
+  /**
+   * Offload: streams each piece's state to the GPU window, updates the piece,
+   * and copies the state back; then brings all of it back to CPU memory. Call
+   * after the submit that ran {@linkcode normDispatches}.
+   */
+  async runOffloaded(): Promise<void> {
+    const host = this.#host!, back = this.#readback!;
+    const { device } = this.rt;
+    this.pieces.forEach((p, i) => {
+      const e = pieceExtents(p, this.config.block8);
+      for (const k of STATE_KINDS) {
+        const [off, n] = e[k];
+        if (n) device.queue.writeBuffer(this.#state[k], 0, host[k], off * 4, n * 4);
+      }
+      const enc = device.createCommandEncoder();
+      encodeDispatches(enc, this.#pieceDispatches[i]);
+      for (const k of STATE_KINDS) {
+        const [off, n] = e[k];
+        if (n) enc.copyBufferToBuffer(this.#state[k], 0, back[k], off * 4, n * 4);
+      }
+      device.queue.submit([enc.finish()]);
+    });
+    for (const k of STATE_KINDS) {
+      await back[k].mapAsync(GPUMapMode.READ);
+      host[k].set(new Uint8Array(back[k].getMappedRange()));
+      back[k].unmap();
+    }
   }
 
   /** The state as raw byte tensors for a checkpoint (bit-exact). */
   async readState(): Promise<TensorToWrite[]> {
     const out: TensorToWrite[] = [];
-    for (const [k, b] of Object.entries(this.#state)) {
-      const bytes = new Uint8Array(await readBuffer(this.rt.device, b));
+    for (const k of STATE_KINDS) {
+      const bytes = this.#host
+        ? this.#host[k].slice()
+        : new Uint8Array(await readBuffer(this.rt.device, this.#state[k]));
       out.push({ name: `lowbit${this.config.bits}.${k}`, shape: [bytes.length], data: bytes });
     }
     return out;
@@ -327,7 +436,7 @@ export class LowBitAdamW {
 
   /** Restores state written by {@linkcode readState} (same model, bits and settings). */
   writeState(file: SafeTensorsFile): void {
-    const all = Object.entries(this.#state).map(([k, b]) => {
+    const all = STATE_KINDS.map((k) => {
       const name = `lowbit${this.config.bits}.${k}`;
       if (!file.tensors.has(name)) {
         throw new Error(
@@ -336,19 +445,26 @@ export class LowBitAdamW {
         );
       }
       const bytes = tensorBytes(file, name);
-      if (bytes.length !== b.size) {
+      const want = this.#host ? this.#host[k].length : this.#state[k].size;
+      if (bytes.length !== want) {
         throw new Error(
-          `${file.path}: "${name}" has ${bytes.length} bytes, this model needs ${b.size}`,
+          `${file.path}: "${name}" has ${bytes.length} bytes, this model needs ${want}`,
         );
       }
-      return [b, bytes] as const;
+      return [k, bytes] as const;
     });
-    for (const [b, bytes] of all) this.rt.device.queue.writeBuffer(b, 0, bytes);
+    for (const [k, bytes] of all) {
+      if (this.#host) this.#host[k].set(bytes);
+      else this.rt.device.queue.writeBuffer(this.#state[k], 0, bytes);
+    }
   }
 
   /** Frees the state and every buffer the optimizer made. */
   destroy(): void {
-    for (const d of this.dispatches) for (const b of d.resources ?? []) this.rt.arena.free(b);
+    for (const d of [...this.#norm, ...this.#pieceDispatches.flat()]) {
+      for (const b of d.resources ?? []) this.rt.arena.free(b);
+    }
+    for (const b of Object.values(this.#readback ?? {})) b.destroy();
     for (const b of this.#owned) this.rt.arena.free(b);
     this.#owned = [];
     this.dispatches = [];

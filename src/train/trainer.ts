@@ -59,6 +59,8 @@ export interface TrainConfig {
   optimizerBlock?: number;
   /** Low-bit optimizers: keep wte and wpe state in fp32. */
   optimizerFp32Embeddings?: boolean;
+  /** Low-bit optimizers: keep the state in CPU memory, streamed through the GPU per tensor. */
+  optimizerOffload?: boolean;
   seed: number;
   shuffle: boolean;
   valEvery: number;
@@ -161,6 +163,11 @@ export async function train(
   };
   const bufs = { params: model.params, grads: model.grads };
   const kind = c.optimizer ?? "adamw";
+  if (kind === "adamw" && c.optimizerOffload) {
+    throw new RangeError(
+      "--optimizer-offload works with adamw8bit and adamw4bit: pick one of them",
+    );
+  }
   const opt: Optimizer = kind === "adamw"
     ? await AdamW.create(rt, model.layout, bufs, hyper)
     : await LowBitAdamW.create(rt, model.layout, bufs, {
@@ -168,6 +175,7 @@ export async function train(
       bits: kind === "adamw8bit" ? 8 : 4,
       block8: c.optimizerBlock ?? 256,
       fp32Embeddings: c.optimizerFp32Embeddings ?? false,
+      offload: c.optimizerOffload ?? false,
     });
   const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
     ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
@@ -318,13 +326,15 @@ export async function train(
         const enc = rt.device.createCommandEncoder();
         model.encodeTrain(enc, micro > 0);
         enc.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
-        if (micro === accum - 1) {
-          encodeDispatches(enc, opt.dispatches, rt.profiler);
+        const last = micro === accum - 1;
+        if (last) {
+          encodeDispatches(enc, opt.offloaded ? opt.normDispatches! : opt.dispatches, rt.profiler);
           enc.copyBufferToBuffer(opt.stats, 0, staging, accum * BT * 4, 16);
         }
         rt.profiler?.resolve(enc);
         rt.device.queue.submit([enc.finish()]);
         await rt.profiler?.collect();
+        if (last && opt.offloaded) await opt.runOffloaded!();
       }
       await staging.mapAsync(GPUMapMode.READ);
       const back = new Float32Array(staging.getMappedRange());
