@@ -1,7 +1,7 @@
 // Each GPT-2 kernel (other than matmul, see matmul_test.ts) against its float64
 // reference, forward and backward, at sizes that are not multiples of the
 // workgroup size.
-import { equal } from "node:assert/strict";
+import { equal, ok } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32, type Runtime } from "../src/gpu/runtime.ts";
 import {
@@ -10,6 +10,8 @@ import {
   classifier,
   encoderBackward,
   encoderForward,
+  flashAttentionBackward,
+  flashAttentionForward,
   geluBackward,
   geluForward,
   layernormBackward,
@@ -143,6 +145,64 @@ gpuTest("attention forward and backward match float64", async (rt) => {
     p.free();
   }
 });
+
+gpuTest(
+  "flash attention matches float64 and the plain kernel, forward and backward",
+  async (rt) => {
+    for (const [B, T, NH, C] of [[2, 7, 3, 12], [1, 70, 2, 16]]) {
+      const p = pool(rt);
+      try {
+        const qkv = randn(B * T * 3 * C, T, 1.5), dout = randn(B * T * C, T + 1);
+        const Q = p.data("qkv", qkv), D = p.data("dout", dout);
+        const out = p.empty("out", B * T * C), lse = p.empty("lse", B * NH * T);
+        const delta = p.empty("delta", B * NH * T), dqkv = p.empty("dqkv", B * T * 3 * C);
+        const out2 = p.empty("out2", B * T * C), att = p.empty("att", B * NH * T * T);
+        const dpre = p.empty("dpre", B * NH * T * T), dqkv2 = p.empty("dqkv2", B * T * 3 * C);
+        const s = { B, T, C, NH };
+        await runDispatches(rt.device, [
+          await flashAttentionForward(rt, s, { qkv: Q, out, lse }),
+          ...await flashAttentionBackward(rt, s, { qkv: Q, out, lse, dout: D, delta, dqkv }),
+          await attentionForward(rt, s, { qkv: Q, out: out2, att }),
+          ...await attentionBackward(rt, s, { qkv: Q, att, dout: D, dpre, dqkv: dqkv2 }),
+        ]);
+        const ref = attention(f64(qkv), B, T, C, NH);
+        const rd = attentionBack(f64(dout), f64(qkv), ref.att, B, T, C, NH);
+        const tag = `B${B} T${T} NH${NH} C${C}`;
+        assertAllClose(await p.read(out), ref.out, { ...tol, label: `out ${tag}` });
+        assertAllClose(await p.read(dqkv), rd, { rtol: 1e-4, atol: 1e-5, label: `dqkv ${tag}` });
+        assertAllClose(await p.read(out), await p.read(out2), {
+          ...tol,
+          label: `flash vs plain out ${tag}`,
+        });
+        assertAllClose(await p.read(dqkv), await p.read(dqkv2), {
+          rtol: 1e-4,
+          atol: 1e-5,
+          label: `flash vs plain dqkv ${tag}`,
+        });
+        // lse is the log-sum-exp of each row's scaled scores
+        const HS = C / NH, l = await p.read(lse);
+        const b = B - 1, h = NH - 1, t = T - 1;
+        let mx = -Infinity;
+        const sc: number[] = [];
+        for (let t2 = 0; t2 <= t; t2++) {
+          let d = 0;
+          for (let j = 0; j < HS; j++) {
+            d += qkv[(b * T + t) * 3 * C + h * HS + j] * qkv[(b * T + t2) * 3 * C + C + h * HS + j];
+          }
+          sc.push(d / Math.sqrt(HS));
+          mx = Math.max(mx, d / Math.sqrt(HS));
+        }
+        const want = mx + Math.log(sc.reduce((a, x) => a + Math.exp(x - mx), 0));
+        ok(
+          Math.abs(l[(b * NH + h) * T + t] - want) < 1e-4,
+          `lse ${l[(b * NH + h) * T + t]} vs ${want}`,
+        );
+      } finally {
+        p.free();
+      }
+    }
+  },
+);
 
 gpuTest("encoder forward and backward match float64, with wte in chunks", async (rt) => {
   const B = 3, T = 5, C = 8, V = 150, Vp = 192, BT = B * T;

@@ -18,11 +18,11 @@ import { initTensor } from "./init.ts";
 import { linearBackward, linearForward } from "./linear.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 import {
-  attentionBackward,
-  attentionForward,
   classifier,
   encoderBackward,
   encoderForward,
+  flashAttentionBackward,
+  flashAttentionForward,
   geluBackward,
   geluForward,
   layernormBackward,
@@ -58,7 +58,8 @@ interface LayerActs {
   ln1Rstd: GPUBuffer;
   qkv: GPUBuffer;
   atty: GPUBuffer;
-  att: GPUBuffer;
+  /** Log-sum-exp of each attention row [B, NH, T] (flash attention keeps no T x T matrix). */
+  lse: GPUBuffer;
   attproj: GPUBuffer;
   res2: GPUBuffer;
   ln2: GPUBuffer;
@@ -210,7 +211,7 @@ export class GPT2 {
         ln1Rstd: a("ln1_rstd", BT),
         qkv: a("qkv", BT * 3 * C),
         atty: a("atty", BT * C),
-        att: a("att", B * NH * T * T),
+        lse: a("lse", B * NH * T),
         attproj: a("attproj", BT * C),
         res2: a("res2", BT * C),
         ln2: a("ln2", BT * C),
@@ -262,7 +263,7 @@ export class GPT2 {
         }, mm),
       );
       fwd.push(
-        await attentionForward(rt, { B, T, C, NH }, { qkv: a.qkv, out: a.atty, att: a.att }),
+        await flashAttentionForward(rt, { B, T, C, NH }, { qkv: a.qkv, out: a.atty, lse: a.lse }),
       );
       fwd.push(
         ...await linearForward(rt, { BT, C, OC: C, bias: true }, {
@@ -331,7 +332,7 @@ export class GPT2 {
     const dqkv = scratch("d_qkv", BT * 3 * C);
     const dfchGelu = scratch("d_fch_gelu", BT * 4 * C);
     const dfch = scratch("d_fch", BT * 4 * C);
-    const dpre = scratch("d_preatt", B * NH * T * T);
+    const delta = scratch("attn_delta", B * NH * T);
 
     // ---- backward (dresidual is cleared before it runs)
     const bwd: Dispatch[] = await classifier(rt, { ...cls, writeGrad: true }, lossOps);
@@ -399,11 +400,12 @@ export class GPT2 {
       bwd.push(...await ln("ln_2", a.res2, a.ln2Mean, a.ln2Rstd));
       bwd.push(...await lin("attn.c_proj", C, C, a.atty, this.#dres, datty));
       bwd.push(
-        ...await attentionBackward(rt, { B, T, C, NH }, {
+        ...await flashAttentionBackward(rt, { B, T, C, NH }, {
           qkv: a.qkv,
-          att: a.att,
+          out: a.atty,
+          lse: a.lse,
           dout: datty,
-          dpre,
+          delta,
           dqkv,
         }),
       );

@@ -15,6 +15,7 @@ import geluSrc from "../../kernels/gelu.wgsl" with { type: "text" };
 import residualSrc from "../../kernels/residual.wgsl" with { type: "text" };
 import attentionSrc from "../../kernels/attention.wgsl" with { type: "text" };
 import classifierSrc from "../../kernels/classifier.wgsl" with { type: "text" };
+import flashSrc from "../../kernels/flash_attention.wgsl" with { type: "text" };
 
 /** The whole of a buffer. */
 const all = (buffer: GPUBuffer): BufferRange => ({ buffer });
@@ -365,4 +366,82 @@ export function classifier(
       workgroups: grid1d(r1 - r0, 1),
     })
   ));
+}
+
+// ---------------------------------------------------------------------------
+// flash attention (no T x T buffers)
+
+function checkHeadSize(s: AttentionShape): void {
+  if (s.C / s.NH > 128) {
+    throw new RangeError(`Head size ${s.C / s.NH} is over flash attention's maximum of 128`);
+  }
+}
+
+/** out [B,T,C] and lse [B,NH,T] from qkv [B,T,3C], with an online softmax. */
+export function flashAttentionForward(
+  rt: Runtime,
+  s: AttentionShape,
+  ops: { qkv: GPUBuffer; out: GPUBuffer; lse: GPUBuffer },
+): Promise<Dispatch> {
+  checkHeadSize(s);
+  return makeDispatch(rt, {
+    name: "flash_attention_forward",
+    code: flashSrc,
+    entryPoint: "forward",
+    buffers: { 0: all(ops.qkv), 1: all(ops.out), 2: all(ops.lse) },
+    uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
+    workgroups: grid1d(s.B * s.T * s.NH, 64),
+    flops: 2 * s.B * s.NH * s.T * s.T * (s.C / s.NH),
+  });
+}
+
+/** dqkv [B,T,3C] from dout [B,T,C], recomputing the probabilities (delta is scratch [B,NH,T]). */
+export async function flashAttentionBackward(
+  rt: Runtime,
+  s: AttentionShape,
+  ops: {
+    qkv: GPUBuffer;
+    out: GPUBuffer;
+    lse: GPUBuffer;
+    dout: GPUBuffer;
+    delta: GPUBuffer;
+    dqkv: GPUBuffer;
+  },
+): Promise<Dispatch[]> {
+  checkHeadSize(s);
+  const common = {
+    code: flashSrc,
+    uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
+    workgroups: grid1d(s.B * s.T * s.NH, 64),
+  };
+  const grads = {
+    0: all(ops.qkv),
+    2: all(ops.lse),
+    3: all(ops.dout),
+    4: all(ops.delta),
+    5: all(ops.dqkv),
+  };
+  const flops = 4 * s.B * s.NH * s.T * s.T * (s.C / s.NH);
+  return [
+    await makeDispatch(rt, {
+      ...common,
+      name: "flash_attention_backward_delta",
+      entryPoint: "backward_delta",
+      buffers: { 1: all(ops.out), 3: all(ops.dout), 4: all(ops.delta) },
+    }),
+    await makeDispatch(rt, {
+      ...common,
+      name: "flash_attention_backward_dq",
+      entryPoint: "backward_dq",
+      buffers: grads,
+      flops,
+    }),
+    await makeDispatch(rt, {
+      ...common,
+      name: "flash_attention_backward_dkv",
+      entryPoint: "backward_dkv",
+      buffers: grads,
+      flops,
+    }),
+  ];
 }
