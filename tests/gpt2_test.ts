@@ -171,3 +171,45 @@ gpuTest("a randomly initialised GPT-2 starts at a loss near ln(50257) = 10.82", 
   }
   equal(rt.arena.report().current.total, before, "destroy frees everything the model made");
 });
+
+gpuTest("logits in chunks of rows: same loss and gradients, logits never whole", async (rt) => {
+  const cfg: GPT2Config = { nLayer: 1, nHead: 2, nEmbd: 16, nCtx: 128, vocabSize: 50257 };
+  const B = 2, T = 100; // 200 rows: chunks of 64, 64, 64 and 8
+  const whole = await GPT2.create(rt, cfg, { B, T, seed: 4 });
+  const chunked = await GPT2.create(rt, cfg, { B, T, seed: 4, logitsChunkRows: 64 });
+  try {
+    const { tokens, targets } = batch(cfg, B * T, 6);
+    const a = await whole.forwardBackward(tokens, targets);
+    const b = await chunked.forwardBackward(tokens, targets);
+    ok(Math.abs(a - b) < 1e-6 * a, `loss ${a} vs ${b}`);
+    for (const name of ["wte.weight", "ln_f.weight", "h.0.attn.c_attn.weight", "wpe.weight"]) {
+      assertAllClose(await chunked.readTensor(name, true), await whole.readTensor(name, true), {
+        rtol: 1e-4,
+        atol: 1e-7,
+        label: name,
+      });
+    }
+    // Forward only: the last chunk's logits are kept and match.
+    await whole.forward(tokens, targets);
+    await chunked.forward(tokens, targets);
+    assertAllClose(await chunked.readLogits(192, 8), await whole.readLogits(192, 8), {
+      rtol: 1e-5,
+      atol: 1e-6,
+    });
+    let err: unknown;
+    try {
+      await chunked.readLogits(0, 1);
+    } catch (e) {
+      err = e;
+    }
+    ok(err instanceof RangeError && /only rows 192\.\.200 are/.test(err.message), String(err));
+    const bytes = (m: GPT2) => m.rt.arena.report().buffers.filter((x) => x.label === "logits");
+    ok(
+      bytes(chunked).some((x) => x.bytes === 64 * 50304 * 4),
+      "the chunked model's logits hold 64 rows",
+    );
+  } finally {
+    whole.destroy();
+    chunked.destroy();
+  }
+});

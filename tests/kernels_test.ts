@@ -274,7 +274,7 @@ gpuTest("classifier loss and in-place gradient match float64, in row chunks", as
     const withGrad = await classifier(rt, { ...s, writeGrad: true }, {
       logits: L,
       targets: tg,
-      losses,
+      losses: { buffer: losses },
     });
     equal(withGrad.length, 3);
     await runDispatches(rt.device, [
@@ -282,7 +282,7 @@ gpuTest("classifier loss and in-place gradient match float64, in row chunks", as
       ...await classifier(rt, { ...s, writeGrad: false }, {
         logits: L2,
         targets: tg,
-        losses: losses2,
+        losses: { buffer: losses2 },
       }),
     ]);
     const refLoss = new Float64Array(N), refGrad = new Float64Array(N * Vp);

@@ -187,15 +187,21 @@ export class Decoder {
     ];
   }
 
-  /** Runs the prompt (at most T tokens are kept) and returns the next token's logits [V]. */
+  /**
+   * Runs the prompt (at most T tokens are kept) and returns the next token's
+   * logits [V]: all but the last token go through the batched prefill, which
+   * fills the cache; the last goes through the one-token path.
+   */
   async start(prompt: number[]): Promise<Float32Array> {
     if (prompt.length === 0) throw new RangeError("Decoder.start needs at least one token");
     this.#history = prompt.slice(-this.T);
-    const n = this.#history.length;
-    const window = new Array<number>(this.T).fill(0);
-    this.#history.forEach((t, i) => (window[i] = t));
-    await this.#prefill.forward(window);
-    return await this.#prefill.readLogits(n - 1, 1);
+    const last = this.#history.pop()!;
+    if (this.#history.length) {
+      const window = new Array<number>(this.T).fill(0);
+      this.#history.forEach((t, i) => (window[i] = t));
+      await this.#prefill.forward(window);
+    }
+    return await this.next(last);
   }
 
   /** Appends one token and returns the logits [V] for the one after it. */

@@ -48,6 +48,11 @@ export interface GPT2Options {
   matmul?: MatmulOptions;
   /** Forward only: no gradient buffer, no backward dispatches (eval, sampling). */
   inference?: boolean;
+  /**
+   * Rows of logits computed at a time (a multiple of 64): the (B*T, Vp) logits
+   * never exist whole. Default: all rows when they take at most 256 MiB, else 512.
+   */
+  logitsChunkRows?: number;
   /** Use this parameter buffer (of another model with the same config) instead of a new one. */
   sharedParams?: GPUBuffer;
 }
@@ -97,7 +102,8 @@ export class GPT2 {
   #losses!: GPUBuffer;
   #dres!: GPUBuffer;
   #forward: Dispatch[] = [];
-  #forwardLossCount = 0;
+  /** First row and number of rows of the logits chunk the buffer holds after a forward. */
+  #logitsRows: [number, number] = [0, 0];
   #train: Dispatch[] = [];
   #owned: GPUBuffer[] = [];
   #targets = new Uint32Array(0);
@@ -225,10 +231,30 @@ export class GPT2 {
     }
     this.#layers = layers;
     const lnf = act("lnf", BT * C), lnfMean = act("lnf_mean", BT), lnfRstd = act("lnf_rstd", BT);
-    this.#logits = act("logits", BT * Vp);
+    const chunk = options.logitsChunkRows ?? (BT * Vp * 4 <= 256 * 2 ** 20 ? BT : 512);
+    if (chunk < BT && chunk % 64 !== 0) {
+      throw new RangeError(`logitsChunkRows ${chunk} must be a multiple of 64 (or at least B*T)`);
+    }
+    const rowsPer = Math.min(chunk, BT);
+    this.#logits = act("logits", rowsPer * Vp);
     this.#losses = act("losses", BT);
-    const cls = { N: BT, V, Vp, dloss: options.dloss ?? 1 / BT };
-    const lossOps = { logits: this.#logits, targets, losses: this.#losses };
+    const chunks: [number, number][] = [];
+    for (let r = 0; r < BT; r += rowsPer) chunks.push([r, Math.min(BT, r + rowsPer)]);
+    this.#logitsRows = [
+      chunks[chunks.length - 1][0],
+      chunks[chunks.length - 1][1] - chunks[chunks.length - 1][0],
+    ];
+    const dloss = options.dloss ?? 1 / BT;
+    const cls = (r0: number, r1: number, writeGrad: boolean) =>
+      classifier(rt, { N: r1 - r0, V, Vp, dloss, writeGrad }, {
+        logits: this.#logits,
+        targets: {
+          buffer: targets.buffer,
+          offset: (targets.offset ?? 0) + r0 * 4,
+          size: (r1 - r0) * 4,
+        },
+        losses: { buffer: this.#losses, offset: r0 * 4, size: (r1 - r0) * 4 },
+      });
     // ---- forward
     const fwd: Dispatch[] = [];
     const enc = { BT, T, C, Vp };
@@ -314,15 +340,22 @@ export class GPT2 {
         rstd: lnfRstd,
       }),
     );
-    fwd.push(
-      ...await matmul(rt, { M: BT, N: Vp, K: C, transB: true }, {
-        a: buf(lnf),
-        b: op(P("wte.weight")),
-        c: buf(this.#logits),
-      }, { name: "lm_head_forward", ...mm }),
+    // lm_head and the loss, one chunk of rows at a time (the same matmul dispatches
+    // serve the forward-only list and the training list).
+    const lmHead = await Promise.all(
+      chunks.map(([r0, r1]) =>
+        matmul(rt, { M: r1 - r0, N: Vp, K: C, transB: true }, {
+          a: { buffer: lnf, offset: r0 * C },
+          b: op(P("wte.weight")),
+          c: buf(this.#logits),
+        }, { name: "lm_head_forward", ...mm })
+      ),
     );
-    this.#forward = [...fwd, ...await classifier(rt, { ...cls, writeGrad: false }, lossOps)];
-    this.#forwardLossCount = this.#forward.length - fwd.length;
+    const head: Dispatch[] = [];
+    for (let i = 0; i < chunks.length; i++) {
+      head.push(...lmHead[i], ...await cls(...chunks[i], false));
+    }
+    this.#forward = [...fwd, ...head];
     if (options.inference) return;
 
     // ---- backward scratch
@@ -334,22 +367,27 @@ export class GPT2 {
     const dfch = scratch("d_fch", BT * 4 * C);
     const delta = scratch("attn_delta", B * NH * T);
 
-    // ---- backward (dresidual is cleared before it runs)
-    const bwd: Dispatch[] = await classifier(rt, { ...cls, writeGrad: true }, lossOps);
-    bwd.push(
-      ...await matmul(rt, { M: BT, N: C, K: Vp }, {
-        a: buf(this.#logits),
-        b: op(P("wte.weight")),
-        c: buf(dbtc),
-      }, { name: "lm_head_backward_dinp", ...mm }),
-    );
-    bwd.push(
-      ...await matmul(rt, { M: Vp, N: C, K: BT, transA: true, accumulate: true }, {
-        a: buf(this.#logits),
-        b: buf(lnf),
-        c: op(G("wte.weight")),
-      }, { name: "lm_head_backward_dweight", ...mm }),
-    );
+    // ---- backward (dresidual is cleared before it runs). Per chunk: logits, loss and
+    // dlogits in place, then dlnf for those rows and their share of dwte.
+    const bwd: Dispatch[] = [];
+    for (let i = 0; i < chunks.length; i++) {
+      const [r0, r1] = chunks[i];
+      bwd.push(...lmHead[i], ...await cls(r0, r1, true));
+      bwd.push(
+        ...await matmul(rt, { M: r1 - r0, N: C, K: Vp }, {
+          a: buf(this.#logits),
+          b: op(P("wte.weight")),
+          c: { buffer: dbtc, offset: r0 * C },
+        }, { name: "lm_head_backward_dinp", ...mm }),
+      );
+      bwd.push(
+        ...await matmul(rt, { M: Vp, N: C, K: r1 - r0, transA: true, accumulate: true }, {
+          a: buf(this.#logits),
+          b: { buffer: lnf, offset: r0 * C },
+          c: op(G("wte.weight")),
+        }, { name: "lm_head_backward_dweight", ...mm }),
+      );
+    }
     bwd.push(
       ...await layernormBackward(rt, { N: BT, C }, {
         inp: last,
@@ -536,10 +574,23 @@ export class GPT2 {
     this.rt.device.queue.submit([encoder.finish()]);
   }
 
-  /** Logits [rows, V] for positions row0.. after {@linkcode forward} (padding dropped). */
-  async readLogits(row0 = 0, rows = this.B * this.T - row0): Promise<Float32Array> {
+  /**
+   * Logits [rows, V] for positions row0.. after {@linkcode forward} (padding
+   * dropped). Only the last chunk of `logitsChunkRows` rows is kept.
+   */
+  async readLogits(
+    row0 = this.#logitsRows[0],
+    rows = this.B * this.T - row0,
+  ): Promise<Float32Array> {
     const { Vp } = this, V = this.config.vocabSize;
-    const raw = await readF32(this.rt.device, this.#logits, row0 * Vp, rows * Vp);
+    const [k0, kn] = this.#logitsRows;
+    if (row0 < k0 || row0 + rows > k0 + kn) {
+      throw new RangeError(
+        `Logits of rows ${row0}..${row0 + rows} are not kept: only rows ${k0}..${k0 + kn} are ` +
+          "(the last chunk); create the model with logitsChunkRows >= B*T to keep all",
+      );
+    }
+    const raw = await readF32(this.rt.device, this.#logits, (row0 - k0) * Vp, rows * Vp);
     const out = new Float32Array(rows * V);
     for (let r = 0; r < rows; r++) out.set(raw.subarray(r * Vp, r * Vp + V), r * V);
     return out;
@@ -570,11 +621,8 @@ export class GPT2 {
   /** Frees every buffer the model allocated (not a shared parameter buffer). */
   destroy(): void {
     // The forward list is a prefix of the training list plus its own classifier dispatches.
-    const ownLoss = this.#forward.slice(this.#forward.length - this.#forwardLossCount);
-    freeDispatches(
-      this.rt.arena,
-      this.#train.length ? [...this.#train, ...ownLoss] : this.#forward,
-    );
+    // The lists share the forward body and the lm_head dispatches: free each once.
+    freeDispatches(this.rt.arena, [...new Set([...this.#train, ...this.#forward])]);
     for (const b of this.#owned) this.rt.arena.free(b);
     this.#owned = [];
     this.#train = this.#forward = [];

@@ -344,13 +344,13 @@ export function classifier(
     writeGrad: boolean;
     maxBindingBytes?: number;
   },
-  ops: { logits: GPUBuffer; targets: BufferRange; losses: GPUBuffer },
+  ops: { logits: GPUBuffer; targets: BufferRange; losses: BufferRange },
 ): Promise<Dispatch[]> {
   const limit = s.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
   const per = Math.max(64, Math.floor(limit / (s.Vp * 4) / 64) * 64);
   const chunks: [number, number][] = [];
   for (let r = 0; r < s.N; r += per) chunks.push([r, Math.min(s.N, r + per)]);
-  const t0 = ops.targets.offset ?? 0;
+  const t0 = ops.targets.offset ?? 0, l0 = ops.losses.offset ?? 0;
   return Promise.all(chunks.map(([r0, r1]) =>
     makeDispatch(rt, {
       name: s.writeGrad ? "classifier_loss_grad" : "classifier_loss",
@@ -360,7 +360,7 @@ export function classifier(
       buffers: {
         0: { buffer: ops.logits, offset: r0 * s.Vp * 4, size: (r1 - r0) * s.Vp * 4 },
         1: { buffer: ops.targets.buffer, offset: t0 + r0 * 4, size: (r1 - r0) * 4 },
-        2: { buffer: ops.losses, offset: r0 * 4, size: (r1 - r0) * 4 },
+        2: { buffer: ops.losses.buffer, offset: l0 + r0 * 4, size: (r1 - r0) * 4 },
       },
       uniform: { binding: 3, words: [r1 - r0, s.V, s.Vp, f32Bits(s.dloss)] },
       workgroups: grid1d(r1 - r0, 1),
