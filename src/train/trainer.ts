@@ -15,6 +15,7 @@ import type { Runtime } from "../gpu/runtime.ts";
 import { type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import type { MatmulImpl } from "../model/matmul.ts";
+import type { Recompute } from "../model/plan.ts";
 import { AdamW, type Optimizer } from "../optim/adamw.ts";
 import { LowBitAdamW } from "../optim/lowbit.ts";
 import { lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
@@ -61,6 +62,10 @@ export interface TrainConfig {
   optimizerFp32Embeddings?: boolean;
   /** Low-bit optimizers: keep the state in CPU memory, streamed through the GPU per tensor. */
   optimizerOffload?: boolean;
+  /** Activations the backward recomputes (none, mlp, block). */
+  recompute?: Recompute;
+  /** Rows of logits per chunk (default: all up to 256 MiB, else 512). */
+  logitsChunkRows?: number;
   seed: number;
   shuffle: boolean;
   valEvery: number;
@@ -146,6 +151,8 @@ export async function train(
     seed: c.seed,
     dloss: 1 / (BT * accum),
     matmul: c.matmul ? { impl: c.matmul } : undefined,
+    recompute: c.recompute,
+    logitsChunkRows: c.logitsChunkRows,
   });
   const sampler = await GPT2.create(rt, cfg, {
     B: 1,

@@ -1,0 +1,119 @@
+/**
+ * The memory plan of a training setup, by category, for every optimizer and
+ * recompute setting; then one real training step of the chosen setting and
+ * the peak the arena allocated, which must agree with the plan.
+ *
+ * `deno task bench memory --model gpt2-medium-4096 --batch 1 --seq 4096 --optimizer adamw4bit`
+ * (add --recompute block, or --plan-only to skip the step, which takes long on a CPU adapter).
+ *
+ * @module
+ */
+
+import { formatBytes } from "../src/gpu/arena.ts";
+import { createRuntime } from "../src/gpu/runtime.ts";
+import { resolveConfig } from "../src/model/config.ts";
+import { GPT2 } from "../src/model/gpt2.ts";
+import type { Recompute } from "../src/model/plan.ts";
+import { AdamW, type Optimizer } from "../src/optim/adamw.ts";
+import { LowBitAdamW } from "../src/optim/lowbit.ts";
+import { planMemory } from "../src/train/memory_plan.ts";
+import type { BenchCase, BenchRow } from "./_harness.ts";
+
+type Kind = "adamw" | "adamw8bit" | "adamw4bit";
+const GiB = 2 ** 30;
+
+export const memoryBench: BenchCase = {
+  name: "memory",
+  description: "memory plan by category (every optimizer x recompute), then one real step's peak",
+  async run({ args, quick, log }) {
+    const model = args.model ?? (quick ? "gpt2-mini" : "gpt2-medium-4096");
+    const cfg = resolveConfig(model);
+    const B = Number(args.batch ?? 1), T = Number(args.seq ?? (quick ? 128 : cfg.nCtx));
+    const optimizer = (args.optimizer ?? "adamw4bit") as Kind;
+    const recompute = (args.recompute ?? "block") as Recompute;
+    const rows: BenchRow[] = [];
+    const row = (
+      what: string,
+      o: { optimizer: Kind; recompute: Recompute; offload?: boolean },
+      b: Record<string, number>,
+    ) =>
+      rows.push({
+        what,
+        model,
+        B,
+        T,
+        optimizer: o.optimizer + (o.offload ? "+offload" : ""),
+        recompute: o.recompute,
+        params_GiB: +(b.parameters / GiB).toFixed(3),
+        grads_GiB: +(b.gradients / GiB).toFixed(3),
+        optimizer_GiB: +(b.optimizer / GiB).toFixed(3),
+        activations_GiB: +(b.activations / GiB).toFixed(3),
+        scratch_GiB: +(b.scratch / GiB).toFixed(3),
+        total_GiB: +(b.total / GiB).toFixed(3),
+      });
+    for (const o of ["adamw", "adamw8bit", "adamw4bit"] as const) {
+      for (const r of ["none", "mlp", "block"] as const) {
+        row(
+          "plan",
+          { optimizer: o, recompute: r },
+          planMemory(cfg, { B, T, optimizer: o, recompute: r }).bytes,
+        );
+      }
+    }
+    row(
+      "plan",
+      { optimizer: "adamw4bit", recompute: "block", offload: true },
+      planMemory(cfg, {
+        B,
+        T,
+        optimizer: "adamw4bit",
+        recompute: "block",
+        optimizerOffload: true,
+      }).bytes,
+    );
+    if (args["plan-only"] !== undefined) return rows;
+
+    const rt = await createRuntime();
+    log(`memory: building ${model} B=${B} T=${T} ${optimizer} recompute=${recompute}`);
+    const m = await GPT2.create(rt, cfg, { B, T, seed: 1, recompute });
+    const opt: Optimizer = optimizer === "adamw"
+      ? await AdamW.create(rt, m.layout, m)
+      : await LowBitAdamW.create(rt, m.layout, m, { bits: optimizer === "adamw8bit" ? 8 : 4 });
+    try {
+      const tokens = Array.from({ length: B * T }, (_, i) => (i * 7919) % cfg.vocabSize);
+      log("memory: one training step (minutes on a CPU adapter at T=4096)");
+      const t0 = performance.now();
+      m.setBatch(tokens, tokens);
+      const enc = rt.device.createCommandEncoder();
+      m.encodeTrain(enc);
+      rt.device.queue.submit([enc.finish()]);
+      const enc2 = rt.device.createCommandEncoder();
+      opt.setStep(1, 1e-4);
+      for (const d of [opt]) {
+        const pass = enc2.beginComputePass();
+        for (const x of d.dispatches) {
+          pass.setPipeline(x.pipeline);
+          x.bindGroups.forEach((g, i) => pass.setBindGroup(i, g));
+          pass.dispatchWorkgroups(...x.workgroups);
+        }
+        pass.end();
+      }
+      rt.device.queue.submit([enc2.finish()]);
+      await rt.device.queue.onSubmittedWorkDone();
+      log(`memory: step took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      const peak = rt.arena.report().peak;
+      row("measured peak", { optimizer, recompute }, peak);
+      const plan = planMemory(cfg, { B, T, optimizer, recompute }).bytes;
+      log(
+        `memory: plan ${formatBytes(plan.total)}, arena peak ${formatBytes(peak.total)} ` +
+          `(difference ${
+            formatBytes(peak.total - plan.total)
+          }: dispatch uniforms and optimizer scratch)`,
+      );
+    } finally {
+      opt.destroy();
+      m.destroy();
+    }
+    return rows;
+  },
+};
