@@ -16,7 +16,6 @@
 
 import type { GPT2 } from "../model/gpt2.ts";
 import { IGNORE_TARGET } from "../model/gpt2.ts";
-import { readF32 } from "../gpu/runtime.ts";
 import { encodeOrdinary } from "../data/tokenizer.ts";
 
 /** One item: a context and four endings, one of them right. */
@@ -206,7 +205,7 @@ export async function scoreItems(
       });
     });
     await model.forward(tokens, targets);
-    const losses = await readF32(model.rt.device, model.losses, 0, B * T);
+    const losses = await model.readLosses();
     batch.forEach((_, j) => {
       const res = {
         completion: { sum: [], mean: [], chars: [] },

@@ -116,6 +116,9 @@ export class GPT2 {
   #train: Dispatch[] = [];
   #owned: GPUBuffer[] = [];
   #targets = new Uint32Array(0);
+  /** Reused every batch: tokens | targets | token-sorted positions. */
+  #uploadData: Uint32Array<ArrayBuffer>;
+  #lossStaging: GPUBuffer;
   #layers: LayerActs[] = [];
 
   private constructor(rt: Runtime, config: GPT2Config, B: number, T: number, o: GPT2Options) {
@@ -144,6 +147,12 @@ export class GPT2 {
     this.params = o.sharedParams ?? this.#alloc("params", "parameters", bytes);
     this.#grads = o.inference ? undefined : this.#alloc("grads", "gradients", bytes);
     this.#inputStride = Math.ceil((B * T) / 64) * 64;
+    this.#uploadData = new Uint32Array(3 * this.#inputStride);
+    this.#lossStaging = rt.device.createBuffer({
+      label: "losses.readback",
+      size: B * T * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
   }
 
   /** Allocates the model, initialises it and builds its dispatches. */
@@ -497,7 +506,7 @@ export class GPT2 {
         `Expected ${BT} targets (B ${this.B} x T ${this.T}), got ${targets.length}`,
       );
     }
-    const data = new Uint32Array(3 * S);
+    const data = this.#uploadData;
     for (let i = 0; i < BT; i++) {
       const tok = tokens[i];
       if (!(tok >= 0 && tok < V && Number.isInteger(tok))) {
@@ -512,16 +521,30 @@ export class GPT2 {
     }
     // Positions sorted by token (stable): lets the wte backward sum each token's
     // rows in one place, deterministically.
-    const order = Array.from({ length: BT }, (_, i) => i).sort((a, b) =>
-      data[a] - data[b] || a - b
-    );
-    data.set(order, 2 * S);
-    this.#targets = data.slice(S, S + BT);
+    const order = data.subarray(2 * S, 2 * S + BT);
+    for (let i = 0; i < BT; i++) order[i] = i;
+    order.sort((a, b) => data[a] - data[b] || a - b);
+    this.#targets = data.subarray(S, S + BT);
     this.rt.device.queue.writeBuffer(this.#inputs, 0, data);
   }
 
+  /**
+   * Per-position losses [B*T] of the last forward pass (0 where there was no
+   * target), read through a staging buffer the model keeps.
+   */
+  async readLosses(): Promise<Float32Array> {
+    const staging = this.#lossStaging;
+    const enc = this.rt.device.createCommandEncoder();
+    enc.copyBufferToBuffer(this.#losses, 0, staging, 0, staging.size);
+    this.rt.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = new Float32Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    return out;
+  }
+
   async #meanLoss(): Promise<number> {
-    const losses = await readF32(this.rt.device, this.#losses, 0, this.B * this.T);
+    const losses = await this.readLosses();
     let sum = 0, n = 0;
     for (let i = 0; i < losses.length; i++) {
       if (this.#targets[i] !== IGNORE_TARGET) {
@@ -648,5 +671,6 @@ export class GPT2 {
     for (const b of this.#owned) this.rt.arena.free(b);
     this.#owned = [];
     this.#train = this.#forward = [];
+    this.#lossStaging.destroy();
   }
 }
