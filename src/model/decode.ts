@@ -14,9 +14,9 @@ import { grid1d, makeDispatch } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { type GPT2Config, paddedVocab } from "./config.ts";
 import { GPT2 } from "./gpt2.ts";
-import { linearForward } from "./linear.ts";
+import { blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
-import { encoderForward, geluForward, layernormForward, residualForward } from "./ops.ts";
+import { encoderForward, layernormForward } from "./ops.ts";
 import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" };
 
 /**
@@ -105,29 +105,12 @@ export class Decoder {
     let residual = x0;
     for (let l = 0; l < L; l++) {
       const a = (n: string, f: number) => this.#alloc(`decode.h.${l}.${n}`, f * 4);
-      const h = (n: string) => `h.${l}.${n}`;
       const [ln1, mean, rstd] = [a("ln1", C), a("mean", 1), a("rstd", 1)];
       const qkv1 = a("qkv", 3 * C), atty = a("atty", C), proj = a("proj", C), res2 = a("res2", C);
       const ln2 = a("ln2", C), fch = a("fch", 4 * C), fchg = a("fch_gelu", 4 * C);
       const fcproj = a("fcproj", C), res3 = a("res3", C);
       this.#qkv1.push(qkv1);
-      this.#before.push([
-        await layernormForward(rt, { N: 1, C }, {
-          inp: residual,
-          weight: P(h("ln_1.weight")),
-          bias: P(h("ln_1.bias")),
-          out: ln1,
-          mean,
-          rstd,
-        }),
-        ...await linearForward(rt, { BT: 1, C, OC: 3 * C, bias: true }, {
-          inp: buf(ln1),
-          weight: op(h("attn.c_attn.weight")),
-          bias: op(h("attn.c_attn.bias")),
-          out: buf(qkv1),
-        }, mm),
-      ]);
-      this.#after.push([
+      const attention = [
         await makeDispatch(rt, {
           name: "attention_decode",
           code: decodeSrc,
@@ -136,36 +119,34 @@ export class Decoder {
           uniform: { binding: 3, words: [0, C, NH] },
           workgroups: grid1d(NH, 64),
         }),
-        ...await linearForward(rt, { BT: 1, C, OC: C, bias: true }, {
-          inp: buf(atty),
-          weight: op(h("attn.c_proj.weight")),
-          bias: op(h("attn.c_proj.bias")),
-          out: buf(proj),
-        }, mm),
-        await residualForward(rt, C, { a: residual, b: proj, out: res2 }),
-        await layernormForward(rt, { N: 1, C }, {
-          inp: res2,
-          weight: P(h("ln_2.weight")),
-          bias: P(h("ln_2.bias")),
-          out: ln2,
-          mean,
-          rstd,
-        }),
-        ...await linearForward(rt, { BT: 1, C, OC: 4 * C, bias: true }, {
-          inp: buf(ln2),
-          weight: op(h("mlp.c_fc.weight")),
-          bias: op(h("mlp.c_fc.bias")),
-          out: buf(fch),
-        }, mm),
-        await geluForward(rt, 4 * C, { inp: fch, out: fchg }),
-        ...await linearForward(rt, { BT: 1, C: 4 * C, OC: C, bias: true }, {
-          inp: buf(fchg),
-          weight: op(h("mlp.c_proj.weight")),
-          bias: op(h("mlp.c_proj.bias")),
-          out: buf(fcproj),
-        }, mm),
-        await residualForward(rt, C, { a: res2, b: fcproj, out: res3 }),
-      ]);
+      ];
+      const blk = await blockForward(
+        rt,
+        { rows: 1, C, l },
+        P,
+        {
+          input: residual,
+          ln1,
+          ln1Mean: mean,
+          ln1Rstd: rstd,
+          qkv: qkv1,
+          atty,
+          attproj: proj,
+          res2,
+          ln2,
+          ln2Mean: mean,
+          ln2Rstd: rstd,
+          fch,
+          fchGelu: fchg,
+          fcproj,
+          res3,
+        },
+        attention,
+        mm,
+      );
+      this.#before.push(blk.pre);
+      // The attention dispatch comes first: next() rewrites its uniform (t) per token.
+      this.#after.push([...blk.attention, ...blk.post]);
       residual = res3;
     }
     const lnf = this.#alloc("decode.lnf", C * 4);

@@ -15,7 +15,8 @@ import type { BufferRange } from "../gpu/kernel.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { checkSequenceLength, type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
 import { initTensor } from "./init.ts";
-import { linearBackward, linearForward } from "./linear.ts";
+import { linearBackward } from "./linear.ts";
+import { blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 import {
   classifier,
@@ -24,10 +25,8 @@ import {
   flashAttentionBackward,
   flashAttentionForward,
   geluBackward,
-  geluForward,
   layernormBackward,
   layernormForward,
-  residualForward,
   type TensorRange,
 } from "./ops.ts";
 import { parameterLayout, type ParamLayout } from "./params.ts";
@@ -291,71 +290,16 @@ export class GPT2 {
     );
     const fwdLayers: Dispatch[][] = [], mlpLayers: Dispatch[][] = [];
     for (let l = 0; l < L; l++) {
-      const layerStart = fwd.length;
       const a = layers[l];
-      const h = (n: string) => P(`h.${l}.${n}`);
-      const residual = l === 0 ? encoded : layers[l - 1].res3;
-      fwd.push(
-        await layernormForward(rt, { N: BT, C }, {
-          inp: residual,
-          weight: h("ln_1.weight"),
-          bias: h("ln_1.bias"),
-          out: a.ln1,
-          mean: a.ln1Mean,
-          rstd: a.ln1Rstd,
-        }),
-      );
-      fwd.push(
-        ...await linearForward(rt, { BT, C, OC: 3 * C, bias: true }, {
-          inp: buf(a.ln1),
-          weight: op(h("attn.c_attn.weight")),
-          bias: op(h("attn.c_attn.bias")),
-          out: buf(a.qkv),
-        }, mm),
-      );
-      fwd.push(
+      const input = l === 0 ? encoded : layers[l - 1].res3;
+      const attention = [
         await flashAttentionForward(rt, { B, T, C, NH }, { qkv: a.qkv, out: a.atty, lse: a.lse }),
-      );
-      fwd.push(
-        ...await linearForward(rt, { BT, C, OC: C, bias: true }, {
-          inp: buf(a.atty),
-          weight: op(h("attn.c_proj.weight")),
-          bias: op(h("attn.c_proj.bias")),
-          out: buf(a.attproj),
-        }, mm),
-      );
-      fwd.push(await residualForward(rt, BT * C, { a: residual, b: a.attproj, out: a.res2 }));
-      fwd.push(
-        await layernormForward(rt, { N: BT, C }, {
-          inp: a.res2,
-          weight: h("ln_2.weight"),
-          bias: h("ln_2.bias"),
-          out: a.ln2,
-          mean: a.ln2Mean,
-          rstd: a.ln2Rstd,
-        }),
-      );
-      const mlpStart = fwd.length;
-      fwd.push(
-        ...await linearForward(rt, { BT, C, OC: 4 * C, bias: true }, {
-          inp: buf(a.ln2),
-          weight: op(h("mlp.c_fc.weight")),
-          bias: op(h("mlp.c_fc.bias")),
-          out: buf(a.fch),
-        }, mm),
-      );
-      fwd.push(await geluForward(rt, BT * 4 * C, { inp: a.fch, out: a.fchGelu }));
-      mlpLayers.push(fwd.slice(mlpStart));
-      fwd.push(
-        ...await linearForward(rt, { BT, C: 4 * C, OC: C, bias: true }, {
-          inp: buf(a.fchGelu),
-          weight: op(h("mlp.c_proj.weight")),
-          bias: op(h("mlp.c_proj.bias")),
-          out: buf(a.fcproj),
-        }, mm),
-      );
-      fwd.push(await residualForward(rt, BT * C, { a: a.res2, b: a.fcproj, out: a.res3 }));
-      fwdLayers.push(fwd.slice(layerStart));
+      ];
+      const blk = await blockForward(rt, { rows: BT, C, l }, P, { ...a, input }, attention, mm);
+      const all = [...blk.pre, ...blk.attention, ...blk.post];
+      fwd.push(...all);
+      fwdLayers.push(all);
+      mlpLayers.push(blk.mlp);
     }
     const last = L > 0 ? layers[L - 1].res3 : encoded;
     fwd.push(
