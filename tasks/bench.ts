@@ -23,7 +23,7 @@ Options:
 Other --key value pairs go to the benches (e.g. matmul --bt 1024 --impl tiled).`;
 
 export async function main(argv: string[]): Promise<number> {
-  const { values, positionals, tokens } = parseArgs({
+  const { values, tokens } = parseArgs({
     args: argv,
     options: { json: { type: "string" }, quick: { type: "boolean" }, help: { type: "boolean" } },
     strict: false,
@@ -48,7 +48,6 @@ export async function main(argv: string[]): Promise<number> {
       } else args[t.name] = "true";
     } else if (t.kind === "positional") names.push(t.value);
   }
-  void positionals;
   const unknown = names.filter((n) => !BENCHES.some((b) => b.name === n));
   if (unknown.length) {
     console.error(

@@ -1,6 +1,6 @@
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
-import { readF32, type Runtime } from "../src/gpu/runtime.ts";
+import { readF32 } from "../src/gpu/runtime.ts";
 import { LowBitAdamW, statePieces } from "../src/optim/lowbit.ts";
 import { dynamicMap, linearMapNoZero, nearestCode } from "../src/optim/quant_maps.ts";
 import type { ParamLayout, TensorView } from "../src/model/params.ts";
@@ -47,13 +47,12 @@ function fakeLayout(): ParamLayout {
   return { tensors, byName: new Map(tensors.map((t) => [t.name, t])), totalElements: offset };
 }
 
-async function stateOf(rt: Runtime, opt: LowBitAdamW) {
+async function stateOf(opt: LowBitAdamW) {
   const file = parseSafetensors(encodeSafetensors(await opt.readState()));
   const bytes = (k: string) => {
     const t = file.tensors.get(`lowbit${opt.config.bits}.${k}`)!;
     return file.data.slice(t.data_offsets[0], t.data_offsets[1]);
   };
-  void rt;
   return {
     mq: new Uint32Array(bytes("mq").buffer),
     vq: new Uint32Array(bytes("vq").buffer),
@@ -121,7 +120,7 @@ for (const bits of [8, 4] as const) {
             r.pc.cols,
           );
         }
-        const st = await stateOf(rt, opt);
+        const st = await stateOf(opt);
         let mismatches = 0, total = 0;
         for (const r of ref) {
           if (r.pc.kind === "fp32") continue;

@@ -166,7 +166,6 @@ export class LowBitAdamW {
   #pieceDispatches: Dispatch[][] = [];
   #step: GPUBuffer;
   #owned: GPUBuffer[] = [];
-  #totals: { f32: number; words: number; abs: number; scales: number };
 
   private constructor(
     rt: Runtime,
@@ -178,7 +177,6 @@ export class LowBitAdamW {
     this.config = config;
     const { pieces, totals } = statePieces(layout, config, maxBindingBytes);
     this.pieces = pieces;
-    this.#totals = totals;
     const sizes: Record<StateKind, number> = {
       m32: totals.f32,
       v32: totals.f32,
@@ -474,7 +472,6 @@ export class LowBitAdamW {
   summary(): string {
     const c = { fp32: 0, q8: 0, q4: 0 };
     for (const p of this.pieces) c[p.kind] += p.size;
-    void this.#totals;
     return `state: ${
       c.q8 + c.q4
     } parameters quantized to ${this.config.bits} bits, ${c.fp32} in fp32`;
