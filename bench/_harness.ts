@@ -26,6 +26,8 @@ export interface BenchOptions {
 export interface BenchCase {
   name: string;
   description: string;
+  /** The `--key value` arguments the bench reads, for `--help`. */
+  args?: string;
   run(options: BenchOptions): Promise<BenchRow[]>;
 }
 

@@ -115,6 +115,7 @@ async function timeBuild(path: string, workers: number, reps: number): Promise<B
 export const dataBench: BenchCase = {
   name: "data",
   description: "tokenization throughput (MB/s, tokens/s) of deno task data, 1 worker vs all cores",
+  args: "--mb N (size of the synthetic .jsonl.zst in MB, default 24)",
   async run(options: BenchOptions): Promise<BenchRow[]> {
     const rows: BenchRow[] = [];
     const dir = await Deno.makeTempDir({ prefix: "data_bench_in_" });

@@ -41,6 +41,7 @@ async function benchItems(n: number): Promise<{ items: HellaSwagItem[]; source: 
 /** `deno task bench eval [--model gpt2-mini] [--items 16]` */
 export const evalBench: BenchCase = {
   name: "eval",
+  args: "--model gpt2-mini --items 16",
   description: "HellaSwag items/s and KV-cache sampling tokens/s on a small model",
   async run({ args, quick, log }) {
     const rt = await createRuntime();

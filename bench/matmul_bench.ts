@@ -68,6 +68,7 @@ function gpt2Products(C: number, BT: number): [string, MatmulShape][] {
 /** `deno task bench matmul [--bt 1024] [--impl regblock|tiled]` */
 export const matmulBench: BenchCase = {
   name: "matmul",
+  args: "--bt N (rows of the GPT-2 products, default 1024), --impl regblock|tiled",
   description: "matmul GFLOP/s: 1024^3 for each kernel, and GPT-2-shaped products (C=768, 1024)",
   async run({ args, quick, log }) {
     const rt = await createRuntime();

@@ -24,6 +24,8 @@ const GiB = 2 ** 30;
 
 export const memoryBench: BenchCase = {
   name: "memory",
+  args:
+    "--model M --batch B --seq T --optimizer adamw|adamw8bit|adamw4bit --recompute none|mlp|block --plan-only",
   description: "memory plan by category (every optimizer x recompute), then one real step's peak",
   async run({ args, quick, log }) {
     const model = args.model ?? (quick ? "gpt2-mini" : "gpt2-medium-4096");

@@ -18,6 +18,7 @@ import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 /** `deno task bench model [--models tiny,gpt2] [--B 4] [--T 64] [--steps 3]` */
 export const modelBench: BenchCase = {
   name: "model",
+  args: "--models tiny,gpt2 --B 4 --T 64 --steps 3",
   description: "GPT-2 forward+backward tokens/s and GFLOP/s (tiny, gpt2 124M) at B=4, T=64",
   async run({ args, quick, log }) {
     const rt = await createRuntime();

@@ -16,6 +16,7 @@ import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 /** `deno task bench optim [--model gpt2-mini] [--steps 3]` */
 export const optimBench: BenchCase = {
   name: "optim",
+  args: "--model gpt2 --steps 3",
   description: "AdamW fp32 / 8-bit / 4-bit: step ms per million parameters, state bytes/param",
   async run({ args, quick, log }) {
     const rt = await createRuntime();

@@ -14,7 +14,12 @@ import { type BenchRow, formatTable } from "../bench/_harness.ts";
 const HELP = `Usage: deno task bench [NAME ...] [options] [--key value ...]
 
 Runs benchmarks and prints a table per bench. Benches:
-${BENCHES.map((b) => `  ${b.name.padEnd(10)} ${b.description}`).join("\n")}
+${
+  BENCHES.map((b) =>
+    `  ${b.name.padEnd(10)} ${b.description}` +
+    (b.args ? `\n  ${"".padEnd(10)} args: ${b.args}` : "")
+  ).join("\n")
+}
 
 Options:
   --json FILE   also write all rows as JSON to FILE
