@@ -30,16 +30,22 @@ export interface RegblockVariant {
   tm: number;
   /** vec4 column groups per invocation. */
   tn4: number;
+  /**
+   * Spread the 8 invocations of a workgroup over columns instead of rows (for
+   * short products such as decoding's M = 1, where rows would leave lanes idle).
+   * A's loads are then the uniform ones. Not with transA.
+   */
+  cols?: boolean;
 }
 
 /** Rows of C one workgroup covers. */
 export function regblockRows(v: RegblockVariant): number {
-  return 8 * v.tm;
+  return v.cols ? v.tm : 8 * v.tm;
 }
 
 /** Columns of C one workgroup covers. */
 export function regblockCols(v: RegblockVariant): number {
-  return 4 * v.tn4;
+  return v.cols ? 32 * v.tn4 : 4 * v.tn4;
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -48,7 +54,10 @@ const comp = ["x", "y", "z", "w"];
 /** WGSL source for one variant. */
 export function matmulRegblockWgsl(v: RegblockVariant): string {
   const { transA, transB, tm, tn4 } = v;
-  if (tm % 4 !== 0) throw new RangeError(`Matmul tile rows must be a multiple of 4, got ${tm}`);
+  if (v.cols && transA) throw new RangeError("Matmul lanes over columns do not support transA");
+  if (tm % 4 !== 0 && (transA || !v.cols)) {
+    throw new RangeError(`Matmul tile rows must be a multiple of 4, got ${tm}`);
+  }
   const I = range(tm), J = range(tn4);
   const out: string[] = [];
   const o = (s: string) => out.push(s);
@@ -64,10 +73,17 @@ export function matmulRegblockWgsl(v: RegblockVariant): string {
   o(`@group(0) @binding(3) var<uniform> p: Params;`);
   if (v.bias) o(`@group(0) @binding(4) var<storage, read> bias: array<vec4f>;`);
   o(`@compute @workgroup_size(8, 1, 1)`);
-  o(`fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wid: vec3u) {`);
-  o(`  let r0 = gid.x * ${tm}u;`);
-  o(`  if (r0 >= p.M) { return; }`);
-  o(`  let c4 = wid.y * ${tn4}u;`);
+  o(`fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(workgroup_id) wid: vec3u,`);
+  o(`        @builtin(local_invocation_id) lid: vec3u) {`);
+  if (v.cols) {
+    o(`  let r0 = wid.x * ${tm}u;`);
+    o(`  if (r0 >= p.M) { return; }`);
+    o(`  let c4 = (wid.y * 8u + lid.x) * ${tn4}u;`);
+  } else {
+    o(`  let r0 = gid.x * ${tm}u;`);
+    o(`  if (r0 >= p.M) { return; }`);
+    o(`  let c4 = wid.y * ${tn4}u;`);
+  }
   o(`  let N4 = p.N / 4u; let lda4 = p.lda / 4u; let ldb4 = p.ldb / 4u;`);
   // Clamped indices: rows and columns past the edge load valid data that is never stored.
   if (!transA) {

@@ -94,6 +94,18 @@ for (const impl of ["regblock", "tiled"] as const) {
   });
 }
 
+gpuTest("matmul regblock with lanes over columns for short products (decoding)", async (rt) => {
+  // M < 8 spreads the lanes over columns; N = 100 is not a multiple of the 64-column tile.
+  for (const M of [1, 3, 5, 7]) {
+    await checkMatmul(rt, "regblock", { M, N: 100, K: 36 }, { seed: M });
+    await checkMatmul(rt, "regblock", { M, N: 100, K: 36, transB: true, bias: true }, { seed: M });
+    await checkMatmul(rt, "regblock", { M, N: 44, K: 20, bias: true, accumulate: true, ldc: 52 }, {
+      seed: M,
+      offsets: [4, 8, 12],
+    });
+  }
+});
+
 gpuTest("matmul falls back to the tiled kernel for unaligned shapes", async (rt) => {
   // N = 23 cannot be loaded as vec4; the result must still be right.
   await checkMatmul(rt, "regblock", { M: 19, N: 23, K: 33, bias: true });

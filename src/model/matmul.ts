@@ -17,7 +17,12 @@
 import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { debugLog } from "../gpu/debug.ts";
-import { matmulRegblockWgsl, type RegblockVariant } from "../../kernels/matmul_regblock.ts";
+import {
+  matmulRegblockWgsl,
+  regblockCols,
+  regblockRows,
+  type RegblockVariant,
+} from "../../kernels/matmul_regblock.ts";
 import tiledSrc from "../../kernels/matmul_tiled.wgsl" with { type: "text" };
 import biasBackwardSrc from "../../kernels/matmul_bias_backward.wgsl" with { type: "text" };
 
@@ -247,18 +252,21 @@ async function buildBlock(
   let pipeline: GPUComputePipeline;
   let workgroups: [number, number, number];
   if (impl === "regblock") {
+    // Short products (decoding) spread the lanes over columns: rows would idle them.
+    const cols = options.tile === undefined && M < 8 && !s.transA;
     const v: RegblockVariant = {
       transA: s.transA,
       transB: s.transB,
       bias: b.bias,
       accumulate: b.accumulate,
-      // Fewer rows per invocation for short products (decoding, M = 1): idle lanes still cost.
-      tm: options.tile?.tm ?? (M >= 256 ? 32 : M >= 64 ? 8 : 4),
-      tn4: options.tile?.tn4 ?? 8,
+      // Fewer rows per invocation for short products: idle lanes still cost.
+      tm: options.tile?.tm ?? (cols ? Math.min(M, 4) : M >= 256 ? 32 : M >= 64 ? 8 : 4),
+      tn4: options.tile?.tn4 ?? (cols ? 2 : 8),
+      cols,
     };
     pipeline = await rt.pipelines.get({ name: "matmul_regblock", code: matmulRegblockWgsl(v) });
     if (bias) entries.push({ binding: 4, resource: bias.resource });
-    workgroups = [Math.ceil(M / (8 * v.tm)), Math.ceil(N / (4 * v.tn4)), 1];
+    workgroups = [Math.ceil(M / regblockRows(v)), Math.ceil(N / regblockCols(v)), 1];
   } else {
     pipeline = await rt.pipelines.get({ name: "matmul_tiled", code: tiledSrc }, {
       TRANS_A: +s.transA,
