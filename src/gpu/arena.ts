@@ -121,6 +121,11 @@ export class Arena {
     for (const b of [...this.#live.keys()]) this.free(b);
   }
 
+  /** Bytes allocated now (cheap: for per-step progress lines). */
+  get currentBytes(): number {
+    return this.#current.total;
+  }
+
   /** Current and peak bytes by category, and the live buffers. */
   report(): MemoryReport {
     return {

@@ -360,7 +360,7 @@ export async function train(
         : "n/a";
       const elapsed = (performance.now() - t0) / 1000;
       const eta = (elapsed / (step - startStep)) * (c.steps - step);
-      const mem = rt.arena.report().current.total;
+      const mem = rt.arena.currentBytes;
       print(
         `step ${String(step).padStart(String(c.steps).length)}/${c.steps} | loss ${
           loss.toFixed(4)
