@@ -121,6 +121,11 @@ export class Arena {
     for (const b of [...this.#live.keys()]) this.free(b);
   }
 
+  /** A scope whose buffers are freed together (a model's, an optimizer's). */
+  scope(): ArenaScope {
+    return new ArenaScope(this);
+  }
+
   /** Bytes allocated now (cheap: for per-step progress lines). */
   get currentBytes(): number {
     return this.#current.total;
@@ -133,6 +138,34 @@ export class Arena {
       peak: { ...this.#peak },
       buffers: [...this.#live.values()].sort((a, b) => b.bytes - a.bytes).map((r) => ({ ...r })),
     };
+  }
+}
+
+/** Buffers made through one owner, freed at once with {@linkcode ArenaScope.freeAll}. */
+export class ArenaScope {
+  readonly arena: Arena;
+  #owned: GPUBuffer[] = [];
+
+  constructor(arena: Arena) {
+    this.arena = arena;
+  }
+
+  /** As {@linkcode Arena.alloc}, remembered for {@linkcode freeAll}. */
+  alloc(
+    label: string,
+    category: MemoryCategory,
+    bytes: number,
+    usage?: GPUBufferUsageFlags,
+  ): GPUBuffer {
+    const b = this.arena.alloc(label, category, bytes, usage);
+    this.#owned.push(b);
+    return b;
+  }
+
+  /** Frees every buffer this scope made. */
+  freeAll(): void {
+    for (const b of this.#owned) this.arena.free(b);
+    this.#owned = [];
   }
 }
 

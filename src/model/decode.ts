@@ -9,6 +9,7 @@
  * @module
  */
 
+import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
 import { grid1d, makeDispatch } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
@@ -38,7 +39,7 @@ export class Decoder {
   #token: GPUBuffer;
   #logits: GPUBuffer;
   #staging: GPUBuffer;
-  #owned: GPUBuffer[] = [];
+  #mem: ArenaScope;
   #embed: Dispatch[] = [];
   #before: Dispatch[][] = [];
   #qkv1: GPUBuffer[] = [];
@@ -48,12 +49,13 @@ export class Decoder {
 
   private constructor(rt: Runtime, config: GPT2Config, T: number, prefill: GPT2) {
     this.rt = rt;
+    this.#mem = rt.arena.scope();
     this.config = config;
     this.T = T;
     this.#prefill = prefill;
     const Vp = paddedVocab(config.vocabSize);
-    this.#token = this.#alloc("decode.token", 16);
-    this.#logits = this.#alloc("decode.logits", Vp * 4);
+    this.#token = this.#act("decode.token", 16);
+    this.#logits = this.#act("decode.logits", Vp * 4);
     this.#staging = rt.device.createBuffer({
       label: "decode.staging",
       size: config.vocabSize * 4,
@@ -61,10 +63,8 @@ export class Decoder {
     });
   }
 
-  #alloc(label: string, bytes: number): GPUBuffer {
-    const b = this.rt.arena.alloc(label, "activations", bytes);
-    this.#owned.push(b);
-    return b;
+  #act(label: string, bytes: number): GPUBuffer {
+    return this.#mem.alloc(label, "activations", bytes);
   }
 
   /** A decoder over `params` (a GPT2's flat parameter buffer) with a T-token window. */
@@ -95,7 +95,7 @@ export class Decoder {
     const P = (n: string) => m.tensor(n);
     const op = (n: string) => ({ buffer: m.params, offset: P(n).offset });
     const buf = (b: GPUBuffer) => ({ buffer: b });
-    const x0 = this.#alloc("decode.x0", C * 4);
+    const x0 = this.#act("decode.x0", C * 4);
     this.#embed = await encoderForward(rt, { BT: 1, T: 1, C, Vp }, {
       tokens: { buffer: this.#token, offset: 0, size: 4 },
       wte: P("wte.weight"),
@@ -104,7 +104,7 @@ export class Decoder {
     });
     let residual = x0;
     for (let l = 0; l < L; l++) {
-      const a = (n: string, f: number) => this.#alloc(`decode.h.${l}.${n}`, f * 4);
+      const a = (n: string, f: number) => this.#act(`decode.h.${l}.${n}`, f * 4);
       const [ln1, mean, rstd] = [a("ln1", C), a("mean", 1), a("rstd", 1)];
       const qkv1 = a("qkv", 3 * C), atty = a("atty", C), proj = a("proj", C), res2 = a("res2", C);
       const ln2 = a("ln2", C), fch = a("fch", 4 * C), fchg = a("fch_gelu", 4 * C);
@@ -149,8 +149,8 @@ export class Decoder {
       this.#after.push([...blk.attention, ...blk.post]);
       residual = res3;
     }
-    const lnf = this.#alloc("decode.lnf", C * 4);
-    const [mean, rstd] = [this.#alloc("decode.lnf_mean", 4), this.#alloc("decode.lnf_rstd", 4)];
+    const lnf = this.#act("decode.lnf", C * 4);
+    const [mean, rstd] = [this.#act("decode.lnf_mean", 4), this.#act("decode.lnf_rstd", 4)];
     this.#head = [
       await layernormForward(rt, { N: 1, C }, {
         inp: residual,
@@ -220,8 +220,7 @@ export class Decoder {
       this.rt.arena,
       [this.#embed, ...this.#before, ...this.#after, this.#head].flat(),
     );
-    for (const b of this.#owned) this.rt.arena.free(b);
-    this.#owned = [];
+    this.#mem.freeAll();
     this.#staging.destroy();
     this.#prefill.destroy();
   }

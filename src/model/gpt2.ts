@@ -12,6 +12,7 @@
 
 import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
 import type { BufferRange } from "../gpu/kernel.ts";
+import type { ArenaScope } from "../gpu/arena.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { checkSequenceLength, type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
 import { initTensor } from "./init.ts";
@@ -113,7 +114,7 @@ export class GPT2 {
   /** First row and number of rows of the logits chunk the buffer holds after a forward. */
   #logitsRows: [number, number] = [0, 0];
   #train: Dispatch[] = [];
-  #owned: GPUBuffer[] = [];
+  #mem: ArenaScope;
   #targets = new Uint32Array(0);
   /** Reused every batch: tokens | targets | token-sorted positions. */
   #uploadData: Uint32Array<ArrayBuffer>;
@@ -122,6 +123,7 @@ export class GPT2 {
 
   private constructor(rt: Runtime, config: GPT2Config, B: number, T: number, o: GPT2Options) {
     this.rt = rt;
+    this.#mem = rt.arena.scope();
     this.config = validateConfig(config);
     checkSequenceLength(config, T);
     if (!Number.isInteger(B) || B < 1) {
@@ -143,8 +145,8 @@ export class GPT2 {
         `Shared parameter buffer holds ${o.sharedParams.size} bytes, needs ${bytes}`,
       );
     }
-    this.params = o.sharedParams ?? this.#alloc("params", "parameters", bytes);
-    this.#grads = o.inference ? undefined : this.#alloc("grads", "gradients", bytes);
+    this.params = o.sharedParams ?? this.#mem.alloc("params", "parameters", bytes);
+    this.#grads = o.inference ? undefined : this.#mem.alloc("grads", "gradients", bytes);
     this.#inputStride = Math.ceil((B * T) / 64) * 64;
     this.#uploadData = new Uint32Array(3 * this.#inputStride);
     this.#lossStaging = rt.device.createBuffer({
@@ -161,12 +163,6 @@ export class GPT2 {
     if (seed !== null && !options.sharedParams) m.#initialise(seed);
     await m.#build(options);
     return m;
-  }
-
-  #alloc(label: string, category: Parameters<Runtime["arena"]["alloc"]>[1], bytes: number) {
-    const b = this.rt.arena.alloc(label, category, bytes);
-    this.#owned.push(b);
-    return b;
   }
 
   #initialise(seed: number): void {
@@ -220,7 +216,7 @@ export class GPT2 {
       recompute,
       logitsChunkRows: options.logitsChunkRows,
     });
-    const made = new Map(plan.map((b) => [b.label, this.#alloc(b.label, b.category, b.bytes)]));
+    const made = new Map(plan.map((b) => [b.label, this.#mem.alloc(b.label, b.category, b.bytes)]));
     const get = (label: string) => made.get(label)!;
     const S = this.#inputStride;
     this.#inputs = get("inputs");
@@ -612,8 +608,7 @@ export class GPT2 {
     // The forward list is a prefix of the training list plus its own classifier dispatches.
     // The lists share the forward body and the lm_head dispatches: free each once.
     freeDispatches(this.rt.arena, [...new Set([...this.#train, ...this.#forward])]);
-    for (const b of this.#owned) this.rt.arena.free(b);
-    this.#owned = [];
+    this.#mem.freeAll();
     this.#train = this.#forward = [];
     this.#lossStaging.destroy();
   }

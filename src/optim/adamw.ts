@@ -10,6 +10,7 @@
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
+import type { ArenaScope } from "../gpu/arena.ts";
 import { f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { type SafeTensorsFile, tensorF32, type TensorToWrite } from "../io/safetensors.ts";
@@ -167,28 +168,23 @@ export class AdamW {
   #normDispatches = 0;
   #stepUniform: GPUBuffer;
   #partials!: GPUBuffer;
-  #owned: GPUBuffer[] = [];
+  #mem: ArenaScope;
 
   private constructor(rt: Runtime, layout: ParamLayout, config: AdamWConfig) {
     this.rt = rt;
+    this.#mem = rt.arena.scope();
     this.layout = layout;
     this.config = config;
     const bytes = layout.totalElements * 4;
-    this.m = this.#alloc("adamw.m", "optimizer", bytes);
-    this.v = this.#alloc("adamw.v", "optimizer", bytes);
-    this.stats = this.#alloc("adamw.stats", "scratch", 16);
-    this.#stepUniform = this.#alloc(
+    this.m = this.#mem.alloc("adamw.m", "optimizer", bytes);
+    this.v = this.#mem.alloc("adamw.v", "optimizer", bytes);
+    this.stats = this.#mem.alloc("adamw.stats", "scratch", 16);
+    this.#stepUniform = this.#mem.alloc(
       "adamw.step",
       "scratch",
       32,
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
-  }
-
-  #alloc(label: string, cat: "optimizer" | "scratch", bytes: number, usage?: GPUBufferUsageFlags) {
-    const b = this.rt.arena.alloc(label, cat, bytes, usage);
-    this.#owned.push(b);
-    return b;
   }
 
   /** Builds the optimizer for the given parameter and gradient buffers. */
@@ -211,7 +207,7 @@ export class AdamW {
   async #build(params: GPUBuffer, grads: GPUBuffer, maxBindingBytes: number): Promise<void> {
     const rt = this.rt;
     const ranges = parameterRanges(this.layout, maxBindingBytes);
-    this.#partials = this.#alloc("adamw.partials", "scratch", gradNormPartials(ranges) * 4);
+    this.#partials = this.#mem.alloc("adamw.partials", "scratch", gradNormPartials(ranges) * 4);
     const norm = await gradNormDispatches(rt, ranges, grads, this.#partials, this.stats);
     const update: Dispatch[] = [];
     for (const r of ranges) {
@@ -284,8 +280,7 @@ export class AdamW {
   /** Frees the state and every buffer the optimizer made. */
   destroy(): void {
     for (const d of this.dispatches) for (const b of d.resources ?? []) this.rt.arena.free(b);
-    for (const b of this.#owned) this.rt.arena.free(b);
-    this.#owned = [];
+    this.#mem.freeAll();
     this.dispatches = [];
   }
 }

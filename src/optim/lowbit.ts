@@ -16,6 +16,7 @@
  * @module
  */
 
+import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import { type BufferRange, grid1d, makeDispatch } from "../gpu/kernel.ts";
 import { readBuffer, type Runtime } from "../gpu/runtime.ts";
@@ -165,7 +166,7 @@ export class LowBitAdamW {
   #norm: Dispatch[] = [];
   #pieceDispatches: Dispatch[][] = [];
   #step: GPUBuffer;
-  #owned: GPUBuffer[] = [];
+  #mem: ArenaScope;
 
   private constructor(
     rt: Runtime,
@@ -174,6 +175,7 @@ export class LowBitAdamW {
     maxBindingBytes: number,
   ) {
     this.rt = rt;
+    this.#mem = rt.arena.scope();
     this.config = config;
     const { pieces, totals } = statePieces(layout, config, maxBindingBytes);
     this.pieces = pieces;
@@ -205,21 +207,15 @@ export class LowBitAdamW {
       }
     }
     this.#state = Object.fromEntries(
-      STATE_KINDS.map((k) => [k, this.#alloc(`opt.${k}`, "optimizer", gpuSizes[k] * 4)]),
+      STATE_KINDS.map((k) => [k, this.#mem.alloc(`opt.${k}`, "optimizer", gpuSizes[k] * 4)]),
     ) as Record<StateKind, GPUBuffer>;
-    this.stats = this.#alloc("opt.stats", "scratch", 16);
-    this.#step = this.#alloc(
+    this.stats = this.#mem.alloc("opt.stats", "scratch", 16);
+    this.#step = this.#mem.alloc(
       "opt.step",
       "scratch",
       32,
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
-  }
-
-  #alloc(label: string, cat: "optimizer" | "scratch", bytes: number, usage?: GPUBufferUsageFlags) {
-    const b = this.rt.arena.alloc(label, cat, bytes, usage);
-    this.#owned.push(b);
-    return b;
   }
 
   /** Builds the optimizer over the model's parameter and gradient buffers. */
@@ -254,14 +250,14 @@ export class LowBitAdamW {
   async #build(params: GPUBuffer, grads: GPUBuffer): Promise<void> {
     const { rt } = this;
     const st = this.#state;
-    const partials = this.#alloc("opt.partials", "scratch", gradNormPartials(this.pieces) * 4);
-    const maps8 = this.#alloc("opt.maps8", "scratch", 512 * 4);
+    const partials = this.#mem.alloc("opt.partials", "scratch", gradNormPartials(this.pieces) * 4);
+    const maps8 = this.#mem.alloc("opt.maps8", "scratch", 512 * 4);
     rt.device.queue.writeBuffer(
       maps8,
       0,
       Float32Array.from([...dynamicMap(true, 8), ...dynamicMap(false, 8)]),
     );
-    const maps4 = this.#alloc("opt.maps4", "scratch", 32 * 4);
+    const maps4 = this.#mem.alloc("opt.maps4", "scratch", 32 * 4);
     rt.device.queue.writeBuffer(
       maps4,
       0,
@@ -463,8 +459,7 @@ export class LowBitAdamW {
       for (const b of d.resources ?? []) this.rt.arena.free(b);
     }
     for (const b of Object.values(this.#readback ?? {})) b.destroy();
-    for (const b of this.#owned) this.rt.arena.free(b);
-    this.#owned = [];
+    this.#mem.freeAll();
     this.dispatches = [];
   }
 
