@@ -17,7 +17,7 @@ import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { checkSequenceLength, type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
 import { initTensor } from "./init.ts";
 import { linearBackward } from "./linear.ts";
-import { blockForward } from "./block.ts";
+import { type BlockBuffers, blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 import {
   classifier,
@@ -66,24 +66,11 @@ export interface GPT2Options {
   sharedParams?: GPUBuffer;
 }
 
-interface LayerActs {
-  ln1: GPUBuffer;
-  ln1Mean: GPUBuffer;
-  ln1Rstd: GPUBuffer;
-  qkv: GPUBuffer;
-  atty: GPUBuffer;
+/** One layer's activations: a block's buffers (its input is the previous output) and lse. */
+type LayerActs = Omit<BlockBuffers, "input"> & {
   /** Log-sum-exp of each attention row [B, NH, T] (flash attention keeps no T x T matrix). */
   lse: GPUBuffer;
-  attproj: GPUBuffer;
-  res2: GPUBuffer;
-  ln2: GPUBuffer;
-  ln2Mean: GPUBuffer;
-  ln2Rstd: GPUBuffer;
-  fch: GPUBuffer;
-  fchGelu: GPUBuffer;
-  fcproj: GPUBuffer;
-  res3: GPUBuffer;
-}
+};
 
 /**
  * A GPT-2 model bound to a device and a batch shape.
