@@ -2,26 +2,19 @@ import { ok } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
 import { AdamW } from "../src/optim/adamw.ts";
-import type { ParamLayout, TensorView } from "../src/model/params.ts";
+import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { adamwRef, gradNormRef } from "./reference/adamw.ts";
 import { assertAllClose, gpuTest, randn } from "./_harness.ts";
 
 /** A layout of a few tensors with awkward sizes, decayed and not. */
 function fakeLayout(): ParamLayout {
-  const specs: [string, number[], boolean][] = [
-    ["w1", [37, 29], true],
-    ["b1", [29], false],
-    ["w2", [300, 7], true], // split into several binding-sized ranges below
-    ["ln", [5], false],
-  ];
-  const tensors: TensorView[] = [];
-  let offset = 0;
-  for (const [name, shape, decay] of specs) {
-    const size = shape.reduce((a, b) => a * b);
-    tensors.push({ name, shape, offset, size, decay });
-    offset += Math.ceil(size / 64) * 64;
-  }
-  return { tensors, byName: new Map(tensors.map((t) => [t.name, t])), totalElements: offset };
+  // Weight decay follows the shape: on the 2-D tensors only.
+  return layoutOf([
+    { name: "w1", shape: [37, 29] },
+    { name: "b1", shape: [29] },
+    { name: "w2", shape: [300, 7] }, // split into several binding-sized ranges below
+    { name: "ln", shape: [5] },
+  ]);
 }
 
 gpuTest("AdamW with grad clipping matches a float64 reference over several steps", async (rt) => {

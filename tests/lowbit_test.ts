@@ -3,12 +3,13 @@ import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
 import { LowBitAdamW, statePieces } from "../src/optim/lowbit.ts";
 import { dynamicMap, linearMapNoZero, nearestCode } from "../src/optim/quant_maps.ts";
-import type { ParamLayout, TensorView } from "../src/model/params.ts";
+import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { encodeSafetensors, parseSafetensors } from "../src/io/safetensors.ts";
 import { train, type TrainConfig } from "../src/train/trainer.ts";
 import { gradNormRef } from "./reference/adamw.ts";
 import { lowbitStepRef, refQuantState, unpackCodes } from "./reference/lowbit.ts";
 import { assertAllClose, gpuTest, rng } from "./_harness.ts";
+import { testTrainConfig } from "./_train_config.ts";
 
 Deno.test("quantization maps: bitsandbytes' dynamic maps and the 4-bit maps", () => {
   const s8 = dynamicMap(true, 8), u8 = dynamicMap(false, 8), s4 = dynamicMap(true, 4);
@@ -32,19 +33,12 @@ Deno.test("quantization maps: bitsandbytes' dynamic maps and the 4-bit maps", ()
 
 /** Tensors of the shapes the optimizers treat differently. */
 function fakeLayout(): ParamLayout {
-  const specs: [string, number[], boolean][] = [
-    ["w", [96, 48], true], // 4608: quantized; rank-1 v at 4 bits
-    ["b", [5120], false], // 1-D, quantized: block-wise v at 4 bits
-    ["small", [100], false], // fp32 state
-  ];
-  const tensors: TensorView[] = [];
-  let offset = 0;
-  for (const [name, shape, decay] of specs) {
-    const size = shape.reduce((a, b) => a * b);
-    tensors.push({ name, shape, offset, size, decay });
-    offset += Math.ceil(size / 64) * 64;
-  }
-  return { tensors, byName: new Map(tensors.map((t) => [t.name, t])), totalElements: offset };
+  // Weight decay follows the shape: on the 2-D tensors only.
+  return layoutOf([
+    { name: "w", shape: [96, 48] }, // 4608: quantized; rank-1 v at 4 bits
+    { name: "b", shape: [5120] }, // 1-D, quantized: block-wise v at 4 bits
+    { name: "small", shape: [100] }, // fp32 state
+  ]);
 }
 
 async function stateOf(opt: LowBitAdamW) {
@@ -211,35 +205,15 @@ gpuTest("a small model trained with 8-bit and 4-bit AdamW ends close to fp32 Ada
     )
       .join(" ");
     await Deno.writeTextFile(`${dir}/text.txt`, text);
-    const base: TrainConfig = {
+    const base = testTrainConfig(`${dir}/run`, `${dir}/text.txt`, {
       modelName: "lowbit-test",
       model: { nLayer: 2, nHead: 2, nEmbd: 64, nCtx: 32, vocabSize: 50257 },
-      data: `${dir}/text.txt`,
-      out: `${dir}/run`,
-      batch: 2,
-      seq: 32,
-      totalBatch: 64,
       steps: 100,
-      schedule: "cosine",
-      lr: 3e-3,
-      minLr: 3e-4,
       warmup: 10,
-      weightDecay: 0.1,
-      beta1: 0.9,
-      beta2: 0.95,
-      eps: 1e-8,
-      gradClip: 1,
       seed: 5,
-      shuffle: false,
-      valEvery: 0,
-      valBatches: 0,
-      sampleEvery: 0,
-      sampleTokens: 0,
-      saveEvery: 0,
       keep: 1,
-      peakTflops: 0,
       cacheDir: `${dir}/cache`,
-    };
+    });
     const final: Record<string, number> = {};
     for (const optimizer of ["adamw", "adamw8bit", "adamw4bit"] as const) {
       const r = await train(rt, { ...base, optimizer, out: `${dir}/${optimizer}` }, {
@@ -270,36 +244,21 @@ gpuTest("low-bit state is saved and restored with checkpoints: resume stays exac
       () => ["a", "b", "sea", "whale", "ship"][Math.floor(u() * 5)],
     ).join(" ");
     await Deno.writeTextFile(`${dir}/t.txt`, text);
-    const cfg = (out: string, over: Partial<TrainConfig> = {}): TrainConfig => ({
-      modelName: "resume",
-      model: { nLayer: 1, nHead: 2, nEmbd: 64, nCtx: 16, vocabSize: 50257 },
-      data: `${dir}/t.txt`,
-      out,
-      batch: 2,
-      seq: 16,
-      totalBatch: 32,
-      steps: 6,
-      schedule: "constant",
-      lr: 3e-3,
-      minLr: 3e-3,
-      warmup: 0,
-      weightDecay: 0.1,
-      beta1: 0.9,
-      beta2: 0.95,
-      eps: 1e-8,
-      gradClip: 1,
-      seed: 3,
-      shuffle: false,
-      valEvery: 0,
-      valBatches: 0,
-      sampleEvery: 0,
-      sampleTokens: 0,
-      saveEvery: 0,
-      keep: 1,
-      peakTflops: 0,
-      cacheDir: `${dir}/cache`,
-      ...over,
-    });
+    const cfg = (out: string, over: Partial<TrainConfig> = {}): TrainConfig =>
+      testTrainConfig(out, `${dir}/t.txt`, {
+        modelName: "resume",
+        model: { nLayer: 1, nHead: 2, nEmbd: 64, nCtx: 16, vocabSize: 50257 },
+        seq: 16,
+        totalBatch: 32,
+        steps: 6,
+        schedule: "constant",
+        minLr: 3e-3,
+        warmup: 0,
+        seed: 3,
+        keep: 1,
+        cacheDir: `${dir}/cache`,
+        ...over,
+      });
     const quiet = { print: () => {} };
     const variants: Partial<TrainConfig>[] = [
       { optimizer: "adamw8bit" },

@@ -9,6 +9,7 @@ import { encodeModel, loadTensors } from "../src/io/hf.ts";
 import { encodeSafetensors, parseSafetensors, tensorF32 } from "../src/io/safetensors.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
 import { gpuTest, hasSharedData, rng } from "./_harness.ts";
+import { testTrainConfig } from "./_train_config.ts";
 
 const SMALL: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 64, vocabSize: 50257 };
 const shared = new URL("../../shared/data/", import.meta.url);
@@ -37,36 +38,13 @@ function syntheticText(words: number, seed: number): string {
 }
 
 function baseConfig(out: string, data: string, over: Partial<TrainConfig> = {}): TrainConfig {
-  return {
-    modelName: "test",
+  return testTrainConfig(out, data, {
     model: SMALL,
-    data,
-    out,
-    batch: 2,
-    seq: 32,
     totalBatch: 128, // two micro-batches: accumulation is exercised
-    steps: 8,
-    schedule: "cosine",
-    lr: 3e-3,
-    minLr: 3e-4,
-    warmup: 2,
-    weightDecay: 0.1,
-    beta1: 0.9,
-    beta2: 0.95,
-    eps: 1e-8,
-    gradClip: 1,
-    seed: 7,
-    shuffle: false,
     valEvery: 4,
     valBatches: 2,
-    sampleEvery: 0,
-    sampleTokens: 0,
-    saveEvery: 0,
-    keep: 2,
-    peakTflops: 0,
-    cacheDir: `${out}/cache`,
     ...over,
-  };
+  });
 }
 
 const quiet = { print: () => {} };

@@ -64,9 +64,14 @@ export function parameterShapes(cfg: GPT2Config): { name: string; shape: number[
 
 /** Offsets of every tensor in the flat buffer. */
 export function parameterLayout(cfg: GPT2Config): ParamLayout {
+  return layoutOf(parameterShapes(cfg));
+}
+
+/** A flat layout of any named shapes: aligned offsets, decay on 2-D and larger tensors. */
+export function layoutOf(shapes: { name: string; shape: number[] }[]): ParamLayout {
   const tensors: TensorView[] = [];
   let offset = 0;
-  for (const { name, shape } of parameterShapes(cfg)) {
+  for (const { name, shape } of shapes) {
     const size = shape.reduce((a, b) => a * b, 1);
     tensors.push({ name, shape, offset, size, decay: shape.length >= 2 });
     offset += Math.ceil(size / TENSOR_ALIGN) * TENSOR_ALIGN;
