@@ -6,6 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { numberFlag, runMain } from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
@@ -96,14 +97,7 @@ export async function main(argv: string[]): Promise<number> {
   if (positionals.length !== 1) {
     throw new TypeError("Give one CHECKPOINT_DIR: see deno task eval --help");
   }
-  const num = (k: keyof typeof v, d: number) => {
-    if (v[k] === undefined) return d;
-    const x = Number(v[k]);
-    if (!(Number.isInteger(x) && x > 0)) {
-      throw new TypeError(`--${k} must be a positive integer, got "${v[k]}"`);
-    }
-    return x;
-  };
+  const num = (k: keyof typeof v, d: number) => numberFlag(v, k, d, "positive-integer");
   const dir = positionals[0];
   const seq = num("seq", 192);
   const rt = await createRuntime();
@@ -175,11 +169,4 @@ export async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(e instanceof TypeError ? 2 : 1);
-  }
-}
+if (import.meta.main) await runMain(main);

@@ -6,6 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { numberFlag, runMain } from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
 import { loadTensors } from "../src/io/hf.ts";
@@ -52,14 +53,7 @@ export async function main(argv: string[]): Promise<number> {
   if (positionals.length !== 1) {
     throw new TypeError("Give one CHECKPOINT_DIR: see deno task sample --help");
   }
-  const num = (k: keyof typeof v, d: number) => {
-    if (v[k] === undefined) return d;
-    const x = Number(v[k]);
-    if (!Number.isFinite(x) || x < 0) {
-      throw new TypeError(`--${k} must be a non-negative number, got "${v[k]}"`);
-    }
-    return x;
-  };
+  const num = (k: keyof typeof v, d: number) => numberFlag(v, k, d, "non-negative");
   const opts = {
     maxTokens: num("max-tokens", 128),
     temperature: num("temperature", 0.8),
@@ -103,11 +97,4 @@ export async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}`);
-    Deno.exit(e instanceof TypeError ? 2 : 1);
-  }
-}
+if (import.meta.main) await runMain(main);

@@ -1,0 +1,36 @@
+/**
+ * Small helpers the task CLIs share: reading a numeric flag and running a main
+ * function with the exit codes the tasks use (2 for bad usage, 1 for failure).
+ *
+ * @module
+ */
+
+/** A flag's number, or `fallback` when absent; a bad value is a TypeError naming the flag. */
+export function numberFlag(
+  values: Record<string, unknown>,
+  key: string,
+  fallback: number,
+  rule: "positive-integer" | "non-negative",
+): number {
+  const raw = values[key];
+  if (raw === undefined) return fallback;
+  const x = Number(raw);
+  const ok = rule === "positive-integer"
+    ? Number.isInteger(x) && x > 0
+    : Number.isFinite(x) && x >= 0;
+  if (!ok) {
+    const want = rule === "positive-integer" ? "a positive integer" : "a non-negative number";
+    throw new TypeError(`--${key} must be ${want}, got "${raw}"`);
+  }
+  return x;
+}
+
+/** Runs `main`, printing errors: usage errors (TypeError) exit 2, others 1. */
+export async function runMain(main: (argv: string[]) => Promise<number>): Promise<never> {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(e instanceof TypeError ? 2 : 1);
+  }
+}
