@@ -11,8 +11,11 @@ override ACCUMULATE: bool = true;
 
 struct Params { M: u32, N: u32, ldd: u32, d_off: u32, bias_off: u32, p0: u32, p1: u32, p2: u32 }
 
-@group(0) @binding(0) var<storage, read> dout: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dbias: array<f32>;
+alias dout_t = f32; // element types (src/gpu/dtype.ts); sums are f32
+alias dbias_t = f32;
+
+@group(0) @binding(0) var<storage, read> dout: array<dout_t>;
+@group(0) @binding(1) var<storage, read_write> dbias: array<dbias_t>;
 @group(0) @binding(2) var<uniform> p: Params;
 
 @compute @workgroup_size(64, 1, 1)
@@ -24,10 +27,15 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   var m = 0u;
   for (; m + 4u <= p.M; m += 4u) {
     let base = p.d_off + m * p.ldd + n;
-    s += vec4f(dout[base], dout[base + p.ldd], dout[base + 2u * p.ldd], dout[base + 3u * p.ldd]);
+    s += vec4f(
+      f32(dout[base]),
+      f32(dout[base + p.ldd]),
+      f32(dout[base + 2u * p.ldd]),
+      f32(dout[base + 3u * p.ldd]),
+    );
   }
-  for (; m < p.M; m++) { s.x += dout[p.d_off + m * p.ldd + n]; }
+  for (; m < p.M; m++) { s.x += f32(dout[p.d_off + m * p.ldd + n]); }
   var total = s.x + s.y + s.z + s.w;
-  if (ACCUMULATE) { total += dbias[p.bias_off + n]; }
-  dbias[p.bias_off + n] = total;
+  if (ACCUMULATE) { total += f32(dbias[p.bias_off + n]); }
+  dbias[p.bias_off + n] = dbias_t(total);
 }

@@ -1,8 +1,9 @@
-// matmul_tiled: C[M,N] (+)= op(A)[M,K] · op(B)[K,N] (+ bias[N]), f32, for GPUs.
+// matmul_tiled: C[M,N] (+)= op(A)[M,K] · op(B)[K,N] (+ bias[N]), for GPUs.
 //
 // op(A) is A stored [M,K] (lda = row stride), or Aᵀ with A stored [K,M] (TRANS_A).
 // op(B) is B stored [K,N] (ldb), or Bᵀ with B stored [N,K] (TRANS_B). C is [M,N] (ldc).
-// Offsets (a_off, ...) are in elements from the start of each binding.
+// Offsets (a_off, ...) are in elements from the start of each binding. Each operand's
+// element type is an alias (f32, or f16 through src/gpu/dtype.ts); sums are f32.
 //
 // Idea: the classic workgroup-memory tiling. A 16x16 workgroup computes a 64x64 block
 // of C; each step stages a 64x16 slice of op(A) and a 16x64 slice of op(B) in
@@ -27,25 +28,30 @@ struct Params {
   a_off: u32, b_off: u32, c_off: u32, bias_off: u32, p0: u32, p1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> A: array<f32>;
-@group(0) @binding(1) var<storage, read> B: array<f32>;
-@group(0) @binding(2) var<storage, read_write> C: array<f32>;
+alias a_t = f32;
+alias b_t = f32;
+alias c_t = f32;
+alias bias_t = f32;
+
+@group(0) @binding(0) var<storage, read> A: array<a_t>;
+@group(0) @binding(1) var<storage, read> B: array<b_t>;
+@group(0) @binding(2) var<storage, read_write> C: array<c_t>;
 @group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<bias_t>;
 
 var<workgroup> As: array<f32, 1024>; // [BK][BM]
 var<workgroup> Bs: array<f32, 1024>; // [BK][BN]
 
 fn load_a(m: u32, k: u32) -> f32 {
   if (m >= p.M || k >= p.K) { return 0.0; }
-  if (TRANS_A) { return A[p.a_off + k * p.lda + m]; }
-  return A[p.a_off + m * p.lda + k];
+  if (TRANS_A) { return f32(A[p.a_off + k * p.lda + m]); }
+  return f32(A[p.a_off + m * p.lda + k]);
 }
 
 fn load_b(k: u32, n: u32) -> f32 {
   if (k >= p.K || n >= p.N) { return 0.0; }
-  if (TRANS_B) { return B[p.b_off + n * p.ldb + k]; }
-  return B[p.b_off + k * p.ldb + n];
+  if (TRANS_B) { return f32(B[p.b_off + n * p.ldb + k]); }
+  return f32(B[p.b_off + k * p.ldb + n]);
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -91,10 +97,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
       let n = n0 + lid.x * 4u + j;
       if (n >= p.N) { continue; }
       var v = acc[i][j];
-      if (HAS_BIAS) { v += bias[p.bias_off + n]; }
+      if (HAS_BIAS) { v += f32(bias[p.bias_off + n]); }
       let ci = p.c_off + m * p.ldc + n;
-      if (ACCUMULATE) { v += C[ci]; }
-      C[ci] = v;
+      if (ACCUMULATE) { v += f32(C[ci]); }
+      C[ci] = c_t(v);
     }
   }
 }

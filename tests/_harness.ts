@@ -7,6 +7,7 @@
  */
 
 import { createRuntime, type Runtime } from "../src/gpu/runtime.ts";
+import type { DType } from "../src/gpu/dtype.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
 
 // ---------------------------------------------------------------------------
@@ -20,6 +21,9 @@ const probe = typeof navigator !== "undefined" && "gpu" in navigator
 
 /** True when a WebGPU adapter exists. */
 export const hasGpu: boolean = probe !== null;
+
+/** True when the adapter has shader-f16 (mixed-precision tests skip without it). */
+export const hasF16: boolean = probe?.features.has("shader-f16") ?? false;
 
 if (!hasGpu) {
   const msg = "no WebGPU adapter found: install a GPU driver with Vulkan support, or " +
@@ -75,6 +79,17 @@ export function gpuTest(
 
 /** A seeded generator of uniforms in [0, 1) (the package's own mulberry32). */
 export const rng: (seed: number) => () => number = mulberry32;
+
+/** A buffer of `data` stored as `dtype` (f16 rounds), for kernel tests. */
+export function uploadAs(
+  rt: Runtime,
+  label: string,
+  data: Float32Array<ArrayBuffer>,
+  dtype: DType = "f32",
+): GPUBuffer {
+  const bytes = dtype === "f16" ? new Float16Array(data) : data;
+  return rt.arena.allocWith(label, "scratch", bytes, undefined, dtype);
+}
 
 /** `n` standard normal samples as float32, scaled by `scale`. */
 export function randn(n: number, seed: number, scale = 1): Float32Array<ArrayBuffer> {

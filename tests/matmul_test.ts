@@ -1,10 +1,11 @@
 import { equal, rejects } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
-import { readF32, type Runtime } from "../src/gpu/runtime.ts";
+import { readF32, readValues, type Runtime } from "../src/gpu/runtime.ts";
+import { type DType, roundToF16 } from "../src/gpu/dtype.ts";
 import { matmul, type MatmulImpl, type MatmulShape } from "../src/model/matmul.ts";
 import { linearBackward, linearForward } from "../src/model/linear.ts";
 import { linearBackwardRef, linearForwardRef, matmulRef } from "./reference/matmul.ts";
-import { assertAllClose, gpuTest, randn } from "./_harness.ts";
+import { assertAllClose, gpuTest, hasF16, randn, uploadAs } from "./_harness.ts";
 
 const tol = { rtol: 2e-5, atol: 2e-5 };
 
@@ -17,7 +18,13 @@ async function checkMatmul(
   rt: Runtime,
   impl: MatmulImpl,
   shape: MatmulShape,
-  opts: { offsets?: [number, number, number]; maxBindingBytes?: number; seed?: number } = {},
+  opts: {
+    offsets?: [number, number, number];
+    maxBindingBytes?: number;
+    seed?: number;
+    /** Element types of A, B and C (default f32); bias stays f32. */
+    types?: [DType, DType, DType];
+  } = {},
 ) {
   const { M, N, K, transA = false, transB = false } = shape;
   const lda = shape.lda ?? (transA ? M : K), ldb = shape.ldb ?? (transB ? K : N);
@@ -27,9 +34,13 @@ async function checkMatmul(
   const aLen = ao + (transA ? (K - 1) * lda + M : (M - 1) * lda + K);
   const bLen = bo + (transB ? (N - 1) * ldb + K : (K - 1) * ldb + N);
   const cLen = co + (M - 1) * ldc + N;
-  const a = randn(aLen, seed), b = randn(bLen, seed + 1), c0 = randn(cLen, seed + 2);
+  const [at, bt, ct] = opts.types ?? ["f32", "f32", "f32"];
+  // f16 operands hold rounded values: the reference starts from the same ones.
+  const round = (x: Float32Array<ArrayBuffer>, t: DType) => (t === "f16" ? roundToF16(x) : x);
+  const a = round(randn(aLen, seed), at), b = round(randn(bLen, seed + 1), bt);
+  const c0 = round(randn(cLen, seed + 2), ct);
   const bias = randn(N, seed + 3);
-  const A = upload(rt, "A", a), B = upload(rt, "B", b), C = upload(rt, "C", c0);
+  const A = uploadAs(rt, "A", a, at), B = uploadAs(rt, "B", b, bt), C = uploadAs(rt, "C", c0, ct);
   const Bias = upload(rt, "bias", bias);
   try {
     const dispatches = await matmul(rt, shape, {
@@ -39,14 +50,19 @@ async function checkMatmul(
       bias: shape.bias ? { buffer: Bias } : undefined,
     }, { impl, maxBindingBytes: opts.maxBindingBytes });
     await runDispatches(rt.device, dispatches);
-    const got = await readF32(rt.device, C, 0, cLen);
+    const got = await readValues(rt.device, C, 0, cLen);
     const want = Float64Array.from(c0);
     matmulRef(a.subarray(ao), b.subarray(bo), shape, {
       c: want.subarray(co),
       bias: shape.bias ? bias : undefined,
       accumulate: shape.accumulate,
     });
-    assertAllClose(got, want, { ...tol, label: `${impl} ${JSON.stringify(shape)}` });
+    // An f16 result is rounded once at the end: half an f16 ulp (2^-11 relative).
+    const t = ct === "f16" ? { rtol: 1e-3, atol: 1e-3 } : tol;
+    assertAllClose(got, want, {
+      ...t,
+      label: `${impl} ${at}/${bt}/${ct} ${JSON.stringify(shape)}`,
+    });
     return dispatches.length;
   } finally {
     for (const buf of [A, B, C, Bias]) rt.arena.free(buf);
@@ -91,6 +107,42 @@ for (const impl of ["regblock", "tiled"] as const) {
       maxBindingBytes: 4096,
     });
     await checkMatmul(rt, impl, { M: 64, N: 48, K: 40, transA: true }, { maxBindingBytes: 4096 });
+  });
+}
+
+for (const impl of ["regblock", "tiled"] as const) {
+  gpuTest({
+    name: `matmul ${impl} with f16 operands accumulates in f32`,
+    ignore: !hasF16,
+  }, async (rt) => {
+    // Mixed precision's cases: f16 x f16 -> f16 (forward), f32 x f16 -> f32 (dinp),
+    // f16 x f32 -> f32 accumulate (dweight), and with bias, strides and offsets.
+    const f16 = "f16", f32 = "f32";
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const M = 36, N = 44, K = 52;
+        await checkMatmul(rt, impl, { M, N, K, transA, transB, bias: true }, {
+          types: [f16, f16, f16],
+        });
+        await checkMatmul(rt, impl, { M, N, K, transA, transB }, { types: [f32, f16, f32] });
+        await checkMatmul(rt, impl, { M, N, K, transA, transB, accumulate: true }, {
+          types: [f16, f32, f32],
+          offsets: [4, 8, 12],
+        });
+      }
+    }
+    // Over the binding limit, f16 operands split by their own element size.
+    const n = await checkMatmul(rt, impl, { M: 64, N: 48, K: 40, transB: true, bias: true }, {
+      maxBindingBytes: 2048,
+      types: [f16, f16, f32],
+    });
+    if (n < 2) throw new Error(`expected several dispatches, got ${n}`);
+    // Decoding's short products (lanes over columns).
+    if (impl === "regblock") {
+      await checkMatmul(rt, impl, { M: 1, N: 100, K: 36, transB: true, bias: true }, {
+        types: [f16, f16, f16],
+      });
+    }
   });
 }
 

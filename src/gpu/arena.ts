@@ -6,6 +6,8 @@
  * @module
  */
 
+import { type DType, setDType } from "./dtype.ts";
+
 /** What a buffer holds; the memory report groups by these. */
 export type MemoryCategory =
   | "parameters"
@@ -66,14 +68,16 @@ export class Arena {
   }
 
   /**
-   * A new zero-filled buffer of at least `bytes` bytes (rounded up to 16).
-   * Storage buffers bigger than the device allows fail here with the numbers.
+   * A new zero-filled buffer of at least `bytes` bytes (rounded up to 16),
+   * holding elements of `dtype` (see src/gpu/dtype.ts). Storage buffers bigger
+   * than the device allows fail here with the numbers.
    */
   alloc(
     label: string,
     category: MemoryCategory,
     bytes: number,
     usage: GPUBufferUsageFlags = STORAGE_USAGE,
+    dtype: DType = "f32",
   ): GPUBuffer {
     // Multiples of 16 so any range can be bound as array<vec4f>.
     const size = Math.max(16, Math.ceil(bytes / 16) * 16);
@@ -85,6 +89,7 @@ export class Arena {
       );
     }
     const buffer = this.device.createBuffer({ label, size, usage });
+    setDType(buffer, dtype);
     this.#live.set(buffer, { label, category, bytes: size });
     this.#current[category] += size;
     this.#current.total += size;
@@ -98,8 +103,9 @@ export class Arena {
     category: MemoryCategory,
     data: ArrayBufferView<ArrayBuffer>,
     usage: GPUBufferUsageFlags = STORAGE_USAGE,
+    dtype: DType = "f32",
   ): GPUBuffer {
-    const buffer = this.alloc(label, category, data.byteLength, usage);
+    const buffer = this.alloc(label, category, data.byteLength, usage, dtype);
     this.device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
     return buffer;
   }
@@ -156,8 +162,9 @@ export class ArenaScope {
     category: MemoryCategory,
     bytes: number,
     usage?: GPUBufferUsageFlags,
+    dtype?: DType,
   ): GPUBuffer {
-    const b = this.arena.alloc(label, category, bytes, usage);
+    const b = this.arena.alloc(label, category, bytes, usage, dtype);
     this.#owned.push(b);
     return b;
   }

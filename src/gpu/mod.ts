@@ -9,6 +9,7 @@ export * from "./arena.ts";
 export * from "./debug.ts";
 export * from "./device.ts";
 export * from "./dispatch.ts";
+export * from "./dtype.ts";
 export * from "./pipelines.ts";
 export * from "./profiler.ts";
 export * from "./runtime.ts";

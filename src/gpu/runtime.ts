@@ -7,6 +7,7 @@
 
 import { Arena } from "./arena.ts";
 import { debugLevel } from "./debug.ts";
+import { dtypeBytes, dtypeOf } from "./dtype.ts";
 import { type Gpu, requestGpu, type RequestGpuOptions } from "./device.ts";
 import { PipelineCache } from "./pipelines.ts";
 import { Profiler } from "./profiler.ts";
@@ -71,4 +72,20 @@ export async function readF32(
   count = buffer.size / 4 - start,
 ): Promise<Float32Array> {
   return new Float32Array(await readBuffer(device, buffer, start * 4, count * 4));
+}
+
+/**
+ * Reads `count` elements from element `start` of a buffer of any element type
+ * (see src/gpu/dtype.ts), widened to f32.
+ */
+export async function readValues(
+  device: GPUDevice,
+  buffer: GPUBuffer,
+  start = 0,
+  count?: number,
+): Promise<Float32Array> {
+  const t = dtypeOf(buffer), size = dtypeBytes(t);
+  const n = count ?? buffer.size / size - start;
+  const raw = await readBuffer(device, buffer, start * size, n * size);
+  return t === "f16" ? Float32Array.from(new Float16Array(raw)) : new Float32Array(raw);
 }

@@ -6,6 +6,9 @@
  * a slice of a larger buffer. Products whose operands exceed the adapter's
  * per-binding limit (128 MiB on llvmpipe) are split into several dispatches.
  *
+ * Operands are f32 or f16, each as its buffer was allocated (src/gpu/dtype.ts);
+ * products accumulate in f32 either way.
+ *
  * Two kernels: a register-blocked generated kernel for CPU adapters
  * (kernels/matmul_regblock.ts) and a workgroup-memory tiled kernel for GPUs
  * (kernels/matmul_tiled.wgsl). The first needs 4-aligned contiguous dimensions;
@@ -17,6 +20,7 @@
 import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { debugLog } from "../gpu/debug.ts";
+import { type DType, dtypeBytes, dtypeOf, typedKernel } from "../gpu/dtype.ts";
 import {
   matmulRegblockWgsl,
   regblockCols,
@@ -152,7 +156,10 @@ export async function matmul(
   const split = (b: Block) => {
     const e = extents(s, operands, b);
     const over = (["a", "b", "c"] as const)
-      .map((k) => ({ k, bytes: (e[k][1] - e[k][0]) * 4 + 64 }))
+      .map((k) => ({
+        k,
+        bytes: (e[k][1] - e[k][0]) * dtypeBytes(dtypeOf(operands[k].buffer)) + 64,
+      }))
       .filter((x) => x.bytes > limit)
       .sort((x, y) => y.bytes - x.bytes)[0];
     if (!over) return void blocks.push(b);
@@ -191,18 +198,27 @@ function vec4Aligned(s: Required<MatmulShape>, ops: MatmulOperands): boolean {
   return [...contiguous, ...rest].every((x) => x % 4 === 0);
 }
 
-/** Binds [start, end) elements of a buffer with an aligned offset; returns the remainder. */
+/**
+ * Binds [start, end) elements of a buffer with an aligned offset; returns the
+ * remainder (in elements of the buffer's type) and the type.
+ */
 function bindRange(rt: Runtime, buffer: GPUBuffer, start: number, end: number) {
-  if (end * 4 > buffer.size) {
+  const dtype = dtypeOf(buffer), eb = dtypeBytes(dtype);
+  if (end * eb > buffer.size) {
     throw new RangeError(
-      `Operand buffer "${buffer.label}" is too small: the shape needs ${end * 4} bytes, ` +
+      `Operand buffer "${buffer.label}" is too small: the shape needs ${end * eb} bytes, ` +
         `it has ${buffer.size}: check the shape, offsets and leading dimensions`,
     );
   }
+  if (dtype === "f16" && !rt.gpu.features.shaderF16) {
+    throw new TypeError(
+      `Operand buffer "${buffer.label}" holds f16 but the device has no shader-f16: use f32`,
+    );
+  }
   const align = rt.gpu.limits.minStorageBufferOffsetAlignment;
-  const byteStart = Math.floor((start * 4) / align) * align;
-  const size = Math.min(Math.ceil((end * 4 - byteStart) / 16) * 16, buffer.size - byteStart);
-  return { resource: { buffer, offset: byteStart, size }, rem: start - byteStart / 4 };
+  const byteStart = Math.floor((start * eb) / align) * align;
+  const size = Math.min(Math.ceil((end * eb - byteStart) / 16) * 16, buffer.size - byteStart);
+  return { resource: { buffer, offset: byteStart, size }, rem: start - byteStart / eb, dtype };
 }
 
 async function buildBlock(
@@ -223,6 +239,12 @@ async function buildBlock(
     ? bindRange(rt, biasOp.buffer, (biasOp.offset ?? 0) + b.n0, (biasOp.offset ?? 0) + b.n1)
     : undefined;
   const M = b.m1 - b.m0, N = b.n1 - b.n0, K = b.k1 - b.k0;
+  const types: Record<"a" | "b" | "c" | "bias", DType> = {
+    a: a.dtype,
+    b: bb.dtype,
+    c: c.dtype,
+    bias: bias?.dtype ?? "f32",
+  };
   const params = new Uint32Array([
     M,
     N,
@@ -263,12 +285,20 @@ async function buildBlock(
       tm: options.tile?.tm ?? (cols ? Math.min(M, 4) : M >= 256 ? 32 : M >= 64 ? 8 : 4),
       tn4: options.tile?.tn4 ?? (cols ? 2 : 8),
       cols,
+      types,
     };
     pipeline = await rt.pipelines.get({ name: "matmul_regblock", code: matmulRegblockWgsl(v) });
     if (bias) entries.push({ binding: 4, resource: bias.resource });
     workgroups = [Math.ceil(M / regblockRows(v)), Math.ceil(N / regblockCols(v)), 1];
   } else {
-    pipeline = await rt.pipelines.get({ name: "matmul_tiled", code: tiledSrc }, {
+    const code = typedKernel(tiledSrc, {
+      a_t: types.a,
+      b_t: types.b,
+      c_t: types.c,
+      // Without bias, binding 4 is A again (below).
+      bias_t: bias ? types.bias : types.a,
+    });
+    pipeline = await rt.pipelines.get({ name: "matmul_tiled", code }, {
       TRANS_A: +s.transA,
       TRANS_B: +s.transB,
       HAS_BIAS: +b.bias,
@@ -313,8 +343,9 @@ export async function matmulBiasBackward(
     new Uint32Array([M, N, ldd, d.rem, db.rem, 0, 0, 0]),
     GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
   );
+  const code = typedKernel(biasBackwardSrc, { dout_t: d.dtype, dbias_t: db.dtype });
   const pipeline = await rt.pipelines.get(
-    { name: "matmul_bias_backward", code: biasBackwardSrc },
+    { name: "matmul_bias_backward", code },
     { ACCUMULATE: +(shape.accumulate ?? true) },
   );
   const bindGroup = rt.device.createBindGroup({
