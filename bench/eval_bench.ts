@@ -73,7 +73,7 @@ export const evalBench: BenchCase = {
         per_s: items.length / s,
         source,
       });
-      const dec = await Decoder.create(rt, cfg, model.params, Math.min(cfg.nCtx, 256));
+      const dec = await Decoder.create(rt, model, Math.min(cfg.nCtx, 256));
       try {
         const n = quick ? 16 : 64;
         await generateCached(dec, [50256], { maxTokens: 4, temperature: 0 });

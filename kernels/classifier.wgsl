@@ -3,11 +3,12 @@
 // For each row n of logits [N, Vp] (only the first V columns are real):
 //   loss[n]   = logsumexp(logits[n, :V]) - logits[n, tgt[n]]
 //   with WRITE_GRAD, logits[n, v] is overwritten by
-//   dlogits   = (softmax(logits[n, :V])[v] - (v == target)) * dloss, and 0 for v >= V.
+//   dlogits   = (softmax(logits[n, :V])[v] - (v == target)) * dloss * loss_scale, and 0 for
+//   v >= V. loss_scale (mixed precision's dynamic loss scale) is written once per step.
 // The logits are never copied: the gradient replaces them in the same buffer.
 // A tgt of 0xFFFFFFFF marks a position without a loss (loss 0, gradient 0).
 //
-// Bindings: 0 logits (rw), 1 targets [N] u32, 2 losses [N], 3 params.
+// Bindings: 0 logits (rw), 1 targets [N] u32, 2 losses [N], 3 params, 4 loss_scale (x).
 // Geometry: workgroup (64,1,1), one workgroup per row; grid (N,1,1) folded into y.
 
 override WRITE_GRAD: bool = true;
@@ -18,6 +19,7 @@ struct Params { N: u32, V: u32, Vp: u32, dloss: f32 }
 @group(0) @binding(1) var<storage, read> targets: array<u32>;
 @group(0) @binding(2) var<storage, read_write> losses: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(4) var<uniform> loss_scale: vec4f;
 
 var<workgroup> red: array<f32, 64>;
 
@@ -64,7 +66,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   if (WRITE_GRAD) {
     workgroupBarrier(); // the tgt logit is read above before it is overwritten
-    let scale = select(0.0, p.dloss, valid);
+    let scale = select(0.0, p.dloss * loss_scale.x, valid);
     for (var v = l; v < p.Vp; v += 64u) {
       var g = 0.0;
       if (v < p.V) {

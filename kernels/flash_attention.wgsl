@@ -14,13 +14,19 @@
 //
 // Shapes: qkv/dqkv [B, T, 3C] (q | k | v, head h at channels h*HS..), out/dout [B, T, C].
 // HS = C / NH must be at most 128 (GPT-2's is 64).
+// Element types: qkv qkv_t, out out_t, dqkv dqkv_t (aliases, f32 or f16 through
+// src/gpu/dtype.ts); lse, dout, delta and all arithmetic are f32.
 // Bindings: 0 qkv, 1 out, 2 lse, 3 dout, 4 delta, 5 dqkv, 6 params.
 // Geometry: workgroup (64,1,1); grid over B*T*NH invocations, folded into y.
 
 struct Params { B: u32, T: u32, C: u32, NH: u32 }
 
-@group(0) @binding(0) var<storage, read> qkv: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+alias qkv_t = f32;
+alias out_t = f32;
+alias dqkv_t = f32;
+
+@group(0) @binding(0) var<storage, read> qkv: array<qkv_t>;
+@group(0) @binding(1) var<storage, read_write> out: array<out_t>;
 @group(0) @binding(2) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(6) var<uniform> p: Params;
 
@@ -53,25 +59,25 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   for (var t2 = 0u; t2 <= r.t; t2++) {
     let k = k_at(r.b, t2, r.h);
     var s = 0.0;
-    for (var j = 0u; j < HS; j++) { s += qkv[q + j] * qkv[k + j]; }
+    for (var j = 0u; j < HS; j++) { s += f32(qkv[q + j]) * f32(qkv[k + j]); }
     s *= scale;
     let m_new = max(m, s);
     let c = exp(m - m_new); // rescales what was accumulated under the old max
     let w = exp(s - m_new);
     l = l * c + w;
     let v = v_at(r.b, t2, r.h);
-    for (var j = 0u; j < HS; j++) { acc[j] = acc[j] * c + w * qkv[v + j]; }
+    for (var j = 0u; j < HS; j++) { acc[j] = acc[j] * c + w * f32(qkv[v + j]); }
     m = m_new;
   }
   let o = o_at(r.b, r.t, r.h);
-  for (var j = 0u; j < HS; j++) { out[o + j] = acc[j] / l; }
+  for (var j = 0u; j < HS; j++) { out[o + j] = out_t(acc[j] / l); }
   lse[stat_at(r.b, r.t, r.h)] = m + log(l);
 }
 
 // ---------------------------------------------------------------------------
 @group(0) @binding(3) var<storage, read> dout: array<f32>;
 @group(0) @binding(4) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dqkv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dqkv: array<dqkv_t>;
 
 @compute @workgroup_size(64, 1, 1)
 fn backward_delta(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -79,7 +85,7 @@ fn backward_delta(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgr
   if (!r.valid) { return; }
   let o = o_at(r.b, r.t, r.h);
   var d = 0.0;
-  for (var j = 0u; j < p.C / p.NH; j++) { d += dout[o + j] * out[o + j]; }
+  for (var j = 0u; j < p.C / p.NH; j++) { d += dout[o + j] * f32(out[o + j]); }
   delta[stat_at(r.b, r.t, r.h)] = d;
 }
 
@@ -93,8 +99,8 @@ fn probs(b: u32, t: u32, t2: u32, h: u32, scale: f32) -> vec2f {
   var s = 0.0;
   var dp = 0.0;
   for (var j = 0u; j < HS; j++) {
-    s += qkv[q + j] * qkv[k + j];
-    dp += dout[o + j] * qkv[v + j];
+    s += f32(qkv[q + j]) * f32(qkv[k + j]);
+    dp += dout[o + j] * f32(qkv[v + j]);
   }
   let st = stat_at(b, t, h);
   let pr = exp(s * scale - lse[st]);
@@ -111,10 +117,10 @@ fn backward_dq(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroup
   for (var t2 = 0u; t2 <= r.t; t2++) {
     let ds = probs(r.b, r.t, t2, r.h, scale).y;
     let k = k_at(r.b, t2, r.h);
-    for (var j = 0u; j < HS; j++) { acc[j] += ds * qkv[k + j]; }
+    for (var j = 0u; j < HS; j++) { acc[j] += ds * f32(qkv[k + j]); }
   }
   let q = q_at(r.b, r.t, r.h);
-  for (var j = 0u; j < HS; j++) { dqkv[q + j] = acc[j] * scale; }
+  for (var j = 0u; j < HS; j++) { dqkv[q + j] = dqkv_t(acc[j] * scale); }
 }
 
 @compute @workgroup_size(64, 1, 1)
@@ -130,13 +136,13 @@ fn backward_dkv(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
     let q = q_at(r.b, t, r.h);
     let o = o_at(r.b, t, r.h);
     for (var j = 0u; j < HS; j++) {
-      dk[j] += pd.y * qkv[q + j];
+      dk[j] += pd.y * f32(qkv[q + j]);
       dv[j] += pd.x * dout[o + j];
     }
   }
   let k = k_at(r.b, r.t, r.h);
   for (var j = 0u; j < HS; j++) {
-    dqkv[k + j] = dk[j] * scale;
-    dqkv[k + p.C + j] = dv[j];
+    dqkv[k + j] = dqkv_t(dk[j] * scale);
+    dqkv[k + p.C + j] = dqkv_t(dv[j]);
   }
 }

@@ -3,12 +3,19 @@
 // forward:   out = 0.5 x (1 + tanh(s (x + 0.044715 x^3))), s = sqrt(2 / pi)
 // backward:  dinp = dout * d(out)/dx
 //
+// Element types: inp in_t, out out_t, dinp din_t (aliases, f32 or f16 through
+// src/gpu/dtype.ts); dout and all arithmetic are f32.
+//
 // Shapes: [N] flat. Bindings: 0 inp, 1 out, 2 dout, 3 dinp, 4 params.
 // Geometry: workgroup (64,1,1); grid over N, folded into y.
 
 struct Params { N: u32, p0: u32, p1: u32, p2: u32 }
 
-@group(0) @binding(0) var<storage, read> inp: array<f32>;
+alias in_t = f32;
+alias out_t = f32;
+alias din_t = f32;
+
+@group(0) @binding(0) var<storage, read> inp: array<in_t>;
 @group(0) @binding(4) var<uniform> p: Params;
 
 const S = 0.7978845608028654;
@@ -24,27 +31,27 @@ fn safe_tanh(u: f32) -> f32 {
   return sign(u) * (1.0 - e) / (1.0 + e);
 }
 
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<out_t>;
 
 @compute @workgroup_size(64, 1, 1)
 fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
   if (i >= p.N) { return; }
-  let x = inp[i];
-  out[i] = 0.5 * x * (1.0 + safe_tanh(S * (x + 0.044715 * x * x * x)));
+  let x = f32(inp[i]);
+  out[i] = out_t(0.5 * x * (1.0 + safe_tanh(S * (x + 0.044715 * x * x * x))));
 }
 
 @group(0) @binding(2) var<storage, read> dout: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dinp: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dinp: array<din_t>;
 
 @compute @workgroup_size(64, 1, 1)
 fn backward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
   if (i >= p.N) { return; }
-  let x = inp[i];
+  let x = f32(inp[i]);
   let u = S * (x + 0.044715 * x * x * x);
   let th = safe_tanh(u);
   let sech2 = 1.0 - th * th;
   let local = 0.5 * (1.0 + th) + 0.5 * x * sech2 * S * (1.0 + 3.0 * 0.044715 * x * x);
-  dinp[i] = local * dout[i];
+  dinp[i] = din_t(local * dout[i]);
 }

@@ -8,6 +8,9 @@
 // Per-row kernels give one invocation a row, the parameter gradient one
 // invocation a channel: no atomics, deterministic sums.
 //
+// out's element type is the alias out_t (f32, or f16 through src/gpu/dtype.ts); the
+// statistics and every other tensor are f32.
+//
 // Bindings: 0 inp, 1 weight, 2 bias, 3 out, 4 mean, 5 rstd, 6 dout, 7 dinp,
 // 8 dweight, 9 dbias, 10 params. Geometry: workgroup (64,1,1); grid over N rows
 // (forward, backward_input) or C channels (backward_params), folded into y.
@@ -28,7 +31,8 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
 // ---------------------------------------------------------------------------
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+alias out_t = f32;
+@group(0) @binding(3) var<storage, read_write> out: array<out_t>;
 
 @compute @workgroup_size(64, 1, 1)
 fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -45,7 +49,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   }
   let r = inverseSqrt(v / f32(p.C) + EPS);
   for (var c = 0u; c < p.C; c++) {
-    out[base + c] = (inp[base + c] - m) * r * weight[c] + bias[c];
+    out[base + c] = out_t((inp[base + c] - m) * r * weight[c] + bias[c]);
   }
   mean[n] = m;
   rstd[n] = r;

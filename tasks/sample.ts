@@ -67,7 +67,7 @@ export async function main(argv: string[]): Promise<number> {
   const rt = await createRuntime();
   const weights = await GPT2.create(rt, ck.config, { B: 1, T: 1, seed: null, inference: true });
   loadTensors(ck.model, weights);
-  const dec = await Decoder.create(rt, ck.config, weights.params, T);
+  const dec = await Decoder.create(rt, weights, T);
   try {
     const prompt = v.prompt ? encodeOrdinary(String(v.prompt)) : [EOT];
     if (prompt.length === 0) throw new TypeError("--prompt encodes to no tokens: give some text");

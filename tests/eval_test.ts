@@ -137,7 +137,7 @@ gpuTest("HellaSwag scores match the float64 model and do not depend on batching"
     B: 24,
     T: 64,
     inference: true,
-    sharedParams: one.params,
+    sharedParams: one,
   });
   try {
     const alone = [];
@@ -186,7 +186,7 @@ gpuTest("HellaSwag scores match the float64 model and do not depend on batching"
 
 gpuTest("greedy sampling gives the same tokens with and without the KV cache", async (rt) => {
   const model = await randomModel(rt, 1, 24, 2);
-  const dec = await Decoder.create(rt, CFG, model.params, 24);
+  const dec = await Decoder.create(rt, model, 24);
   try {
     const prompt = [464, 2068, 7586, 21831];
     const full = await generate(model, prompt, { maxTokens: 26, temperature: 0 });

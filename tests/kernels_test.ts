@@ -261,6 +261,12 @@ gpuTest("classifier loss and in-place gradient match float64, in row chunks", as
   // 150 rows in 64-row chunks (maxBindingBytes): three dispatches per call.
   const N = 150, V = 75, Vp = 128, dloss = 1 / 7, maxBindingBytes = 64 * Vp * 4;
   const p = pool(rt);
+  const lossScale = rt.arena.allocWith(
+    "loss_scale",
+    "scratch",
+    new Float32Array([4, 0, 0, 0]),
+    GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  );
   try {
     const logits = randn(N * Vp, 1, 3);
     const u = rng(2);
@@ -271,10 +277,12 @@ gpuTest("classifier loss and in-place gradient match float64, in row chunks", as
     const L2 = p.data("logits2", logits), losses2 = p.empty("losses2", N);
     const tg = { buffer: Tg, offset: 0, size: N * 4 };
     const s = { N, V, Vp, dloss, maxBindingBytes };
+    // The loss scale (mixed precision) multiplies the gradient, not the loss.
     const withGrad = await classifier(rt, { ...s, writeGrad: true }, {
       logits: L,
       targets: tg,
       losses: { buffer: losses },
+      lossScale,
     });
     equal(withGrad.length, 3);
     await runDispatches(rt.device, [
@@ -283,6 +291,7 @@ gpuTest("classifier loss and in-place gradient match float64, in row chunks", as
         logits: L2,
         targets: tg,
         losses: { buffer: losses2 },
+        lossScale,
       }),
     ]);
     const refLoss = new Float64Array(N), refGrad = new Float64Array(N * Vp);
@@ -293,7 +302,8 @@ gpuTest("classifier loss and in-place gradient match float64, in row chunks", as
       const sum = row.reduce((s, x) => s + Math.exp(x - m), 0);
       refLoss[n] = Math.log(sum) + m - row[targets[n]];
       for (let v = 0; v < V; v++) {
-        refGrad[n * Vp + v] = (Math.exp(row[v] - m) / sum - (v === targets[n] ? 1 : 0)) * dloss;
+        refGrad[n * Vp + v] = (Math.exp(row[v] - m) / sum - (v === targets[n] ? 1 : 0)) * dloss *
+          4;
       }
     }
     assertAllClose(await p.read(losses), refLoss, { ...tol, label: "losses" });
@@ -301,6 +311,7 @@ gpuTest("classifier loss and in-place gradient match float64, in row chunks", as
     assertAllClose(await p.read(losses2), refLoss, { ...tol, label: "loss only" });
     assertAllClose(await p.read(L2), logits, { rtol: 0, atol: 0, label: "logits kept" });
   } finally {
+    rt.arena.free(lossScale);
     p.free();
   }
 });

@@ -59,7 +59,7 @@ export function sampleToken(
  *
  * @example
  * ```ts
- * const gen = await GPT2.create(rt, cfg, { B: 1, T: 64, inference: true, sharedParams: model.params });
+ * const gen = await GPT2.create(rt, cfg, { B: 1, T: 64, inference: true, sharedParams: model });
  * const ids = await generate(gen, [50256], { maxTokens: 32, temperature: 0.8, topK: 40 });
  * ```
  */

@@ -53,11 +53,15 @@ export interface BlockDispatches {
   mlp: Dispatch[];
 }
 
-/** Builds block `l` over `rows` positions; `P` names the parameter ranges. */
+/**
+ * Builds block `l` over `rows` positions; `P` names the parameter ranges, `W`
+ * the ranges matmuls read weights from (an f16 copy under mixed precision).
+ */
 export async function blockForward(
   rt: Runtime,
   shape: { rows: number; C: number; l: number },
   P: (name: string) => TensorRange,
+  W: (name: string) => TensorRange,
   b: BlockBuffers,
   attention: Dispatch[],
   mm: MatmulOptions = {},
@@ -65,11 +69,12 @@ export async function blockForward(
   const { rows: BT, C, l } = shape;
   const h = (n: string) => P(`h.${l}.${n}`);
   const op = (n: string) => ({ buffer: h(n).buffer, offset: h(n).offset });
+  const w = (n: string) => ({ buffer: W(`h.${l}.${n}`).buffer, offset: W(`h.${l}.${n}`).offset });
   const buf = (x: GPUBuffer) => ({ buffer: x });
   const lin = (name: string, Cin: number, OC: number, inp: GPUBuffer, out: GPUBuffer) =>
     linearForward(rt, { BT, C: Cin, OC, bias: true }, {
       inp: buf(inp),
-      weight: op(`${name}.weight`),
+      weight: w(`${name}.weight`),
       bias: op(`${name}.bias`),
       out: buf(out),
     }, mm);

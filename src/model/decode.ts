@@ -18,6 +18,8 @@ import { GPT2 } from "./gpt2.ts";
 import { blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 import { encoderForward, layernormForward } from "./ops.ts";
+import { activationDType } from "./plan.ts";
+import { dtypeBytes, typedKernel } from "../gpu/dtype.ts";
 import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" };
 
 /**
@@ -25,7 +27,7 @@ import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" 
  *
  * @example
  * ```ts
- * const dec = await Decoder.create(rt, model.config, model.params, 256);
+ * const dec = await Decoder.create(rt, model, 256);
  * let logits = await dec.start([50256]);
  * logits = await dec.next(464);
  * ```
@@ -67,22 +69,30 @@ export class Decoder {
     return this.#mem.alloc(label, "activations", bytes);
   }
 
-  /** A decoder over `params` (a GPT2's flat parameter buffer) with a T-token window. */
+  /** One row of activation `name` ([width]), typed as the model's plan types it. */
+  #row(label: string, name: string, width: number): GPUBuffer {
+    const dtype = activationDType(name, this.#prefill.precision);
+    return this.#mem.alloc(label, "activations", width * dtypeBytes(dtype), undefined, dtype);
+  }
+
+  /**
+   * A decoder over the parameters of `source` (a GPT2; its precision too) with
+   * a T-token window.
+   */
   static async create(
     rt: Runtime,
-    config: GPT2Config,
-    params: GPUBuffer,
+    source: GPT2,
     T: number,
     mm: MatmulOptions = {},
   ): Promise<Decoder> {
-    const prefill = await GPT2.create(rt, config, {
+    const prefill = await GPT2.create(rt, source.config, {
       B: 1,
       T,
       inference: true,
-      sharedParams: params,
+      sharedParams: source,
       matmul: mm,
     });
-    const d = new Decoder(rt, config, T, prefill);
+    const d = new Decoder(rt, source.config, T, prefill);
     await d.#build(mm);
     return d;
   }
@@ -93,7 +103,8 @@ export class Decoder {
     const Vp = paddedVocab(this.config.vocabSize);
     const m = this.#prefill;
     const P = (n: string) => m.tensor(n);
-    const op = (n: string) => ({ buffer: m.params, offset: P(n).offset });
+    const W = (n: string) => m.weight(n);
+    const op = (n: string) => ({ buffer: W(n).buffer, offset: W(n).offset });
     const buf = (b: GPUBuffer) => ({ buffer: b });
     const x0 = this.#act("decode.x0", C * 4);
     this.#embed = await encoderForward(rt, { BT: 1, T: 1, C, Vp }, {
@@ -104,7 +115,7 @@ export class Decoder {
     });
     let residual = x0;
     for (let l = 0; l < L; l++) {
-      const a = (n: string, f: number) => this.#act(`decode.h.${l}.${n}`, f * 4);
+      const a = (n: string, f: number) => this.#row(`decode.h.${l}.${n}`, n, f);
       const [ln1, mean, rstd] = [a("ln1", C), a("mean", 1), a("rstd", 1)];
       const qkv1 = a("qkv", 3 * C), atty = a("atty", C), proj = a("proj", C), res2 = a("res2", C);
       const ln2 = a("ln2", C), fch = a("fch", 4 * C), fchg = a("fch_gelu", 4 * C);
@@ -113,7 +124,10 @@ export class Decoder {
       const attention = [
         await makeDispatch(rt, {
           name: "attention_decode",
-          code: decodeSrc,
+          code: typedKernel(decodeSrc, {
+            qkv_t: activationDType("qkv", m.precision),
+            out_t: activationDType("atty", m.precision),
+          }),
           entryPoint: "main",
           buffers: { 0: buf(qkv1), 1: buf(m.layerQkv(l)), 2: buf(atty) },
           uniform: { binding: 3, words: [0, C, NH] },
@@ -124,6 +138,7 @@ export class Decoder {
         rt,
         { rows: 1, C, l },
         P,
+        W,
         {
           input: residual,
           ln1,
@@ -149,7 +164,7 @@ export class Decoder {
       this.#after.push([...blk.attention, ...blk.post]);
       residual = res3;
     }
-    const lnf = this.#act("decode.lnf", C * 4);
+    const lnf = this.#row("decode.lnf", "lnf", C);
     const [mean, rstd] = [this.#act("decode.lnf_mean", 4), this.#act("decode.lnf_rstd", 4)];
     this.#head = [
       await layernormForward(rt, { N: 1, C }, {
@@ -197,8 +212,9 @@ export class Decoder {
     q.writeBuffer(this.#token, 0, new Uint32Array([token]));
     for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, new Uint32Array([t]));
     for (const after of this.#after) q.writeBuffer(after[0].resources![0], 0, new Uint32Array([t]));
-    const C3 = 3 * this.config.nEmbd * 4;
+    const C3 = 3 * this.config.nEmbd * dtypeBytes(activationDType("qkv", this.#prefill.precision));
     const enc = this.rt.device.createCommandEncoder();
+    this.#prefill.encodeHalfParams(enc);
     encodeDispatches(enc, this.#embed);
     for (let l = 0; l < this.#before.length; l++) {
       encodeDispatches(enc, this.#before[l]);

@@ -7,6 +7,13 @@
  * causal self-attention, learned position embeddings, lm_head tied to wte and
  * mean cross-entropy over the B*T positions.
  *
+ * Precision `fp16` (mixed precision, on devices with shader-f16): parameters
+ * stay f32 (the master copy the optimizer updates) and the matmuls read an f16
+ * copy, refreshed before the next pass after {@linkcode GPT2.markParamsChanged};
+ * the activations listed in src/model/plan.ts are f16; every sum is f32. The
+ * loss gradient is multiplied by a loss scale ({@linkcode GPT2.setLossScale}),
+ * so that small gradients survive f16.
+ *
  * @module
  */
 
@@ -20,6 +27,7 @@ import { linearBackward } from "./linear.ts";
 import { type BlockBuffers, blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 import {
+  castToHalf,
   classifier,
   encoderBackward,
   encoderForward,
@@ -33,9 +41,11 @@ import {
 import { parameterLayout, type ParamLayout } from "./params.ts";
 import {
   activationBuffers,
+  arenaBytes,
   layerBufferLabel,
   type LayerField,
   logitsChunkRows,
+  type Precision,
   type Recompute,
 } from "./plan.ts";
 
@@ -62,8 +72,27 @@ export interface GPT2Options {
   logitsChunkRows?: number;
   /** Activations the backward recomputes instead of storing (default none). */
   recompute?: Recompute;
-  /** Use this parameter buffer (of another model with the same config) instead of a new one. */
-  sharedParams?: GPUBuffer;
+  /**
+   * Use this model's parameters (and their f16 copy) instead of new ones; it
+   * must have the same config. Precision defaults to that model's.
+   */
+  sharedParams?: GPT2;
+  /**
+   * `fp16`: mixed precision (see the module doc) when the device has
+   * shader-f16, else fp32 (read the result from {@linkcode GPT2.precision}).
+   * Default fp32.
+   */
+  precision?: Precision;
+}
+
+/** Parameters and their f16 copy, shared by the models that use them. */
+interface ParamStore {
+  params: GPUBuffer;
+  half?: GPUBuffer;
+  /** The f16 copy is older than the parameters. */
+  halfStale: boolean;
+  /** Dispatches that refresh the f16 copy. */
+  cast: Dispatch[];
 }
 
 /** One layer's activations: a block's buffers (its input is the previous output) and lse. */
@@ -91,6 +120,11 @@ export class GPT2 {
   readonly Vp: number;
   /** All parameters, flat, f32 (views in `layout`). */
   readonly params: GPUBuffer;
+  /** fp16 (mixed) or fp32, as resolved for this device. */
+  readonly precision: Precision;
+  #store: ParamStore;
+  #ownsParams: boolean;
+  #lossScale: GPUBuffer;
   #grads: GPUBuffer | undefined;
   #inputs!: GPUBuffer;
   #inputStride: number;
@@ -127,12 +161,41 @@ export class GPT2 {
           `of ${rt.gpu.limits.maxBufferSize}: use a smaller model`,
       );
     }
-    if (o.sharedParams && o.sharedParams.size < bytes) {
+    const src = o.sharedParams;
+    if (src && src.params.size < bytes) {
+      throw new RangeError(`Shared parameter buffer holds ${src.params.size} bytes, needs ${bytes}`);
+    }
+    const wanted = o.precision ?? src?.precision ?? "fp32";
+    this.precision = wanted === "fp16" && rt.gpu.features.shaderF16 ? "fp16" : "fp32";
+    if (src && this.precision === "fp16" && !src.#store.half) {
       throw new RangeError(
-        `Shared parameter buffer holds ${o.sharedParams.size} bytes, needs ${bytes}`,
+        "An fp16 model cannot share the parameters of an fp32 model (it has no f16 copy): " +
+          "create the source model with precision fp16",
       );
     }
-    this.params = o.sharedParams ?? this.#mem.alloc("params", "parameters", bytes);
+    this.#store = src ? src.#store : {
+      params: this.#mem.alloc("params", "parameters", bytes),
+      half: this.precision === "fp16"
+        ? this.#mem.alloc(
+          "params.f16",
+          "parameters",
+          arenaBytes(this.layout.totalElements * 2),
+          undefined,
+          "f16",
+        )
+        : undefined,
+      halfStale: true,
+      cast: [],
+    };
+    this.params = this.#store.params;
+    this.#ownsParams = !src;
+    this.#lossScale = this.#mem.alloc(
+      "loss_scale",
+      "scratch",
+      16,
+      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    );
+    rt.device.queue.writeBuffer(this.#lossScale, 0, new Float32Array([1, 0, 0, 0]));
     this.#grads = o.inference ? undefined : this.#mem.alloc("grads", "gradients", bytes);
     this.#inputStride = Math.ceil((B * T) / 64) * 64;
     this.#uploadData = new Uint32Array(3 * this.#inputStride);
@@ -157,6 +220,7 @@ export class GPT2 {
       const data = initTensor(this.config, t, i, seed);
       this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
     });
+    this.markParamsChanged();
   }
 
   /** All gradients, same layout as the parameters (not in inference mode). */
@@ -182,6 +246,33 @@ export class GPT2 {
     return this.#losses;
   }
 
+  /**
+   * Call after changing the parameters on the GPU outside the model (an
+   * optimizer step): the f16 copy is refreshed before the next pass.
+   */
+  markParamsChanged(): void {
+    this.#store.halfStale = true;
+  }
+
+  /** Sets the loss scale the loss gradient is multiplied by (mixed precision); default 1. */
+  setLossScale(scale: number): void {
+    this.rt.device.queue.writeBuffer(this.#lossScale, 0, new Float32Array([scale, 0, 0, 0]));
+  }
+
+  /** Encodes the refresh of the f16 copy of the parameters when it is stale. */
+  encodeHalfParams(encoder: GPUCommandEncoder): void {
+    const s = this.#store;
+    if (!s.half || !s.halfStale) return;
+    encodeDispatches(encoder, s.cast, this.rt.profiler);
+    s.halfStale = false;
+  }
+
+  /** The range matmuls read a weight from: the f16 copy under fp16, else the parameters. */
+  weight(name: string): TensorRange {
+    const t = this.tensor(name);
+    return this.precision === "fp16" ? { ...t, buffer: this.#store.half! } : t;
+  }
+
   /** A named parameter's range in the flat buffer (or in the gradient buffer). */
   tensor(name: string, grads = false): TensorRange {
     const t = this.layout.byName.get(name);
@@ -202,8 +293,18 @@ export class GPT2 {
       inference: options.inference,
       recompute,
       logitsChunkRows: options.logitsChunkRows,
+      precision: this.precision,
     });
-    const made = new Map(plan.map((b) => [b.label, this.#mem.alloc(b.label, b.category, b.bytes)]));
+    const made = new Map(
+      plan.map((b) => [b.label, this.#mem.alloc(b.label, b.category, b.bytes, undefined, b.dtype)]),
+    );
+    const store = this.#store;
+    if (store.half && this.#ownsParams) {
+      store.cast = await castToHalf(rt, this.layout.totalElements, {
+        src: store.params,
+        dst: store.half,
+      });
+    }
     const get = (label: string) => made.get(label)!;
     const S = this.#inputStride;
     this.#inputs = get("inputs");
@@ -211,6 +312,7 @@ export class GPT2 {
     const targets: BufferRange = { buffer: this.#inputs, offset: S * 4, size: BT * 4 };
     const order: BufferRange = { buffer: this.#inputs, offset: 2 * S * 4, size: BT * 4 };
     const P = (n: string) => this.tensor(n);
+    const W = (n: string) => this.weight(n);
     const G = (n: string) => this.tensor(n, true);
     const op = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
     const buf = (b: GPUBuffer) => ({ buffer: b });
@@ -259,6 +361,7 @@ export class GPT2 {
           size: (r1 - r0) * 4,
         },
         losses: { buffer: this.#losses, offset: r0 * 4, size: (r1 - r0) * 4 },
+        lossScale: this.#lossScale,
       });
     // ---- forward
     const fwd: Dispatch[] = [];
@@ -278,7 +381,7 @@ export class GPT2 {
       const attention = [
         await flashAttentionForward(rt, { B, T, C, NH }, { qkv: a.qkv, out: a.atty, lse: a.lse }),
       ];
-      const blk = await blockForward(rt, { rows: BT, C, l }, P, { ...a, input }, attention, mm);
+      const blk = await blockForward(rt, { rows: BT, C, l }, P, W, { ...a, input }, attention, mm);
       const all = [...blk.pre, ...blk.attention, ...blk.post];
       fwd.push(...all);
       fwdLayers.push(all);
@@ -301,7 +404,7 @@ export class GPT2 {
       chunks.map(([r0, r1]) =>
         matmul(rt, { M: r1 - r0, N: Vp, K: C, transB: true }, {
           a: { buffer: lnf, offset: r0 * C },
-          b: op(P("wte.weight")),
+          b: op(W("wte.weight")),
           c: buf(this.#logits),
         }, { name: "lm_head_forward", ...mm })
       ),
@@ -331,7 +434,7 @@ export class GPT2 {
       bwd.push(
         ...await matmul(rt, { M: r1 - r0, N: C, K: Vp }, {
           a: buf(this.#logits),
-          b: op(P("wte.weight")),
+          b: op(W("wte.weight")),
           c: { buffer: dbtc, offset: r0 * C },
         }, { name: "lm_head_backward_dinp", ...mm }),
       );
@@ -373,7 +476,7 @@ export class GPT2 {
       ) =>
         linearBackward(rt, { BT, C: Cin, OC, bias: true }, {
           inp: buf(inp),
-          weight: op(h(`${name}.weight`)),
+          weight: op(W(`h.${l}.${name}.weight`)),
           dout: buf(dout),
           dinp: buf(dinp),
           dweight: op(g(`${name}.weight`)),
@@ -485,6 +588,7 @@ export class GPT2 {
   #submit(dispatches: Dispatch[], clear: GPUBuffer[]): void {
     const encoder = this.rt.device.createCommandEncoder();
     for (const b of clear) encoder.clearBuffer(b);
+    this.encodeHalfParams(encoder);
     encodeDispatches(encoder, dispatches, this.rt.profiler);
     this.rt.profiler?.resolve(encoder);
     this.rt.device.queue.submit([encoder.finish()]);
@@ -497,11 +601,13 @@ export class GPT2 {
   encodeTrain(encoder: GPUCommandEncoder, accumulate = false): void {
     encoder.clearBuffer(this.#dres);
     if (!accumulate) encoder.clearBuffer(this.grads);
+    this.encodeHalfParams(encoder);
     encodeDispatches(encoder, this.#train, this.rt.profiler);
   }
 
   /** Encodes the forward pass (loss only, logits kept) after {@linkcode setBatch}. */
   encodeForward(encoder: GPUCommandEncoder): void {
+    this.encodeHalfParams(encoder);
     encodeDispatches(encoder, this.#forward, this.rt.profiler);
   }
 
@@ -583,6 +689,7 @@ export class GPT2 {
       throw new RangeError(`Parameter "${name}" has ${expected} elements, got ${data.length}`);
     }
     this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
+    this.markParamsChanged();
   }
 
   /** Number of dispatches in one training step (forward + backward), or forward in inference. */
@@ -594,7 +701,8 @@ export class GPT2 {
   destroy(): void {
     // The forward list is a prefix of the training list plus its own classifier dispatches.
     // The lists share the forward body and the lm_head dispatches: free each once.
-    freeDispatches(this.rt.arena, [...new Set([...this.#train, ...this.#forward])]);
+    const cast = this.#ownsParams ? this.#store.cast : [];
+    freeDispatches(this.rt.arena, [...new Set([...this.#train, ...this.#forward, ...cast])]);
     this.#mem.freeAll();
     this.#train = this.#forward = [];
     this.#lossStaging.destroy();

@@ -1,7 +1,9 @@
 /**
  * Dispatch builders for GPT-2's kernels other than matmul: encoder, LayerNorm,
  * GELU, residual, attention and the fused classifier. Each returns dispatches
- * made once at setup; the WGSL files document shapes and bindings.
+ * made once at setup; the WGSL files document shapes and bindings. Activations
+ * may be f16 where a kernel declares a type alias for them: the kernel is
+ * specialised to the buffers' element types (src/gpu/dtype.ts).
  *
  * @module
  */
@@ -9,6 +11,7 @@
 import type { Dispatch } from "../gpu/dispatch.ts";
 import { type BufferRange, f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
+import { dtypeOf, typedKernel } from "../gpu/dtype.ts";
 import encoderSrc from "../../kernels/encoder.wgsl" with { type: "text" };
 import layernormSrc from "../../kernels/layernorm.wgsl" with { type: "text" };
 import geluSrc from "../../kernels/gelu.wgsl" with { type: "text" };
@@ -16,6 +19,7 @@ import residualSrc from "../../kernels/residual.wgsl" with { type: "text" };
 import attentionSrc from "../../kernels/attention.wgsl" with { type: "text" };
 import classifierSrc from "../../kernels/classifier.wgsl" with { type: "text" };
 import flashSrc from "../../kernels/flash_attention.wgsl" with { type: "text" };
+import castSrc from "../../kernels/cast.wgsl" with { type: "text" };
 
 /** The whole of a buffer. */
 const all = (buffer: GPUBuffer): BufferRange => ({ buffer });
@@ -155,7 +159,7 @@ export function layernormForward(
 ): Promise<Dispatch> {
   return makeDispatch(rt, {
     name: "layernorm_forward",
-    code: layernormSrc,
+    code: typedKernel(layernormSrc, { out_t: dtypeOf(ops.out) }),
     entryPoint: "forward",
     buffers: {
       0: all(ops.inp),
@@ -229,7 +233,7 @@ export function geluForward(
 ): Promise<Dispatch> {
   return makeDispatch(rt, {
     name: "gelu_forward",
-    code: geluSrc,
+    code: typedKernel(geluSrc, { in_t: dtypeOf(ops.inp), out_t: dtypeOf(ops.out) }),
     entryPoint: "forward",
     buffers: { 0: all(ops.inp), 1: all(ops.out) },
     uniform: { binding: 4, words: [N] },
@@ -245,7 +249,7 @@ export function geluBackward(
 ): Promise<Dispatch> {
   return makeDispatch(rt, {
     name: "gelu_backward",
-    code: geluSrc,
+    code: typedKernel(geluSrc, { in_t: dtypeOf(ops.inp), din_t: dtypeOf(ops.dinp) }),
     entryPoint: "backward",
     buffers: { 0: all(ops.inp), 2: all(ops.dout), 3: all(ops.dinp) },
     uniform: { binding: 4, words: [N] },
@@ -331,8 +335,9 @@ export async function attentionBackward(
 
 /**
  * losses[N] = cross-entropy of logits [N, Vp] (first V columns) against targets;
- * with `writeGrad`, logits are replaced by dlogits scaled by `dloss`. Rows are
- * split into binding-sized chunks (64-row multiples keep offsets aligned).
+ * with `writeGrad`, logits are replaced by dlogits scaled by `dloss` times the
+ * loss scale (x of the 16-byte uniform `lossScale`). Rows are split into
+ * binding-sized chunks (64-row multiples keep offsets aligned).
  */
 export function classifier(
   rt: Runtime,
@@ -344,7 +349,7 @@ export function classifier(
     writeGrad: boolean;
     maxBindingBytes?: number;
   },
-  ops: { logits: GPUBuffer; targets: BufferRange; losses: BufferRange },
+  ops: { logits: GPUBuffer; targets: BufferRange; losses: BufferRange; lossScale: GPUBuffer },
 ): Promise<Dispatch[]> {
   const limit = s.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
   const per = Math.max(64, Math.floor(limit / (s.Vp * 4) / 64) * 64);
@@ -361,6 +366,7 @@ export function classifier(
         0: { buffer: ops.logits, offset: r0 * s.Vp * 4, size: (r1 - r0) * s.Vp * 4 },
         1: { buffer: ops.targets.buffer, offset: t0 + r0 * 4, size: (r1 - r0) * 4 },
         2: { buffer: ops.losses.buffer, offset: l0 + r0 * 4, size: (r1 - r0) * 4 },
+        4: { buffer: ops.lossScale },
       },
       uniform: { binding: 3, words: [r1 - r0, s.V, s.Vp, f32Bits(s.dloss)] },
       workgroups: grid1d(r1 - r0, 1),
@@ -386,7 +392,7 @@ export function flashAttentionForward(
   checkHeadSize(s);
   return makeDispatch(rt, {
     name: "flash_attention_forward",
-    code: flashSrc,
+    code: typedKernel(flashSrc, { qkv_t: dtypeOf(ops.qkv), out_t: dtypeOf(ops.out) }),
     entryPoint: "forward",
     buffers: { 0: all(ops.qkv), 1: all(ops.out), 2: all(ops.lse) },
     uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
@@ -410,7 +416,11 @@ export async function flashAttentionBackward(
 ): Promise<Dispatch[]> {
   checkHeadSize(s);
   const common = {
-    code: flashSrc,
+    code: typedKernel(flashSrc, {
+      qkv_t: dtypeOf(ops.qkv),
+      out_t: dtypeOf(ops.out),
+      dqkv_t: dtypeOf(ops.dqkv),
+    }),
     uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
     workgroups: grid1d(s.B * s.T * s.NH, 64),
   };
@@ -444,4 +454,34 @@ export async function flashAttentionBackward(
       flops,
     }),
   ];
+}
+
+// ---------------------------------------------------------------------------
+// f16 copy
+
+/** dst[n] (f16) = src[n] (f32), in binding-sized chunks. */
+export function castToHalf(
+  rt: Runtime,
+  n: number,
+  ops: { src: GPUBuffer; dst: GPUBuffer },
+  maxBindingBytes: number = rt.gpu.limits.maxStorageBufferBindingSize,
+): Promise<Dispatch[]> {
+  // Chunks of 128-element multiples keep both offsets 256-byte aligned.
+  const per = Math.max(128, Math.floor(maxBindingBytes / 4 / 128) * 128);
+  const out: Promise<Dispatch>[] = [];
+  for (let e = 0; e < n; e += per) {
+    const len = Math.min(per, n - e);
+    out.push(makeDispatch(rt, {
+      name: "cast_f16",
+      code: castSrc,
+      entryPoint: "main",
+      buffers: {
+        0: { buffer: ops.src, offset: e * 4, size: len * 4 },
+        1: { buffer: ops.dst, offset: e * 2, size: Math.ceil((len * 2) / 4) * 4 },
+      },
+      uniform: { binding: 2, words: [len] },
+      workgroups: grid1d(len, 64),
+    }));
+  }
+  return Promise.all(out);
 }

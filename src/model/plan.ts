@@ -9,20 +9,30 @@
  * pass; `block` keeps only each block's output (the residual stream) and
  * recomputes the whole block.
  *
+ * Precision: with `fp16`, the activations that feed matmuls and the two
+ * gradients that come out of non-linear kernels (attention and GELU) are f16
+ * ({@linkcode HALF_BUFFERS}); the residual stream, LayerNorm statistics,
+ * logits and the other gradients stay f32.
+ *
  * @module
  */
 
 import type { MemoryCategory } from "../gpu/arena.ts";
+import { type DType, dtypeBytes } from "../gpu/dtype.ts";
 import { type GPT2Config, paddedVocab } from "./config.ts";
 
 /** What the backward pass recomputes instead of storing. */
 export type Recompute = "none" | "mlp" | "block";
+
+/** Floating-point precision of a model: fp32 throughout, or mixed fp16 and fp32. */
+export type Precision = "fp32" | "fp16";
 
 /** One buffer of the plan. */
 export interface PlannedBuffer {
   label: string;
   category: MemoryCategory;
   bytes: number;
+  dtype: DType;
 }
 
 /** Options that decide the plan. */
@@ -32,6 +42,8 @@ export interface PlanOptions {
   inference?: boolean;
   recompute?: Recompute;
   logitsChunkRows?: number;
+  /** Default fp32. */
+  precision?: Precision;
 }
 
 /** Per-layer activations and whether each is kept per layer or shared. */
@@ -55,6 +67,27 @@ export const LAYER_FIELDS = [
 
 /** A layer activation's name. */
 export type LayerField = typeof LAYER_FIELDS[number];
+
+/**
+ * Buffers (layer fields, and lnf, d_qkv, d_fch) held in f16 under fp16
+ * precision: the inputs of matmuls and the outputs of attention and GELU.
+ */
+export const HALF_BUFFERS: ReadonlySet<string> = new Set([
+  "ln1",
+  "qkv",
+  "atty",
+  "ln2",
+  "fch",
+  "fch_gelu",
+  "lnf",
+  "d_qkv",
+  "d_fch",
+]);
+
+/** A buffer's element type at a precision (`name` is a layer field or a model buffer). */
+export function activationDType(name: string, precision: Precision = "fp32"): DType {
+  return precision === "fp16" && HALF_BUFFERS.has(name) ? "f16" : "f32";
+}
 
 /** The buffer label a layer's field lives in: per layer, or one shared "work" copy. */
 export function layerBufferLabel(l: number, field: LayerField, recompute: Recompute): string {
@@ -82,8 +115,10 @@ export function activationBuffers(cfg: GPT2Config, o: PlanOptions): PlannedBuffe
   const BT = B * T, Vp = paddedVocab(cfg.vocabSize);
   const recompute = o.inference ? "none" : o.recompute ?? "none";
   const out: PlannedBuffer[] = [];
-  const add = (label: string, category: MemoryCategory, floats: number) =>
-    out.push({ label, category, bytes: arenaBytes(floats * 4) });
+  const add = (label: string, category: MemoryCategory, floats: number, name = label) => {
+    const dtype = activationDType(name, o.precision);
+    out.push({ label, category, bytes: arenaBytes(floats * dtypeBytes(dtype)), dtype });
+  };
   add("inputs", "activations", 3 * Math.ceil(BT / 64) * 64);
   add("encoded", "activations", BT * C);
   const width: Record<LayerField, number> = {
@@ -107,7 +142,7 @@ export function activationBuffers(cfg: GPT2Config, o: PlanOptions): PlannedBuffe
   for (let l = 0; l < L; l++) {
     for (const f of LAYER_FIELDS) {
       const label = layerBufferLabel(l, f, recompute);
-      if (!seen.has(label)) add(label, "activations", width[f]);
+      if (!seen.has(label)) add(label, "activations", width[f], f);
       seen.add(label);
     }
   }

@@ -68,10 +68,12 @@ export function planMemory(
   cfg: GPT2Config,
   o: TrainPlanOptions,
 ): { bytes: MemoryBytes; buffers: PlannedBuffer[] } {
-  const params = arenaBytes(parameterLayout(cfg).totalElements * 4);
+  const elements = parameterLayout(cfg).totalElements;
+  const params = arenaBytes(elements * 4);
   const buffers = activationBuffers(cfg, o);
   const bytes: MemoryBytes = {
-    parameters: params,
+    // fp16 adds the f16 copy the matmuls read.
+    parameters: params + (o.precision === "fp16" ? arenaBytes(elements * 2) : 0),
     gradients: o.inference ? 0 : params,
     optimizer: o.inference ? 0 : optimizerBytes(cfg, o),
     activations: 0,

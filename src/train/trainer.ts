@@ -158,7 +158,7 @@ export async function train(
     B: 1,
     T: Math.min(cfg.nCtx, c.seq),
     inference: true,
-    sharedParams: model.params,
+    sharedParams: model,
     matmul: c.matmul ? { impl: c.matmul } : undefined,
   });
   const hyper = {
@@ -197,7 +197,7 @@ export async function train(
         )),
       ),
       inference: true,
-      sharedParams: model.params,
+      sharedParams: model,
       matmul: c.matmul ? { impl: c.matmul } : undefined,
     })
     : undefined;
