@@ -126,7 +126,7 @@ export function assertAllClose(
   for (let i = 0; i < expected.length; i++) {
     const a = actual[i], e = expected[i];
     const err = Math.abs(a - e);
-    if (!(err <= atol + rtol * Math.abs(e))) { // NaN fails too
+    if (a !== e && !(err <= atol + rtol * Math.abs(e))) { // NaN fails; equal infinities pass
       bad++;
       if (first.length < 8) first.push(`  [${i}] got ${a}, expected ${e} (diff ${err})`);
     }

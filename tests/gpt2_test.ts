@@ -9,7 +9,7 @@ import {
 import { GPT2 } from "../src/model/gpt2.ts";
 import { parameterLayout } from "../src/model/params.ts";
 import { gpt2Reference, type RefParams } from "./reference/gpt2.ts";
-import { assertAllClose, gpuTest, rng } from "./_harness.ts";
+import { assertAllClose, gpuTest, hasF16, rng } from "./_harness.ts";
 
 function batch(cfg: GPT2Config, n: number, seed: number) {
   const u = rng(seed);
@@ -246,27 +246,43 @@ gpuTest("the memory plan agrees with what the arena allocates", async (rt) => {
   const { AdamW } = await import("../src/optim/adamw.ts");
   const { LowBitAdamW } = await import("../src/optim/lowbit.ts");
   const cfg: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 64, nCtx: 64, vocabSize: 50257 };
+  const settings: {
+    recompute: "none" | "block";
+    optimizer: "adamw" | "adamw8bit" | "adamw4bit";
+    precision: "fp32" | "fp16";
+  }[] = [];
   for (const recompute of ["none", "block"] as const) {
     for (const optimizer of ["adamw", "adamw8bit", "adamw4bit"] as const) {
-      const o = { B: 2, T: 48, recompute, optimizer, logitsChunkRows: 64 };
-      const before = rt.arena.report().current;
-      const m = await GPT2.create(rt, cfg, { ...o, seed: 1 });
-      const opt = optimizer === "adamw"
-        ? await AdamW.create(rt, m.layout, m)
-        : await LowBitAdamW.create(rt, m.layout, m, { bits: optimizer === "adamw8bit" ? 8 : 4 });
-      try {
-        const now = rt.arena.report().current;
-        const plan = planMemory(cfg, o).bytes;
-        for (const k of ["parameters", "gradients", "optimizer", "activations"] as const) {
-          equal(now[k] - before[k], plan[k], `${recompute} ${optimizer} ${k}`);
-        }
-        // scratch also holds the dispatches' small uniform buffers, which the plan leaves out
-        const extra = now.scratch - before.scratch - plan.scratch;
-        ok(extra >= 0 && extra < 1 << 20, `scratch differs by ${extra} bytes`);
-      } finally {
-        opt.destroy();
-        m.destroy();
+      settings.push({ recompute, optimizer, precision: "fp32" });
+    }
+  }
+  if (hasF16) {
+    settings.push({ recompute: "none" as const, optimizer: "adamw" as const, precision: "fp16" });
+    settings.push({
+      recompute: "block" as const,
+      optimizer: "adamw4bit" as const,
+      precision: "fp16",
+    });
+  }
+  for (const { recompute, optimizer, precision } of settings) {
+    const o = { B: 2, T: 48, recompute, optimizer, logitsChunkRows: 64, precision };
+    const before = rt.arena.report().current;
+    const m = await GPT2.create(rt, cfg, { ...o, seed: 1 });
+    const opt = optimizer === "adamw"
+      ? await AdamW.create(rt, m.layout, m)
+      : await LowBitAdamW.create(rt, m.layout, m, { bits: optimizer === "adamw8bit" ? 8 : 4 });
+    try {
+      const now = rt.arena.report().current;
+      const plan = planMemory(cfg, o).bytes;
+      for (const k of ["parameters", "gradients", "optimizer", "activations"] as const) {
+        equal(now[k] - before[k], plan[k], `${recompute} ${optimizer} ${precision} ${k}`);
       }
+      // scratch also holds the dispatches' small uniform buffers, which the plan leaves out
+      const extra = now.scratch - before.scratch - plan.scratch;
+      ok(extra >= 0 && extra < 1 << 20, `scratch differs by ${extra} bytes`);
+    } finally {
+      opt.destroy();
+      m.destroy();
     }
   }
 });

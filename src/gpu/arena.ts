@@ -106,7 +106,10 @@ export class Arena {
     dtype: DType = "f32",
   ): GPUBuffer {
     const buffer = this.alloc(label, category, data.byteLength, usage, dtype);
-    this.device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    // Writes must be whole 4-byte words (an odd count of f16 values is not).
+    const bytes = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+    bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    this.device.queue.writeBuffer(buffer, 0, bytes);
     return buffer;
   }
 

@@ -66,6 +66,8 @@ export interface RequestGpuOptions {
   powerPreference?: GPUPowerPreference;
   /** Features that must exist; a missing one is an error that names it. */
   requiredFeatures?: GPUFeatureName[];
+  /** Optional features not to use even when the adapter has them (e.g. to test fallbacks). */
+  withoutFeatures?: GPUFeatureName[];
 }
 
 const CPU_ADAPTER = /llvmpipe|lavapipe|swiftshader|warp|softpipe/i;
@@ -99,7 +101,9 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
   const requiredFeatures = [
     ...new Set([
       ...(options.requiredFeatures ?? []),
-      ...OPTIONAL_FEATURES.filter((f) => adapter.features.has(f)),
+      ...OPTIONAL_FEATURES.filter((f) =>
+        adapter.features.has(f) && !options.withoutFeatures?.includes(f)
+      ),
     ]),
   ];
   const requiredLimits: Record<string, number> = {};

@@ -163,7 +163,9 @@ export class GPT2 {
     }
     const src = o.sharedParams;
     if (src && src.params.size < bytes) {
-      throw new RangeError(`Shared parameter buffer holds ${src.params.size} bytes, needs ${bytes}`);
+      throw new RangeError(
+        `Shared parameter buffer holds ${src.params.size} bytes, needs ${bytes}`,
+      );
     }
     const wanted = o.precision ?? src?.precision ?? "fp32";
     this.precision = wanted === "fp16" && rt.gpu.features.shaderF16 ? "fp16" : "fp32";
