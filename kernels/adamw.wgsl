@@ -1,12 +1,14 @@
 // adamw: one AdamW step (decoupled weight decay, Loshchilov & Hutter) on a range
 // of the flat parameter buffer, with global-norm gradient clipping applied on the way.
 //
-//   g  = grad * clip,    clip = min(1, max_norm / (norm + 1e-6)), from stats (set by grad_norm)
+//   g  = grad / S * clip,  clip = min(1, max_norm / (norm / S + 1e-6)), norm from stats (set
+//        by grad_norm), S the loss scale (1 unless mixed precision)
 //   m  = beta1 m + (1 - beta1) g
 //   v  = beta2 v + (1 - beta2) g^2
 //   p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + wd * p)   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t
 //
-// A NaN or Inf gradient element leaves its parameter, m and v unchanged.
+// A NaN or Inf gradient element leaves its parameter, m and v unchanged; with skip_overflow
+// (mixed precision) one such element anywhere skips the whole step.
 //
 // The per-step values (lr, beta1, beta2, eps, bc1, bc2, max_norm) live in one uniform
 // buffer written once per step; the per-range values (n, decay) in another, written
@@ -16,7 +18,12 @@
 // Bindings: 0 params, 1 grads, 2 m, 3 v, 4 stats, 5 step (uniform), 6 range (uniform).
 // Geometry: workgroup (64,1,1); grid over n, folded into y.
 
-struct Step { lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32 }
+// inv_scale undoes the loss scale (mixed precision); skip_overflow skips the whole step when
+// grad_norm counted a non-finite gradient (stats[2] > 0).
+struct Step {
+  lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32,
+  inv_scale: f32, skip_overflow: u32, p0: u32, p1: u32,
+}
 struct Range { n: u32, decay: u32, p0: u32, p1: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
@@ -27,13 +34,25 @@ struct Range { n: u32, decay: u32, p0: u32, p1: u32 }
 @group(0) @binding(5) var<uniform> s: Step;
 @group(0) @binding(6) var<uniform> r: Range;
 
+// The factor that turns a stored gradient into the clipped true gradient: the loss scale is
+// undone first, and clipping uses the true norm.
+fn grad_mul() -> f32 {
+  let norm = stats[1] * s.inv_scale;
+  var clip = 1.0;
+  if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (norm + 1e-6)); }
+  return clip * s.inv_scale;
+}
+
+// The whole step is skipped (parameters and state unchanged) on overflow.
+fn skip_step() -> bool {
+  return s.skip_overflow != 0u && stats[2] > 0.0;
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * 64u;
-  if (i >= r.n) { return; }
-  var clip = 1.0;
-  if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (stats[1] + 1e-6)); }
-  let g = grads[i] * clip;
+  if (i >= r.n || skip_step()) { return; }
+  let g = grads[i] * grad_mul();
   if ((bitcast<u32>(g) & 0x7f800000u) == 0x7f800000u) { return; } // NaN/Inf: leave p, m, v
   let mi = s.beta1 * m[i] + (1.0 - s.beta1) * g;
   let vi = s.beta2 * v[i] + (1.0 - s.beta2) * g * g;

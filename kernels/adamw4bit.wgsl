@@ -4,7 +4,9 @@
 // v: rank-1 (2-D tensors, rows > 0): scale(i,j) = min(row max_i, column max_j) of the updated v,
 //    linear map without zero (k/16, k = 1..16); otherwise blocks of 128 with absmax.
 // Two codes per byte: 8 per u32, element 8w+k in bits 4k..4k+3.
-// A NaN or Inf gradient element leaves its parameter and (dequantized) state unchanged.
+// A NaN or Inf gradient element leaves its parameter and (dequantized) state unchanged; with
+// skip_overflow one anywhere skips the whole step (every entry point returns at once). Loss
+// scale and clipping as in kernels/adamw.wgsl.
 //
 // Entry points, in order each step (rank-1 tensors also need row_max, col_max, commit):
 //   row_max:  rows_new[i] = max_j v_new(i,j)        one invocation per row
@@ -17,7 +19,12 @@
 // every binding is used whatever the tensor). Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs,
 // 6 scales, 7 maps, 8 stats, 9 step, 10 range.
 
-struct Step { lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32 }
+// inv_scale undoes the loss scale (mixed precision); skip_overflow skips the whole step when
+// grad_norm counted a non-finite gradient (stats[2] > 0).
+struct Step {
+  lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32,
+  inv_scale: f32, skip_overflow: u32, p0: u32, p1: u32,
+}
 struct Range { n: u32, decay: u32, rows: u32, cols: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
@@ -39,9 +46,18 @@ fn is_finite(x: f32) -> bool {
   return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-fn clip_scale() -> f32 {
-  if (s.max_norm > 0.0) { return min(1.0, s.max_norm / (stats[1] + 1e-6)); }
-  return 1.0;
+// The factor that turns a stored gradient into the clipped true gradient: the loss scale is
+// undone first, and clipping uses the true norm.
+fn grad_mul() -> f32 {
+  let norm = stats[1] * s.inv_scale;
+  var clip = 1.0;
+  if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (norm + 1e-6)); }
+  return clip * s.inv_scale;
+}
+
+// The whole step is skipped (parameters and state unchanged) on overflow.
+fn skip_step() -> bool {
+  return s.skip_overflow != 0u && stats[2] > 0.0;
 }
 
 fn code(words: u32, k: u32) -> u32 {
@@ -82,8 +98,8 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
 @compute @workgroup_size(64, 1, 1)
 fn row_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
-  if (i >= r.rows) { return; }
-  let clip = clip_scale();
+  if (i >= r.rows || skip_step()) { return; }
+  let clip = grad_mul();
   var mx = 0.0;
   for (var j = 0u; j < r.cols; j++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
   scales[r.rows + r.cols + i] = mx;
@@ -92,8 +108,8 @@ fn row_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 @compute @workgroup_size(64, 1, 1)
 fn col_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let j = linear_index(gid, nwg);
-  if (j >= r.cols) { return; }
-  let clip = clip_scale();
+  if (j >= r.cols || skip_step()) { return; }
+  let clip = grad_mul();
   var mx = 0.0;
   for (var i = 0u; i < r.rows; i++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
   scales[2u * r.rows + r.cols + j] = mx;
@@ -102,7 +118,7 @@ fn col_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 @compute @workgroup_size(64, 1, 1)
 fn commit(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
-  if (i >= r.rows + r.cols) { return; }
+  if (i >= r.rows + r.cols || skip_step()) { return; }
   scales[i] = scales[r.rows + r.cols + i];
 }
 
@@ -110,8 +126,8 @@ fn commit(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
 fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
           @builtin(local_invocation_index) l: u32) {
   let blk = wid.x + wid.y * nwg.x;
-  if (blk * 128u >= r.n) { return; } // uniform per workgroup
-  let clip = clip_scale();
+  if (blk * 128u >= r.n || skip_step()) { return; } // uniform per workgroup
+  let clip = grad_mul();
   let w = blk * 16u + l;
   let mw = mq[w];
   let vw = vq[w];

@@ -3,7 +3,8 @@
 // Per block of BLOCK = 4*WG elements: dequantize m and v with the block's old absmax
 // (m: signed dynamic map, v: unsigned), update as kernels/adamw.wgsl does, then
 // requantize each to the nearest code with a fresh absmax. A NaN or Inf gradient
-// element leaves its parameter and its (dequantized) m and v unchanged.
+// element leaves its parameter and its (dequantized) m and v unchanged; with skip_overflow
+// one anywhere skips the whole step. Loss scale and clipping as in kernels/adamw.wgsl.
 //
 // Shapes: params, grads [n] f32; mq, vq [ceil(n/4)] u32 (4 codes, low byte first);
 // mabs, vabs [ceil(n/BLOCK)] f32; maps [512] f32 (signed then unsigned, ascending).
@@ -12,7 +13,12 @@
 
 override WG: u32 = 64;
 
-struct Step { lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32 }
+// inv_scale undoes the loss scale (mixed precision); skip_overflow skips the whole step when
+// grad_norm counted a non-finite gradient (stats[2] > 0).
+struct Step {
+  lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32,
+  inv_scale: f32, skip_overflow: u32, p0: u32, p1: u32,
+}
 struct Range { n: u32, decay: u32, p0: u32, p1: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
@@ -34,6 +40,20 @@ fn is_finite(x: f32) -> bool {
   return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
+// The factor that turns a stored gradient into the clipped true gradient: the loss scale is
+// undone first, and clipping uses the true norm.
+fn grad_mul() -> f32 {
+  let norm = stats[1] * s.inv_scale;
+  var clip = 1.0;
+  if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (norm + 1e-6)); }
+  return clip * s.inv_scale;
+}
+
+// The whole step is skipped (parameters and state unchanged) on overflow.
+fn skip_step() -> bool {
+  return s.skip_overflow != 0u && stats[2] > 0.0;
+}
+
 // Nearest code in smap[base .. base+256): the first code >= x and the one before; ties go low.
 fn nearest(base: u32, x: f32) -> u32 {
   var lo = 0u;
@@ -53,13 +73,12 @@ fn nearest(base: u32, x: f32) -> u32 {
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) l: u32) {
   let blk = wid.x + wid.y * nwg.x;
-  if (blk * 4u * WG >= r.n) { return; } // uniform per workgroup
+  if (blk * 4u * WG >= r.n || skip_step()) { return; } // uniform per workgroup
   for (var i = l; i < 512u; i += WG) { smap[i] = maps[i]; }
   workgroupBarrier();
   let am = mabs[blk];
   let av = vabs[blk];
-  var clip = 1.0;
-  if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (stats[1] + 1e-6)); }
+  let clip = grad_mul();
   let w = blk * WG + l;
   let mw = mq[w];
   let vw = vq[w];

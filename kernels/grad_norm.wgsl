@@ -1,13 +1,16 @@
 // grad_norm: the global L2 norm of all gradients, deterministically.
 //
 // partial:  partials[slot + w] = sum of finite g^2 over the w-th block of 4096 elements of
-//           one range (one workgroup a block; a fixed tree within the workgroup).
-// finish:   stats[1] = sqrt(sum of partials[0..count]), summed in order by one invocation.
+//           one range (one workgroup a block; a fixed tree within the workgroup), and
+//           partials[total + slot + w] = the number of non-finite elements in the block.
+// finish:   stats[1] = sqrt(sum of partials[0..count]), summed in order by one invocation;
+//           stats[2] = the number of non-finite elements (+1 if the norm itself overflows).
 //
-// Shapes: grads [n] (a range of the flat gradient buffer), partials [count], stats [2].
+// Shapes: grads [n] (a range of the flat gradient buffer), partials [2 * count], stats [4].
 // Bindings: 0 grads, 1 partials (rw), 2 stats (rw), 3 params (uniform).
 // Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (1,1,1).
 
+// partial reads n, slot and count (= total); finish reads count.
 struct Params { n: u32, slot: u32, count: u32, p0: u32 }
 
 @group(0) @binding(0) var<storage, read> grads: array<f32>;
@@ -16,31 +19,46 @@ struct Params { n: u32, slot: u32, count: u32, p0: u32 }
 @group(0) @binding(3) var<uniform> p: Params;
 
 var<workgroup> red: array<f32, 64>;
+var<workgroup> bad: array<f32, 64>;
 
 @compute @workgroup_size(64, 1, 1)
 fn partial(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
   let start = wid.x * 4096u;
   var s = 0.0;
+  var nb = 0.0;
   for (var k = 0u; k < 64u; k++) {
     let i = start + k * 64u + l;
     if (i < p.n) {
       let g = grads[i];
-      // NaN and Inf elements are skipped here and by the optimizers' updates.
-      if ((bitcast<u32>(g) & 0x7f800000u) != 0x7f800000u) { s += g * g; }
+      // NaN and Inf elements are counted, and skipped here and by the optimizers' updates.
+      if ((bitcast<u32>(g) & 0x7f800000u) != 0x7f800000u) { s += g * g; } else { nb += 1.0; }
     }
   }
   red[l] = s;
+  bad[l] = nb;
   workgroupBarrier();
   for (var w = 32u; w > 0u; w >>= 1u) {
-    if (l < w) { red[l] += red[l + w]; }
+    if (l < w) {
+      red[l] += red[l + w];
+      bad[l] += bad[l + w];
+    }
     workgroupBarrier();
   }
-  if (l == 0u) { partials[p.slot + wid.x] = red[0]; }
+  if (l == 0u) {
+    partials[p.slot + wid.x] = red[0];
+    partials[p.count + p.slot + wid.x] = bad[0];
+  }
 }
 
 @compute @workgroup_size(1, 1, 1)
 fn finish() {
   var s = 0.0;
-  for (var i = 0u; i < p.count; i++) { s += partials[i]; }
-  stats[1] = sqrt(s);
+  var nb = 0.0;
+  for (var i = 0u; i < p.count; i++) {
+    s += partials[i];
+    nb += partials[p.count + i];
+  }
+  let norm = sqrt(s);
+  stats[1] = norm;
+  stats[2] = nb + select(1.0, 0.0, (bitcast<u32>(norm) & 0x7f800000u) != 0x7f800000u);
 }

@@ -70,3 +70,69 @@ gpuTest("AdamW with grad clipping matches a float64 reference over several steps
     rt.arena.free(grads);
   }
 });
+
+gpuTest("loss scale is undone exactly, and an overflow skips the whole step", async (rt) => {
+  const { LowBitAdamW } = await import("../src/optim/lowbit.ts");
+  // 80 x 64 is over the 4096-element threshold: the low-bit state is quantized.
+  const layout = layoutOf([{ name: "w", shape: [80, 64] }, { name: "b", shape: [64] }]);
+  const n = layout.totalElements, S = 1024;
+  const p0 = randn(n, 1), g = randn(n, 2); // |g| is well over the clip of 1: clipping is on
+  const make = (kind: string, label: string) => {
+    const params = rt.arena.allocWith(`${label}.p`, "parameters", p0);
+    const grads = rt.arena.alloc(`${label}.g`, "gradients", n * 4);
+    const bufs = { params, grads };
+    const opt = kind === "adamw"
+      ? AdamW.create(rt, layout, bufs)
+      : LowBitAdamW.create(rt, layout, bufs, { bits: kind === "adamw8bit" ? 8 : 4 });
+    return opt.then((o) => ({ o, params, grads }));
+  };
+  const state = async (o: { readState(): Promise<{ data: ArrayBufferView }[]> }) =>
+    (await o.readState()).map((t) =>
+      Array.from(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))
+    );
+  for (const kind of ["adamw", "adamw8bit", "adamw4bit"]) {
+    const plain = await make(kind, "plain"), scaled = await make(kind, "scaled");
+    try {
+      rt.device.queue.writeBuffer(plain.grads, 0, g);
+      rt.device.queue.writeBuffer(scaled.grads, 0, g.map((x) => x * S));
+      plain.o.setStep(1, 1e-2);
+      scaled.o.setStep(1, 1e-2, { lossScale: S, skipOnOverflow: true });
+      await runDispatches(rt.device, [...plain.o.dispatches, ...scaled.o.dispatches]);
+      // A power-of-two scale divides out exactly: bit-identical parameters and state.
+      const p1 = await readF32(rt.device, scaled.params, 0, n);
+      assertAllClose(p1, await readF32(rt.device, plain.params, 0, n), {
+        rtol: 0,
+        atol: 0,
+        label: `${kind} scaled vs plain`,
+      });
+      ok(p1.some((x, i) => x !== p0[i]), `${kind}: the step changed nothing`);
+      const s1 = await state(scaled.o);
+      ok(JSON.stringify(s1) === JSON.stringify(await state(plain.o)), `${kind} state`);
+      // One Inf among the scaled gradients: nothing moves, and stats[2] counts it.
+      const bad = g.map((x) => x * S);
+      bad[77] = Infinity;
+      rt.device.queue.writeBuffer(scaled.grads, 0, bad);
+      scaled.o.setStep(2, 1e-2, { lossScale: S, skipOnOverflow: true });
+      await runDispatches(rt.device, scaled.o.dispatches);
+      const stats = await readF32(rt.device, scaled.o.stats, 0, 3);
+      ok(stats[2] === 1, `${kind}: non-finite count ${stats[2]}`);
+      assertAllClose(await readF32(rt.device, scaled.params, 0, n), p1, {
+        rtol: 0,
+        atol: 0,
+        label: `${kind} after a skipped step`,
+      });
+      ok(JSON.stringify(await state(scaled.o)) === JSON.stringify(s1), `${kind}: state moved`);
+      // Without skipOnOverflow only the bad element is left alone.
+      scaled.o.setStep(2, 1e-2, { lossScale: S });
+      await runDispatches(rt.device, scaled.o.dispatches);
+      const p2 = await readF32(rt.device, scaled.params, 0, n);
+      ok(p2[77] === p1[77] && p2[78] !== p1[78], `${kind}: element-wise skip`);
+    } finally {
+      for (const x of [plain, scaled]) {
+        x.o.destroy();
+        rt.arena.free(x.params);
+        rt.arena.free(x.grads);
+      }
+    }
+  }
+});

@@ -32,9 +32,9 @@ export interface AdamWConfig {
 export interface Optimizer {
   /** grad-norm then update dispatches, encoded after the backward pass. */
   readonly dispatches: Dispatch[];
-  /** [loss, grad norm] f32. */
+  /** [loss, grad norm, non-finite gradient count, 0] f32. */
   readonly stats: GPUBuffer;
-  setStep(t: number, lr: number): void;
+  setStep(t: number, lr: number, options?: StepOptions): void;
   readState(): Promise<TensorToWrite[]>;
   writeState(file: SafeTensorsFile): void;
   readonly stateBytes: number;
@@ -81,8 +81,24 @@ export function parameterRanges(layout: ParamLayout, maxBytes: number): ParamRan
 
 const BLOCK = 4096; // elements per grad_norm workgroup
 
+/** Per-step options of mixed precision. */
+export interface StepOptions {
+  /** The loss scale the gradients carry (default 1); the update divides it out. */
+  lossScale?: number;
+  /** Skip the whole step when any gradient is NaN or Inf (default false). */
+  skipOnOverflow?: boolean;
+}
+
+/** Bytes of the per-step uniform (kernels/adamw.wgsl's Step). */
+export const STEP_BYTES = 48;
+
 /** The per-step uniform of the AdamW kernels (see kernels/adamw.wgsl's Step). */
-export function stepWords(c: AdamWConfig, t: number, lr: number): Uint32Array<ArrayBuffer> {
+export function stepWords(
+  c: AdamWConfig,
+  t: number,
+  lr: number,
+  o: StepOptions = {},
+): Uint32Array<ArrayBuffer> {
   return new Uint32Array([
     f32Bits(lr),
     f32Bits(c.beta1),
@@ -92,17 +108,22 @@ export function stepWords(c: AdamWConfig, t: number, lr: number): Uint32Array<Ar
     f32Bits(1 - c.beta2 ** t),
     f32Bits(c.weightDecay),
     f32Bits(c.gradClip),
+    f32Bits(1 / (o.lossScale ?? 1)),
+    o.skipOnOverflow ? 1 : 0,
+    0,
+    0,
   ]);
 }
 
-/** Floats of partial sums {@linkcode gradNormDispatches} needs for these ranges. */
+/** Floats of partial sums and counts {@linkcode gradNormDispatches} needs for these ranges. */
 export function gradNormPartials(ranges: { size: number }[]): number {
-  return ranges.reduce((a, r) => a + Math.ceil(r.size / BLOCK), 0);
+  return 2 * ranges.reduce((a, r) => a + Math.ceil(r.size / BLOCK), 0);
 }
 
 /**
- * Dispatches that write the global L2 norm of the gradient ranges to stats[1]:
- * a partial sum of squares per block of 4096, then one ordered sum.
+ * Dispatches that write the global L2 norm of the gradient ranges to stats[1]
+ * and the number of NaN or Inf elements to stats[2]: a partial sum of squares
+ * per block of 4096, then one ordered sum.
  */
 export async function gradNormDispatches(
   rt: Runtime,
@@ -112,6 +133,7 @@ export async function gradNormDispatches(
   stats: GPUBuffer,
 ): Promise<Dispatch[]> {
   const norm: Dispatch[] = [];
+  const total = gradNormPartials(ranges) / 2;
   let slot = 0;
   for (const r of ranges) {
     const blocks = Math.ceil(r.size / BLOCK);
@@ -124,7 +146,7 @@ export async function gradNormDispatches(
           0: { buffer: grads, offset: r.offset * 4, size: r.size * 4 },
           1: { buffer: partials },
         },
-        uniform: { binding: 3, words: [r.size, slot, 0] },
+        uniform: { binding: 3, words: [r.size, slot, total] },
         workgroups: [blocks, 1, 1],
         flops: 2 * r.size,
       }),
@@ -161,7 +183,7 @@ export class AdamW {
   /** First and second moments, flat, same layout as the parameters. */
   readonly m: GPUBuffer;
   readonly v: GPUBuffer;
-  /** [loss, grad norm] as f32; the norm is written by the grad_norm dispatches. */
+  /** [loss, grad norm, non-finite count, 0] as f32, written by the grad_norm dispatches. */
   readonly stats: GPUBuffer;
   /** grad_norm dispatches, then AdamW dispatches, in order. */
   dispatches: Dispatch[] = [];
@@ -182,7 +204,7 @@ export class AdamW {
     this.#stepUniform = this.#mem.alloc(
       "adamw.step",
       "scratch",
-      32,
+      STEP_BYTES,
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
   }
@@ -241,8 +263,8 @@ export class AdamW {
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
-  setStep(t: number, lr: number): void {
-    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, stepWords(this.config, t, lr));
+  setStep(t: number, lr: number, options: StepOptions = {}): void {
+    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, stepWords(this.config, t, lr, options));
   }
 
   /** m and v per tensor, for a checkpoint. */

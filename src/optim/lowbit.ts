@@ -28,6 +28,8 @@ import {
   type AdamWConfig,
   gradNormDispatches,
   gradNormPartials,
+  STEP_BYTES,
+  type StepOptions,
   stepWords,
 } from "./adamw.ts";
 import { dynamicMap, linearMapNoZero } from "./quant_maps.ts";
@@ -213,7 +215,7 @@ export class LowBitAdamW {
     this.#step = this.#mem.alloc(
       "opt.step",
       "scratch",
-      32,
+      STEP_BYTES,
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
   }
@@ -339,7 +341,7 @@ export class LowBitAdamW {
         row_max: [1, 3, 6, 7, 8, 9],
         col_max: [1, 3, 6, 7, 8, 9],
         update: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-        commit: [6],
+        commit: [6, 8, 9], // stats and step: a skipped step keeps the old scales
       };
       const spec = (entryPoint: string, workgroups: [number, number, number]) =>
         makeDispatch(rt, {
@@ -363,8 +365,8 @@ export class LowBitAdamW {
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
-  setStep(t: number, lr: number): void {
-    this.rt.device.queue.writeBuffer(this.#step, 0, stepWords(this.config, t, lr));
+  setStep(t: number, lr: number, options: StepOptions = {}): void {
+    this.rt.device.queue.writeBuffer(this.#step, 0, stepWords(this.config, t, lr, options));
   }
 
   /** Bytes of optimizer state on the GPU (offload: the one-piece window). */
