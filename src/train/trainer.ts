@@ -2,6 +2,9 @@
  * The training loop: gradient accumulation to a total batch in tokens, AdamW
  * with GPU clipping, a learning-rate schedule, periodic validation, samples and
  * checkpoints, exact resume, and a clean save on Ctrl-C (SIGINT/SIGTERM).
+ * With `precision: "fp16"`, mixed precision with dynamic loss scaling: a step
+ * whose gradients overflow is skipped whole and the scale halved
+ * (src/train/loss_scale.ts).
  *
  * One command encoder per micro-step (the inputs differ per micro-step); the
  * loss and gradient norm come back in one mapped read per optimizer step.
@@ -15,7 +18,7 @@ import type { Runtime } from "../gpu/runtime.ts";
 import { type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import type { MatmulImpl } from "../model/matmul.ts";
-import type { Recompute } from "../model/plan.ts";
+import type { Precision, Recompute } from "../model/plan.ts";
 import { AdamW, type Optimizer } from "../optim/adamw.ts";
 import { LowBitAdamW } from "../optim/lowbit.ts";
 import { lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
@@ -26,6 +29,7 @@ import { encodeModel, loadTensors, matchTensors } from "../io/hf.ts";
 import { generate } from "../eval/generate.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../eval/hellaswag.ts";
 import { prepareData } from "./corpus.ts";
+import { LossScaler } from "./loss_scale.ts";
 import { formatDuration, JsonlLog, lossCurveSvg } from "./log.ts";
 
 /** Everything a run needs; `deno task train` fills it from flags. */
@@ -66,6 +70,11 @@ export interface TrainConfig {
   recompute?: Recompute;
   /** Rows of logits per chunk (default: all up to 256 MiB, else 512). */
   logitsChunkRows?: number;
+  /** fp16: mixed precision where the adapter has shader-f16 (default fp32). */
+  precision?: Precision;
+  /** Mixed precision: first loss scale (default 65536) and clean steps before it doubles (2000). */
+  lossScale?: number;
+  lossScaleWindow?: number;
   seed: number;
   shuffle: boolean;
   valEvery: number;
@@ -153,7 +162,14 @@ export async function train(
     matmul: c.matmul ? { impl: c.matmul } : undefined,
     recompute: c.recompute,
     logitsChunkRows: c.logitsChunkRows,
+    precision: c.precision,
   });
+  if (c.precision === "fp16" && model.precision !== "fp16") {
+    print("precision: this adapter has no shader-f16, so training runs in fp32");
+  }
+  const scaler = model.precision === "fp16"
+    ? new LossScaler({ init: c.lossScale, window: c.lossScaleWindow })
+    : undefined;
   const sampler = await GPT2.create(rt, cfg, {
     B: 1,
     T: Math.min(cfg.nCtx, c.seq),
@@ -207,12 +223,18 @@ export async function train(
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
   let startStep = 0;
+  /** Updates applied (skipped overflow steps do not count): AdamW's t. */
+  let optimizerSteps = 0;
   let cursor: LoaderCursor | undefined;
   if (resumed) {
     loadTensors(resumed.model, model);
     opt.writeState(resumed.optimizer!);
     const st = resumed.trainer ?? {};
     startStep = Number(st.step ?? 0);
+    optimizerSteps = Number(st.optimizer_steps ?? startStep);
+    if (scaler && typeof st.loss_scale === "number") {
+      scaler.state = { scale: st.loss_scale, goodSteps: Number(st.loss_scale_good_steps ?? 0) };
+    }
     if (st.data === data.dir) cursor = st.cursor as LoaderCursor;
     else print(`resume: new data ${data.dir} (was ${st.data}): reading it from the start`);
   } else if (init) {
@@ -292,6 +314,9 @@ export async function train(
       optimizer: await opt.readState(),
       trainer: {
         step,
+        optimizer_steps: optimizerSteps,
+        loss_scale: scaler?.scale,
+        loss_scale_good_steps: scaler?.goodSteps,
         tokens: step * c.totalBatch,
         data: data.dir,
         cursor: loader.cursor,
@@ -326,7 +351,9 @@ export async function train(
     while (step < c.steps && !stopRequested) {
       const tStep = performance.now();
       const lr = lrAt(schedule, step);
-      opt.setStep(step + 1, lr);
+      const scale = scaler?.scale ?? 1;
+      if (scaler) model.setLossScale(scale);
+      opt.setStep(optimizerSteps + 1, lr, { lossScale: scale, skipOnOverflow: !!scaler });
       for (let micro = 0; micro < accum; micro++) {
         const b = loader.nextBatch();
         model.setBatch(b.inputs, b.targets);
@@ -343,12 +370,16 @@ export async function train(
         await rt.profiler?.collect();
         if (last && opt.offloaded) await opt.runOffloaded!();
       }
+      model.markParamsChanged(); // the f16 copy is refreshed before the next pass
       await staging.mapAsync(GPUMapMode.READ);
       const back = new Float32Array(staging.getMappedRange());
       let sum = 0;
       for (let i = 0; i < accum * BT; i++) sum += back[i];
-      const norm = back[accum * BT + 1];
+      const norm = back[accum * BT + 1] / scale;
+      const overflow = scaler !== undefined && back[accum * BT + 2] > 0;
       staging.unmap();
+      if (!overflow) optimizerSteps++;
+      scaler?.update(overflow);
       const loss = sum / (accum * BT);
       losses.push(loss);
       step++;
@@ -367,7 +398,8 @@ export async function train(
         } | ` +
           `lr ${lr.toExponential(2)} | norm ${norm.toFixed(3)} | ${tokPerS.toFixed(0)} tok/s | ` +
           `${(flops / 1e9).toFixed(1)} GFLOP/s | MFU ${mfu} | mem ${formatBytes(mem)} | ` +
-          `ETA ${formatDuration(eta)}`,
+          `ETA ${formatDuration(eta)}` +
+          (overflow ? ` | overflow: step skipped, loss scale ${scale} -> ${scaler!.scale}` : ""),
       );
       await log.write({
         step,
@@ -377,6 +409,7 @@ export async function train(
         tokens_per_s: tokPerS,
         gflops: flops / 1e9,
         ms: dt * 1000,
+        ...(scaler ? { loss_scale: scale, skipped: overflow } : {}),
       });
       trainPts.push([step, loss]);
       if (rt.gpu.errors.length > errorsBefore) {
