@@ -1,10 +1,11 @@
 /**
- * The memory plan of a training setup, by category, for every optimizer and
- * recompute setting; then one real training step of the chosen setting and
- * the peak the arena allocated, which must agree with the plan.
+ * The memory plan of a training setup, by category, for every optimizer,
+ * recompute setting and precision; then one real training step of the chosen
+ * setting and the peak the arena allocated, which must agree with the plan.
  *
  * `deno task bench memory --model gpt2-medium-4096 --batch 1 --seq 4096 --optimizer adamw4bit`
- * (add --recompute block, or --plan-only to skip the step, which takes long on a CPU adapter).
+ * (add --recompute block, --precision fp16, or --plan-only to skip the step, which takes long
+ * on a CPU adapter).
  *
  * @module
  */
@@ -13,7 +14,7 @@ import { formatBytes } from "../src/gpu/arena.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
-import type { Recompute } from "../src/model/plan.ts";
+import type { Precision, Recompute } from "../src/model/plan.ts";
 import { AdamW, type Optimizer } from "../src/optim/adamw.ts";
 import { LowBitAdamW } from "../src/optim/lowbit.ts";
 import { planMemory } from "../src/train/memory_plan.ts";
@@ -25,7 +26,8 @@ const GiB = 2 ** 30;
 export const memoryBench: BenchCase = {
   name: "memory",
   args:
-    "--model M --batch B --seq T --optimizer adamw|adamw8bit|adamw4bit --recompute none|mlp|block --plan-only",
+    "--model M --batch B --seq T --optimizer adamw|adamw8bit|adamw4bit --recompute none|mlp|block " +
+    "--precision fp32|fp16 --plan-only",
   description: "memory plan by category (every optimizer x recompute), then one real step's peak",
   async run({ args, quick, log }) {
     const model = args.model ?? (quick ? "gpt2-mini" : "gpt2-medium-4096");
@@ -33,10 +35,11 @@ export const memoryBench: BenchCase = {
     const B = Number(args.batch ?? 1), T = Number(args.seq ?? (quick ? 128 : cfg.nCtx));
     const optimizer = (args.optimizer ?? "adamw4bit") as Kind;
     const recompute = (args.recompute ?? "block") as Recompute;
+    const precision = (args.precision ?? "fp32") as Precision;
     const rows: BenchRow[] = [];
     const row = (
       what: string,
-      o: { optimizer: Kind; recompute: Recompute; offload?: boolean },
+      o: { optimizer: Kind; recompute: Recompute; offload?: boolean; precision: Precision },
       b: Record<string, number>,
     ) =>
       rows.push({
@@ -46,6 +49,7 @@ export const memoryBench: BenchCase = {
         T,
         optimizer: o.optimizer + (o.offload ? "+offload" : ""),
         recompute: o.recompute,
+        precision: o.precision,
         params_GiB: +(b.parameters / GiB).toFixed(3),
         grads_GiB: +(b.gradients / GiB).toFixed(3),
         optimizer_GiB: +(b.optimizer / GiB).toFixed(3),
@@ -53,31 +57,35 @@ export const memoryBench: BenchCase = {
         scratch_GiB: +(b.scratch / GiB).toFixed(3),
         total_GiB: +(b.total / GiB).toFixed(3),
       });
-    for (const o of ["adamw", "adamw8bit", "adamw4bit"] as const) {
-      for (const r of ["none", "mlp", "block"] as const) {
-        row(
-          "plan",
-          { optimizer: o, recompute: r },
-          planMemory(cfg, { B, T, optimizer: o, recompute: r }).bytes,
-        );
+    for (const p of ["fp32", "fp16"] as const) {
+      for (const o of ["adamw", "adamw8bit", "adamw4bit"] as const) {
+        for (const r of ["none", "mlp", "block"] as const) {
+          row(
+            "plan",
+            { optimizer: o, recompute: r, precision: p },
+            planMemory(cfg, { B, T, optimizer: o, recompute: r, precision: p }).bytes,
+          );
+        }
       }
+      row(
+        "plan",
+        { optimizer: "adamw4bit", recompute: "block", offload: true, precision: p },
+        planMemory(cfg, {
+          B,
+          T,
+          optimizer: "adamw4bit",
+          recompute: "block",
+          optimizerOffload: true,
+          precision: p,
+        }).bytes,
+      );
     }
-    row(
-      "plan",
-      { optimizer: "adamw4bit", recompute: "block", offload: true },
-      planMemory(cfg, {
-        B,
-        T,
-        optimizer: "adamw4bit",
-        recompute: "block",
-        optimizerOffload: true,
-      }).bytes,
-    );
     if (args["plan-only"] !== undefined) return rows;
 
     const rt = await createRuntime();
-    log(`memory: building ${model} B=${B} T=${T} ${optimizer} recompute=${recompute}`);
-    const m = await GPT2.create(rt, cfg, { B, T, seed: 1, recompute });
+    log(`memory: building ${model} B=${B} T=${T} ${optimizer} recompute=${recompute} ${precision}`);
+    const m = await GPT2.create(rt, cfg, { B, T, seed: 1, recompute, precision });
+    if (m.precision !== precision) log(`memory: no shader-f16 on this adapter: ${m.precision}`);
     const opt: Optimizer = optimizer === "adamw"
       ? await AdamW.create(rt, m.layout, m)
       : await LowBitAdamW.create(rt, m.layout, m, { bits: optimizer === "adamw8bit" ? 8 : 4 });
@@ -104,8 +112,8 @@ export const memoryBench: BenchCase = {
       await rt.device.queue.onSubmittedWorkDone();
       log(`memory: step took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
       const peak = rt.arena.report().peak;
-      row("measured peak", { optimizer, recompute }, peak);
-      const plan = planMemory(cfg, { B, T, optimizer, recompute }).bytes;
+      row("measured peak", { optimizer, recompute, precision: m.precision }, peak);
+      const plan = planMemory(cfg, { B, T, optimizer, recompute, precision: m.precision }).bytes;
       log(
         `memory: plan ${formatBytes(plan.total)}, arena peak ${formatBytes(peak.total)} ` +
           `(difference ${
