@@ -1,5 +1,5 @@
 /**
- * Small helpers the task CLIs share: reading a numeric flag and running a main
+ * Small helpers the task CLIs share: reading numeric and precision flags, and running a main
  * function with the exit codes the tasks use (2 for bad usage, 1 for failure).
  *
  * @module
@@ -23,6 +23,15 @@ export function numberFlag(
     throw new TypeError(`--${key} must be ${want}, got "${raw}"`);
   }
   return x;
+}
+
+/** The --precision flag: fp32 (default) or fp16; anything else is a TypeError. */
+export function precisionFlag(values: Record<string, unknown>): "fp32" | "fp16" {
+  const raw = values.precision ?? "fp32";
+  if (raw !== "fp32" && raw !== "fp16") {
+    throw new TypeError(`--precision must be fp32 or fp16, got "${raw}"`);
+  }
+  return raw;
 }
 
 /** Runs `main`, printing errors: usage errors (TypeError) exit 2, others 1. */

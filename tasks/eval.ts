@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { numberFlag, runMain } from "./_cli.ts";
+import { numberFlag, precisionFlag, runMain } from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
@@ -29,6 +29,8 @@ CHECKPOINT_DIR holds config.json + model.safetensors (ours, or any Hugging Face 
   --loss DIR                  validation loss on token shards (a folder's val split, or a .bin)
   --loss-batches N            batches for --loss (default 50)
   --batch B                   rows per batch for --loss (default 4, with --seq)
+  --precision fp32|fp16       fp16: f16 activations and weights, f32 sums, where the adapter
+                              has shader-f16 (default fp32)
   --json FILE                 also write the result as JSON
   --cache-dir DIR             where the downloaded jsonl is kept (default runs/data)
   -h, --help                  this text
@@ -85,6 +87,7 @@ export async function main(argv: string[]): Promise<number> {
       batch: { type: "string" },
       json: { type: "string" },
       "cache-dir": { type: "string" },
+      precision: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     allowPositionals: true,
@@ -100,6 +103,7 @@ export async function main(argv: string[]): Promise<number> {
   const num = (k: keyof typeof v, d: number) => numberFlag(v, k, d, "positive-integer");
   const dir = positionals[0];
   const seq = num("seq", 192);
+  const precision = precisionFlag(v);
   const rt = await createRuntime();
   const result: Record<string, unknown> = { checkpoint: dir };
   const wantHellaswag = v.hellaswag !== undefined || v.loss === undefined;
@@ -121,6 +125,7 @@ export async function main(argv: string[]): Promise<number> {
     const model = await openCheckpointModel(rt, dir, {
       B: 8 * num("batch-items", 2),
       T: Math.min(seq, longest),
+      precision,
     });
     const t0 = performance.now();
     try {
@@ -140,7 +145,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (v.loss !== undefined) {
     const B = num("batch", 4);
-    const model = await openCheckpointModel(rt, dir, { B, T: seq });
+    const model = await openCheckpointModel(rt, dir, { B, T: seq, precision });
     try {
       const shards = await openShards(String(v.loss), { split: "val" });
       const loader = new TokenLoader(shards, { batchSize: B, seqLen: model.T });

@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { numberFlag, runMain } from "./_cli.ts";
+import { numberFlag, precisionFlag, runMain } from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
 import { loadTensors } from "../src/io/hf.ts";
@@ -27,6 +27,8 @@ Generates text from a GPT-2 checkpoint (ours or Hugging Face's) and streams it t
   --seed S             sampling seed (default 0)
   --ctx T              context window in tokens (default: the model's n_positions, at most 1024)
   --stop-at-eot        stop at the end-of-text token
+  --precision fp32|fp16   fp16: f16 activations, KV cache and weights where the adapter has
+                       shader-f16 (default fp32)
   -h, --help           this text`;
 
 export async function main(argv: string[]): Promise<number> {
@@ -41,6 +43,7 @@ export async function main(argv: string[]): Promise<number> {
       seed: { type: "string" },
       ctx: { type: "string" },
       "stop-at-eot": { type: "boolean" },
+      precision: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     allowPositionals: true,
@@ -65,7 +68,13 @@ export async function main(argv: string[]): Promise<number> {
   const ck = await loadCheckpoint(positionals[0]);
   const T = Math.min(num("ctx", Math.min(ck.config.nCtx, 1024)), ck.config.nCtx);
   const rt = await createRuntime();
-  const weights = await GPT2.create(rt, ck.config, { B: 1, T: 1, seed: null, inference: true });
+  const weights = await GPT2.create(rt, ck.config, {
+    B: 1,
+    T: 1,
+    seed: null,
+    inference: true,
+    precision: precisionFlag(v),
+  });
   loadTensors(ck.model, weights);
   const dec = await Decoder.create(rt, weights, T);
   try {

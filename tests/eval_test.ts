@@ -251,6 +251,13 @@ gpuTest("deno task eval and deno task sample run on a checkpoint directory", asy
     for (const k of ["acc", "acc_norm"]) {
       ok(r.hellaswag.completion[k] >= 0 && r.hellaswag.harness[k] <= 1);
     }
+    // fp16 (fp32 where the adapter has no shader-f16) scores the same items.
+    const h = await run("eval", [ck, "--hellaswag", `${dir}/val.jsonl`, "--precision", "fp16"]);
+    equal(h.code, 0, h.stderr);
+    equal(JSON.parse(h.stdout).hellaswag.n, 3);
+    const badPrecision = await run("eval", [ck, "--precision", "bf16"]);
+    equal(badPrecision.code, 2);
+    match(badPrecision.stderr, /--precision must be fp32 or fp16, got "bf16"/);
     const s = await run("sample", [
       ck,
       "--prompt",

@@ -8,14 +8,18 @@
 import type { Runtime } from "../gpu/runtime.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import type { MatmulOptions } from "../model/matmul.ts";
+import type { Precision } from "../model/plan.ts";
 import { loadCheckpoint } from "../io/checkpoint.ts";
 import { loadTensors } from "../io/hf.ts";
 
-/** A forward-only model of shape (B, T) holding the checkpoint's weights. */
+/**
+ * A forward-only model of shape (B, T) holding the checkpoint's weights
+ * (`precision` fp16 runs it in mixed precision where the adapter can).
+ */
 export async function openCheckpointModel(
   rt: Runtime,
   dir: string,
-  shape: { B: number; T: number },
+  shape: { B: number; T: number; precision?: Precision },
   mm: MatmulOptions = {},
 ): Promise<GPT2> {
   const ck = await loadCheckpoint(dir);
@@ -26,6 +30,7 @@ export async function openCheckpointModel(
     seed: null,
     inference: true,
     matmul: mm,
+    precision: shape.precision,
   });
   try {
     loadTensors(ck.model, model);
