@@ -65,7 +65,16 @@ export {
 } from "./src/model/params.ts";
 export { GPT2, type GPT2Options, IGNORE_TARGET } from "./src/model/gpt2.ts";
 export { Decoder } from "./src/model/decode.ts";
-export { AdamW, ADAMW_DEFAULTS, type AdamWConfig } from "./src/optim/adamw.ts";
+export { type Precision, type Recompute } from "./src/model/plan.ts";
+export {
+  AdamW,
+  ADAMW_DEFAULTS,
+  type AdamWConfig,
+  type Optimizer,
+  type StepOptions,
+} from "./src/optim/adamw.ts";
+export { LowBitAdamW, type LowBitConfig } from "./src/optim/lowbit.ts";
+export { LossScaler, type LossScalerOptions } from "./src/train/loss_scale.ts";
 export {
   lrAt,
   makeSchedule,

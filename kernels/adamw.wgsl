@@ -18,12 +18,7 @@
 // Bindings: 0 params, 1 grads, 2 m, 3 v, 4 stats, 5 step (uniform), 6 range (uniform).
 // Geometry: workgroup (64,1,1); grid over n, folded into y.
 
-// inv_scale undoes the loss scale (mixed precision); skip_overflow skips the whole step when
-// grad_norm counted a non-finite gradient (stats[2] > 0).
-struct Step {
-  lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32,
-  inv_scale: f32, skip_overflow: u32, p0: u32, p1: u32,
-}
+// Step, is_finite, grad_mul and skip_step: kernels/adamw_step.wgsl (prepended).
 struct Range { n: u32, decay: u32, p0: u32, p1: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
@@ -34,26 +29,12 @@ struct Range { n: u32, decay: u32, p0: u32, p1: u32 }
 @group(0) @binding(5) var<uniform> s: Step;
 @group(0) @binding(6) var<uniform> r: Range;
 
-// The factor that turns a stored gradient into the clipped true gradient: the loss scale is
-// undone first, and clipping uses the true norm.
-fn grad_mul() -> f32 {
-  let norm = stats[1] * s.inv_scale;
-  var clip = 1.0;
-  if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (norm + 1e-6)); }
-  return clip * s.inv_scale;
-}
-
-// The whole step is skipped (parameters and state unchanged) on overflow.
-fn skip_step() -> bool {
-  return s.skip_overflow != 0u && stats[2] > 0.0;
-}
-
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * 64u;
   if (i >= r.n || skip_step()) { return; }
   let g = grads[i] * grad_mul();
-  if ((bitcast<u32>(g) & 0x7f800000u) == 0x7f800000u) { return; } // NaN/Inf: leave p, m, v
+  if (!is_finite(g)) { return; } // NaN/Inf: leave p, m, v
   let mi = s.beta1 * m[i] + (1.0 - s.beta1) * g;
   let vi = s.beta2 * v[i] + (1.0 - s.beta2) * g * g;
   m[i] = mi;

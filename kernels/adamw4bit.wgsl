@@ -19,12 +19,7 @@
 // every binding is used whatever the tensor). Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs,
 // 6 scales, 7 maps, 8 stats, 9 step, 10 range.
 
-// inv_scale undoes the loss scale (mixed precision); skip_overflow skips the whole step when
-// grad_norm counted a non-finite gradient (stats[2] > 0).
-struct Step {
-  lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32,
-  inv_scale: f32, skip_overflow: u32, p0: u32, p1: u32,
-}
+// Step, is_finite, grad_mul and skip_step: kernels/adamw_step.wgsl (prepended).
 struct Range { n: u32, decay: u32, rows: u32, cols: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
@@ -41,24 +36,6 @@ struct Range { n: u32, decay: u32, rows: u32, cols: u32 }
 
 var<workgroup> red_m: array<f32, 16>;
 var<workgroup> red_v: array<f32, 16>;
-
-fn is_finite(x: f32) -> bool {
-  return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
-}
-
-// The factor that turns a stored gradient into the clipped true gradient: the loss scale is
-// undone first, and clipping uses the true norm.
-fn grad_mul() -> f32 {
-  let norm = stats[1] * s.inv_scale;
-  var clip = 1.0;
-  if (s.max_norm > 0.0) { clip = min(1.0, s.max_norm / (norm + 1e-6)); }
-  return clip * s.inv_scale;
-}
-
-// The whole step is skipped (parameters and state unchanged) on overflow.
-fn skip_step() -> bool {
-  return s.skip_overflow != 0u && stats[2] > 0.0;
-}
 
 fn code(words: u32, k: u32) -> u32 {
   return (words >> (4u * k)) & 15u;

@@ -8,6 +8,7 @@
 
 import { createRuntime, type Runtime } from "../src/gpu/runtime.ts";
 import type { DType } from "../src/gpu/dtype.ts";
+import type { GPT2 } from "../src/model/gpt2.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
 
 // ---------------------------------------------------------------------------
@@ -89,6 +90,22 @@ export function uploadAs(
 ): GPUBuffer {
   const bytes = dtype === "f16" ? new Float16Array(data) : data;
   return rt.arena.allocWith(label, "scratch", bytes, undefined, dtype);
+}
+
+/**
+ * Uniform random weights of ±0.3 (LayerNorm weights around 1), larger than
+ * GPT-2's init so that every path of the model carries signal.
+ */
+export function randomiseWeights(model: GPT2, seed: number): void {
+  const u = mulberry32(seed);
+  const cfg = model.config;
+  for (const t of model.layout.tensors) {
+    const n = t.name === "wte.weight" ? cfg.vocabSize * cfg.nEmbd : t.size;
+    const data = new Float32Array(n);
+    const isLnW = /ln_\d\.weight|ln_f\.weight/.test(t.name);
+    for (let i = 0; i < n; i++) data[i] = (isLnW ? 1 : 0) + (u() - 0.5) * 0.6;
+    model.writeTensor(t.name, data);
+  }
 }
 
 /** `n` standard normal samples as float32, scaled by `scale`. */

@@ -9,7 +9,7 @@ import {
 import { GPT2 } from "../src/model/gpt2.ts";
 import { parameterLayout } from "../src/model/params.ts";
 import { gpt2Reference, type RefParams } from "./reference/gpt2.ts";
-import { assertAllClose, gpuTest, hasF16, rng } from "./_harness.ts";
+import { assertAllClose, gpuTest, hasF16, randomiseWeights, rng } from "./_harness.ts";
 
 function batch(cfg: GPT2Config, n: number, seed: number) {
   const u = rng(seed);
@@ -79,15 +79,7 @@ for (const impl of ["regblock", "tiled"] as const) {
     const B = 2, T = 5;
     const model = await GPT2.create(rt, cfg, { B, T, seed: 42, matmul: { impl } });
     try {
-      // Larger weights than GPT-2's init so that every path carries signal.
-      const u = rng(5);
-      for (const t of model.layout.tensors) {
-        const n = t.name === "wte.weight" ? cfg.vocabSize * cfg.nEmbd : t.size;
-        const data = new Float32Array(n);
-        const isLnW = /ln_\d\.weight|ln_f\.weight/.test(t.name);
-        for (let i = 0; i < n; i++) data[i] = (isLnW ? 1 : 0) + (u() - 0.5) * 0.6;
-        model.writeTensor(t.name, data);
-      }
+      randomiseWeights(model, 5); // larger than GPT-2's init: every path carries signal
       const { tokens, targets } = batch(cfg, B * T, 9);
       tokens[3] = tokens[7]; // a repeated token: its wte gradient sums two rows
       const loss = await model.forwardBackward(tokens, targets);

@@ -29,7 +29,15 @@ import {
   layernorm,
   type RefParams,
 } from "./reference/gpt2.ts";
-import { assertAllClose, gpuTest, hasF16, randn, rng, uploadAs } from "./_harness.ts";
+import {
+  assertAllClose,
+  gpuTest,
+  hasF16,
+  randn,
+  randomiseWeights,
+  rng,
+  uploadAs,
+} from "./_harness.ts";
 
 /** f16 results: inputs are exact (rounded first), outputs are rounded once. */
 const half = { rtol: 2e-3, atol: 2e-3 };
@@ -164,26 +172,13 @@ f16Test("the f16 copy of parameters is exact rounding, in binding-sized chunks",
   }
 });
 
-/** Random weights larger than GPT-2's init, so that every path carries signal. */
-function randomise(model: GPT2, seed: number): void {
-  const u = rng(seed);
-  const cfg = model.config;
-  for (const t of model.layout.tensors) {
-    const n = t.name === "wte.weight" ? cfg.vocabSize * cfg.nEmbd : t.size;
-    const data = new Float32Array(n);
-    const isLnW = /ln_\d\.weight|ln_f\.weight/.test(t.name);
-    for (let i = 0; i < n; i++) data[i] = (isLnW ? 1 : 0) + (u() - 0.5) * 0.6;
-    model.writeTensor(t.name, data);
-  }
-}
-
 f16Test("fp16 GPT-2: loss and every gradient close to float64, loss scale undone", async (rt) => {
   const cfg = PRESETS.tiny;
   const B = 2, T = 5, scale = 1024;
   const model = await GPT2.create(rt, cfg, { B, T, precision: "fp16" });
   try {
     equal(model.precision, "fp16");
-    randomise(model, 5);
+    randomiseWeights(model, 5);
     const u = rng(9);
     const tokens = Array.from({ length: B * T }, () => Math.floor(u() * cfg.vocabSize));
     const targets = Array.from({ length: B * T }, () => Math.floor(u() * cfg.vocabSize));
@@ -224,7 +219,7 @@ f16Test("fp16 decoding with the KV cache matches the fp16 full forward", async (
   const model = await GPT2.create(rt, cfg, { B: 1, T: 12, precision: "fp16", inference: true });
   const dec = await Decoder.create(rt, model, 12);
   try {
-    randomise(model, 3);
+    randomiseWeights(model, 3);
     const tokens = [5, 17, 3, 99, 42, 7];
     let logits = await dec.start(tokens.slice(0, 3));
     for (let i = 3; i <= tokens.length; i++) {

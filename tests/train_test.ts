@@ -204,6 +204,12 @@ gpuTest(
   },
 );
 
+/** The steps of a run's log.jsonl that carry a loss scale (fp16 runs). */
+async function scaledSteps(run: string): Promise<{ loss_scale: number; skipped: boolean }[]> {
+  return (await Deno.readTextFile(`${run}/log.jsonl`)).trim().split("\n")
+    .map((l) => JSON.parse(l)).filter((e) => e.loss_scale !== undefined);
+}
+
 gpuTest({
   name: "fp16 mixed precision: the loss curve agrees with fp32 on a small model",
   ignore: !hasF16,
@@ -219,8 +225,7 @@ gpuTest({
       baseConfig(`${dir}/fp16`, text, { ...over, precision: "fp16" }),
       quiet,
     );
-    const log = (await Deno.readTextFile(`${dir}/fp16/log.jsonl`)).trim().split("\n")
-      .map((l) => JSON.parse(l)).filter((e) => e.loss_scale !== undefined);
+    const log = await scaledSteps(`${dir}/fp16`);
     equal(log.length, 20, "every fp16 step logs its loss scale");
     ok(log.every((e) => e.loss_scale === 65536 && !e.skipped), "no overflow at 65536");
     const diff = Math.max(...fp16.losses.map((l, i) => Math.abs(l - fp32.losses[i])));
@@ -242,8 +247,7 @@ gpuTest({
     // 2^27 overflows the f16 gradients of this model: steps are skipped until it is low enough.
     const over = { precision: "fp16" as const, lossScale: 2 ** 27, lossScaleWindow: 3 };
     const full = await train(rt, baseConfig(`${dir}/full`, text, over), quiet);
-    const log = (await Deno.readTextFile(`${dir}/full/log.jsonl`)).trim().split("\n")
-      .map((l) => JSON.parse(l)).filter((e) => e.loss_scale !== undefined);
+    const log = await scaledSteps(`${dir}/full`);
     const skipped = log.filter((e) => e.skipped).map((e) => e.loss_scale);
     ok(skipped.length >= 1 && skipped[0] === 2 ** 27, `skipped at scales ${skipped}`);
     for (let i = 1; i < log.length; i++) {

@@ -15,8 +15,16 @@ import { f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { type SafeTensorsFile, tensorF32, type TensorToWrite } from "../io/safetensors.ts";
 import type { ParamLayout } from "../model/params.ts";
-import adamwSrc from "../../kernels/adamw.wgsl" with { type: "text" };
+import adamwBody from "../../kernels/adamw.wgsl" with { type: "text" };
+import stepSrc from "../../kernels/adamw_step.wgsl" with { type: "text" };
 import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
+
+/** An AdamW kernel with the shared Step struct and helpers (kernels/adamw_step.wgsl) first. */
+export function withStep(kernel: string): string {
+  return `${stepSrc}\n${kernel}`;
+}
+
+const adamwSrc = withStep(adamwBody);
 
 /** AdamW hyperparameters (PyTorch's names and defaults, nanoGPT's betas). */
 export interface AdamWConfig {
@@ -89,10 +97,10 @@ export interface StepOptions {
   skipOnOverflow?: boolean;
 }
 
-/** Bytes of the per-step uniform (kernels/adamw.wgsl's Step). */
+/** Bytes of the per-step uniform (kernels/adamw_step.wgsl's Step). */
 export const STEP_BYTES = 48;
 
-/** The per-step uniform of the AdamW kernels (see kernels/adamw.wgsl's Step). */
+/** The per-step uniform of the AdamW kernels (see kernels/adamw_step.wgsl's Step). */
 export function stepWords(
   c: AdamWConfig,
   t: number,

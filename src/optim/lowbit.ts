@@ -31,11 +31,14 @@ import {
   STEP_BYTES,
   type StepOptions,
   stepWords,
+  withStep,
 } from "./adamw.ts";
 import { dynamicMap, linearMapNoZero } from "./quant_maps.ts";
-import adamwSrc from "../../kernels/adamw.wgsl" with { type: "text" };
-import adamw8Src from "../../kernels/adamw8bit.wgsl" with { type: "text" };
-import adamw4Src from "../../kernels/adamw4bit.wgsl" with { type: "text" };
+import adamwBody from "../../kernels/adamw.wgsl" with { type: "text" };
+import adamw8Body from "../../kernels/adamw8bit.wgsl" with { type: "text" };
+import adamw4Body from "../../kernels/adamw4bit.wgsl" with { type: "text" };
+
+const [adamwSrc, adamw8Src, adamw4Src] = [adamwBody, adamw8Body, adamw4Body].map(withStep);
 
 /** Options of the low-bit optimizers. */
 export interface LowBitConfig extends AdamWConfig {
