@@ -1,21 +1,30 @@
 /**
- * One transformer block's forward dispatches, shared by the batched model
- * (src/model/gpt2.ts) and the one-token decoder (src/model/decode.ts):
+ * One transformer block's dispatches. The forward is shared by the batched
+ * model (src/model/gpt2.ts) and the one-token decoder (src/model/decode.ts):
  *
  *   x -> ln_1 -> c_attn -> [attention] -> c_proj -> + x -> ln_2 -> c_fc -> gelu
  *     -> mlp.c_proj -> + (residual)
  *
  * The attention dispatches come from the caller (flash attention over the
- * batch, or attention over the KV cache when decoding).
+ * batch, or attention over the KV cache when decoding). The backward runs the
+ * same graph in reverse over the batch, adding to the parameter gradients.
  *
  * @module
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
-import { linearForward } from "./linear.ts";
+import { linearBackward, linearForward } from "./linear.ts";
 import type { MatmulOptions } from "./matmul.ts";
-import { geluForward, layernormForward, residualForward, type TensorRange } from "./ops.ts";
+import {
+  flashAttentionBackward,
+  geluBackward,
+  geluForward,
+  layernormBackward,
+  layernormForward,
+  residualForward,
+  type TensorRange,
+} from "./ops.ts";
 
 /** The buffers one block reads and writes ([rows, C] unless noted). */
 export interface BlockBuffers {
@@ -104,4 +113,91 @@ export async function blockForward(
     await residualForward(rt, BT * C, { a: b.res2, b: b.fcproj, out: b.res3 }),
   ];
   return { pre, attention, post, mlp };
+}
+
+/** Scratch gradients the backward of every block reuses ([B*T, width]). */
+export interface BlockScratch {
+  /** Gradient of the residual stream [C]: read as the block's output gradient, then added to. */
+  dres: GPUBuffer;
+  /** [C]: the LayerNorms' output gradients. */
+  dbtc: GPUBuffer;
+  /** [C] */
+  datty: GPUBuffer;
+  /** [3C] */
+  dqkv: GPUBuffer;
+  /** [4C] */
+  dfchGelu: GPUBuffer;
+  /** [4C] */
+  dfch: GPUBuffer;
+  /** Flash attention's D [B, NH, T]. */
+  delta: GPUBuffer;
+}
+
+/**
+ * Builds block `l`'s backward over B*T positions, from `b`'s saved (or
+ * recomputed) activations and `lse`: `P` names parameters, `W` the weights
+ * matmuls read, `G` gradients (added to).
+ */
+export async function blockBackward(
+  rt: Runtime,
+  shape: { B: number; T: number; C: number; NH: number; l: number },
+  names: {
+    P: (name: string) => TensorRange;
+    W: (name: string) => TensorRange;
+    G: (name: string) => TensorRange;
+  },
+  b: BlockBuffers & { lse: GPUBuffer },
+  d: BlockScratch,
+  mm: MatmulOptions = {},
+): Promise<Dispatch[]> {
+  const { B, T, C, NH, l } = shape;
+  const BT = B * T;
+  const h = (n: string) => names.P(`h.${l}.${n}`);
+  const g = (n: string) => names.G(`h.${l}.${n}`);
+  const op = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
+  const buf = (x: GPUBuffer) => ({ buffer: x });
+  const lin = (
+    name: string,
+    Cin: number,
+    OC: number,
+    inp: GPUBuffer,
+    dout: GPUBuffer,
+    dinp: GPUBuffer,
+  ) =>
+    linearBackward(rt, { BT, C: Cin, OC, bias: true }, {
+      inp: buf(inp),
+      weight: op(names.W(`h.${l}.${name}.weight`)),
+      dout: buf(dout),
+      dinp: buf(dinp),
+      dweight: op(g(`${name}.weight`)),
+      dbias: op(g(`${name}.bias`)),
+    }, mm);
+  const ln = (name: string, inp: GPUBuffer, mean: GPUBuffer, rstd: GPUBuffer) =>
+    layernormBackward(rt, { N: BT, C }, {
+      inp,
+      weight: h(`${name}.weight`),
+      mean,
+      rstd,
+      dout: d.dbtc,
+      dinp: d.dres,
+      dweight: g(`${name}.weight`),
+      dbias: g(`${name}.bias`),
+    });
+  return [
+    ...await lin("mlp.c_proj", 4 * C, C, b.fchGelu, d.dres, d.dfchGelu),
+    await geluBackward(rt, BT * 4 * C, { inp: b.fch, dout: d.dfchGelu, dinp: d.dfch }),
+    ...await lin("mlp.c_fc", C, 4 * C, b.ln2, d.dfch, d.dbtc),
+    ...await ln("ln_2", b.res2, b.ln2Mean, b.ln2Rstd),
+    ...await lin("attn.c_proj", C, C, b.atty, d.dres, d.datty),
+    ...await flashAttentionBackward(rt, { B, T, C, NH }, {
+      qkv: b.qkv,
+      out: b.atty,
+      lse: b.lse,
+      dout: d.datty,
+      delta: d.delta,
+      dqkv: d.dqkv,
+    }),
+    ...await lin("attn.c_attn", C, 3 * C, b.ln1, d.dqkv, d.dbtc),
+    ...await ln("ln_1", b.input, b.ln1Mean, b.ln1Rstd),
+  ];
 }

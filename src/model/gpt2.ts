@@ -23,17 +23,14 @@ import type { ArenaScope } from "../gpu/arena.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { checkSequenceLength, type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
 import { initTensor } from "./init.ts";
-import { linearBackward } from "./linear.ts";
-import { type BlockBuffers, blockForward } from "./block.ts";
+import { blockBackward, type BlockBuffers, blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 import {
   castToHalf,
   classifier,
   encoderBackward,
   encoderForward,
-  flashAttentionBackward,
   flashAttentionForward,
-  geluBackward,
   layernormBackward,
   layernormForward,
   type TensorRange,
@@ -464,54 +461,18 @@ export class GPT2 {
       // Recompute what this layer's backward needs and the forward did not keep.
       if (recompute === "block") bwd.push(...fwdLayers[l]);
       else if (recompute === "mlp") bwd.push(...mlpLayers[l]);
-      const a = layers[l];
-      const h = (n: string) => P(`h.${l}.${n}`);
-      const g = (n: string) => G(`h.${l}.${n}`);
-      const residual = l === 0 ? encoded : layers[l - 1].res3;
-      const lin = (
-        name: string,
-        Cin: number,
-        OC: number,
-        inp: GPUBuffer,
-        dout: GPUBuffer,
-        dinp: GPUBuffer,
-      ) =>
-        linearBackward(rt, { BT, C: Cin, OC, bias: true }, {
-          inp: buf(inp),
-          weight: op(W(`h.${l}.${name}.weight`)),
-          dout: buf(dout),
-          dinp: buf(dinp),
-          dweight: op(g(`${name}.weight`)),
-          dbias: op(g(`${name}.bias`)),
-        }, mm);
-      const ln = (name: string, inp: GPUBuffer, mean: GPUBuffer, rstd: GPUBuffer) =>
-        layernormBackward(rt, { N: BT, C }, {
-          inp,
-          weight: h(`${name}.weight`),
-          mean,
-          rstd,
-          dout: dbtc,
-          dinp: this.#dres,
-          dweight: g(`${name}.weight`),
-          dbias: g(`${name}.bias`),
-        });
-      bwd.push(...await lin("mlp.c_proj", 4 * C, C, a.fchGelu, this.#dres, dfchGelu));
-      bwd.push(await geluBackward(rt, BT * 4 * C, { inp: a.fch, dout: dfchGelu, dinp: dfch }));
-      bwd.push(...await lin("mlp.c_fc", C, 4 * C, a.ln2, dfch, dbtc));
-      bwd.push(...await ln("ln_2", a.res2, a.ln2Mean, a.ln2Rstd));
-      bwd.push(...await lin("attn.c_proj", C, C, a.atty, this.#dres, datty));
+      const input = l === 0 ? encoded : layers[l - 1].res3;
       bwd.push(
-        ...await flashAttentionBackward(rt, { B, T, C, NH }, {
-          qkv: a.qkv,
-          out: a.atty,
-          lse: a.lse,
-          dout: datty,
-          delta,
+        ...await blockBackward(rt, { B, T, C, NH, l }, { P, W, G }, { ...layers[l], input }, {
+          dres: this.#dres,
+          dbtc,
+          datty,
           dqkv,
-        }),
+          dfchGelu,
+          dfch,
+          delta,
+        }, mm),
       );
-      bwd.push(...await lin("attn.c_attn", C, 3 * C, a.ln1, dqkv, dbtc));
-      bwd.push(...await ln("ln_1", residual, a.ln1Mean, a.ln1Rstd));
     }
     bwd.push(
       ...await encoderBackward(rt, enc, {
