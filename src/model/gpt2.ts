@@ -26,7 +26,6 @@ import { initTensor } from "./init.ts";
 import { blockBackward, type BlockBuffers, blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
 import {
-  castToHalf,
   classifier,
   encoderBackward,
   encoderForward,
@@ -36,9 +35,9 @@ import {
   type TensorRange,
 } from "./ops.ts";
 import { parameterLayout, type ParamLayout } from "./params.ts";
+import { ParamStore } from "./param_store.ts";
 import {
   activationBuffers,
-  arenaBytes,
   layerBufferLabel,
   type LayerField,
   logitsChunkRows,
@@ -80,16 +79,6 @@ export interface GPT2Options {
    * Default fp32.
    */
   precision?: Precision;
-}
-
-/** Parameters and their f16 copy, shared by the models that use them. */
-interface ParamStore {
-  params: GPUBuffer;
-  half?: GPUBuffer;
-  /** The f16 copy is older than the parameters. */
-  halfStale: boolean;
-  /** Dispatches that refresh the f16 copy. */
-  cast: Dispatch[];
 }
 
 /** One layer's activations: a block's buffers (its input is the previous output) and lse. */
@@ -172,20 +161,9 @@ export class GPT2 {
           "create the source model with precision fp16",
       );
     }
-    this.#store = src ? src.#store : {
-      params: this.#mem.alloc("params", "parameters", bytes),
-      half: this.precision === "fp16"
-        ? this.#mem.alloc(
-          "params.f16",
-          "parameters",
-          arenaBytes(this.layout.totalElements * 2),
-          undefined,
-          "f16",
-        )
-        : undefined,
-      halfStale: true,
-      cast: [],
-    };
+    this.#store = src
+      ? src.#store
+      : new ParamStore(this.#mem, this.layout.totalElements, this.precision === "fp16");
     this.params = this.#store.params;
     this.#ownsParams = !src;
     this.#lossScale = this.#mem.alloc(
@@ -250,7 +228,7 @@ export class GPT2 {
    * optimizer step): the f16 copy is refreshed before the next pass.
    */
   markParamsChanged(): void {
-    this.#store.halfStale = true;
+    this.#store.markChanged();
   }
 
   /** Sets the loss scale the loss gradient is multiplied by (mixed precision); default 1. */
@@ -260,16 +238,13 @@ export class GPT2 {
 
   /** Encodes the refresh of the f16 copy of the parameters when it is stale. */
   encodeHalfParams(encoder: GPUCommandEncoder): void {
-    const s = this.#store;
-    if (!s.half || !s.halfStale) return;
-    encodeDispatches(encoder, s.cast, this.rt.profiler);
-    s.halfStale = false;
+    this.#store.encodeRefresh(this.rt, encoder);
   }
 
   /** The range matmuls read a weight from: the f16 copy under fp16, else the parameters. */
   weight(name: string): TensorRange {
     const t = this.tensor(name);
-    return this.precision === "fp16" ? { ...t, buffer: this.#store.half! } : t;
+    return this.precision === "fp16" ? this.#store.weight(t) : t;
   }
 
   /** A named parameter's range in the flat buffer (or in the gradient buffer). */
@@ -297,13 +272,7 @@ export class GPT2 {
     const made = new Map(
       plan.map((b) => [b.label, this.#mem.alloc(b.label, b.category, b.bytes, undefined, b.dtype)]),
     );
-    const store = this.#store;
-    if (store.half && this.#ownsParams) {
-      store.cast = await castToHalf(rt, this.layout.totalElements, {
-        src: store.params,
-        dst: store.half,
-      });
-    }
+    if (this.#ownsParams) await this.#store.build(rt);
     const get = (label: string) => made.get(label)!;
     const S = this.#inputStride;
     this.#inputs = get("inputs");
@@ -664,8 +633,8 @@ export class GPT2 {
   destroy(): void {
     // The forward list is a prefix of the training list plus its own classifier dispatches.
     // The lists share the forward body and the lm_head dispatches: free each once.
-    const cast = this.#ownsParams ? this.#store.cast : [];
-    freeDispatches(this.rt.arena, [...new Set([...this.#train, ...this.#forward, ...cast])]);
+    if (this.#ownsParams) this.#store.destroy(this.rt);
+    freeDispatches(this.rt.arena, [...new Set([...this.#train, ...this.#forward])]);
     this.#mem.freeAll();
     this.#train = this.#forward = [];
     this.#lossStaging.destroy();
