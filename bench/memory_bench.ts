@@ -28,7 +28,8 @@ export const memoryBench: BenchCase = {
   args:
     "--model M --batch B --seq T --optimizer adamw|adamw8bit|adamw4bit --recompute none|mlp|block " +
     "--precision fp32|fp16 --plan-only",
-  description: "memory plan by category (every optimizer x recompute), then one real step's peak",
+  description:
+    "memory plan by category (every optimizer x recompute x precision), then one real step's peak",
   async run({ args, quick, log }) {
     const model = args.model ?? (quick ? "gpt2-mini" : "gpt2-medium-4096");
     const cfg = resolveConfig(model);
