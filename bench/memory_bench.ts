@@ -11,6 +11,7 @@
  */
 
 import { formatBytes } from "../src/gpu/arena.ts";
+import { encodeDispatches } from "../src/gpu/dispatch.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
@@ -100,15 +101,7 @@ export const memoryBench: BenchCase = {
       rt.device.queue.submit([enc.finish()]);
       const enc2 = rt.device.createCommandEncoder();
       opt.setStep(1, 1e-4);
-      for (const d of [opt]) {
-        const pass = enc2.beginComputePass();
-        for (const x of d.dispatches) {
-          pass.setPipeline(x.pipeline);
-          x.bindGroups.forEach((g, i) => pass.setBindGroup(i, g));
-          pass.dispatchWorkgroups(...x.workgroups);
-        }
-        pass.end();
-      }
+      encodeDispatches(enc2, opt.dispatches);
       rt.device.queue.submit([enc2.finish()]);
       await rt.device.queue.onSubmittedWorkDone();
       log(`memory: step took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
