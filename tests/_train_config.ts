@@ -5,6 +5,7 @@
  */
 
 import type { TrainConfig } from "../src/train/trainer.ts";
+import { rng } from "./_harness.ts";
 
 /** Small GPT-2 sizes with GPT-2's vocabulary (the tests tokenize real text). */
 export const SMALL_MODEL = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 64, vocabSize: 50257 };
@@ -45,4 +46,26 @@ export function testTrainConfig(
     cacheDir: `${out}/cache`,
     ...over,
   };
+}
+
+/** Text the tests write themselves: seeded pseudo-sentences of `sentence` words. */
+export function syntheticText(words: number, seed: number, sentence = 9): string {
+  const vocab = [
+    "the",
+    "whale",
+    "sea",
+    "ship",
+    "captain",
+    "white",
+    "deep",
+    "sailor",
+    "storm",
+    "and",
+  ];
+  const u = rng(seed);
+  const out: string[] = [];
+  for (let i = 0; i < words; i++) {
+    out.push(vocab[Math.floor(u() * vocab.length)] + (i % sentence === sentence - 1 ? "." : ""));
+  }
+  return out.join(" ");
 }

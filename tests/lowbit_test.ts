@@ -9,7 +9,7 @@ import { train, type TrainConfig } from "../src/train/trainer.ts";
 import { gradNormRef } from "./reference/adamw.ts";
 import { lowbitStepRef, refQuantState, unpackCodes } from "./reference/lowbit.ts";
 import { assertAllClose, gpuTest, rng } from "./_harness.ts";
-import { testTrainConfig } from "./_train_config.ts";
+import { syntheticText, testTrainConfig } from "./_train_config.ts";
 
 Deno.test("quantization maps: bitsandbytes' dynamic maps and the 4-bit maps", () => {
   const s8 = dynamicMap(true, 8), u8 = dynamicMap(false, 8), s4 = dynamicMap(true, 4);
@@ -186,24 +186,7 @@ Deno.test("state layout: bytes per parameter and pieces under the binding limit"
 gpuTest("a small model trained with 8-bit and 4-bit AdamW ends close to fp32 AdamW", async (rt) => {
   const dir = await Deno.makeTempDir();
   try {
-    const words = [
-      "the",
-      "whale",
-      "sea",
-      "ship",
-      "captain",
-      "white",
-      "deep",
-      "sailor",
-      "storm",
-      "and",
-    ];
-    const u = rng(11);
-    const text = Array.from(
-      { length: 20000 },
-      (_, i) => words[Math.floor(u() * 10)] + (i % 7 === 6 ? "." : ""),
-    )
-      .join(" ");
+    const text = syntheticText(20000, 11, 7);
     await Deno.writeTextFile(`${dir}/text.txt`, text);
     const base = testTrainConfig(`${dir}/run`, `${dir}/text.txt`, {
       modelName: "lowbit-test",

@@ -8,33 +8,23 @@ import type { GPT2Config } from "../src/model/config.ts";
 import { encodeModel, loadTensors } from "../src/io/hf.ts";
 import { encodeSafetensors, parseSafetensors, tensorF32 } from "../src/io/safetensors.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
-import { gpuTest, hasF16, hasSharedData, rng } from "./_harness.ts";
-import { testTrainConfig } from "./_train_config.ts";
+import { gpuTest, hasF16, hasSharedData } from "./_harness.ts";
+import { syntheticText, testTrainConfig } from "./_train_config.ts";
 
 const SMALL: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 64, vocabSize: 50257 };
 const shared = new URL("../../shared/data/", import.meta.url);
 const hasShakespeare = await hasSharedData("tinyshakespeare.txt");
 
-/** Text the tests write themselves: seeded pseudo-sentences. */
-function syntheticText(words: number, seed: number): string {
-  const vocab = [
-    "the",
-    "whale",
-    "sea",
-    "ship",
-    "captain",
-    "white",
-    "deep",
-    "sailor",
-    "storm",
-    "and",
-  ];
-  const u = rng(seed);
-  const out: string[] = [];
-  for (let i = 0; i < words; i++) {
-    out.push(vocab[Math.floor(u() * vocab.length)] + (i % 9 === 8 ? "." : ""));
+/** Runs `fn` in a fresh temporary directory holding text.txt (6000 synthetic words). */
+async function withTextRun(fn: (dir: string, text: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    const text = `${dir}/text.txt`;
+    await Deno.writeTextFile(text, syntheticText(6000, 1));
+    await fn(dir, text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
-  return out.join(" ");
 }
 
 function baseConfig(out: string, data: string, over: Partial<TrainConfig> = {}): TrainConfig {
@@ -143,10 +133,7 @@ gpuTest("model.safetensors round-trips with HF names, prefixes and f16/bf16", as
 // training
 
 gpuTest("stop and resume give bit-identical losses to an uninterrupted run", async (rt) => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const text = `${dir}/text.txt`;
-    await Deno.writeTextFile(text, syntheticText(6000, 1));
+  await withTextRun(async (dir, text) => {
     const full = await train(rt, baseConfig(`${dir}/full`, text), quiet);
     equal(full.losses.length, 8);
     const part = await train(rt, baseConfig(`${dir}/part`, text), {
@@ -168,9 +155,7 @@ gpuTest("stop and resume give bit-identical losses to an uninterrupted run", asy
       tensorF32(fb.model, "h.1.mlp.c_fc.weight"),
     );
     deepEqual(fa.trainer?.cursor, fb.trainer?.cursor);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 gpuTest(
@@ -214,10 +199,7 @@ gpuTest({
   name: "fp16 mixed precision: the loss curve agrees with fp32 on a small model",
   ignore: !hasF16,
 }, async (rt) => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const text = `${dir}/text.txt`;
-    await Deno.writeTextFile(text, syntheticText(6000, 1));
+  await withTextRun(async (dir, text) => {
     const over = { steps: 20, lr: 5e-3, warmup: 5, valEvery: 0 };
     const fp32 = await train(rt, baseConfig(`${dir}/fp32`, text, over), quiet);
     const fp16 = await train(
@@ -231,19 +213,14 @@ gpuTest({
     const diff = Math.max(...fp16.losses.map((l, i) => Math.abs(l - fp32.losses[i])));
     ok(diff < 0.02, `fp16 and fp32 losses differ by up to ${diff}`);
     ok(fp16.losses[19] < fp16.losses[0] - 2, `fp16 loss ${fp16.losses[0]} -> ${fp16.losses[19]}`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 gpuTest({
   name: "fp16: overflowing steps are skipped, the scale halves, and resume keeps it exact",
   ignore: !hasF16,
 }, async (rt) => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const text = `${dir}/text.txt`;
-    await Deno.writeTextFile(text, syntheticText(6000, 1));
+  await withTextRun(async (dir, text) => {
     // 2^27 overflows the f16 gradients of this model: steps are skipped until it is low enough.
     const over = { precision: "fp16" as const, lossScale: 2 ** 27, lossScaleWindow: 3 };
     const full = await train(rt, baseConfig(`${dir}/full`, text, over), quiet);
@@ -275,9 +252,7 @@ gpuTest({
       quiet,
     );
     deepEqual([...part.losses, ...rest.losses], full.losses);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 /** Every file under dir with its size and mtime, to prove nothing was touched. */
