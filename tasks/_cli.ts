@@ -1,9 +1,44 @@
 /**
- * Small helpers the task CLIs share: reading numeric and precision flags, and running a main
+ * Small helpers the task CLIs share: parsing CHECKPOINT_DIR plus flags, reading
+ * numeric and precision flags, and running a main
  * function with the exit codes the tasks use (2 for bad usage, 1 for failure).
  *
  * @module
  */
+
+import { parseArgs } from "node:util";
+
+/** Flag values of a task, by name. */
+export type FlagValues = Record<string, string | boolean | undefined>;
+
+/**
+ * Parses `TASK CHECKPOINT_DIR [flags]` strictly: `strings` and `booleans` name
+ * the flags (plus -h/--help and --precision). Returns "help", or the flags
+ * and the one directory; anything else is a TypeError that points to --help.
+ */
+export function parseCheckpointArgs(
+  argv: string[],
+  task: string,
+  flags: { strings: string[]; booleans?: string[] },
+): "help" | { v: FlagValues; dir: string } {
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
+    help: { type: "boolean", short: "h" },
+    precision: { type: "string" },
+  };
+  for (const k of flags.strings) options[k] = { type: "string" };
+  for (const k of flags.booleans ?? []) options[k] = { type: "boolean" };
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options,
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) return "help";
+  if (positionals.length !== 1) {
+    throw new TypeError(`Give one CHECKPOINT_DIR: see deno task ${task} --help`);
+  }
+  return { v: values, dir: positionals[0] };
+}
 
 /** A flag's number, or `fallback` when absent; a bad value is a TypeError naming the flag. */
 export function numberFlag(

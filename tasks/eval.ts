@@ -5,8 +5,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
-import { numberFlag, precisionFlag, runMain } from "./_cli.ts";
+import { numberFlag, parseCheckpointArgs, precisionFlag, runMain } from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
@@ -75,33 +74,25 @@ function progress(label: string, done: number, total: number, t0: number, extra 
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parseArgs({
-    args: argv,
-    options: {
-      hellaswag: { type: "string" },
-      limit: { type: "string" },
-      "batch-items": { type: "string" },
-      seq: { type: "string" },
-      loss: { type: "string" },
-      "loss-batches": { type: "string" },
-      batch: { type: "string" },
-      json: { type: "string" },
-      "cache-dir": { type: "string" },
-      precision: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    allowPositionals: true,
-    strict: true,
+  const args = parseCheckpointArgs(argv, "eval", {
+    strings: [
+      "hellaswag",
+      "limit",
+      "batch-items",
+      "seq",
+      "loss",
+      "loss-batches",
+      "batch",
+      "json",
+      "cache-dir",
+    ],
   });
-  if (v.help) {
+  if (args === "help") {
     console.log(HELP);
     return 0;
   }
-  if (positionals.length !== 1) {
-    throw new TypeError("Give one CHECKPOINT_DIR: see deno task eval --help");
-  }
-  const num = (k: keyof typeof v, d: number) => numberFlag(v, k, d, "positive-integer");
-  const dir = positionals[0];
+  const { v, dir } = args;
+  const num = (k: string, d: number) => numberFlag(v, k, d, "positive-integer");
   const seq = num("seq", 192);
   const precision = precisionFlag(v);
   const rt = await createRuntime();

@@ -5,8 +5,7 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
-import { numberFlag, precisionFlag, runMain } from "./_cli.ts";
+import { numberFlag, parseCheckpointArgs, precisionFlag, runMain } from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
 import { loadTensors } from "../src/io/hf.ts";
@@ -32,31 +31,16 @@ Generates text from a GPT-2 checkpoint (ours or Hugging Face's) and streams it t
   -h, --help           this text`;
 
 export async function main(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parseArgs({
-    args: argv,
-    options: {
-      prompt: { type: "string" },
-      "max-tokens": { type: "string" },
-      temperature: { type: "string" },
-      "top-k": { type: "string" },
-      "top-p": { type: "string" },
-      seed: { type: "string" },
-      ctx: { type: "string" },
-      "stop-at-eot": { type: "boolean" },
-      precision: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    allowPositionals: true,
-    strict: true,
+  const args = parseCheckpointArgs(argv, "sample", {
+    strings: ["prompt", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx"],
+    booleans: ["stop-at-eot"],
   });
-  if (v.help) {
+  if (args === "help") {
     console.log(HELP);
     return 0;
   }
-  if (positionals.length !== 1) {
-    throw new TypeError("Give one CHECKPOINT_DIR: see deno task sample --help");
-  }
-  const num = (k: keyof typeof v, d: number) => numberFlag(v, k, d, "non-negative");
+  const { v, dir } = args;
+  const num = (k: string, d: number) => numberFlag(v, k, d, "non-negative");
   const opts = {
     maxTokens: num("max-tokens", 128),
     temperature: num("temperature", 0.8),
@@ -65,7 +49,7 @@ export async function main(argv: string[]): Promise<number> {
     seed: num("seed", 0),
     stopToken: v["stop-at-eot"] ? EOT : undefined,
   };
-  const ck = await loadCheckpoint(positionals[0]);
+  const ck = await loadCheckpoint(dir);
   const T = Math.min(num("ctx", Math.min(ck.config.nCtx, 1024)), ck.config.nCtx);
   const rt = await createRuntime();
   const weights = await GPT2.create(rt, ck.config, {
