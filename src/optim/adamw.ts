@@ -98,7 +98,26 @@ export interface StepOptions {
 }
 
 /** Bytes of the per-step uniform (kernels/adamw_step.wgsl's Step). */
-export const STEP_BYTES = 48;
+const STEP_BYTES = 48;
+
+/**
+ * The two small buffers every AdamW variant binds: stats (grad_norm's output,
+ * 4 floats) and the per-step uniform.
+ */
+export function stepBuffers(
+  mem: ArenaScope,
+  prefix: string,
+): { stats: GPUBuffer; step: GPUBuffer } {
+  return {
+    stats: mem.alloc(`${prefix}.stats`, "scratch", 16),
+    step: mem.alloc(
+      `${prefix}.step`,
+      "scratch",
+      STEP_BYTES,
+      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    ),
+  };
+}
 
 /** The per-step uniform of the AdamW kernels (see kernels/adamw_step.wgsl's Step). */
 export function stepWords(
@@ -208,13 +227,7 @@ export class AdamW {
     const bytes = layout.totalElements * 4;
     this.m = this.#mem.alloc("adamw.m", "optimizer", bytes);
     this.v = this.#mem.alloc("adamw.v", "optimizer", bytes);
-    this.stats = this.#mem.alloc("adamw.stats", "scratch", 16);
-    this.#stepUniform = this.#mem.alloc(
-      "adamw.step",
-      "scratch",
-      STEP_BYTES,
-      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-    );
+    ({ stats: this.stats, step: this.#stepUniform } = stepBuffers(this.#mem, "adamw"));
   }
 
   /** Builds the optimizer for the given parameter and gradient buffers. */

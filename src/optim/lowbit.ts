@@ -28,7 +28,7 @@ import {
   type AdamWConfig,
   gradNormDispatches,
   gradNormPartials,
-  STEP_BYTES,
+  stepBuffers,
   type StepOptions,
   stepWords,
   withStep,
@@ -214,13 +214,7 @@ export class LowBitAdamW {
     this.#state = Object.fromEntries(
       STATE_KINDS.map((k) => [k, this.#mem.alloc(`opt.${k}`, "optimizer", gpuSizes[k] * 4)]),
     ) as Record<StateKind, GPUBuffer>;
-    this.stats = this.#mem.alloc("opt.stats", "scratch", 16);
-    this.#step = this.#mem.alloc(
-      "opt.step",
-      "scratch",
-      STEP_BYTES,
-      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-    );
+    ({ stats: this.stats, step: this.#step } = stepBuffers(this.#mem, "opt"));
   }
 
   /** Builds the optimizer over the model's parameter and gradient buffers. */
