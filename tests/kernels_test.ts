@@ -160,7 +160,7 @@ gpuTest(
         const dpre = p.empty("dpre", B * NH * T * T), dqkv2 = p.empty("dqkv2", B * T * 3 * C);
         const s = { B, T, C, NH };
         await runDispatches(rt.device, [
-          await flashAttentionForward(rt, s, { qkv: Q, out, lse }),
+          ...await flashAttentionForward(rt, s, { qkv: Q, out, lse }),
           ...await flashAttentionBackward(rt, s, { qkv: Q, out, lse, dout: D, delta, dqkv }),
           await attentionForward(rt, s, { qkv: Q, out: out2, att }),
           ...await attentionBackward(rt, s, { qkv: Q, att, dout: D, dpre, dqkv: dqkv2 }),

@@ -130,7 +130,7 @@ f16Test("f16 flash attention matches float64, forward and backward", async (rt) 
     const delta = p.empty("delta", B * NH * T), dqkv = p.empty("dqkv", B * T * 3 * C, "f16");
     const s = { B, T, C, NH };
     await runDispatches(rt.device, [
-      await flashAttentionForward(rt, s, { qkv: qkv.b, out, lse }),
+      ...await flashAttentionForward(rt, s, { qkv: qkv.b, out, lse }),
       ...await flashAttentionBackward(rt, s, {
         qkv: qkv.b,
         out,

@@ -28,6 +28,38 @@ export interface DispatchSpec {
   uniform?: { binding: number; words: number[] };
   workgroups: readonly [number, number, number];
   flops?: number;
+  /**
+   * The most loop iterations one invocation runs, from the formula in the kernel's header,
+   * and the shape it was computed for (named in the error when it is over the budget).
+   */
+  loops?: { bound: number; shape: Record<string, number> };
+}
+
+/**
+ * The most loop iterations one invocation may run. llvmpipe (lavapipe) stops every
+ * invocation after about 65,535 iterations of all its loops together, silently (measured:
+ * tests/loop_budget_test.ts); GPUs have no such cap, but a kernel that needs more in one
+ * invocation has too little parallelism for them anyway. Kernels split their work so that
+ * the bound in their header stays under this, and {@linkcode makeDispatch} refuses any
+ * dispatch whose bound does not.
+ */
+export const LOOP_BUDGET = 65535;
+
+/**
+ * Throws when a kernel's per-invocation loop bound is over {@linkcode LOOP_BUDGET}, naming
+ * the kernel and the shape.
+ */
+export function checkLoopBound(
+  name: string,
+  loops: { bound: number; shape: Record<string, number> },
+): void {
+  if (loops.bound <= LOOP_BUDGET) return;
+  const shape = Object.entries(loops.shape).map(([k, v]) => `${k}=${v}`).join(" ");
+  throw new RangeError(
+    `Kernel "${name}" at ${shape}: one invocation would run ${loops.bound} loop iterations, ` +
+      `over the budget of ${LOOP_BUDGET} (CPU adapters such as llvmpipe silently stop an ` +
+      "invocation there): split the work into smaller dispatches",
+  );
 }
 
 const f32 = new Float32Array(1);
@@ -53,6 +85,7 @@ export function grid1d(n: number, size: number): [number, number, number] {
 
 /** Compiles (or reuses) the pipeline and creates the bind group and uniform buffer. */
 export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dispatch> {
+  if (spec.loops) checkLoopBound(spec.name, spec.loops);
   const pipeline = await rt.pipelines.get(
     { name: spec.name, code: spec.code, entryPoint: spec.entryPoint },
     spec.constants ?? {},

@@ -346,9 +346,11 @@ export class GPT2 {
     for (let l = 0; l < L; l++) {
       const a = layers[l];
       const input = l === 0 ? encoded : layers[l - 1].res3;
-      const attention = [
-        await flashAttentionForward(rt, { B, T, C, NH }, { qkv: a.qkv, out: a.atty, lse: a.lse }),
-      ];
+      const attention = await flashAttentionForward(rt, { B, T, C, NH }, {
+        qkv: a.qkv,
+        out: a.atty,
+        lse: a.lse,
+      });
       const blk = await blockForward(rt, { rows: BT, C, l }, P, W, { ...a, input }, attention, mm);
       const all = [...blk.pre, ...blk.attention, ...blk.post];
       fwd.push(...all);

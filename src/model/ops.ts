@@ -9,7 +9,7 @@
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
-import { type BufferRange, f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
+import { type BufferRange, f32Bits, grid1d, LOOP_BUDGET, makeDispatch } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { dtypeOf, typedKernel } from "../gpu/dtype.ts";
 import encoderSrc from "../../kernels/encoder.wgsl" with { type: "text" };
@@ -20,6 +20,7 @@ import attentionSrc from "../../kernels/attention.wgsl" with { type: "text" };
 import classifierSrc from "../../kernels/classifier.wgsl" with { type: "text" };
 import flashSrc from "../../kernels/flash_attention.wgsl" with { type: "text" };
 import castSrc from "../../kernels/cast.wgsl" with { type: "text" };
+import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" };
 
 /** The whole of a buffer. */
 const all = (buffer: GPUBuffer): BufferRange => ({ buffer });
@@ -377,28 +378,114 @@ export function classifier(
 // ---------------------------------------------------------------------------
 // flash attention (no T x T buffers)
 
+/** Query (or key) rows per workgroup of kernels/flash_attention.wgsl. */
+const FLASH_WG = 64;
+
+/** The pass of flash attention whose loop bound is asked for. */
+export type FlashPass = "forward" | "dq" | "dkv";
+
+/** Tile geometry for head size HS: vec4s per row and rows per workgroup-memory tile. */
+function flashTiles(HS: number): { hs4: number; bk: number } {
+  const hs4 = Math.ceil(HS / 4);
+  // Two tiles of BK x HS4 vec4 in 16 KiB (WebGPU's default workgroup storage), BK a power of 2.
+  return { hs4, bk: Math.min(64, 2 ** Math.floor(Math.log2(512 / hs4))) };
+}
+
+/**
+ * The most loop iterations one invocation of a flash attention pass runs over a chunk of
+ * `KC` rows, as the formula in kernels/flash_attention.wgsl's header gives it.
+ */
+export function flashLoopBound(pass: FlashPass, HS: number, KC: number): number {
+  const { hs4, bk } = flashTiles(HS);
+  const tiles = Math.ceil(KC / bk), stage = Math.ceil((bk * hs4) / FLASH_WG);
+  if (pass === "forward") return tiles * (1 + stage + 2 * bk * (1 + hs4) + hs4) + 2 * hs4;
+  if (pass === "dq") return tiles * (1 + stage + bk * (1 + 3 * hs4)) + 3 * hs4;
+  return tiles * (1 + stage + bk * (1 + 4 * hs4)) + 4 * hs4;
+}
+
+/**
+ * Rows per split-KV chunk of a pass: the largest 64 * 2^k whose loop bound is within
+ * {@linkcode LOOP_BUDGET} (for HS = 64: 1024 keys forward and dq, 512 queries dkv).
+ */
+export function flashChunkRows(pass: FlashPass, HS: number): number {
+  let kc = FLASH_WG;
+  while (flashLoopBound(pass, HS, 2 * kc) <= LOOP_BUDGET) kc *= 2;
+  return kc;
+}
+
 function checkHeadSize(s: AttentionShape): void {
   if (s.C / s.NH > 128) {
     throw new RangeError(`Head size ${s.C / s.NH} is over flash attention's maximum of 128`);
   }
+  if (s.B * s.NH > 65535) {
+    throw new RangeError(
+      `Flash attention grids hold B * NH = ${s.B * s.NH} (b, h) pairs, over 65535: ` +
+        "use a smaller batch per micro-step",
+    );
+  }
 }
 
-/** out [B,T,C] and lse [B,NH,T] from qkv [B,T,3C], with an online softmax. */
+/** Causal (query, key) pairs whose key lies in [k0, k1) (T queries). */
+const pairsWithKeys = (T: number, k0: number, k1: number) =>
+  (k1 - k0) * T - ((k1 - 1) * k1 - (k0 - 1) * k0) / 2;
+
+/** The chunks [k0, k1) of `T` rows for a pass, with the first row block each dispatch needs. */
+function flashChunks(pass: FlashPass, s: AttentionShape) {
+  const HS = s.C / s.NH, KC = flashChunkRows(pass, HS), blocks = Math.ceil(s.T / FLASH_WG);
+  const out: { k0: number; k1: number; blk0: number; nblk: number; loops: number }[] = [];
+  for (let k0 = 0; k0 < s.T; k0 += KC) {
+    const k1 = Math.min(s.T, k0 + KC);
+    // forward and dq: query blocks that reach key k0; dkv: key blocks that start before k1.
+    const [blk0, nblk] = pass === "dkv"
+      ? [0, Math.ceil(k1 / FLASH_WG)]
+      : [Math.floor(k0 / FLASH_WG), blocks - Math.floor(k0 / FLASH_WG)];
+    out.push({ k0, k1, blk0, nblk, loops: flashLoopBound(pass, HS, k1 - k0) });
+  }
+  return out;
+}
+
+function flashDispatches(
+  rt: Runtime,
+  pass: FlashPass,
+  s: AttentionShape,
+  spec: { code: string; entryPoint: string; name: string; buffers: Record<number, BufferRange> },
+  flopsPerPair: number,
+): Promise<Dispatch[]> {
+  const HS = s.C / s.NH;
+  const { bk } = flashTiles(HS);
+  return Promise.all(
+    flashChunks(pass, s).map((c, i) =>
+      makeDispatch(rt, {
+        ...spec,
+        constants: { HS, BK: bk },
+        uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH, c.k0, c.k1, c.blk0, i === 0 ? 1 : 0] },
+        workgroups: [c.nblk, s.B * s.NH, 1],
+        flops: flopsPerPair * HS * s.B * s.NH *
+          (pass === "dkv"
+            ? pairsWithKeys(s.T, 0, c.k1) - pairsWithKeys(s.T, 0, c.k0) // by query
+            : pairsWithKeys(s.T, c.k0, c.k1)),
+        loops: { bound: c.loops, shape: { B: s.B, T: s.T, NH: s.NH, HS, k0: c.k0, k1: c.k1 } },
+      })
+    ),
+  );
+}
+
+/**
+ * out [B,T,C] and lse [B,NH,T] from qkv [B,T,3C], FlashAttention-2 style: one dispatch per
+ * split-KV chunk of keys, each merging into the output of the ones before.
+ */
 export function flashAttentionForward(
   rt: Runtime,
   s: AttentionShape,
   ops: { qkv: GPUBuffer; out: GPUBuffer; lse: GPUBuffer },
-): Promise<Dispatch> {
+): Promise<Dispatch[]> {
   checkHeadSize(s);
-  return makeDispatch(rt, {
+  return flashDispatches(rt, "forward", s, {
     name: "flash_attention_forward",
     code: typedKernel(flashSrc, { qkv_t: dtypeOf(ops.qkv), out_t: dtypeOf(ops.out) }),
     entryPoint: "forward",
     buffers: { 0: all(ops.qkv), 1: all(ops.out), 2: all(ops.lse) },
-    uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
-    workgroups: grid1d(s.B * s.T * s.NH, 64),
-    flops: 2 * s.B * s.NH * s.T * s.T * (s.C / s.NH),
-  });
+  }, 4);
 }
 
 /** dqkv [B,T,3C] from dout [B,T,C], recomputing the probabilities (delta is scratch [B,NH,T]). */
@@ -415,15 +502,12 @@ export async function flashAttentionBackward(
   },
 ): Promise<Dispatch[]> {
   checkHeadSize(s);
-  const common = {
-    code: typedKernel(flashSrc, {
-      qkv_t: dtypeOf(ops.qkv),
-      out_t: dtypeOf(ops.out),
-      dqkv_t: dtypeOf(ops.dqkv),
-    }),
-    uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
-    workgroups: grid1d(s.B * s.T * s.NH, 64),
-  };
+  const HS = s.C / s.NH;
+  const code = typedKernel(flashSrc, {
+    qkv_t: dtypeOf(ops.qkv),
+    out_t: dtypeOf(ops.out),
+    dqkv_t: dtypeOf(ops.dqkv),
+  });
   const grads = {
     0: all(ops.qkv),
     2: all(ops.lse),
@@ -431,29 +515,88 @@ export async function flashAttentionBackward(
     4: all(ops.delta),
     5: all(ops.dqkv),
   };
-  const flops = 4 * s.B * s.NH * s.T * s.T * (s.C / s.NH);
-  return [
-    await makeDispatch(rt, {
-      ...common,
-      name: "flash_attention_backward_delta",
-      entryPoint: "backward_delta",
-      buffers: { 1: all(ops.out), 3: all(ops.dout), 4: all(ops.delta) },
+  const delta = await makeDispatch(rt, {
+    name: "flash_attention_backward_delta",
+    code,
+    entryPoint: "backward_delta",
+    constants: { HS, BK: flashTiles(HS).bk },
+    buffers: { 1: all(ops.out), 3: all(ops.dout), 4: all(ops.delta) },
+    uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH, 0, 0, 0, 0] },
+    workgroups: grid1d(s.B * s.T * s.NH, 64),
+    loops: { bound: HS, shape: { HS } },
+  });
+  const dq = await flashDispatches(rt, "dq", s, {
+    name: "flash_attention_backward_dq",
+    code,
+    entryPoint: "backward_dq",
+    buffers: grads,
+  }, 6);
+  const dkv = await flashDispatches(rt, "dkv", s, {
+    name: "flash_attention_backward_dkv",
+    code,
+    entryPoint: "backward_dkv",
+    buffers: grads,
+  }, 8);
+  return [delta, ...dq, ...dkv];
+}
+
+// ---------------------------------------------------------------------------
+// decode attention (one new token over the KV cache, split over the cache)
+
+/** Cache rows per workgroup of kernels/attention_decode.wgsl. */
+const DECODE_DK = 256;
+
+/** Shape of decode attention: a cache of `maxT` rows, C channels, NH heads. */
+export interface DecodeShape {
+  maxT: number;
+  C: number;
+  NH: number;
+}
+
+/** Bytes of the scratch that decode attention's chunks write their partial results to. */
+export function decodePartialBytes(s: DecodeShape): number {
+  return s.NH * Math.ceil(s.maxT / DECODE_DK) * (s.C / s.NH + 2) * 4;
+}
+
+/**
+ * out [C] = attention of q1 (the new token's q|k|v [3C]) over cache rows 0..t ([maxT, 3C]),
+ * flash-decoding style: a dispatch of chunks, then one that combines them. Both read t from
+ * word 0 of their uniform, which the caller rewrites before each token.
+ */
+export function attentionDecode(
+  rt: Runtime,
+  s: DecodeShape,
+  ops: { q1: GPUBuffer; cache: GPUBuffer; out: GPUBuffer; partial: GPUBuffer },
+): Promise<Dispatch[]> {
+  const HS = s.C / s.NH, S = Math.ceil(s.maxT / DECODE_DK), lanes = Math.ceil(HS / 64);
+  if (HS > 128) throw new RangeError(`Head size ${HS} is over decode attention's maximum of 128`);
+  const spec = {
+    code: typedKernel(decodeSrc, { qkv_t: dtypeOf(ops.cache), out_t: dtypeOf(ops.out) }),
+    constants: { HS },
+    uniform: { binding: 3, words: [0, s.C, s.NH, S] },
+  };
+  const per = DECODE_DK / 64;
+  return Promise.all([
+    makeDispatch(rt, {
+      ...spec,
+      name: "attention_decode",
+      entryPoint: "partial_chunk",
+      buffers: { 0: all(ops.q1), 1: all(ops.cache), 4: all(ops.partial) },
+      workgroups: [S, s.NH, 1],
+      loops: {
+        bound: per * (HS + 1) + per + 12 + lanes * (DECODE_DK + 1),
+        shape: { maxT: s.maxT, HS },
+      },
     }),
-    await makeDispatch(rt, {
-      ...common,
-      name: "flash_attention_backward_dq",
-      entryPoint: "backward_dq",
-      buffers: grads,
-      flops,
+    makeDispatch(rt, {
+      ...spec,
+      name: "attention_decode_combine",
+      entryPoint: "combine",
+      buffers: { 2: all(ops.out), 4: all(ops.partial) },
+      workgroups: [s.NH, 1, 1],
+      loops: { bound: lanes * (2 * S + 1), shape: { maxT: s.maxT, HS } },
     }),
-    await makeDispatch(rt, {
-      ...common,
-      name: "flash_attention_backward_dkv",
-      entryPoint: "backward_dkv",
-      buffers: grads,
-      flops,
-    }),
-  ];
+  ]);
 }
 
 // ---------------------------------------------------------------------------
