@@ -1,18 +1,30 @@
-// attention_decode: causal attention of one new token (position t) over a KV cache.
+// attention_decode: causal attention of one new token (position t) over a KV cache,
+// split over the cache as in flash-decoding.
 //
 //   out[h,:] = sum_{t2<=t} softmax_t2(q[h,:] . k[t2,h,:] / sqrt(HS)) v[t2,h,:]
 //
-// Shapes: q1 [3C] (the new token's q | k | v; only q is read), cache [maxT, 3C]
-// (rows 0..t hold q | k | v of every position, row t included), out [C].
-// Each invocation owns one head and makes one pass over the cache with an online
-// softmax, the weighted sum of values in registers (HS at most 128).
+// partial: a workgroup owns DK = 256 cache rows of one head (grid (splits, NH)): the
+//          invocations score a row each (4 rows apiece), the workgroup reduces the max and
+//          the sum of exponentials in workgroup memory, then each invocation sums the
+//          weighted values of one channel over the chunk. It writes the chunk's
+//          unnormalised output, its max and its sum to `partial`. Chunks past t return.
+// combine: one workgroup a head; each invocation merges one channel of the chunks 0..t/DK
+//          through their maxima (the log-sum-exp trick), in order: deterministic.
 //
+// Loop bound per invocation: partial DK/64 * (HS + 2) + 12 + ceil(HS/64) * DK (= 542 for
+// HS = 64); combine ceil(HS/64) * 2 * (t/DK + 1) (t < maxT, checked in src/model/ops.ts).
+//
+// Shapes: q1 [3C] (the new token's q | k | v; only q is read), cache [maxT, 3C] (rows 0..t
+// hold q | k | v of every position, row t included), out [C], partial [NH, S, HS + 2] with
+// S = ceil(maxT / DK). HS = C / NH at most 128.
 // Element types: q1 and cache qkv_t, out out_t (aliases, f32 or f16 through
-// src/gpu/dtype.ts); the sums are f32.
-// Bindings: 0 q1, 1 cache, 2 out, 3 params (t is rewritten before each token).
-// Geometry: workgroup (64,1,1); grid (ceil(NH/64),1,1).
+// src/gpu/dtype.ts); partial and the sums are f32.
+// Bindings: 0 q1, 1 cache, 2 out, 3 params (t is rewritten before each token), 4 partial.
+// Geometry: workgroup (64,1,1); partial grid (S, NH, 1), combine grid (NH, 1, 1).
 
-struct Params { t: u32, C: u32, NH: u32, p0: u32 }
+struct Params { t: u32, C: u32, NH: u32, S: u32 }
+
+override HS: u32 = 64u;
 
 alias qkv_t = f32;
 alias out_t = f32;
@@ -21,34 +33,85 @@ alias out_t = f32;
 @group(0) @binding(1) var<storage, read> cache: array<qkv_t>;
 @group(0) @binding(2) var<storage, read_write> out: array<out_t>;
 @group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
 
-const MAX_HS = 128u;
+const WG = 64u;
+const DK = 256u;
+const NEG = -3.0e38;
+
+var<workgroup> w: array<f32, DK>; // scores, then their exponentials
+var<workgroup> red: array<f32, WG>;
+
+fn reduce(x: f32, l: u32, is_max: bool) -> f32 {
+  red[l] = x;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (l < s) { red[l] = select(red[l] + red[l + s], max(red[l], red[l + s]), is_max); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+
+fn slot(h: u32, s: u32) -> u32 { return (h * p.S + s) * (HS + 2u); }
 
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let h = gid.x;
-  if (h >= p.NH) { return; }
-  let HS = p.C / p.NH;
+fn partial_chunk(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
+  let s = wid.x;
+  let h = wid.y;
+  let k0 = s * DK;
+  if (k0 > p.t) { return; } // uniform per workgroup
+  let n = min(p.t + 1u, k0 + DK) - k0;
   let C3 = 3u * p.C;
   let scale = inverseSqrt(f32(HS));
-  // Online softmax, as in flash_attention's forward: one pass, the sum in registers.
-  var acc: array<f32, MAX_HS>;
-  var m = -3.0e38;
-  var l = 0.0;
-  for (var t2 = 0u; t2 <= p.t; t2++) {
-    var s = 0.0;
-    for (var j = 0u; j < HS; j++) {
-      s += f32(q1[h * HS + j]) * f32(cache[t2 * C3 + p.C + h * HS + j]);
+  var mx = NEG;
+  for (var j = l; j < DK; j += WG) {
+    var sc = NEG;
+    if (j < n) {
+      let k = (k0 + j) * C3 + p.C + h * HS;
+      var d = 0.0;
+      for (var c = 0u; c < HS; c++) { d += f32(q1[h * HS + c]) * f32(cache[k + c]); }
+      sc = d * scale;
     }
-    s *= scale;
-    let m_new = max(m, s);
-    let c = exp(m - m_new);
-    let w = exp(s - m_new);
-    l = l * c + w;
-    for (var j = 0u; j < HS; j++) {
-      acc[j] = acc[j] * c + w * f32(cache[t2 * C3 + 2u * p.C + h * HS + j]);
-    }
-    m = m_new;
+    w[j] = sc;
+    mx = max(mx, sc);
   }
-  for (var j = 0u; j < HS; j++) { out[h * HS + j] = out_t(acc[j] / l); }
+  mx = reduce(mx, l, true);
+  var sum = 0.0;
+  for (var j = l; j < DK; j += WG) {
+    let e = select(0.0, exp(w[j] - mx), j < n);
+    w[j] = e;
+    sum += e;
+  }
+  sum = reduce(sum, l, false); // its barriers also make every w[j] visible below
+  let o = slot(h, s);
+  for (var c = l; c < HS; c += WG) {
+    var acc = 0.0;
+    for (var j = 0u; j < n; j++) { acc += w[j] * f32(cache[(k0 + j) * C3 + 2u * p.C + h * HS + c]); }
+    partial[o + c] = acc;
+  }
+  if (l == 0u) {
+    partial[o + HS] = mx;
+    partial[o + HS + 1u] = sum;
+  }
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn combine(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
+  let h = wid.x;
+  let ns = p.t / DK + 1u;
+  for (var c = l; c < HS; c += WG) {
+    var mx = NEG;
+    for (var s = 0u; s < ns; s++) { mx = max(mx, partial[slot(h, s) + HS]); }
+    var acc = 0.0;
+    var sum = 0.0;
+    for (var s = 0u; s < ns; s++) {
+      let o = slot(h, s);
+      let f = exp(partial[o + HS] - mx);
+      acc += partial[o + c] * f;
+      sum += partial[o + HS + 1u] * f;
+    }
+    out[h * HS + c] = out_t(acc / sum);
+  }
 }

@@ -4,23 +4,21 @@
  * runs the prompt and leaves every layer's q|k|v in its activation buffers;
  * those buffers are the cache. Each new token then runs the one-row versions of
  * the block's kernels, copies its q|k|v into row t of the cache, and attends
- * over rows 0..t (kernels/attention_decode.wgsl).
+ * over rows 0..t (kernels/attention_decode.wgsl, split over the cache).
  *
  * @module
  */
 
 import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
-import { grid1d, makeDispatch } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { type GPT2Config, paddedVocab } from "./config.ts";
 import { GPT2 } from "./gpt2.ts";
 import { blockForward } from "./block.ts";
 import { matmul, type MatmulOptions } from "./matmul.ts";
-import { encoderForward, layernormForward } from "./ops.ts";
+import { attentionDecode, decodePartialBytes, encoderForward, layernormForward } from "./ops.ts";
 import { activationDType } from "./plan.ts";
-import { dtypeBytes, typedKernel } from "../gpu/dtype.ts";
-import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" };
+import { dtypeBytes } from "../gpu/dtype.ts";
 
 /**
  * Generates logits one token at a time.
@@ -46,6 +44,8 @@ export class Decoder {
   #before: Dispatch[][] = [];
   #qkv1: GPUBuffer[] = [];
   #after: Dispatch[][] = [];
+  /** Each layer's attention dispatches: next() rewrites their uniform's t per token. */
+  #attention: Dispatch[][] = [];
   #head: Dispatch[] = [];
   #history: number[] = [];
 
@@ -113,6 +113,10 @@ export class Decoder {
       wpe: P("wpe.weight"),
       out: x0,
     });
+    const partial = this.#act(
+      "decode.attention_partial",
+      decodePartialBytes({ maxT: this.T, C, NH }),
+    );
     let residual = x0;
     for (let l = 0; l < L; l++) {
       const a = (n: string, f: number) => this.#row(`decode.h.${l}.${n}`, n, f);
@@ -121,19 +125,13 @@ export class Decoder {
       const ln2 = a("ln2", C), fch = a("fch", 4 * C), fchg = a("fch_gelu", 4 * C);
       const fcproj = a("fcproj", C), res3 = a("res3", C);
       this.#qkv1.push(qkv1);
-      const attention = [
-        await makeDispatch(rt, {
-          name: "attention_decode",
-          code: typedKernel(decodeSrc, {
-            qkv_t: activationDType("qkv", m.precision),
-            out_t: activationDType("atty", m.precision),
-          }),
-          entryPoint: "main",
-          buffers: { 0: buf(qkv1), 1: buf(m.layerQkv(l)), 2: buf(atty) },
-          uniform: { binding: 3, words: [0, C, NH] },
-          workgroups: grid1d(NH, 64),
-        }),
-      ];
+      const attention = await attentionDecode(rt, { maxT: this.T, C, NH }, {
+        q1: qkv1,
+        cache: m.layerQkv(l),
+        out: atty,
+        partial,
+      });
+      this.#attention.push(attention);
       const blk = await blockForward(
         rt,
         { rows: 1, C, l },
@@ -160,7 +158,6 @@ export class Decoder {
         mm,
       );
       this.#before.push(blk.pre);
-      // The attention dispatch comes first: next() rewrites its uniform (t) per token.
       this.#after.push([...blk.attention, ...blk.post]);
       residual = res3;
     }
@@ -211,7 +208,7 @@ export class Decoder {
     const q = this.rt.device.queue;
     q.writeBuffer(this.#token, 0, new Uint32Array([token]));
     for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, new Uint32Array([t]));
-    for (const after of this.#after) q.writeBuffer(after[0].resources![0], 0, new Uint32Array([t]));
+    for (const d of this.#attention.flat()) q.writeBuffer(d.resources![0], 0, new Uint32Array([t]));
     const C3 = 3 * this.config.nEmbd * dtypeBytes(activationDType("qkv", this.#prefill.precision));
     const enc = this.rt.device.createCommandEncoder();
     this.#prefill.encodeHalfParams(enc);
