@@ -17,6 +17,7 @@
 // Shapes: params, grads, m, v [n] (ranges of the flat buffers). stats [2] = (loss, norm).
 // Bindings: 0 params, 1 grads, 2 m, 3 v, 4 stats, 5 step (uniform), 6 range (uniform).
 // Geometry: workgroup (64,1,1); grid over n, folded into y.
+// Loop bound per invocation: 0 (no loops).
 
 // Step, is_finite, grad_mul and skip_step: kernels/adamw_step.wgsl (prepended).
 struct Range { n: u32, decay: u32, p0: u32, p1: u32 }

@@ -11,6 +11,9 @@
 // Entry points, in order each step (rank-1 tensors also need row_max, col_max, commit):
 //   row_max:  rows_new[i] = max_j v_new(i,j)        one invocation per row
 //   col_max:  cols_new[j] = max_i v_new(i,j)        one invocation per column
+//             Both walk only j (or i) in [lo, hi): the builder splits a long walk into
+//             dispatches that max into what the first one wrote (first = 1), so that
+//             one invocation's loop stays within the budget.
 //   update:   dequantize, update, requantize        one workgroup of 16 per block of 128
 //   commit:   rows_old, cols_old = rows_new, cols_new
 // Shapes: params, grads [n] f32 (n = rows*cols for rank-1); mq, vq [n/8] u32; mabs [n/128];
@@ -18,9 +21,11 @@
 // maps [32] = m map | v map. rows = cols = 0 selects block-wise v (a uniform branch, so
 // every binding is used whatever the tensor). Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs,
 // 6 scales, 7 maps, 8 stats, 9 step, 10 range.
+// Loop bound per invocation: row_max, col_max hi - lo (at most 32768, src/optim/lowbit.ts);
+// update 2 * 8 * 5 + 4 (two passes of 8 codes, 5 halvings each, and the 16-wide tree); commit 0.
 
 // Step, is_finite, grad_mul and skip_step: kernels/adamw_step.wgsl (prepended).
-struct Range { n: u32, decay: u32, rows: u32, cols: u32 }
+struct Range { n: u32, decay: u32, rows: u32, cols: u32, lo: u32, hi: u32, first: u32, p0: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
 @group(0) @binding(1) var<storage, read> grads: array<f32>;
@@ -77,9 +82,10 @@ fn row_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let i = linear_index(gid, nwg);
   if (i >= r.rows || skip_step()) { return; }
   let clip = grad_mul();
-  var mx = 0.0;
-  for (var j = 0u; j < r.cols; j++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
-  scales[r.rows + r.cols + i] = mx;
+  let o = r.rows + r.cols + i;
+  var mx = select(scales[o], 0.0, r.first == 1u);
+  for (var j = r.lo; j < r.hi; j++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
+  scales[o] = mx;
 }
 
 @compute @workgroup_size(64, 1, 1)
@@ -87,9 +93,10 @@ fn col_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let j = linear_index(gid, nwg);
   if (j >= r.cols || skip_step()) { return; }
   let clip = grad_mul();
-  var mx = 0.0;
-  for (var i = 0u; i < r.rows; i++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
-  scales[2u * r.rows + r.cols + j] = mx;
+  let o = 2u * r.rows + r.cols + j;
+  var mx = select(scales[o], 0.0, r.first == 1u);
+  for (var i = r.lo; i < r.hi; i++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
+  scales[o] = mx;
 }
 
 @compute @workgroup_size(64, 1, 1)

@@ -10,6 +10,8 @@
 // mabs, vabs [ceil(n/BLOCK)] f32; maps [512] f32 (signed then unsigned, ascending).
 // Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs, 6 maps, 7 stats, 8 step, 9 range.
 // Geometry: workgroup (WG,1,1), one workgroup per block; grid folded into y.
+// Loop bound per invocation: 512/WG (map load) + 2 * 4 * 9 (two passes of 4 codes, 9
+// halvings each) + log2(WG) (the tree): 88 for WG = 32, whatever n.
 
 override WG: u32 = 64;
 

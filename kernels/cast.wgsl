@@ -3,6 +3,7 @@
 //
 // Shapes: inp, out [n] (ranges of flat buffers). Bindings: 0 inp, 1 out, 2 params.
 // Geometry: workgroup (64,1,1); grid over n, folded into y.
+// Loop bound per invocation: 0 (no loops).
 
 enable f16;
 

@@ -10,6 +10,7 @@
 //
 // Bindings: 0 logits (rw), 1 targets [N] u32, 2 losses [N], 3 params, 4 loss_scale (x).
 // Geometry: workgroup (64,1,1), one workgroup per row; grid (N,1,1) folded into y.
+// Loop bound per invocation: 2 * ceil(V/64) + ceil(Vp/64) + 12 (2,370 for GPT-2's V).
 
 override WRITE_GRAD: bool = true;
 

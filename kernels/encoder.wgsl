@@ -9,13 +9,22 @@
 // first so it writes and later ones add), wpe [maxT, C], out/dout [BT, C].
 // backward_wte is deterministic without atomics: `order` [BT] lists positions
 // sorted by token (made on the CPU with the batch); an invocation at the start of
-// a run of equal tokens sums that run for one channel.
+// a run of equal tokens sums that run for one channel. It walks only the sorted slots
+// [s0, s1): the builder cuts BT into such ranges, one dispatch each, in order, so that a
+// long run (a batch of one repeated token) never takes one invocation past the loop
+// budget; a run that crosses a cut is summed in two parts, one per dispatch.
+//
+// Loop bound per invocation: forward 0; backward_wpe B; backward_wte s1 - s0 (at most
+// 32768, src/model/ops.ts).
 //
 // Bindings: see each entry point; params at binding 7.
 // Geometry: workgroup (64,1,1); forward and backward_wte over BT*C invocations,
 // backward_wpe over T*C; grids folded into y past 65535 workgroups.
 
-struct Params { BT: u32, T: u32, C: u32, v0: u32, v1: u32, first: u32, pos0: u32, p1: u32 }
+struct Params {
+  BT: u32, T: u32, C: u32, v0: u32, v1: u32, first: u32, pos0: u32, s0: u32,
+  s1: u32, p1: u32, p2: u32, p3: u32,
+}
 
 @group(0) @binding(0) var<storage, read> tokens: array<u32>;
 @group(0) @binding(7) var<uniform> p: Params;
@@ -66,14 +75,14 @@ fn backward_wpe(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
 @compute @workgroup_size(64, 1, 1)
 fn backward_wte(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
-  if (i >= p.BT * p.C) { return; }
-  let s = i / p.C;
+  if (i >= (p.s1 - p.s0) * p.C) { return; }
+  let s = p.s0 + i / p.C;
   let c = i % p.C;
   let tok = tokens[order[s]];
   if (tok < p.v0 || tok >= p.v1) { return; }
-  if (s > 0u && tokens[order[s - 1u]] == tok) { return; } // not the start of a run
+  if (s > p.s0 && tokens[order[s - 1u]] == tok) { return; } // not the start of a run
   var sum = 0.0;
-  for (var r = s; r < p.BT && tokens[order[r]] == tok; r++) {
+  for (var r = s; r < p.s1 && tokens[order[r]] == tok; r++) {
     sum += dout[order[r] * p.C + c];
   }
   dwte[(tok - p.v0) * p.C + c] += sum;

@@ -8,6 +8,7 @@
 //
 // Shapes: [N] flat. Bindings: 0 inp, 1 out, 2 dout, 3 dinp, 4 params.
 // Geometry: workgroup (64,1,1); grid over N, folded into y.
+// Loop bound per invocation: 0 (no loops).
 
 struct Params { N: u32, p0: u32, p1: u32, p2: u32 }
 

@@ -3,12 +3,16 @@
 // partial:  partials[slot + w] = sum of finite g^2 over the w-th block of 4096 elements of
 //           one range (one workgroup a block; a fixed tree within the workgroup), and
 //           partials[total + slot + w] = the number of non-finite elements in the block.
-// finish:   stats[1] = sqrt(sum of partials[0..count]), summed in order by one invocation;
-//           stats[2] = the number of non-finite elements (+1 if the norm itself overflows).
+// finish:   stats[1] = sqrt(sum of partials[0..count]), stats[2] = the number of non-finite
+//           elements (+1 if the norm itself overflows). One workgroup of 256: invocation l
+//           sums partials l, l + 256, ... in order, then a fixed tree adds the 256 sums, so
+//           the result is deterministic. (gpt2-medium-4096 has ~94K partials: one invocation
+//           walking them all would pass the loop budget.)
 //
+// Loop bound per invocation: partial 64 + 6; finish ceil(count / 256) + 8.
 // Shapes: grads [n] (a range of the flat gradient buffer), partials [2 * count], stats [4].
 // Bindings: 0 grads, 1 partials (rw), 2 stats (rw), 3 params (uniform).
-// Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (1,1,1).
+// Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (256,1,1), (1,1,1).
 
 // partial reads n, slot and count (= total); finish reads count.
 struct Params { n: u32, slot: u32, count: u32, p0: u32 }
@@ -50,15 +54,30 @@ fn partial(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
   }
 }
 
-@compute @workgroup_size(1, 1, 1)
-fn finish() {
+var<workgroup> fin_s: array<f32, 256>;
+var<workgroup> fin_b: array<f32, 256>;
+
+@compute @workgroup_size(256, 1, 1)
+fn finish(@builtin(local_invocation_index) l: u32) {
   var s = 0.0;
   var nb = 0.0;
-  for (var i = 0u; i < p.count; i++) {
+  for (var i = l; i < p.count; i += 256u) {
     s += partials[i];
     nb += partials[p.count + i];
   }
-  let norm = sqrt(s);
-  stats[1] = norm;
-  stats[2] = nb + select(1.0, 0.0, (bitcast<u32>(norm) & 0x7f800000u) != 0x7f800000u);
+  fin_s[l] = s;
+  fin_b[l] = nb;
+  workgroupBarrier();
+  for (var w = 128u; w > 0u; w >>= 1u) {
+    if (l < w) {
+      fin_s[l] += fin_s[l + w];
+      fin_b[l] += fin_b[l + w];
+    }
+    workgroupBarrier();
+  }
+  if (l == 0u) {
+    let norm = sqrt(fin_s[0]);
+    stats[1] = norm;
+    stats[2] = fin_b[0] + select(1.0, 0.0, (bitcast<u32>(norm) & 0x7f800000u) != 0x7f800000u);
+  }
 }

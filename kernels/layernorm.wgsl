@@ -6,7 +6,12 @@
 // backward_params:  dweight[c] += sum_n norm[n,c] * dout[n,c]; dbias[c] += sum_n dout[n,c]
 //
 // Per-row kernels give one invocation a row, the parameter gradient one
-// invocation a channel: no atomics, deterministic sums.
+// invocation a channel: no atomics, deterministic sums. backward_params sums rows
+// [n0, n1) only; the builder splits N rows into such ranges, one dispatch each, in order,
+// so that one invocation's walk stays within the loop budget at any B*T.
+//
+// Loop bound per invocation: forward 3C; backward_input 2C; backward_params n1 - n0
+// (at most 32768, src/model/ops.ts).
 //
 // out's element type is the alias out_t (f32, or f16 through src/gpu/dtype.ts); the
 // statistics and every other tensor are f32.
@@ -15,7 +20,7 @@
 // 8 dweight, 9 dbias, 10 params. Geometry: workgroup (64,1,1); grid over N rows
 // (forward, backward_input) or C channels (backward_params), folded into y.
 
-struct Params { N: u32, C: u32, p0: u32, p1: u32 }
+struct Params { N: u32, C: u32, n0: u32, n1: u32 }
 
 @group(0) @binding(0) var<storage, read> inp: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;
@@ -92,7 +97,7 @@ fn backward_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workg
   if (c >= p.C) { return; }
   var dw = 0.0;
   var db = 0.0;
-  for (var n = 0u; n < p.N; n++) {
+  for (var n = p.n0; n < p.n1; n++) {
     let d = dout[n * p.C + c];
     dw += (inp[n * p.C + c] - mean[n]) * rstd[n] * d;
     db += d;

@@ -4,6 +4,8 @@
 // contiguous across the workgroup and no atomics are needed. GPT-2's column
 // counts (C .. 4C) give enough invocations; M is the number of tokens B·T.
 //
+// Loop bound per invocation: ceil(M / 4) + 3; src/model/matmul.ts sums at most 131072 rows
+// per dispatch (later dispatches accumulate), so at most 32771.
 // Bindings: 0 dout, 1 dbias (read_write), 2 params (uniform).
 // Geometry: workgroup (64,1,1); grid (ceil(N/64), 1, 1).
 

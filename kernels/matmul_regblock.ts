@@ -17,6 +17,8 @@
  * Bindings: 0 A (array<vec4<T>>), 1 B, 2 C (rw), 3 params (uniform), 4 bias
  * (only when `bias`), with T each operand's element type.
  * Geometry: workgroup (8,1,1); grid (ceil(M / (8·TM)), ceil(N / (4·TN4)), 1).
+ * Loop bound per invocation: ceil(K / 4) + 3 (the generated code has no other loop);
+ * src/model/matmul.ts splits K past the budget.
  * Requires: the contiguous dimension of A, B and C, the leading dimensions and
  * the element offsets to be multiples of 4 (vec4 loads).
  */

@@ -10,6 +10,10 @@
 // workgroup memory (coalesced global reads, zero-filled past the edges, so any
 // M, N, K work), then each invocation accumulates a 4x4 sub-block in registers.
 //
+// Loop bound per invocation: ceil(K / 16) * 18: each step of the k0 loop runs the 16-step k
+// loop (and one more); the 4-step loops are unrolled (measured on llvmpipe, where K = 65,536
+// unsplit stopped at 58,255; tests/loop_budget_test.ts pins it). src/model/matmul.ts splits
+// K past the budget (K > 58,254).
 // Bindings: 0 A, 1 B, 2 C (read_write), 3 params (uniform), 4 bias (bind any
 // buffer when HAS_BIAS is false).
 // Geometry: workgroup (16,16,1); grid (ceil(N/64), ceil(M/64), 1).

@@ -98,7 +98,7 @@ f16Test("f16 layernorm, gelu and bias-gradient kernels match float64", async (rt
       }),
       await geluForward(rt, M, { inp: g.b, out: gout }),
       await geluBackward(rt, M, { inp: g.b, dout: gd.b, dinp: gdin }),
-      await matmulBiasBackward(rt, { M: R, N: K }, {
+      ...await matmulBiasBackward(rt, { M: R, N: K }, {
         dout: { buffer: dout.b },
         dbias: { buffer: db.b },
       }),

@@ -72,7 +72,9 @@ export async function linearBackward(
   const out = [...dinp, ...dweight];
   if (shape.bias) {
     if (!ops.dbias) throw new TypeError("Linear layer has bias: true but no dbias operand");
-    out.push(await matmulBiasBackward(rt, { M: BT, N: OC }, { dout: ops.dout, dbias: ops.dbias }));
+    out.push(
+      ...await matmulBiasBackward(rt, { M: BT, N: OC }, { dout: ops.dout, dbias: ops.dbias }),
+    );
   }
   return out;
 }

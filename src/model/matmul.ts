@@ -20,6 +20,7 @@
 import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { debugLog } from "../gpu/debug.ts";
+import { checkLoopBound, LOOP_BUDGET } from "../gpu/kernel.ts";
 import { type DType, dtypeBytes, dtypeOf, typedKernel } from "../gpu/dtype.ts";
 import {
   matmulRegblockWgsl,
@@ -154,6 +155,13 @@ export async function matmul(
   const limit = options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
   const blocks: Block[] = [];
   const split = (b: Block) => {
+    if (matmulLoops(impl, b.k1 - b.k0) > LOOP_BUDGET) {
+      // One invocation walks all of K: halve it (the second half accumulates).
+      const mid = b.k0 + Math.ceil((b.k1 - b.k0) / 2 / 4) * 4;
+      split({ ...b, k1: mid });
+      split({ ...b, k0: mid, accumulate: true, bias: false });
+      return;
+    }
     const e = extents(s, operands, b);
     const over = (["a", "b", "c"] as const)
       .map((k) => ({
@@ -189,6 +197,16 @@ export async function matmul(
       buildBlock(rt, s, operands, b, impl, options, blocks.length > 1 ? `${name}[${i}]` : name)
     ),
   );
+}
+
+/**
+ * The most loop iterations one invocation runs for a K of `k`: regblock's loop takes 4 k a
+ * step (and up to 3 single steps); tiled's takes 16 a step and runs its 16-step inner loop
+ * each time, 18 iterations a step in all (its 4-step loops are unrolled; measured on
+ * llvmpipe, pinned by tests/loop_budget_test.ts).
+ */
+export function matmulLoops(impl: MatmulImpl, k: number): number {
+  return impl === "regblock" ? Math.ceil(k / 4) + 3 : Math.ceil(k / 16) * 18;
 }
 
 function vec4Aligned(s: Required<MatmulShape>, ops: MatmulOperands): boolean {
@@ -239,6 +257,7 @@ async function buildBlock(
     ? bindRange(rt, biasOp.buffer, (biasOp.offset ?? 0) + b.n0, (biasOp.offset ?? 0) + b.n1)
     : undefined;
   const M = b.m1 - b.m0, N = b.n1 - b.n0, K = b.k1 - b.k0;
+  checkLoopBound(name, { bound: matmulLoops(impl, K), shape: { M, N, K } });
   const types: Record<"a" | "b" | "c" | "bias", DType> = {
     a: a.dtype,
     b: bb.dtype,
@@ -323,17 +342,45 @@ async function buildBlock(
   };
 }
 
+/** Rows of dout one dispatch of the bias gradient sums (a quarter of that per loop). */
+const BIAS_ROWS = 131072;
+
 /**
  * dbias[N] (+)= column sums of dout[M, N] (row stride `ldd`): the bias part of
- * matmul's backward pass.
+ * matmul's backward pass. Rows are summed in ranges of 131072, one dispatch each, in
+ * order, so that one invocation's loop stays within the budget.
  */
 export async function matmulBiasBackward(
   rt: Runtime,
   shape: { M: number; N: number; ldd?: number; accumulate?: boolean },
   operands: { dout: Operand; dbias: Operand },
+): Promise<Dispatch[]> {
+  const out: Dispatch[] = [];
+  for (let m0 = 0; m0 < shape.M; m0 += BIAS_ROWS) {
+    const rows = Math.min(BIAS_ROWS, shape.M - m0);
+    const ldd = shape.ldd ?? shape.N;
+    out.push(
+      await biasBackwardRange(rt, {
+        M: rows,
+        N: shape.N,
+        ldd,
+        accumulate: m0 > 0 || (shape.accumulate ?? true),
+      }, {
+        dout: { buffer: operands.dout.buffer, offset: (operands.dout.offset ?? 0) + m0 * ldd },
+        dbias: operands.dbias,
+      }),
+    );
+  }
+  return out;
+}
+
+async function biasBackwardRange(
+  rt: Runtime,
+  shape: { M: number; N: number; ldd: number; accumulate: boolean },
+  operands: { dout: Operand; dbias: Operand },
 ): Promise<Dispatch> {
-  const { M, N } = shape;
-  const ldd = shape.ldd ?? N;
+  const { M, N, ldd } = shape;
+  checkLoopBound("matmul_bias_backward", { bound: Math.ceil(M / 4) + 3, shape: { M, N } });
   const dOff = operands.dout.offset ?? 0, bOff = operands.dbias.offset ?? 0;
   const d = bindRange(rt, operands.dout.buffer, dOff, dOff + (M - 1) * ldd + N);
   const db = bindRange(rt, operands.dbias.buffer, bOff, bOff + N);
@@ -346,7 +393,7 @@ export async function matmulBiasBackward(
   const code = typedKernel(biasBackwardSrc, { dout_t: d.dtype, dbias_t: db.dtype });
   const pipeline = await rt.pipelines.get(
     { name: "matmul_bias_backward", code },
-    { ACCUMULATE: +(shape.accumulate ?? true) },
+    { ACCUMULATE: +shape.accumulate },
   );
   const bindGroup = rt.device.createBindGroup({
     label: "matmul_bias_backward",

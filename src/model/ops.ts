@@ -25,6 +25,16 @@ import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" 
 /** The whole of a buffer. */
 const all = (buffer: GPUBuffer): BufferRange => ({ buffer });
 
+/**
+ * Rows one invocation walks per dispatch in a reduction over rows (layernorm's parameter
+ * gradients, the encoder's dwte): longer walks are split into dispatches, in order, to keep
+ * within the loop budget ({@linkcode LOOP_BUDGET}).
+ */
+const ROW_WALK = 32768;
+
+/** kernels/encoder.wgsl's Params (12 words): BT, T, C, v0, v1, first, pos0, s0, s1. */
+const encoderWords = (w: number[]) => [...w, ...new Array(12 - w.length).fill(0)];
+
 /** A tensor inside a flat buffer: offset and size in f32 elements. */
 export interface TensorRange {
   buffer: GPUBuffer;
@@ -91,7 +101,10 @@ export function encoderForward(
           2: bytes(ops.wpe),
           3: all(ops.out),
         },
-        uniform: { binding: 7, words: [s.BT, s.T, s.C, v0, v1, i === 0 ? 1 : 0, s.pos0 ?? 0] },
+        uniform: {
+          binding: 7,
+          words: encoderWords([s.BT, s.T, s.C, v0, v1, i === 0 ? 1 : 0, s.pos0 ?? 0]),
+        },
         workgroups: grid1d(s.BT * s.C, 64),
       })
     ),
@@ -115,11 +128,18 @@ export async function encoderBackward(
     code: encoderSrc,
     entryPoint: "backward_wpe",
     buffers: { 4: all(ops.dout), 5: bytes({ ...ops.dwpe, size: s.T * s.C }) },
-    uniform: { binding: 7, words: [s.BT, s.T, s.C, 0, 0, 0] },
+    uniform: { binding: 7, words: encoderWords([s.BT, s.T, s.C]) },
     workgroups: grid1d(s.T * s.C, 64),
+    loops: { bound: s.BT / s.T, shape: { B: s.BT / s.T } },
   });
+  // Sorted slots in ranges within the loop budget (a run of one token can be all of BT).
+  const slots: [number, number][] = [];
+  for (let s0 = 0; s0 < s.BT; s0 += ROW_WALK) slots.push([s0, Math.min(s.BT, s0 + ROW_WALK)]);
+  const pairs = tableChunks(rt, s.Vp, s.C, s.maxBindingBytes).flatMap((v) =>
+    slots.map((r) => [v, r] as const)
+  );
   const wte = await Promise.all(
-    tableChunks(rt, s.Vp, s.C, s.maxBindingBytes).map(([v0, v1]) =>
+    pairs.map(([[v0, v1], [s0, s1]]) =>
       makeDispatch(rt, {
         name: "encoder_backward_wte",
         code: encoderSrc,
@@ -134,8 +154,9 @@ export async function encoderBackward(
           }),
           8: ops.order,
         },
-        uniform: { binding: 7, words: [s.BT, s.T, s.C, v0, v1, 0] },
-        workgroups: grid1d(s.BT * s.C, 64),
+        uniform: { binding: 7, words: encoderWords([s.BT, s.T, s.C, v0, v1, 0, 0, s0, s1]) },
+        workgroups: grid1d((s1 - s0) * s.C, 64),
+        loops: { bound: s1 - s0, shape: { BT: s.BT, s0 } },
       })
     ),
   );
@@ -172,6 +193,7 @@ export function layernormForward(
     },
     uniform: { binding: 10, words: [s.N, s.C] },
     workgroups: grid1d(s.N, 64),
+    loops: { bound: 3 * s.C, shape: { C: s.C } },
   });
 }
 
@@ -191,6 +213,29 @@ export async function layernormBackward(
   },
 ): Promise<Dispatch[]> {
   const common = { code: layernormSrc, uniform: { binding: 10, words: [s.N, s.C] } };
+  // The parameter gradients sum over rows: in ranges within the loop budget, in order.
+  const params: Dispatch[] = [];
+  for (let n0 = 0; n0 < s.N; n0 += ROW_WALK) {
+    const n1 = Math.min(s.N, n0 + ROW_WALK);
+    params.push(
+      await makeDispatch(rt, {
+        ...common,
+        name: "layernorm_backward_params",
+        entryPoint: "backward_params",
+        buffers: {
+          0: all(ops.inp),
+          4: all(ops.mean),
+          5: all(ops.rstd),
+          6: all(ops.dout),
+          8: bytes(ops.dweight),
+          9: bytes(ops.dbias),
+        },
+        uniform: { binding: 10, words: [s.N, s.C, n0, n1] },
+        workgroups: grid1d(s.C, 64),
+        loops: { bound: n1 - n0, shape: { N: s.N, n0 } },
+      }),
+    );
+  }
   return [
     await makeDispatch(rt, {
       ...common,
@@ -205,21 +250,9 @@ export async function layernormBackward(
         7: all(ops.dinp),
       },
       workgroups: grid1d(s.N, 64),
+      loops: { bound: 2 * s.C, shape: { C: s.C } },
     }),
-    await makeDispatch(rt, {
-      ...common,
-      name: "layernorm_backward_params",
-      entryPoint: "backward_params",
-      buffers: {
-        0: all(ops.inp),
-        4: all(ops.mean),
-        5: all(ops.rstd),
-        6: all(ops.dout),
-        8: bytes(ops.dweight),
-        9: bytes(ops.dbias),
-      },
-      workgroups: grid1d(s.C, 64),
-    }),
+    ...params,
   ];
 }
 
@@ -285,6 +318,12 @@ export interface AttentionShape {
   NH: number;
 }
 
+/** kernels/attention.wgsl's loop bound: it grows with T (that kernel is a reference). */
+const plainAttentionLoops = (s: AttentionShape) => ({
+  bound: s.T * (2 * (s.C / s.NH) + 4) + s.C / s.NH,
+  shape: { T: s.T, HS: s.C / s.NH },
+});
+
 /** out [B,T,C] and att [B,NH,T,T] from qkv [B,T,3C]. */
 export function attentionForward(
   rt: Runtime,
@@ -299,6 +338,7 @@ export function attentionForward(
     uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
     workgroups: grid1d(s.B * s.T * s.NH, 64),
     flops: 4 * s.B * s.NH * s.T * s.T * (s.C / s.NH) / 2,
+    loops: plainAttentionLoops(s),
   });
 }
 
@@ -320,6 +360,7 @@ export async function attentionBackward(
     uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH] },
     workgroups: grid1d(s.B * s.T * s.NH, 64),
     flops: 4 * s.B * s.NH * s.T * s.T * (s.C / s.NH) / 2,
+    loops: plainAttentionLoops(s),
   };
   return [
     await makeDispatch(rt, {
@@ -371,6 +412,10 @@ export function classifier(
       },
       uniform: { binding: 3, words: [r1 - r0, s.V, s.Vp, f32Bits(s.dloss)] },
       workgroups: grid1d(r1 - r0, 1),
+      loops: {
+        bound: 2 * Math.ceil(s.V / 64) + Math.ceil(s.Vp / 64) + 12,
+        shape: { V: s.V, Vp: s.Vp },
+      },
     })
   ));
 }

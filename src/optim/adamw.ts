@@ -150,7 +150,7 @@ export function gradNormPartials(ranges: { size: number }[]): number {
 /**
  * Dispatches that write the global L2 norm of the gradient ranges to stats[1]
  * and the number of NaN or Inf elements to stats[2]: a partial sum of squares
- * per block of 4096, then one ordered sum.
+ * per block of 4096, then one workgroup's fixed-order sum of the partials.
  */
 export async function gradNormDispatches(
   rt: Runtime,
@@ -176,6 +176,7 @@ export async function gradNormDispatches(
         uniform: { binding: 3, words: [r.size, slot, total] },
         workgroups: [blocks, 1, 1],
         flops: 2 * r.size,
+        loops: { bound: 70, shape: { n: r.size } },
       }),
     );
     slot += blocks;
@@ -188,6 +189,7 @@ export async function gradNormDispatches(
       buffers: { 1: { buffer: partials }, 2: { buffer: stats } },
       uniform: { binding: 3, words: [0, 0, slot] },
       workgroups: [1, 1, 1],
+      loops: { bound: Math.ceil(slot / 256) + 8, shape: { partials: slot } },
     }),
   );
   return norm;

@@ -19,6 +19,9 @@
 import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import { type BufferRange, grid1d, makeDispatch } from "../gpu/kernel.ts";
+
+/** Rows (or columns) one invocation of adamw4bit's row_max / col_max walks per dispatch. */
+const MAX_WALK = 32768;
 import { readBuffer, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import type { SafeTensorsFile, TensorToWrite } from "../io/safetensors.ts";
@@ -340,20 +343,38 @@ export class LowBitAdamW {
         update: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
         commit: [6, 8, 9], // stats and step: a skipped step keeps the old scales
       };
-      const spec = (entryPoint: string, workgroups: [number, number, number]) =>
+      const spec = (
+        entryPoint: string,
+        workgroups: [number, number, number],
+        walk: [number, number, number] = [0, 0, 1], // [lo, hi, first] of row_max/col_max
+      ) =>
         makeDispatch(rt, {
           name: `adamw4bit_${entryPoint}`,
           code: adamw4Src,
           entryPoint,
           buffers: Object.fromEntries(uses[entryPoint].map((b) => [b, all[b]])),
-          uniform: { binding: 10, words: [p.size, p.decay ? 1 : 0, p.rows, p.cols] },
+          uniform: { binding: 10, words: [p.size, p.decay ? 1 : 0, p.rows, p.cols, ...walk, 0] },
           workgroups,
+          loops: { bound: walk[1] - walk[0], shape: { rows: p.rows, cols: p.cols } },
         });
       if (rank1) {
-        out.push(
-          await spec("row_max", grid1d(p.rows, 64)),
-          await spec("col_max", grid1d(p.cols, 64)),
-        );
+        // A row's max walks its columns, a column's its rows: in pieces within the loop budget.
+        for (
+          const [entry, lanes, len] of [["row_max", p.rows, p.cols], [
+            "col_max",
+            p.cols,
+            p.rows,
+          ]] as const
+        ) {
+          for (let lo = 0; lo < len; lo += MAX_WALK) {
+            const walk: [number, number, number] = [
+              lo,
+              Math.min(len, lo + MAX_WALK),
+              lo === 0 ? 1 : 0,
+            ];
+            out.push(await spec(entry, grid1d(lanes, 64), walk));
+          }
+        }
       }
       out.push(await spec("update", grid1d(nBlocks, 1)));
       if (rank1) out.push(await spec("commit", grid1d(p.rows + p.cols, 64)));
