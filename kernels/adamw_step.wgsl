@@ -6,6 +6,8 @@
 // Step: the per-step values, written once per step. inv_scale undoes the loss scale (mixed
 // precision; 1 otherwise); skip_overflow skips the whole step when grad_norm counted a
 // non-finite gradient.
+//
+// Loop bound per invocation: 0 (no loops).
 
 struct Step {
   lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, max_norm: f32,
