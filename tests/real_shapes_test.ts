@@ -25,15 +25,17 @@ import { headDkv, headDq, headForward } from "./reference/attention_rows.ts";
 import { assertAllClose, gpuTest, hasF16, randn, rng, uploadAs } from "./_harness.ts";
 
 /** Rows worth checking at T: the edges, both sides of each tile and split-KV chunk, the end. */
-function sampleRows(T: number, HS: number): number[] {
-  const kc = [flashChunkRows("forward", HS), flashChunkRows("dkv", HS)];
+function sampleRows(T: number, HS: number, chunk?: number): number[] {
+  const kc = chunk
+    ? [chunk, 2 * chunk]
+    : [flashChunkRows("forward", HS), flashChunkRows("dkv", HS)];
   const rows = [0, 1, 31, 32, 63, 64, T >> 1, T - 2, T - 1, ...kc.flatMap((k) => [k - 1, k])];
   return [...new Set(rows.filter((t) => t >= 0 && t < T))].sort((a, b) => a - b);
 }
 
 async function checkAttention(
   rt: Parameters<Parameters<typeof gpuTest>[1]>[0],
-  s: { B: number; T: number; NH: number; C: number },
+  s: { B: number; T: number; NH: number; C: number; chunkRows?: number },
   dtype: DType,
   tol: { rtol: number; atol: number },
 ) {
@@ -71,10 +73,12 @@ async function checkAttention(
     ]);
     // The reference sees the inputs as the kernel does (rounded to f16 when f16).
     const held = dtype === "f16" ? Float32Array.from(new Float16Array(qkvData)) : qkvData;
-    const rows = sampleRows(T, HS);
+    const rows = sampleRows(T, HS, s.chunkRows);
     for (const [b, h] of [[0, 0], [B - 1, NH - 1]]) {
       const ref = headForward(held, doutData, s, b, h);
-      const tag = `B${B} T${T} NH${NH} C${C} ${dtype} b${b} h${h}`;
+      const tag = `B${B} T${T} NH${NH} C${C} ${dtype} chunk ${
+        s.chunkRows ?? "default"
+      } b${b} h${h}`;
       const pick = (a: ArrayLike<number>, base: (t: number) => number) =>
         rows.flatMap((t) => Array.from({ length: HS }, (_, i) => a[base(t) + i]));
       assertAllClose(
@@ -112,6 +116,16 @@ async function checkAttention(
 gpuTest(
   "flash attention at GPT-2 124M's shape (T=1024, NH=12, C=768) matches float64",
   (rt) => checkAttention(rt, { B: 2, T: 1024, NH: 12, C: 768 }, "f32", { rtol: 1e-3, atol: 2e-5 }),
+);
+
+gpuTest(
+  "flash attention split into 256-row chunks (T=1024, NH=12, C=768) matches float64",
+  // Four forward/dq chunks merged through lse, four dkv chunks summed: the path T > 4096 takes.
+  (rt) =>
+    checkAttention(rt, { B: 1, T: 1024, NH: 12, C: 768, chunkRows: 256 }, "f32", {
+      rtol: 1e-3,
+      atol: 2e-5,
+    }),
 );
 
 gpuTest("flash attention at gpt2-medium-4096's shape (T=4096, NH=16, C=1024) matches float64", (

@@ -316,6 +316,11 @@ export interface AttentionShape {
   T: number;
   C: number;
   NH: number;
+  /**
+   * Flash attention only: rows per split-KV chunk, a multiple of 64 (default, and most: the
+   * largest that keeps each pass within the loop budget, see {@linkcode flashChunkRows}).
+   */
+  chunkRows?: number;
 }
 
 /** kernels/attention.wgsl's loop bound: it grows with T (that kernel is a reference). */
@@ -443,9 +448,8 @@ function flashTiles(HS: number): { hs4: number; bk: number } {
 export function flashLoopBound(pass: FlashPass, HS: number, KC: number): number {
   const { hs4, bk } = flashTiles(HS);
   const tiles = Math.ceil(KC / bk), stage = Math.ceil((bk * hs4) / FLASH_WG);
-  if (pass === "forward") return tiles * (1 + stage + 2 * bk * (1 + hs4) + hs4) + 2 * hs4;
-  if (pass === "dq") return tiles * (1 + stage + bk * (1 + 3 * hs4)) + 3 * hs4;
-  return tiles * (1 + stage + bk * (1 + 4 * hs4)) + 4 * hs4;
+  const body = tiles * (1 + stage + (bk / 4) * (1 + 2 * hs4));
+  return body + { forward: 2, dq: 6, dkv: 11 }[pass] * hs4;
 }
 
 /**
@@ -476,7 +480,13 @@ const pairsWithKeys = (T: number, k0: number, k1: number) =>
 
 /** The chunks [k0, k1) of `T` rows for a pass, with the first row block each dispatch needs. */
 function flashChunks(pass: FlashPass, s: AttentionShape) {
-  const HS = s.C / s.NH, KC = flashChunkRows(pass, HS), blocks = Math.ceil(s.T / FLASH_WG);
+  const HS = s.C / s.NH, max = flashChunkRows(pass, HS), blocks = Math.ceil(s.T / FLASH_WG);
+  const KC = s.chunkRows ?? max;
+  if (KC % FLASH_WG !== 0 || KC < FLASH_WG || KC > max) {
+    throw new RangeError(
+      `Flash attention chunkRows ${KC} must be a multiple of 64 from 64 to ${max} (head size ${HS})`,
+    );
+  }
   const out: { k0: number; k1: number; blk0: number; nblk: number; loops: number }[] = [];
   for (let k0 = 0; k0 < s.T; k0 += KC) {
     const k1 = Math.min(s.T, k0 + KC);
