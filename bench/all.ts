@@ -5,6 +5,7 @@
  */
 
 import type { BenchCase } from "./_harness.ts";
+import { attentionBench } from "./attention_bench.ts";
 import { dataBench } from "./data_bench.ts";
 import { evalBench } from "./eval_bench.ts";
 import { matmulBench } from "./matmul_bench.ts";
@@ -16,6 +17,7 @@ import { optimBench } from "./optim_bench.ts";
 export const BENCHES: BenchCase[] = [
   matmulBench,
   modelBench,
+  attentionBench,
   dataBench,
   evalBench,
   optimBench,

@@ -12,7 +12,7 @@
 
 import { formatBytes } from "../src/gpu/arena.ts";
 import { encodeDispatches } from "../src/gpu/dispatch.ts";
-import { createRuntime } from "../src/gpu/runtime.ts";
+import { createRuntime, readF32 } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import type { Precision, Recompute } from "../src/model/plan.ts";
@@ -105,8 +105,17 @@ export const memoryBench: BenchCase = {
       rt.device.queue.submit([enc2.finish()]);
       await rt.device.queue.onSubmittedWorkDone();
       log(`memory: step took ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      // The step must also be right: at init the loss is ~ln(V) and the norm finite.
+      const losses = await m.readLosses();
+      const loss = losses.reduce((x, y) => x + y, 0) / losses.length;
+      const stats = await readF32(rt.device, opt.stats);
+      log(
+        `memory: loss ${loss.toFixed(4)} (ln(V) = ${Math.log(cfg.vocabSize).toFixed(4)}), ` +
+          `gradient norm ${stats[1].toPrecision(5)}, non-finite gradients ${stats[2]}`,
+      );
       const peak = rt.arena.report().peak;
       row("measured peak", { optimizer, recompute, precision: m.precision }, peak);
+      Object.assign(rows[rows.length - 1], { loss, grad_norm: stats[1], nonfinite: stats[2] });
       const plan = planMemory(cfg, { B, T, optimizer, recompute, precision: m.precision }).bytes;
       log(
         `memory: plan ${formatBytes(plan.total)}, arena peak ${formatBytes(peak.total)} ` +
