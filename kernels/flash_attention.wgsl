@@ -7,8 +7,9 @@
 //   dq:      dq[t]  = scale * sum_{t2<=t} dS(t,t2) k[t2],  dS = P (dout[t] . v[t2] - D[t])
 //   dkv:     dk[t2] = scale * sum_{t>=t2} dS(t,t2) q[t],   dv[t2] = sum_{t>=t2} P(t,t2) dout[t]
 //
-// Tiling: a workgroup of 64 owns 64 consecutive rows of one (b, h) -- queries in forward and
-// dq, keys in dkv -- one row per invocation, held in registers. The other side streams
+// Tiling: a workgroup of 64 owns 64 * ROWS consecutive rows of one (b, h) -- queries in
+// forward and dq, keys in dkv -- ROWS rows per invocation (rows l, l + 64, ...), held in
+// registers. The other side streams
 // through workgroup memory in tiles of BK rows (K|V for forward and dq, Q|dout for dkv),
 // loaded by all 64 invocations with consecutive addresses; every invocation then reads the
 // same tile element at once (a broadcast on GPUs, one uniform load on CPU adapters).
@@ -25,13 +26,16 @@
 //
 // Rows of the streamed side are taken 4 at a time (scores as a vec4, one rescale per 4 keys):
 // four independent dot products per step keep the FMA units busy (1.2-1.5x on llvmpipe
-// over one key a step), so BK is a multiple of 4.
+// over one key a step), so BK is a multiple of 4. ROWS (1, 2 or 4) is register blocking:
+// each element read from workgroup memory feeds ROWS rows. CPU adapters run 4 (llvmpipe
+// pays for every memory load; 1.9x over 1 there), GPUs 1 (HS4 * ROWS vec4 registers of
+// each kind per invocation; the autotuner is to choose per device). KC is a multiple of
+// 64 * ROWS, so a row block never straddles two chunks.
 //
 // Loop bound per invocation (every loop iteration counted, none assumed unrolled), with
 // HS4 = ceil(HS/4), NT = KC/BK tiles, L = ceil(BK*HS4/64) staging iterations:
-//   forward: NT * (1 + L + (BK/4) * (1 + 2*HS4)) + 2*HS4
-//   dq:      NT * (1 + L + (BK/4) * (1 + 2*HS4)) + 6*HS4
-//   dkv:     NT * (1 + L + (BK/4) * (1 + 2*HS4)) + 11*HS4
+//   all three: NT * (1 + L + (BK/4) * (1 + 2*HS4*(1 + R) + R)) + R * (1 + E*HS4)
+//   with R = ROWS and E = 2 (forward), 6 (dq), 11 (dkv) for the loads and stores of a row
 //   delta:   HS
 // (src/model/ops.ts computes the same formulas and keeps them under the budget.)
 //
@@ -49,6 +53,7 @@ struct Params { B: u32, T: u32, C: u32, NH: u32, k0: u32, k1: u32, blk0: u32, fi
 
 override HS: u32 = 64u;
 override BK: u32 = 32u;
+override ROWS: u32 = 1u;
 
 alias qkv_t = f32;
 alias out_t = f32;
@@ -61,6 +66,7 @@ alias dqkv_t = f32;
 
 const WG = 64u;
 const MAX_HS4 = 32u;
+const MAX_ROWS = 4u;
 const NEG = -3.0e38;
 
 var<workgroup> tile_a: array<vec4f, 512>; // [BK][HS4]: k (forward, dq) or q (dkv)
@@ -72,6 +78,11 @@ fn k_at(b: u32, t: u32, h: u32) -> u32 { return q_at(b, t, h) + p.C; }
 fn v_at(b: u32, t: u32, h: u32) -> u32 { return q_at(b, t, h) + 2u * p.C; }
 fn o_at(b: u32, t: u32, h: u32) -> u32 { return (b * p.T + t) * p.C + h * HS; }
 fn stat_at(b: u32, t: u32, h: u32) -> u32 { return (b * p.NH + h) * p.T + t; }
+
+// A function-scope `var` declared inside a loop is initialised explicitly below: naga does
+// not re-zero a bare `var x: T;` on each iteration (found as wrong results on llvmpipe).
+alias Rows4 = array<vec4f, MAX_ROWS>;
+alias RowsHS = array<array<vec4f, MAX_HS4>, MAX_ROWS>;
 
 // Elements c..c+3 of a head's row as a vec4, zero past HS (c is a multiple of 4 below HS).
 fn qkv4(base: u32, c: u32) -> vec4f {
@@ -122,67 +133,81 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
   let n4 = hs4();
   let b = wid.y / p.NH;
   let h = wid.y % p.NH;
-  let row0 = (p.blk0 + wid.x) * WG;
-  let t = row0 + l; // may be >= T in the last block: computed on row T-1, never stored
-  let tc = min(t, p.T - 1u);
+  let row0 = (p.blk0 + wid.x) * ROWS * WG;
   let scale = inverseSqrt(f32(HS));
-  var q: array<vec4f, MAX_HS4>;
-  let qa = q_at(b, tc, h);
-  for (var i = 0u; i < n4; i++) { q[i] = qkv4(qa, 4u * i) * scale; }
-  var acc: array<vec4f, MAX_HS4>;
-  var m = NEG;
-  var lsum = 0.0;
-  let kend = min(p.k1, min(p.T, row0 + WG)); // uniform: the block's last row + 1
+  var t: array<u32, MAX_ROWS>;
+  var q: RowsHS;
+  var acc: RowsHS;
+  var m: array<f32, MAX_ROWS>;
+  var lsum: array<f32, MAX_ROWS>;
+  for (var r = 0u; r < ROWS; r++) {
+    t[r] = row0 + r * WG + l; // may be >= T in the last block: computed on row T-1, not stored
+    let qa = q_at(b, min(t[r], p.T - 1u), h);
+    for (var i = 0u; i < n4; i++) { q[r][i] = qkv4(qa, 4u * i) * scale; }
+    m[r] = NEG;
+  }
+  let kend = min(p.k1, min(p.T, row0 + ROWS * WG)); // uniform: the block's last row + 1
   for (var kt = p.k0; kt < kend; kt += BK) {
     workgroupBarrier();
     stage_kv(b, h, kt, kend, l);
     workgroupBarrier();
     for (var j = 0u; j < BK; j += 4u) {
-      var d = vec4f(0.0);
+      var d = Rows4();
       for (var i = 0u; i < n4; i++) {
-        let qi = q[i];
-        d += vec4f(
-          dot(qi, tile_a[j * n4 + i]),
-          dot(qi, tile_a[(j + 1u) * n4 + i]),
-          dot(qi, tile_a[(j + 2u) * n4 + i]),
-          dot(qi, tile_a[(j + 3u) * n4 + i]),
-        );
+        let k0 = tile_a[j * n4 + i];
+        let k1 = tile_a[(j + 1u) * n4 + i];
+        let k2 = tile_a[(j + 2u) * n4 + i];
+        let k3 = tile_a[(j + 3u) * n4 + i];
+        for (var r = 0u; r < ROWS; r++) {
+          d[r] += vec4f(dot(q[r][i], k0), dot(q[r][i], k1), dot(q[r][i], k2), dot(q[r][i], k3));
+        }
       }
       let kk = vec4u(kt + j) + vec4u(0u, 1u, 2u, 3u);
-      let ok = (kk <= vec4u(tc)) & (kk < vec4u(kend));
-      let sv = select(vec4f(NEG), d, ok);
-      let mt = max(m, max(max(sv.x, sv.y), max(sv.z, sv.w)));
-      let c = exp(m - mt);
-      let w = select(vec4f(0.0), exp(sv - mt), ok);
-      lsum = lsum * c + (w.x + w.y) + (w.z + w.w);
-      for (var i = 0u; i < n4; i++) {
-        acc[i] = acc[i] * c + w.x * tile_b[j * n4 + i] + w.y * tile_b[(j + 1u) * n4 + i] +
-          w.z * tile_b[(j + 2u) * n4 + i] + w.w * tile_b[(j + 3u) * n4 + i];
+      var c = array<f32, MAX_ROWS>();
+      var w = Rows4();
+      for (var r = 0u; r < ROWS; r++) {
+        let ok = (kk <= vec4u(min(t[r], p.T - 1u))) & (kk < vec4u(kend));
+        let s = select(vec4f(NEG), d[r], ok);
+        let mt = max(m[r], max(max(s.x, s.y), max(s.z, s.w)));
+        c[r] = exp(m[r] - mt); // rescales what was accumulated under the old max
+        w[r] = select(vec4f(0.0), exp(s - mt), ok);
+        lsum[r] = lsum[r] * c[r] + (w[r].x + w[r].y) + (w[r].z + w[r].w);
+        m[r] = mt;
       }
-      m = mt;
+      for (var i = 0u; i < n4; i++) {
+        let v0 = tile_b[j * n4 + i];
+        let v1 = tile_b[(j + 1u) * n4 + i];
+        let v2 = tile_b[(j + 2u) * n4 + i];
+        let v3 = tile_b[(j + 3u) * n4 + i];
+        for (var r = 0u; r < ROWS; r++) {
+          acc[r][i] = acc[r][i] * c[r] + w[r].x * v0 + w[r].y * v1 + w[r].z * v2 + w[r].w * v3;
+        }
+      }
     }
   }
-  // A row before this chunk saw no key here (lsum = 0): what earlier chunks wrote stands.
-  if (t >= p.T || lsum == 0.0) { return; }
-  let o = o_at(b, t, h);
-  let st = stat_at(b, t, h);
-  let lse_c = m + log(lsum);
-  var lse_new = lse_c;
-  var w_old = 0.0;
-  var w_new = 1.0 / lsum;
-  if (p.first == 0u) {
-    let lse_old = lse[st];
-    let mx = max(lse_old, lse_c);
-    lse_new = mx + log(exp(lse_old - mx) + exp(lse_c - mx));
-    w_old = exp(lse_old - lse_new);
-    w_new = exp(lse_c - lse_new) / lsum;
+  for (var r = 0u; r < ROWS; r++) {
+    // A row before this chunk saw no key here (lsum = 0): what earlier chunks wrote stands.
+    if (t[r] >= p.T || lsum[r] == 0.0) { continue; }
+    let o = o_at(b, t[r], h);
+    let st = stat_at(b, t[r], h);
+    let lse_c = m[r] + log(lsum[r]);
+    var lse_new = lse_c;
+    var w_old = 0.0;
+    var w_new = 1.0 / lsum[r];
+    if (p.first == 0u) {
+      let lse_old = lse[st];
+      let mx = max(lse_old, lse_c);
+      lse_new = mx + log(exp(lse_old - mx) + exp(lse_c - mx));
+      w_old = exp(lse_old - lse_new);
+      w_new = exp(lse_c - lse_new) / lsum[r];
+    }
+    for (var i = 0u; i < n4; i++) {
+      var v = acc[r][i] * w_new;
+      if (p.first == 0u) { v += out4(o, 4u * i) * w_old; }
+      store_out4(o, 4u * i, v);
+    }
+    lse[st] = lse_new;
   }
-  for (var i = 0u; i < n4; i++) {
-    var v = acc[i] * w_new;
-    if (p.first == 0u) { v += out4(o, 4u * i) * w_old; }
-    store_out4(o, 4u * i, v);
-  }
-  lse[st] = lse_new;
 }
 
 // ---------------------------------------------------------------------------
@@ -228,57 +253,71 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_inde
   let n4 = hs4();
   let b = wid.y / p.NH;
   let h = wid.y % p.NH;
-  let row0 = (p.blk0 + wid.x) * WG;
-  let t = row0 + l;
-  let tc = min(t, p.T - 1u);
+  let row0 = (p.blk0 + wid.x) * ROWS * WG;
   let scale = inverseSqrt(f32(HS));
-  var q: array<vec4f, MAX_HS4>;
-  var g: array<vec4f, MAX_HS4>; // dout[t]
-  let qa = q_at(b, tc, h);
-  let oa = o_at(b, tc, h);
-  for (var i = 0u; i < n4; i++) {
-    q[i] = qkv4(qa, 4u * i) * scale;
-    g[i] = dout4(oa, 4u * i);
+  var t: array<u32, MAX_ROWS>;
+  var q: RowsHS;
+  var g: RowsHS; // dout[t]
+  var dq: RowsHS;
+  var lse_t: array<f32, MAX_ROWS>;
+  var d_t: array<f32, MAX_ROWS>;
+  for (var r = 0u; r < ROWS; r++) {
+    t[r] = row0 + r * WG + l;
+    let tc = min(t[r], p.T - 1u);
+    let qa = q_at(b, tc, h);
+    let oa = o_at(b, tc, h);
+    for (var i = 0u; i < n4; i++) {
+      q[r][i] = qkv4(qa, 4u * i) * scale;
+      g[r][i] = dout4(oa, 4u * i);
+    }
+    let st = stat_at(b, tc, h);
+    lse_t[r] = lse[st];
+    d_t[r] = delta[st];
   }
-  let st = stat_at(b, tc, h);
-  let lse_t = lse[st];
-  let d_t = delta[st];
-  var dq: array<vec4f, MAX_HS4>;
-  let kend = min(p.k1, min(p.T, row0 + WG));
+  let kend = min(p.k1, min(p.T, row0 + ROWS * WG));
   for (var kt = p.k0; kt < kend; kt += BK) {
     workgroupBarrier();
     stage_kv(b, h, kt, kend, l);
     workgroupBarrier();
     for (var j = 0u; j < BK; j += 4u) {
-      var sv = vec4f(0.0);
-      var dp = vec4f(0.0);
+      var sv = Rows4();
+      var dp = Rows4();
       for (var i = 0u; i < n4; i++) {
-        let qi = q[i];
-        let gi = g[i];
-        sv += vec4f(
-          dot(qi, tile_a[j * n4 + i]),
-          dot(qi, tile_a[(j + 1u) * n4 + i]),
-          dot(qi, tile_a[(j + 2u) * n4 + i]),
-          dot(qi, tile_a[(j + 3u) * n4 + i]),
-        );
-        dp += vec4f(
-          dot(gi, tile_b[j * n4 + i]),
-          dot(gi, tile_b[(j + 1u) * n4 + i]),
-          dot(gi, tile_b[(j + 2u) * n4 + i]),
-          dot(gi, tile_b[(j + 3u) * n4 + i]),
-        );
+        let k0 = tile_a[j * n4 + i];
+        let k1 = tile_a[(j + 1u) * n4 + i];
+        let k2 = tile_a[(j + 2u) * n4 + i];
+        let k3 = tile_a[(j + 3u) * n4 + i];
+        let v0 = tile_b[j * n4 + i];
+        let v1 = tile_b[(j + 1u) * n4 + i];
+        let v2 = tile_b[(j + 2u) * n4 + i];
+        let v3 = tile_b[(j + 3u) * n4 + i];
+        for (var r = 0u; r < ROWS; r++) {
+          sv[r] += vec4f(dot(q[r][i], k0), dot(q[r][i], k1), dot(q[r][i], k2), dot(q[r][i], k3));
+          dp[r] += vec4f(dot(g[r][i], v0), dot(g[r][i], v1), dot(g[r][i], v2), dot(g[r][i], v3));
+        }
       }
       let kk = vec4u(kt + j) + vec4u(0u, 1u, 2u, 3u);
-      let ok = (kk <= vec4u(tc)) & (kk < vec4u(kend));
-      let ds = select(vec4f(0.0), exp(sv - lse_t) * (dp - d_t), ok);
+      var ds = Rows4();
+      for (var r = 0u; r < ROWS; r++) {
+        let ok = (kk <= vec4u(min(t[r], p.T - 1u))) & (kk < vec4u(kend));
+        ds[r] = select(vec4f(0.0), exp(sv[r] - lse_t[r]) * (dp[r] - d_t[r]), ok);
+      }
       for (var i = 0u; i < n4; i++) {
-        dq[i] += ds.x * tile_a[j * n4 + i] + ds.y * tile_a[(j + 1u) * n4 + i] +
-          ds.z * tile_a[(j + 2u) * n4 + i] + ds.w * tile_a[(j + 3u) * n4 + i];
+        let k0 = tile_a[j * n4 + i];
+        let k1 = tile_a[(j + 1u) * n4 + i];
+        let k2 = tile_a[(j + 2u) * n4 + i];
+        let k3 = tile_a[(j + 3u) * n4 + i];
+        for (var r = 0u; r < ROWS; r++) {
+          dq[r][i] += ds[r].x * k0 + ds[r].y * k1 + ds[r].z * k2 + ds[r].w * k3;
+        }
       }
     }
   }
-  if (t >= p.T) { return; }
-  for (var i = 0u; i < n4; i++) { store_d4(qa, 4u * i, dq[i] * scale, p.first == 0u); }
+  for (var r = 0u; r < ROWS; r++) {
+    if (t[r] >= p.T) { continue; }
+    let qa = q_at(b, t[r], h);
+    for (var i = 0u; i < n4; i++) { store_d4(qa, 4u * i, dq[r][i] * scale, p.first == 0u); }
+  }
 }
 
 // Rows r0..r0+BK of q into tile_a and of dout into tile_b; rows at or past `end` are zero.
@@ -303,63 +342,82 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
   let n4 = hs4();
   let b = wid.y / p.NH;
   let h = wid.y % p.NH;
-  let row0 = (p.blk0 + wid.x) * WG; // key rows
-  let t2 = row0 + l;
-  let tc = min(t2, p.T - 1u);
+  let row0 = (p.blk0 + wid.x) * ROWS * WG; // key rows
   let scale = inverseSqrt(f32(HS));
-  var k: array<vec4f, MAX_HS4>;
-  var v: array<vec4f, MAX_HS4>;
-  let ka = k_at(b, tc, h);
-  for (var i = 0u; i < n4; i++) {
-    k[i] = qkv4(ka, 4u * i) * scale;
-    v[i] = qkv4(ka + p.C, 4u * i);
+  var t2: array<u32, MAX_ROWS>;
+  var k: RowsHS;
+  var v: RowsHS;
+  var dk: RowsHS;
+  var dv: RowsHS;
+  for (var r = 0u; r < ROWS; r++) {
+    t2[r] = row0 + r * WG + l;
+    let ka = k_at(b, min(t2[r], p.T - 1u), h);
+    for (var i = 0u; i < n4; i++) {
+      k[r][i] = qkv4(ka, 4u * i) * scale;
+      v[r][i] = qkv4(ka + p.C, 4u * i);
+    }
   }
-  var dk: array<vec4f, MAX_HS4>;
-  var dv: array<vec4f, MAX_HS4>;
   let qend = min(p.k1, p.T);
   for (var qt = max(p.k0, row0); qt < qend; qt += BK) { // queries before row0 see no key here
     workgroupBarrier();
     stage_qdo(b, h, qt, qend, l);
     workgroupBarrier();
     for (var j = 0u; j < BK; j += 4u) {
-      var sv = vec4f(0.0);
-      var dp = vec4f(0.0);
+      var sv = Rows4();
+      var dp = Rows4();
       for (var i = 0u; i < n4; i++) {
-        let ki = k[i];
-        let vi = v[i];
-        sv += vec4f(
-          dot(ki, tile_a[j * n4 + i]),
-          dot(ki, tile_a[(j + 1u) * n4 + i]),
-          dot(ki, tile_a[(j + 2u) * n4 + i]),
-          dot(ki, tile_a[(j + 3u) * n4 + i]),
-        );
-        dp += vec4f(
-          dot(vi, tile_b[j * n4 + i]),
-          dot(vi, tile_b[(j + 1u) * n4 + i]),
-          dot(vi, tile_b[(j + 2u) * n4 + i]),
-          dot(vi, tile_b[(j + 3u) * n4 + i]),
-        );
+        let q0 = tile_a[j * n4 + i];
+        let q1 = tile_a[(j + 1u) * n4 + i];
+        let q2 = tile_a[(j + 2u) * n4 + i];
+        let q3 = tile_a[(j + 3u) * n4 + i];
+        let g0 = tile_b[j * n4 + i];
+        let g1 = tile_b[(j + 1u) * n4 + i];
+        let g2 = tile_b[(j + 2u) * n4 + i];
+        let g3 = tile_b[(j + 3u) * n4 + i];
+        for (var r = 0u; r < ROWS; r++) {
+          sv[r] += vec4f(dot(k[r][i], q0), dot(k[r][i], q1), dot(k[r][i], q2), dot(k[r][i], q3));
+          dp[r] += vec4f(dot(v[r][i], g0), dot(v[r][i], g1), dot(v[r][i], g2), dot(v[r][i], g3));
+        }
       }
       let tq = vec4u(qt + j) + vec4u(0u, 1u, 2u, 3u);
-      let ok = (tq >= vec4u(tc)) & (tq < vec4u(qend));
-      let st = vec4u(stat_at(b, min(tq.x, p.T - 1u), h), stat_at(b, min(tq.y, p.T - 1u), h),
-        stat_at(b, min(tq.z, p.T - 1u), h), stat_at(b, min(tq.w, p.T - 1u), h));
-      let pr = select(vec4f(0.0), exp(sv - vec4f(lse[st.x], lse[st.y], lse[st.z], lse[st.w])), ok);
-      let ds = pr * (dp - vec4f(delta[st.x], delta[st.y], delta[st.z], delta[st.w]));
+      let live = tq < vec4u(qend);
+      let tqc = min(tq, vec4u(p.T - 1u));
+      let st = vec4u(stat_at(b, tqc.x, h), stat_at(b, tqc.y, h), stat_at(b, tqc.z, h),
+        stat_at(b, tqc.w, h));
+      let lse4 = vec4f(lse[st.x], lse[st.y], lse[st.z], lse[st.w]);
+      let d4 = vec4f(delta[st.x], delta[st.y], delta[st.z], delta[st.w]);
+      var pr = Rows4();
+      var ds = Rows4();
+      for (var r = 0u; r < ROWS; r++) {
+        let ok = (tq >= vec4u(min(t2[r], p.T - 1u))) & live;
+        pr[r] = select(vec4f(0.0), exp(sv[r] - lse4), ok);
+        ds[r] = pr[r] * (dp[r] - d4);
+      }
       for (var i = 0u; i < n4; i++) {
-        dv[i] += pr.x * tile_b[j * n4 + i] + pr.y * tile_b[(j + 1u) * n4 + i] +
-          pr.z * tile_b[(j + 2u) * n4 + i] + pr.w * tile_b[(j + 3u) * n4 + i];
-        dk[i] += ds.x * tile_a[j * n4 + i] + ds.y * tile_a[(j + 1u) * n4 + i] +
-          ds.z * tile_a[(j + 2u) * n4 + i] + ds.w * tile_a[(j + 3u) * n4 + i];
+        let q0 = tile_a[j * n4 + i];
+        let q1 = tile_a[(j + 1u) * n4 + i];
+        let q2 = tile_a[(j + 2u) * n4 + i];
+        let q3 = tile_a[(j + 3u) * n4 + i];
+        let g0 = tile_b[j * n4 + i];
+        let g1 = tile_b[(j + 1u) * n4 + i];
+        let g2 = tile_b[(j + 2u) * n4 + i];
+        let g3 = tile_b[(j + 3u) * n4 + i];
+        for (var r = 0u; r < ROWS; r++) {
+          dv[r][i] += pr[r].x * g0 + pr[r].y * g1 + pr[r].z * g2 + pr[r].w * g3;
+          dk[r][i] += ds[r].x * q0 + ds[r].y * q1 + ds[r].z * q2 + ds[r].w * q3;
+        }
       }
     }
   }
-  if (t2 >= p.T) { return; }
-  // KC is a multiple of 64, so a key block lies inside one chunk: the first chunk that
+  // KC is a multiple of 64 * ROWS, so a key block lies inside one chunk: the first chunk that
   // holds queries at or after its keys is the one that starts at or before row0.
   let add = row0 < p.k0;
-  for (var i = 0u; i < n4; i++) {
-    store_d4(ka, 4u * i, dk[i] * scale, add);
-    store_d4(ka + p.C, 4u * i, dv[i], add);
+  for (var r = 0u; r < ROWS; r++) {
+    if (t2[r] >= p.T) { continue; }
+    let ka = k_at(b, t2[r], h);
+    for (var i = 0u; i < n4; i++) {
+      store_d4(ka, 4u * i, dk[r][i] * scale, add);
+      store_d4(ka + p.C, 4u * i, dv[r][i], add);
+    }
   }
 }

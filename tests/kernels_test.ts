@@ -12,6 +12,7 @@ import {
   encoderForward,
   flashAttentionBackward,
   flashAttentionForward,
+  type FlashRows,
   geluBackward,
   geluForward,
   layernormBackward,
@@ -149,8 +150,15 @@ gpuTest("attention forward and backward match float64", async (rt) => {
 gpuTest(
   "flash attention matches float64 and the plain kernel, forward and backward",
   async (rt) => {
-    // The last case splits the keys into chunks of 64 rows (split-KV, merged in order).
-    for (const [B, T, NH, C, chunkRows] of [[2, 7, 3, 12], [1, 70, 2, 16], [2, 150, 2, 24, 64]]) {
+    // The last cases split the keys into chunks (split-KV, merged in order), with 1 and 4 rows
+    // per invocation (the GPU and the CPU-adapter variants).
+    const cases: [number, number, number, number, number?, FlashRows?][] = [
+      [2, 7, 3, 12],
+      [1, 70, 2, 16],
+      [2, 150, 2, 24, 64, 1],
+      [1, 600, 2, 24, 256, 4],
+    ];
+    for (const [B, T, NH, C, chunkRows, rows] of cases) {
       const p = pool(rt);
       try {
         const qkv = randn(B * T * 3 * C, T, 1.5), dout = randn(B * T * C, T + 1);
@@ -159,7 +167,7 @@ gpuTest(
         const delta = p.empty("delta", B * NH * T), dqkv = p.empty("dqkv", B * T * 3 * C);
         const out2 = p.empty("out2", B * T * C), att = p.empty("att", B * NH * T * T);
         const dpre = p.empty("dpre", B * NH * T * T), dqkv2 = p.empty("dqkv2", B * T * 3 * C);
-        const s = { B, T, C, NH, chunkRows };
+        const s = { B, T, C, NH, chunkRows, rows };
         await runDispatches(rt.device, [
           ...await flashAttentionForward(rt, s, { qkv: Q, out, lse }),
           ...await flashAttentionBackward(rt, s, { qkv: Q, out, lse, dout: D, delta, dqkv }),

@@ -56,111 +56,128 @@ async function stateOf(opt: LowBitAdamW) {
   };
 }
 
-for (const bits of [8, 4] as const) {
-  gpuTest(`${bits}-bit AdamW: codes bit-exact and steps match the CPU reference`, async (rt) => {
-    const layout = fakeLayout();
-    const n = layout.totalElements;
-    const u = rng(bits);
-    const p0 = Float32Array.from({ length: n }, () => u() - 0.5);
-    const params = rt.arena.allocWith("p", "parameters", p0);
-    const grads = rt.arena.alloc("g", "gradients", n * 4);
-    // Step 1 uses betas of 1/2 and gradients k/64, so m and v are exact in f32 and
-    // every code must match bit for bit; later steps use real betas.
-    const exact = { beta1: 0.5, beta2: 0.5, eps: 1e-8, weightDecay: 0.1, gradClip: 0 };
-    const opt = await LowBitAdamW.create(rt, layout, { params, grads }, { bits, ...exact });
-    const pieces = opt.pieces;
-    const ref = pieces.map((pc) => {
-      const block = bits === 8 ? 256 : 128;
-      return {
-        pc,
-        p: p0.slice(pc.offset, pc.offset + pc.size),
-        st: refQuantState(pc.size, bits, block, pc.rows, pc.cols),
-        block,
-      };
-    });
-    try {
-      for (let step = 1; step <= 3; step++) {
-        const h = step === 1 ? exact : { ...exact, beta1: 0.9, beta2: 0.95, gradClip: 5 };
-        Object.assign(opt.config, h);
-        const g = step === 1
-          ? Float32Array.from({ length: n }, () => Math.round((u() - 0.5) * 128) / 64)
-          : Float32Array.from({ length: n }, () => (u() - 0.5) * 0.2);
-        if (step === 3) {
-          g[7] = NaN; // non-finite elements leave parameter and state alone
-          g[4700] = Infinity;
-        }
-        rt.device.queue.writeBuffer(grads, 0, g);
-        opt.setStep(step, 1e-2);
-        await runDispatches(rt.device, opt.dispatches);
-        // The norm covers the tensors only (not the alignment gaps between them).
-        const norm = gradNormRef(
-          layout.tensors.map((t) =>
-            g.subarray(t.offset, t.offset + t.size).filter(Number.isFinite)
-          ),
-        );
-        for (const r of ref) {
-          const gs = g.subarray(r.pc.offset, r.pc.offset + r.pc.size);
-          if (r.pc.kind === "fp32") continue; // fp32 AdamW is tested in adamw_test.ts
-          lowbitStepRef(
-            r.p,
-            gs,
-            r.st,
-            bits,
-            r.block,
-            r.pc.decay,
-            norm,
-            { ...h, lr: 1e-2, t: step },
-            r.pc.rows,
-            r.pc.cols,
-          );
-        }
-        const st = await stateOf(opt);
-        let mismatches = 0, total = 0;
-        for (const r of ref) {
-          if (r.pc.kind === "fp32") continue;
-          const got = await readF32(rt.device, params, r.pc.offset, r.pc.size);
-          assertAllClose(got, r.p, {
-            rtol: 1e-4,
-            atol: 1e-6,
-            label: `step ${step} params ${r.pc.name}`,
-          });
-          const per = bits === 8 ? 4 : 8;
-          const words = (q: Uint32Array) =>
-            q.subarray(r.pc.words, r.pc.words + Math.ceil(r.pc.size / per));
-          const mc = unpackCodes(words(st.mq), r.pc.size, bits),
-            vc = unpackCodes(words(st.vq), r.pc.size, bits);
-          for (let i = 0; i < r.pc.size; i++) {
-            total += 2;
-            mismatches += +(mc[i] !== r.st.mCodes[i]) + +(vc[i] !== r.st.vCodes[i]);
-          }
-          if (step === 1) {
-            deepEqual(mc, r.st.mCodes, `m codes ${r.pc.name}`);
-            deepEqual(vc, r.st.vCodes, `v codes ${r.pc.name}`);
-            const nb = r.st.mAbs.length;
-            deepEqual(st.mabs.subarray(r.pc.abs, r.pc.abs + nb), r.st.mAbs);
-            const vScale = r.pc.rows
-              ? st.scales.subarray(r.pc.scales, r.pc.scales + r.pc.rows + r.pc.cols)
-              : st.vabs.subarray(r.pc.abs, r.pc.abs + nb);
-            deepEqual(vScale, r.st.vAbs);
-          }
+/**
+ * A 2-D tensor of 40,000 rows: 4-bit AdamW's column maxima walk its rows in two dispatches
+ * (32,768 + 7,232), within the loop budget.
+ */
+function tallLayout(): ParamLayout {
+  return layoutOf([{ name: "tall", shape: [40000, 4] }, { name: "b", shape: [5120] }]);
+}
+
+for (
+  const [bits, layoutName, makeLayout] of [
+    [8, "", fakeLayout],
+    [4, "", fakeLayout],
+    [4, ", a 40,000-row tensor", tallLayout],
+  ] as const
+) {
+  gpuTest(
+    `${bits}-bit AdamW: codes bit-exact and steps match the CPU reference${layoutName}`,
+    async (rt) => {
+      const layout = makeLayout();
+      const n = layout.totalElements;
+      const u = rng(bits);
+      const p0 = Float32Array.from({ length: n }, () => u() - 0.5);
+      const params = rt.arena.allocWith("p", "parameters", p0);
+      const grads = rt.arena.alloc("g", "gradients", n * 4);
+      // Step 1 uses betas of 1/2 and gradients k/64, so m and v are exact in f32 and
+      // every code must match bit for bit; later steps use real betas.
+      const exact = { beta1: 0.5, beta2: 0.5, eps: 1e-8, weightDecay: 0.1, gradClip: 0 };
+      const opt = await LowBitAdamW.create(rt, layout, { params, grads }, { bits, ...exact });
+      const pieces = opt.pieces;
+      const ref = pieces.map((pc) => {
+        const block = bits === 8 ? 256 : 128;
+        return {
+          pc,
+          p: p0.slice(pc.offset, pc.offset + pc.size),
+          st: refQuantState(pc.size, bits, block, pc.rows, pc.cols),
+          block,
+        };
+      });
+      try {
+        for (let step = 1; step <= 3; step++) {
+          const h = step === 1 ? exact : { ...exact, beta1: 0.9, beta2: 0.95, gradClip: 5 };
+          Object.assign(opt.config, h);
+          const g = step === 1
+            ? Float32Array.from({ length: n }, () => Math.round((u() - 0.5) * 128) / 64)
+            : Float32Array.from({ length: n }, () => (u() - 0.5) * 0.2);
           if (step === 3) {
-            const at = (i: number) => i - r.pc.offset;
-            for (const i of [7, 4700]) {
-              if (i >= r.pc.offset && i < r.pc.offset + r.pc.size) equal(got[at(i)], r.p[at(i)]);
+            g[7] = NaN; // non-finite elements leave parameter and state alone
+            g[4700] = Infinity;
+          }
+          rt.device.queue.writeBuffer(grads, 0, g);
+          opt.setStep(step, 1e-2);
+          await runDispatches(rt.device, opt.dispatches);
+          // The norm covers the tensors only (not the alignment gaps between them).
+          const norm = gradNormRef(
+            layout.tensors.map((t) =>
+              g.subarray(t.offset, t.offset + t.size).filter(Number.isFinite)
+            ),
+          );
+          for (const r of ref) {
+            const gs = g.subarray(r.pc.offset, r.pc.offset + r.pc.size);
+            if (r.pc.kind === "fp32") continue; // fp32 AdamW is tested in adamw_test.ts
+            lowbitStepRef(
+              r.p,
+              gs,
+              r.st,
+              bits,
+              r.block,
+              r.pc.decay,
+              norm,
+              { ...h, lr: 1e-2, t: step },
+              r.pc.rows,
+              r.pc.cols,
+            );
+          }
+          const st = await stateOf(opt);
+          let mismatches = 0, total = 0;
+          for (const r of ref) {
+            if (r.pc.kind === "fp32") continue;
+            const got = await readF32(rt.device, params, r.pc.offset, r.pc.size);
+            assertAllClose(got, r.p, {
+              rtol: 1e-4,
+              atol: 1e-6,
+              label: `step ${step} params ${r.pc.name}`,
+            });
+            const per = bits === 8 ? 4 : 8;
+            const words = (q: Uint32Array) =>
+              q.subarray(r.pc.words, r.pc.words + Math.ceil(r.pc.size / per));
+            const mc = unpackCodes(words(st.mq), r.pc.size, bits),
+              vc = unpackCodes(words(st.vq), r.pc.size, bits);
+            for (let i = 0; i < r.pc.size; i++) {
+              total += 2;
+              mismatches += +(mc[i] !== r.st.mCodes[i]) + +(vc[i] !== r.st.vCodes[i]);
+            }
+            if (step === 1) {
+              deepEqual(mc, r.st.mCodes, `m codes ${r.pc.name}`);
+              deepEqual(vc, r.st.vCodes, `v codes ${r.pc.name}`);
+              const nb = r.st.mAbs.length;
+              deepEqual(st.mabs.subarray(r.pc.abs, r.pc.abs + nb), r.st.mAbs);
+              const vScale = r.pc.rows
+                ? st.scales.subarray(r.pc.scales, r.pc.scales + r.pc.rows + r.pc.cols)
+                : st.vabs.subarray(r.pc.abs, r.pc.abs + nb);
+              deepEqual(vScale, r.st.vAbs);
+            }
+            if (step === 3) {
+              const at = (i: number) => i - r.pc.offset;
+              for (const i of [7, 4700]) {
+                if (i >= r.pc.offset && i < r.pc.offset + r.pc.size) equal(got[at(i)], r.p[at(i)]);
+              }
             }
           }
+          // Later steps: f32 rounding order may differ (fused multiply-add), so a code can
+          // land on its neighbour; almost all must still agree.
+          ok(mismatches <= total * 0.002, `step ${step}: ${mismatches} of ${total} codes differ`);
         }
-        // Later steps: f32 rounding order may differ (fused multiply-add), so a code can
-        // land on its neighbour; almost all must still agree.
-        ok(mismatches <= total * 0.002, `step ${step}: ${mismatches} of ${total} codes differ`);
+        // NaN and Inf gradients left their parameters exactly as they were after step 2.
+      } finally {
+        opt.destroy();
+        rt.arena.free(params);
+        rt.arena.free(grads);
       }
-      // NaN and Inf gradients left their parameters exactly as they were after step 2.
-    } finally {
-      opt.destroy();
-      rt.arena.free(params);
-      rt.arena.free(grads);
-    }
-  });
+    },
+  );
 }
 
 Deno.test("state layout: bytes per parameter and pieces under the binding limit", () => {

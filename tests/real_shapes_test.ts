@@ -13,6 +13,8 @@ import {
   flashAttentionBackward,
   flashAttentionForward,
   flashChunkRows,
+  type FlashRows,
+  flashRows,
   layernormBackward,
   layernormForward,
 } from "../src/model/ops.ts";
@@ -25,17 +27,17 @@ import { headDkv, headDq, headForward } from "./reference/attention_rows.ts";
 import { assertAllClose, gpuTest, hasF16, randn, rng, uploadAs } from "./_harness.ts";
 
 /** Rows worth checking at T: the edges, both sides of each tile and split-KV chunk, the end. */
-function sampleRows(T: number, HS: number, chunk?: number): number[] {
+function sampleRows(T: number, HS: number, perLane: FlashRows, chunk?: number): number[] {
   const kc = chunk
     ? [chunk, 2 * chunk]
-    : [flashChunkRows("forward", HS), flashChunkRows("dkv", HS)];
+    : [flashChunkRows("forward", HS, perLane), flashChunkRows("dkv", HS, perLane)];
   const rows = [0, 1, 31, 32, 63, 64, T >> 1, T - 2, T - 1, ...kc.flatMap((k) => [k - 1, k])];
   return [...new Set(rows.filter((t) => t >= 0 && t < T))].sort((a, b) => a - b);
 }
 
 async function checkAttention(
   rt: Parameters<Parameters<typeof gpuTest>[1]>[0],
-  s: { B: number; T: number; NH: number; C: number; chunkRows?: number },
+  s: { B: number; T: number; NH: number; C: number; chunkRows?: number; rows?: FlashRows },
   dtype: DType,
   tol: { rtol: number; atol: number },
 ) {
@@ -73,7 +75,7 @@ async function checkAttention(
     ]);
     // The reference sees the inputs as the kernel does (rounded to f16 when f16).
     const held = dtype === "f16" ? Float32Array.from(new Float16Array(qkvData)) : qkvData;
-    const rows = sampleRows(T, HS, s.chunkRows);
+    const rows = sampleRows(T, HS, s.rows ?? flashRows(rt), s.chunkRows);
     for (const [b, h] of [[0, 0], [B - 1, NH - 1]]) {
       const ref = headForward(held, doutData, s, b, h);
       const tag = `B${B} T${T} NH${NH} C${C} ${dtype} chunk ${
@@ -116,6 +118,15 @@ async function checkAttention(
 gpuTest(
   "flash attention at GPT-2 124M's shape (T=1024, NH=12, C=768) matches float64",
   (rt) => checkAttention(rt, { B: 2, T: 1024, NH: 12, C: 768 }, "f32", { rtol: 1e-3, atol: 2e-5 }),
+);
+
+gpuTest(
+  "flash attention with 1 row per invocation (GPUs' variant) at T=1024 matches float64",
+  (rt) =>
+    checkAttention(rt, { B: 1, T: 1024, NH: 12, C: 768, rows: 1 }, "f32", {
+      rtol: 1e-3,
+      atol: 2e-5,
+    }),
 );
 
 gpuTest(

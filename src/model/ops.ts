@@ -321,6 +321,8 @@ export interface AttentionShape {
    * largest that keeps each pass within the loop budget, see {@linkcode flashChunkRows}).
    */
   chunkRows?: number;
+  /** Flash attention only: rows per invocation, 1, 2 or 4 (default {@linkcode flashRows}). */
+  rows?: FlashRows;
 }
 
 /** kernels/attention.wgsl's loop bound: it grows with T (that kernel is a reference). */
@@ -441,24 +443,39 @@ function flashTiles(HS: number): { hs4: number; bk: number } {
   return { hs4, bk: Math.min(64, 2 ** Math.floor(Math.log2(512 / hs4))) };
 }
 
+/** Rows per invocation (register blocking) flash attention uses by default on an adapter. */
+export function flashRows(rt: Runtime): FlashRows {
+  // llvmpipe pays for every memory load, so rows that share each loaded element win (1.9x
+  // at 4 over 1, tests/real_shapes_test.ts's shapes); GPUs keep registers for occupancy.
+  return rt.gpu.isCpu ? 4 : 1;
+}
+
+/** Rows per invocation of kernels/flash_attention.wgsl (its ROWS constant). */
+export type FlashRows = 1 | 2 | 4;
+
 /**
  * The most loop iterations one invocation of a flash attention pass runs over a chunk of
  * `KC` rows, as the formula in kernels/flash_attention.wgsl's header gives it.
  */
-export function flashLoopBound(pass: FlashPass, HS: number, KC: number): number {
+export function flashLoopBound(
+  pass: FlashPass,
+  HS: number,
+  KC: number,
+  rows: FlashRows = 1,
+): number {
   const { hs4, bk } = flashTiles(HS);
   const tiles = Math.ceil(KC / bk), stage = Math.ceil((bk * hs4) / FLASH_WG);
-  const body = tiles * (1 + stage + (bk / 4) * (1 + 2 * hs4));
-  return body + { forward: 2, dq: 6, dkv: 11 }[pass] * hs4;
+  const body = tiles * (1 + stage + (bk / 4) * (1 + 2 * hs4 * (1 + rows) + rows));
+  return body + rows * (1 + { forward: 2, dq: 6, dkv: 11 }[pass] * hs4);
 }
 
 /**
- * Rows per split-KV chunk of a pass: the largest 64 * 2^k whose loop bound is within
- * {@linkcode LOOP_BUDGET} (for HS = 64: 1024 keys forward and dq, 512 queries dkv).
+ * Rows per split-KV chunk of a pass: the largest 64 * rows * 2^k whose loop bound is within
+ * {@linkcode LOOP_BUDGET} (for HS = 64: 4096 with 1 row per invocation, 1024 with 4).
  */
-export function flashChunkRows(pass: FlashPass, HS: number): number {
-  let kc = FLASH_WG;
-  while (flashLoopBound(pass, HS, 2 * kc) <= LOOP_BUDGET) kc *= 2;
+export function flashChunkRows(pass: FlashPass, HS: number, rows: FlashRows = 1): number {
+  let kc = FLASH_WG * rows;
+  while (flashLoopBound(pass, HS, 2 * kc, rows) <= LOOP_BUDGET) kc *= 2;
   return kc;
 }
 
@@ -479,12 +496,14 @@ const pairsWithKeys = (T: number, k0: number, k1: number) =>
   (k1 - k0) * T - ((k1 - 1) * k1 - (k0 - 1) * k0) / 2;
 
 /** The chunks [k0, k1) of `T` rows for a pass, with the first row block each dispatch needs. */
-function flashChunks(pass: FlashPass, s: AttentionShape) {
-  const HS = s.C / s.NH, max = flashChunkRows(pass, HS), blocks = Math.ceil(s.T / FLASH_WG);
+function flashChunks(pass: FlashPass, s: AttentionShape, rows: FlashRows) {
+  const HS = s.C / s.NH, max = flashChunkRows(pass, HS, rows), R = FLASH_WG * rows;
+  const blocks = Math.ceil(s.T / R);
   const KC = s.chunkRows ?? max;
-  if (KC % FLASH_WG !== 0 || KC < FLASH_WG || KC > max) {
+  if (KC % R !== 0 || KC > max) {
     throw new RangeError(
-      `Flash attention chunkRows ${KC} must be a multiple of 64 from 64 to ${max} (head size ${HS})`,
+      `Flash attention chunkRows ${KC} must be a multiple of ${R} up to ${max} ` +
+        `(head size ${HS}, ${rows} rows per invocation)`,
     );
   }
   const out: { k0: number; k1: number; blk0: number; nblk: number; loops: number }[] = [];
@@ -492,9 +511,9 @@ function flashChunks(pass: FlashPass, s: AttentionShape) {
     const k1 = Math.min(s.T, k0 + KC);
     // forward and dq: query blocks that reach key k0; dkv: key blocks that start before k1.
     const [blk0, nblk] = pass === "dkv"
-      ? [0, Math.ceil(k1 / FLASH_WG)]
-      : [Math.floor(k0 / FLASH_WG), blocks - Math.floor(k0 / FLASH_WG)];
-    out.push({ k0, k1, blk0, nblk, loops: flashLoopBound(pass, HS, k1 - k0) });
+      ? [0, Math.ceil(k1 / R)]
+      : [Math.floor(k0 / R), blocks - Math.floor(k0 / R)];
+    out.push({ k0, k1, blk0, nblk, loops: flashLoopBound(pass, HS, k1 - k0, rows) });
   }
   return out;
 }
@@ -506,13 +525,13 @@ function flashDispatches(
   spec: { code: string; entryPoint: string; name: string; buffers: Record<number, BufferRange> },
   flopsPerPair: number,
 ): Promise<Dispatch[]> {
-  const HS = s.C / s.NH;
+  const HS = s.C / s.NH, rows = s.rows ?? flashRows(rt);
   const { bk } = flashTiles(HS);
   return Promise.all(
-    flashChunks(pass, s).map((c, i) =>
+    flashChunks(pass, s, rows).map((c, i) =>
       makeDispatch(rt, {
         ...spec,
-        constants: { HS, BK: bk },
+        constants: { HS, BK: bk, ROWS: rows },
         uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH, c.k0, c.k1, c.blk0, i === 0 ? 1 : 0] },
         workgroups: [c.nblk, s.B * s.NH, 1],
         flops: flopsPerPair * HS * s.B * s.NH *
