@@ -44,7 +44,8 @@
 // Element types: qkv qkv_t, out out_t, dqkv dqkv_t (aliases, f32 or f16 through
 // src/gpu/dtype.ts); lse, dout, delta and all arithmetic are f32.
 // Bindings: 0 qkv, 1 out, 2 lse, 3 dout, 4 delta, 5 dqkv, 6 params.
-// Geometry: forward, dq, dkv: workgroup (64,1,1), grid (row blocks from blk0, B*NH, 1);
+// Geometry: forward, dq, dkv: workgroup (64,1,1), grid (blocks of 64*ROWS rows from blk0,
+// B*NH, 1);
 // delta: workgroup (64,1,1), grid over B*T*NH invocations, folded into y.
 
 // k0..k1: this dispatch's chunk (keys for forward and dq, queries for dkv); blk0: the first
