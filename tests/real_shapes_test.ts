@@ -75,7 +75,7 @@ async function checkAttention(
     ]);
     // The reference sees the inputs as the kernel does (rounded to f16 when f16).
     const held = dtype === "f16" ? Float32Array.from(new Float16Array(qkvData)) : qkvData;
-    const rows = sampleRows(T, HS, s.rows ?? flashRows(rt), s.chunkRows);
+    const rows = sampleRows(T, HS, s.rows ?? flashRows(rt, T), s.chunkRows);
     for (const [b, h] of [[0, 0], [B - 1, NH - 1]]) {
       const ref = headForward(held, doutData, s, b, h);
       const tag = `B${B} T${T} NH${NH} C${C} ${dtype} chunk ${

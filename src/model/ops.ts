@@ -321,7 +321,7 @@ export interface AttentionShape {
    * largest that keeps each pass within the loop budget, see {@linkcode flashChunkRows}).
    */
   chunkRows?: number;
-  /** Flash attention only: rows per invocation, 1, 2 or 4 (default {@linkcode flashRows}). */
+  /** Flash attention only: rows per invocation, 1, 2 or 4 (default: {@linkcode flashRows}). */
   rows?: FlashRows;
 }
 
@@ -443,11 +443,16 @@ function flashTiles(HS: number): { hs4: number; bk: number } {
   return { hs4, bk: Math.min(64, 2 ** Math.floor(Math.log2(512 / hs4))) };
 }
 
-/** Rows per invocation (register blocking) flash attention uses by default on an adapter. */
-export function flashRows(rt: Runtime): FlashRows {
+/**
+ * Rows per invocation (register blocking) flash attention uses by default on an adapter for
+ * sequences of T tokens.
+ */
+export function flashRows(rt: Runtime, T: number): FlashRows {
   // llvmpipe pays for every memory load, so rows that share each loaded element win (1.9x
-  // at 4 over 1, tests/real_shapes_test.ts's shapes); GPUs keep registers for occupancy.
-  return rt.gpu.isCpu ? 4 : 1;
+  // at 4 over 1 at T=1024); GPUs keep registers for occupancy. A block of 64 * rows rows
+  // past T would compute on padding: short sequences take fewer.
+  if (!rt.gpu.isCpu) return 1;
+  return T >= 256 ? 4 : T >= 128 ? 2 : 1;
 }
 
 /** Rows per invocation of kernels/flash_attention.wgsl (its ROWS constant). */
@@ -525,7 +530,7 @@ function flashDispatches(
   spec: { code: string; entryPoint: string; name: string; buffers: Record<number, BufferRange> },
   flopsPerPair: number,
 ): Promise<Dispatch[]> {
-  const HS = s.C / s.NH, rows = s.rows ?? flashRows(rt);
+  const HS = s.C / s.NH, rows = s.rows ?? flashRows(rt, s.T);
   const { bk } = flashTiles(HS);
   return Promise.all(
     flashChunks(pass, s, rows).map((c, i) =>
