@@ -128,6 +128,20 @@ fn stage_kv(b: u32, h: u32, r0: u32, end: u32, l: u32) {
   }
 }
 
+// Tile rows j..j+3 at vec4 column i, as the columns of a matrix: x * m gives the four dot
+// products of x with them, m * w their sum weighted by w.
+fn rows_a(j: u32, i: u32) -> mat4x4f {
+  let n4 = hs4();
+  return mat4x4f(tile_a[j * n4 + i], tile_a[(j + 1u) * n4 + i], tile_a[(j + 2u) * n4 + i],
+    tile_a[(j + 3u) * n4 + i]);
+}
+
+fn rows_b(j: u32, i: u32) -> mat4x4f {
+  let n4 = hs4();
+  return mat4x4f(tile_b[j * n4 + i], tile_b[(j + 1u) * n4 + i], tile_b[(j + 2u) * n4 + i],
+    tile_b[(j + 3u) * n4 + i]);
+}
+
 // ---------------------------------------------------------------------------
 @compute @workgroup_size(64, 1, 1)
 fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
@@ -155,13 +169,8 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
     for (var j = 0u; j < BK; j += 4u) {
       var d = Rows4();
       for (var i = 0u; i < n4; i++) {
-        let k0 = tile_a[j * n4 + i];
-        let k1 = tile_a[(j + 1u) * n4 + i];
-        let k2 = tile_a[(j + 2u) * n4 + i];
-        let k3 = tile_a[(j + 3u) * n4 + i];
-        for (var r = 0u; r < ROWS; r++) {
-          d[r] += vec4f(dot(q[r][i], k0), dot(q[r][i], k1), dot(q[r][i], k2), dot(q[r][i], k3));
-        }
+        let kj = rows_a(j, i);
+        for (var r = 0u; r < ROWS; r++) { d[r] += q[r][i] * kj; }
       }
       let kk = vec4u(kt + j) + vec4u(0u, 1u, 2u, 3u);
       var c = array<f32, MAX_ROWS>();
@@ -176,13 +185,8 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
         m[r] = mt;
       }
       for (var i = 0u; i < n4; i++) {
-        let v0 = tile_b[j * n4 + i];
-        let v1 = tile_b[(j + 1u) * n4 + i];
-        let v2 = tile_b[(j + 2u) * n4 + i];
-        let v3 = tile_b[(j + 3u) * n4 + i];
-        for (var r = 0u; r < ROWS; r++) {
-          acc[r][i] = acc[r][i] * c[r] + w[r].x * v0 + w[r].y * v1 + w[r].z * v2 + w[r].w * v3;
-        }
+        let vj = rows_b(j, i);
+        for (var r = 0u; r < ROWS; r++) { acc[r][i] = acc[r][i] * c[r] + vj * w[r]; }
       }
     }
   }
@@ -284,17 +288,11 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_inde
       var sv = Rows4();
       var dp = Rows4();
       for (var i = 0u; i < n4; i++) {
-        let k0 = tile_a[j * n4 + i];
-        let k1 = tile_a[(j + 1u) * n4 + i];
-        let k2 = tile_a[(j + 2u) * n4 + i];
-        let k3 = tile_a[(j + 3u) * n4 + i];
-        let v0 = tile_b[j * n4 + i];
-        let v1 = tile_b[(j + 1u) * n4 + i];
-        let v2 = tile_b[(j + 2u) * n4 + i];
-        let v3 = tile_b[(j + 3u) * n4 + i];
+        let kj = rows_a(j, i);
+        let vj = rows_b(j, i);
         for (var r = 0u; r < ROWS; r++) {
-          sv[r] += vec4f(dot(q[r][i], k0), dot(q[r][i], k1), dot(q[r][i], k2), dot(q[r][i], k3));
-          dp[r] += vec4f(dot(g[r][i], v0), dot(g[r][i], v1), dot(g[r][i], v2), dot(g[r][i], v3));
+          sv[r] += q[r][i] * kj;
+          dp[r] += g[r][i] * vj;
         }
       }
       let kk = vec4u(kt + j) + vec4u(0u, 1u, 2u, 3u);
@@ -304,13 +302,8 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_inde
         ds[r] = select(vec4f(0.0), exp(sv[r] - lse_t[r]) * (dp[r] - d_t[r]), ok);
       }
       for (var i = 0u; i < n4; i++) {
-        let k0 = tile_a[j * n4 + i];
-        let k1 = tile_a[(j + 1u) * n4 + i];
-        let k2 = tile_a[(j + 2u) * n4 + i];
-        let k3 = tile_a[(j + 3u) * n4 + i];
-        for (var r = 0u; r < ROWS; r++) {
-          dq[r][i] += ds[r].x * k0 + ds[r].y * k1 + ds[r].z * k2 + ds[r].w * k3;
-        }
+        let kj = rows_a(j, i);
+        for (var r = 0u; r < ROWS; r++) { dq[r][i] += kj * ds[r]; }
       }
     }
   }
@@ -367,17 +360,11 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
       var sv = Rows4();
       var dp = Rows4();
       for (var i = 0u; i < n4; i++) {
-        let q0 = tile_a[j * n4 + i];
-        let q1 = tile_a[(j + 1u) * n4 + i];
-        let q2 = tile_a[(j + 2u) * n4 + i];
-        let q3 = tile_a[(j + 3u) * n4 + i];
-        let g0 = tile_b[j * n4 + i];
-        let g1 = tile_b[(j + 1u) * n4 + i];
-        let g2 = tile_b[(j + 2u) * n4 + i];
-        let g3 = tile_b[(j + 3u) * n4 + i];
+        let qj = rows_a(j, i);
+        let gj = rows_b(j, i);
         for (var r = 0u; r < ROWS; r++) {
-          sv[r] += vec4f(dot(k[r][i], q0), dot(k[r][i], q1), dot(k[r][i], q2), dot(k[r][i], q3));
-          dp[r] += vec4f(dot(v[r][i], g0), dot(v[r][i], g1), dot(v[r][i], g2), dot(v[r][i], g3));
+          sv[r] += k[r][i] * qj;
+          dp[r] += v[r][i] * gj;
         }
       }
       let tq = vec4u(qt + j) + vec4u(0u, 1u, 2u, 3u);
@@ -395,17 +382,11 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
         ds[r] = pr[r] * (dp[r] - d4);
       }
       for (var i = 0u; i < n4; i++) {
-        let q0 = tile_a[j * n4 + i];
-        let q1 = tile_a[(j + 1u) * n4 + i];
-        let q2 = tile_a[(j + 2u) * n4 + i];
-        let q3 = tile_a[(j + 3u) * n4 + i];
-        let g0 = tile_b[j * n4 + i];
-        let g1 = tile_b[(j + 1u) * n4 + i];
-        let g2 = tile_b[(j + 2u) * n4 + i];
-        let g3 = tile_b[(j + 3u) * n4 + i];
+        let qj = rows_a(j, i);
+        let gj = rows_b(j, i);
         for (var r = 0u; r < ROWS; r++) {
-          dv[r][i] += pr[r].x * g0 + pr[r].y * g1 + pr[r].z * g2 + pr[r].w * g3;
-          dk[r][i] += ds[r].x * q0 + ds[r].y * q1 + ds[r].z * q2 + ds[r].w * q3;
+          dv[r][i] += gj * pr[r];
+          dk[r][i] += qj * ds[r];
         }
       }
     }
