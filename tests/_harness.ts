@@ -7,6 +7,7 @@
  */
 
 import { createRuntime, type Runtime } from "../src/gpu/runtime.ts";
+import { quietDisplayProbe } from "../src/gpu/device.ts";
 import type { DType } from "../src/gpu/dtype.ts";
 import type { GPT2 } from "../src/model/gpt2.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
@@ -16,6 +17,7 @@ import { fillNormal, mulberry32 } from "../src/model/init.ts";
 // must be known when a test is registered).
 
 const inCi = Deno.env.get("CI") === "true" || Deno.env.get("CI") === "1";
+quietDisplayProbe();
 const probe = typeof navigator !== "undefined" && "gpu" in navigator
   ? await navigator.gpu.requestAdapter()
   : null;

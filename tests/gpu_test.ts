@@ -131,3 +131,25 @@ gpuTest("matmul refuses an output that shares a buffer with an input", async (rt
     rt.arena.free(buf);
   }
 });
+
+gpuTest("creating a runtime in a headless shell prints no XDG_RUNTIME_DIR error", async () => {
+  // A child process without the variable, as a user's ssh session or container has it.
+  const env = { ...Deno.env.toObject() };
+  delete env.XDG_RUNTIME_DIR;
+  const runtime = new URL("../src/gpu/runtime.ts", import.meta.url).href;
+  const { code, stderr, stdout } = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      "--no-config",
+      `const { createRuntime } = await import(${JSON.stringify(runtime)});
+       const rt = await createRuntime();
+       console.log(rt.gpu.name);`,
+    ],
+    env,
+    clearEnv: true,
+  }).output();
+  const err = new TextDecoder().decode(stderr);
+  equal(code, 0, err);
+  ok(new TextDecoder().decode(stdout).trim().length > 0);
+  ok(!err.includes("XDG_RUNTIME_DIR"), `stderr: ${err}`);
+});

@@ -73,6 +73,26 @@ export interface RequestGpuOptions {
 const CPU_ADAPTER = /llvmpipe|lavapipe|swiftshader|warp|softpipe/i;
 
 /**
+ * Keeps the Vulkan stack quiet in a headless shell. While an adapter is created, Mesa's
+ * Vulkan drivers look for a Wayland display, and with XDG_RUNTIME_DIR unset (ssh, containers,
+ * CI) libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+ * twice: alarming and meaningless here, since nothing is displayed. On Linux, when the
+ * variable is unset, this points it at a private directory (/tmp/webgpu-gpt2-UID, mode
+ * 0700) for this process before the first adapter request. Without --allow-env (or write
+ * access to /tmp) it does nothing and the message may show; nothing else depends on it.
+ */
+export function quietDisplayProbe(): void {
+  try {
+    if (Deno.build.os !== "linux" || Deno.env.get("XDG_RUNTIME_DIR")) return;
+    const dir = `/tmp/webgpu-gpt2-${Deno.uid() ?? "user"}`;
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    Deno.env.set("XDG_RUNTIME_DIR", dir);
+  } catch {
+    // No permission: the probe's message is harmless.
+  }
+}
+
+/**
  * Gets an adapter and a device with the adapter's real limits and every optional
  * feature it has.
  *
@@ -86,6 +106,7 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
   if (typeof navigator === "undefined" || !("gpu" in navigator)) {
     throw new NoAdapterError(": this runtime has no navigator.gpu (use Deno 2.9 or later)");
   }
+  quietDisplayProbe();
   const adapter = await navigator.gpu.requestAdapter({
     powerPreference: options.powerPreference ?? "high-performance",
   });
