@@ -45,8 +45,9 @@ Trains GPT-2 with AdamW on token shards and writes Hugging Face checkpoints.
 With no flags: gpt2-mini on Moby-Dick for ${DEFAULTS.steps} steps (minutes on a CPU adapter).
 
 Model
-  --model NAME          tiny, gpt2-mini, gpt2, gpt2-medium, gpt2-medium-4096, gpt2-large,
-                        gpt2-xl (default ${DEFAULTS.model})
+  --model NAME          gpt2-mini, gpt2, gpt2-medium, gpt2-medium-4096, gpt2-large, gpt2-xl
+                        (default ${DEFAULTS.model}); tiny is a test model with a 101-token
+                        vocabulary, not for text
   --n-layer N --n-head N --n-embd N --n-ctx N   override the preset's sizes
   --init DIR            start from a Hugging Face GPT-2 directory (fine-tuning)
   --resume DIR|latest   continue a run (latest: newest checkpoint under --out)
@@ -71,7 +72,8 @@ Optimizer and schedule
                         "linear:3000:6e-5:4e-4,cosine:2000:4e-4:9e-5,constant:inf:9e-5"
   --lr X --min-lr X --warmup N --decay-steps N   (defaults ${DEFAULTS.lr}, ${
   DEFAULTS["min-lr"]
-}, ${DEFAULTS.warmup})
+}, ${DEFAULTS.warmup} warmup steps;
+                        0 with --schedule constant, which then means constant from step 1)
   --weight-decay X --beta1 X --beta2 X --eps X --grad-clip X (0: no clipping)
   --optimizer NAME      adamw (fp32 state, 8 bytes/param), adamw8bit (~2), adamw4bit (~1)
   --optimizer-block N   8-bit block size (default 256)
@@ -186,8 +188,12 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   if (v.matmul !== undefined && v.matmul !== "regblock" && v.matmul !== "tiled") {
     throw new TypeError(`--matmul must be regblock or tiled, got "${v.matmul}"`);
   }
-  const modelName = String(v.model ?? DEFAULTS.model);
-  const out = String(v.out ?? `runs/${modelName}`);
+  // With --init and no --model the model is the checkpoint's: name it after the directory.
+  const initName = v.init !== undefined && v.model === undefined
+    ? `init:${String(v.init).replace(/[\\/]+$/, "").split(/[\\/]/).pop()}`
+    : undefined;
+  const modelName = String(v.model ?? initName ?? DEFAULTS.model);
+  const out = String(v.out ?? `runs/${modelName.replace(/^init:/, "")}`);
   // Resume: the saved run's settings are the base; flags given now override them.
   let base: Partial<TrainConfig> = {};
   let resume = v.resume as string | undefined;
@@ -207,7 +213,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   const model =
     base.model && !["n-layer", "n-head", "n-embd", "n-ctx", "model"].some((k) => v[k] !== undefined)
       ? base.model
-      : resolveConfig(modelName, {
+      : resolveConfig(initName ? DEFAULTS.model : modelName, { // --init: replaced by its config
         nLayer: num("n-layer"),
         nHead: num("n-head"),
         nEmbd: num("n-embd"),
@@ -216,6 +222,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   const batch = pick("batch", "batch", DEFAULTS.batch);
   const seq = pick("seq", "seq", DEFAULTS.seq);
   const totalBatch = pick("total-batch", "totalBatch", 0) || batch * seq;
+  const schedule = pick("schedule", "schedule", DEFAULTS.schedule);
   return {
     modelName: (v.model as string) ?? base.modelName ?? modelName,
     model,
@@ -225,10 +232,11 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     seq,
     totalBatch,
     steps: pick("steps", "steps", DEFAULTS.steps),
-    schedule: pick("schedule", "schedule", DEFAULTS.schedule),
+    schedule,
     lr: pick("lr", "lr", DEFAULTS.lr),
     minLr: pick("min-lr", "minLr", DEFAULTS["min-lr"]),
-    warmup: pick("warmup", "warmup", DEFAULTS.warmup),
+    // "constant" means constant: no warmup unless asked for.
+    warmup: pick("warmup", "warmup", schedule === "constant" ? 0 : DEFAULTS.warmup),
     decaySteps: pick<number | undefined>("decay-steps", "decaySteps", undefined),
     weightDecay: pick("weight-decay", "weightDecay", DEFAULTS["weight-decay"]),
     beta1: pick("beta1", "beta1", DEFAULTS.beta1),

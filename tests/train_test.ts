@@ -2,7 +2,7 @@ import { deepEqual, equal, match, ok, rejects, throws } from "node:assert/strict
 import { parseTrainArgs } from "../tasks/train.ts";
 import { train, type TrainConfig } from "../src/train/trainer.ts";
 import { textToShards } from "../src/train/corpus.ts";
-import { lrAt, makeSchedule, parsePiecewise } from "../src/optim/schedule.ts";
+import { describeSchedule, lrAt, makeSchedule, parsePiecewise } from "../src/optim/schedule.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import type { GPT2Config } from "../src/model/config.ts";
 import { encodeModel, loadTensors } from "../src/io/hf.ts";
@@ -385,4 +385,78 @@ Deno.test("loss scaler: halves on overflow, doubles after a clean window, within
   above.update(false);
   equal(above.scale, 64, "growth never lowers a scale that starts above max");
   throws(() => new LossScaler({ init: 0 }), /Loss scale must be a positive number, got 0/);
+});
+
+// ---------------------------------------------------------------------------
+// the first five minutes (issue 18)
+
+Deno.test("a schedule is described in words; constant means constant unless --warmup", async () => {
+  const o = { lr: 1e-3, minLr: 1e-4, warmup: 20, steps: 150 };
+  equal(
+    describeSchedule(makeSchedule("cosine", o)),
+    "linear warmup over 20 steps from 5e-5 to 0.001, then cosine over 130 steps from 0.001 to " +
+      "1e-4, then constant 1e-4",
+  );
+  equal(describeSchedule(makeSchedule("constant", { ...o, warmup: 0 })), "constant 0.001");
+  equal(
+    describeSchedule(
+      parsePiecewise("linear:3000:6e-5:4e-4,cosine:2000:4e-4:9e-5,constant:inf:9e-5"),
+    ),
+    "linear warmup over 3000 steps from 6e-5 to 4e-4, then cosine over 2000 steps from " +
+      "4e-4 to 9e-5, then constant 9e-5",
+  );
+  const c = await parseTrainArgs(["--schedule", "constant", "--lr", "1e-3"]);
+  ok(c !== "help");
+  equal(c.warmup, 0);
+  equal(lrAt(makeSchedule(c.schedule, { ...c, steps: c.steps }), 1), 1e-3);
+  const w = await parseTrainArgs(["--schedule", "constant", "--warmup", "5"]);
+  ok(w !== "help");
+  equal(w.warmup, 5);
+  const cos = await parseTrainArgs([]);
+  ok(cos !== "help");
+  equal(cos.warmup, 20);
+});
+
+Deno.test("--init without --model names the run after the checkpoint, not the default preset", async () => {
+  const c = await parseTrainArgs(["--init", "some/path/my-gpt2/"]);
+  ok(c !== "help");
+  equal(c.modelName, "init:my-gpt2");
+  equal(c.out, "runs/my-gpt2");
+});
+
+gpuTest("--model tiny on GPT-2 tokens says tiny is a 101-token test model", async (rt) => {
+  await withTextRun(async (dir, text) => {
+    await rejects(
+      () =>
+        train(
+          rt,
+          baseConfig(`${dir}/tiny`, text, {
+            modelName: "tiny",
+            model: { nLayer: 2, nHead: 2, nEmbd: 16, nCtx: 16, vocabSize: 101 },
+            seq: 16,
+            totalBatch: 32,
+          }),
+          quiet,
+        ),
+      /outside the vocabulary \[0, 101\).*tiny is a test model with a 101-token vocabulary\): use --model gpt2-mini/,
+    );
+  });
+});
+
+gpuTest("a run ends with a summary: losses, tokens, checkpoint, plot and the next commands", async (
+  rt,
+) => {
+  await withTextRun(async (dir, text) => {
+    const lines: string[] = [];
+    const r = await train(rt, baseConfig(`${dir}/run`, text, { steps: 4 }), {
+      print: (l) => lines.push(l),
+    });
+    const all = lines.join("\n");
+    match(all, /^lr: linear warmup over 2 steps/m);
+    match(all, /summary: 4 steps in .*, 512 tokens; train loss \d+\.\d+ -> \d+\.\d+, val loss/);
+    ok(all.includes(`checkpoint  ${r.checkpoint}`));
+    ok(all.includes(`loss curve  ${dir}/run/loss.svg`));
+    ok(all.includes(`deno task train --out ${dir}/run --resume latest --steps 8`));
+    ok(all.includes(`deno task sample ${r.checkpoint}`));
+  });
 });

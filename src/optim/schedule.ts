@@ -51,6 +51,29 @@ export function lrAt(schedule: Schedule, step: number): number {
   return last ? last.to : 0;
 }
 
+/** A rate as people write it: 0.001, 4e-4, 6e-5. */
+function rate(x: number): string {
+  const r = Number(x.toPrecision(3));
+  return r !== 0 && Math.abs(r) < 1e-3 ? r.toExponential() : String(r);
+}
+
+/**
+ * A schedule in words, for the start-of-run summary, e.g. "linear warmup over 20 steps from
+ * 5e-5 to 0.001, then cosine over 130 steps from 0.001 to 1e-4, then constant 1e-4".
+ */
+export function describeSchedule(schedule: Schedule): string {
+  return schedule.map((s, i) => {
+    const first = i === 0 && s.shape === "linear" && schedule.length > 1
+      ? "linear warmup"
+      : s.shape;
+    const over = Number.isFinite(s.steps) ? ` over ${s.steps} steps` : "";
+    if (s.shape === "constant" || s.from === s.to) {
+      return `${s.shape === "constant" ? "constant" : first} ${rate(s.from)}${over}`;
+    }
+    return `${first}${over} from ${rate(s.from)} to ${rate(s.to)}`;
+  }).join(", then ");
+}
+
 /** A named schedule, or a piecewise spec (`shape:steps:from:to,...`). */
 export function makeSchedule(kind: string, o: ScheduleOptions): Schedule {
   const warm: Segment[] = o.warmup > 0

@@ -15,13 +15,13 @@
 import { formatBytes } from "../gpu/arena.ts";
 import { encodeDispatches } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
-import { type GPT2Config, parameterCount } from "../model/config.ts";
+import { GPT2_VOCAB_SIZE, type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import type { MatmulImpl } from "../model/matmul.ts";
 import type { Precision, Recompute } from "../model/plan.ts";
 import { AdamW, type Optimizer } from "../optim/adamw.ts";
 import { LowBitAdamW } from "../optim/lowbit.ts";
-import { lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
+import { describeSchedule, lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
 import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
 import { decodeTokens, EOT } from "../data/tokenizer.ts";
 import { loadCheckpoint, saveCheckpoint } from "../io/checkpoint.ts";
@@ -274,6 +274,7 @@ export async function train(
     start_step: startStep,
   };
   print(`config ${JSON.stringify(resolved, null, 2)}`);
+  print(`lr: ${describeSchedule(schedule)}`);
   await Deno.writeTextFile(`${c.out}/run_config.json`, JSON.stringify(resolved, null, 2) + "\n");
   await log.write({ event: "start", time: new Date().toISOString(), config: resolved });
   const trainPts: [number, number][] = [], valPts: [number, number][] = [];
@@ -356,7 +357,18 @@ export async function train(
       opt.setStep(optimizerSteps + 1, lr, { lossScale: scale, skipOnOverflow: !!scaler });
       for (let micro = 0; micro < accum; micro++) {
         const b = loader.nextBatch();
-        model.setBatch(b.inputs, b.targets);
+        try {
+          model.setBatch(b.inputs, b.targets);
+        } catch (e) {
+          if (!(e instanceof RangeError) || cfg.vocabSize >= GPT2_VOCAB_SIZE) throw e;
+          throw new RangeError(
+            `${e.message}: the data holds GPT-2 tokens (vocabulary ${GPT2_VOCAB_SIZE}) and this ` +
+              `model's vocabulary is ${cfg.vocabSize}` +
+              (c.modelName === "tiny"
+                ? " (tiny is a test model with a 101-token vocabulary): use --model gpt2-mini or larger"
+                : ": use a preset with GPT-2's vocabulary (gpt2-mini or larger)"),
+          );
+        }
         const enc = rt.device.createCommandEncoder();
         model.encodeTrain(enc, micro > 0);
         enc.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
@@ -464,6 +476,22 @@ export async function train(
       } at step ${step}: checkpoint ${lastCheckpoint}`,
     );
     await log.write({ event: "end", step, checkpoint: lastCheckpoint });
+    if (losses.length) {
+      const ran = step - startStep, secs = (performance.now() - t0) / 1000;
+      print(
+        [
+          `summary: ${ran} steps in ${formatDuration(secs)}, ${
+            (ran * c.totalBatch).toLocaleString("en-US")
+          } tokens; train loss ${losses[0].toFixed(3)} -> ${losses[losses.length - 1].toFixed(3)}` +
+          (valLoss !== undefined ? `, val loss ${valLoss.toFixed(3)}` : ""),
+          `  checkpoint  ${lastCheckpoint}`,
+          `  loss curve  ${c.out}/loss.svg`,
+          `  continue    deno task train --out ${c.out} --resume latest --steps ${c.steps + ran}`,
+          `  evaluate    deno task eval ${lastCheckpoint} --loss ${data.dir}`,
+          `  sample      deno task sample ${lastCheckpoint} --prompt "The whale"`,
+        ].join("\n"),
+      );
+    }
     return {
       checkpoint: lastCheckpoint,
       losses,
