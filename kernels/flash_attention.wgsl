@@ -9,11 +9,10 @@
 //
 // Tiling: a workgroup of 64 owns 64 * ROWS consecutive rows of one (b, h) -- queries in
 // forward and dq, keys in dkv -- ROWS rows per invocation (rows l, l + 64, ...), held in
-// registers. The other side streams
-// through workgroup memory in tiles of BK rows (K|V for forward and dq, Q|dout for dkv),
-// loaded by all 64 invocations with consecutive addresses; every invocation then reads the
-// same tile element at once (a broadcast on GPUs, one uniform load on CPU adapters).
-// The forward takes the max over a whole tile before rescaling (FA2's online softmax).
+// registers. The other side streams through workgroup memory in tiles of BK rows (K|V for
+// forward and dq, Q|dout for dkv), loaded by all 64 invocations with consecutive addresses;
+// every invocation then reads the same tile element at once (a broadcast on GPUs).
+// The forward's online softmax rescales once per 4 keys, with the max over those 4.
 // dq and dk|dv are separate passes that each compute the scores once: WGSL has no float
 // atomics, so FA2's single-pass dq (atomicAdd) would be either racy or non-deterministic.
 //
