@@ -46,6 +46,19 @@ export interface DispatchSpec {
 export const LOOP_BUDGET = 65535;
 
 /**
+ * Rows (or elements) one invocation walks per dispatch in a reduction over a long dimension;
+ * builders split longer walks into dispatches, in order, with {@linkcode splitRange}.
+ */
+export const WALK_ROWS = 32768;
+
+/** The ranges [start, end) of at most `per` that cover [0, n), in order. */
+export function splitRange(n: number, per: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (let r = 0; r < n; r += per) out.push([r, Math.min(n, r + per)]);
+  return out;
+}
+
+/**
  * Throws when a kernel's per-invocation loop bound is over {@linkcode LOOP_BUDGET}, naming
  * the kernel and the shape.
  */

@@ -20,7 +20,7 @@
 import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { debugLog } from "../gpu/debug.ts";
-import { checkLoopBound, LOOP_BUDGET } from "../gpu/kernel.ts";
+import { checkLoopBound, LOOP_BUDGET, splitRange } from "../gpu/kernel.ts";
 import { type DType, dtypeBytes, dtypeOf, typedKernel } from "../gpu/dtype.ts";
 import {
   matmulRegblockWgsl,
@@ -356,9 +356,9 @@ export async function matmulBiasBackward(
   operands: { dout: Operand; dbias: Operand },
 ): Promise<Dispatch[]> {
   const out: Dispatch[] = [];
-  for (let m0 = 0; m0 < shape.M; m0 += BIAS_ROWS) {
-    const rows = Math.min(BIAS_ROWS, shape.M - m0);
-    const ldd = shape.ldd ?? shape.N;
+  const ldd = shape.ldd ?? shape.N;
+  for (const [m0, m1] of splitRange(shape.M, BIAS_ROWS)) {
+    const rows = m1 - m0;
     out.push(
       await biasBackwardRange(rt, {
         M: rows,

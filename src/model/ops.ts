@@ -9,7 +9,15 @@
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
-import { type BufferRange, f32Bits, grid1d, LOOP_BUDGET, makeDispatch } from "../gpu/kernel.ts";
+import {
+  type BufferRange,
+  f32Bits,
+  grid1d,
+  LOOP_BUDGET,
+  makeDispatch,
+  splitRange,
+  WALK_ROWS,
+} from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { dtypeOf, typedKernel } from "../gpu/dtype.ts";
 import encoderSrc from "../../kernels/encoder.wgsl" with { type: "text" };
@@ -24,13 +32,6 @@ import decodeSrc from "../../kernels/attention_decode.wgsl" with { type: "text" 
 
 /** The whole of a buffer. */
 const all = (buffer: GPUBuffer): BufferRange => ({ buffer });
-
-/**
- * Rows one invocation walks per dispatch in a reduction over rows (layernorm's parameter
- * gradients, the encoder's dwte): longer walks are split into dispatches, in order, to keep
- * within the loop budget ({@linkcode LOOP_BUDGET}).
- */
-const ROW_WALK = 32768;
 
 /** kernels/encoder.wgsl's Params (12 words): BT, T, C, v0, v1, first, pos0, s0, s1. */
 const encoderWords = (w: number[]) => [...w, ...new Array(12 - w.length).fill(0)];
@@ -58,10 +59,7 @@ export function tableChunks(
   C: number,
   limit: number = rt.gpu.limits.maxStorageBufferBindingSize,
 ): [number, number][] {
-  const per = Math.max(64, Math.floor(limit / (C * 4) / 64) * 64);
-  const out: [number, number][] = [];
-  for (let r = 0; r < rows; r += per) out.push([r, Math.min(rows, r + per)]);
-  return out;
+  return splitRange(rows, Math.max(64, Math.floor(limit / (C * 4) / 64) * 64));
 }
 
 // ---------------------------------------------------------------------------
@@ -133,8 +131,7 @@ export async function encoderBackward(
     loops: { bound: s.BT / s.T, shape: { B: s.BT / s.T } },
   });
   // Sorted slots in ranges within the loop budget (a run of one token can be all of BT).
-  const slots: [number, number][] = [];
-  for (let s0 = 0; s0 < s.BT; s0 += ROW_WALK) slots.push([s0, Math.min(s.BT, s0 + ROW_WALK)]);
+  const slots = splitRange(s.BT, WALK_ROWS);
   const pairs = tableChunks(rt, s.Vp, s.C, s.maxBindingBytes).flatMap((v) =>
     slots.map((r) => [v, r] as const)
   );
@@ -215,8 +212,7 @@ export async function layernormBackward(
   const common = { code: layernormSrc, uniform: { binding: 10, words: [s.N, s.C] } };
   // The parameter gradients sum over rows: in ranges within the loop budget, in order.
   const params: Dispatch[] = [];
-  for (let n0 = 0; n0 < s.N; n0 += ROW_WALK) {
-    const n1 = Math.min(s.N, n0 + ROW_WALK);
+  for (const [n0, n1] of splitRange(s.N, WALK_ROWS)) {
     params.push(
       await makeDispatch(rt, {
         ...common,
@@ -317,8 +313,8 @@ export interface AttentionShape {
   C: number;
   NH: number;
   /**
-   * Flash attention only: rows per split-KV chunk, a multiple of 64 (default, and most: the
-   * largest that keeps each pass within the loop budget, see {@linkcode flashChunkRows}).
+   * Flash attention only: rows per split-KV chunk, a multiple of 64 * rows (default, and most:
+   * the largest that keeps each pass within the loop budget, see {@linkcode flashChunkRows}).
    */
   chunkRows?: number;
   /** Flash attention only: rows per invocation, 1, 2 or 4 (default: {@linkcode flashRows}). */
@@ -402,8 +398,7 @@ export function classifier(
 ): Promise<Dispatch[]> {
   const limit = s.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
   const per = Math.max(64, Math.floor(limit / (s.Vp * 4) / 64) * 64);
-  const chunks: [number, number][] = [];
-  for (let r = 0; r < s.N; r += per) chunks.push([r, Math.min(s.N, r + per)]);
+  const chunks = splitRange(s.N, per);
   const t0 = ops.targets.offset ?? 0, l0 = ops.losses.offset ?? 0;
   return Promise.all(chunks.map(([r0, r1]) =>
     makeDispatch(rt, {
@@ -476,7 +471,7 @@ export function flashLoopBound(
 
 /**
  * Rows per split-KV chunk of a pass: the largest 64 * rows * 2^k whose loop bound is within
- * {@linkcode LOOP_BUDGET} (for HS = 64: 4096 with 1 row per invocation, 1024 with 4).
+ * {@linkcode LOOP_BUDGET} (for HS = 64: 2048 with 1 row per invocation, 1024 with 4).
  */
 export function flashChunkRows(pass: FlashPass, HS: number, rows: FlashRows = 1): number {
   let kc = FLASH_WG * rows;
@@ -511,16 +506,13 @@ function flashChunks(pass: FlashPass, s: AttentionShape, rows: FlashRows) {
         `(head size ${HS}, ${rows} rows per invocation)`,
     );
   }
-  const out: { k0: number; k1: number; blk0: number; nblk: number; loops: number }[] = [];
-  for (let k0 = 0; k0 < s.T; k0 += KC) {
-    const k1 = Math.min(s.T, k0 + KC);
+  return splitRange(s.T, KC).map(([k0, k1]) => {
     // forward and dq: query blocks that reach key k0; dkv: key blocks that start before k1.
     const [blk0, nblk] = pass === "dkv"
       ? [0, Math.ceil(k1 / R)]
       : [Math.floor(k0 / R), blocks - Math.floor(k0 / R)];
-    out.push({ k0, k1, blk0, nblk, loops: flashLoopBound(pass, HS, k1 - k0, rows) });
-  }
-  return out;
+    return { k0, k1, blk0, nblk, loops: flashLoopBound(pass, HS, k1 - k0, rows) };
+  });
 }
 
 function flashDispatches(

@@ -18,10 +18,7 @@
 
 import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
-import { type BufferRange, grid1d, makeDispatch } from "../gpu/kernel.ts";
-
-/** Rows (or columns) one invocation of adamw4bit's row_max / col_max walks per dispatch. */
-const MAX_WALK = 32768;
+import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import { readBuffer, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import type { SafeTensorsFile, TensorToWrite } from "../io/safetensors.ts";
@@ -359,20 +356,10 @@ export class LowBitAdamW {
         });
       if (rank1) {
         // A row's max walks its columns, a column's its rows: in pieces within the loop budget.
-        for (
-          const [entry, lanes, len] of [["row_max", p.rows, p.cols], [
-            "col_max",
-            p.cols,
-            p.rows,
-          ]] as const
-        ) {
-          for (let lo = 0; lo < len; lo += MAX_WALK) {
-            const walk: [number, number, number] = [
-              lo,
-              Math.min(len, lo + MAX_WALK),
-              lo === 0 ? 1 : 0,
-            ];
-            out.push(await spec(entry, grid1d(lanes, 64), walk));
+        const walks = [["row_max", p.rows, p.cols], ["col_max", p.cols, p.rows]] as const;
+        for (const [entry, lanes, len] of walks) {
+          for (const [lo, hi] of splitRange(len, WALK_ROWS)) {
+            out.push(await spec(entry, grid1d(lanes, 64), [lo, hi, lo === 0 ? 1 : 0]));
           }
         }
       }

@@ -57,6 +57,22 @@ export function headForward(
   return { lse, out, delta };
 }
 
+/** P(t, t2) and dS(t, t2) = P (dout[t] . v[t2] - D[t]) / sqrt(HS), from the forward's lse, D. */
+function probGrad(
+  qkv: ArrayLike<number>,
+  dout: ArrayLike<number>,
+  ix: ReturnType<typeof at>,
+  HS: number,
+  fwd: HeadForward,
+  t: number,
+  t2: number,
+): { p: number; ds: number } {
+  const p = Math.exp(score(qkv, ix.q(t), ix.k(t2), HS) - fwd.lse[t]);
+  let dp = 0;
+  for (let i = 0; i < HS; i++) dp += dout[ix.o(t) + i] * qkv[ix.v(t2) + i];
+  return { p, ds: p * (dp - fwd.delta[t]) / Math.sqrt(HS) };
+}
+
 /** dq of query row t of head (b, h): O(T HS). */
 export function headDq(
   qkv: ArrayLike<number>,
@@ -70,10 +86,7 @@ export function headDq(
   const { T, C, NH } = shape, HS = C / NH, ix = at(T, C, HS, b, h);
   const dq = new Float64Array(HS);
   for (let t2 = 0; t2 <= t; t2++) {
-    const p = Math.exp(score(qkv, ix.q(t), ix.k(t2), HS) - fwd.lse[t]);
-    let dp = 0;
-    for (let i = 0; i < HS; i++) dp += dout[ix.o(t) + i] * qkv[ix.v(t2) + i];
-    const ds = p * (dp - fwd.delta[t]) / Math.sqrt(HS);
+    const { ds } = probGrad(qkv, dout, ix, HS, fwd, t, t2);
     for (let i = 0; i < HS; i++) dq[i] += ds * qkv[ix.k(t2) + i];
   }
   return dq;
@@ -92,10 +105,7 @@ export function headDkv(
   const { T, C, NH } = shape, HS = C / NH, ix = at(T, C, HS, b, h);
   const dk = new Float64Array(HS), dv = new Float64Array(HS);
   for (let t = t2; t < T; t++) {
-    const p = Math.exp(score(qkv, ix.q(t), ix.k(t2), HS) - fwd.lse[t]);
-    let dp = 0;
-    for (let i = 0; i < HS; i++) dp += dout[ix.o(t) + i] * qkv[ix.v(t2) + i];
-    const ds = p * (dp - fwd.delta[t]) / Math.sqrt(HS);
+    const { p, ds } = probGrad(qkv, dout, ix, HS, fwd, t, t2);
     for (let i = 0; i < HS; i++) {
       dk[i] += ds * qkv[ix.q(t) + i];
       dv[i] += p * dout[ix.o(t) + i];
