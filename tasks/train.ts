@@ -6,6 +6,7 @@
  * @module
  */
 
+import { basename } from "node:path";
 import { parseArgs } from "node:util";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
@@ -190,7 +191,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   }
   // With --init and no --model the model is the checkpoint's: name it after the directory.
   const initName = v.init !== undefined && v.model === undefined
-    ? `init:${String(v.init).replace(/[\\/]+$/, "").split(/[\\/]/).pop()}`
+    ? `init:${basename(String(v.init))}`
     : undefined;
   const modelName = String(v.model ?? initName ?? DEFAULTS.model);
   const out = String(v.out ?? `runs/${modelName.replace(/^init:/, "")}`);

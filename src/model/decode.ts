@@ -207,8 +207,9 @@ export class Decoder {
     this.#history.push(token);
     const q = this.rt.device.queue;
     q.writeBuffer(this.#token, 0, new Uint32Array([token]));
-    for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, new Uint32Array([t]));
-    for (const d of this.#attention.flat()) q.writeBuffer(d.resources![0], 0, new Uint32Array([t]));
+    const pos = new Uint32Array([t]); // the position: word 6 of the encoder's uniform, 0 of attention's
+    for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, pos);
+    for (const d of this.#attention.flat()) q.writeBuffer(d.resources![0], 0, pos);
     const C3 = 3 * this.config.nEmbd * dtypeBytes(activationDType("qkv", this.#prefill.precision));
     const enc = this.rt.device.createCommandEncoder();
     this.#prefill.encodeHalfParams(enc);
