@@ -141,6 +141,25 @@ fn rows_b(j: u32, i: u32) -> mat4x4f {
     tile_b[(j + 3u) * n4 + i]);
 }
 
+// Adds to sa[r] the dot products of x[r] with tile_a's rows j..j+3 and to sb[r] those of y[r]
+// with tile_b's: the scores and dout . v (dq), or the scores and v . dout (dkv).
+fn tile_dots(
+  x: ptr<function, RowsHS>,
+  y: ptr<function, RowsHS>,
+  j: u32,
+  sa: ptr<function, Rows4>,
+  sb: ptr<function, Rows4>,
+) {
+  for (var i = 0u; i < hs4(); i++) {
+    let ma = rows_a(j, i);
+    let mb = rows_b(j, i);
+    for (var r = 0u; r < ROWS; r++) {
+      (*sa)[r] += (*x)[r][i] * ma;
+      (*sb)[r] += (*y)[r][i] * mb;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 @compute @workgroup_size(64, 1, 1)
 fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
@@ -286,14 +305,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_inde
     for (var j = 0u; j < BK; j += 4u) {
       var sv = Rows4();
       var dp = Rows4();
-      for (var i = 0u; i < n4; i++) {
-        let kj = rows_a(j, i);
-        let vj = rows_b(j, i);
-        for (var r = 0u; r < ROWS; r++) {
-          sv[r] += q[r][i] * kj;
-          dp[r] += g[r][i] * vj;
-        }
-      }
+      tile_dots(&q, &g, j, &sv, &dp);
       let kk = vec4u(kt + j) + vec4u(0u, 1u, 2u, 3u);
       var ds = Rows4();
       for (var r = 0u; r < ROWS; r++) {
@@ -314,6 +326,8 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_inde
 }
 
 // Rows r0..r0+BK of q into tile_a and of dout into tile_b; rows at or past `end` are zero.
+// (Apart from stage_kv: a shared function would make the forward use `dout` statically, and
+// its "auto" layout would then need binding 3.)
 fn stage_qdo(b: u32, h: u32, r0: u32, end: u32, l: u32) {
   let n4 = hs4();
   for (var e = l; e < BK * n4; e += WG) {
@@ -358,14 +372,7 @@ fn backward_dkv(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_ind
     for (var j = 0u; j < BK; j += 4u) {
       var sv = Rows4();
       var dp = Rows4();
-      for (var i = 0u; i < n4; i++) {
-        let qj = rows_a(j, i);
-        let gj = rows_b(j, i);
-        for (var r = 0u; r < ROWS; r++) {
-          sv[r] += k[r][i] * qj;
-          dp[r] += v[r][i] * gj;
-        }
-      }
+      tile_dots(&k, &v, j, &sv, &dp);
       let tq = vec4u(qt + j) + vec4u(0u, 1u, 2u, 3u);
       let live = tq < vec4u(qend);
       let tqc = min(tq, vec4u(p.T - 1u));
