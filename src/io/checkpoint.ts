@@ -14,10 +14,11 @@
  */
 
 import type { GPT2Config } from "../model/config.ts";
-import { configFromHf, hfConfigJson } from "./hf.ts";
+import { configFromHf, hfConfigJson, matchTensors } from "./hf.ts";
 import {
   encodeSafetensors,
   readSafetensors,
+  readSafetensorsHeader,
   type SafeTensorsFile,
   type TensorToWrite,
 } from "./safetensors.ts";
@@ -44,9 +45,15 @@ export function stepDirName(step: number): string {
   return `step_${String(step).padStart(8, "0")}`;
 }
 
+/** Version of trainer_state.json this package writes; a newer one is refused on resume. */
+export const TRAINER_STATE_VERSION = 1;
+
 /**
- * Writes a checkpoint atomically as `<root>/step_N` and removes all but the
- * newest `keep` checkpoints. Returns the final directory.
+ * Writes a checkpoint atomically as `<root>/step_N`. A `step_N` already there is
+ * replaced only once the new one is complete (moved aside, the new one renamed in,
+ * then the old one removed). Unless `keep` is undefined, all but the newest `keep`
+ * checkpoints are removed afterwards ({@linkcode pruneCheckpoints}). Returns the
+ * final directory.
  */
 export async function saveCheckpoint(
   root: string,
@@ -57,11 +64,13 @@ export async function saveCheckpoint(
     optimizer?: TensorToWrite[];
     trainer?: Record<string, unknown>;
   },
-  keep = 3,
+  keep: number | undefined = 3,
 ): Promise<string> {
+  if (keep !== undefined) checkKeep(keep);
   await Deno.mkdir(root, { recursive: true });
   const final = `${root}/${stepDirName(step)}`;
-  const tmp = `${root}/.tmp-${stepDirName(step)}-${crypto.randomUUID().slice(0, 8)}`;
+  const tag = crypto.randomUUID().slice(0, 8);
+  const tmp = `${root}/.tmp-${stepDirName(step)}-${tag}`;
   await Deno.mkdir(tmp);
   try {
     await Deno.writeFile(`${tmp}/${CHECKPOINT_FILES.model}`, contents.model);
@@ -78,20 +87,36 @@ export async function saveCheckpoint(
     if (contents.trainer) {
       await Deno.writeTextFile(
         `${tmp}/${CHECKPOINT_FILES.trainer}`,
-        JSON.stringify(contents.trainer, null, 2) + "\n",
+        JSON.stringify({ version: TRAINER_STATE_VERSION, ...contents.trainer }, null, 2) + "\n",
       );
     }
-    await Deno.remove(final, { recursive: true }).catch(() => {});
-    await Deno.rename(tmp, final);
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
-  const all = await listCheckpoints(root);
-  for (const old of all.slice(0, Math.max(0, all.length - keep))) {
-    await Deno.remove(old, { recursive: true });
-  }
+  const old = `${root}/.old-${stepDirName(step)}-${tag}`;
+  const replacing = await Deno.rename(final, old).then(() => true, () => false);
+  await Deno.rename(tmp, final);
+  if (replacing) await Deno.remove(old, { recursive: true });
+  if (keep !== undefined) await pruneCheckpoints(root, keep);
   return final;
+}
+
+function checkKeep(keep: number): void {
+  if (!(Number.isInteger(keep) && keep >= 1)) {
+    throw new RangeError(
+      `--keep ${keep} would delete every checkpoint, the newest included: keep at least 1`,
+    );
+  }
+}
+
+/** Removes all but the newest `keep` (at least 1) checkpoints under `root`. */
+export async function pruneCheckpoints(root: string, keep: number): Promise<string[]> {
+  checkKeep(keep);
+  const all = await listCheckpoints(root);
+  const gone = all.slice(0, Math.max(0, all.length - keep));
+  for (const dir of gone) await Deno.remove(dir, { recursive: true });
+  return gone;
 }
 
 /** Checkpoint directories under `root`, oldest first (temporary ones excluded). */
@@ -134,4 +159,78 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
     }
   }
   return { dir, config, model, optimizer, trainer };
+}
+
+/** The step a `step_N` directory's name says, or undefined for another name. */
+export function stepOfDir(dir: string): number | undefined {
+  const m = /(?:^|\/)step_(\d+)\/?$/.exec(dir);
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * What keeps `dir` from being resumed, or undefined when nothing does. Reads
+ * config.json, trainer_state.json and the two safetensors headers (checked
+ * against the file sizes and the config's shapes), not the tensors themselves.
+ */
+export async function resumeProblem(dir: string): Promise<string | undefined> {
+  const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
+  for (const f of [CHECKPOINT_FILES.config, CHECKPOINT_FILES.model]) {
+    if (!(await exists(`${dir}/${f}`))) return `${f} is missing`;
+  }
+  if (!(await exists(`${dir}/${CHECKPOINT_FILES.optimizer}`))) {
+    return `${CHECKPOINT_FILES.optimizer} is missing (weights alone: start a new run with --init)`;
+  }
+  if (!(await exists(`${dir}/${CHECKPOINT_FILES.trainer}`))) {
+    return `${CHECKPOINT_FILES.trainer} is missing, so the step, schedule and data position ` +
+      "are unknown";
+  }
+  const json = async (file: string) => {
+    const path = `${dir}/${file}`;
+    try {
+      return JSON.parse(await Deno.readTextFile(path));
+    } catch (e) {
+      throw new Error(`Invalid ${path}: ${(e as Error).message}; the checkpoint is damaged`);
+    }
+  };
+  try {
+    const configPath = `${dir}/${CHECKPOINT_FILES.config}`;
+    const config = configFromHf(await json(CHECKPOINT_FILES.config), configPath);
+    matchTensors(await readSafetensorsHeader(`${dir}/${CHECKPOINT_FILES.model}`), config);
+    await readSafetensorsHeader(`${dir}/${CHECKPOINT_FILES.optimizer}`);
+    const st = await json(CHECKPOINT_FILES.trainer);
+    const version = st.version ?? 1;
+    if (typeof version !== "number" || version > TRAINER_STATE_VERSION) {
+      return `${CHECKPOINT_FILES.trainer} has version ${version}; this package reads up to ` +
+        `${TRAINER_STATE_VERSION}: upgrade it`;
+    }
+    if (!Number.isInteger(st.step) || st.step < 0) {
+      return `${CHECKPOINT_FILES.trainer} has no valid "step"`;
+    }
+    const named = stepOfDir(dir);
+    if (named !== undefined && named !== st.step) {
+      return `${CHECKPOINT_FILES.trainer} says step ${st.step} but the directory is step ${named}`;
+    }
+    if (typeof st.config !== "object" || st.config === null) {
+      return `${CHECKPOINT_FILES.trainer} has no run "config"`;
+    }
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return undefined;
+}
+
+/**
+ * The newest checkpoint under `root` that {@linkcode resumeProblem} passes (undefined
+ * when none does), with a line for each newer one it skipped and why.
+ */
+export async function latestResumable(
+  root: string,
+): Promise<{ dir?: string; skipped: string[] }> {
+  const skipped: string[] = [];
+  for (const dir of (await listCheckpoints(root)).reverse()) {
+    const problem = await resumeProblem(dir);
+    if (problem === undefined) return { dir, skipped };
+    skipped.push(`${dir}: ${problem}`);
+  }
+  return { skipped };
 }

@@ -38,23 +38,65 @@ export class SafeTensorsError extends Error {
 
 /** Parses a safetensors file in memory, checking every offset against the file size. */
 export function parseSafetensors(bytes: Uint8Array, path = "<memory>"): SafeTensorsFile {
-  if (bytes.length < 8) throw new SafeTensorsError(path, `${bytes.length} bytes is too short`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLen = Number(view.getBigUint64(0, true));
-  if (headerLen > bytes.length - 8 || headerLen > 100_000_000) {
+  const headerLen = headerLength(bytes.subarray(0, 8), bytes.length, path);
+  const data = bytes.subarray(8 + headerLen);
+  return parseHeader(bytes.subarray(8, 8 + headerLen), data, data.length, path);
+}
+
+/**
+ * Reads only the header of a safetensors file and checks it against the file's size: a
+ * truncated or foreign file fails here without reading the tensors. `data` is empty.
+ */
+export async function readSafetensorsHeader(path: string): Promise<SafeTensorsFile> {
+  try {
+    using file = await Deno.open(path, { read: true });
+    const size = (await file.stat()).size;
+    const first = await readExactly(file, Math.min(8, size));
+    const headerLen = headerLength(first, size, path);
+    const header = await readExactly(file, headerLen);
+    return parseHeader(header, new Uint8Array(0), size - 8 - headerLen, path);
+  } catch (e) {
+    if (e instanceof SafeTensorsError) throw e;
+    throw new Error(`Cannot read ${path}: ${(e as Error).message}`);
+  }
+}
+
+async function readExactly(file: Deno.FsFile, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let got = 0;
+  while (got < n) {
+    const k = await file.read(out.subarray(got));
+    if (k === null) break;
+    got += k;
+  }
+  return out.subarray(0, got);
+}
+
+function headerLength(first: Uint8Array, fileBytes: number, path: string): number {
+  if (fileBytes < 8) throw new SafeTensorsError(path, `${fileBytes} bytes is too short`);
+  const headerLen = Number(new DataView(first.buffer, first.byteOffset, 8).getBigUint64(0, true));
+  if (headerLen > fileBytes - 8 || headerLen > 100_000_000) {
     throw new SafeTensorsError(
       path,
-      `header length ${headerLen} runs past the end of the file (${bytes.length} bytes); ` +
+      `header length ${headerLen} runs past the end of the file (${fileBytes} bytes); ` +
         "the file is truncated or not safetensors",
     );
   }
+  return headerLen;
+}
+
+function parseHeader(
+  headerBytes: Uint8Array,
+  data: Uint8Array,
+  dataBytes: number,
+  path: string,
+): SafeTensorsFile {
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
+    header = JSON.parse(new TextDecoder().decode(headerBytes));
   } catch (e) {
     throw new SafeTensorsError(path, `header is not JSON (${(e as Error).message})`);
   }
-  const data = bytes.subarray(8 + headerLen);
   const tensors = new Map<string, SafeTensorInfo>();
   let metadata: Record<string, string> = {};
   for (const [name, raw] of Object.entries(header)) {
@@ -67,11 +109,11 @@ export function parseSafetensors(bytes: Uint8Array, path = "<memory>"): SafeTens
     if (!Array.isArray(t.shape) || typeof begin !== "number" || typeof end !== "number") {
       throw new SafeTensorsError(path, `tensor "${name}" has no shape or data_offsets`);
     }
-    if (end > data.length || begin > end) {
+    if (end > dataBytes || begin > end) {
       throw new SafeTensorsError(
         path,
         `tensor "${name}" needs bytes ${begin}..${end} but the data section holds ` +
-          `${data.length}: the file is truncated`,
+          `${dataBytes}: the file is truncated`,
       );
     }
     const elems = t.shape.reduce((a, b) => a * b, 1);

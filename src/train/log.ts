@@ -25,6 +25,38 @@ export class JsonlLog {
   async write(record: Record<string, unknown>): Promise<void> {
     await Deno.writeTextFile(this.path, JSON.stringify(record) + "\n", { append: true });
   }
+
+  /**
+   * Drops every record of a step after `step` (what a crashed or stopped run
+   * logged past the checkpoint a resume starts from), rewriting the file through
+   * a temporary name. Returns the records kept; a missing file keeps none.
+   */
+  async truncateAfter(step: number): Promise<Record<string, unknown>[]> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(this.path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
+    }
+    const kept: Record<string, unknown>[] = [], lines: string[] = [];
+    for (const line of text.split("\n")) {
+      if (!line.trim()) continue;
+      let rec: Record<string, unknown>;
+      try {
+        rec = JSON.parse(line);
+      } catch {
+        continue; // a line cut short by a crash
+      }
+      if (typeof rec.step === "number" && rec.step > step) continue;
+      kept.push(rec);
+      lines.push(line);
+    }
+    const tmp = `${this.path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+    await Deno.writeTextFile(tmp, lines.map((l) => l + "\n").join(""));
+    await Deno.rename(tmp, this.path);
+    return kept;
+  }
 }
 
 /** A series of (step, value) points. */

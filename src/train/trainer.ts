@@ -24,7 +24,15 @@ import { LowBitAdamW } from "../optim/lowbit.ts";
 import { describeSchedule, lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
 import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
 import { decodeTokens, EOT } from "../data/tokenizer.ts";
-import { loadCheckpoint, saveCheckpoint } from "../io/checkpoint.ts";
+import {
+  listCheckpoints,
+  loadCheckpoint,
+  pruneCheckpoints,
+  resumeProblem,
+  saveCheckpoint,
+  stepDirName,
+} from "../io/checkpoint.ts";
+import { lockRunDir } from "./run_dir.ts";
 import { encodeModel, loadTensors, matchTensors } from "../io/hf.ts";
 import { generate } from "../eval/generate.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../eval/hellaswag.ts";
@@ -97,6 +105,19 @@ export interface TrainConfig {
   matmul?: MatmulImpl;
   /** Where tokenized text files are cached. */
   cacheDir: string;
+  /** Start over in a run directory that holds checkpoints: they and the log are removed. */
+  overwrite?: boolean;
+  /**
+   * Divergence guard: stop when a step's loss exceeds this many times the median of the
+   * last `divergenceWindow` steps (default 3; 0 turns the loss test off; a non-finite loss
+   * or gradient norm always stops).
+   */
+  divergence?: number;
+  divergenceWindow?: number;
+  /** fp16: stop after this many overflowed (skipped) steps in a row (default 20). */
+  maxOverflows?: number;
+  /** Lines printed before the run starts (what a resume changed, checkpoints skipped). */
+  notices?: string[];
 }
 
 /** What a run returns. */
@@ -125,13 +146,29 @@ export function flopsPerToken(cfg: GPT2Config, T: number): number {
   return 6 * N + 12 * cfg.nLayer * cfg.nEmbd * T;
 }
 
-/** Runs (or resumes) training. */
+/** A run stopped by the divergence guard (or by fp16 overflowing step after step). */
+export class DivergenceError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DivergenceError";
+  }
+}
+
+/** The median of a non-empty list. */
+function median(xs: number[]): number {
+  const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
+  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
+}
+
+/**
+ * Runs (or resumes) training. The run directory is locked for the run's length;
+ * one that holds checkpoints is refused unless resuming or `overwrite` is set.
+ */
 export async function train(
   rt: Runtime,
   config: TrainConfig,
   hooks: TrainHooks = {},
 ): Promise<TrainResult> {
-  const print = hooks.print ?? ((l: string) => console.log(l));
   const c = config;
   const BT = c.batch * c.seq;
   if (c.totalBatch % BT !== 0) {
@@ -139,9 +176,46 @@ export async function train(
       `--total-batch ${c.totalBatch} is not a multiple of batch x seq = ${BT}: pick a multiple`,
     );
   }
+  if (!(Number.isInteger(c.keep) && c.keep >= 1)) {
+    throw new RangeError(`--keep ${c.keep} would delete every checkpoint: keep at least 1`);
+  }
+  if (c.resume) {
+    const problem = await resumeProblem(c.resume);
+    if (problem) throw new Error(`Cannot resume from ${c.resume}: ${problem}`);
+  }
+  const existed = await Deno.stat(c.out).then(() => true, () => false);
+  const lock = await lockRunDir(c.out);
+  try {
+    const earlier = await listCheckpoints(`${c.out}/checkpoints`);
+    if (earlier.length && !c.resume && !c.overwrite) {
+      throw new Error(
+        `${c.out} already holds ${earlier.length} checkpoint(s) of an earlier run (newest ` +
+          `${earlier[earlier.length - 1]}): continue it with --resume latest, start over with ` +
+          "--overwrite (deletes them and its log), or train into another --out",
+      );
+    }
+    return await trainLocked(rt, c, hooks, lock.notice);
+  } finally {
+    await lock.release();
+    if (!existed) await Deno.remove(c.out).catch(() => {}); // only if still empty
+  }
+}
+
+async function trainLocked(
+  rt: Runtime,
+  c: TrainConfig,
+  hooks: TrainHooks,
+  lockNotice?: string,
+): Promise<TrainResult> {
+  const print = hooks.print ?? ((l: string) => console.log(l));
+  const BT = c.batch * c.seq;
   const accum = c.totalBatch / BT;
+  for (const line of [...(c.notices ?? []), ...(lockNotice ? [lockNotice] : [])]) print(line);
 
   // ---- resume / init: read and check everything before touching the GPU or disk
+  const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
+    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
+    : [];
   const resumed = c.resume ? await loadCheckpoint(c.resume) : undefined;
   const init = c.init ? await loadCheckpoint(c.init) : undefined;
   if (resumed && !resumed.optimizer) {
@@ -151,6 +225,7 @@ export async function train(
   const source = resumed ?? init;
   if (source) matchTensors(source.model, cfg); // shapes checked before anything is written
   const data = await prepareData(c.data, c.cacheDir);
+  for (const w of data.warnings ?? []) print(`warning: ${w}`);
   const trainShards = await openShards(data.dir, { split: "train" });
   const valShards = await openShards(data.dir, { split: "val" }).catch(() => undefined);
 
@@ -200,9 +275,6 @@ export async function train(
       fp32Embeddings: c.optimizerFp32Embeddings ?? false,
       offload: c.optimizerOffload ?? false,
     });
-  const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
-    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
-    : [];
   const hsModel = hsItems.length
     ? await GPT2.create(rt, cfg, {
       B: 16,
@@ -246,6 +318,7 @@ export async function train(
     shuffle: c.shuffle,
     seed: c.seed,
     cursor,
+    vocabSize: cfg.vocabSize,
   });
   const schedule: Schedule = makeSchedule(c.schedule, {
     lr: c.lr,
@@ -255,12 +328,28 @@ export async function train(
     decay: c.decaySteps,
   });
 
-  // ---- output
-  await Deno.mkdir(c.out, { recursive: true });
+  // ---- output: nothing in the run directory changes before this point
   const log = new JsonlLog(`${c.out}/log.jsonl`);
+  const trainPts: [number, number][] = [], valPts: [number, number][] = [];
+  if (resumed) {
+    // The log continues from the resumed step: what a crash logged past it goes.
+    for (const r of await log.truncateAfter(startStep)) {
+      if (typeof r.step !== "number") continue;
+      if (typeof r.loss === "number") trainPts.push([r.step, r.loss]);
+      if (typeof r.val_loss === "number") valPts.push([r.step, r.val_loss]);
+    }
+  } else {
+    const earlier = await listCheckpoints(`${c.out}/checkpoints`);
+    if (earlier.length) { // only with --overwrite (train() refuses otherwise)
+      await Deno.remove(`${c.out}/checkpoints`, { recursive: true });
+      print(`overwrite: removed ${earlier.length} checkpoint(s) of the earlier run in ${c.out}`);
+    }
+    await Deno.remove(log.path).catch(() => {}); // a new run starts a new log
+  }
   const fpt = flopsPerToken(cfg, c.seq);
+  const { notices: _notices, ...settings } = c;
   const resolved = {
-    ...c,
+    ...settings,
     model: cfg,
     data: data.description,
     data_dir: data.dir,
@@ -277,7 +366,6 @@ export async function train(
   print(`lr: ${describeSchedule(schedule)}`);
   await Deno.writeTextFile(`${c.out}/run_config.json`, JSON.stringify(resolved, null, 2) + "\n");
   await log.write({ event: "start", time: new Date().toISOString(), config: resolved });
-  const trainPts: [number, number][] = [], valPts: [number, number][] = [];
   const writeCurve = () =>
     Deno.writeTextFile(
       `${c.out}/loss.svg`,
@@ -308,7 +396,8 @@ export async function train(
     });
     return decodeTokens(ids);
   };
-  const save = async (step: number, valLoss?: number) => {
+  /** Saves step `step`; the old ones are pruned by the caller once it is trusted. */
+  const save = async (step: number, valLoss?: number, keep?: number, at = loader.cursor) => {
     const dir = await saveCheckpoint(`${c.out}/checkpoints`, step, {
       config: cfg,
       model: await encodeModel(model),
@@ -320,14 +409,14 @@ export async function train(
         loss_scale_good_steps: scaler?.goodSteps,
         tokens: step * c.totalBatch,
         data: data.dir,
-        cursor: loader.cursor,
+        cursor: at,
         seed: c.seed,
         schedule,
-        config: { ...c, model: cfg },
+        config: { ...settings, model: cfg },
         val_loss: valLoss,
         time: new Date().toISOString(),
       },
-    }, c.keep);
+    }, keep);
     await log.write({ event: "checkpoint", step, dir });
     return dir;
   };
@@ -345,6 +434,40 @@ export async function train(
   const losses: number[] = [];
   let step = startStep;
   let lastCheckpoint = "";
+  /** Set after a periodic save: older checkpoints go once the next step's loss passes. */
+  let prunePending = false;
+  let overflowsInARow = 0;
+  const factor = c.divergence ?? 3, window = c.divergenceWindow ?? 50;
+  const maxOverflows = c.maxOverflows ?? 20;
+  /** Losses of the last `window` applied steps (a resume starts from the log's). */
+  const recent = trainPts.slice(-window).map(([, l]) => l);
+  const checkpoints = `${c.out}/checkpoints`;
+  /**
+   * Stops a diverging run: the checkpoint that holds the weights that gave the bad
+   * loss (saved after step `suspect`) is moved aside as diverged_step_N, so that
+   * --resume latest never picks it, and the error names the last good one.
+   */
+  const diverged = async (why: string, suspect: number): Promise<never> => {
+    let moved = "";
+    const bad = `${checkpoints}/${stepDirName(suspect)}`;
+    if (suspect > startStep && lastCheckpoint === bad) {
+      moved = `${checkpoints}/diverged_${stepDirName(suspect)}`;
+      await Deno.remove(moved, { recursive: true }).catch(() => {});
+      await Deno.rename(bad, moved);
+      moved = ` Its checkpoint of step ${suspect} was moved to ${moved}.`;
+    }
+    const all = await listCheckpoints(checkpoints);
+    const good = all.length ? all[all.length - 1] : undefined;
+    await log.write({ event: "diverged", step, why });
+    await writeCurve();
+    throw new DivergenceError(
+      `Training diverged at step ${step}: ${why}. Nothing was saved for this step.${moved} ` +
+        (good
+          ? `The last good checkpoint is ${good}: resume it with --resume ${good} and a lower --lr`
+          : "There is no earlier checkpoint: start again with a lower --lr") +
+        (factor > 0 ? `, or turn the loss test off with --divergence 0` : ""),
+    );
+  };
   let valLoss: number | undefined;
   const t0 = performance.now();
   const errorsBefore = rt.gpu.errors.length;
@@ -355,18 +478,32 @@ export async function train(
       const scale = scaler?.scale ?? 1;
       if (scaler) model.setLossScale(scale);
       opt.setStep(optimizerSteps + 1, lr, { lossScale: scale, skipOnOverflow: !!scaler });
+      const stepCursor = loader.cursor;
       for (let micro = 0; micro < accum; micro++) {
-        const b = loader.nextBatch();
         try {
+          const b = loader.nextBatch();
           model.setBatch(b.inputs, b.targets);
         } catch (e) {
-          if (!(e instanceof RangeError) || cfg.vocabSize >= GPT2_VOCAB_SIZE) throw e;
+          if (!(e instanceof RangeError)) throw e;
+          // Bad data mid-run: the steps done so far are saved (no update of this step has
+          // been applied), then the error says where.
+          const saved = step > startStep && lastCheckpoint !== `${checkpoints}/${stepDirName(step)}`
+            ? await save(step, valLoss, c.keep, stepCursor)
+            : "";
+          const keptNote = saved ? ` (steps up to ${step} are saved in ${saved})` : "";
+          if (cfg.vocabSize >= GPT2_VOCAB_SIZE) {
+            throw new RangeError(
+              `${e.message}: the shard is damaged or was built with another tokenizer; rebuild ` +
+                `it with \`deno task data\`${keptNote}`,
+            );
+          }
           throw new RangeError(
             `${e.message}: the data holds GPT-2 tokens (vocabulary ${GPT2_VOCAB_SIZE}) and this ` +
               `model's vocabulary is ${cfg.vocabSize}` +
               (c.modelName === "tiny"
                 ? " (tiny is a test model with a 101-token vocabulary): use --model gpt2-mini or larger"
-                : ": use a preset with GPT-2's vocabulary (gpt2-mini or larger)"),
+                : ": use a preset with GPT-2's vocabulary (gpt2-mini or larger)") +
+              keptNote,
           );
         }
         const enc = rt.device.createCommandEncoder();
@@ -392,6 +529,7 @@ export async function train(
       staging.unmap();
       if (!overflow) optimizerSteps++;
       scaler?.update(overflow);
+      overflowsInARow = overflow ? overflowsInARow + 1 : 0;
       const loss = sum / (accum * BT);
       losses.push(loss);
       step++;
@@ -431,8 +569,34 @@ export async function train(
           }`,
         );
       }
-      if (!Number.isFinite(loss)) {
-        throw new Error(`Loss is ${loss} at step ${step}: lower --lr or check the data`);
+      if (overflowsInARow >= maxOverflows) {
+        throw new DivergenceError(
+          `${overflowsInARow} fp16 steps in a row overflowed and were skipped (loss scale now ` +
+            `${scaler!.scale}, started at ${c.lossScale ?? 65536}): the gradients do not fit in ` +
+            "fp16 at this scale. Lower --loss-scale (65536 is usual), lower --lr, or train with " +
+            "--precision fp32" +
+            (lastCheckpoint ? `; the last checkpoint is ${lastCheckpoint}` : ""),
+        );
+      }
+      if (!overflow) {
+        const typical = recent.length ? median(recent) : NaN;
+        // A bad loss condemns the weights it was computed with (step - 1's); a bad
+        // gradient norm, the update this step just applied.
+        if (!Number.isFinite(loss)) await diverged(`the loss is ${loss}`, step - 1);
+        if (factor > 0 && loss > factor * typical) {
+          await diverged(
+            `the loss ${loss.toPrecision(4)} is ${(loss / typical).toFixed(1)}x the median ` +
+              `${typical.toFixed(4)} of the last ${recent.length} steps (--divergence ${factor})`,
+            step - 1,
+          );
+        }
+        if (!Number.isFinite(norm)) await diverged(`the gradient norm is ${norm}`, step);
+        recent.push(loss);
+        if (recent.length > window) recent.shift();
+      }
+      if (prunePending) { // the newest checkpoint's weights just gave a sane loss
+        await pruneCheckpoints(checkpoints, c.keep);
+        prunePending = false;
       }
       const last = step === c.steps;
       if (c.valEvery > 0 && (step % c.valEvery === 0 || last)) {
@@ -459,12 +623,13 @@ export async function train(
       if (step % 10 === 0 || last) await writeCurve();
       if (c.saveEvery > 0 && step % c.saveEvery === 0 && !last) {
         lastCheckpoint = await save(step, valLoss);
+        prunePending = true;
       }
       if (hooks.stopAfter?.(step)) stopRequested = true;
     }
     // Final (or interrupted) checkpoint, then a sample.
     await writeCurve();
-    lastCheckpoint = await save(step, valLoss);
+    lastCheckpoint = await save(step, valLoss, c.keep);
     const text = c.sampleTokens > 0 ? await sample(step) : undefined;
     if (text !== undefined) {
       print(`sample at step ${step}: ${JSON.stringify(text)}`);
