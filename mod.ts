@@ -64,6 +64,7 @@ export {
   type TensorView,
 } from "./src/model/params.ts";
 export { GPT2, type GPT2Options, IGNORE_TARGET } from "./src/model/gpt2.ts";
+export { type TensorRange } from "./src/model/ops.ts";
 export { Decoder } from "./src/model/decode.ts";
 export { type Precision, type Recompute } from "./src/model/plan.ts";
 export {
@@ -73,25 +74,32 @@ export {
   type Optimizer,
   type StepOptions,
 } from "./src/optim/adamw.ts";
-export { LowBitAdamW, type LowBitConfig } from "./src/optim/lowbit.ts";
-export { LossScaler, type LossScalerOptions } from "./src/train/loss_scale.ts";
+export { LowBitAdamW, type LowBitConfig, type StatePiece } from "./src/optim/lowbit.ts";
+export {
+  LossScaler,
+  type LossScalerOptions,
+  type LossScalerState,
+} from "./src/train/loss_scale.ts";
 export {
   lrAt,
   makeSchedule,
   parsePiecewise,
   type Schedule,
+  type ScheduleOptions,
   type Segment,
 } from "./src/optim/schedule.ts";
-export { train, type TrainConfig, type TrainResult } from "./src/train/trainer.ts";
+export { train, type TrainConfig, type TrainHooks, type TrainResult } from "./src/train/trainer.ts";
 export {
   generate,
   generateCached,
   type GenerateOptions,
   sampleToken,
+  type SamplingOptions,
 } from "./src/eval/generate.ts";
 export {
   type HellaSwagItem,
   type HellaSwagResult,
+  type ItemScore,
   parseHellaSwagJsonl,
   parseHellaSwagText,
   readHellaSwag,
@@ -99,13 +107,38 @@ export {
   summarize,
 } from "./src/eval/hellaswag.ts";
 export { openCheckpointModel } from "./src/eval/checkpoint_model.ts";
-export { listCheckpoints, loadCheckpoint, saveCheckpoint } from "./src/io/checkpoint.ts";
+export {
+  listCheckpoints,
+  loadCheckpoint,
+  type LoadedCheckpoint,
+  saveCheckpoint,
+} from "./src/io/checkpoint.ts";
 export { encodeModel, hfConfigJson, loadTensors } from "./src/io/hf.ts";
+export { gpt2TokenizerFiles } from "./src/io/hf_tokenizer.ts";
+export {
+  decodeLlmc,
+  encodeLlmc,
+  LLMC_MAGIC,
+  type LlmcModel,
+  loadLlmcCheckpoint,
+} from "./src/io/llmc.ts";
 export {
   encodeSafetensors,
   parseSafetensors,
   readSafetensors,
+  type SafeDtype,
+  type SafeTensorInfo,
+  type SafeTensorsFile,
   tensorF32,
+  type TensorToWrite,
 } from "./src/io/safetensors.ts";
-export { openShards, TokenLoader } from "./src/data/loader.ts";
+export {
+  type LoaderCursor,
+  type LoaderOptions,
+  openShards,
+  type OpenShardsOptions,
+  type ShardInfo,
+  type TokenBatch,
+  TokenLoader,
+} from "./src/data/loader.ts";
 export { decodeTokens, encodeOrdinary, EOT } from "./src/data/tokenizer.ts";

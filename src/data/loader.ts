@@ -13,7 +13,9 @@ import { decodeShardHeader, SHARD_HEADER_BYTES } from "./shard.ts";
 
 /** A checked shard file. */
 export interface ShardInfo {
+  /** Path of the .bin shard. */
   path: string;
+  /** Number of tokens the shard holds, from its header. */
   tokens: number;
 }
 
@@ -78,6 +80,7 @@ export async function openShards(
 
 /** Where a {@linkcode TokenLoader} is: the next batch is window `window` of shard `shard`. */
 export interface LoaderCursor {
+  /** Completed passes over every shard (0 in the first). */
   epoch: number;
   /** Position in this epoch's shard order. */
   shard: number;
@@ -93,7 +96,9 @@ export interface LoaderOptions {
   seqLen: number;
   /** Visit shards and windows in a seeded random order, reshuffled every epoch. */
   shuffle?: boolean;
+  /** Seed of the shuffle (default 0). */
   seed?: number;
+  /** Start here instead of at the first batch (a cursor saved with a checkpoint). */
   cursor?: LoaderCursor;
   /** The model's vocabulary: a token at or above it is an error naming the file and offset. */
   vocabSize?: number;
@@ -101,7 +106,9 @@ export interface LoaderOptions {
 
 /** One batch; both arrays hold B*T token ids, row-major, and are reused by the next call. */
 export interface TokenBatch {
+  /** Input token ids [B*T]. */
   inputs: Int32Array;
+  /** Next-token targets [B*T]: each input's following token in the shard. */
   targets: Int32Array;
 }
 
@@ -117,10 +124,15 @@ export interface TokenBatch {
  * ```
  */
 export class TokenLoader {
+  /** B: rows per batch. */
   readonly batchSize: number;
+  /** T: tokens per row. */
   readonly seqLen: number;
+  /** Whether shards and windows are read in a seeded random order. */
   readonly shuffle: boolean;
+  /** Seed of the shuffle. */
   readonly seed: number;
+  /** Tokens at or above this are an error (default 65536: any u16 token). */
   readonly vocabSize: number;
   #shards: ShardInfo[];
   #windows: number[];
@@ -134,6 +146,10 @@ export class TokenLoader {
   #raw: Uint8Array;
   #batch: TokenBatch;
 
+  /**
+   * A loader over the shards (those too small for one batch are skipped); throws when no
+   * shard holds a whole batch.
+   */
   constructor(shards: ShardInfo[], options: LoaderOptions) {
     const { batchSize: B, seqLen: T } = options;
     if (!(Number.isInteger(B) && B > 0 && Number.isInteger(T) && T > 0)) {
@@ -228,6 +244,7 @@ export class TokenLoader {
     this.#file = undefined;
   }
 
+  /** Closes the open shard file (for `using`). */
   [Symbol.dispose](): void {
     this.close();
   }

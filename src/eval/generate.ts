@@ -13,7 +13,9 @@ import type { Decoder } from "../model/decode.ts";
 
 /** Sampling options. */
 export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate (fewer when `stopToken` comes first). */
   maxTokens: number;
+  /** Seed of the sampling random generator (default 0): same seed, same text. */
   seed?: number;
   /** Stop at this token (not included). */
   stopToken?: number;
@@ -21,8 +23,14 @@ export interface GenerateOptions extends SamplingOptions {
 
 /** Sampling knobs: temperature (0 = greedy), top-k and top-p (nucleus). */
 export interface SamplingOptions {
+  /** Divides the logits before sampling (default 1); 0 or less picks the likeliest token. */
   temperature?: number;
+  /** Sample among the `topK` likeliest tokens only (unset or 0: all). */
   topK?: number;
+  /**
+   * Sample among the likeliest tokens whose probabilities add up to `topP` only (nucleus;
+   * default 1: all).
+   */
   topP?: number;
 }
 

@@ -22,12 +22,17 @@ import { encodeOrdinary } from "../data/tokenizer.ts";
 export interface HellaSwagItem {
   /** Position in the file (0-based) for messages. */
   index: number;
+  /** The activity the item is about, e.g. "Removing ice from car" ("" when absent). */
   activityLabel: string;
+  /** The whole context the endings continue. */
   ctx: string;
-  /** Only in the jsonl format. */
+  /** First part of the context; only in the jsonl format. */
   ctxA?: string;
+  /** Second part of the context (the harness capitalises it); only in the jsonl format. */
   ctxB?: string;
+  /** Index (0-3) of the right ending. */
   label: number;
+  /** The four candidate endings. */
   endings: string[];
 }
 
@@ -100,7 +105,17 @@ export function parseHellaSwagText(text: string, path: string): HellaSwagItem[] 
   return items;
 }
 
-/** Reads either format (by extension: .jsonl, anything else is the text format). */
+/**
+ * Reads either format (by extension: .jsonl, anything else is the text format).
+ *
+ * @example
+ * ```ts
+ * import { readHellaSwag } from "@webgpu-gpt2/core";
+ *
+ * const items = await readHellaSwag("hellaswag_val.jsonl");
+ * console.log(items.length, items[0].ctx, items[0].endings[items[0].label]);
+ * ```
+ */
 export async function readHellaSwag(path: string): Promise<HellaSwagItem[]> {
   let text: string;
   try {
@@ -155,8 +170,9 @@ export function itemRows(item: HellaSwagItem, style: "completion" | "harness") {
 
 /** Scores of one item in one style. */
 export interface ItemScore {
-  /** Summed and mean ending-token loss (nats) per ending. */
+  /** Summed ending-token loss (nats) per ending. */
   sum: number[];
+  /** Mean ending-token loss (nats) per ending. */
   mean: number[];
   /** Ending length in characters (harness acc_norm). */
   chars: number[];
@@ -177,8 +193,14 @@ export function predict(
 
 /** Result of an evaluation. */
 export interface HellaSwagResult {
+  /** Number of items scored. */
   n: number;
+  /** Completion style's accuracy (0-1): acc by summed loss, acc_norm by mean token loss. */
   completion: { acc: number; acc_norm: number };
+  /**
+   * lm-evaluation-harness style's accuracy (0-1): acc by summed log-likelihood, acc_norm by
+   * log-likelihood per character of the ending.
+   */
   harness: { acc: number; acc_norm: number };
 }
 
@@ -186,6 +208,28 @@ export interface HellaSwagResult {
  * Scores items with a model whose batch holds whole items: B must be a multiple
  * of 8 (4 endings x 2 styles). Rows longer than T lose context tokens from the
  * left. Returns per-item scores for both styles.
+ *
+ * @example Accuracy of a checkpoint on the first 100 items
+ * ```ts
+ * import {
+ *   createRuntime,
+ *   openCheckpointModel,
+ *   readHellaSwag,
+ *   scoreItems,
+ *   summarize,
+ * } from "@webgpu-gpt2/core";
+ *
+ * const rt = await createRuntime();
+ * const model = await openCheckpointModel(rt, "runs/mini/checkpoints/step_00000200", {
+ *   B: 16, // two items per forward pass
+ *   T: 128,
+ * });
+ * const items = (await readHellaSwag("hellaswag_val.jsonl")).slice(0, 100);
+ * const scores = await scoreItems(model, items, (done) => console.log(`${done}/100`));
+ * const r = summarize(items, scores);
+ * console.log(`acc_norm ${r.completion.acc_norm} (harness ${r.harness.acc_norm})`);
+ * model.destroy();
+ * ```
  */
 export async function scoreItems(
   model: GPT2,

@@ -30,6 +30,7 @@ export type MemoryBytes = Record<MemoryCategory, number> & { total: number };
 
 /** A snapshot of the arena's accounting. */
 export interface MemoryReport {
+  /** Bytes allocated now, by category. */
   current: MemoryBytes;
   /** Peak of the total, with the per-category bytes at the moment of that peak. */
   peak: MemoryBytes;
@@ -58,11 +59,13 @@ function zeroBytes(): MemoryBytes {
  * ```
  */
 export class Arena {
+  /** The device the buffers are created on. */
   readonly device: GPUDevice;
   #live = new Map<GPUBuffer, { label: string; category: MemoryCategory; bytes: number }>();
   #current = zeroBytes();
   #peak = zeroBytes();
 
+  /** An empty arena for `device`. */
   constructor(device: GPUDevice) {
     this.device = device;
   }
@@ -152,9 +155,11 @@ export class Arena {
 
 /** Buffers made through one owner, freed at once with {@linkcode ArenaScope.freeAll}. */
 export class ArenaScope {
+  /** The arena that allocates and frees this scope's buffers. */
   readonly arena: Arena;
   #owned: GPUBuffer[] = [];
 
+  /** An empty scope over `arena` (usually made with {@linkcode Arena.scope}). */
   constructor(arena: Arena) {
     this.arena = arena;
   }

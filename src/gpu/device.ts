@@ -23,27 +23,41 @@ const RAISED_LIMITS = [
 
 /** The limits the package reads, copied from the device. */
 export interface GpuLimits {
+  /** Largest storage-buffer binding, in bytes. */
   maxStorageBufferBindingSize: number;
+  /** Largest buffer the device can create, in bytes. */
   maxBufferSize: number;
+  /** Most storage buffers one shader stage may bind. */
   maxStorageBuffersPerShaderStage: number;
+  /** Workgroup (shared) memory per workgroup, in bytes. */
   maxComputeWorkgroupStorageSize: number;
+  /** Most invocations in one workgroup (the product of its x, y and z sizes). */
   maxComputeInvocationsPerWorkgroup: number;
+  /** Largest workgroup size in x. */
   maxComputeWorkgroupSizeX: number;
+  /** Largest workgroup size in y. */
   maxComputeWorkgroupSizeY: number;
+  /** Largest workgroup size in z. */
   maxComputeWorkgroupSizeZ: number;
+  /** Most workgroups in one dispatch dimension (at least 65535). */
   maxComputeWorkgroupsPerDimension: number;
+  /** Storage-buffer binding offsets must be multiples of this many bytes. */
   minStorageBufferOffsetAlignment: number;
+  /** Uniform-buffer binding offsets must be multiples of this many bytes. */
   minUniformBufferOffsetAlignment: number;
 }
 
 /** A device with what we learnt about its adapter. */
 export interface Gpu {
+  /** The device, requested with the adapter's limits and optional features. */
   device: GPUDevice;
   /** Human-readable adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
   name: string;
   /** True for software adapters (llvmpipe, SwiftShader, WARP): kernels pick CPU-friendly variants. */
   isCpu: boolean;
+  /** The device's limits that the package reads. */
   limits: GpuLimits;
+  /** Whether the device has `shader-f16` and `timestamp-query` enabled. */
   features: { shaderF16: boolean; timestampQuery: boolean };
   /** Messages of uncaptured WebGPU errors so far (such errors only drop the command). */
   errors: string[];
@@ -51,6 +65,11 @@ export interface Gpu {
 
 /** Thrown when no WebGPU adapter can be found; tests catch it to skip. */
 export class NoAdapterError extends Error {
+  /**
+   * Builds the message, which says how to install a driver.
+   *
+   * @param detail Appended to the message (e.g. why there is no adapter).
+   */
   constructor(detail = "") {
     super(
       "No WebGPU adapter found: install a GPU driver with Vulkan support, or " +
@@ -63,6 +82,7 @@ export class NoAdapterError extends Error {
 
 /** Options for {@linkcode requestGpu}. */
 export interface RequestGpuOptions {
+  /** Which adapter to ask for when there are several; "high-performance" by default. */
   powerPreference?: GPUPowerPreference;
   /** Features that must exist; a missing one is an error that names it. */
   requiredFeatures?: GPUFeatureName[];

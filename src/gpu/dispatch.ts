@@ -11,8 +11,11 @@ import type { Profiler } from "./profiler.ts";
 export interface Dispatch {
   /** Kernel name, for profiles and errors. */
   name: string;
+  /** The compiled compute pipeline. */
   pipeline: GPUComputePipeline;
+  /** Bind groups, set at group indices 0, 1, ... in order. */
   bindGroups: GPUBindGroup[];
+  /** Workgroup counts in x, y and z. */
   workgroups: readonly [number, number, number];
   /** Floating-point operations this dispatch does, for GFLOP/s reports (0 if unknown). */
   flops: number;

@@ -11,22 +11,31 @@ import type { Runtime } from "./runtime.ts";
 
 /** A range of a buffer, in bytes; the whole buffer when offset and size are absent. */
 export interface BufferRange {
+  /** The buffer to bind. */
   buffer: GPUBuffer;
+  /** Start of the range in bytes (0 by default); a multiple of the storage offset alignment. */
   offset?: number;
+  /** Length of the range in bytes; the rest of the buffer by default. */
   size?: number;
 }
 
 /** What {@linkcode makeDispatch} needs. */
 export interface DispatchSpec {
+  /** Kernel name, for the pipeline label, profiles and errors. */
   name: string;
+  /** WGSL source code. */
   code: string;
+  /** Entry-point function in `code`. */
   entryPoint: string;
+  /** Override constants for the pipeline (none by default). */
   constants?: OverrideConstants;
   /** Buffer bindings (storage, or a shared uniform buffer) by binding number. */
   buffers: Record<number, BufferRange>;
   /** Uniform parameters (u32 words; floats go through f32Bits) and their binding number. */
   uniform?: { binding: number; words: number[] };
+  /** Workgroup counts in x, y and z. */
   workgroups: readonly [number, number, number];
+  /** Floating-point operations the dispatch does, for GFLOP/s reports (0 by default). */
   flops?: number;
   /**
    * The most loop iterations one invocation runs, from the formula in the kernel's header,

@@ -10,8 +10,11 @@ import { debugLevel } from "./debug.ts";
 
 /** A WGSL kernel: its name (for errors and profiles) and source. */
 export interface KernelSource {
+  /** Kernel name, used as the pipeline label and in compile errors. */
   name: string;
+  /** WGSL source code. */
   code: string;
+  /** Entry-point function; "main" by default. */
   entryPoint?: string;
 }
 
@@ -20,6 +23,12 @@ export type OverrideConstants = Record<string, number>;
 
 /** A shader that failed to compile or validate. */
 export class ShaderError extends Error {
+  /**
+   * Builds the message from the kernel's name and the compiler's messages.
+   *
+   * @param kernel The kernel's name.
+   * @param detail What went wrong, e.g. `name.wgsl:line:column: message` lines.
+   */
   constructor(kernel: string, detail: string) {
     super(`Kernel "${kernel}" failed to compile: ${detail}`);
     this.name = "ShaderError";
@@ -37,10 +46,12 @@ export class ShaderError extends Error {
  * ```
  */
 export class PipelineCache {
+  /** The device pipelines are compiled for. */
   readonly device: GPUDevice;
   #modules = new Map<string, GPUShaderModule>();
   #pipelines = new Map<string, Promise<GPUComputePipeline>>();
 
+  /** An empty cache for `device`. */
   constructor(device: GPUDevice) {
     this.device = device;
   }

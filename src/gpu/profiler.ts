@@ -12,9 +12,13 @@ import type { Dispatch } from "./dispatch.ts";
 
 /** Totals for one kernel name. */
 export interface KernelTiming {
+  /** The dispatches' kernel name. */
   name: string;
+  /** Number of profiled dispatches with this name. */
   calls: number;
+  /** Total GPU time of those dispatches, in milliseconds. */
   ms: number;
+  /** Total floating-point operations of those dispatches (0 when unknown). */
   flops: number;
 }
 
@@ -29,7 +33,9 @@ export interface KernelTiming {
  * ```
  */
 export class Profiler {
+  /** The device whose dispatches are timed. */
   readonly device: GPUDevice;
+  /** Most dispatches that can be timed per step (at most 2048). */
   readonly capacity: number;
   #querySet: GPUQuerySet;
   #resolveBuffer: GPUBuffer;

@@ -14,9 +14,13 @@ import { Profiler } from "./profiler.ts";
 
 /** Everything GPU-side that kernels share. */
 export interface Runtime {
+  /** The adapter's name, limits and features, with the device. */
   gpu: Gpu;
+  /** The WebGPU device every buffer and pipeline belongs to (same as `gpu.device`). */
   device: GPUDevice;
+  /** The arena that allocates, frees and accounts for every GPU buffer. */
   arena: Arena;
+  /** Compiled compute pipelines, shared by every kernel built on this runtime. */
   pipelines: PipelineCache;
   /** Present with DEBUG=3 on adapters with timestamp-query. */
   profiler?: Profiler;
@@ -46,8 +50,8 @@ export async function createRuntime(options: RequestGpuOptions = {}): Promise<Ru
 export async function readBuffer(
   device: GPUDevice,
   buffer: GPUBuffer,
-  offset = 0,
-  bytes = buffer.size - offset,
+  offset: number = 0,
+  bytes: number = buffer.size - offset,
 ): Promise<ArrayBuffer> {
   const staging = device.createBuffer({
     size: Math.ceil(bytes / 4) * 4,
@@ -68,8 +72,8 @@ export async function readBuffer(
 export async function readF32(
   device: GPUDevice,
   buffer: GPUBuffer,
-  start = 0,
-  count = buffer.size / 4 - start,
+  start: number = 0,
+  count: number = buffer.size / 4 - start,
 ): Promise<Float32Array> {
   return new Float32Array(await readBuffer(device, buffer, start * 4, count * 4));
 }

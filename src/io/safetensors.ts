@@ -14,15 +14,21 @@ const BYTES: Record<SafeDtype | "U8", number> = { F32: 4, F16: 2, BF16: 2, U8: 1
 
 /** One tensor as stored in the header. */
 export interface SafeTensorInfo {
+  /** Element type as the header names it, e.g. "F32", "F16", "BF16" or "U8". */
   dtype: string;
+  /** Dimensions, outermost first. */
   shape: number[];
+  /** Start and end (exclusive) of the tensor's bytes in the data section. */
   data_offsets: [number, number];
 }
 
 /** A parsed file: header, metadata, and the data section. */
 export interface SafeTensorsFile {
+  /** Where the file was read from ("<memory>" for bytes parsed without a path). */
   path: string;
+  /** The header's tensors by name. */
   tensors: Map<string, SafeTensorInfo>;
+  /** The header's `__metadata__` strings (empty when there are none). */
   metadata: Record<string, string>;
   /** The bytes after the header. */
   data: Uint8Array;
@@ -192,7 +198,9 @@ function f32ToF16(x: number): number {
 
 /** A tensor to write. */
 export interface TensorToWrite {
+  /** Name in the header, e.g. "h.0.mlp.c_fc.weight". */
   name: string;
+  /** Dimensions, outermost first; their product must equal `data.length`. */
   shape: number[];
   /** Floats are written in the file's dtype; bytes (raw optimizer state) as U8. */
   data: Float32Array | Uint8Array;

@@ -31,7 +31,9 @@ import { dtypeBytes } from "../gpu/dtype.ts";
  * ```
  */
 export class Decoder {
+  /** The runtime the decoder's buffers and dispatches belong to. */
   readonly rt: Runtime;
+  /** The architecture of the model being decoded. */
   readonly config: GPT2Config;
   /** Context window (rows of the cache). */
   readonly T: number;

@@ -58,6 +58,7 @@ export interface GPT2Options {
   seed?: number | null;
   /** Gradient of the loss per position; default 1 / (B*T), the mean. */
   dloss?: number;
+  /** Options for every matmul the model builds (kernel choice, tile, binding limit). */
   matmul?: MatmulOptions;
   /** Forward only: no gradient buffer, no backward dispatches (eval, sampling). */
   inference?: boolean;
@@ -90,19 +91,31 @@ type LayerActs = Omit<BlockBuffers, "input"> & {
 /**
  * A GPT-2 model bound to a device and a batch shape.
  *
- * @example
+ * @example Forward and backward on one batch
  * ```ts
+ * import { createRuntime, GPT2, resolveConfig } from "@webgpu-gpt2/core";
+ *
  * const rt = await createRuntime();
  * const model = await GPT2.create(rt, resolveConfig("tiny"), { B: 2, T: 8 });
+ * const tokens = Array.from({ length: 2 * 8 }, (_, i) => i % 101);
+ * const targets = tokens.map((t) => (t + 1) % 101);
  * const loss = await model.forwardBackward(tokens, targets); // grads in model.grads
+ * console.log(loss, await model.readTensor("wte.weight", true));
+ * model.destroy();
  * ```
  */
 export class GPT2 {
+  /** The runtime the model's buffers and dispatches belong to. */
   readonly rt: Runtime;
+  /** The architecture, validated. */
   readonly config: GPT2Config;
+  /** Where each named parameter lies in `params` (and in `grads`). */
   readonly layout: ParamLayout;
+  /** Batch size: sequences per forward pass. */
   readonly B: number;
+  /** Sequence length: tokens per sequence. */
   readonly T: number;
+  /** Padded vocabulary: `vocabSize` rounded up to a multiple of 128 (rows of wte). */
   readonly Vp: number;
   /** All parameters, flat, f32 (views in `layout`). */
   readonly params: GPUBuffer;
@@ -591,8 +604,8 @@ export class GPT2 {
    * dropped). Only the last chunk of `logitsChunkRows` rows is kept.
    */
   async readLogits(
-    row0 = this.#logitsRows[0],
-    rows = this.B * this.T - row0,
+    row0: number = this.#logitsRows[0],
+    rows: number = this.B * this.T - row0,
   ): Promise<Float32Array> {
     const { Vp } = this, V = this.config.vocabSize;
     const [k0, kn] = this.#logitsRows;

@@ -20,9 +20,13 @@ import { matmul, matmulBiasBackward, type MatmulOptions, type Operand } from "./
 
 /** Sizes of a linear layer. */
 export interface LinearShape {
+  /** Rows of the input: batch size times sequence length. */
   BT: number;
+  /** Input channels. */
   C: number;
+  /** Output channels. */
   OC: number;
+  /** The layer has a bias [OC]. */
   bias: boolean;
 }
 

@@ -33,16 +33,21 @@ import biasBackwardSrc from "../../kernels/matmul_bias_backward.wgsl" with { typ
 
 /** The product to compute. Dimensions and strides are in elements. */
 export interface MatmulShape {
+  /** Rows of C and of op(A). */
   M: number;
+  /** Columns of C and of op(B). */
   N: number;
+  /** The summed dimension: columns of op(A), rows of op(B). */
   K: number;
   /** A is stored [K, M] (so op(A) = Aᵀ). */
   transA?: boolean;
   /** B is stored [N, K] (so op(B) = Bᵀ). */
   transB?: boolean;
-  /** Row strides; default to the stored row length. */
+  /** Row stride of A as stored; default its row length (M when `transA`, else K). */
   lda?: number;
+  /** Row stride of B as stored; default its row length (K when `transB`, else N). */
   ldb?: number;
+  /** Row stride of C; default N. */
   ldc?: number;
   /** Add bias[N] to every row. */
   bias?: boolean;
@@ -52,15 +57,21 @@ export interface MatmulShape {
 
 /** A buffer and the element offset where an operand starts in it. */
 export interface Operand {
+  /** The buffer holding the operand (f32 or f16, as allocated). */
   buffer: GPUBuffer;
+  /** Where the operand starts, in elements (not bytes); 0 by default. */
   offset?: number;
 }
 
 /** Operands of a matmul. */
 export interface MatmulOperands {
+  /** A: [M, K], or [K, M] with `transA`. */
   a: Operand;
+  /** B: [K, N], or [N, K] with `transB`. */
   b: Operand;
+  /** C: [M, N], the output (added to with `accumulate`). */
   c: Operand;
+  /** bias: [N], required with `bias: true`. */
   bias?: Operand;
 }
 

@@ -38,8 +38,11 @@ const encoderWords = (w: number[]) => [...w, ...new Array(12 - w.length).fill(0)
 
 /** A tensor inside a flat buffer: offset and size in f32 elements. */
 export interface TensorRange {
+  /** The flat buffer (parameters, gradients or their f16 copy). */
   buffer: GPUBuffer;
+  /** Where the tensor starts, in elements of the buffer (not bytes). */
   offset: number;
+  /** Number of elements in the tensor. */
   size: number;
 }
 

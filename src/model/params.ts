@@ -13,10 +13,13 @@ import { type GPT2Config, paddedVocab } from "./config.ts";
 
 /** One tensor's place in the flat buffer (offset and size in elements). */
 export interface TensorView {
+  /** Hugging Face name, e.g. "h.0.attn.c_attn.weight". */
   name: string;
+  /** Dimensions, outermost first (Conv1D weights are [in, out]). */
   shape: number[];
   /** Element offset in the flat buffer; a multiple of 64 (256 bytes). */
   offset: number;
+  /** Number of elements: the product of `shape`. */
   size: number;
   /** Weight decay applies (matrices and embeddings, not biases or LayerNorm). */
   decay: boolean;
@@ -24,7 +27,9 @@ export interface TensorView {
 
 /** The whole layout. */
 export interface ParamLayout {
+  /** Every tensor, in the flat buffer's order. */
   tensors: TensorView[];
+  /** The same tensors by Hugging Face name. */
   byName: Map<string, TensorView>;
   /** Elements in the flat buffer, alignment padding included. */
   totalElements: number;

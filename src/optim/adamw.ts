@@ -28,9 +28,16 @@ const adamwSrc = withStep(adamwBody);
 
 /** AdamW hyperparameters (PyTorch's names and defaults, nanoGPT's betas). */
 export interface AdamWConfig {
+  /** Decay rate of the first-moment (gradient mean) estimate m, e.g. 0.9. */
   beta1: number;
+  /** Decay rate of the second-moment (squared gradient) estimate v, e.g. 0.95. */
   beta2: number;
+  /** Added to the square root of the bias-corrected v so the update never divides by zero. */
   eps: number;
+  /**
+   * Decoupled weight decay: each step subtracts `lr * weightDecay * p` from tensors with
+   * `decay` (matrices and embeddings, not biases or LayerNorm).
+   */
   weightDecay: number;
   /** Clip the global gradient norm to this; 0 disables clipping. */
   gradClip: number;
@@ -42,14 +49,24 @@ export interface Optimizer {
   readonly dispatches: Dispatch[];
   /** [loss, grad norm, non-finite gradient count, 0] f32. */
   readonly stats: GPUBuffer;
+  /**
+   * Writes the per-step values (learning rate `lr`, bias corrections for step `t`, 1-based,
+   * loss scale) before the step's dispatches run.
+   */
   setStep(t: number, lr: number, options?: StepOptions): void;
+  /** The optimizer state as named tensors, for a checkpoint's safetensors file. */
   readState(): Promise<TensorToWrite[]>;
+  /** Restores state saved from {@linkcode readState}; throws when it does not fit. */
   writeState(file: SafeTensorsFile): void;
+  /** Bytes of optimizer state on the GPU. */
   readonly stateBytes: number;
   /** Offloaded state: encode only `normDispatches`, submit, then await `runOffloaded()`. */
   readonly offloaded?: boolean;
+  /** Only the grad-norm dispatches: the part of the step encoded with the backward pass. */
   readonly normDispatches?: Dispatch[];
+  /** Offloaded state only: streams the state through the GPU and updates every piece. */
   runOffloaded?(): Promise<void>;
+  /** Frees the state and every buffer the optimizer made. */
   destroy(): void;
 }
 
@@ -198,19 +215,39 @@ export async function gradNormDispatches(
 /**
  * fp32 AdamW for one model's flat buffers.
  *
- * @example
+ * @example One optimizer step after a backward pass
  * ```ts
+ * import {
+ *   AdamW,
+ *   createRuntime,
+ *   GPT2,
+ *   readF32,
+ *   resolveConfig,
+ *   runDispatches,
+ * } from "@webgpu-gpt2/core";
+ *
+ * const rt = await createRuntime();
+ * const model = await GPT2.create(rt, resolveConfig("tiny"), { B: 1, T: 8 });
  * const opt = await AdamW.create(rt, model.layout, { params: model.params, grads: model.grads });
- * opt.setStep(1, 6e-4);
- * // encode opt.dispatches after the backward pass, then read opt.stats for the norm
+ * const tokens = [1, 2, 3, 4, 5, 6, 7, 8];
+ * await model.forwardBackward(tokens, [...tokens.slice(1), 9]); // gradients in model.grads
+ * opt.setStep(1, 6e-4); // step 1 at learning rate 6e-4
+ * await runDispatches(rt.device, opt.dispatches); // clip to the global norm, then update
+ * model.markParamsChanged();
+ * const [, gradNorm] = await readF32(rt.device, opt.stats);
+ * console.log(gradNorm);
  * ```
  */
 export class AdamW {
+  /** The runtime the optimizer's buffers and dispatches belong to. */
   readonly rt: Runtime;
+  /** The hyperparameters, defaults filled in. */
   readonly config: AdamWConfig;
+  /** The parameter layout the state follows (the model's). */
   readonly layout: ParamLayout;
-  /** First and second moments, flat, same layout as the parameters. */
+  /** First moments (m), flat f32, same layout as the parameters. */
   readonly m: GPUBuffer;
+  /** Second moments (v), flat f32, same layout as the parameters. */
   readonly v: GPUBuffer;
   /** [loss, grad norm, non-finite count, 0] as f32, written by the grad_norm dispatches. */
   readonly stats: GPUBuffer;

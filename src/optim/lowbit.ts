@@ -42,6 +42,7 @@ const [adamwSrc, adamw8Src, adamw4Src] = [adamwBody, adamw8Body, adamw4Body].map
 
 /** Options of the low-bit optimizers. */
 export interface LowBitConfig extends AdamWConfig {
+  /** Bits per state value: 8 (adamw8bit) or 4 (adamw4bit). */
   bits: 8 | 4;
   /** 8-bit block size: 4 x a power of two, 4..1024 (default 256). */
   block8: number;
@@ -77,19 +78,27 @@ function pieceExtents(p: StatePiece, block8: number): Record<StateKind, [number,
 
 /** How one piece of one tensor keeps its state. */
 export interface StatePiece {
+  /** Hugging Face name of the tensor the piece belongs to. */
   name: string;
+  /** How the state is kept: fp32, 8-bit codes (q8) or 4-bit codes (q4). */
   kind: "fp32" | "q8" | "q4";
-  /** Parameter range, elements. */
+  /** Start of the parameter range, in elements of the flat buffer. */
   offset: number;
+  /** Elements in the parameter range. */
   size: number;
+  /** Weight decay applies to this tensor. */
   decay: boolean;
   /** q4 rank-1 shape (rows * cols = size); rows 0 for block-wise (1-D). */
   rows: number;
+  /** Columns of the q4 rank-1 shape; 0 for block-wise. */
   cols: number;
-  /** State offsets: fp32 floats, code words, absmax floats, rank-1 scale floats. */
+  /** Offset of the fp32 m and v state, in floats (fp32 pieces). */
   f32: number;
+  /** Offset of the m and v codes, in u32 words (q8 and q4 pieces). */
   words: number;
+  /** Offset of the per-block absmax values of m and v, in floats (q8 and q4 pieces). */
   abs: number;
+  /** Offset of the rank-1 row and column scales, in floats (q4 pieces with rows). */
   scales: number;
 }
 
@@ -150,18 +159,37 @@ export function statePieces(
 /**
  * Low-bit AdamW for one model's flat buffers.
  *
- * @example
+ * @example A 4-bit step after a backward pass
  * ```ts
+ * import {
+ *   createRuntime,
+ *   GPT2,
+ *   LowBitAdamW,
+ *   resolveConfig,
+ *   runDispatches,
+ * } from "@webgpu-gpt2/core";
+ *
+ * const rt = await createRuntime();
+ * const model = await GPT2.create(rt, resolveConfig("gpt2-mini"), { B: 1, T: 64 });
  * const opt = await LowBitAdamW.create(rt, model.layout, model, { bits: 4 });
- * opt.setStep(1, 1e-3); // then encode opt.dispatches after the backward pass
+ * console.log(opt.summary()); // how many parameters have 4-bit state
+ * const tokens = Array.from({ length: 64 }, (_, i) => 100 + i);
+ * await model.forwardBackward(tokens, tokens.map((t) => t + 1));
+ * opt.setStep(1, 1e-3); // step 1 at learning rate 1e-3
+ * await runDispatches(rt.device, opt.dispatches);
+ * model.markParamsChanged();
  * ```
  */
 export class LowBitAdamW {
+  /** The runtime the optimizer's buffers and dispatches belong to. */
   readonly rt: Runtime;
+  /** The settings, defaults filled in. */
   readonly config: LowBitConfig;
+  /** How each piece of each tensor keeps its state, in layout order. */
   readonly pieces: StatePiece[];
   /** [loss, grad norm]. */
   readonly stats: GPUBuffer;
+  /** grad_norm dispatches, then each piece's update dispatches (empty with offload). */
   dispatches: Dispatch[] = [];
   /** GPU state: all of it, or (offload) a window for one piece. */
   #state: Record<StateKind, GPUBuffer>;

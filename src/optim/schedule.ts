@@ -15,9 +15,13 @@
 
 /** One piece: `steps` long (Infinity for the last), from `from` to `to`. */
 export interface Segment {
+  /** How the rate moves from `from` to `to`: linearly, along half a cosine, or not at all. */
   shape: "linear" | "cosine" | "constant";
+  /** Optimizer steps the segment lasts (Infinity for the last). */
   steps: number;
+  /** Learning rate at the segment's first step (the rate throughout when constant). */
   from: number;
+  /** Learning rate the segment ends at. */
   to: number;
 }
 
@@ -26,8 +30,11 @@ export type Schedule = Segment[];
 
 /** Options of the named schedules. */
 export interface ScheduleOptions {
+  /** Peak learning rate, reached at the end of the warmup. */
   lr: number;
+  /** Final learning rate of cosine and wsd. */
   minLr: number;
+  /** Steps of linear warmup from lr / warmup to lr (0 for none). */
   warmup: number;
   /** Total optimizer steps (cosine end, wsd end). */
   steps: number;

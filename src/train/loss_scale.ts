@@ -13,32 +13,47 @@ export interface LossScalerOptions {
   init?: number;
   /** Clean steps before the scale doubles (default 2000). */
   window?: number;
-  /** Bounds of the scale (default 1 and 2^24); growth stops at max. */
+  /** Lowest scale an overflow can halve it to (default 1). */
   min?: number;
+  /** Highest scale; doubling stops here (default 2^24). */
   max?: number;
 }
 
 /** The scale and its clean-step counter, as saved in checkpoints. */
 export interface LossScalerState {
+  /** The current loss scale. */
   scale: number;
+  /** Clean steps in a row since the scale last changed. */
   goodSteps: number;
 }
 
 /**
+ * Tracks the loss scale of mixed-precision training: halved when a step's gradients
+ * overflow, doubled after `window` clean steps in a row.
+ *
  * @example
  * ```ts
+ * import { LossScaler } from "@webgpu-gpt2/core";
+ *
  * const scaler = new LossScaler({ init: 2 ** 16 });
- * // ... train a step with model.setLossScale(scaler.scale) ...
+ * // ... train a step with model.setLossScale(scaler.scale), count non-finite gradients ...
+ * const nonFiniteGradients = 0;
  * scaler.update(nonFiniteGradients > 0); // halves on overflow
  * ```
  */
 export class LossScaler {
+  /** The scale the loss gradient is multiplied by now. */
   scale: number;
+  /** Clean steps in a row since the scale last changed. */
   goodSteps = 0;
+  /** Clean steps in a row before the scale doubles. */
   readonly window: number;
+  /** Lowest scale. */
   readonly min: number;
+  /** Highest scale. */
   readonly max: number;
 
+  /** A scaler with the given options; throws on a non-positive scale or window. */
   constructor(o: LossScalerOptions = {}) {
     this.scale = o.init ?? 2 ** 16;
     this.window = o.window ?? 2000;
@@ -65,6 +80,7 @@ export class LossScaler {
     }
   }
 
+  /** The scale and clean-step counter, to save in a checkpoint and restore on resume. */
   get state(): LossScalerState {
     return { scale: this.scale, goodSteps: this.goodSteps };
   }

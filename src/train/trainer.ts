@@ -42,29 +42,41 @@ import { formatDuration, JsonlLog, lossCurveSvg } from "./log.ts";
 
 /** Everything a run needs; `deno task train` fills it from flags. */
 export interface TrainConfig {
-  /** Model name (for logs) and its resolved architecture. */
+  /** Model name, for logs and the loss curve's title. */
   modelName: string;
+  /** The architecture to train (a resumed or `init` checkpoint's own config wins). */
   model: GPT2Config;
   /** Shard folder, .bin shard or .txt file; undefined: the default corpus. */
   data?: string;
   /** Run directory: log.jsonl, loss.svg, checkpoints/. */
   out: string;
+  /** Sequences per micro-batch (B). */
   batch: number;
+  /** Tokens per sequence (T). */
   seq: number;
   /** Tokens per optimizer step; a multiple of batch*seq (gradient accumulation). */
   totalBatch: number;
   /** Optimizer steps to reach (a resumed run continues up to this). */
   steps: number;
+  /** Learning-rate schedule: constant, cosine, wsd or a piecewise spec (see makeSchedule). */
   schedule: string;
+  /** Peak learning rate. */
   lr: number;
+  /** Final learning rate of cosine and wsd. */
   minLr: number;
+  /** Optimizer steps of linear warmup to `lr`. */
   warmup: number;
   /** wsd: steps of the final decay. */
   decaySteps?: number;
+  /** AdamW's decoupled weight decay (matrices and embeddings only). */
   weightDecay: number;
+  /** AdamW's first-moment decay rate. */
   beta1: number;
+  /** AdamW's second-moment decay rate. */
   beta2: number;
+  /** AdamW's epsilon, added to the root of the second moment. */
   eps: number;
+  /** Clip the global gradient norm to this; 0 disables clipping. */
   gradClip: number;
   /** adamw (fp32 state), adamw8bit or adamw4bit. */
   optimizer?: "adamw" | "adamw8bit" | "adamw4bit";
@@ -80,16 +92,25 @@ export interface TrainConfig {
   logitsChunkRows?: number;
   /** fp16: mixed precision where the adapter has shader-f16 (default fp32). */
   precision?: Precision;
-  /** Mixed precision: first loss scale (default 65536) and clean steps before it doubles (2000). */
+  /** Mixed precision: the first loss scale (default 65536). */
   lossScale?: number;
+  /** Mixed precision: clean steps in a row before the loss scale doubles (default 2000). */
   lossScaleWindow?: number;
+  /** Seeds parameter initialisation, the data shuffle and the samples. */
   seed: number;
+  /** Read shards and windows in a seeded random order, reshuffled every epoch. */
   shuffle: boolean;
+  /** Steps between validations (and one at the last step); 0 never validates. */
   valEvery: number;
+  /** Batches of the validation split averaged per validation (at most one epoch). */
   valBatches: number;
+  /** Steps between printed samples; 0 prints none during the run. */
   sampleEvery: number;
+  /** Tokens per sample; 0 also skips the sample after the final checkpoint. */
   sampleTokens: number;
+  /** Steps between checkpoints; 0 saves only the final one. */
   saveEvery: number;
+  /** How many of the newest checkpoints to keep (at least 1); older ones are removed. */
   keep: number;
   /** Start from this Hugging Face GPT-2 directory (fine-tuning). */
   init?: string;
@@ -97,11 +118,13 @@ export interface TrainConfig {
   resume?: string;
   /** HellaSwag file (jsonl or llama.cpp text) scored every `hellaswagEvery` steps. */
   hellaswag?: string;
+  /** Steps between HellaSwag scorings (and one at the last step); 0 or unset never scores. */
   hellaswagEvery?: number;
   /** Items scored each time (the first N). */
   hellaswagLimit?: number;
   /** Peak TFLOP/s of the device, for MFU; unknown when 0. */
   peakTflops: number;
+  /** Matmul kernel for every product (default: regblock on CPU adapters, tiled on GPUs). */
   matmul?: MatmulImpl;
   /** Where tokenized text files are cached. */
   cacheDir: string;
@@ -113,6 +136,7 @@ export interface TrainConfig {
    * or gradient norm always stops).
    */
   divergence?: number;
+  /** Steps whose median loss the divergence guard compares against (default 50). */
   divergenceWindow?: number;
   /** fp16: stop after this many overflowed (skipped) steps in a row (default 20). */
   maxOverflows?: number;
@@ -126,9 +150,13 @@ export interface TrainResult {
   checkpoint: string;
   /** Loss of every optimizer step this run took, in order. */
   losses: number[];
+  /** The step the run ended at, counted from the start of training (resumed steps included). */
   lastStep: number;
+  /** True when the run stopped before `steps` (Ctrl-C, or a `stopAfter` hook). */
   stopped: boolean;
+  /** The last validation loss; undefined when the run never validated. */
   valLoss?: number;
+  /** Text sampled after the final checkpoint; undefined when `sampleTokens` is 0. */
   sample?: string;
 }
 
@@ -163,6 +191,43 @@ function median(xs: number[]): number {
 /**
  * Runs (or resumes) training. The run directory is locked for the run's length;
  * one that holds checkpoints is refused unless resuming or `overwrite` is set.
+ *
+ * @example Train gpt2-mini on a text file
+ * ```ts
+ * import { createRuntime, resolveConfig, train } from "@webgpu-gpt2/core";
+ *
+ * const rt = await createRuntime();
+ * const result = await train(rt, {
+ *   modelName: "gpt2-mini",
+ *   model: resolveConfig("gpt2-mini"),
+ *   data: "corpus.txt", // tokenized once into cacheDir
+ *   out: "runs/mini",
+ *   batch: 4,
+ *   seq: 256,
+ *   totalBatch: 8 * 256, // two micro-batches per optimizer step
+ *   steps: 200,
+ *   schedule: "cosine",
+ *   lr: 1e-3,
+ *   minLr: 1e-4,
+ *   warmup: 20,
+ *   weightDecay: 0.1,
+ *   beta1: 0.9,
+ *   beta2: 0.95,
+ *   eps: 1e-8,
+ *   gradClip: 1,
+ *   seed: 1337,
+ *   shuffle: true,
+ *   valEvery: 50,
+ *   valBatches: 10,
+ *   sampleEvery: 100,
+ *   sampleTokens: 64,
+ *   saveEvery: 100,
+ *   keep: 2,
+ *   peakTflops: 0,
+ *   cacheDir: "runs/data",
+ * }, { print: (line) => console.log(line) });
+ * console.log(result.checkpoint, result.losses.at(-1), result.valLoss);
+ * ```
  */
 export async function train(
   rt: Runtime,
