@@ -15,6 +15,7 @@
 
 import type { GPT2Config } from "../model/config.ts";
 import { configFromHf, hfConfigJson, matchTensors } from "./hf.ts";
+import { loadLlmcCheckpoint } from "./llmc.ts";
 import {
   encodeSafetensors,
   readSafetensors,
@@ -33,10 +34,15 @@ export const CHECKPOINT_FILES = {
 
 /** What a saved checkpoint holds, parsed and checked. */
 export interface LoadedCheckpoint {
+  /** The directory (or llm.c model file) it was read from. */
   dir: string;
+  /** The architecture, from config.json. */
   config: GPT2Config;
+  /** The weights (model.safetensors), Hugging Face names. */
   model: SafeTensorsFile;
+  /** The optimizer state (optimizer.safetensors); undefined when the file is absent. */
   optimizer?: SafeTensorsFile;
+  /** trainer_state.json as parsed (step, schedule, data cursor, run config, ...). */
   trainer?: Record<string, unknown>;
 }
 
@@ -132,8 +138,14 @@ export async function listCheckpoints(root: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Reads and checks a checkpoint (or any HF GPT-2 directory); nothing is written. */
+/**
+ * Reads and checks a checkpoint (or any HF GPT-2 directory, or an llm.c model
+ * file); nothing is written.
+ */
 export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
+  if (/\.bin$/i.test(dir) && (await Deno.stat(dir).catch(() => undefined))?.isFile) {
+    return await loadLlmcCheckpoint(dir); // an llm.c model file
+  }
   const configPath = `${dir}/${CHECKPOINT_FILES.config}`;
   let json: Record<string, unknown>;
   try {
