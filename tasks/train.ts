@@ -17,25 +17,27 @@ import { train, type TrainConfig } from "../src/train/trainer.ts";
 const DEFAULTS = {
   model: "gpt2-mini",
   out: "",
-  batch: 8,
-  seq: 128,
+  // Measured on a 2-core CPU adapter (README): in the same minutes, 600 steps of 4 x 64 tokens
+  // reach a lower validation loss than 150 steps of 8 x 128 (6.5 against 6.65).
+  batch: 4,
+  seq: 64,
   "total-batch": 0,
-  steps: 150,
+  steps: 600,
   schedule: "cosine",
   lr: 1e-3,
   "min-lr": 1e-4,
-  warmup: 20,
+  warmup: 50,
   "weight-decay": 0.1,
   beta1: 0.9,
   beta2: 0.95,
   eps: 1e-8,
   "grad-clip": 1.0,
   seed: 1337,
-  "val-every": 50,
+  "val-every": 100,
   "val-batches": 8,
   "sample-every": 0,
   "sample-tokens": 48,
-  "save-every": 100,
+  "save-every": 200,
   keep: 3,
   "peak-tflops": 0,
   "cache-dir": "runs/data",
@@ -212,7 +214,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   }
   // With --init and no --model the model is the checkpoint's: name it after the directory.
   const initName = v.init !== undefined && v.model === undefined
-    ? `init:${basename(String(v.init))}`
+    ? `init:${basename(String(v.init)).replace(/\.bin$/i, "")}`
     : undefined;
   const modelName = String(v.model ?? initName ?? DEFAULTS.model);
   const out = String(v.out ?? `runs/${modelName.replace(/^init:/, "")}`);

@@ -414,7 +414,7 @@ Deno.test("a schedule is described in words; constant means constant unless --wa
   equal(w.warmup, 5);
   const cos = await parseTrainArgs([]);
   ok(cos !== "help");
-  equal(cos.warmup, 20);
+  equal(cos.warmup, 50); // the default run's warmup (tasks/train.ts DEFAULTS)
 });
 
 Deno.test("--init without --model names the run after the checkpoint, not the default preset", async () => {
