@@ -14,6 +14,7 @@ import { encodeShard, sha256Hex } from "../src/data/shard.ts";
 import { readShard } from "../src/data/shard.ts";
 import { decodeTokens } from "../src/data/tokenizer.ts";
 import type { Runtime } from "../src/gpu/runtime.ts";
+import { lockRunDir } from "../src/train/run_dir.ts";
 import { gpuTest, hasF16 } from "./_harness.ts";
 import { syntheticText } from "./_train_config.ts";
 
@@ -157,19 +158,14 @@ gpuTest(
   "a run directory is locked; one with checkpoints needs --resume or --overwrite",
   async (rt) => {
     await inDir(async (dir) => {
-      // A second run into the same --out while the first holds it is refused.
-      let second: Promise<{ error?: Error }> | undefined;
-      const c = await parseTrainArgs(flags(dir, "--steps", "3"));
-      ok(c !== "help");
-      const first = await train(rt, c, {
-        print: () => {},
-        stopAfter: (s) => {
-          if (s === 1) second = cli(rt, flags(dir, "--steps", "3"));
-          return false;
-        },
-      });
-      match(String((await second!).error), /run is in use by process \d+ .*another --out/);
-      equal(first.lastStep, 3);
+      // A second run into an --out that a live run holds is refused (here the holder is this
+      // process, as a first run started from another shell would be).
+      const held = await lockRunDir(`${dir}/run`);
+      const second = await cli(rt, flags(dir, "--steps", "3"));
+      match(String(second.error), /run is in use by process \d+ .*another --out/);
+      await held.release();
+      const first = await cli(rt, flags(dir, "--steps", "3"));
+      equal(first.result?.lastStep, 3, String(first.error));
       deepEqual(await steps(dir), [1, 2, 3]);
 
       // Training again into it without --resume changes nothing.
