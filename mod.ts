@@ -137,6 +137,7 @@ export {
   type LoaderOptions,
   openShards,
   type OpenShardsOptions,
+  OutOfVocabularyError,
   type ShardInfo,
   type TokenBatch,
   TokenLoader,

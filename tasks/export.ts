@@ -10,7 +10,7 @@
  */
 
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
-import { hfConfigJson, matchTensors } from "../src/io/hf.ts";
+import { hfConfigJson, hfShape, matchTensors } from "../src/io/hf.ts";
 import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
 import { encodeLlmc } from "../src/io/llmc.ts";
 import { encodeSafetensors, type SafeDtype, tensorF32 } from "../src/io/safetensors.ts";
@@ -68,7 +68,7 @@ export async function main(argv: string[]): Promise<number> {
       await Deno.mkdir(tmp, { recursive: true });
       const tensors = parameterLayout(ck.config).tensors.map((t) => ({
         name: t.name,
-        shape: t.name === "wte.weight" ? [ck.config.vocabSize, ck.config.nEmbd] : t.shape,
+        shape: hfShape(t, ck.config),
         data: tensor(t.name),
       }));
       const sd = DTYPES[dtype];

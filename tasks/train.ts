@@ -147,11 +147,19 @@ const NUMBER_FLAGS: Record<string, NumberRule> = {
   "n-ctx": "positive-integer",
 };
 
-/** Settings a resumed run cannot change: its parameters and optimizer state have them. */
-const FIXED_ON_RESUME: [flag: string, key: keyof TrainConfig][] = [
-  ["optimizer", "optimizer"],
-  ["optimizer-block", "optimizerBlock"],
+/** Settings a resumed run cannot change (its optimizer state has them), with their defaults. */
+const FIXED_ON_RESUME: [flag: string, key: keyof TrainConfig, dflt: string | number][] = [
+  ["optimizer", "optimizer", "adamw"],
+  ["optimizer-block", "optimizerBlock", 256],
 ];
+
+/** The flags that override a preset's shape, and the GPT2Config field each sets. */
+const SHAPE_FLAGS = {
+  "n-layer": "nLayer",
+  "n-head": "nHead",
+  "n-embd": "nEmbd",
+  "n-ctx": "nCtx",
+} as const;
 
 /** Parses flags into a TrainConfig (throws a clear error on a bad flag or value). */
 export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "help"> {
@@ -241,27 +249,17 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     const st = JSON.parse(await Deno.readTextFile(`${resume}/trainer_state.json`));
     base = st.config as Partial<TrainConfig>;
   }
-  const requested = () =>
-    resolveConfig(initName ? DEFAULTS.model : modelName, { // --init: replaced by its config
-      nLayer: num("n-layer"),
-      nHead: num("n-head"),
-      nEmbd: num("n-embd"),
-      nCtx: num("n-ctx"),
-    });
+  const overrides: Partial<GPT2Config> = {};
+  for (const [flag, key] of Object.entries(SHAPE_FLAGS)) {
+    if (v[flag] !== undefined) overrides[key] = num(flag);
+  }
   if (base.model) {
     // A resumed model keeps its shape: a flag that asks for another is an error.
     // --model names a preset's shape only when it is not the run's own model name.
     const preset = v.model !== undefined && v.model !== base.modelName
       ? resolveConfig(String(v.model))
       : {};
-    const want: GPT2Config = {
-      ...base.model,
-      ...preset,
-      ...Object.fromEntries(
-        [["n-layer", "nLayer"], ["n-head", "nHead"], ["n-embd", "nEmbd"], ["n-ctx", "nCtx"]]
-          .filter(([f]) => v[f] !== undefined).map(([f, k]) => [k, num(f)]),
-      ),
-    };
+    const want: GPT2Config = { ...base.model, ...preset, ...overrides };
     const diff = (Object.keys(base.model) as (keyof typeof base.model)[])
       .filter((k) => want[k] !== base.model![k])
       .map((k) => `${k} ${want[k]} (the checkpoint has ${base.model![k]})`);
@@ -272,7 +270,8 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
       );
     }
   }
-  const model = base.model ?? requested();
+  // --init: the preset is replaced by the checkpoint's config.
+  const model = base.model ?? resolveConfig(initName ? DEFAULTS.model : modelName, overrides);
   const pick = <T>(flag: string, key: keyof TrainConfig, dflt: T): T =>
     (v[flag] !== undefined
       ? (typeof dflt === "number" ? num(flag) : v[flag])
@@ -334,8 +333,8 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     maxOverflows: pick("max-overflows", "maxOverflows", 20),
   };
   if (resume) {
-    for (const [flag, key] of FIXED_ON_RESUME) {
-      const was = base[key] ?? (key === "optimizer" ? "adamw" : 256);
+    for (const [flag, key, dflt] of FIXED_ON_RESUME) {
+      const was = base[key] ?? dflt;
       if (v[flag] !== undefined && config[key] !== was) {
         throw new TypeError(
           `--resume ${resume}: --${flag} ${config[key]} differs from the checkpoint's ${was}; ` +
@@ -361,11 +360,9 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
 /** The TrainConfig key of a flag: kebab-case to camelCase, plus the odd ones. */
 function flagKey(flag: string): keyof TrainConfig | undefined {
   const odd: Record<string, keyof TrainConfig> = { "logits-chunk": "logitsChunkRows" };
-  if (shapeFlag(flag)) return undefined; // checked above
+  if (flag in SHAPE_FLAGS) return undefined; // checked above
   return odd[flag] ?? (flag.replace(/-(\w)/g, (_, ch) => ch.toUpperCase()) as keyof TrainConfig);
 }
-
-const shapeFlag = (f: string) => ["n-layer", "n-head", "n-embd", "n-ctx"].includes(f);
 
 if (import.meta.main) {
   let config: TrainConfig | "help";

