@@ -45,8 +45,8 @@ export {
   type MatmulOptions,
   type MatmulShape,
   type Operand,
-} from "./src/model/matmul.ts";
-export { linearBackward, linearForward, type LinearShape } from "./src/model/linear.ts";
+} from "./src/model/ops/matmul.ts";
+export { linearBackward, linearForward, type LinearShape } from "./src/model/ops/linear.ts";
 export {
   checkSequenceLength,
   GPT2_VOCAB_SIZE,
@@ -64,7 +64,7 @@ export {
   type TensorView,
 } from "./src/model/params.ts";
 export { GPT2, type GPT2Options, IGNORE_TARGET } from "./src/model/gpt2.ts";
-export { type TensorRange } from "./src/model/ops.ts";
+export { type TensorRange } from "./src/model/ops/tensor.ts";
 export { Decoder } from "./src/model/decode.ts";
 export { type Precision, type Recompute } from "./src/model/plan.ts";
 export {

@@ -13,7 +13,7 @@ import { createRuntime } from "../src/gpu/runtime.ts";
 import { type Dispatch, runDispatches } from "../src/gpu/dispatch.ts";
 import type { DType } from "../src/gpu/dtype.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
-import { flashAttentionBackward, flashAttentionForward } from "../src/model/ops.ts";
+import { flashAttentionBackward, flashAttentionForward } from "../src/model/ops/mod.ts";
 import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 
 /** `deno task bench attention [--shapes B,T,NH,C;...] [--reps 3] [--dtype f32,f16]` */

@@ -7,7 +7,7 @@
 
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { createRuntime, type Runtime } from "../src/gpu/runtime.ts";
-import { matmul, type MatmulImpl, type MatmulShape } from "../src/model/matmul.ts";
+import { matmul, type MatmulImpl, type MatmulShape } from "../src/model/ops/matmul.ts";
 import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 
 async function timeProduct(

@@ -12,7 +12,7 @@
 //          through their maxima (the log-sum-exp trick), in order: deterministic.
 //
 // Loop bound per invocation: partial DK/64 * (HS + 2) + 12 + ceil(HS/64) * DK (= 542 for
-// HS = 64); combine ceil(HS/64) * 2 * (t/DK + 1) (t < maxT, checked in src/model/ops.ts).
+// HS = 64); combine ceil(HS/64) * 2 * (t/DK + 1) (t < maxT, checked in src/model/ops/attention_decode.ts).
 //
 // Shapes: q1 [3C] (the new token's q | k | v; only q is read), cache [maxT, 3C] (rows 0..t
 // hold q | k | v of every position, row t included), out [C], partial [NH, S, HS + 2] with

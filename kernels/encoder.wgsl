@@ -15,7 +15,7 @@
 // budget; a run that crosses a cut is summed in two parts, one per dispatch.
 //
 // Loop bound per invocation: forward 0; backward_wpe B; backward_wte s1 - s0 (at most
-// 32768, src/model/ops.ts).
+// 32768, src/model/ops/encoder.ts).
 //
 // Bindings: see each entry point; params at binding 7.
 // Geometry: workgroup (64,1,1); forward and backward_wte over BT*C invocations,

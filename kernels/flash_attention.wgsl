@@ -17,7 +17,7 @@
 // atomics, so FA2's single-pass dq (atomicAdd) would be either racy or non-deterministic.
 //
 // Split-KV: the key range (forward, dq) or query range (dkv) is cut into chunks of KC rows,
-// one dispatch a chunk, in order (src/model/ops.ts picks KC from the loop bound below).
+// one dispatch a chunk, in order (src/model/ops/attention.ts picks KC from the loop bound below).
 // Dispatch 0 writes; each later one merges into what is there: the forward combines its
 // partial softmax with the stored (out, lse) through log-sum-exp, dq and dk|dv add. So the
 // combine step needs no partial buffers and the sums keep one fixed order: deterministic.
@@ -36,7 +36,7 @@
 //   all three: NT * (1 + L + (BK/4) * (1 + 2*HS4*(1 + R) + R)) + R * (1 + E*HS4)
 //   with R = ROWS and E = 2 (forward), 6 (dq), 11 (dkv) for the loads and stores of a row
 //   delta:   HS
-// (src/model/ops.ts computes the same formulas and keeps them under the budget.)
+// (src/model/ops/attention.ts computes the same formulas and keeps them under the budget.)
 //
 // Shapes: qkv/dqkv [B, T, 3C] (q | k | v, head h at channels h*HS..), out/dout [B, T, C],
 // lse/delta [B, NH, T]. HS = C / NH at most 128 (GPT-2's is 64); BK * HS4 <= 512.

@@ -11,7 +11,7 @@
 // so that one invocation's walk stays within the loop budget at any B*T.
 //
 // Loop bound per invocation: forward 3C; backward_input 2C; backward_params n1 - n0
-// (at most 32768, src/model/ops.ts).
+// (at most 32768, src/model/ops/layernorm.ts).
 //
 // out's element type is the alias out_t (f32, or f16 through src/gpu/dtype.ts); the
 // statistics and every other tensor are f32.

@@ -5,7 +5,7 @@ import { runDispatches } from "../src/gpu/dispatch.ts";
 import { ShaderError } from "../src/gpu/pipelines.ts";
 import { Profiler } from "../src/gpu/profiler.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
-import { matmul } from "../src/model/matmul.ts";
+import { matmul } from "../src/model/ops/matmul.ts";
 import { gpuTest } from "./_harness.ts";
 
 Deno.test("no-adapter error says what to install", () => {

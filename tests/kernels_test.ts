@@ -5,8 +5,6 @@ import { equal, ok } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32, type Runtime } from "../src/gpu/runtime.ts";
 import {
-  attentionBackward,
-  attentionForward,
   classifier,
   encoderBackward,
   encoderForward,
@@ -19,7 +17,8 @@ import {
   layernormForward,
   residualForward,
   tableChunks,
-} from "../src/model/ops.ts";
+} from "../src/model/ops/mod.ts";
+import { attentionBackward, attentionForward } from "./reference/attention_gpu.ts";
 import {
   attention,
   attentionBack,

@@ -6,8 +6,9 @@ import { equal, ok, throws } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { checkLoopBound, LOOP_BUDGET } from "../src/gpu/kernel.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
-import { matmul, matmulLoops } from "../src/model/matmul.ts";
-import { attentionForward, flashChunkRows, flashLoopBound } from "../src/model/ops.ts";
+import { matmul, matmulLoops } from "../src/model/ops/matmul.ts";
+import { flashChunkRows, flashLoopBound } from "../src/model/ops/attention.ts";
+import { attentionForward } from "./reference/attention_gpu.ts";
 import { matmulRef } from "./reference/matmul.ts";
 import { assertAllClose, gpuTest, randn } from "./_harness.ts";
 

@@ -2,8 +2,8 @@ import { equal, rejects } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32, readValues, type Runtime } from "../src/gpu/runtime.ts";
 import { type DType, roundToF16 } from "../src/gpu/dtype.ts";
-import { matmul, type MatmulImpl, type MatmulShape } from "../src/model/matmul.ts";
-import { linearBackward, linearForward } from "../src/model/linear.ts";
+import { matmul, type MatmulImpl, type MatmulShape } from "../src/model/ops/matmul.ts";
+import { linearBackward, linearForward } from "../src/model/ops/linear.ts";
 import { linearBackwardRef, linearForwardRef, matmulRef } from "./reference/matmul.ts";
 import { assertAllClose, gpuTest, hasF16, randn, uploadAs } from "./_harness.ts";
 

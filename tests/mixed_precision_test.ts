@@ -10,7 +10,7 @@ import { type DType, roundToF16 } from "../src/gpu/dtype.ts";
 import { createRuntime, readValues, type Runtime } from "../src/gpu/runtime.ts";
 import { type GPT2Config, PRESETS } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
-import { matmulBiasBackward } from "../src/model/matmul.ts";
+import { matmulBiasBackward } from "../src/model/ops/matmul.ts";
 import {
   castToHalf,
   flashAttentionBackward,
@@ -18,7 +18,7 @@ import {
   geluBackward,
   geluForward,
   layernormForward,
-} from "../src/model/ops.ts";
+} from "../src/model/ops/mod.ts";
 import { Decoder } from "../src/model/decode.ts";
 import {
   attention,

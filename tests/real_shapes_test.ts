@@ -17,8 +17,8 @@ import {
   flashRows,
   layernormBackward,
   layernormForward,
-} from "../src/model/ops.ts";
-import { matmulBiasBackward } from "../src/model/matmul.ts";
+} from "../src/model/ops/mod.ts";
+import { matmulBiasBackward } from "../src/model/ops/matmul.ts";
 import { type GPT2Config, parameterCount, PRESETS } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import { gradNormDispatches, gradNormPartials } from "../src/optim/adamw.ts";

@@ -7,7 +7,7 @@
 
 import type { Runtime } from "../gpu/runtime.ts";
 import { GPT2 } from "../model/gpt2.ts";
-import type { MatmulOptions } from "../model/matmul.ts";
+import type { MatmulOptions } from "../model/ops/matmul.ts";
 import type { Precision } from "../model/plan.ts";
 import { loadCheckpoint } from "../io/checkpoint.ts";
 import { loadTensors } from "../io/hf.ts";

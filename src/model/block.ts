@@ -14,8 +14,8 @@
 
 import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
-import { linearBackward, linearForward } from "./linear.ts";
-import type { MatmulOptions } from "./matmul.ts";
+import { linearBackward, linearForward } from "./ops/linear.ts";
+import type { MatmulOptions } from "./ops/matmul.ts";
 import {
   flashAttentionBackward,
   geluBackward,
@@ -24,7 +24,7 @@ import {
   layernormForward,
   residualForward,
   type TensorRange,
-} from "./ops.ts";
+} from "./ops/mod.ts";
 
 /** The buffers one block reads and writes ([rows, C] unless noted). */
 export interface BlockBuffers {

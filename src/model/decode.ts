@@ -15,8 +15,13 @@ import type { Runtime } from "../gpu/runtime.ts";
 import { type GPT2Config, paddedVocab } from "./config.ts";
 import { GPT2 } from "./gpt2.ts";
 import { blockForward } from "./block.ts";
-import { matmul, type MatmulOptions } from "./matmul.ts";
-import { attentionDecode, decodePartialBytes, encoderForward, layernormForward } from "./ops.ts";
+import { matmul, type MatmulOptions } from "./ops/matmul.ts";
+import {
+  attentionDecode,
+  decodePartialBytes,
+  encoderForward,
+  layernormForward,
+} from "./ops/mod.ts";
 import { activationDType } from "./plan.ts";
 import { dtypeBytes } from "../gpu/dtype.ts";
 

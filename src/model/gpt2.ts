@@ -24,7 +24,7 @@ import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { checkSequenceLength, type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
 import { initTensor } from "./init.ts";
 import { blockBackward, type BlockBuffers, blockForward } from "./block.ts";
-import { matmul, type MatmulOptions } from "./matmul.ts";
+import { matmul, type MatmulOptions } from "./ops/matmul.ts";
 import {
   classifier,
   encoderBackward,
@@ -33,7 +33,7 @@ import {
   layernormBackward,
   layernormForward,
   type TensorRange,
-} from "./ops.ts";
+} from "./ops/mod.ts";
 import { parameterLayout, type ParamLayout } from "./params.ts";
 import { ParamStore } from "./param_store.ts";
 import {

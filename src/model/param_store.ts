@@ -12,7 +12,7 @@
 import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
-import { castToHalf, type TensorRange } from "./ops.ts";
+import { castToHalf, type TensorRange } from "./ops/mod.ts";
 import { arenaBytes } from "./plan.ts";
 
 /** Parameters and their optional f16 copy. */

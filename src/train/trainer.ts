@@ -17,7 +17,7 @@ import { encodeDispatches } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { GPT2_VOCAB_SIZE, type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
-import type { MatmulImpl } from "../model/matmul.ts";
+import type { MatmulImpl } from "../model/ops/matmul.ts";
 import type { Precision, Recompute } from "../model/plan.ts";
 import { AdamW, type Optimizer } from "../optim/adamw.ts";
 import { LowBitAdamW } from "../optim/lowbit.ts";

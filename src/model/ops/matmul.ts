@@ -10,26 +10,26 @@
  * products accumulate in f32 either way.
  *
  * Two kernels: a register-blocked generated kernel for CPU adapters
- * (kernels/matmul_regblock.ts) and a workgroup-memory tiled kernel for GPUs
+ * (src/model/ops/matmul_regblock.ts) and a workgroup-memory tiled kernel for GPUs
  * (kernels/matmul_tiled.wgsl). The first needs 4-aligned contiguous dimensions;
  * when a product does not have them the tiled kernel runs instead.
  *
  * @module
  */
 
-import type { Dispatch } from "../gpu/dispatch.ts";
-import type { Runtime } from "../gpu/runtime.ts";
-import { debugLog } from "../gpu/debug.ts";
-import { checkLoopBound, LOOP_BUDGET, splitRange } from "../gpu/kernel.ts";
-import { type DType, dtypeBytes, dtypeOf, typedKernel } from "../gpu/dtype.ts";
+import type { Dispatch } from "../../gpu/dispatch.ts";
+import type { Runtime } from "../../gpu/runtime.ts";
+import { debugLog } from "../../gpu/debug.ts";
+import { checkLoopBound, LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
+import { type DType, dtypeBytes, dtypeOf, typedKernel } from "../../gpu/dtype.ts";
 import {
   matmulRegblockWgsl,
   regblockCols,
   regblockRows,
   type RegblockVariant,
-} from "../../kernels/matmul_regblock.ts";
-import tiledSrc from "../../kernels/matmul_tiled.wgsl" with { type: "text" };
-import biasBackwardSrc from "../../kernels/matmul_bias_backward.wgsl" with { type: "text" };
+} from "./matmul_regblock.ts";
+import tiledSrc from "../../../kernels/matmul_tiled.wgsl" with { type: "text" };
+import biasBackwardSrc from "../../../kernels/matmul_bias_backward.wgsl" with { type: "text" };
 
 /** The product to compute. Dimensions and strides are in elements. */
 export interface MatmulShape {

@@ -15,7 +15,7 @@
 // Bindings: 0 qkv, 1 out, 2 att, 3 dout, 4 dpre, 5 dqkv, 6 params.
 // Geometry: workgroup (64,1,1); grid over B*T*NH invocations, folded into y.
 // Loop bound per invocation: T * (2*HS + 4) + HS, which grows with T: this plain version is
-// a reference for tests at small T, and src/model/ops.ts refuses it past the budget.
+// a reference for tests at small T, and src/gpu/kernel.ts refuses it past the budget.
 
 struct Params { B: u32, T: u32, C: u32, NH: u32 }
 

@@ -14,8 +14,8 @@
  * @module
  */
 
-import type { Dispatch } from "../gpu/dispatch.ts";
-import type { Runtime } from "../gpu/runtime.ts";
+import type { Dispatch } from "../../gpu/dispatch.ts";
+import type { Runtime } from "../../gpu/runtime.ts";
 import { matmul, matmulBiasBackward, type MatmulOptions, type Operand } from "./matmul.ts";
 
 /** Sizes of a linear layer. */

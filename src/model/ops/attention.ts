@@ -1,0 +1,220 @@
+/**
+ * Causal self-attention, FlashAttention-2 style (kernels/flash_attention.wgsl): no T x T
+ * buffers, split-KV chunks within the loop budget, forward and backward.
+ *
+ * @module
+ */
+
+import type { Dispatch } from "../../gpu/dispatch.ts";
+import {
+  type BufferRange,
+  grid1d,
+  LOOP_BUDGET,
+  makeDispatch,
+  splitRange,
+} from "../../gpu/kernel.ts";
+import type { Runtime } from "../../gpu/runtime.ts";
+import { dtypeOf, typedKernel } from "../../gpu/dtype.ts";
+import { all } from "./tensor.ts";
+import flashSrc from "../../../kernels/flash_attention.wgsl" with { type: "text" };
+
+/** Shapes for attention. */
+export interface AttentionShape {
+  B: number;
+  T: number;
+  C: number;
+  NH: number;
+  /**
+   * Flash attention only: rows per split-KV chunk, a multiple of 64 * rows (default, and most:
+   * the largest that keeps each pass within the loop budget, see {@linkcode flashChunkRows}).
+   */
+  chunkRows?: number;
+  /** Flash attention only: rows per invocation, 1, 2 or 4 (default: {@linkcode flashRows}). */
+  rows?: FlashRows;
+}
+
+/** Query (or key) rows per workgroup of kernels/flash_attention.wgsl. */
+const FLASH_WG = 64;
+
+/** The pass of flash attention whose loop bound is asked for. */
+export type FlashPass = "forward" | "dq" | "dkv";
+
+/** Tile geometry for head size HS: vec4s per row and rows per workgroup-memory tile. */
+function flashTiles(HS: number): { hs4: number; bk: number } {
+  const hs4 = Math.ceil(HS / 4);
+  // Two tiles of BK x HS4 vec4 in 16 KiB (WebGPU's default workgroup storage), BK a power of 2.
+  return { hs4, bk: Math.min(64, 2 ** Math.floor(Math.log2(512 / hs4))) };
+}
+
+/**
+ * Rows per invocation (register blocking) flash attention uses by default on an adapter for
+ * sequences of T tokens.
+ */
+export function flashRows(rt: Runtime, T: number): FlashRows {
+  // llvmpipe pays for every memory load, so rows that share each loaded element win (1.9x
+  // at 4 over 1 at T=1024); GPUs keep registers for occupancy. A block of 64 * rows rows
+  // past T would compute on padding: short sequences take fewer.
+  if (!rt.gpu.isCpu) return 1;
+  return T >= 256 ? 4 : T >= 128 ? 2 : 1;
+}
+
+/** Rows per invocation of kernels/flash_attention.wgsl (its ROWS constant). */
+export type FlashRows = 1 | 2 | 4;
+
+/**
+ * The most loop iterations one invocation of a flash attention pass runs over a chunk of
+ * `KC` rows, as the formula in kernels/flash_attention.wgsl's header gives it.
+ */
+export function flashLoopBound(
+  pass: FlashPass,
+  HS: number,
+  KC: number,
+  rows: FlashRows = 1,
+): number {
+  const { hs4, bk } = flashTiles(HS);
+  const tiles = Math.ceil(KC / bk), stage = Math.ceil((bk * hs4) / FLASH_WG);
+  const body = tiles * (1 + stage + (bk / 4) * (1 + 2 * hs4 * (1 + rows) + rows));
+  return body + rows * (1 + { forward: 2, dq: 6, dkv: 11 }[pass] * hs4);
+}
+
+/**
+ * Rows per split-KV chunk of a pass: the largest 64 * rows * 2^k whose loop bound is within
+ * {@linkcode LOOP_BUDGET} (for HS = 64: 2048 with 1 row per invocation, 1024 with 4).
+ */
+export function flashChunkRows(pass: FlashPass, HS: number, rows: FlashRows = 1): number {
+  let kc = FLASH_WG * rows;
+  while (flashLoopBound(pass, HS, 2 * kc, rows) <= LOOP_BUDGET) kc *= 2;
+  return kc;
+}
+
+function checkHeadSize(s: AttentionShape): void {
+  if (s.C / s.NH > 128) {
+    throw new RangeError(`Head size ${s.C / s.NH} is over flash attention's maximum of 128`);
+  }
+  if (s.B * s.NH > 65535) {
+    throw new RangeError(
+      `Flash attention grids hold B * NH = ${s.B * s.NH} (b, h) pairs, over 65535: ` +
+        "use a smaller batch per micro-step",
+    );
+  }
+}
+
+/** Causal (query, key) pairs whose key lies in [k0, k1) (T queries). */
+const pairsWithKeys = (T: number, k0: number, k1: number) =>
+  (k1 - k0) * T - ((k1 - 1) * k1 - (k0 - 1) * k0) / 2;
+
+/** The chunks [k0, k1) of `T` rows for a pass, with the first row block each dispatch needs. */
+function flashChunks(pass: FlashPass, s: AttentionShape, rows: FlashRows) {
+  const HS = s.C / s.NH, max = flashChunkRows(pass, HS, rows), R = FLASH_WG * rows;
+  const blocks = Math.ceil(s.T / R);
+  const KC = s.chunkRows ?? max;
+  if (KC % R !== 0 || KC > max) {
+    throw new RangeError(
+      `Flash attention chunkRows ${KC} must be a multiple of ${R} up to ${max} ` +
+        `(head size ${HS}, ${rows} rows per invocation)`,
+    );
+  }
+  return splitRange(s.T, KC).map(([k0, k1]) => {
+    // forward and dq: query blocks that reach key k0; dkv: key blocks that start before k1.
+    const [blk0, nblk] = pass === "dkv"
+      ? [0, Math.ceil(k1 / R)]
+      : [Math.floor(k0 / R), blocks - Math.floor(k0 / R)];
+    return { k0, k1, blk0, nblk, loops: flashLoopBound(pass, HS, k1 - k0, rows) };
+  });
+}
+
+function flashDispatches(
+  rt: Runtime,
+  pass: FlashPass,
+  s: AttentionShape,
+  spec: { code: string; entryPoint: string; name: string; buffers: Record<number, BufferRange> },
+  flopsPerPair: number,
+): Promise<Dispatch[]> {
+  const HS = s.C / s.NH, rows = s.rows ?? flashRows(rt, s.T);
+  const { bk } = flashTiles(HS);
+  return Promise.all(
+    flashChunks(pass, s, rows).map((c, i) =>
+      makeDispatch(rt, {
+        ...spec,
+        constants: { HS, BK: bk, ROWS: rows },
+        uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH, c.k0, c.k1, c.blk0, i === 0 ? 1 : 0] },
+        workgroups: [c.nblk, s.B * s.NH, 1],
+        flops: flopsPerPair * HS * s.B * s.NH *
+          (pass === "dkv"
+            ? pairsWithKeys(s.T, 0, c.k1) - pairsWithKeys(s.T, 0, c.k0) // by query
+            : pairsWithKeys(s.T, c.k0, c.k1)),
+        loops: { bound: c.loops, shape: { B: s.B, T: s.T, NH: s.NH, HS, k0: c.k0, k1: c.k1 } },
+      })
+    ),
+  );
+}
+
+/**
+ * out [B,T,C] and lse [B,NH,T] from qkv [B,T,3C], FlashAttention-2 style: one dispatch per
+ * split-KV chunk of keys, each merging into the output of the ones before.
+ */
+export function flashAttentionForward(
+  rt: Runtime,
+  s: AttentionShape,
+  ops: { qkv: GPUBuffer; out: GPUBuffer; lse: GPUBuffer },
+): Promise<Dispatch[]> {
+  checkHeadSize(s);
+  return flashDispatches(rt, "forward", s, {
+    name: "flash_attention_forward",
+    code: typedKernel(flashSrc, { qkv_t: dtypeOf(ops.qkv), out_t: dtypeOf(ops.out) }),
+    entryPoint: "forward",
+    buffers: { 0: all(ops.qkv), 1: all(ops.out), 2: all(ops.lse) },
+  }, 4);
+}
+
+/** dqkv [B,T,3C] from dout [B,T,C], recomputing the probabilities (delta is scratch [B,NH,T]). */
+export async function flashAttentionBackward(
+  rt: Runtime,
+  s: AttentionShape,
+  ops: {
+    qkv: GPUBuffer;
+    out: GPUBuffer;
+    lse: GPUBuffer;
+    dout: GPUBuffer;
+    delta: GPUBuffer;
+    dqkv: GPUBuffer;
+  },
+): Promise<Dispatch[]> {
+  checkHeadSize(s);
+  const HS = s.C / s.NH;
+  const code = typedKernel(flashSrc, {
+    qkv_t: dtypeOf(ops.qkv),
+    out_t: dtypeOf(ops.out),
+    dqkv_t: dtypeOf(ops.dqkv),
+  });
+  const grads = {
+    0: all(ops.qkv),
+    2: all(ops.lse),
+    3: all(ops.dout),
+    4: all(ops.delta),
+    5: all(ops.dqkv),
+  };
+  const delta = await makeDispatch(rt, {
+    name: "flash_attention_backward_delta",
+    code,
+    entryPoint: "backward_delta",
+    constants: { HS, BK: flashTiles(HS).bk },
+    buffers: { 1: all(ops.out), 3: all(ops.dout), 4: all(ops.delta) },
+    uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH, 0, 0, 0, 0] },
+    workgroups: grid1d(s.B * s.T * s.NH, 64),
+    loops: { bound: HS, shape: { HS } },
+  });
+  const dq = await flashDispatches(rt, "dq", s, {
+    name: "flash_attention_backward_dq",
+    code,
+    entryPoint: "backward_dq",
+    buffers: grads,
+  }, 6);
+  const dkv = await flashDispatches(rt, "dkv", s, {
+    name: "flash_attention_backward_dkv",
+    code,
+    entryPoint: "backward_dkv",
+    buffers: grads,
+  }, 8);
+  return [delta, ...dq, ...dkv];
+}
