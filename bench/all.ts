@@ -6,6 +6,7 @@
 
 import type { BenchCase } from "./_harness.ts";
 import { attentionBench } from "./attention_bench.ts";
+import { checkpointBench } from "./checkpoint_bench.ts";
 import { dataBench } from "./data_bench.ts";
 import { evalBench } from "./eval_bench.ts";
 import { matmulBench } from "./matmul_bench.ts";
@@ -22,4 +23,5 @@ export const BENCHES: BenchCase[] = [
   evalBench,
   optimBench,
   memoryBench,
+  checkpointBench,
 ];

@@ -1,0 +1,62 @@
+/**
+ * Time to save a checkpoint: reading the weights and the optimizer state back from the GPU,
+ * encoding them as safetensors, and writing the directory (temp name, then rename).
+ *
+ * @module
+ */
+
+import { createRuntime } from "../src/gpu/runtime.ts";
+import { parameterCount, resolveConfig } from "../src/model/config.ts";
+import { GPT2 } from "../src/model/gpt2.ts";
+import { encodeModel } from "../src/io/hf.ts";
+import { saveCheckpoint } from "../src/io/checkpoint.ts";
+import { AdamW } from "../src/optim/adamw.ts";
+import { type BenchCase, type BenchRow, median } from "./_harness.ts";
+
+/** `deno task bench checkpoint [--model gpt2] [--reps 3]` */
+export const checkpointBench: BenchCase = {
+  name: "checkpoint",
+  args: "--model gpt2 --reps 3",
+  description: "save a checkpoint (weights + AdamW state): GPU readback ms, write ms, total",
+  async run({ args, quick, log }) {
+    const rt = await createRuntime();
+    const name = args.model ?? (quick ? "gpt2-mini" : "gpt2");
+    const cfg = resolveConfig(name);
+    const reps = Number(args.reps ?? (quick ? 1 : 3));
+    const model = await GPT2.create(rt, cfg, { B: 1, T: 64 });
+    const opt = await AdamW.create(rt, model.layout, { params: model.params, grads: model.grads }, {
+      beta1: 0.9,
+      beta2: 0.95,
+      eps: 1e-8,
+      weightDecay: 0.1,
+      gradClip: 1,
+    });
+    const dir = await Deno.makeTempDir({ prefix: "ckpt-bench-" });
+    const read: number[] = [], write: number[] = [];
+    try {
+      for (let r = 0; r < reps; r++) {
+        const t0 = performance.now();
+        const weights = await encodeModel(model);
+        const state = await opt.readState();
+        const t1 = performance.now();
+        await saveCheckpoint(dir, r + 1, { config: cfg, model: weights, optimizer: state }, 1);
+        const t2 = performance.now();
+        read.push(t1 - t0);
+        write.push(t2 - t1);
+        log(`rep ${r + 1}: readback ${(t1 - t0).toFixed(0)} ms, write ${(t2 - t1).toFixed(0)} ms`);
+      }
+    } finally {
+      opt.destroy();
+      model.destroy();
+      await Deno.remove(dir, { recursive: true });
+    }
+    const rows: BenchRow[] = [{
+      model: name,
+      params: parameterCount(cfg),
+      readback_ms: +median(read).toFixed(1),
+      write_ms: +median(write).toFixed(1),
+      total_ms: +(median(read) + median(write)).toFixed(1),
+    }];
+    return rows;
+  },
+};
