@@ -64,16 +64,32 @@ export {
   type TensorView,
 } from "./src/model/params.ts";
 export { GPT2, type GPT2Options, IGNORE_TARGET } from "./src/model/gpt2.ts";
+export {
+  encodeModel,
+  exportTensors,
+  loadTensors,
+  matchTensors,
+  Weights,
+  type WeightsLike,
+  type WeightsOptions,
+} from "./src/model/weights.ts";
 export { type TensorRange } from "./src/model/ops/tensor.ts";
 export { Decoder } from "./src/model/decode.ts";
 export { type Precision, type Recompute } from "./src/model/plan.ts";
+export { AdamW, ADAMW_DEFAULTS, type AdamWConfig } from "./src/optim/adamw.ts";
+export type {
+  Optimizer,
+  SavedState,
+  StateTensor,
+  StepOptions,
+} from "./src/optim/optimizer.ts";
 export {
-  AdamW,
-  ADAMW_DEFAULTS,
-  type AdamWConfig,
-  type Optimizer,
-  type StepOptions,
-} from "./src/optim/adamw.ts";
+  createOptimizer,
+  type OptimizerBuffers,
+  type OptimizerKind,
+  OPTIMIZERS,
+  type OptimizerSettings,
+} from "./src/optim/registry.ts";
 export { LowBitAdamW, type LowBitConfig, type StatePiece } from "./src/optim/lowbit.ts";
 export {
   LossScaler,
@@ -112,8 +128,10 @@ export {
   loadCheckpoint,
   type LoadedCheckpoint,
   saveCheckpoint,
+  TRAINER_STATE_VERSION,
+  type TrainerState,
 } from "./src/io/checkpoint.ts";
-export { encodeModel, hfConfigJson, loadTensors } from "./src/io/hf.ts";
+export { hfConfigJson } from "./src/io/hf.ts";
 export { gpt2TokenizerFiles } from "./src/io/hf_tokenizer.ts";
 export {
   decodeLlmc,

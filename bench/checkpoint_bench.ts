@@ -8,7 +8,7 @@
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { parameterCount, resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
-import { encodeModel } from "../src/io/hf.ts";
+import { encodeModel } from "../src/model/weights.ts";
 import { saveCheckpoint } from "../src/io/checkpoint.ts";
 import { AdamW } from "../src/optim/adamw.ts";
 import { type BenchCase, type BenchRow, median } from "./_harness.ts";

@@ -11,7 +11,6 @@
  */
 
 import { formatBytes } from "../src/gpu/arena.ts";
-import { encodeDispatches } from "../src/gpu/dispatch.ts";
 import { createRuntime, readF32 } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
@@ -102,7 +101,7 @@ export const memoryBench: BenchCase = {
       rt.device.queue.submit([enc.finish()]);
       const enc2 = rt.device.createCommandEncoder();
       opt.setStep(1, 1e-4);
-      encodeDispatches(enc2, opt.dispatches);
+      opt.encodeUpdate(enc2);
       rt.device.queue.submit([enc2.finish()]);
       await rt.device.queue.onSubmittedWorkDone();
       log(`memory: step took ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -9,7 +9,7 @@ import { runDispatches } from "../src/gpu/dispatch.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { parameterCount, resolveConfig } from "../src/model/config.ts";
 import { parameterLayout } from "../src/model/params.ts";
-import { AdamW, type Optimizer } from "../src/optim/adamw.ts";
+import { AdamW } from "../src/optim/adamw.ts";
 import { LowBitAdamW } from "../src/optim/lowbit.ts";
 import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 
@@ -42,7 +42,7 @@ export const optimBench: BenchCase = {
       const P = parameterCount(cfg);
       for (const kind of ["adamw", "adamw8bit", "adamw4bit"] as const) {
         log(`optim ${kind} on ${name} (${(P / 1e6).toFixed(1)}M parameters)`);
-        const opt: Optimizer = kind === "adamw"
+        const opt: AdamW | LowBitAdamW = kind === "adamw"
           ? await AdamW.create(rt, layout, { params, grads })
           : await LowBitAdamW.create(rt, layout, { params, grads }, {
             bits: kind === "adamw8bit" ? 8 : 4,

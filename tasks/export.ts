@@ -10,7 +10,8 @@
  */
 
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
-import { hfConfigJson, hfShape, matchTensors } from "../src/io/hf.ts";
+import { hfConfigJson } from "../src/io/hf.ts";
+import { hfShape, matchTensors } from "../src/model/weights.ts";
 import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
 import { encodeLlmc } from "../src/io/llmc.ts";
 import { encodeSafetensors, type SafeDtype, tensorF32 } from "../src/io/safetensors.ts";

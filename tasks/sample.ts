@@ -14,7 +14,7 @@ import {
 } from "./_cli.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
-import { loadTensors } from "../src/io/hf.ts";
+import { loadTensors } from "../src/model/weights.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import { Decoder } from "../src/model/decode.ts";
 import { generateCached } from "../src/eval/generate.ts";

@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { type GPT2Config, resolveConfig } from "../src/model/config.ts";
 import { latestResumable, resumeProblem } from "../src/io/checkpoint.ts";
+import { matchTensors } from "../src/model/weights.ts";
 import { checkNumber, joinNegativeValues, type NumberRule } from "./_cli.ts";
 import { train, type TrainConfig } from "../src/train/trainer.ts";
 
@@ -232,7 +233,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   const notices: string[] = [];
   if (resume === "latest") {
     const root = `${out}/checkpoints`;
-    const found = await latestResumable(root);
+    const found = await latestResumable(root, matchTensors);
     for (const why of found.skipped) notices.push(`warning: skipping ${why}`);
     if (!found.dir) {
       throw new Error(
@@ -244,7 +245,7 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
     resume = found.dir;
   }
   if (resume) {
-    const problem = await resumeProblem(resume);
+    const problem = await resumeProblem(resume, matchTensors);
     if (problem) throw new Error(`Cannot resume from ${resume}: ${problem}`);
     const st = JSON.parse(await Deno.readTextFile(`${resume}/trainer_state.json`));
     base = st.config as Partial<TrainConfig>;

@@ -229,7 +229,7 @@ gpuTest("deno task eval and deno task sample run on a checkpoint directory", asy
   const model = await randomModel(rt, 1, 8, 3);
   try {
     const { saveCheckpoint } = await import("../src/io/checkpoint.ts");
-    const { encodeModel } = await import("../src/io/hf.ts");
+    const { encodeModel } = await import("../src/model/weights.ts");
     const ck = await saveCheckpoint(`${dir}/ck`, 1, {
       config: CFG,
       model: await encodeModel(model),

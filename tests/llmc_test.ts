@@ -6,7 +6,7 @@
 import { deepEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
 import { main as exportMain } from "../tasks/export.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
-import { exportTensors, loadTensors } from "../src/io/hf.ts";
+import { exportTensors, loadTensors } from "../src/model/weights.ts";
 import { loadCheckpoint, saveCheckpoint } from "../src/io/checkpoint.ts";
 import { decodeLlmc, encodeLlmc, LLMC_MAGIC } from "../src/io/llmc.ts";
 import { encodeSafetensors, readSafetensors, tensorF32 } from "../src/io/safetensors.ts";

@@ -5,7 +5,7 @@ import { textToShards } from "../src/train/corpus.ts";
 import { describeSchedule, lrAt, makeSchedule, parsePiecewise } from "../src/optim/schedule.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import type { GPT2Config } from "../src/model/config.ts";
-import { encodeModel, loadTensors } from "../src/io/hf.ts";
+import { encodeModel, loadTensors } from "../src/model/weights.ts";
 import { encodeSafetensors, parseSafetensors, tensorF32 } from "../src/io/safetensors.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
 import { gpuTest, hasF16, hasSharedData } from "./_harness.ts";

@@ -6,30 +6,18 @@
  * @module
  */
 import type { BuildProgress } from "./pipeline.ts";
-
-const encoder = new TextEncoder();
+import { formatBytes as bytesOf, formatClock } from "../format.ts";
 
 /** Formats a byte count in decimal units (MB = 1e6 bytes), as the MB/s figures are. */
-export function formatBytes(n: number): string {
-  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
-  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
-  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} kB`;
-  return `${n} B`;
-}
+export const formatBytes = (n: number): string => bytesOf(n, "decimal");
+
+const encoder = new TextEncoder();
 
 function formatCount(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
   if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
   if (n >= 1e3) return `${(n / 1e3).toFixed(1)}k`;
   return String(n);
-}
-
-function formatDuration(seconds: number): string {
-  const s = Math.max(0, Math.round(seconds));
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  const pad = (v: number) => String(v).padStart(2, "0");
-  return h > 0 ? `${h}:${pad(m)}:${pad(s % 60)}` : `${m}:${pad(s % 60)}`;
 }
 
 /** Renders {@linkcode BuildProgress} updates to stderr. */
@@ -81,7 +69,7 @@ export class ProgressBar {
     if (p.malformed) parts.push(`${p.malformed} malformed`);
     if (p.totalBytes && p.rawBytes > 0 && seconds > 1) {
       const left = (p.totalBytes - p.rawBytes) * seconds / p.rawBytes;
-      parts.push(`ETA ${formatDuration(left)}`);
+      parts.push(`ETA ${formatClock(left)}`);
     }
     return parts.join(" | ");
   }

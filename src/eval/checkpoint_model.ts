@@ -10,7 +10,7 @@ import { GPT2 } from "../model/gpt2.ts";
 import type { MatmulOptions } from "../model/ops/matmul.ts";
 import type { Precision } from "../model/plan.ts";
 import { loadCheckpoint } from "../io/checkpoint.ts";
-import { loadTensors } from "../io/hf.ts";
+import { loadTensors } from "../model/weights.ts";
 
 /**
  * A forward-only model of shape (B, T) holding the checkpoint's weights

@@ -6,7 +6,10 @@
  * @module
  */
 
+import { formatBytes } from "../format.ts";
 import { type DType, setDType } from "./dtype.ts";
+
+export { formatBytes };
 
 /** What a buffer holds; the memory report groups by these. */
 export type MemoryCategory =
@@ -182,18 +185,6 @@ export class ArenaScope {
     for (const b of this.#owned) this.arena.free(b);
     this.#owned = [];
   }
-}
-
-/** Formats a byte count with binary units (e.g. "1.50 GiB"). */
-export function formatBytes(bytes: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = bytes;
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} B` : `${v.toFixed(2)} ${units[u]}`;
 }
 
 /** A one-line summary of a report's current and peak totals by category. */

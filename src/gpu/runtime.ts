@@ -68,6 +68,63 @@ export async function readBuffer(
   }
 }
 
+/** A range of f32 elements in a buffer: where it starts and how many. */
+export interface ElementRange {
+  /** First element. */
+  offset: number;
+  /** Number of elements. */
+  size: number;
+}
+
+/**
+ * Reads many f32 ranges of one buffer (sorted by offset) in a few round trips: neighbouring
+ * ranges are copied together, in spans of at most `spanBytes`, through one staging buffer.
+ */
+export async function readSpans(
+  device: GPUDevice,
+  buffer: GPUBuffer,
+  ranges: readonly ElementRange[],
+  spanBytes: number = 256 * 2 ** 20,
+): Promise<Float32Array[]> {
+  const spans: { start: number; end: number; members: number[] }[] = [];
+  ranges.forEach((r, i) => {
+    const span = spans[spans.length - 1];
+    if (span && r.offset >= span.start && (r.offset + r.size - span.start) * 4 <= spanBytes) {
+      span.end = Math.max(span.end, r.offset + r.size);
+      span.members.push(i);
+    } else spans.push({ start: r.offset, end: r.offset + r.size, members: [i] });
+  });
+  const out: Float32Array[] = new Array(ranges.length);
+  const biggest = Math.max(4, ...spans.map((s) => (s.end - s.start) * 4));
+  const staging = device.createBuffer({
+    label: "read_spans",
+    size: Math.ceil(biggest / 4) * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  try {
+    for (const s of spans) {
+      const bytes = (s.end - s.start) * 4;
+      if (bytes === 0) {
+        for (const i of s.members) out[i] = new Float32Array(0);
+        continue;
+      }
+      const encoder = device.createCommandEncoder();
+      encoder.copyBufferToBuffer(buffer, s.start * 4, staging, 0, bytes);
+      device.queue.submit([encoder.finish()]);
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+      const all = new Float32Array(staging.getMappedRange(0, bytes));
+      for (const i of s.members) {
+        const r = ranges[i];
+        out[i] = all.slice(r.offset - s.start, r.offset - s.start + r.size);
+      }
+      staging.unmap();
+    }
+  } finally {
+    staging.destroy();
+  }
+  return out;
+}
+
 /** Reads a float32 buffer (or a range of `count` floats from element `start`). */
 export async function readF32(
   device: GPUDevice,

@@ -14,7 +14,7 @@
  */
 
 import type { GPT2Config } from "../model/config.ts";
-import { configFromHf, hfConfigJson, matchTensors } from "./hf.ts";
+import { configFromHf, hfConfigJson } from "./hf.ts";
 import { loadLlmcCheckpoint } from "./llmc.ts";
 import {
   encodeSafetensors,
@@ -43,8 +43,8 @@ export interface LoadedCheckpoint {
   model: SafeTensorsFile;
   /** The optimizer state (optimizer.safetensors); undefined when the file is absent. */
   optimizer?: SafeTensorsFile;
-  /** trainer_state.json as parsed (step, schedule, data cursor, run config, ...). */
-  trainer?: Record<string, unknown>;
+  /** trainer_state.json, checked (step, schedule, data cursor, run config, ...). */
+  trainer?: TrainerState;
 }
 
 /** Directory name of step `n` (sorts by step). */
@@ -54,6 +54,75 @@ export function stepDirName(step: number): string {
 
 /** Version of trainer_state.json this package writes; a newer one is refused on resume. */
 export const TRAINER_STATE_VERSION = 1;
+
+/** Checks a weights file's tensor shapes against a config (throws naming the file). */
+export type WeightsCheck = (
+  header: { path: string; tensors: Map<string, { shape: number[] }> },
+  config: GPT2Config,
+) => unknown;
+
+/**
+ * trainer_state.json: where a run stands after a step. Version 1; files without `version`
+ * (written before it existed) read as version 1.
+ */
+export interface TrainerState {
+  /** Format version, at most {@linkcode TRAINER_STATE_VERSION}. */
+  version: number;
+  /** Optimizer steps taken, counted from the start of training (skipped ones included). */
+  step: number;
+  /** Updates applied (fp16 overflow skips do not count): AdamW's t. */
+  optimizer_steps: number;
+  /** fp16: the loss scale and the clean steps since it last changed. */
+  loss_scale?: number;
+  /** fp16: clean steps in a row at `loss_scale`. */
+  loss_scale_good_steps?: number;
+  /** Tokens trained on. */
+  tokens?: number;
+  /** The shard directory the run reads. */
+  data?: string;
+  /** The data loader's position (restores the next batch exactly). */
+  cursor?: unknown;
+  /** The run's seed. */
+  seed?: number;
+  /** The learning-rate schedule, resolved. */
+  schedule?: unknown;
+  /** The run's settings (a TrainConfig), the base of a resume. */
+  config?: Record<string, unknown>;
+  /** The last validation loss. */
+  val_loss?: number;
+  /** When it was written (ISO 8601). */
+  time?: string;
+}
+
+/**
+ * Checks parsed trainer_state.json and fills defaults of older versions; returns what is
+ * wrong as a string instead (`dirStep`: the step a step_N directory's name says).
+ */
+export function parseTrainerState(json: unknown, dirStep?: number): TrainerState | string {
+  if (typeof json !== "object" || json === null) return "is not a JSON object";
+  const st = json as Record<string, unknown>;
+  const version = st.version ?? 1;
+  if (typeof version !== "number" || version > TRAINER_STATE_VERSION) {
+    return `has version ${version}; this package reads up to ${TRAINER_STATE_VERSION}: upgrade it`;
+  }
+  const step = st.step;
+  if (typeof step !== "number" || !Number.isInteger(step) || step < 0) {
+    return `has no valid "step"`;
+  }
+  if (dirStep !== undefined && dirStep !== step) {
+    return `says step ${step} but the directory is step ${dirStep}`;
+  }
+  const config = typeof st.config === "object" && st.config !== null
+    ? st.config as Record<string, unknown>
+    : undefined;
+  return {
+    ...st,
+    version,
+    step,
+    optimizer_steps: typeof st.optimizer_steps === "number" ? st.optimizer_steps : step,
+    config,
+  } as TrainerState;
+}
 
 /**
  * Writes a checkpoint atomically as `<root>/step_N`. A `step_N` already there is
@@ -162,13 +231,17 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const optPath = `${dir}/${CHECKPOINT_FILES.optimizer}`;
   const optimizer = (await exists(optPath)) ? await readSafetensors(optPath) : undefined;
   const trainerPath = `${dir}/${CHECKPOINT_FILES.trainer}`;
-  let trainer: Record<string, unknown> | undefined;
+  let trainer: TrainerState | undefined;
   if (await exists(trainerPath)) {
+    let json;
     try {
-      trainer = JSON.parse(await Deno.readTextFile(trainerPath));
+      json = JSON.parse(await Deno.readTextFile(trainerPath));
     } catch (e) {
       throw new Error(`Invalid ${trainerPath}: ${(e as Error).message}; the checkpoint is damaged`);
     }
+    const st = parseTrainerState(json, stepOfDir(dir));
+    if (typeof st === "string") throw new Error(`Invalid ${trainerPath}: ${st}`);
+    trainer = st;
   }
   return { dir, config, model, optimizer, trainer };
 }
@@ -182,9 +255,13 @@ export function stepOfDir(dir: string): number | undefined {
 /**
  * What keeps `dir` from being resumed, or undefined when nothing does. Reads
  * config.json, trainer_state.json and the two safetensors headers (checked
- * against the file sizes and the config's shapes), not the tensors themselves.
+ * against the file sizes, and by `checkWeights` against the config's shapes), not the
+ * tensors themselves.
  */
-export async function resumeProblem(dir: string): Promise<string | undefined> {
+export async function resumeProblem(
+  dir: string,
+  checkWeights: WeightsCheck,
+): Promise<string | undefined> {
   for (const f of [CHECKPOINT_FILES.config, CHECKPOINT_FILES.model]) {
     if (!(await exists(`${dir}/${f}`))) return `${f} is missing`;
   }
@@ -206,24 +283,11 @@ export async function resumeProblem(dir: string): Promise<string | undefined> {
   try {
     const configPath = `${dir}/${CHECKPOINT_FILES.config}`;
     const config = configFromHf(await json(CHECKPOINT_FILES.config), configPath);
-    matchTensors(await readSafetensorsHeader(`${dir}/${CHECKPOINT_FILES.model}`), config);
+    checkWeights(await readSafetensorsHeader(`${dir}/${CHECKPOINT_FILES.model}`), config);
     await readSafetensorsHeader(`${dir}/${CHECKPOINT_FILES.optimizer}`);
-    const st = await json(CHECKPOINT_FILES.trainer);
-    const version = st.version ?? 1;
-    if (typeof version !== "number" || version > TRAINER_STATE_VERSION) {
-      return `${CHECKPOINT_FILES.trainer} has version ${version}; this package reads up to ` +
-        `${TRAINER_STATE_VERSION}: upgrade it`;
-    }
-    if (!Number.isInteger(st.step) || st.step < 0) {
-      return `${CHECKPOINT_FILES.trainer} has no valid "step"`;
-    }
-    const named = stepOfDir(dir);
-    if (named !== undefined && named !== st.step) {
-      return `${CHECKPOINT_FILES.trainer} says step ${st.step} but the directory is step ${named}`;
-    }
-    if (typeof st.config !== "object" || st.config === null) {
-      return `${CHECKPOINT_FILES.trainer} has no run "config"`;
-    }
+    const st = parseTrainerState(await json(CHECKPOINT_FILES.trainer), stepOfDir(dir));
+    if (typeof st === "string") return `${CHECKPOINT_FILES.trainer} ${st}`;
+    if (!st.config) return `${CHECKPOINT_FILES.trainer} has no run "config"`;
   } catch (e) {
     return (e as Error).message;
   }
@@ -236,10 +300,11 @@ export async function resumeProblem(dir: string): Promise<string | undefined> {
  */
 export async function latestResumable(
   root: string,
+  checkWeights: WeightsCheck,
 ): Promise<{ dir?: string; skipped: string[] }> {
   const skipped: string[] = [];
   for (const dir of (await listCheckpoints(root)).reverse()) {
-    const problem = await resumeProblem(dir);
+    const problem = await resumeProblem(dir, checkWeights);
     if (problem === undefined) return { dir, skipped };
     skipped.push(`${dir}: ${problem}`);
   }

@@ -262,3 +262,21 @@ export function encodeSafetensors(
   }
   return out;
 }
+
+/**
+ * A file's tensors as a name lookup (has, f32 values, raw bytes): the shape in which
+ * optimizers take their saved state back, without knowing the file format.
+ */
+export function savedTensors(file: SafeTensorsFile): {
+  path: string;
+  has(name: string): boolean;
+  f32(name: string): Float32Array<ArrayBuffer>;
+  bytes(name: string): Uint8Array<ArrayBuffer>;
+} {
+  return {
+    path: file.path,
+    has: (name) => file.tensors.has(name),
+    f32: (name) => tensorF32(file, name),
+    bytes: (name) => tensorBytes(file, name),
+  };
+}

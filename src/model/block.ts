@@ -1,6 +1,6 @@
 /**
  * One transformer block's dispatches. The forward is shared by the batched
- * model (src/model/gpt2.ts) and the one-token decoder (src/model/decode.ts):
+ * model (src/model/passes.ts) and the one-token decoder (src/model/decode.ts):
  *
  *   x -> ln_1 -> c_attn -> [attention] -> c_proj -> + x -> ln_2 -> c_fc -> gelu
  *     -> mlp.c_proj -> + (residual)
@@ -25,6 +25,17 @@ import {
   residualForward,
   type TensorRange,
 } from "./ops/mod.ts";
+import type { Weights } from "./weights.ts";
+
+/** Which block, over which weights, with which matmul options. */
+export interface BlockAt {
+  /** The weights the block reads (and whose gradients its backward adds to). */
+  weights: Weights;
+  /** The layer index. */
+  l: number;
+  /** Options for the block's matmuls. */
+  matmul?: MatmulOptions;
+}
 
 /** The buffers one block reads and writes ([rows, C] unless noted). */
 export interface BlockBuffers {
@@ -68,17 +79,17 @@ export interface BlockDispatches {
  */
 export async function blockForward(
   rt: Runtime,
-  shape: { rows: number; C: number; l: number },
-  P: (name: string) => TensorRange,
-  W: (name: string) => TensorRange,
+  at: BlockAt & { rows: number },
   b: BlockBuffers,
   attention: Dispatch[],
-  mm: MatmulOptions = {},
 ): Promise<BlockDispatches> {
-  const { rows: BT, C, l } = shape;
-  const h = (n: string) => P(`h.${l}.${n}`);
+  const { rows: BT, l, weights, matmul: mm } = at, C = weights.config.nEmbd;
+  const h = (n: string) => weights.tensor(`h.${l}.${n}`);
   const op = (n: string) => ({ buffer: h(n).buffer, offset: h(n).offset });
-  const w = (n: string) => ({ buffer: W(`h.${l}.${n}`).buffer, offset: W(`h.${l}.${n}`).offset });
+  const w = (n: string) => {
+    const t = weights.weight(`h.${l}.${n}`);
+    return { buffer: t.buffer, offset: t.offset };
+  };
   const buf = (x: GPUBuffer) => ({ buffer: x });
   const lin = (name: string, Cin: number, OC: number, inp: GPUBuffer, out: GPUBuffer) =>
     linearForward(rt, { BT, C: Cin, OC, bias: true }, {
@@ -140,20 +151,15 @@ export interface BlockScratch {
  */
 export async function blockBackward(
   rt: Runtime,
-  shape: { B: number; T: number; C: number; NH: number; l: number },
-  names: {
-    P: (name: string) => TensorRange;
-    W: (name: string) => TensorRange;
-    G: (name: string) => TensorRange;
-  },
+  at: BlockAt & { B: number; T: number },
   b: BlockBuffers & { lse: GPUBuffer },
   d: BlockScratch,
-  mm: MatmulOptions = {},
 ): Promise<Dispatch[]> {
-  const { B, T, C, NH, l } = shape;
+  const { B, T, l, weights, matmul: mm } = at;
+  const { nEmbd: C, nHead: NH } = weights.config;
   const BT = B * T;
-  const h = (n: string) => names.P(`h.${l}.${n}`);
-  const g = (n: string) => names.G(`h.${l}.${n}`);
+  const h = (n: string) => weights.tensor(`h.${l}.${n}`);
+  const g = (n: string) => weights.tensor(`h.${l}.${n}`, true);
   const op = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
   const buf = (x: GPUBuffer) => ({ buffer: x });
   const lin = (
@@ -166,7 +172,7 @@ export async function blockBackward(
   ) =>
     linearBackward(rt, { BT, C: Cin, OC, bias: true }, {
       inp: buf(inp),
-      weight: op(names.W(`h.${l}.${name}.weight`)),
+      weight: op(weights.weight(`h.${l}.${name}.weight`)),
       dout: buf(dout),
       dinp: buf(dinp),
       dweight: op(g(`${name}.weight`)),

@@ -141,9 +141,7 @@ export class Decoder {
       this.#attention.push(attention);
       const blk = await blockForward(
         rt,
-        { rows: 1, C, l },
-        P,
-        W,
+        { weights: m.weights, l, rows: 1, matmul: mm },
         {
           input: residual,
           ln1,
@@ -162,7 +160,6 @@ export class Decoder {
           res3,
         },
         attention,
-        mm,
       );
       this.#before.push(blk.pre);
       this.#after.push([...blk.attention, ...blk.post]);
@@ -219,7 +216,7 @@ export class Decoder {
     for (const d of this.#attention.flat()) q.writeBuffer(d.resources![0], 0, pos);
     const C3 = 3 * this.config.nEmbd * dtypeBytes(activationDType("qkv", this.#prefill.precision));
     const enc = this.rt.device.createCommandEncoder();
-    this.#prefill.encodeHalfParams(enc);
+    this.#prefill.weights.encodeRefresh(enc);
     encodeDispatches(enc, this.#embed);
     for (let l = 0; l < this.#before.length; l++) {
       encodeDispatches(enc, this.#before[l]);

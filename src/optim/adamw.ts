@@ -9,12 +9,21 @@
  * @module
  */
 
-import type { Dispatch } from "../gpu/dispatch.ts";
+import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { ArenaScope } from "../gpu/arena.ts";
 import { f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
-import { readF32, type Runtime } from "../gpu/runtime.ts";
-import { type SafeTensorsFile, tensorF32, type TensorToWrite } from "../io/safetensors.ts";
+import type { Profiler } from "../gpu/profiler.ts";
+import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
+import {
+  type Optimizer,
+  otherOptimizerError,
+  type SavedState,
+  type StateTensor,
+  type StepOptions,
+} from "./optimizer.ts";
+
+export type { Optimizer, StepOptions } from "./optimizer.ts";
 import adamwBody from "../../kernels/adamw.wgsl" with { type: "text" };
 import stepSrc from "../../kernels/adamw_step.wgsl" with { type: "text" };
 import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
@@ -41,33 +50,6 @@ export interface AdamWConfig {
   weightDecay: number;
   /** Clip the global gradient norm to this; 0 disables clipping. */
   gradClip: number;
-}
-
-/** What the training loop needs of an optimizer (fp32 AdamW or the low-bit ones). */
-export interface Optimizer {
-  /** grad-norm then update dispatches, encoded after the backward pass. */
-  readonly dispatches: Dispatch[];
-  /** [loss, grad norm, non-finite gradient count, 0] f32. */
-  readonly stats: GPUBuffer;
-  /**
-   * Writes the per-step values (learning rate `lr`, bias corrections for step `t`, 1-based,
-   * loss scale) before the step's dispatches run.
-   */
-  setStep(t: number, lr: number, options?: StepOptions): void;
-  /** The optimizer state as named tensors, for a checkpoint's safetensors file. */
-  readState(): Promise<TensorToWrite[]>;
-  /** Restores state saved from {@linkcode readState}; throws when it does not fit. */
-  writeState(file: SafeTensorsFile): void;
-  /** Bytes of optimizer state on the GPU. */
-  readonly stateBytes: number;
-  /** Offloaded state: encode only `normDispatches`, submit, then await `runOffloaded()`. */
-  readonly offloaded?: boolean;
-  /** Only the grad-norm dispatches: the part of the step encoded with the backward pass. */
-  readonly normDispatches?: Dispatch[];
-  /** Offloaded state only: streams the state through the GPU and updates every piece. */
-  runOffloaded?(): Promise<void>;
-  /** Frees the state and every buffer the optimizer made. */
-  destroy(): void;
 }
 
 /** nanoGPT/llm.c defaults. */
@@ -105,14 +87,6 @@ export function parameterRanges(layout: ParamLayout, maxBytes: number): ParamRan
 }
 
 const BLOCK = 4096; // elements per grad_norm workgroup
-
-/** Per-step options of mixed precision. */
-export interface StepOptions {
-  /** The loss scale the gradients carry (default 1); the update divides it out. */
-  lossScale?: number;
-  /** Skip the whole step when any gradient is NaN or Inf (default false). */
-  skipOnOverflow?: boolean;
-}
 
 /** Bytes of the per-step uniform (kernels/adamw_step.wgsl's Step). */
 const STEP_BYTES = 48;
@@ -238,7 +212,7 @@ export async function gradNormDispatches(
  * console.log(gradNorm);
  * ```
  */
-export class AdamW {
+export class AdamW implements Optimizer {
   /** The runtime the optimizer's buffers and dispatches belong to. */
   readonly rt: Runtime;
   /** The hyperparameters, defaults filled in. */
@@ -327,26 +301,31 @@ export class AdamW {
     this.rt.device.queue.writeBuffer(this.#stepUniform, 0, stepWords(this.config, t, lr, options));
   }
 
+  /** Encodes the gradient norm and the update (all of the step runs in the step's encoder). */
+  encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void {
+    encodeDispatches(encoder, this.dispatches, profiler);
+  }
+
+  /** Nothing to finish: the update ran in the step's encoder. */
+  finishUpdate(): Promise<void> {
+    return Promise.resolve();
+  }
+
   /** m and v per tensor, for a checkpoint. */
-  readState(): Promise<TensorToWrite[]> {
+  readState(): Promise<StateTensor[]> {
     return readAdamWState(this);
   }
 
   /** Restores m and v saved by {@linkcode readState}; checks every size first. */
-  writeState(file: SafeTensorsFile): void {
+  writeState(saved: SavedState): void {
     const arrays = new Map<string, Float32Array<ArrayBuffer>>();
     for (const which of ["m", "v"]) {
       for (const t of this.layout.tensors) {
         const name = `${which}.${t.name}`;
-        if (!file.tensors.has(name)) {
-          throw new Error(
-            `${file.path} has no "${name}": it holds another optimizer's state; resume with the ` +
-              "--optimizer it was saved with",
-          );
-        }
-        const a = tensorF32(file, name);
+        if (!saved.has(name)) throw otherOptimizerError(saved, name);
+        const a = saved.f32(name);
         if (a.length !== t.size) {
-          throw new Error(`${file.path}: "${name}" has ${a.length} values, needs ${t.size}`);
+          throw new Error(`${saved.path}: "${name}" has ${a.length} values, needs ${t.size}`);
         }
         arrays.set(name, a);
       }
@@ -357,6 +336,11 @@ export class AdamW {
   /** Bytes of optimizer state (m and v). */
   get stateBytes(): number {
     return this.m.size + this.v.size;
+  }
+
+  /** All state is on the GPU. */
+  get hostBytes(): number {
+    return 0;
   }
 
   /** Frees the state and every buffer the optimizer made. */
@@ -370,17 +354,15 @@ export class AdamW {
 // ---------------------------------------------------------------------------
 // State for checkpoints: m and v per tensor, full (padded) size, f32.
 
-/** m and v of every tensor as named f32 arrays (`m.<name>`, `v.<name>`). */
-export async function readAdamWState(
-  opt: AdamW,
-): Promise<{ name: string; shape: number[]; data: Float32Array }[]> {
-  const out = [];
+/** m and v of every tensor as named f32 arrays (`m.<name>`, `v.<name>`), read in a few spans. */
+export async function readAdamWState(opt: AdamW): Promise<StateTensor[]> {
+  const out: StateTensor[] = [];
   for (const which of ["m", "v"] as const) {
-    const buf = which === "m" ? opt.m : opt.v;
-    for (const t of opt.layout.tensors) {
-      const data = await readF32(opt.rt.device, buf, t.offset, t.size);
-      out.push({ name: `${which}.${t.name}`, shape: [t.size], data });
-    }
+    const { tensors } = opt.layout;
+    const data = await readSpans(opt.rt.device, which === "m" ? opt.m : opt.v, tensors);
+    tensors.forEach((t, i) =>
+      out.push({ name: `${which}.${t.name}`, shape: [t.size], data: data[i] })
+    );
   }
   return out;
 }

@@ -1,0 +1,266 @@
+/**
+ * A model's weights, apart from any graph: the flat f32 parameters (the master copy the
+ * optimizer updates), their gradients, the f16 copy mixed precision reads, and named views
+ * by Hugging Face name. Several graphs of different batch shapes (training, validation,
+ * sampling, HellaSwag) share one Weights object, so one f16 refresh serves them all.
+ *
+ * Hugging Face names and the vocabulary padding live here and nowhere else: wte is stored
+ * [Vp, C] with zero padding rows, and read and written as [V, C]. Bulk reads go through one
+ * staging buffer per binding-sized span instead of one per tensor.
+ *
+ * @module
+ */
+
+import type { ArenaScope } from "../gpu/arena.ts";
+import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
+import { readF32, readSpans, type Runtime } from "../gpu/runtime.ts";
+import {
+  encodeSafetensors,
+  type SafeDtype,
+  SafeTensorsError,
+  tensorF32,
+  type TensorToWrite,
+} from "../io/safetensors.ts";
+import { type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
+import { initTensor } from "./init.ts";
+import { castToHalf } from "./ops/cast.ts";
+import type { TensorRange } from "./ops/tensor.ts";
+import { parameterLayout, type ParamLayout, type TensorView } from "./params.ts";
+import { arenaBytes, type Precision } from "./plan.ts";
+
+/** Options for {@linkcode Weights.create}. */
+export interface WeightsOptions {
+  /** Initialise like GPT-2 with this seed (default 1337); `null` leaves the parameters zero. */
+  seed?: number | null;
+  /** `fp16`: keep an f16 copy for the matmuls where the device has shader-f16 (default fp32). */
+  precision?: Precision;
+  /** Allocate gradients (default true; false for inference only). */
+  grads?: boolean;
+}
+
+/**
+ * Parameters, gradients and the f16 copy of one GPT-2, by Hugging Face name.
+ *
+ * @example Two graphs over one set of weights
+ * ```ts
+ * import { createRuntime, GPT2, resolveConfig, Weights } from "@webgpu-gpt2/core";
+ *
+ * const rt = await createRuntime();
+ * const weights = await Weights.create(rt, resolveConfig("tiny"));
+ * const train = await GPT2.create(rt, weights.config, { B: 4, T: 16, weights });
+ * const sample = await GPT2.create(rt, weights.config, { B: 1, T: 16, weights, inference: true });
+ * console.log((await weights.readAll()).length, train.B, sample.B);
+ * ```
+ */
+export class Weights {
+  /** The runtime the buffers belong to. */
+  readonly rt: Runtime;
+  /** The architecture, validated. */
+  readonly config: GPT2Config;
+  /** Where each named tensor lies in the flat buffers. */
+  readonly layout: ParamLayout;
+  /** Rows of wte: the vocabulary padded to a multiple of 128. */
+  readonly Vp: number;
+  /** fp16 (an f16 copy for the matmuls) or fp32, as resolved for this device. */
+  readonly precision: Precision;
+  /** All parameters, flat, f32. */
+  readonly params: GPUBuffer;
+  /** The f16 copy (mixed precision), same layout as `params`. */
+  readonly half?: GPUBuffer;
+  #grads?: GPUBuffer;
+  #mem: ArenaScope;
+  #cast: Dispatch[] = [];
+  #stale = true;
+
+  private constructor(rt: Runtime, config: GPT2Config, o: WeightsOptions) {
+    this.rt = rt;
+    this.config = validateConfig(config);
+    this.layout = parameterLayout(config);
+    this.Vp = paddedVocab(config.vocabSize);
+    const bytes = this.layout.totalElements * 4;
+    if (bytes > rt.gpu.limits.maxBufferSize) {
+      throw new RangeError(
+        `Model parameters need ${bytes} bytes in one buffer, over this adapter's maxBufferSize ` +
+          `of ${rt.gpu.limits.maxBufferSize}: use a smaller model`,
+      );
+    }
+    this.precision = o.precision === "fp16" && rt.gpu.features.shaderF16 ? "fp16" : "fp32";
+    this.#mem = rt.arena.scope();
+    this.params = this.#mem.alloc("params", "parameters", bytes);
+    if (this.precision === "fp16") {
+      this.half = this.#mem.alloc(
+        "params.f16",
+        "parameters",
+        arenaBytes(bytes / 2),
+        undefined,
+        "f16",
+      );
+    }
+    if (o.grads ?? true) this.#grads = this.#mem.alloc("grads", "gradients", bytes);
+  }
+
+  /** Allocates the weights, initialises them and builds the f16 cast. */
+  static async create(
+    rt: Runtime,
+    config: GPT2Config,
+    options: WeightsOptions = {},
+  ): Promise<Weights> {
+    const w = new Weights(rt, config, options);
+    const seed = options.seed === undefined ? 1337 : options.seed;
+    if (seed !== null) {
+      w.layout.tensors.forEach((t, i) => {
+        rt.device.queue.writeBuffer(w.params, t.offset * 4, initTensor(w.config, t, i, seed));
+      });
+    }
+    if (w.half) {
+      w.#cast = await castToHalf(rt, w.layout.totalElements, { src: w.params, dst: w.half });
+    }
+    return w;
+  }
+
+  /** The gradients, same layout as the parameters (throws when created without them). */
+  get grads(): GPUBuffer {
+    if (!this.#grads) {
+      throw new Error("These weights were created for inference: they have no gradients");
+    }
+    return this.#grads;
+  }
+
+  /** True when the weights have a gradient buffer. */
+  get hasGrads(): boolean {
+    return this.#grads !== undefined;
+  }
+
+  /** A named tensor's range in the parameters (or in the gradients). */
+  tensor(name: string, grads = false): TensorRange {
+    const t = this.#view(name);
+    return { buffer: grads ? this.grads : this.params, offset: t.offset, size: t.size };
+  }
+
+  /** Where matmuls read a weight: the f16 copy under fp16, else the parameters. */
+  weight(name: string): TensorRange {
+    const t = this.tensor(name);
+    return this.half ? { ...t, buffer: this.half } : t;
+  }
+
+  /** The parameters changed on the GPU (an optimizer step): refresh the f16 copy before use. */
+  markChanged(): void {
+    this.#stale = true;
+  }
+
+  /** Encodes the refresh of the f16 copy when it is stale. */
+  encodeRefresh(encoder: GPUCommandEncoder): void {
+    if (!this.half || !this.#stale) return;
+    encodeDispatches(encoder, this.#cast, this.rt.profiler);
+    this.#stale = false;
+  }
+
+  /** A tensor (or its gradient) by Hugging Face name; wte without its padding rows. */
+  readTensor(name: string, grads = false): Promise<Float32Array> {
+    const t = this.tensor(name, grads);
+    return readF32(this.rt.device, t.buffer, t.offset, hfSize(this.#view(name), this.config));
+  }
+
+  /** Overwrites a tensor by name (wte may omit its padding rows). */
+  writeTensor(name: string, data: Float32Array<ArrayBuffer>): void {
+    const t = this.#view(name), want = hfSize(t, this.config);
+    if (data.length !== want && data.length !== t.size) {
+      throw new RangeError(`Parameter "${name}" has ${want} elements, got ${data.length}`);
+    }
+    this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
+    this.markChanged();
+  }
+
+  /** Every parameter as Hugging Face tensors (wte without padding), read in a few spans. */
+  async readAll(): Promise<TensorToWrite[]> {
+    const { tensors } = this.layout;
+    const data = await readSpans(
+      this.rt.device,
+      this.params,
+      tensors.map((t) => ({ offset: t.offset, size: hfSize(t, this.config) })),
+    );
+    return tensors.map((t, i) => ({ name: t.name, shape: hfShape(t, this.config), data: data[i] }));
+  }
+
+  /** Frees the buffers and the cast's uniforms. */
+  destroy(): void {
+    freeDispatches(this.rt.arena, this.#cast);
+    this.#cast = [];
+    this.#mem.freeAll();
+  }
+
+  #view(name: string): TensorView {
+    const t = this.layout.byName.get(name);
+    if (!t) throw new RangeError(`Unknown parameter "${name}"`);
+    return t;
+  }
+}
+
+/** A parameter's shape in Hugging Face files: its own, except wte without padding rows. */
+export function hfShape(t: { name: string; shape: number[] }, cfg: GPT2Config): number[] {
+  return t.name === "wte.weight" ? [cfg.vocabSize, cfg.nEmbd] : t.shape;
+}
+
+/** Elements of a parameter in Hugging Face files. */
+const hfSize = (t: TensorView, cfg: GPT2Config) => hfShape(t, cfg).reduce((a, b) => a * b, 1);
+
+/** Anything that holds weights: a Weights object or a model graph over one. */
+export type WeightsLike = Weights | { readonly weights: Weights };
+
+const weightsOf = (w: WeightsLike): Weights => w instanceof Weights ? w : w.weights;
+
+/** The parameters as Hugging Face tensors (wte without padding rows). */
+export function exportTensors(source: WeightsLike): Promise<TensorToWrite[]> {
+  return weightsOf(source).readAll();
+}
+
+/** model.safetensors bytes for the weights (F32 by default). */
+export async function encodeModel(
+  source: WeightsLike,
+  dtype: SafeDtype = "F32",
+): Promise<Uint8Array<ArrayBuffer>> {
+  return encodeSafetensors(await exportTensors(source), { dtype, metadata: { format: "pt" } });
+}
+
+/** The tensor names and shapes of a safetensors file (its header is enough). */
+export interface TensorShapes {
+  /** The file, for messages. */
+  path: string;
+  /** Shape of each tensor by name. */
+  tensors: Map<string, { shape: number[] }>;
+}
+
+/**
+ * Checks that a file holds every parameter of `cfg` with the right shape, and returns the key
+ * each parameter has in the file (with or without a `transformer.` prefix). Reads nothing else.
+ */
+export function matchTensors(file: TensorShapes, cfg: GPT2Config): Map<string, string> {
+  const keys = new Map<string, string>();
+  for (const t of parameterLayout(cfg).tensors) {
+    const key = [t.name, `transformer.${t.name}`].find((k) => file.tensors.has(k));
+    if (!key) {
+      throw new SafeTensorsError(
+        file.path,
+        `missing tensor "${t.name}" (nor "transformer.${t.name}"): not a GPT-2 checkpoint of ` +
+          "this size",
+      );
+    }
+    const want = hfShape(t, cfg), got = file.tensors.get(key)!.shape;
+    if (got.join(",") !== want.join(",")) {
+      throw new SafeTensorsError(
+        file.path,
+        `tensor "${key}" has shape [${got}], the model needs [${want}]: check that config.json ` +
+          "matches the weights",
+      );
+    }
+    keys.set(t.name, key);
+  }
+  return keys;
+}
+
+/** Loads every parameter from a parsed model.safetensors (all shapes checked first). */
+export function loadTensors(file: Parameters<typeof tensorF32>[0], target: WeightsLike): void {
+  const w = weightsOf(target);
+  const keys = matchTensors(file, w.config); // all checks before any write
+  for (const [name, key] of keys) w.writeTensor(name, tensorF32(file, key));
+}

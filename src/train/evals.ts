@@ -1,0 +1,105 @@
+/**
+ * What a run measures besides its training loss, each over the training weights through a
+ * graph of its own shape: validation loss, text samples and HellaSwag.
+ *
+ * @module
+ */
+
+import type { Runtime } from "../gpu/runtime.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import type { MatmulOptions } from "../model/ops/matmul.ts";
+import type { Weights } from "../model/weights.ts";
+import { type ShardInfo, TokenLoader } from "../data/loader.ts";
+import { decodeTokens, EOT } from "../data/tokenizer.ts";
+import { generate } from "../eval/generate.ts";
+import {
+  type HellaSwagItem,
+  type HellaSwagResult,
+  itemRows,
+  scoreItems,
+  summarize,
+} from "../eval/hellaswag.ts";
+
+/** The evaluations of a run; each graph shares the training weights. */
+export interface RunEvals {
+  /** Mean validation loss over `batches` batches (undefined without a validation split). */
+  validate(): Promise<number | undefined>;
+  /** Text sampled from an end-of-text token, seeded by `seed`. */
+  sample(seed: number): Promise<string>;
+  /** HellaSwag over the items (undefined when there are none). */
+  hellaswag(): Promise<HellaSwagResult | undefined>;
+  /** Frees the evaluation graphs. */
+  destroy(): void;
+}
+
+/** What the evaluations need. */
+export interface EvalSetup {
+  /** The training graph: validation runs through it (same batch shape). */
+  model: GPT2;
+  /** The validation shards, if the data has them. */
+  valShards?: ShardInfo[];
+  /** Validation batches averaged (at most one epoch). */
+  valBatches: number;
+  /** Tokens per sample. */
+  sampleTokens: number;
+  /** HellaSwag items to score (none: no HellaSwag graph is built). */
+  hsItems: HellaSwagItem[];
+  /** Options for the evaluation graphs' matmuls. */
+  matmul?: MatmulOptions;
+}
+
+/** Builds the sampling and HellaSwag graphs over `model`'s weights. */
+export async function runEvals(rt: Runtime, s: EvalSetup): Promise<RunEvals> {
+  const { model } = s, weights: Weights = model.weights, cfg = weights.config;
+  const sampler = await GPT2.create(rt, cfg, {
+    B: 1,
+    T: Math.min(cfg.nCtx, model.T),
+    inference: true,
+    weights,
+    matmul: s.matmul,
+  });
+  const hsModel = s.hsItems.length
+    ? await GPT2.create(rt, cfg, {
+      B: 16,
+      T: Math.min(
+        cfg.nCtx,
+        Math.max(...s.hsItems.flatMap((it) =>
+          itemRows(it, "completion").map((r) => r.ctx.length + r.end.length)
+        )),
+      ),
+      inference: true,
+      weights,
+      matmul: s.matmul,
+    })
+    : undefined;
+  return {
+    async validate() {
+      if (!s.valShards || s.valBatches <= 0) return undefined;
+      const val = new TokenLoader(s.valShards, { batchSize: model.B, seqLen: model.T });
+      let sum = 0;
+      const n = Math.min(s.valBatches, val.batchesPerEpoch);
+      for (let i = 0; i < n; i++) {
+        const b = val.nextBatch();
+        sum += await model.forward(b.inputs, b.targets);
+      }
+      return sum / n;
+    },
+    async sample(seed) {
+      const ids = await generate(sampler, [EOT], {
+        maxTokens: s.sampleTokens,
+        temperature: 0.8,
+        topK: 40,
+        seed,
+        stopToken: EOT,
+      });
+      return decodeTokens(ids);
+    },
+    async hellaswag() {
+      return hsModel ? summarize(s.hsItems, await scoreItems(hsModel, s.hsItems)) : undefined;
+    },
+    destroy() {
+      sampler.destroy();
+      hsModel?.destroy();
+    },
+  };
+}

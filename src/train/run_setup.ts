@@ -1,0 +1,174 @@
+/**
+ * Everything a run holds before its first step: the checkpoint it resumes or starts from
+ * (read once, checked before anything is written), the data, the weights and the training
+ * graph, the optimizer, the step, the loader at its saved position, the schedule and the
+ * evaluations.
+ *
+ * @module
+ */
+
+import type { Runtime } from "../gpu/runtime.ts";
+import type { GPT2Config } from "../model/config.ts";
+import { GPT2 } from "../model/gpt2.ts";
+import { loadTensors, matchTensors } from "../model/weights.ts";
+import { createOptimizer } from "../optim/registry.ts";
+import type { Optimizer } from "../optim/optimizer.ts";
+import { makeSchedule, type Schedule } from "../optim/schedule.ts";
+import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
+import { loadCheckpoint } from "../io/checkpoint.ts";
+import { savedTensors } from "../io/safetensors.ts";
+import { readHellaSwag } from "../eval/hellaswag.ts";
+import { configDefault, type TrainConfig } from "./config.ts";
+import { prepareData, type PreparedData } from "./corpus.ts";
+import { type RunEvals, runEvals } from "./evals.ts";
+import { LossScaler } from "./loss_scale.ts";
+import { type StepHooks, TrainStep } from "./step.ts";
+
+/** A run ready for its first step. */
+export interface RunSetup {
+  /** The architecture trained (a resumed or `init` checkpoint's own). */
+  cfg: GPT2Config;
+  /** The tokenized data. */
+  data: PreparedData;
+  /** The training graph (its weights are the run's). */
+  model: GPT2;
+  /** The optimizer over the weights. */
+  opt: Optimizer;
+  /** fp16: the dynamic loss scaler. */
+  scaler?: LossScaler;
+  /** One optimizer step. */
+  step: TrainStep;
+  /** The training batches, at the resumed position. */
+  loader: TokenLoader;
+  /** The learning-rate schedule. */
+  schedule: Schedule;
+  /** Validation, samples, HellaSwag. */
+  evals: RunEvals;
+  /** The step the run starts after (0 for a new run). */
+  startStep: number;
+  /** Frees the graphs, the optimizer and the weights. */
+  destroy(): void;
+}
+
+/** Reads the sources, then builds the run on the GPU (see the module doc). */
+export async function setUpRun(
+  rt: Runtime,
+  c: TrainConfig,
+  print: (line: string) => void,
+  stepHooks?: StepHooks,
+): Promise<RunSetup> {
+  const BT = c.batch * c.seq, accum = c.totalBatch / BT;
+  // ---- read and check everything before touching the GPU or disk
+  const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
+    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
+    : [];
+  const resumed = c.resume ? await loadCheckpoint(c.resume) : undefined;
+  const init = c.init ? await loadCheckpoint(c.init) : undefined;
+  if (resumed && !resumed.optimizer) {
+    throw new Error(`Cannot resume from ${c.resume}: it has no optimizer.safetensors; use --init`);
+  }
+  const cfg = resumed?.config ?? init?.config ?? c.model;
+  const source = resumed ?? init;
+  if (source) matchTensors(source.model, cfg); // shapes checked before anything is written
+  const data = await prepareData(c.data, c.cacheDir);
+  for (const w of data.warnings) print(`warning: ${w}`);
+  const trainShards = await openShards(data.dir, { split: "train" });
+  const valShards = await openShards(data.dir, { split: "val" }).catch(() => undefined);
+
+  // ---- the GPU side
+  const matmul = c.matmul ? { impl: c.matmul } : undefined;
+  const model = await GPT2.create(rt, cfg, {
+    B: c.batch,
+    T: c.seq,
+    seed: c.seed,
+    dloss: 1 / (BT * accum),
+    matmul,
+    recompute: c.recompute,
+    logitsChunkRows: c.logitsChunkRows,
+    precision: c.precision,
+  });
+  const made: { destroy(): void }[] = [model];
+  try {
+    if (c.precision === "fp16" && model.precision !== "fp16") {
+      print("precision: this adapter has no shader-f16, so training runs in fp32");
+    }
+    const scaler = model.precision === "fp16"
+      ? new LossScaler({ init: c.lossScale, window: c.lossScaleWindow })
+      : undefined;
+    const opt = await createOptimizer(
+      c.optimizer ?? configDefault("optimizer")!,
+      rt,
+      model.layout,
+      { params: model.params, grads: model.grads },
+      {
+        beta1: c.beta1,
+        beta2: c.beta2,
+        eps: c.eps,
+        weightDecay: c.weightDecay,
+        gradClip: c.gradClip,
+        block8: c.optimizerBlock,
+        fp32Embeddings: c.optimizerFp32Embeddings,
+        offload: c.optimizerOffload,
+      },
+    );
+    made.push(opt);
+    const evals = await runEvals(rt, {
+      model,
+      valShards,
+      valBatches: c.valBatches,
+      sampleTokens: c.sampleTokens,
+      hsItems,
+      matmul,
+    });
+    made.push(evals);
+    let startStep = 0, optimizerSteps = 0;
+    let cursor: LoaderCursor | undefined;
+    if (resumed) {
+      loadTensors(resumed.model, model);
+      opt.writeState(savedTensors(resumed.optimizer!));
+      const st = resumed.trainer!;
+      startStep = st.step;
+      optimizerSteps = st.optimizer_steps;
+      if (scaler && typeof st.loss_scale === "number") {
+        scaler.state = { scale: st.loss_scale, goodSteps: st.loss_scale_good_steps ?? 0 };
+      }
+      if (st.data === data.dir) cursor = st.cursor as LoaderCursor;
+      else print(`resume: new data ${data.dir} (was ${st.data}): reading it from the start`);
+    } else if (init) {
+      loadTensors(init.model, model);
+    }
+    const step = new TrainStep(rt, model, opt, { accum, scaler, optimizerSteps, hooks: stepHooks });
+    made.push(step);
+    const loader = new TokenLoader(trainShards, {
+      batchSize: c.batch,
+      seqLen: c.seq,
+      shuffle: c.shuffle,
+      seed: c.seed,
+      cursor,
+      vocabSize: cfg.vocabSize,
+    });
+    const schedule = makeSchedule(c.schedule, {
+      lr: c.lr,
+      minLr: c.minLr,
+      warmup: c.warmup,
+      steps: c.steps,
+      decay: c.decaySteps,
+    });
+    return {
+      cfg,
+      data,
+      model,
+      opt,
+      scaler,
+      step,
+      loader,
+      schedule,
+      evals,
+      startStep,
+      destroy: () => made.reverse().forEach((m) => m.destroy()),
+    };
+  } catch (e) {
+    made.reverse().forEach((m) => m.destroy());
+    throw e;
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * One optimizer step of training as an object: the micro-steps of gradient accumulation,
+ * loss scaling and the overflow skip (fp16), the optimizer's update (clipping included),
+ * the f16 refresh of the weights, and one readback of the losses and the gradient norm.
+ *
+ * Between "gradients ready" and "optimizer update" there is one hook: data-parallel
+ * training all-reduces the gradients there. Without it the update is encoded in the last
+ * micro-step's command encoder (no extra submit).
+ *
+ * @module
+ */
+
+import type { Runtime } from "../gpu/runtime.ts";
+import type { GPT2 } from "../model/gpt2.ts";
+import type { Optimizer } from "../optim/optimizer.ts";
+import type { LossScaler } from "./loss_scale.ts";
+
+/** One micro-batch: B*T tokens and their targets. */
+export interface MicroBatch {
+  /** Token ids [B*T]. */
+  inputs: ArrayLike<number>;
+  /** Next-token targets [B*T]. */
+  targets: ArrayLike<number>;
+}
+
+/** Where a step can be extended (data parallelism). */
+export interface StepHooks {
+  /**
+   * Runs once the last micro-step's gradients are complete on the GPU and before the
+   * optimizer reads them: e.g. averages them over ranks (they carry the loss scale).
+   */
+  gradientsReady?: (grads: GPUBuffer) => Promise<void>;
+  /** Combines this process's mean loss with the other ranks' (default: itself). */
+  reduceLoss?: (loss: number) => Promise<number>;
+}
+
+/** What a step did. */
+export interface StepOutcome {
+  /** Mean loss over the step's tokens (all ranks with `reduceLoss`). */
+  loss: number;
+  /** Global gradient norm before clipping (the loss scale divided out). */
+  norm: number;
+  /** fp16: the gradients overflowed and the update was skipped. */
+  overflow: boolean;
+  /** The loss scale this step ran with (1 without mixed precision). */
+  lossScale: number;
+}
+
+/** A bad micro-batch (a token outside the vocabulary, a wrong length): `cause` says which. */
+export class BatchError extends Error {
+  constructor(cause: Error) {
+    super(cause.message, { cause });
+    this.name = "BatchError";
+  }
+}
+
+/** Options of {@linkcode TrainStep}. */
+export interface TrainStepOptions {
+  /** Micro-steps per optimizer step (gradient accumulation). */
+  accum: number;
+  /** fp16: the dynamic loss scaler; an overflow skips the step whole. */
+  scaler?: LossScaler;
+  /** Updates applied so far (AdamW's t; skipped steps do not count). */
+  optimizerSteps?: number;
+  /** Extension points. */
+  hooks?: StepHooks;
+}
+
+/** Runs optimizer steps of `model` with `opt`. */
+export class TrainStep {
+  /** Micro-steps per optimizer step. */
+  readonly accum: number;
+  /** Updates applied so far: AdamW's t. */
+  optimizerSteps: number;
+  readonly #rt: Runtime;
+  readonly #model: GPT2;
+  readonly #opt: Optimizer;
+  readonly #scaler?: LossScaler;
+  readonly #hooks: StepHooks;
+  readonly #staging: GPUBuffer;
+
+  /** A step for `model` (its dloss must be 1 / (B*T*accum)) and `opt` over its weights. */
+  constructor(rt: Runtime, model: GPT2, opt: Optimizer, o: TrainStepOptions) {
+    this.#rt = rt;
+    this.#model = model;
+    this.#opt = opt;
+    this.accum = o.accum;
+    this.#scaler = o.scaler;
+    this.#hooks = o.hooks ?? {};
+    this.optimizerSteps = o.optimizerSteps ?? 0;
+    this.#staging = rt.device.createBuffer({
+      label: "train.readback",
+      size: (o.accum * model.B * model.T + 4) * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  /** One optimizer step at learning rate `lr`; `next` gives each micro-batch. */
+  async run(lr: number, next: () => MicroBatch): Promise<StepOutcome> {
+    const rt = this.#rt, model = this.#model, opt = this.#opt, scaler = this.#scaler;
+    const { accum } = this, BT = model.B * model.T, staging = this.#staging;
+    const scale = scaler?.scale ?? 1;
+    if (scaler) model.setLossScale(scale);
+    opt.setStep(this.optimizerSteps + 1, lr, { lossScale: scale, skipOnOverflow: !!scaler });
+    const hook = this.#hooks.gradientsReady;
+    const submit = async (enc: GPUCommandEncoder) => {
+      rt.profiler?.resolve(enc);
+      rt.device.queue.submit([enc.finish()]);
+      await rt.profiler?.collect();
+    };
+    const encodeUpdate = async (enc: GPUCommandEncoder) => {
+      opt.encodeUpdate(enc, rt.profiler);
+      enc.copyBufferToBuffer(opt.stats, 0, staging, accum * BT * 4, 16);
+      await submit(enc);
+      await opt.finishUpdate();
+    };
+    for (let micro = 0; micro < accum; micro++) {
+      try {
+        const b = next();
+        model.setBatch(b.inputs, b.targets);
+      } catch (e) {
+        throw e instanceof RangeError ? new BatchError(e) : e;
+      }
+      const enc = rt.device.createCommandEncoder();
+      model.encodeTrain(enc, micro > 0);
+      enc.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
+      if (micro < accum - 1) await submit(enc);
+      else if (hook) {
+        await submit(enc);
+        await hook(model.grads);
+        await encodeUpdate(rt.device.createCommandEncoder());
+      } else await encodeUpdate(enc);
+    }
+    model.markParamsChanged(); // the f16 copy is refreshed before the next pass
+    await staging.mapAsync(GPUMapMode.READ);
+    const back = new Float32Array(staging.getMappedRange());
+    let sum = 0;
+    for (let i = 0; i < accum * BT; i++) sum += back[i];
+    const norm = back[accum * BT + 1] / scale;
+    const overflow = scaler !== undefined && back[accum * BT + 2] > 0;
+    staging.unmap();
+    if (!overflow) this.optimizerSteps++;
+    scaler?.update(overflow);
+    const local = sum / (accum * BT);
+    const loss = this.#hooks.reduceLoss ? await this.#hooks.reduceLoss(local) : local;
+    return { loss, norm, overflow, lossScale: scale };
+  }
+
+  /** Frees the readback buffer (the model and optimizer belong to the caller). */
+  destroy(): void {
+    this.#staging.destroy();
+  }
+}
