@@ -7,6 +7,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { checkChoice, checkNumber, type NumberRule, TRAIN_CONFIG } from "../src/train/config.ts";
 
 /** Flag values of a task, by name. */
 export type FlagValues = Record<string, string | boolean | undefined>;
@@ -72,40 +73,101 @@ export function numberFlag(
   return checkNumber(key, raw, rule);
 }
 
-/** What a numeric flag accepts. */
-export type NumberRule =
-  | "positive-integer"
-  | "non-negative-integer"
-  | "positive"
-  | "non-negative"
-  | "fraction" // [0, 1)
-  | "probability"; // (0, 1]
+export { checkChoice, checkNumber, type NumberRule };
 
-const RULES: Record<NumberRule, [string, (x: number) => boolean]> = {
-  "positive-integer": ["a positive integer", (x) => Number.isInteger(x) && x > 0],
-  "non-negative-integer": ["a whole number, 0 or more", (x) => Number.isInteger(x) && x >= 0],
-  positive: ["a number above 0", (x) => Number.isFinite(x) && x > 0],
-  "non-negative": ["a number, 0 or more", (x) => Number.isFinite(x) && x >= 0],
-  fraction: ["a number in [0, 1)", (x) => x >= 0 && x < 1],
-  probability: ["a number in (0, 1]", (x) => x > 0 && x <= 1],
-};
-
-/** `raw` as a number that obeys `rule`; otherwise a TypeError naming --`key`. */
-export function checkNumber(key: string, raw: unknown, rule: NumberRule): number {
-  const x = typeof raw === "string" && raw.trim() === "" ? NaN : Number(raw);
-  const [want, ok] = RULES[rule];
-  if (!Number.isFinite(x)) throw new TypeError(`--${key} must be a number, got "${raw}"`);
-  if (!ok(x)) throw new TypeError(`--${key} must be ${want}, got "${raw}"`);
-  return x;
+/** One flag as a table row gives it (src/train/config.ts's ConfigRow, without the key). */
+export interface FlagSpec {
+  /** The flag, kebab-case. */
+  flag: string;
+  /** How its value is read. */
+  kind: "number" | "string" | "boolean";
+  /** Numbers: what they accept. */
+  rule?: NumberRule;
+  /** Strings: the values allowed. */
+  choices?: readonly string[];
+  /** The default shown in the help (undefined: none shown). */
+  default?: unknown;
+  /** The help line. */
+  help?: string;
+  /** The value's placeholder (default N for numbers, the choices, or X). */
+  arg?: string;
+  /** The help section. */
+  group?: string;
 }
 
-/** The --precision flag: fp32 (default) or fp16; anything else is a TypeError. */
-export function precisionFlag(values: Record<string, unknown>): "fp32" | "fp16" {
-  const raw = values.precision ?? "fp32";
-  if (raw !== "fp32" && raw !== "fp16") {
-    throw new TypeError(`--precision must be fp32 or fp16, got "${raw}"`);
+/** node:util parseArgs options for the flags (plus -h/--help). */
+export function flagOptions(
+  specs: readonly FlagSpec[],
+): Record<string, { type: "string" | "boolean"; short?: string }> {
+  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
+    help: { type: "boolean", short: "h" },
+  };
+  for (const s of specs) options[s.flag] = { type: s.kind === "boolean" ? "boolean" : "string" };
+  return options;
+}
+
+/** Checks every given value against its row: number rules and choices (TypeErrors). */
+export function checkFlags(values: FlagValues, specs: readonly FlagSpec[]): void {
+  for (const s of specs) {
+    const raw = values[s.flag];
+    if (raw === undefined) continue;
+    if (s.kind === "number") checkNumber(s.flag, raw, s.rule ?? "non-negative");
+    if (s.choices) checkChoice(s.flag, raw, s.choices);
   }
-  return raw;
+}
+
+/** A flag's value read by its row: a checked number, a string, or a boolean. */
+export function readFlag(values: FlagValues, s: FlagSpec): string | number | boolean | undefined {
+  const raw = values[s.flag];
+  if (raw === undefined) return undefined;
+  return s.kind === "number" ? checkNumber(s.flag, raw, s.rule ?? "non-negative") : raw;
+}
+
+/** The help's flag lines, by group (in `order`, then as they first appear), wrapped. */
+export function flagHelp(specs: readonly FlagSpec[], order: readonly string[] = []): string {
+  const groups = [...new Set([...order, ...specs.map((s) => s.group ?? "")])];
+  const lines: string[] = [];
+  for (const g of groups) {
+    const rows = specs.filter((x) => (x.group ?? "") === g);
+    if (!rows.length) continue;
+    if (g) lines.push(g);
+    for (const s of rows) {
+      const integer = s.rule?.endsWith("integer") ?? false;
+      const arg = s.kind === "boolean"
+        ? ""
+        : ` ${s.arg ?? (s.choices ? s.choices.join("|") : integer ? "N" : "X")}`;
+      const left = `  --${s.flag}${arg}`;
+      const text = (s.help ?? "") +
+        (s.default === undefined || s.default === "" || s.kind === "boolean" ||
+            /\bdefault\b/.test(s.help ?? "")
+          ? ""
+          : ` (default ${s.default})`);
+      const words = text.split(" ");
+      const wrapped: string[] = [];
+      let line = "";
+      for (const w of words) {
+        if (line && 24 + line.length + 1 + w.length > 96) {
+          wrapped.push(line);
+          line = w;
+        } else line = line ? `${line} ${w}` : w;
+      }
+      wrapped.push(line);
+      const pad = "".padEnd(24);
+      const first = left.length < 23
+        ? `${left.padEnd(24)}${wrapped[0]}`
+        : `${left}\n${pad}${wrapped[0]}`;
+      lines.push(first, ...wrapped.slice(1).map((w) => pad + w));
+    }
+  }
+  return lines.join("\n");
+}
+
+/** The --precision flag, read by the training table's row: fp32 (default) or fp16. */
+export function precisionFlag(values: Record<string, unknown>): "fp32" | "fp16" {
+  const row = TRAIN_CONFIG.precision;
+  return checkChoice("precision", values.precision ?? row.default, row.choices!) as
+    | "fp32"
+    | "fp16";
 }
 
 /** Runs `main`, printing errors: usage errors (TypeError) exit 2, others 1. */
