@@ -7,7 +7,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { checkChoice, checkNumber, type NumberRule, TRAIN_CONFIG } from "../src/train/config.ts";
+import { checkChoice, checkNumber, type NumberRule } from "../src/train/config.ts";
+import { TRAIN_CONFIG } from "../src/train/config_table.ts";
 
 /** Flag values of a task, by name. */
 export type FlagValues = Record<string, string | boolean | undefined>;

@@ -23,12 +23,8 @@ import {
   runMain,
 } from "./_cli.ts";
 import { train } from "../src/train/trainer.ts";
-import {
-  configDefault,
-  type ConfigRow,
-  TRAIN_CONFIG,
-  type TrainConfig,
-} from "../src/train/config.ts";
+import type { ConfigRow, TrainConfig } from "../src/train/config.ts";
+import { configDefault, TRAIN_CONFIG } from "../src/train/config_table.ts";
 
 /** TrainConfig keys with a flag, as the CLI reads them. */
 const ROWS = (Object.entries(TRAIN_CONFIG) as [keyof TrainConfig, ConfigRow<unknown>][])

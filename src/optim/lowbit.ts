@@ -18,7 +18,6 @@
 
 import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
-import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import { readBuffer, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import type { Profiler } from "../gpu/profiler.ts";
@@ -29,9 +28,9 @@ import {
   gradNormPartials,
   stepBuffers,
   stepWords,
-  withStep,
 } from "./adamw.ts";
 import { dynamicMap, linearMapNoZero } from "./quant_maps.ts";
+import { pieceDispatches } from "./lowbit_pieces.ts";
 import {
   type Optimizer,
   otherOptimizerError,
@@ -48,11 +47,6 @@ import {
 } from "./lowbit_plan.ts";
 
 export { type StatePiece, statePieces } from "./lowbit_plan.ts";
-import adamwBody from "../../kernels/adamw.wgsl" with { type: "text" };
-import adamw8Body from "../../kernels/adamw8bit.wgsl" with { type: "text" };
-import adamw4Body from "../../kernels/adamw4bit.wgsl" with { type: "text" };
-
-const [adamwSrc, adamw8Src, adamw4Src] = [adamwBody, adamw8Body, adamw4Body].map(withStep);
 
 /** Options of the low-bit optimizers. */
 export interface LowBitConfig extends AdamWConfig {
@@ -204,108 +198,19 @@ export class LowBitAdamW implements Optimizer {
       Float32Array.from([...dynamicMap(true, 4), ...linearMapNoZero(4)]),
     );
     this.#norm = await gradNormDispatches(rt, this.pieces, grads, partials, this.stats);
-    const zero = { f32: 0, words: 0, abs: 0, scales: 0 };
-    const f = (buffer: GPUBuffer, offset: number, size: number): BufferRange => ({
-      buffer,
-      offset: offset * 4,
-      size: Math.max(16, size * 4),
-    });
+    const ctx = {
+      params,
+      grads,
+      state: st,
+      stats: this.stats,
+      step: this.#step,
+      maps8,
+      maps4,
+      block8: this.config.block8,
+      offload: this.config.offload,
+    };
     for (const piece of this.pieces) {
-      const out: Dispatch[] = [];
-      this.#pieceDispatches.push(out);
-      // Offloaded state sits at the start of the GPU window.
-      const p = this.config.offload ? { ...piece, ...zero } : piece;
-      const pr = f(params, p.offset, p.size), gr = f(grads, p.offset, p.size);
-      if (p.kind === "fp32") {
-        out.push(
-          await makeDispatch(rt, {
-            name: "adamw",
-            code: adamwSrc,
-            entryPoint: "main",
-            buffers: {
-              0: pr,
-              1: gr,
-              2: f(st.m32, p.f32, p.size),
-              3: f(st.v32, p.f32, p.size),
-              4: { buffer: this.stats },
-              5: { buffer: this.#step },
-            },
-            uniform: { binding: 6, words: [p.size, p.decay ? 1 : 0] },
-            workgroups: grid1d(p.size, 64),
-          }),
-        );
-        continue;
-      }
-      const block = p.kind === "q8" ? this.config.block8 : 128;
-      const nWords = Math.ceil(p.size / (p.kind === "q8" ? 4 : 8));
-      const nBlocks = Math.ceil(p.size / block);
-      const common = {
-        0: pr,
-        1: gr,
-        2: f(st.mq, p.words, nWords),
-        3: f(st.vq, p.words, nWords),
-        4: f(st.mabs, p.abs, nBlocks),
-        5: f(st.vabs, p.abs, nBlocks),
-      };
-      if (p.kind === "q8") {
-        out.push(
-          await makeDispatch(rt, {
-            name: "adamw8bit",
-            code: adamw8Src,
-            entryPoint: "main",
-            constants: { WG: block / 4 },
-            buffers: {
-              ...common,
-              6: { buffer: maps8 },
-              7: { buffer: this.stats },
-              8: { buffer: this.#step },
-            },
-            uniform: { binding: 9, words: [p.size, p.decay ? 1 : 0] },
-            workgroups: grid1d(nBlocks, 1),
-          }),
-        );
-        continue;
-      }
-      const rank1 = p.rows > 0;
-      const all: Record<number, BufferRange> = {
-        ...common,
-        6: rank1 ? f(st.scales, p.scales, 2 * (p.rows + p.cols)) : f(st.mabs, p.abs, nBlocks),
-        7: { buffer: maps4 },
-        8: { buffer: this.stats },
-        9: { buffer: this.#step },
-      };
-      // Each entry point binds exactly what it uses ("auto" layouts).
-      const uses: Record<string, number[]> = {
-        row_max: [1, 3, 6, 7, 8, 9],
-        col_max: [1, 3, 6, 7, 8, 9],
-        update: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-        commit: [6, 8, 9], // stats and step: a skipped step keeps the old scales
-      };
-      const spec = (
-        entryPoint: string,
-        workgroups: [number, number, number],
-        walk: [number, number, number] = [0, 0, 1], // [lo, hi, first] of row_max/col_max
-      ) =>
-        makeDispatch(rt, {
-          name: `adamw4bit_${entryPoint}`,
-          code: adamw4Src,
-          entryPoint,
-          buffers: Object.fromEntries(uses[entryPoint].map((b) => [b, all[b]])),
-          uniform: { binding: 10, words: [p.size, p.decay ? 1 : 0, p.rows, p.cols, ...walk, 0] },
-          workgroups,
-          loops: { bound: walk[1] - walk[0], shape: { rows: p.rows, cols: p.cols } },
-        });
-      if (rank1) {
-        // A row's max walks its columns, a column's its rows: in pieces within the loop budget.
-        const walks = [["row_max", p.rows, p.cols], ["col_max", p.cols, p.rows]] as const;
-        for (const [entry, lanes, len] of walks) {
-          for (const [lo, hi] of splitRange(len, WALK_ROWS)) {
-            out.push(await spec(entry, grid1d(lanes, 64), [lo, hi, lo === 0 ? 1 : 0]));
-          }
-        }
-      }
-      out.push(await spec("update", grid1d(nBlocks, 1)));
-      if (rank1) out.push(await spec("commit", grid1d(p.rows + p.cols, 64)));
+      this.#pieceDispatches.push(await pieceDispatches(rt, piece, ctx));
     }
     this.dispatches = this.config.offload ? [] : [...this.#norm, ...this.#pieceDispatches.flat()];
   }

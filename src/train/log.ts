@@ -5,7 +5,9 @@
  * @module
  */
 
-export { formatDuration } from "../format.ts";
+import { formatBytes, formatDuration } from "../format.ts";
+
+export { formatDuration };
 
 /** Appends JSON lines to a file (created on first write). */
 export class JsonlLog {
@@ -98,4 +100,112 @@ export function lossCurveSvg(series: Series[], title = "loss"): string {
   });
   out.push("</svg>");
   return out.join("\n") + "\n";
+}
+
+/** What one step prints: loss, learning rate, norm, throughput, MFU, memory, ETA. */
+export interface StepLine {
+  step: number;
+  steps: number;
+  loss: number;
+  lr: number;
+  norm: number;
+  tokensPerS: number;
+  /** Achieved FLOP/s (the MFU formula's numerator). */
+  flops: number;
+  /** The device's peak TFLOP/s; 0 when unknown. */
+  peakTflops: number;
+  memBytes: number;
+  etaS: number;
+  /** fp16: the step overflowed; the scale went from `scale` to `newScale`. */
+  overflow?: { scale: number; newScale: number };
+}
+
+/** The progress line of one optimizer step. */
+export function formatStepLine(s: StepLine): string {
+  const mfu = s.peakTflops > 0 ? `${((100 * s.flops) / (s.peakTflops * 1e12)).toFixed(1)}%` : "n/a";
+  return `step ${String(s.step).padStart(String(s.steps).length)}/${s.steps} | loss ${
+    s.loss.toFixed(4)
+  } | lr ${s.lr.toExponential(2)} | norm ${s.norm.toFixed(3)} | ${s.tokensPerS.toFixed(0)} ` +
+    `tok/s | ${(s.flops / 1e9).toFixed(1)} GFLOP/s | MFU ${mfu} | mem ${
+      formatBytes(s.memBytes)
+    } | ` +
+    `ETA ${formatDuration(s.etaS)}` +
+    (s.overflow
+      ? ` | overflow: step skipped, loss scale ${s.overflow.scale} -> ${s.overflow.newScale}`
+      : "");
+}
+
+/** A run directory's log.jsonl and loss.svg, with the points the curve is drawn from. */
+export class RunLog {
+  /** log.jsonl. */
+  readonly log: JsonlLog;
+  /** (step, loss) of every logged step. */
+  readonly train: [number, number][] = [];
+  /** (step, validation loss). */
+  readonly val: [number, number][] = [];
+  readonly #dir: string;
+  readonly #title: string;
+
+  /** The log of the run in `dir`; the curve is titled after `modelName`. */
+  constructor(dir: string, modelName: string) {
+    this.#dir = dir;
+    this.#title = `${modelName} loss`;
+    this.log = new JsonlLog(`${dir}/log.jsonl`);
+  }
+
+  /**
+   * A resumed run continues the log from `step` (what a crash logged past it goes, and the
+   * curve's points are rebuilt from what stays); a new run starts a new log.
+   */
+  async open(resumeStep?: number): Promise<void> {
+    if (resumeStep === undefined) {
+      await Deno.remove(this.log.path).catch(() => {});
+      return;
+    }
+    for (const r of await this.log.truncateAfter(resumeStep)) {
+      if (typeof r.step !== "number") continue;
+      if (typeof r.loss === "number") this.train.push([r.step, r.loss]);
+      if (typeof r.val_loss === "number") this.val.push([r.step, r.val_loss]);
+    }
+  }
+
+  /** Appends a record. */
+  write(record: Record<string, unknown>): Promise<void> {
+    return this.log.write(record);
+  }
+
+  /** Rewrites loss.svg. */
+  writeCurve(): Promise<void> {
+    return Deno.writeTextFile(
+      `${this.#dir}/loss.svg`,
+      lossCurveSvg([
+        { name: "train", color: "#1f77b4", points: this.train },
+        { name: "val", color: "#d62728", points: this.val },
+      ], this.#title),
+    );
+  }
+}
+
+/** The lines printed at the end of a run: what it did and what to run next. */
+export function formatSummary(
+  c: { out: string; steps: number; totalBatch: number },
+  losses: number[],
+  ran: number,
+  t0: number,
+  valLoss: number | undefined,
+  checkpoint: string,
+  dataDir: string,
+): string {
+  const secs = (performance.now() - t0) / 1000;
+  return [
+    `summary: ${ran} steps in ${formatDuration(secs)}, ${
+      (ran * c.totalBatch).toLocaleString("en-US")
+    } tokens; train loss ${losses[0].toFixed(3)} -> ${losses[losses.length - 1].toFixed(3)}` +
+    (valLoss !== undefined ? `, val loss ${valLoss.toFixed(3)}` : ""),
+    `  checkpoint  ${checkpoint}`,
+    `  loss curve  ${c.out}/loss.svg`,
+    `  continue    deno task train --out ${c.out} --resume latest --steps ${c.steps + ran}`,
+    `  evaluate    deno task eval ${checkpoint} --loss ${dataDir}`,
+    `  sample      deno task sample ${checkpoint} --prompt "The whale"`,
+  ].join("\n");
 }

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { stepDirName } from "../io/checkpoint.ts";
 
 /** The lock file's name inside a run directory. */
 export const LOCK_FILE = ".lock";
@@ -87,4 +88,15 @@ async function readLock(path: string): Promise<LockInfo | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Moves `<checkpoints>/step_N` aside as `diverged_step_N` (replacing an older one), so that
+ * `--resume latest` never picks weights the divergence guard condemned. Returns the new path.
+ */
+export async function setAside(checkpoints: string, step: number): Promise<string> {
+  const aside = `${checkpoints}/diverged_${stepDirName(step)}`;
+  await Deno.remove(aside, { recursive: true }).catch(() => {});
+  await Deno.rename(`${checkpoints}/${stepDirName(step)}`, aside);
+  return aside;
 }

@@ -9,7 +9,6 @@
  * @module
  */
 
-import { formatBytes } from "../format.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { GPT2_VOCAB_SIZE, type GPT2Config, parameterCount } from "../model/config.ts";
 import { encodeModel, matchTensors } from "../model/weights.ts";
@@ -24,10 +23,11 @@ import {
   TRAINER_STATE_VERSION,
   type TrainerState,
 } from "../io/checkpoint.ts";
-import { configDefault, type TrainConfig } from "./config.ts";
+import type { TrainConfig } from "./config.ts";
+import { configDefault } from "./config_table.ts";
 import { DivergenceError, DivergenceGuard } from "./guard.ts";
-import { formatDuration, JsonlLog, lossCurveSvg } from "./log.ts";
-import { lockRunDir } from "./run_dir.ts";
+import { formatStepLine, formatSummary, RunLog } from "./log.ts";
+import { lockRunDir, setAside } from "./run_dir.ts";
 import { setUpRun } from "./run_setup.ts";
 import { BatchError, type StepHooks } from "./step.ts";
 
@@ -172,22 +172,12 @@ async function trainLocked(
   const { cfg, data, model, opt, scaler, loader, schedule, evals, startStep } = run;
   try {
     // ---- output: nothing in the run directory changes before this point
-    const log = new JsonlLog(`${c.out}/log.jsonl`);
-    const trainPts: [number, number][] = [], valPts: [number, number][] = [];
-    if (c.resume) {
-      // The log continues from the resumed step: what a crash logged past it goes.
-      for (const r of await log.truncateAfter(startStep)) {
-        if (typeof r.step !== "number") continue;
-        if (typeof r.loss === "number") trainPts.push([r.step, r.loss]);
-        if (typeof r.val_loss === "number") valPts.push([r.step, r.val_loss]);
-      }
-    } else {
-      if (earlier.length) { // only with --overwrite (train() refuses otherwise)
-        await Deno.remove(checkpoints, { recursive: true });
-        print(`overwrite: removed ${earlier.length} checkpoint(s) of the earlier run in ${c.out}`);
-      }
-      await Deno.remove(log.path).catch(() => {}); // a new run starts a new log
+    const log = new RunLog(c.out, c.modelName);
+    if (!c.resume && earlier.length) { // only with --overwrite (train() refuses otherwise)
+      await Deno.remove(checkpoints, { recursive: true });
+      print(`overwrite: removed ${earlier.length} checkpoint(s) of the earlier run in ${c.out}`);
     }
+    await log.open(c.resume ? startStep : undefined);
     const { notices: _notices, ...settings } = c;
     const resolved = {
       ...settings,
@@ -207,14 +197,7 @@ async function trainLocked(
     print(`lr: ${describeSchedule(schedule)}`);
     await Deno.writeTextFile(`${c.out}/run_config.json`, JSON.stringify(resolved, null, 2) + "\n");
     await log.write({ event: "start", time: new Date().toISOString(), config: resolved });
-    const writeCurve = () =>
-      Deno.writeTextFile(
-        `${c.out}/loss.svg`,
-        lossCurveSvg([
-          { name: "train", color: "#1f77b4", points: trainPts },
-          { name: "val", color: "#d62728", points: valPts },
-        ], `${c.modelName} loss`),
-      );
+    const writeCurve = () => log.writeCurve();
     /** Saves step `step`; the old ones are pruned by the caller once it is trusted. */
     const save = async (step: number, valLoss?: number, keep?: number, at = loader.cursor) => {
       const trainer: TrainerState = {
@@ -264,7 +247,7 @@ async function trainLocked(
       factor,
       window: c.divergenceWindow ?? configDefault("divergenceWindow")!,
       maxOverflows: c.maxOverflows ?? configDefault("maxOverflows")!,
-    }, trainPts.map(([, l]) => l)); // a resume's median starts from its log
+    }, log.train.map(([, l]) => l)); // a resume's median starts from its log
     /**
      * Bad data mid-run: saves the steps done (none of this step's update is applied yet, and
      * `cursor` is where the step began) and returns a note saying where they are.
@@ -279,14 +262,11 @@ async function trainLocked(
      * --resume latest never picks it, and the error names the last good one.
      */
     const diverged = async (why: string, suspect: number): Promise<never> => {
-      let movedNote = "";
       const bad = `${checkpoints}/${stepDirName(suspect)}`;
-      if (suspect > startStep && lastCheckpoint === bad) {
-        const aside = `${checkpoints}/diverged_${stepDirName(suspect)}`;
-        await Deno.remove(aside, { recursive: true }).catch(() => {});
-        await Deno.rename(bad, aside);
-        movedNote = ` Its checkpoint of step ${suspect} was moved to ${aside}.`;
-      }
+      const aside = suspect > startStep && lastCheckpoint === bad
+        ? await setAside(checkpoints, suspect)
+        : undefined;
+      const movedNote = aside ? ` Its checkpoint of step ${suspect} was moved to ${aside}.` : "";
       const all = await listCheckpoints(checkpoints);
       const good = all.length ? all[all.length - 1] : undefined;
       await log.write({ event: "diverged", step, why });
@@ -324,22 +304,20 @@ async function trainLocked(
         const dt = (performance.now() - tStep) / 1000;
         const tokPerS = c.totalBatch / dt;
         const flops = tokPerS * fpt;
-        const mfu = c.peakTflops > 0
-          ? `${((100 * flops) / (c.peakTflops * 1e12)).toFixed(1)}%`
-          : "n/a";
         const elapsed = (performance.now() - t0) / 1000;
-        const eta = (elapsed / (step - startStep)) * (c.steps - step);
-        print(
-          `step ${String(step).padStart(String(c.steps).length)}/${c.steps} | loss ${
-            loss.toFixed(4)
-          } | ` +
-            `lr ${lr.toExponential(2)} | norm ${norm.toFixed(3)} | ${tokPerS.toFixed(0)} tok/s | ` +
-            `${(flops / 1e9).toFixed(1)} GFLOP/s | MFU ${mfu} | mem ${
-              formatBytes(rt.arena.currentBytes)
-            } | ` +
-            `ETA ${formatDuration(eta)}` +
-            (overflow ? ` | overflow: step skipped, loss scale ${scale} -> ${scaler!.scale}` : ""),
-        );
+        print(formatStepLine({
+          step,
+          steps: c.steps,
+          loss,
+          lr,
+          norm,
+          tokensPerS: tokPerS,
+          flops,
+          peakTflops: c.peakTflops,
+          memBytes: rt.arena.currentBytes,
+          etaS: (elapsed / (step - startStep)) * (c.steps - step),
+          overflow: overflow ? { scale, newScale: scaler!.scale } : undefined,
+        }));
         await log.write({
           step,
           loss,
@@ -350,7 +328,7 @@ async function trainLocked(
           ms: dt * 1000,
           ...(scaler ? { loss_scale: scale, skipped: overflow } : {}),
         });
-        trainPts.push([step, loss]);
+        log.train.push([step, loss]);
         if (rt.gpu.errors.length > errorsBefore) {
           throw new Error(
             `WebGPU reported errors during step ${step}: ${
@@ -375,7 +353,7 @@ async function trainLocked(
           valLoss = await evals.validate();
           if (valLoss !== undefined) {
             print(`step ${step} | val loss ${valLoss.toFixed(4)}`);
-            valPts.push([step, valLoss]);
+            log.val.push([step, valLoss]);
             await log.write({ step, val_loss: valLoss });
           }
         }
@@ -416,7 +394,7 @@ async function trainLocked(
       );
       await log.write({ event: "end", step, checkpoint: lastCheckpoint });
       if (losses.length) {
-        print(summary(c, losses, step - startStep, t0, valLoss, lastCheckpoint, data.dir));
+        print(formatSummary(c, losses, step - startStep, t0, valLoss, lastCheckpoint, data.dir));
       }
       return {
         checkpoint: lastCheckpoint,
@@ -432,28 +410,4 @@ async function trainLocked(
   } finally {
     run.destroy();
   }
-}
-
-/** The lines printed at the end of a run: what it did and what to run next. */
-function summary(
-  c: TrainConfig,
-  losses: number[],
-  ran: number,
-  t0: number,
-  valLoss: number | undefined,
-  checkpoint: string,
-  dataDir: string,
-): string {
-  const secs = (performance.now() - t0) / 1000;
-  return [
-    `summary: ${ran} steps in ${formatDuration(secs)}, ${
-      (ran * c.totalBatch).toLocaleString("en-US")
-    } tokens; train loss ${losses[0].toFixed(3)} -> ${losses[losses.length - 1].toFixed(3)}` +
-    (valLoss !== undefined ? `, val loss ${valLoss.toFixed(3)}` : ""),
-    `  checkpoint  ${checkpoint}`,
-    `  loss curve  ${c.out}/loss.svg`,
-    `  continue    deno task train --out ${c.out} --resume latest --steps ${c.steps + ran}`,
-    `  evaluate    deno task eval ${checkpoint} --loss ${dataDir}`,
-    `  sample      deno task sample ${checkpoint} --prompt "The whale"`,
-  ].join("\n");
 }
