@@ -5,7 +5,8 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { type BufferRange, f32Bits, grid1d, makeDispatch, splitRange } from "../../gpu/kernel.ts";
+import { type BufferRange, f32Bits, grid1d, makeDispatch } from "../../gpu/kernel.ts";
+import { tableChunks } from "./tensor.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import classifierSrc from "../../../kernels/classifier.wgsl" with { type: "text" };
 
@@ -27,9 +28,8 @@ export function classifier(
   },
   ops: { logits: GPUBuffer; targets: BufferRange; losses: BufferRange; lossScale: GPUBuffer },
 ): Promise<Dispatch[]> {
-  const limit = s.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
-  const per = Math.max(64, Math.floor(limit / (s.Vp * 4) / 64) * 64);
-  const chunks = splitRange(s.N, per);
+  // Rows of logits in binding-sized chunks of 64-row multiples, as an embedding table's.
+  const chunks = tableChunks(rt, s.N, s.Vp, s.maxBindingBytes);
   const t0 = ops.targets.offset ?? 0, l0 = ops.losses.offset ?? 0;
   return Promise.all(chunks.map(([r0, r1]) =>
     makeDispatch(rt, {
