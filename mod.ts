@@ -69,6 +69,7 @@ export {
   exportTensors,
   loadTensors,
   matchTensors,
+  type TensorShapes,
   Weights,
   type WeightsLike,
   type WeightsOptions,
@@ -77,12 +78,7 @@ export { type TensorRange } from "./src/model/ops/tensor.ts";
 export { Decoder } from "./src/model/decode.ts";
 export { type Precision, type Recompute } from "./src/model/plan.ts";
 export { AdamW, ADAMW_DEFAULTS, type AdamWConfig } from "./src/optim/adamw.ts";
-export type {
-  Optimizer,
-  SavedState,
-  StateTensor,
-  StepOptions,
-} from "./src/optim/optimizer.ts";
+export type { Optimizer, SavedState, StateTensor, StepOptions } from "./src/optim/optimizer.ts";
 export {
   createOptimizer,
   type OptimizerBuffers,
@@ -105,6 +101,27 @@ export {
   type Segment,
 } from "./src/optim/schedule.ts";
 export { train, type TrainConfig, type TrainHooks, type TrainResult } from "./src/train/trainer.ts";
+export {
+  BatchError,
+  type MicroBatch,
+  type StepHooks,
+  type StepOutcome,
+  TrainStep,
+  type TrainStepOptions,
+} from "./src/train/step.ts";
+export { TRAIN_CONFIG } from "./src/train/config_table.ts";
+export { type ConfigRow, type ConfigTable, type NumberRule } from "./src/train/config.ts";
+export { type DataParallel, dataParallel, type ExchangeTimes } from "./src/train/data_parallel.ts";
+export {
+  type Dist,
+  type DistOptions,
+  type EnvReader,
+  type FloatArray,
+  gpuSelectionEnv,
+  type GpuSelectionOptions,
+  initDist,
+  singleProcess,
+} from "./src/dist/dist.ts";
 export {
   generate,
   generateCached,

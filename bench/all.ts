@@ -8,6 +8,7 @@ import type { BenchCase } from "./_harness.ts";
 import { attentionBench } from "./attention_bench.ts";
 import { checkpointBench } from "./checkpoint_bench.ts";
 import { dataBench } from "./data_bench.ts";
+import { ddpBench } from "./ddp_bench.ts";
 import { evalBench } from "./eval_bench.ts";
 import { matmulBench } from "./matmul_bench.ts";
 import { memoryBench } from "./memory_bench.ts";
@@ -24,4 +25,5 @@ export const BENCHES: BenchCase[] = [
   optimBench,
   memoryBench,
   checkpointBench,
+  ddpBench,
 ];

@@ -23,6 +23,8 @@ import {
   runMain,
 } from "./_cli.ts";
 import { train } from "../src/train/trainer.ts";
+import { gpuSelectionEnv, initDist } from "../src/dist/dist.ts";
+import { detectLaunch } from "../src/dist/mpi.ts";
 import type { ConfigRow, TrainConfig } from "../src/train/config.ts";
 import { configDefault, TRAIN_CONFIG } from "../src/train/config_table.ts";
 
@@ -153,7 +155,8 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   c.modelName = (v.model as string) ?? base.modelName ?? modelName;
   c.out = v.out !== undefined ? out : (base.out ?? out);
   c.resume = resume;
-  c.totalBatch ||= c.batch * c.seq;
+  // Under mpirun the default total batch is one micro-batch on every rank.
+  c.totalBatch ||= c.batch * c.seq * (detectLaunch()?.size ?? 1);
   // "constant" means constant: no warmup unless asked for.
   if (v.warmup === undefined && base.warmup === undefined && c.schedule === "constant") {
     c.warmup = 0;
@@ -188,7 +191,12 @@ export async function main(argv: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  await train(await createRuntime(), config);
+  // Under mpirun: one rank per process, each on its own GPU (set before the adapter exists).
+  const dist = await initDist();
+  if (dist.size > 1) {
+    for (const [k, val] of Object.entries(gpuSelectionEnv(dist.localRank))) Deno.env.set(k, val);
+  }
+  await train(await createRuntime(), config, { dist: dist.size > 1 ? dist : undefined });
   return 0;
 }
 

@@ -22,9 +22,10 @@ export class JsonlLog {
   /**
    * Drops every record of a step after `step` (what a crashed or stopped run
    * logged past the checkpoint a resume starts from), rewriting the file through
-   * a temporary name. Returns the records kept; a missing file keeps none.
+   * a temporary name. Returns the records kept; a missing file keeps none. With
+   * `rewrite: false` the file is left alone (another process owns it).
    */
-  async truncateAfter(step: number): Promise<Record<string, unknown>[]> {
+  async truncateAfter(step: number, rewrite = true): Promise<Record<string, unknown>[]> {
     let text: string;
     try {
       text = await Deno.readTextFile(this.path);
@@ -45,6 +46,7 @@ export class JsonlLog {
       kept.push(rec);
       lines.push(line);
     }
+    if (!rewrite) return kept;
     const tmp = `${this.path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
     await Deno.writeTextFile(tmp, lines.map((l) => l + "\n").join(""));
     await Deno.rename(tmp, this.path);
@@ -145,9 +147,14 @@ export class RunLog {
   readonly val: [number, number][] = [];
   readonly #dir: string;
   readonly #title: string;
+  readonly #writable: boolean;
 
-  /** The log of the run in `dir`; the curve is titled after `modelName`. */
-  constructor(dir: string, modelName: string) {
+  /**
+   * The log of the run in `dir`; the curve is titled after `modelName`. A log that is not
+   * `writable` (a data-parallel rank other than 0) reads the file and writes nothing.
+   */
+  constructor(dir: string, modelName: string, writable = true) {
+    this.#writable = writable;
     this.#dir = dir;
     this.#title = `${modelName} loss`;
     this.log = new JsonlLog(`${dir}/log.jsonl`);
@@ -159,10 +166,10 @@ export class RunLog {
    */
   async open(resumeStep?: number): Promise<void> {
     if (resumeStep === undefined) {
-      await Deno.remove(this.log.path).catch(() => {});
+      if (this.#writable) await Deno.remove(this.log.path).catch(() => {});
       return;
     }
-    for (const r of await this.log.truncateAfter(resumeStep)) {
+    for (const r of await this.log.truncateAfter(resumeStep, this.#writable)) {
       if (typeof r.step !== "number") continue;
       if (typeof r.loss === "number") this.train.push([r.step, r.loss]);
       if (typeof r.val_loss === "number") this.val.push([r.step, r.val_loss]);
@@ -170,13 +177,14 @@ export class RunLog {
   }
 
   /** Appends a record. */
-  write(record: Record<string, unknown>): Promise<void> {
-    return this.log.write(record);
+  async write(record: Record<string, unknown>): Promise<void> {
+    if (this.#writable) await this.log.write(record);
   }
 
   /** Rewrites loss.svg. */
-  writeCurve(): Promise<void> {
-    return Deno.writeTextFile(
+  async writeCurve(): Promise<void> {
+    if (!this.#writable) return;
+    await Deno.writeTextFile(
       `${this.#dir}/loss.svg`,
       lossCurveSvg([
         { name: "train", color: "#1f77b4", points: this.train },

@@ -24,6 +24,8 @@ import { prepareData, type PreparedData } from "./corpus.ts";
 import { type RunEvals, runEvals } from "./evals.ts";
 import { LossScaler } from "./loss_scale.ts";
 import { type StepHooks, TrainStep } from "./step.ts";
+import type { Dist } from "../dist/dist.ts";
+import { type DataParallel, dataParallel } from "./data_parallel.ts";
 
 /** A run ready for its first step. */
 export interface RunSetup {
@@ -47,6 +49,10 @@ export interface RunSetup {
   evals: RunEvals;
   /** The step the run starts after (0 for a new run). */
   startStep: number;
+  /** Data parallelism over several ranks (undefined in one process). */
+  dp?: DataParallel;
+  /** The next micro-batch of this rank. */
+  nextBatch(): { inputs: ArrayLike<number>; targets: ArrayLike<number> };
   /** Frees the graphs, the optimizer and the weights. */
   destroy(): void;
 }
@@ -57,8 +63,12 @@ export async function setUpRun(
   c: TrainConfig,
   print: (line: string) => void,
   stepHooks?: StepHooks,
+  dist?: Dist,
 ): Promise<RunSetup> {
-  const BT = c.batch * c.seq, accum = c.totalBatch / BT;
+  // N ranks share each optimizer step's tokens: rank r reads rows [r*B, (r+1)*B) of the
+  // N*B rows the loader serves, and the loss gradient is pre-divided by N.
+  const N = dist?.size ?? 1, lead = (dist?.rank ?? 0) === 0;
+  const BT = c.batch * c.seq, accum = c.totalBatch / (BT * N);
   // ---- read and check everything before touching the GPU or disk
   const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
     ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
@@ -71,7 +81,10 @@ export async function setUpRun(
   const cfg = resumed?.config ?? init?.config ?? c.model;
   const source = resumed ?? init;
   if (source) matchTensors(source.model, cfg); // shapes checked before anything is written
+  // Rank 0 tokenizes a text file into the cache first; the others then find it there.
+  if (!lead) await dist!.barrier();
   const data = await prepareData(c.data, c.cacheDir);
+  if (lead && N > 1) await dist!.barrier();
   for (const w of data.warnings) print(`warning: ${w}`);
   const trainShards = await openShards(data.dir, { split: "train" });
   const valShards = await openShards(data.dir, { split: "val" }).catch(() => undefined);
@@ -82,7 +95,7 @@ export async function setUpRun(
     B: c.batch,
     T: c.seq,
     seed: c.seed,
-    dloss: 1 / (BT * accum),
+    dloss: 1 / (BT * accum * N),
     matmul,
     recompute: c.recompute,
     logitsChunkRows: c.logitsChunkRows,
@@ -138,10 +151,13 @@ export async function setUpRun(
     } else if (init) {
       loadTensors(init.model, model);
     }
-    const step = new TrainStep(rt, model, opt, { accum, scaler, optimizerSteps, hooks: stepHooks });
+    const dp = dist && N > 1 ? dataParallel(dist, model) : undefined;
+    if (dp) made.push(dp);
+    const hooks = dp ? { ...dp.hooks, ...stepHooks } : stepHooks;
+    const step = new TrainStep(rt, model, opt, { accum, scaler, optimizerSteps, hooks });
     made.push(step);
     const loader = new TokenLoader(trainShards, {
-      batchSize: c.batch,
+      batchSize: c.batch * N,
       seqLen: c.seq,
       shuffle: c.shuffle,
       seed: c.seed,
@@ -166,6 +182,8 @@ export async function setUpRun(
       schedule,
       evals,
       startStep,
+      dp,
+      nextBatch: dp ? () => dp.shard(loader.nextBatch()) : () => loader.nextBatch(),
       destroy: () => made.reverse().forEach((m) => m.destroy()),
     };
   } catch (e) {

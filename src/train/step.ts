@@ -48,6 +48,7 @@ export interface StepOutcome {
 
 /** A bad micro-batch (a token outside the vocabulary, a wrong length): `cause` says which. */
 export class BatchError extends Error {
+  /** Wraps the loader's or the graph's error about the batch. */
   constructor(cause: Error) {
     super(cause.message, { cause });
     this.name = "BatchError";

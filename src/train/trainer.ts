@@ -30,6 +30,8 @@ import { formatStepLine, formatSummary, RunLog } from "./log.ts";
 import { lockRunDir, setAside } from "./run_dir.ts";
 import { setUpRun } from "./run_setup.ts";
 import { BatchError, type StepHooks } from "./step.ts";
+import type { Dist } from "../dist/dist.ts";
+import type { GPT2 } from "../model/gpt2.ts";
 
 export type { TrainConfig } from "./config.ts";
 export { DivergenceError } from "./guard.ts";
@@ -56,8 +58,15 @@ export interface TrainHooks {
   print?: (line: string) => void;
   /** Stop after the step this returns true for (used by tests to interrupt). */
   stopAfter?: (step: number) => boolean;
-  /** Extension points of each optimizer step (data parallelism: the gradient all-reduce). */
+  /** Extension points of each optimizer step (run before the data-parallel ones). */
   step?: StepHooks;
+  /** Called with the trained graph (and so its weights) before it is freed. */
+  afterRun?: (model: GPT2) => Promise<void>;
+  /**
+   * Train data-parallel over these ranks (src/dist; `initDist()` under mpirun): rank 0
+   * writes the logs, samples and checkpoints, every rank trains.
+   */
+  dist?: Dist;
 }
 
 /** FLOPs per token for forward+backward: 6·N + 12·L·C·T (nanoGPT's estimate_mfu). */
@@ -126,10 +135,12 @@ export async function train(
   hooks: TrainHooks = {},
 ): Promise<TrainResult> {
   const c = config;
-  const BT = c.batch * c.seq;
+  const N = hooks.dist?.size ?? 1, lead = (hooks.dist?.rank ?? 0) === 0;
+  const BT = c.batch * c.seq * N;
   if (c.totalBatch % BT !== 0) {
     throw new RangeError(
-      `--total-batch ${c.totalBatch} is not a multiple of batch x seq = ${BT}: pick a multiple`,
+      `--total-batch ${c.totalBatch} is not a multiple of batch x seq` +
+        (N > 1 ? ` x ranks = ${c.batch} x ${c.seq} x ${N}` : "") + ` = ${BT}: pick a multiple`,
     );
   }
   if (!(Number.isInteger(c.keep) && c.keep >= 1)) {
@@ -140,7 +151,8 @@ export async function train(
     if (problem) throw new Error(`Cannot resume from ${c.resume}: ${problem}`);
   }
   const existed = await Deno.stat(c.out).then(() => true, () => false);
-  const lock = await lockRunDir(c.out);
+  // Rank 0 owns the run directory; the other ranks only read it.
+  const lock = lead ? await lockRunDir(c.out) : { notice: undefined, release: async () => {} };
   try {
     const earlier = await listCheckpoints(`${c.out}/checkpoints`);
     if (earlier.length && !c.resume && !c.overwrite) {
@@ -153,7 +165,7 @@ export async function train(
     return await trainLocked(rt, c, hooks, earlier, lock.notice);
   } finally {
     await lock.release();
-    if (!existed) await Deno.remove(c.out).catch(() => {}); // only if still empty
+    if (!existed && lead) await Deno.remove(c.out).catch(() => {}); // only if still empty
   }
 }
 
@@ -165,15 +177,16 @@ async function trainLocked(
   earlier: string[],
   lockNotice?: string,
 ): Promise<TrainResult> {
-  const print = hooks.print ?? ((l: string) => console.log(l));
+  const lead = (hooks.dist?.rank ?? 0) === 0;
+  const print = lead ? hooks.print ?? ((l: string) => console.log(l)) : () => {};
   const checkpoints = `${c.out}/checkpoints`;
   for (const line of [...(c.notices ?? []), ...(lockNotice ? [lockNotice] : [])]) print(line);
-  const run = await setUpRun(rt, c, print, hooks.step);
+  const run = await setUpRun(rt, c, print, hooks.step, hooks.dist);
   const { cfg, data, model, opt, scaler, loader, schedule, evals, startStep } = run;
   try {
     // ---- output: nothing in the run directory changes before this point
-    const log = new RunLog(c.out, c.modelName);
-    if (!c.resume && earlier.length) { // only with --overwrite (train() refuses otherwise)
+    const log = new RunLog(c.out, c.modelName, lead);
+    if (!c.resume && earlier.length && lead) { // only with --overwrite (train() refuses otherwise)
       await Deno.remove(checkpoints, { recursive: true });
       print(`overwrite: removed ${earlier.length} checkpoint(s) of the earlier run in ${c.out}`);
     }
@@ -195,11 +208,17 @@ async function trainLocked(
     };
     print(`config ${JSON.stringify(resolved, null, 2)}`);
     print(`lr: ${describeSchedule(schedule)}`);
-    await Deno.writeTextFile(`${c.out}/run_config.json`, JSON.stringify(resolved, null, 2) + "\n");
+    if (lead) {
+      await Deno.writeTextFile(
+        `${c.out}/run_config.json`,
+        JSON.stringify(resolved, null, 2) + "\n",
+      );
+    }
     await log.write({ event: "start", time: new Date().toISOString(), config: resolved });
     const writeCurve = () => log.writeCurve();
     /** Saves step `step`; the old ones are pruned by the caller once it is trusted. */
     const save = async (step: number, valLoss?: number, keep?: number, at = loader.cursor) => {
+      if (!lead) return `${checkpoints}/${stepDirName(step)}`; // rank 0 writes it
       const trainer: TrainerState = {
         version: TRAINER_STATE_VERSION,
         step,
@@ -263,7 +282,7 @@ async function trainLocked(
      */
     const diverged = async (why: string, suspect: number): Promise<never> => {
       const bad = `${checkpoints}/${stepDirName(suspect)}`;
-      const aside = suspect > startStep && lastCheckpoint === bad
+      const aside = lead && suspect > startStep && lastCheckpoint === bad
         ? await setAside(checkpoints, suspect)
         : undefined;
       const movedNote = aside ? ` Its checkpoint of step ${suspect} was moved to ${aside}.` : "";
@@ -290,7 +309,7 @@ async function trainLocked(
         const stepCursor = loader.cursor;
         let r;
         try {
-          r = await run.step.run(lr, () => loader.nextBatch());
+          r = await run.step.run(lr, run.nextBatch);
         } catch (e) {
           if (!(e instanceof BatchError)) throw e; // bad data: say why, keep the steps done
           const why = e.cause instanceof OutOfVocabularyError
@@ -344,12 +363,13 @@ async function trainLocked(
         );
         if (tooMany) throw tooMany;
         if (bad) await diverged(bad.why, bad.suspect);
-        if (prunePending) { // the newest checkpoint's weights just gave a sane loss
+        if (prunePending && lead) { // the newest checkpoint's weights just gave a sane loss
           await pruneCheckpoints(checkpoints, c.keep);
           prunePending = false;
         }
         const last = step === c.steps;
-        if (c.valEvery > 0 && (step % c.valEvery === 0 || last)) {
+        // Evaluations run on rank 0; the others wait for it in the next collective.
+        if (lead && c.valEvery > 0 && (step % c.valEvery === 0 || last)) {
           valLoss = await evals.validate();
           if (valLoss !== undefined) {
             print(`step ${step} | val loss ${valLoss.toFixed(4)}`);
@@ -357,7 +377,7 @@ async function trainLocked(
             await log.write({ step, val_loss: valLoss });
           }
         }
-        if ((c.hellaswagEvery ?? 0) > 0 && (step % c.hellaswagEvery! === 0 || last)) {
+        if (lead && (c.hellaswagEvery ?? 0) > 0 && (step % c.hellaswagEvery! === 0 || last)) {
           const h = await evals.hellaswag();
           if (h) {
             print(
@@ -367,7 +387,7 @@ async function trainLocked(
             await log.write({ step, hellaswag: h });
           }
         }
-        if (c.sampleEvery > 0 && step % c.sampleEvery === 0 && !last) {
+        if (lead && c.sampleEvery > 0 && step % c.sampleEvery === 0 && !last) {
           const text = await evals.sample(c.seed + step);
           print(`step ${step} | sample: ${JSON.stringify(text)}`);
           await log.write({ step, sample: text });
@@ -378,11 +398,13 @@ async function trainLocked(
           prunePending = true;
         }
         if (hooks.stopAfter?.(step)) stopRequested = true;
+        // Ctrl-C reaches the ranks at different steps: all stop after the same one.
+        if (run.dp) stopRequested = await run.dp.agree(stopRequested);
       }
       // Final (or interrupted) checkpoint, then a sample.
       await writeCurve();
       lastCheckpoint = await save(step, valLoss, c.keep);
-      const text = c.sampleTokens > 0 ? await evals.sample(c.seed + step) : undefined;
+      const text = lead && c.sampleTokens > 0 ? await evals.sample(c.seed + step) : undefined;
       if (text !== undefined) {
         print(`sample at step ${step}: ${JSON.stringify(text)}`);
         await log.write({ step, sample: text });
@@ -393,6 +415,7 @@ async function trainLocked(
         } at step ${step}: checkpoint ${lastCheckpoint}`,
       );
       await log.write({ event: "end", step, checkpoint: lastCheckpoint });
+      await hooks.afterRun?.(model);
       if (losses.length) {
         print(formatSummary(c, losses, step - startStep, t0, valLoss, lastCheckpoint, data.dir));
       }
