@@ -11,6 +11,7 @@ import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
 import { openShards, TokenLoader } from "../src/data/loader.ts";
 import { formatDuration } from "../src/train/log.ts";
+import { gatherJson, gpuSelectionEnv, initDist } from "../src/dist/dist.ts";
 
 const HELLASWAG_URL =
   "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl";
@@ -95,6 +96,13 @@ export async function main(argv: string[]): Promise<number> {
   const num = (k: string, d: number) => numberFlag(v, k, d, "positive-integer");
   const seq = num("seq", 192);
   const precision = precisionFlag(v);
+  // Under mpirun the ranks share the items and the batches; rank 0 prints the result.
+  const dist = await initDist();
+  const { rank, size: N } = dist;
+  if (N > 1) {
+    for (const [k, val] of Object.entries(gpuSelectionEnv(dist.localRank))) Deno.env.set(k, val);
+  }
+  const lead = rank === 0;
   const rt = await createRuntime();
   const result: Record<string, unknown> = { checkpoint: dir };
   const wantHellaswag = v.hellaswag !== undefined || v.loss === undefined;
@@ -120,10 +128,15 @@ export async function main(argv: string[]): Promise<number> {
     });
     const t0 = performance.now();
     try {
-      const scores = await scoreItems(model, items, (done, sofar) => {
-        const acc = summarize(items.slice(0, done), sofar).completion.acc_norm;
-        progress("hellaswag", done, items.length, t0, ` | acc_norm ${acc.toFixed(4)}`);
+      // Rank r scores items r, r + N, ...; rank 0 puts the scores back in order.
+      const mine = items.filter((_, i) => i % N === rank);
+      const own = await scoreItems(model, mine, (done, sofar) => {
+        if (!lead) return;
+        const acc = summarize(mine.slice(0, done), sofar).completion.acc_norm;
+        progress("hellaswag", done, mine.length, t0, ` | acc_norm ${acc.toFixed(4)}`);
       });
+      const parts = N > 1 ? await gatherJson(dist, own) : [own];
+      const scores = parts ? items.map((_, i) => parts[i % N][Math.floor(i / N)]) : [];
       result.hellaswag = {
         file: path,
         ...summarize(items, scores),
@@ -144,10 +157,13 @@ export async function main(argv: string[]): Promise<number> {
       const t0 = performance.now();
       let sum = 0;
       for (let i = 0; i < n; i++) {
-        const b = loader.nextBatch();
-        sum += await model.forward(b.inputs, b.targets);
-        progress("val loss", i + 1, n, t0);
+        const b = loader.nextBatch(); // every rank walks the batches, each runs its own
+        if (i % N === rank) sum += await model.forward(b.inputs, b.targets);
+        if (lead) progress("val loss", i + 1, n, t0);
       }
+      const total = new Float64Array([sum]);
+      await dist.allReduceSum(total);
+      sum = total[0];
       result.val_loss = {
         shards: String(v.loss),
         batches: n,
@@ -159,6 +175,8 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (Deno.stderr.isTerminal()) console.error();
   }
+  if (!lead) return 0;
+  if (N > 1) result.ranks = N;
   const text = JSON.stringify(result, null, 2);
   console.log(text);
   if (v.json) await Deno.writeTextFile(String(v.json), text + "\n");

@@ -149,6 +149,105 @@ Deno.test({
 });
 
 Deno.test({
+  name: "ddp: ZeRO-1 trains like 1 process, its ranks agree, and it resumes bit-exactly",
+  ignore: !mpirun,
+  fn: () =>
+    withRun(async (dir, text) => {
+      const cache = { cacheDir: `${dir}/cache`, steps: 8, saveEvery: 4 };
+      const one = await run(1, [`${dir}/one`, text, config(4, cache)]);
+      equal(one.code, 0, one.out);
+      const c = config(2, { ...cache, zero: true });
+      const full = await run(2, [`${dir}/full`, text, c]);
+      equal(full.code, 0, full.out);
+      expectSameRun(one.results, full.results, "ZeRO-1");
+      const part = await run(2, [`${dir}/part`, text, c, "4"]);
+      equal(part.code, 0, part.out);
+      const resume = JSON.stringify({ ...JSON.parse(c), resume: part.results[0].checkpoint });
+      const rest = await run(2, [`${dir}/part`, text, resume]);
+      equal(rest.code, 0, rest.out);
+      deepEqual([...part.results[0].losses, ...rest.results[0].losses], full.results[0].losses);
+      equal(rest.results[0].hash, full.results[0].hash);
+      equal(rest.results[1].hash, full.results[1].hash);
+    }),
+});
+
+Deno.test({
+  name: "ddp: eval under 2 ranks reports the HellaSwag and validation loss of 1 process",
+  ignore: !mpirun,
+  fn: () =>
+    withRun(async (dir, text) => {
+      const trained = await run(1, [
+        `${dir}/m`,
+        text,
+        config(4, { cacheDir: `${dir}/cache`, steps: 2 }),
+      ]);
+      equal(trained.code, 0, trained.out);
+      const ckpt = trained.results[0].checkpoint;
+      const data = JSON.parse(await Deno.readTextFile(`${ckpt}/trainer_state.json`)).data;
+      const words = syntheticText(400, 3).split(" ");
+      const items = Array.from({ length: 7 }, (_, i) => ({
+        ind: i,
+        activity_label: "Test",
+        ctx_a: words.slice(i * 9, i * 9 + 6).join(" "),
+        ctx_b: words[i * 9 + 6],
+        ctx: words.slice(i * 9, i * 9 + 7).join(" "),
+        label: i % 4,
+        endings: [0, 1, 2, 3].map((e) =>
+          words.slice(200 + i * 12 + e * 3, 203 + i * 12 + e * 3).join(" ")
+        ),
+      }));
+      const hs = `${dir}/hs.jsonl`;
+      await Deno.writeTextFile(hs, items.map((o) => JSON.stringify(o)).join("\n") + "\n");
+      const evalTask = new URL("../tasks/eval.ts", import.meta.url).pathname;
+      const args = (json: string) => [
+        Deno.execPath(),
+        "run",
+        "-A",
+        evalTask,
+        ckpt,
+        "--hellaswag",
+        hs,
+        "--loss",
+        data,
+        "--loss-batches",
+        "5",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--json",
+        json,
+      ];
+      const env = { NO_COLOR: "1", OMPI_MCA_mpi_yield_when_idle: "1" };
+      const one = await new Deno.Command(args("")[0], {
+        args: args(`${dir}/one.json`).slice(1),
+        env,
+      })
+        .output();
+      ok(one.success, new TextDecoder().decode(one.stderr));
+      const two = await new Deno.Command(mpirun!, {
+        args: ["--allow-run-as-root", "--oversubscribe", "-np", "2", ...args(`${dir}/two.json`)],
+        env,
+      }).output();
+      ok(two.success, new TextDecoder().decode(two.stdout) + new TextDecoder().decode(two.stderr));
+      const a = JSON.parse(await Deno.readTextFile(`${dir}/one.json`));
+      const b = JSON.parse(await Deno.readTextFile(`${dir}/two.json`));
+      equal(b.ranks, 2);
+      for (const style of ["completion", "harness"]) {
+        for (const k of ["acc", "acc_norm"]) {
+          equal(b.hellaswag[style][k], a.hellaswag[style][k]);
+        }
+      }
+      equal(b.hellaswag.n, 7);
+      equal(b.val_loss.batches, a.val_loss.batches);
+      ok(
+        Math.abs(b.val_loss.loss - a.val_loss.loss) < 1e-9,
+        `${b.val_loss.loss} vs ${a.val_loss.loss}`,
+      );
+    }),
+});
+
+Deno.test({
   name: "ddp: killing one rank ends the other within seconds and keeps the last checkpoint",
   ignore: !mpirun,
   fn: () =>

@@ -342,3 +342,29 @@ function typeName(x: unknown): string {
 }
 
 export { gpuSelectionEnv, type GpuSelectionOptions } from "./gpu_select.ts";
+
+/**
+ * Gathers one byte string from every rank on rank 0, in rank order (undefined on the other
+ * ranks): each rank in turn broadcasts its length, then its bytes. For results and state of
+ * different sizes per rank; every rank must call it at the same point.
+ */
+export async function gatherToRoot(
+  dist: Dist,
+  mine: Uint8Array,
+): Promise<Uint8Array[] | undefined> {
+  const all: Uint8Array[] = [];
+  for (let r = 0; r < dist.size; r++) {
+    const len = new Float64Array([r === dist.rank ? mine.length : 0]);
+    await dist.broadcast(new Uint8Array(len.buffer), r);
+    const bytes = r === dist.rank ? mine : new Uint8Array(len[0]);
+    if (len[0] > 0) await dist.broadcast(bytes, r);
+    if (dist.rank === 0) all.push(bytes);
+  }
+  return dist.rank === 0 ? all : undefined;
+}
+
+/** {@linkcode gatherToRoot} of JSON values: every rank's value on rank 0, in rank order. */
+export async function gatherJson<T>(dist: Dist, value: T): Promise<T[] | undefined> {
+  const parts = await gatherToRoot(dist, new TextEncoder().encode(JSON.stringify(value)));
+  return parts?.map((b) => JSON.parse(new TextDecoder().decode(b)) as T);
+}

@@ -217,8 +217,10 @@ export class AdamW implements Optimizer {
   readonly rt: Runtime;
   /** The hyperparameters, defaults filled in. */
   readonly config: AdamWConfig;
-  /** The parameter layout the state follows (the model's). */
+  /** The parameter layout the state follows (the model's, or a shard of it). */
   readonly layout: ParamLayout;
+  /** Element of the parameters where the state starts (a ZeRO-1 shard's first; else 0). */
+  readonly stateBase: number;
   /** First moments (m), flat f32, same layout as the parameters. */
   readonly m: GPUBuffer;
   /** Second moments (v), flat f32, same layout as the parameters. */
@@ -232,12 +234,13 @@ export class AdamW implements Optimizer {
   #partials!: GPUBuffer;
   #mem: ArenaScope;
 
-  private constructor(rt: Runtime, layout: ParamLayout, config: AdamWConfig) {
+  private constructor(rt: Runtime, layout: ParamLayout, config: AdamWConfig, stateBase: number) {
     this.rt = rt;
     this.#mem = rt.arena.scope();
     this.layout = layout;
     this.config = config;
-    const bytes = layout.totalElements * 4;
+    this.stateBase = stateBase;
+    const bytes = (layout.totalElements - stateBase) * 4;
     this.m = this.#mem.alloc("adamw.m", "optimizer", bytes);
     this.v = this.#mem.alloc("adamw.v", "optimizer", bytes);
     ({ stats: this.stats, step: this.#stepUniform } = stepBuffers(this.#mem, "adamw"));
@@ -249,9 +252,16 @@ export class AdamW implements Optimizer {
     layout: ParamLayout,
     buffers: { params: GPUBuffer; grads: GPUBuffer },
     config: Partial<AdamWConfig> = {},
-    options: { maxBindingBytes?: number } = {},
+    options: {
+      maxBindingBytes?: number;
+      /**
+       * ZeRO-1: the layout holds one shard's tensors, which start at this element; the state
+       * covers only [stateBase, layout.totalElements).
+       */
+      stateBase?: number;
+    } = {},
   ): Promise<AdamW> {
-    const opt = new AdamW(rt, layout, { ...ADAMW_DEFAULTS, ...config });
+    const opt = new AdamW(rt, layout, { ...ADAMW_DEFAULTS, ...config }, options.stateBase ?? 0);
     await opt.#build(
       buffers.params,
       buffers.grads,
@@ -268,6 +278,11 @@ export class AdamW implements Optimizer {
     const update: Dispatch[] = [];
     for (const r of ranges) {
       const range = (buffer: GPUBuffer) => ({ buffer, offset: r.offset * 4, size: r.size * 4 });
+      const state = (buffer: GPUBuffer) => ({
+        buffer,
+        offset: (r.offset - this.stateBase) * 4,
+        size: r.size * 4,
+      });
       update.push(
         await makeDispatch(rt, {
           name: "adamw",
@@ -276,8 +291,8 @@ export class AdamW implements Optimizer {
           buffers: {
             0: range(params),
             1: range(grads),
-            2: range(this.m),
-            3: range(this.v),
+            2: state(this.m),
+            3: state(this.v),
             4: { buffer: this.stats },
             5: { buffer: this.#stepUniform }, // per-step values, shared by every range
           },
@@ -304,6 +319,16 @@ export class AdamW implements Optimizer {
   /** Encodes the gradient norm and the update (all of the step runs in the step's encoder). */
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void {
     encodeDispatches(encoder, this.dispatches, profiler);
+  }
+
+  /** The gradient norm dispatches alone. */
+  encodeNorm(encoder: GPUCommandEncoder, profiler?: Profiler): void {
+    encodeDispatches(encoder, this.normDispatches, profiler);
+  }
+
+  /** The update dispatches alone (the norm already in `stats`). */
+  encodeApply(encoder: GPUCommandEncoder, profiler?: Profiler): void {
+    encodeDispatches(encoder, this.dispatches.slice(this.#normDispatches), profiler);
   }
 
   /** Nothing to finish: the update ran in the step's encoder. */
@@ -358,7 +383,7 @@ export class AdamW implements Optimizer {
 export async function readAdamWState(opt: AdamW): Promise<StateTensor[]> {
   const out: StateTensor[] = [];
   for (const which of ["m", "v"] as const) {
-    const { tensors } = opt.layout;
+    const tensors = opt.layout.tensors.map((t) => ({ ...t, offset: t.offset - opt.stateBase }));
     const data = await readSpans(opt.rt.device, which === "m" ? opt.m : opt.v, tensors);
     tensors.forEach((t, i) =>
       out.push({ name: `${which}.${t.name}`, shape: [t.size], data: data[i] })
@@ -375,7 +400,8 @@ export function writeAdamWState(
   for (const which of ["m", "v"] as const) {
     const buf = which === "m" ? opt.m : opt.v;
     for (const t of opt.layout.tensors) {
-      opt.rt.device.queue.writeBuffer(buf, t.offset * 4, get(`${which}.${t.name}`, t.size));
+      const at = (t.offset - opt.stateBase) * 4;
+      opt.rt.device.queue.writeBuffer(buf, at, get(`${which}.${t.name}`, t.size));
     }
   }
 }

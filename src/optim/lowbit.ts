@@ -274,6 +274,16 @@ export class LowBitAdamW implements Optimizer {
     encodeDispatches(encoder, this.offloaded ? this.#norm : this.dispatches, profiler);
   }
 
+  /** The gradient norm dispatches alone. */
+  encodeNorm(encoder: GPUCommandEncoder, profiler?: Profiler): void {
+    encodeDispatches(encoder, this.#norm, profiler);
+  }
+
+  /** The piece updates alone (offload: nothing here, {@linkcode finishUpdate} streams them). */
+  encodeApply(encoder: GPUCommandEncoder, profiler?: Profiler): void {
+    if (!this.offloaded) encodeDispatches(encoder, this.#pieceDispatches.flat(), profiler);
+  }
+
   /** Offload: streams the state through the GPU ({@linkcode runOffloaded}); else nothing. */
   finishUpdate(): Promise<void> {
     return this.offloaded ? this.runOffloaded() : Promise.resolve();

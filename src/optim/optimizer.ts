@@ -57,6 +57,14 @@ export interface Optimizer {
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void;
   /** Finishes the update after that encoder was submitted (offload streams the state). */
   finishUpdate(): Promise<void>;
+  /**
+   * The first half of {@linkcode encodeUpdate}: the gradient norm into `stats` only. With
+   * {@linkcode encodeApply}, the step can change `stats` in between (ZeRO-1 sums each rank's
+   * share of the norm). Optional: an optimizer without it cannot shard its state.
+   */
+  encodeNorm?(encoder: GPUCommandEncoder, profiler?: Profiler): void;
+  /** The second half: the update, reading the norm from `stats`. */
+  encodeApply?(encoder: GPUCommandEncoder, profiler?: Profiler): void;
   /** The state as named tensors, for a checkpoint. */
   readState(): Promise<StateTensor[]>;
   /** Restores state saved from {@linkcode readState}; throws before any write when it does not fit. */

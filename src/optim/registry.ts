@@ -19,6 +19,11 @@ export interface OptimizerSettings extends AdamWConfig {
   fp32Embeddings?: boolean;
   /** Low-bit optimizers: state in CPU memory, streamed through the GPU per piece. */
   offload?: boolean;
+  /**
+   * ZeRO-1: the layout given is one shard's tensors, starting at this element of the flat
+   * buffers; the state covers only the shard.
+   */
+  stateBase?: number;
 }
 
 /** The buffers an optimizer updates: parameters, read with their gradients. */
@@ -35,6 +40,8 @@ export interface OptimizerKind {
   description: string;
   /** True when `offload` is supported. */
   offload: boolean;
+  /** True when its state can be sharded over ranks (ZeRO-1, `stateBase`). */
+  zero: boolean;
   /** Builds it over a model's buffers. */
   create(
     rt: Runtime,
@@ -58,10 +65,22 @@ export const OPTIMIZERS: Record<string, OptimizerKind> = {
   adamw: {
     description: "fp32 state, 8 bytes/param",
     offload: false,
-    create: (rt, layout, buffers, s) => AdamW.create(rt, layout, buffers, s),
+    zero: true,
+    create: (rt, layout, buffers, s) =>
+      AdamW.create(rt, layout, buffers, s, { stateBase: s.stateBase }),
   },
-  adamw8bit: { description: "8-bit state, ~2 bytes/param", offload: true, create: lowBit(8) },
-  adamw4bit: { description: "4-bit state, ~1 byte/param", offload: true, create: lowBit(4) },
+  adamw8bit: {
+    description: "8-bit state, ~2 bytes/param",
+    offload: true,
+    zero: false,
+    create: lowBit(8),
+  },
+  adamw4bit: {
+    description: "4-bit state, ~1 byte/param",
+    offload: true,
+    zero: false,
+    create: lowBit(4),
+  },
 };
 
 /** Builds the optimizer named `name` (an error lists the names when it is unknown). */
@@ -81,6 +100,13 @@ export function createOptimizer(
   if (settings.offload && !kind.offload) {
     const ok = Object.keys(OPTIMIZERS).filter((k) => OPTIMIZERS[k].offload);
     throw new RangeError(`--optimizer-offload works with ${ok.join(" and ")}: pick one of them`);
+  }
+  if (settings.stateBase !== undefined && !kind.zero) {
+    const ok = Object.keys(OPTIMIZERS).filter((k) => OPTIMIZERS[k].zero);
+    throw new RangeError(
+      `--zero shards the state of ${ok.join(", ")}; ${name} keeps ~1-2 bytes per parameter ` +
+        "already: drop --zero or pick " + ok.join(" or "),
+    );
   }
   return kind.create(rt, layout, buffers, settings);
 }

@@ -124,6 +124,8 @@ export interface TrainConfig {
   optimizerFp32Embeddings?: boolean;
   /** Low-bit optimizers: keep the state in CPU memory, streamed through the GPU per tensor. */
   optimizerOffload?: boolean;
+  /** Data-parallel runs: shard the optimizer state over the ranks (ZeRO-1). */
+  zero?: boolean;
   /** Activations the backward recomputes (none, mlp, block). */
   recompute?: Recompute;
   /** Rows of logits per chunk (default: all up to 256 MiB, else 512). */

@@ -181,6 +181,14 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     group: "Optimizer and schedule",
     help: 'low-bit optimizers: state in CPU memory, streamed per tensor ("paged")',
   },
+  zero: {
+    flag: "zero",
+    kind: "boolean",
+    default: false,
+    group: "Optimizer and schedule",
+    help: "under mpirun: shard the optimizer state over the ranks (ZeRO-1; adamw), dividing " +
+      "its memory by their number",
+  },
   recompute: {
     flag: "recompute",
     kind: "string",

@@ -10,13 +10,57 @@
  * bucket is still being read back (MPI runs on another thread), so transfer and reduction
  * overlap. The model's loss gradient is pre-divided by N, so the sum is the mean.
  *
+ * ZeRO-1 (`zero`): the optimizer state is split into N shards of whole tensors, one per rank,
+ * which divides optimizer memory by N. The gradients are reduce-scattered (each rank gets the
+ * mean of its shard), each rank's optimizer computes its shard's share of the gradient norm,
+ * the squares are summed over ranks before the update reads the norm (so clipping and the
+ * fp16 overflow skip are global), each rank updates its shard, and the parameters are
+ * all-gathered. A checkpoint gathers the state on rank 0, in the same format as without it.
+ *
  * @module
  */
 
-import type { Dist } from "../dist/dist.ts";
+import { type Dist, gatherToRoot } from "../dist/dist.ts";
 import type { GPT2 } from "../model/gpt2.ts";
+import type { ParamLayout } from "../model/params.ts";
 import type { TokenBatch } from "../data/loader.ts";
+import { encodeSafetensors, parseSafetensors, tensorF32 } from "../io/safetensors.ts";
+import type { StateTensor } from "../optim/optimizer.ts";
 import type { MicroBatch, StepHooks } from "./step.ts";
+
+/** A range of the flat parameter buffer, in elements. */
+export interface Shard {
+  /** First element. */
+  start: number;
+  /** One past the last. */
+  end: number;
+}
+
+/**
+ * ZeRO-1 shards: `ranks` contiguous ranges of whole tensors covering the flat buffer (the
+ * padding between tensors included), balanced by size.
+ */
+export function zeroShards(layout: ParamLayout, ranks: number): Shard[] {
+  if (layout.tensors.length < ranks) {
+    throw new RangeError(`ZeRO-1 needs a tensor per rank: ${layout.tensors.length} < ${ranks}`);
+  }
+  const total = layout.totalElements;
+  const starts = [0];
+  layout.tensors.forEach((t, i) => {
+    const r = starts.length; // the next shard starts at the first tensor past its share
+    const left = layout.tensors.length - i; // every later shard still needs a tensor
+    if (r < ranks && i > 0 && (t.offset >= (r * total) / ranks || left <= ranks - r)) {
+      starts.push(t.offset);
+    }
+  });
+  return starts.map((start, r) => ({ start, end: starts[r + 1] ?? total }));
+}
+
+/** The part of a layout inside a shard (offsets unchanged; totalElements = the shard's end). */
+export function shardLayout(layout: ParamLayout, shard: Shard): ParamLayout {
+  const tensors = layout.tensors.filter((t) => t.offset >= shard.start && t.offset < shard.end);
+  return { tensors, byName: new Map(tensors.map((t) => [t.name, t])), totalElements: shard.end };
+}
 
 /** Milliseconds spent per phase of the gradient exchange, summed over steps. */
 export interface ExchangeTimes {
@@ -42,6 +86,13 @@ export interface DataParallel {
   agree(stop: boolean): Promise<boolean>;
   /** Time spent in the gradient exchange so far. */
   times: ExchangeTimes;
+  /** ZeRO-1: this rank's shard of the parameters (its optimizer covers only it). */
+  zeroShard?: Shard;
+  /**
+   * The whole optimizer state on rank 0 for a checkpoint (ZeRO-1 gathers every rank's shard;
+   * without it rank 0's own state is whole). Every rank must call it at the same step.
+   */
+  gatherState(local: () => Promise<StateTensor[]>): Promise<StateTensor[] | undefined>;
   /** Frees the staging buffers. */
   destroy(): void;
 }
@@ -50,9 +101,14 @@ export interface DataParallel {
 export const BUCKET_BYTES = 32 * 2 ** 20;
 
 /** The hooks for `model` (B rows per rank) over `dist`. */
-export function dataParallel(dist: Dist, model: GPT2, bucketBytes = BUCKET_BYTES): DataParallel {
+export function dataParallel(
+  dist: Dist,
+  model: GPT2,
+  options: { zero?: boolean; bucketBytes?: number } = {},
+): DataParallel {
   const { device } = model.rt;
   const BT = model.B * model.T;
+  const bucketBytes = options.bucketBytes ?? BUCKET_BYTES;
   // Buckets of consecutive tensors in the flat gradient buffer, last layer first (the
   // order a bucketed backward would produce them).
   const buckets: { start: number; end: number }[] = [];
@@ -104,9 +160,25 @@ export function dataParallel(dist: Dist, model: GPT2, bucketBytes = BUCKET_BYTES
       return x[0] / dist.size;
     },
   };
+  const shards = options.zero ? zeroShards(model.layout, dist.size) : undefined;
+  const zeroParts = shards ? zeroHooks(dist, model, shards) : undefined;
   return {
     dist,
-    hooks,
+    hooks: zeroParts ? { ...hooks, ...zeroParts.hooks } : hooks,
+    zeroShard: shards?.[dist.rank],
+    async gatherState(local) {
+      if (!shards) return dist.rank === 0 ? await local() : undefined;
+      const parts = await gatherToRoot(dist, encodeSafetensors(await local()));
+      if (!parts) return undefined;
+      const all: StateTensor[] = [];
+      for (const bytes of parts) {
+        const file = parseSafetensors(bytes);
+        for (const [name, t] of file.tensors) {
+          all.push({ name, shape: t.shape, data: tensorF32(file, name) });
+        }
+      }
+      return all;
+    },
     shard: (b) => ({
       inputs: b.inputs.subarray(dist.rank * BT, (dist.rank + 1) * BT),
       targets: b.targets.subarray(dist.rank * BT, (dist.rank + 1) * BT),
@@ -117,6 +189,67 @@ export function dataParallel(dist: Dist, model: GPT2, bucketBytes = BUCKET_BYTES
       return x[0] > 0;
     },
     times,
-    destroy: () => staging.forEach((s) => s.destroy()),
+    destroy: () => {
+      staging.forEach((s) => s.destroy());
+      zeroParts?.destroy();
+    },
+  };
+}
+
+/** ZeRO-1's hooks: gradients reduce-scattered, the norm's squares summed, parameters gathered. */
+function zeroHooks(
+  dist: Dist,
+  model: GPT2,
+  shards: Shard[],
+): { hooks: StepHooks; destroy(): void } {
+  const { device } = model.rt;
+  const mine = shards[dist.rank], counts = shards.map((s) => s.end - s.start);
+  const total = model.layout.totalElements;
+  const mapped = (label: string, bytes: number) =>
+    device.createBuffer({
+      label,
+      size: Math.max(16, bytes),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+  const statsBack = mapped("zero.stats", 16);
+  const paramsBack = mapped("zero.params", counts[dist.rank] * 4);
+  const gradsBack = mapped("zero.grads", total * 4);
+  const reduced = new Float32Array(counts[dist.rank]);
+  const gathered = new Float32Array(total);
+  const read = async (src: GPUBuffer, offset: number, dst: GPUBuffer, bytes: number) => {
+    const enc = device.createCommandEncoder();
+    enc.copyBufferToBuffer(src, offset, dst, 0, bytes);
+    device.queue.submit([enc.finish()]);
+    await dst.mapAsync(GPUMapMode.READ, 0, bytes);
+    const out = new Float32Array(dst.getMappedRange(0, bytes).slice(0));
+    dst.unmap();
+    return out;
+  };
+  return {
+    hooks: {
+      // Each rank receives the sum (the mean: dloss is pre-divided) of its own shard, the only
+      // gradients its optimizer reads.
+      async gradientsReady(grads) {
+        const full = await read(grads, 0, gradsBack, total * 4);
+        await dist.reduceScatterSum(full, counts, reduced);
+        device.queue.writeBuffer(grads, mine.start * 4, reduced);
+      },
+      async normReady(stats) {
+        const s = await read(stats, 0, statsBack, 16);
+        const x = new Float64Array([s[1] * s[1], s[2]]);
+        await dist.allReduceSum(x);
+        const norm = Math.fround(Math.sqrt(x[0]));
+        const bad = x[1] + (Number.isFinite(norm) ? 0 : 1);
+        device.queue.writeBuffer(stats, 0, new Float32Array([s[0], norm, bad, s[3]]));
+      },
+      async updated(params) {
+        const local = await read(params, mine.start * 4, paramsBack, counts[dist.rank] * 4);
+        await dist.allGather(local, counts, gathered);
+        device.queue.writeBuffer(params, 0, gathered);
+      },
+    },
+    destroy() {
+      for (const b of [statsBack, paramsBack, gradsBack]) b.destroy();
+    },
   };
 }

@@ -16,6 +16,7 @@ import {
   type PlanOptions,
 } from "../model/plan.ts";
 import { statePieces } from "../optim/lowbit.ts";
+import { zeroShards } from "./data_parallel.ts";
 
 /** The plan's options: the model's, plus the optimizer's. */
 export interface TrainPlanOptions extends PlanOptions {
@@ -24,13 +25,19 @@ export interface TrainPlanOptions extends PlanOptions {
   optimizerOffload?: boolean;
   /** Binding limit the optimizer splits tensors at (default 128 MiB). */
   maxBindingBytes?: number;
+  /** ZeRO-1 over this many ranks: the figure is the largest rank's share of the state. */
+  zeroRanks?: number;
 }
 
 /** Bytes of optimizer state on the GPU (fp32: m and v; low-bit: as LowBitAdamW lays it out). */
 export function optimizerBytes(cfg: GPT2Config, o: TrainPlanOptions): number {
   const layout = parameterLayout(cfg);
   const kind = o.optimizer ?? "adamw";
-  if (kind === "adamw") return 2 * arenaBytes(layout.totalElements * 4);
+  if (kind === "adamw") {
+    if ((o.zeroRanks ?? 1) <= 1) return 2 * arenaBytes(layout.totalElements * 4);
+    const biggest = Math.max(...zeroShards(layout, o.zeroRanks!).map((s) => s.end - s.start));
+    return 2 * arenaBytes(biggest * 4);
+  }
   const { pieces, totals } = statePieces(layout, {
     bits: kind === "adamw8bit" ? 8 : 4,
     block8: 256,

@@ -25,7 +25,7 @@ import { type RunEvals, runEvals } from "./evals.ts";
 import { LossScaler } from "./loss_scale.ts";
 import { type StepHooks, TrainStep } from "./step.ts";
 import type { Dist } from "../dist/dist.ts";
-import { type DataParallel, dataParallel } from "./data_parallel.ts";
+import { type DataParallel, dataParallel, shardLayout, zeroShards } from "./data_parallel.ts";
 
 /** A run ready for its first step. */
 export interface RunSetup {
@@ -109,10 +109,13 @@ export async function setUpRun(
     const scaler = model.precision === "fp16"
       ? new LossScaler({ init: c.lossScale, window: c.lossScaleWindow })
       : undefined;
+    if (c.zero && N === 1) print("--zero: one process, so there is no state to shard");
+    // ZeRO-1: this rank's optimizer covers its shard of the tensors only.
+    const shard = c.zero && N > 1 ? zeroShards(model.layout, N)[dist!.rank] : undefined;
     const opt = await createOptimizer(
       c.optimizer ?? configDefault("optimizer")!,
       rt,
-      model.layout,
+      shard ? shardLayout(model.layout, shard) : model.layout,
       { params: model.params, grads: model.grads },
       {
         beta1: c.beta1,
@@ -123,6 +126,7 @@ export async function setUpRun(
         block8: c.optimizerBlock,
         fp32Embeddings: c.optimizerFp32Embeddings,
         offload: c.optimizerOffload,
+        stateBase: shard?.start,
       },
     );
     made.push(opt);
@@ -151,7 +155,7 @@ export async function setUpRun(
     } else if (init) {
       loadTensors(init.model, model);
     }
-    const dp = dist && N > 1 ? dataParallel(dist, model) : undefined;
+    const dp = dist && N > 1 ? dataParallel(dist, model, { zero: !!shard }) : undefined;
     if (dp) made.push(dp);
     const hooks = dp ? { ...dp.hooks, ...stepHooks } : stepHooks;
     const step = new TrainStep(rt, model, opt, { accum, scaler, optimizerSteps, hooks });

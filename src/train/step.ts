@@ -30,6 +30,14 @@ export interface StepHooks {
    * optimizer reads them: e.g. averages them over ranks (they carry the loss scale).
    */
   gradientsReady?: (grads: GPUBuffer) => Promise<void>;
+  /**
+   * Runs after the optimizer wrote the gradient norm to `stats` and before its update reads
+   * it (ZeRO-1: each rank's norm covers its shard; the hook sums them). The optimizer must
+   * offer encodeNorm and encodeApply.
+   */
+  normReady?: (stats: GPUBuffer) => Promise<void>;
+  /** Runs after the update, before the f16 refresh (ZeRO-1: all-gathers the parameters). */
+  updated?: (params: GPUBuffer) => Promise<void>;
   /** Combines this process's mean loss with the other ranks' (default: itself). */
   reduceLoss?: (loss: number) => Promise<number>;
 }
@@ -109,11 +117,22 @@ export class TrainStep {
       rt.device.queue.submit([enc.finish()]);
       await rt.profiler?.collect();
     };
+    const { normReady, updated } = this.#hooks;
+    if (normReady && !(opt.encodeNorm && opt.encodeApply)) {
+      throw new Error("This optimizer cannot split its update around the norm (normReady hook)");
+    }
     const encodeUpdate = async (enc: GPUCommandEncoder) => {
-      opt.encodeUpdate(enc, rt.profiler);
+      if (normReady) {
+        opt.encodeNorm!(enc, rt.profiler);
+        await submit(enc);
+        await normReady(opt.stats);
+        enc = rt.device.createCommandEncoder();
+        opt.encodeApply!(enc, rt.profiler);
+      } else opt.encodeUpdate(enc, rt.profiler);
       enc.copyBufferToBuffer(opt.stats, 0, staging, accum * BT * 4, 16);
       await submit(enc);
       await opt.finishUpdate();
+      await updated?.(model.params);
     };
     for (let micro = 0; micro < accum; micro++) {
       try {

@@ -218,6 +218,10 @@ async function trainLocked(
     const writeCurve = () => log.writeCurve();
     /** Saves step `step`; the old ones are pruned by the caller once it is trusted. */
     const save = async (step: number, valLoss?: number, keep?: number, at = loader.cursor) => {
+      // Every rank calls this at the same step: ZeRO-1 gathers the state on rank 0.
+      const state = run.dp
+        ? await run.dp.gatherState(() => opt.readState())
+        : await opt.readState();
       if (!lead) return `${checkpoints}/${stepDirName(step)}`; // rank 0 writes it
       const trainer: TrainerState = {
         version: TRAINER_STATE_VERSION,
@@ -237,7 +241,7 @@ async function trainLocked(
       const dir = await saveCheckpoint(checkpoints, step, {
         config: cfg,
         model: await encodeModel(model),
-        optimizer: await opt.readState(),
+        optimizer: state!,
         trainer: { ...trainer },
       }, keep);
       await log.write({ event: "checkpoint", step, dir });
