@@ -27,11 +27,11 @@ const step = new TrainStep(rt, model, opt, { accum: 1, hooks: dp?.hooks });
 const tokens = Array.from({ length: B * T }, (_, i) => (i * 7919 + dist.rank) % cfg.vocabSize);
 const batch = { inputs: tokens, targets: tokens.map((x) => (x + 1) % cfg.vocabSize) };
 await step.run(1e-4, () => batch); // warm-up: pipelines, first maps
-const t0 = { ...(dp?.times ?? { readback: 0, allReduce: 0, upload: 0, steps: 0 }) };
+const t0 = { ...(dp?.times ?? { readback: 0, allReduce: 0, upload: 0, exposed: 0, steps: 0 }) };
 const start = performance.now();
 for (let s = 0; s < steps; s++) await step.run(1e-4, () => batch);
 const ms = (performance.now() - start) / steps;
-const per = (k: "readback" | "allReduce" | "upload") =>
+const per = (k: "readback" | "allReduce" | "upload" | "exposed") =>
   dp ? +((dp.times[k] - t0[k]) / steps).toFixed(1) : 0;
 console.log(`ddp ${
   JSON.stringify({
@@ -43,6 +43,7 @@ console.log(`ddp ${
     readback_ms: per("readback"),
     allreduce_ms: per("allReduce"),
     upload_ms: per("upload"),
+    exposed_ms: per("exposed"),
     grad_mb: +(model.params.size / 2 ** 20).toFixed(1),
   })
 }`);

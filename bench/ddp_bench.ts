@@ -1,7 +1,8 @@
 /**
  * Data-parallel training: tokens/s for 1 and 2 ranks (mpirun, Open MPI) and, per step, the
- * time spent reading the gradients back, in the all-reduce (what readback did not hide) and
- * uploading them, for the tiny and gpt2-mini models. On a 2-core CPU adapter 2 ranks share the
+ * time spent waiting for each layer's gradients to map (the backward runs meanwhile), in the
+ * all-reduce, uploading them, and what the step waited for after the backward was submitted
+ * (exposed), for the tiny and gpt2-mini models. On a 2-core CPU adapter 2 ranks share the
  * cores, so they are not faster here; the breakdown is what the bench is for.
  *
  * @module

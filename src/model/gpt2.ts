@@ -26,7 +26,7 @@ import { BatchPacker } from "./batch.ts";
 import type { MatmulOptions } from "./ops/matmul.ts";
 import type { TensorRange } from "./ops/tensor.ts";
 import type { ParamLayout } from "./params.ts";
-import { buildPasses, type Passes } from "./passes.ts";
+import { buildPasses, type GradMark, type Passes } from "./passes.ts";
 import type { Precision, Recompute } from "./plan.ts";
 import { Weights } from "./weights.ts";
 
@@ -271,10 +271,26 @@ export class GPT2 {
    * clears dresidual and, unless `accumulate`, the gradients.
    */
   encodeTrain(encoder: GPUCommandEncoder, accumulate = false): void {
-    encoder.clearBuffer(this.#p.dres!);
-    if (!accumulate) encoder.clearBuffer(this.grads);
-    this.weights.encodeRefresh(encoder);
-    encodeDispatches(encoder, this.#p.train, this.rt.profiler);
+    this.encodeTrainPart(encoder, 0, this.#p.train.length, accumulate);
+  }
+
+  /**
+   * Encodes dispatches [from, to) of the training micro-step (the first part also clears and
+   * refreshes as {@linkcode encodeTrain} does): with {@linkcode gradMarks}, a step can submit
+   * the backward in parts and read each layer's gradients back while the rest runs.
+   */
+  encodeTrainPart(encoder: GPUCommandEncoder, from: number, to: number, accumulate = false): void {
+    if (from === 0) {
+      encoder.clearBuffer(this.#p.dres!);
+      if (!accumulate) encoder.clearBuffer(this.grads);
+      this.weights.encodeRefresh(encoder);
+    }
+    encodeDispatches(encoder, this.#p.train.slice(from, to), this.rt.profiler);
+  }
+
+  /** Where in the training micro-step each range of gradients is complete (see passes.ts). */
+  get gradMarks(): readonly GradMark[] {
+    return this.#p.gradMarks;
   }
 
   /** Encodes the forward pass (loss only, logits kept) after {@linkcode setBatch}. */

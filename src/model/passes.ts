@@ -76,6 +76,21 @@ export interface Passes {
   dres?: GPUBuffer;
   /** First row and number of rows of the logits chunk the buffer holds after a forward. */
   logitsRows: [number, number];
+  /**
+   * Points in `train` after which ranges of the gradient buffer are final for this
+   * micro-step, in the order the backward completes them: each layer's tensors after its
+   * block's backward, then the rest (ln_f, wte, wpe) at the end. A data-parallel step
+   * starts reducing a layer's gradients while the backward goes on with the layers below.
+   */
+  gradMarks: GradMark[];
+}
+
+/** A point of the training list where some gradients are complete. */
+export interface GradMark {
+  /** Dispatches of `train` before the point. */
+  at: number;
+  /** The complete ranges of the flat gradient buffer, in elements. */
+  ranges: { start: number; end: number }[];
 }
 
 /** Allocates the activations from the plan and builds the passes over `w`. */
@@ -217,6 +232,7 @@ export async function buildPasses(
     logits,
     losses,
     logitsRows: [k0, k1 - k0],
+    gradMarks: [],
   };
   if (s.inference) return out;
 
@@ -279,6 +295,12 @@ export async function buildPasses(
         scratch,
       ),
     );
+    const mine = w.layout.tensors.filter((t) => t.name.startsWith(`h.${l}.`));
+    const start = mine[0].offset, last = mine[mine.length - 1];
+    out.gradMarks.push({
+      at: fwd.length + bwd.length,
+      ranges: [{ start, end: last.offset + last.size }],
+    });
   }
   bwd.push(
     ...await encoderBackward(rt, enc, {
@@ -291,5 +313,10 @@ export async function buildPasses(
   );
   out.train = [...fwd, ...bwd];
   out.dres = dres;
+  const rest = w.layout.tensors.filter((t) => !t.name.startsWith("h."));
+  out.gradMarks.push({
+    at: out.train.length,
+    ranges: rest.map((t) => ({ start: t.offset, end: t.offset + t.size })),
+  });
   return out;
 }

@@ -5,10 +5,11 @@
  * the parameters stay identical. N ranks with batch B see exactly the tokens of one process
  * with batch N*B (the loader serves the global batch; rank r takes rows [r*B, (r+1)*B)).
  *
- * Gradients go GPU -> host -> MPI -> host -> GPU in buckets of whole tensors: each bucket's
- * readback is mapped as soon as the copy lands and its all-reduce starts while the next
- * bucket is still being read back (MPI runs on another thread), so transfer and reduction
- * overlap. The model's loss gradient is pre-divided by N, so the sum is the mean.
+ * Gradients go GPU -> host -> MPI -> host -> GPU in buckets, one per layer, as PyTorch's
+ * DDP does: the last micro-step's backward is submitted in parts (the graph's gradMarks),
+ * and after each part its layer's gradients are copied out, mapped and all-reduced (on MPI's
+ * thread) while the GPU runs the backward of the layers below. The model's loss gradient is
+ * pre-divided by N, so the sum is the mean.
  *
  * ZeRO-1 (`zero`): the optimizer state is split into N shards of whole tensors, one per rank,
  * which divides optimizer memory by N. The gradients are reduce-scattered (each rank gets the
@@ -64,12 +65,14 @@ export function shardLayout(layout: ParamLayout, shard: Shard): ParamLayout {
 
 /** Milliseconds spent per phase of the gradient exchange, summed over steps. */
 export interface ExchangeTimes {
-  /** GPU -> host: copies and maps. */
+  /** GPU -> host: waiting for each bucket's copy to map (the backward runs meanwhile). */
   readback: number;
-  /** MPI all-reduce (the part not hidden behind readback). */
+  /** MPI all-reduce, bucket by bucket. */
   allReduce: number;
   /** host -> GPU. */
   upload: number;
+  /** What the step waited for after the backward was submitted (the exchange not hidden). */
+  exposed: number;
   /** Steps counted. */
   steps: number;
 }
@@ -97,61 +100,67 @@ export interface DataParallel {
   destroy(): void;
 }
 
-/** Bytes per bucket of gradients (whole tensors; a larger tensor is a bucket alone). */
-export const BUCKET_BYTES = 32 * 2 ** 20;
-
 /** The hooks for `model` (B rows per rank) over `dist`. */
 export function dataParallel(
   dist: Dist,
   model: GPT2,
-  options: { zero?: boolean; bucketBytes?: number } = {},
+  options: { zero?: boolean } = {},
 ): DataParallel {
   const { device } = model.rt;
   const BT = model.B * model.T;
-  const bucketBytes = options.bucketBytes ?? BUCKET_BYTES;
-  // Buckets of consecutive tensors in the flat gradient buffer, last layer first (the
-  // order a bucketed backward would produce them).
-  const buckets: { start: number; end: number }[] = [];
-  for (const t of [...model.layout.tensors].reverse()) {
-    const b = buckets[buckets.length - 1];
-    // Consecutive tensors: a bucket spans the alignment padding between them too (zeros).
-    if (b && (b.end - t.offset) * 4 <= bucketBytes) b.start = t.offset;
-    else buckets.push({ start: t.offset, end: t.offset + t.size });
-  }
-  const staging = buckets.map((b) =>
-    device.createBuffer({
-      label: "ddp.readback",
-      size: (b.end - b.start) * 4,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    })
-  );
-  const times: ExchangeTimes = { readback: 0, allReduce: 0, upload: 0, steps: 0 };
+  // One bucket per gradient mark of the graph: a layer's tensors as soon as its backward is
+  // done (the last layer first), then ln_f, wte and wpe at the end. Each bucket's ranges are
+  // packed into one staging buffer.
+  const buckets = model.gradMarks.map((m) => {
+    let at = 0;
+    const parts = m.ranges.map((r) => {
+      const p = { ...r, at };
+      at += r.end - r.start;
+      return p;
+    });
+    return {
+      parts,
+      staging: device.createBuffer({
+        label: "ddp.readback",
+        size: Math.max(16, at * 4),
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      }),
+      host: new Float32Array(at),
+    };
+  });
+  const times: ExchangeTimes = { readback: 0, allReduce: 0, upload: 0, exposed: 0, steps: 0 };
+  // Buckets are read and reduced strictly in order (MPI needs the same order on every rank).
+  let chain = Promise.resolve();
   const hooks: StepHooks = {
-    async gradientsReady(grads) {
+    bucketReady(grads, i) {
+      const b = buckets[i];
       const enc = device.createCommandEncoder();
-      buckets.forEach((b, i) =>
-        enc.copyBufferToBuffer(grads, b.start * 4, staging[i], 0, (b.end - b.start) * 4)
-      );
-      device.queue.submit([enc.finish()]);
-      const host: Float32Array<ArrayBuffer>[] = [];
-      const reduced: Promise<void>[] = [];
-      let readback = 0;
-      for (let i = 0; i < buckets.length; i++) {
-        const r0 = performance.now();
-        await staging[i].mapAsync(GPUMapMode.READ);
-        host.push(new Float32Array(staging[i].getMappedRange().slice(0)));
-        staging[i].unmap();
-        readback += performance.now() - r0;
-        reduced.push(dist.allReduceSum(host[i])); // queued: overlaps the next readback
+      for (const p of b.parts) {
+        enc.copyBufferToBuffer(grads, p.start * 4, b.staging, p.at * 4, (p.end - p.start) * 4);
       }
-      const a0 = performance.now();
-      await Promise.all(reduced);
+      device.queue.submit([enc.finish()]);
+      chain = chain.then(async () => {
+        const r0 = performance.now();
+        await b.staging.mapAsync(GPUMapMode.READ, 0, b.host.length * 4);
+        b.host.set(new Float32Array(b.staging.getMappedRange(0, b.host.length * 4)));
+        b.staging.unmap();
+        const a0 = performance.now();
+        await dist.allReduceSum(b.host); // on MPI's thread: the GPU goes on with the backward
+        times.readback += a0 - r0;
+        times.allReduce += performance.now() - a0;
+      });
+    },
+    async gradientsReady(grads) {
+      const e0 = performance.now();
+      await chain;
       const u0 = performance.now();
-      buckets.forEach((b, i) => device.queue.writeBuffer(grads, b.start * 4, host[i]));
-      const u1 = performance.now();
-      times.readback += readback;
-      times.allReduce += u0 - a0;
-      times.upload += u1 - u0;
+      for (const b of buckets) {
+        for (const p of b.parts) {
+          device.queue.writeBuffer(grads, p.start * 4, b.host, p.at, p.end - p.start);
+        }
+      }
+      times.upload += performance.now() - u0;
+      times.exposed += performance.now() - e0;
       times.steps++;
     },
     async reduceLoss(loss) {
@@ -164,7 +173,8 @@ export function dataParallel(
   const zeroParts = shards ? zeroHooks(dist, model, shards) : undefined;
   return {
     dist,
-    hooks: zeroParts ? { ...hooks, ...zeroParts.hooks } : hooks,
+    // ZeRO-1 reduce-scatters the whole gradient after the backward instead of bucket by bucket.
+    hooks: zeroParts ? { reduceLoss: hooks.reduceLoss, ...zeroParts.hooks } : hooks,
     zeroShard: shards?.[dist.rank],
     async gatherState(local) {
       if (!shards) return dist.rank === 0 ? await local() : undefined;
@@ -190,7 +200,7 @@ export function dataParallel(
     },
     times,
     destroy: () => {
-      staging.forEach((s) => s.destroy());
+      buckets.forEach((b) => b.staging.destroy());
       zeroParts?.destroy();
     },
   };

@@ -31,6 +31,12 @@ export interface StepHooks {
    */
   gradientsReady?: (grads: GPUBuffer) => Promise<void>;
   /**
+   * With it, the last micro-step's backward is submitted in parts at the graph's gradMarks,
+   * and this runs (without being awaited) after part `mark`: the hook can start reading back
+   * and reducing those gradients while the backward goes on. `gradientsReady` then waits.
+   */
+  bucketReady?: (grads: GPUBuffer, mark: number) => void;
+  /**
    * Runs after the optimizer wrote the gradient norm to `stats` and before its update reads
    * it (ZeRO-1: each rank's norm covers its shard; the hook sums them). The optimizer must
    * offer encodeNorm and encodeApply.
@@ -141,10 +147,28 @@ export class TrainStep {
       } catch (e) {
         throw e instanceof RangeError ? new BatchError(e) : e;
       }
+      const last = micro === accum - 1, bucketReady = this.#hooks.bucketReady;
+      if (last && bucketReady && hook) {
+        // The backward in parts: each layer's gradients go out while the layers below run.
+        let from = 0;
+        for (const [i, mark] of model.gradMarks.entries()) {
+          const part = rt.device.createCommandEncoder();
+          model.encodeTrainPart(part, from, mark.at, micro > 0);
+          if (i === model.gradMarks.length - 1) {
+            part.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
+          }
+          await submit(part);
+          bucketReady(model.grads, i);
+          from = mark.at;
+        }
+        await hook(model.grads);
+        await encodeUpdate(rt.device.createCommandEncoder());
+        continue;
+      }
       const enc = rt.device.createCommandEncoder();
       model.encodeTrain(enc, micro > 0);
       enc.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
-      if (micro < accum - 1) await submit(enc);
+      if (!last) await submit(enc);
       else if (hook) {
         await submit(enc);
         await hook(model.grads);
