@@ -14,3 +14,4 @@ export * from "./pipelines.ts";
 export * from "./profiler.ts";
 export * from "./runtime.ts";
 export * from "./kernel.ts";
+export * from "./autotune.ts";

@@ -9,10 +9,13 @@
  * Operands are f32 or f16, each as its buffer was allocated (src/gpu/dtype.ts);
  * products accumulate in f32 either way.
  *
- * Two kernels: a register-blocked generated kernel for CPU adapters
- * (src/model/ops/matmul_regblock.ts) and a workgroup-memory tiled kernel for GPUs
- * (kernels/matmul_tiled.wgsl). The first needs 4-aligned contiguous dimensions;
- * when a product does not have them the tiled kernel runs instead.
+ * Kernels: a register-blocked generated kernel for CPU adapters
+ * (src/model/ops/matmul_regblock.ts), the plain workgroup-memory tiled kernel
+ * (kernels/matmul_tiled.wgsl) and a family of generated GPU kernels named by their tile
+ * (src/model/ops/matmul_gpu.ts). By default ("auto") the autotuner picks one per shape
+ * class and device (src/model/ops/matmul_tune.ts); any can be forced with `impl`.
+ * Regblock needs 4-aligned contiguous dimensions; when a product does not have them the
+ * tiled kernel runs instead.
  *
  * @module
  */
@@ -21,14 +24,17 @@ import type { Dispatch } from "../../gpu/dispatch.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { debugLog } from "../../gpu/debug.ts";
 import { checkLoopBound, LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
-import { type DType, dtypeBytes, dtypeOf, typedKernel } from "../../gpu/dtype.ts";
+import { dtypeBytes, dtypeOf, typedKernel } from "../../gpu/dtype.ts";
+import { GPU_TILES, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
+import { type MatmulKernel, tuneMatmul } from "./matmul_tune.ts";
 import {
-  matmulRegblockWgsl,
-  regblockCols,
-  regblockRows,
-  type RegblockVariant,
-} from "./matmul_regblock.ts";
-import tiledSrc from "../../../kernels/matmul_tiled.wgsl" with { type: "text" };
+  aligned,
+  bindRange,
+  type Block,
+  buildBlock,
+  extents,
+  matmulLoops,
+} from "./matmul_block.ts";
 import biasBackwardSrc from "../../../kernels/matmul_bias_backward.wgsl" with { type: "text" };
 
 /** The product to compute. Dimensions and strides are in elements. */
@@ -75,12 +81,39 @@ export interface MatmulOperands {
   bias?: Operand;
 }
 
-/** Which kernel computes the product. */
-export type MatmulImpl = "regblock" | "tiled";
+/**
+ * Which kernel computes the product: "auto" (the autotuner's choice), "regblock", "tiled",
+ * or a GPU tile such as "wg128x128x8_t8x8" (any valid `wg{BM}x{BN}x{BK}_t{TM}x{TN}`).
+ */
+export type MatmulImpl =
+  | "auto"
+  | "regblock"
+  | "tiled"
+  | `wg${number}x${number}x${number}_t${number}x${number}`;
+
+/** The names `--matmul` offers (any other valid GPU tile name works too). */
+export const MATMUL_IMPLS: readonly MatmulImpl[] = ["auto", "regblock", "tiled", ...GPU_TILES];
+
+/** `name` as a {@linkcode MatmulImpl}, or a TypeError that lists the choices. */
+export function parseMatmulImpl(name: string): MatmulImpl {
+  if (name === "auto" || name === "regblock" || name === "tiled") return name;
+  const t = parseGpuTile(name), problem = t && gpuTileProblem(t);
+  if (t && !problem) return name as MatmulImpl;
+  throw new TypeError(
+    `Unknown matmul kernel "${name}"${problem ? ` (${problem})` : ""}: use one of ` +
+      `${MATMUL_IMPLS.join(", ")} or another wgBMxBNxBK_tTMxTN tile`,
+  );
+}
+
+export { matmulLoops };
+export type { MatmulKernel };
 
 /** Options for {@linkcode matmul}. */
 export interface MatmulOptions {
-  /** Default: regblock on CPU adapters, tiled on GPUs. */
+  /**
+   * Default "auto": the choice of the runtime's autotuner (src/gpu/autotune.ts `tunerFor`;
+   * regblock on CPU adapters).
+   */
   impl?: MatmulImpl;
   /** Label for profiles; default "matmul". */
   name?: string;
@@ -88,29 +121,6 @@ export interface MatmulOptions {
   tile?: { tm: number; tn4: number };
   /** Override the binding limit (bytes), for tests of the splitting. */
   maxBindingBytes?: number;
-}
-
-interface Block {
-  m0: number;
-  m1: number;
-  n0: number;
-  n1: number;
-  k0: number;
-  k1: number;
-  accumulate: boolean;
-  bias: boolean;
-}
-
-/** Extent [start, end) in elements of each operand for a block. */
-function extents(s: Required<MatmulShape>, ops: MatmulOperands, b: Block) {
-  const span = (off: number, r0: number, r1: number, c0: number, c1: number, ld: number) =>
-    [off + r0 * ld + c0, off + (r1 - 1) * ld + c1] as const;
-  const ao = ops.a.offset ?? 0, bo = ops.b.offset ?? 0, co = ops.c.offset ?? 0;
-  return {
-    a: s.transA ? span(ao, b.k0, b.k1, b.m0, b.m1, s.lda) : span(ao, b.m0, b.m1, b.k0, b.k1, s.lda),
-    b: s.transB ? span(bo, b.n0, b.n1, b.k0, b.k1, s.ldb) : span(bo, b.k0, b.k1, b.n0, b.n1, s.ldb),
-    c: span(co, b.m0, b.m1, b.n0, b.n1, s.ldc),
-  };
 }
 
 /**
@@ -158,10 +168,24 @@ export async function matmul(
     );
   }
   const name = options.name ?? "matmul";
-  let impl = options.impl ?? (rt.gpu.isCpu ? "regblock" : "tiled");
-  if (impl === "regblock" && !vec4Aligned(s, operands)) {
+  const al = aligned(s, operands);
+  let impl: MatmulKernel;
+  const asked = options.impl ?? (options.tile ? "regblock" : "auto");
+  if (asked === "auto") {
+    const r = await tuneMatmul(rt, s, operands, {
+      aligned: al,
+      build: (k, shape, ops) =>
+        matmul(rt, shape, ops, { ...options, impl: k, name: `${name}.tune` }),
+    });
+    impl = r.choice;
+  } else impl = parseMatmulImpl(asked) as MatmulKernel;
+  if (impl === "regblock" && !(al.a && al.b && al.c && al.bias)) {
     debugLog(1, `${name}: shape not 4-aligned, using the tiled kernel`);
     impl = "tiled";
+  }
+  const tile = parseGpuTile(impl), tileProblem = tile && gpuTileProblem(tile, rt.gpu.limits);
+  if (tileProblem) {
+    throw new RangeError(`Matmul kernel ${impl} cannot run on ${rt.gpu.name}: ${tileProblem}`);
   }
   const limit = options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
   const blocks: Block[] = [];
@@ -208,149 +232,6 @@ export async function matmul(
       buildBlock(rt, s, operands, b, impl, options, blocks.length > 1 ? `${name}[${i}]` : name)
     ),
   );
-}
-
-/**
- * The most loop iterations one invocation runs for a K of `k`: regblock's loop takes 4 k a
- * step (and up to 3 single steps); tiled's takes 16 a step and runs its 16-step inner loop
- * each time, 18 iterations a step in all (its 4-step loops are unrolled; measured on
- * llvmpipe, pinned by tests/loop_budget_test.ts).
- */
-export function matmulLoops(impl: MatmulImpl, k: number): number {
-  return impl === "regblock" ? Math.ceil(k / 4) + 3 : Math.ceil(k / 16) * 18;
-}
-
-function vec4Aligned(s: Required<MatmulShape>, ops: MatmulOperands): boolean {
-  const contiguous = [s.transA ? s.M : s.K, s.transB ? s.K : s.N, s.N];
-  const rest = [s.lda, s.ldb, s.ldc, ops.a.offset ?? 0, ops.b.offset ?? 0, ops.c.offset ?? 0];
-  if (s.bias) rest.push(ops.bias?.offset ?? 0);
-  return [...contiguous, ...rest].every((x) => x % 4 === 0);
-}
-
-/**
- * Binds [start, end) elements of a buffer with an aligned offset; returns the
- * remainder (in elements of the buffer's type) and the type.
- */
-function bindRange(rt: Runtime, buffer: GPUBuffer, start: number, end: number) {
-  const dtype = dtypeOf(buffer), eb = dtypeBytes(dtype);
-  if (end * eb > buffer.size) {
-    throw new RangeError(
-      `Operand buffer "${buffer.label}" is too small: the shape needs ${end * eb} bytes, ` +
-        `it has ${buffer.size}: check the shape, offsets and leading dimensions`,
-    );
-  }
-  if (dtype === "f16" && !rt.gpu.features.shaderF16) {
-    throw new TypeError(
-      `Operand buffer "${buffer.label}" holds f16 but the device has no shader-f16: use f32`,
-    );
-  }
-  const align = rt.gpu.limits.minStorageBufferOffsetAlignment;
-  const byteStart = Math.floor((start * eb) / align) * align;
-  const size = Math.min(Math.ceil((end * eb - byteStart) / 16) * 16, buffer.size - byteStart);
-  return { resource: { buffer, offset: byteStart, size }, rem: start - byteStart / eb, dtype };
-}
-
-async function buildBlock(
-  rt: Runtime,
-  s: Required<MatmulShape>,
-  ops: MatmulOperands,
-  b: Block,
-  impl: MatmulImpl,
-  options: MatmulOptions,
-  name: string,
-): Promise<Dispatch> {
-  const e = extents(s, ops, b);
-  const a = bindRange(rt, ops.a.buffer, e.a[0], e.a[1]);
-  const bb = bindRange(rt, ops.b.buffer, e.b[0], e.b[1]);
-  const c = bindRange(rt, ops.c.buffer, e.c[0], e.c[1]);
-  const biasOp = ops.bias ?? ops.a;
-  const bias = b.bias
-    ? bindRange(rt, biasOp.buffer, (biasOp.offset ?? 0) + b.n0, (biasOp.offset ?? 0) + b.n1)
-    : undefined;
-  const M = b.m1 - b.m0, N = b.n1 - b.n0, K = b.k1 - b.k0;
-  checkLoopBound(name, { bound: matmulLoops(impl, K), shape: { M, N, K } });
-  const types: Record<"a" | "b" | "c" | "bias", DType> = {
-    a: a.dtype,
-    b: bb.dtype,
-    c: c.dtype,
-    bias: bias?.dtype ?? "f32",
-  };
-  const params = new Uint32Array([
-    M,
-    N,
-    K,
-    s.lda,
-    s.ldb,
-    s.ldc,
-    a.rem,
-    bb.rem,
-    c.rem,
-    bias?.rem ?? 0,
-    0,
-    0,
-  ]);
-  const uniform = rt.arena.allocWith(
-    `${name}.params`,
-    "scratch",
-    params,
-    GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  );
-  const entries: GPUBindGroupEntry[] = [
-    { binding: 0, resource: a.resource },
-    { binding: 1, resource: bb.resource },
-    { binding: 2, resource: c.resource },
-    { binding: 3, resource: { buffer: uniform } },
-  ];
-  let pipeline: GPUComputePipeline;
-  let workgroups: [number, number, number];
-  if (impl === "regblock") {
-    // Short products (decoding) spread the lanes over columns: rows would idle them.
-    const cols = options.tile === undefined && M < 8 && !s.transA;
-    const v: RegblockVariant = {
-      transA: s.transA,
-      transB: s.transB,
-      bias: b.bias,
-      accumulate: b.accumulate,
-      // Fewer rows per invocation for short products: idle lanes still cost.
-      tm: options.tile?.tm ?? (cols ? Math.min(M, 4) : M >= 256 ? 32 : M >= 64 ? 8 : 4),
-      tn4: options.tile?.tn4 ?? (cols ? 2 : 8),
-      cols,
-      types,
-    };
-    pipeline = await rt.pipelines.get({ name: "matmul_regblock", code: matmulRegblockWgsl(v) });
-    if (bias) entries.push({ binding: 4, resource: bias.resource });
-    workgroups = [Math.ceil(M / regblockRows(v)), Math.ceil(N / regblockCols(v)), 1];
-  } else {
-    const code = typedKernel(tiledSrc, {
-      a_t: types.a,
-      b_t: types.b,
-      c_t: types.c,
-      // Without bias, binding 4 is A again (below).
-      bias_t: bias ? types.bias : types.a,
-    });
-    pipeline = await rt.pipelines.get({ name: "matmul_tiled", code }, {
-      TRANS_A: +s.transA,
-      TRANS_B: +s.transB,
-      HAS_BIAS: +b.bias,
-      ACCUMULATE: +b.accumulate,
-    });
-    // Without bias the binding is unused but the layout has it: bind A again (read-only).
-    entries.push({ binding: 4, resource: (bias ?? a).resource });
-    workgroups = [Math.ceil(N / 64), Math.ceil(M / 64), 1];
-  }
-  const bindGroup = rt.device.createBindGroup({
-    label: name,
-    layout: pipeline.getBindGroupLayout(0),
-    entries,
-  });
-  return {
-    name,
-    pipeline,
-    bindGroups: [bindGroup],
-    workgroups,
-    flops: 2 * M * N * K,
-    resources: [uniform],
-  };
 }
 
 /** Rows of dout one dispatch of the bias gradient sums (a quarter of that per loop). */

@@ -1,6 +1,7 @@
 /**
- * Generated WGSL for matmul on CPU adapters (llvmpipe, SwiftShader): the one
- * place in the package where WGSL is written by code rather than by hand.
+ * Generated WGSL for matmul on CPU adapters (llvmpipe, SwiftShader). With its
+ * neighbour src/model/ops/matmul_gpu.ts (the GPU family) it is the only WGSL in the
+ * package written by code rather than by hand.
  *
  * C[M,N] (+)= op(A)[M,K] · op(B)[K,N] (+ bias[N]), where op(A) is A [M,K]
  * or Aᵀ with A stored [K,M], and op(B) is B [K,N] or Bᵀ with B stored [N,K].
@@ -18,12 +19,13 @@
  * (only when `bias`), with T each operand's element type.
  * Geometry: workgroup (8,1,1); grid (ceil(M / (8·TM)), ceil(N / (4·TN4)), 1).
  * Loop bound per invocation: ceil(K / 4) + 3 (the generated code has no other loop);
- * src/model/matmul.ts splits K past the budget.
+ * src/model/ops/matmul.ts splits K past the budget.
  * Requires: the contiguous dimension of A, B and C, the leading dimensions and
  * the element offsets to be multiples of 4 (vec4 loads).
  */
 
 import type { DType } from "../../gpu/dtype.ts";
+import type { BlockProduct, KernelPlan } from "./matmul_gpu.ts";
 
 /** What a generated kernel computes. */
 export interface RegblockVariant {
@@ -185,4 +187,30 @@ export function matmulRegblockWgsl(v: RegblockVariant): string {
   }
   o(`}`);
   return out.join("\n") + "\n";
+}
+
+/**
+ * The plan for one product block: tile rows by M (fewer rows per invocation for short
+ * products, whose idle lanes still cost) and, under 8 rows, lanes spread over columns
+ * (decoding), unless `tile` forces a tile.
+ */
+export function regblockPlan(b: BlockProduct, tile?: { tm: number; tn4: number }): KernelPlan {
+  const { M, N } = b;
+  const cols = tile === undefined && M < 8 && !b.transA;
+  const v: RegblockVariant = {
+    transA: b.transA,
+    transB: b.transB,
+    bias: b.bias,
+    accumulate: b.accumulate,
+    tm: tile?.tm ?? (cols ? Math.min(M, 4) : M >= 256 ? 32 : M >= 64 ? 8 : 4),
+    tn4: tile?.tn4 ?? (cols ? 2 : 8),
+    cols,
+    types: b.types,
+  };
+  return {
+    kernel: "matmul_regblock",
+    code: matmulRegblockWgsl(v),
+    workgroups: [Math.ceil(M / regblockRows(v)), Math.ceil(N / regblockCols(v)), 1],
+    binding4: b.bias ? "bias" : "none",
+  };
 }

@@ -1,0 +1,476 @@
+/**
+ * The autotuner: on first use of a key (a kernel family and a shape class) it times every
+ * candidate on the device, keeps the fastest, and remembers the choice, in memory and in a
+ * JSON file on disk keyed by the adapter, its driver and the package version, so later runs
+ * start with it. Generic: a caller brings candidate names, a way to time one, and a key
+ * (matmul uses it for its kernel variants; any kernel's workgroup size can use it too).
+ *
+ * Rules:
+ * - The first candidate is the incumbent (the choice without tuning); another replaces it
+ *   only when faster by more than `margin` (10%), so that timing noise does not flip
+ *   choices between runs.
+ * - Tunings run one at a time (timings interleaved with other tunings would be noise).
+ * - A candidate that fails to build is skipped; one whose warm-up run is over 4 times the
+ *   best so far, or whose first timed run is over twice, is not timed further.
+ * - The cache file is `$WEBGPU_GPT2_TUNE_CACHE`, else `$XDG_CACHE_HOME/webgpu-gpt2/
+ *   autotune.json`, else `~/.cache/webgpu-gpt2/autotune.json` (`WEBGPU_GPT2_TUNE_CACHE=none`:
+ *   memory only). It is written whole to a temporary file and renamed; an unreadable or
+ *   corrupt one is ignored with a warning (and replaced on the next write).
+ * - `DEBUG=1` logs each choice with the times that made it.
+ *
+ * @module
+ */
+
+import { debugLog } from "./debug.ts";
+import type { Dispatch } from "./dispatch.ts";
+import { encodeDispatches } from "./dispatch.ts";
+import type { Runtime } from "./runtime.ts";
+import denoJson from "../../deno.json" with { type: "json" };
+
+/** The package version that keys the cache (a new version tunes afresh). */
+export const PACKAGE_VERSION: string = denoJson.version;
+
+/** Times one prepared candidate. */
+export interface TuneTimer {
+  /** Runs the candidate once and returns its time in milliseconds. */
+  run(): Promise<number>;
+  /** Frees what {@linkcode TuneSpec.prepare} made. */
+  dispose(): void;
+}
+
+/** What to tune. */
+export interface TuneSpec<C extends string> {
+  /** The kernel family and shape class, e.g. "matmul NT f32.f32.f32 M1024 N2304 K768". */
+  key: string;
+  /** Candidate names; the first is the incumbent (the choice when nothing is faster). */
+  candidates: readonly C[];
+  /** Builds a candidate for timing; throwing means it cannot run here (it is skipped). */
+  prepare(candidate: C): Promise<TuneTimer>;
+  /** Timed runs per candidate after one warm-up run (default 3). */
+  reps?: number;
+  /** How much faster than the incumbent a challenger must be (default 0.1: 10%). */
+  margin?: number;
+}
+
+/** A choice and how it was made. */
+export interface TuneResult<C extends string> {
+  /** The chosen candidate. */
+  choice: C;
+  /** "cache": remembered (memory or disk); "timed": measured now; "only": one candidate. */
+  source: "cache" | "timed" | "only";
+  /** Best time of each candidate timed, in ms (from the cache when remembered). */
+  ms: Partial<Record<C, number>>;
+  /** Why, in words. */
+  reason: string;
+}
+
+interface CacheEntry {
+  choice: string;
+  ms: Record<string, number>;
+  time: string;
+}
+
+interface CacheFile {
+  format: "webgpu-gpt2-autotune";
+  version: 1;
+  /** Device key -> tune key -> entry. */
+  devices: Record<string, Record<string, CacheEntry>>;
+}
+
+/** Options for an {@linkcode Autotuner}. */
+export interface AutotunerOptions {
+  /** What identifies the device in the cache; see {@linkcode deviceKey}. */
+  deviceKey: string;
+  /** The cache file; undefined keeps choices in memory only. */
+  path?: string;
+  /** Where warnings go (default console.warn). */
+  warn?: (message: string) => void;
+}
+
+/**
+ * Chooses among candidates by timing them once per key and device.
+ *
+ * @example
+ * ```ts
+ * const tuner = tunerFor(rt);
+ * const { choice } = await tuner.choose({
+ *   key: "softmax T1024",
+ *   candidates: ["wg64", "wg128", "wg256"],
+ *   prepare: async (c) => dispatchTimer(rt, await buildSoftmax(rt, c)),
+ * });
+ * ```
+ */
+export class Autotuner {
+  /** The device key choices are stored under. */
+  readonly deviceKey: string;
+  #path?: string;
+  #warn: (message: string) => void;
+  #memo = new Map<string, Promise<TuneResult<string>>>();
+  #disk?: Record<string, CacheEntry>;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  /** A tuner with an empty memory; the disk cache is read on first use. */
+  constructor(options: AutotunerOptions) {
+    this.deviceKey = options.deviceKey;
+    this.#path = options.path;
+    this.#warn = options.warn ?? ((m) => console.warn(`warning: ${m}`));
+  }
+
+  /** The cache file, when there is one (none after a failed write). */
+  get path(): string | undefined {
+    return this.#path;
+  }
+
+  /** The choice for `spec.key`: remembered, or timed now (one tuning at a time). */
+  choose<C extends string>(spec: TuneSpec<C>): Promise<TuneResult<C>> {
+    let p = this.#memo.get(spec.key) as Promise<TuneResult<C>> | undefined;
+    if (!p) {
+      p = this.#queue.then(() => this.#choose(spec));
+      this.#queue = p.catch(() => {});
+      this.#memo.set(spec.key, p);
+      p.catch(() => this.#memo.delete(spec.key));
+    }
+    return p;
+  }
+
+  /** Choices made or loaded so far for this device, by key. */
+  async choices(): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const [k, r] of Object.entries(await this.results())) out[k] = r.choice;
+    return out;
+  }
+
+  /** The choices of {@linkcode choices} with their times and reasons. */
+  async results(): Promise<Record<string, TuneResult<string>>> {
+    const out: Record<string, TuneResult<string>> = {};
+    for (const [k, v] of Object.entries(await this.#load())) {
+      out[k] = { choice: v.choice, source: "cache", ms: v.ms, reason: `cached ${v.time}` };
+    }
+    for (const [k, p] of this.#memo) {
+      const r = await p.catch(() => undefined);
+      if (r) out[k] = r;
+    }
+    return out;
+  }
+
+  async #choose<C extends string>(spec: TuneSpec<C>): Promise<TuneResult<C>> {
+    const { key, candidates } = spec;
+    if (candidates.length === 0) throw new RangeError(`Autotune "${key}" has no candidates`);
+    if (candidates.length === 1) {
+      return { choice: candidates[0], source: "only", ms: {}, reason: "the only candidate" };
+    }
+    const cached = (await this.#load())[key];
+    if (cached && candidates.includes(cached.choice as C)) {
+      const r: TuneResult<C> = {
+        choice: cached.choice as C,
+        source: "cache",
+        ms: cached.ms as Partial<Record<C, number>>,
+        reason: `cached ${cached.time}${this.path ? ` in ${this.path}` : ""}`,
+      };
+      debugLog(1, `autotune ${key}: ${r.choice} (${r.reason})`);
+      return r;
+    }
+    if (cached) debugLog(1, `autotune ${key}: cached ${cached.choice} is no candidate now`);
+    const result = await this.#time(spec);
+    const entry = { choice: result.choice, ms: result.ms as Record<string, number> };
+    await this.#store(key, { ...entry, time: new Date().toISOString() });
+    const times = Object.entries(result.ms as Record<string, number>)
+      .sort((a, b) => a[1] - b[1])
+      .map(([c, ms]) => `${c} ${ms.toFixed(3)} ms`).join(", ");
+    debugLog(1, `autotune ${key}: ${times} -> ${result.choice} (${result.reason})`);
+    return result;
+  }
+
+  async #time<C extends string>(spec: TuneSpec<C>): Promise<TuneResult<C>> {
+    const reps = spec.reps ?? 3, margin = spec.margin ?? 0.1;
+    const ms: Partial<Record<C, number>> = {};
+    const failed: string[] = [];
+    let best = Infinity;
+    for (const c of spec.candidates) {
+      let timer: TuneTimer;
+      try {
+        timer = await spec.prepare(c);
+      } catch (e) {
+        failed.push(`${c}: ${e instanceof Error ? e.message : e}`);
+        continue;
+      }
+      try {
+        // Warm-up (first-use compilation, caches); far off the best, it is the time.
+        let t = await timer.run();
+        if (t < 4 * best) {
+          t = Infinity;
+          for (let r = 0; r < reps; r++) {
+            t = Math.min(t, await timer.run());
+            if (t > 2 * best) break; // cannot win
+          }
+        }
+        ms[c] = t;
+        best = Math.min(best, t);
+      } finally {
+        timer.dispose();
+      }
+    }
+    if (failed.length) debugLog(1, `autotune ${spec.key}: skipped ${failed.join("; ")}`);
+    const timed = Object.entries(ms) as [C, number][];
+    if (timed.length === 0) {
+      throw new Error(`Autotune "${spec.key}": no candidate could run: ${failed.join("; ")}`);
+    }
+    const [fastest, tFast] = timed.reduce((a, b) => (b[1] < a[1] ? b : a));
+    const inc = spec.candidates[0], tInc = ms[inc];
+    if (tInc === undefined) {
+      return { choice: fastest, source: "timed", ms, reason: "fastest (the default failed)" };
+    }
+    if (fastest === inc) return { choice: inc, source: "timed", ms, reason: "fastest" };
+    const gain = 1 - tFast / tInc;
+    if (gain <= margin) {
+      return {
+        choice: inc,
+        source: "timed",
+        ms,
+        reason: `the default: ${fastest} is only ${(100 * gain).toFixed(0)}% faster ` +
+          `(a challenger needs ${(100 * margin).toFixed(0)}%)`,
+      };
+    }
+    return {
+      choice: fastest,
+      source: "timed",
+      ms,
+      reason: `fastest, ${(100 * gain).toFixed(0)}% faster than the default ${inc}`,
+    };
+  }
+
+  /** This device's entries from disk (read once; corrupt or unreadable: none, warned). */
+  async #load(): Promise<Record<string, CacheEntry>> {
+    if (this.#disk) return this.#disk;
+    const file = await this.#readFile(true);
+    this.#disk = file?.devices[this.deviceKey] ?? {};
+    return this.#disk;
+  }
+
+  async #readFile(warn: boolean): Promise<CacheFile | undefined> {
+    if (!this.path) return undefined;
+    let text: string;
+    try {
+      text = await Deno.readTextFile(this.path);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound) && warn) {
+        this.#warn(`cannot read the autotune cache ${this.path}: ${e}: tuning afresh`);
+      }
+      return undefined;
+    }
+    const problem = (why: string) => {
+      if (warn) {
+        this.#warn(
+          `ignoring the autotune cache ${this.path}: ${why}: tuning afresh (it is ` +
+            "rewritten on the next choice; delete it to silence this)",
+        );
+      }
+      return undefined;
+    };
+    let doc: unknown;
+    try {
+      doc = JSON.parse(text);
+    } catch (e) {
+      return problem(`it is not JSON (${e instanceof Error ? e.message : e})`);
+    }
+    const d = doc as Partial<CacheFile>;
+    if (d?.format !== "webgpu-gpt2-autotune" || d.version !== 1) {
+      return problem("unknown format or version");
+    }
+    if (typeof d.devices !== "object" || d.devices === null) return problem("no devices table");
+    for (const entries of Object.values(d.devices)) {
+      for (const e of Object.values(entries ?? {})) {
+        if (typeof e?.choice !== "string" || typeof e.ms !== "object") {
+          return problem("an entry without a choice");
+        }
+      }
+    }
+    return d as CacheFile;
+  }
+
+  async #store(key: string, entry: CacheEntry): Promise<void> {
+    (this.#disk ??= {})[key] = entry;
+    const path = this.path;
+    if (!path) return;
+    const tmp = `${path}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+    try {
+      // Re-read so that choices other processes made since are kept.
+      const file: CacheFile = (await this.#readFile(false)) ??
+        { format: "webgpu-gpt2-autotune", version: 1, devices: {} };
+      file.devices[this.deviceKey] = { ...file.devices[this.deviceKey], [key]: entry };
+      const dir = path.replace(/[/\\][^/\\]*$/, "");
+      if (dir && dir !== path) await Deno.mkdir(dir, { recursive: true });
+      await Deno.writeTextFile(tmp, JSON.stringify(file, null, 1) + "\n");
+      await Deno.rename(tmp, path);
+    } catch (e) {
+      await Deno.remove(tmp).catch(() => {});
+      this.#warn(`cannot write the autotune cache ${path}: ${e}: choices stay in memory`);
+      this.#path = undefined;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The runtime's tuner and its cache key.
+
+function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name) || undefined;
+  } catch {
+    return undefined; // no --allow-env
+  }
+}
+
+/**
+ * The cache file from the environment: `WEBGPU_GPT2_TUNE_CACHE` (`none` for no file), else
+ * under `XDG_CACHE_HOME` or `~/.cache` (`%LOCALAPPDATA%` on Windows); undefined when none
+ * can be found.
+ */
+export function tuneCachePath(): string | undefined {
+  const set = env("WEBGPU_GPT2_TUNE_CACHE");
+  if (set) return set === "none" ? undefined : set;
+  const base = env("XDG_CACHE_HOME") ??
+    (Deno.build.os === "windows" ? env("LOCALAPPDATA") : undefined) ??
+    (env("HOME") ? `${env("HOME")}/.cache` : undefined);
+  return base ? `${base}/webgpu-gpt2/autotune.json` : undefined;
+}
+
+/** The driver's version where the OS says it (NVIDIA's kernel module on Linux), else "". */
+function driverVersion(): string {
+  try {
+    const v = Deno.readTextFileSync("/proc/driver/nvidia/version");
+    const m = /Kernel Module\s+(\S+)/.exec(v);
+    return m ? `nvidia ${m[1]}` : "";
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * What identifies a device for cached choices: adapter name and ids, the driver's version
+ * where known, Deno's version (its WebGPU implementation) and the package version. Mesa's
+ * adapters name their LLVM version in the adapter name.
+ */
+export function deviceKey(rt: Runtime): string {
+  const info = (rt.device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+  const ids = info ? `${info.vendor}:${info.architecture}:${info.device}` : "";
+  return [
+    rt.gpu.name,
+    ids,
+    driverVersion(),
+    `deno ${Deno.version.deno}`,
+    `webgpu-gpt2 ${PACKAGE_VERSION}`,
+  ].join(" | ");
+}
+
+const tuners = new WeakMap<GPUDevice, Autotuner>();
+
+/**
+ * The runtime's tuner: its own `tuner` when it has one (see {@linkcode withTuner}), else
+ * one per device with the cache file from the environment.
+ */
+export function tunerFor(rt: Runtime): Autotuner {
+  const own = (rt as Runtime & { tuner?: Autotuner }).tuner;
+  if (own) return own;
+  let t = tuners.get(rt.device);
+  if (!t) {
+    t = new Autotuner({ deviceKey: deviceKey(rt), path: tuneCachePath() });
+    tuners.set(rt.device, t);
+  }
+  return t;
+}
+
+/**
+ * The same runtime with its own tuner (another cache file, a fresh memory): what tests
+ * and programs that keep their choices apart build kernels with.
+ *
+ * @example
+ * ```ts
+ * const rt2 = withTuner(rt, new Autotuner({ deviceKey: deviceKey(rt), path: "tune.json" }));
+ * const d = await matmul(rt2, shape, operands); // "auto" asks rt2's tuner
+ * ```
+ */
+export function withTuner(rt: Runtime, tuner: Autotuner): Runtime {
+  const out: Runtime & { tuner: Autotuner } = { ...rt, tuner };
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Timing dispatches.
+
+/** Options for {@linkcode dispatchTimer}. */
+export interface DispatchTimerOptions {
+  /** Use timestamp queries when the device has them (default true). */
+  timestamps?: boolean;
+  /** Called by dispose, e.g. to free the dispatches' buffers. */
+  dispose?: () => void;
+}
+
+/**
+ * A {@linkcode TuneTimer} for dispatches: one compute pass per run, timed on the GPU with
+ * timestamp queries (the device's "timestamp-query" feature, as src/gpu/profiler.ts uses
+ * it), or by the wall clock from submit to `onSubmittedWorkDone` without them. Short runs
+ * on the wall clock are repeated within the pass until they take about a millisecond, so
+ * the submit's fixed cost fades.
+ */
+export function dispatchTimer(
+  rt: Runtime,
+  dispatches: readonly Dispatch[],
+  options: DispatchTimerOptions = {},
+): TuneTimer {
+  const device = rt.device;
+  const useTs = (options.timestamps ?? true) && device.features.has("timestamp-query");
+  const qs = useTs ? device.createQuerySet({ type: "timestamp", count: 2 }) : undefined;
+  const resolve = useTs
+    ? device.createBuffer({
+      size: 16,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    })
+    : undefined;
+  const read = useTs
+    ? device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST })
+    : undefined;
+  let repeat = 1;
+  const once = async (n: number): Promise<{ wall: number; gpu?: number }> => {
+    // One pass holding the dispatches n times.
+    const list = n === 1 ? dispatches : Array.from({ length: n }, () => dispatches).flat();
+    const timed = device.createCommandEncoder();
+    if (qs) {
+      const p = timed.beginComputePass({
+        timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+      });
+      for (const d of list) {
+        p.setPipeline(d.pipeline);
+        d.bindGroups.forEach((g, i) => p.setBindGroup(i, g));
+        p.dispatchWorkgroups(...d.workgroups);
+      }
+      p.end();
+      timed.resolveQuerySet(qs, 0, 2, resolve!, 0);
+      timed.copyBufferToBuffer(resolve!, 0, read!, 0, 16);
+    } else encodeDispatches(timed, list);
+    const t0 = performance.now();
+    device.queue.submit([timed.finish()]);
+    await device.queue.onSubmittedWorkDone();
+    const wall = performance.now() - t0;
+    if (!read) return { wall };
+    await read.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(read.getMappedRange().slice(0));
+    read.unmap();
+    const gpu = Number(t[1] - t[0]) / 1e6;
+    return { wall, gpu: gpu > 0 ? gpu : undefined };
+  };
+  return {
+    async run() {
+      const r = await once(repeat);
+      if (r.gpu !== undefined) return r.gpu / repeat;
+      if (repeat === 1 && r.wall < 1) repeat = Math.min(64, Math.ceil(1 / Math.max(r.wall, 0.02)));
+      return r.wall / repeat;
+    },
+    dispose() {
+      qs?.destroy();
+      resolve?.destroy();
+      read?.destroy();
+      options.dispose?.();
+    },
+  };
+}

@@ -1,0 +1,157 @@
+/**
+ * Matmul's use of the autotuner (src/gpu/autotune.ts): which kernels are candidates on
+ * this adapter, what a shape class is, and how one candidate is timed on the product's
+ * own operands.
+ *
+ * - Candidates: on CPU adapters regblock (the incumbent; tiled when the operands are not
+ *   4-aligned) and the GPU tile that runs best there (each candidate costs a compile of a
+ *   second or two on llvmpipe, and tiled, 10x slower than regblock there, is not worth
+ *   one); on GPUs tiled (the incumbent) and every tile of GPU_TILES the device can run.
+ * - Shape class: the transposes, element types, which operands are 4-aligned, N, and M
+ *   and K rounded up to powers of two.
+ * - Timing: the real A, B and bias buffers are read as they are (their contents do not
+ *   change the time); C is a scratch buffer. Large products are timed on part of K and,
+ *   past that, on their first rows, so that one timing stays a few ms on a GPU and tens
+ *   of ms on a CPU adapter, and scratch stays under 256 MiB (32 MiB on CPU adapters).
+ * - Products under 2^26 FLOPs (2^30 on CPU adapters) are not timed: they take the
+ *   incumbent (on a CPU adapter compiling the candidates would cost more than they save).
+ *
+ * @module
+ */
+
+import type { Dispatch } from "../../gpu/dispatch.ts";
+import { freeDispatches } from "../../gpu/dispatch.ts";
+import { type DType, dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
+import type { Runtime } from "../../gpu/runtime.ts";
+import { dispatchTimer, type TuneResult, tunerFor } from "../../gpu/autotune.ts";
+import { GPU_TILES, type GpuTileName, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
+
+/** A kernel the tuner can pick: regblock, tiled, or a tile of the GPU family. */
+export type MatmulKernel = "regblock" | "tiled" | GpuTileName;
+
+/** Products smaller than this (2·M·N·K) take the incumbent without timing, by adapter kind. */
+export const TUNE_MIN_FLOPS = { gpu: 2 ** 26, cpu: 2 ** 30 };
+
+/** GPU tiles tried on CPU adapters (the one llvmpipe runs fastest, 14 GFLOP/s at best). */
+const CPU_GPU_TILES: readonly GpuTileName[] = ["wg128x128x8_t8x8"];
+
+/** The product as the tuner sees it (dimensions, strides, flags all resolved). */
+export interface TuneProduct {
+  M: number;
+  N: number;
+  K: number;
+  transA: boolean;
+  transB: boolean;
+  lda: number;
+  ldb: number;
+  ldc: number;
+  bias: boolean;
+  accumulate: boolean;
+}
+
+/** Operands with their offsets, as matmul() got them. */
+export interface TuneOperands {
+  a: { buffer: GPUBuffer; offset?: number };
+  b: { buffer: GPUBuffer; offset?: number };
+  c: { buffer: GPUBuffer; offset?: number };
+  bias?: { buffer: GPUBuffer; offset?: number };
+}
+
+/** Builds a product's dispatches with a given kernel (matmul() with `impl` forced). */
+export type BuildWith = (
+  kernel: MatmulKernel,
+  shape: TuneProduct,
+  operands: TuneOperands,
+) => Promise<Dispatch[]>;
+
+/** The candidates for a product on this adapter, incumbent first. */
+export function matmulCandidates(rt: Runtime, aligned: boolean): MatmulKernel[] {
+  const tiles = (rt.gpu.isCpu ? CPU_GPU_TILES : GPU_TILES).filter((t) =>
+    gpuTileProblem(parseGpuTile(t)!, rt.gpu.limits) === undefined
+  );
+  if (rt.gpu.isCpu) return [aligned ? "regblock" : "tiled", ...tiles];
+  return ["tiled", ...tiles];
+}
+
+const pow2 = (x: number) => 2 ** Math.ceil(Math.log2(x));
+
+/** The shape class of a product: what its tuning key names. */
+export function matmulTuneKey(
+  s: TuneProduct,
+  types: Record<"a" | "b" | "c", DType>,
+  aligned: Record<"a" | "b" | "c", boolean>,
+): string {
+  const t = `${s.transA ? "T" : "N"}${s.transB ? "T" : "N"}`;
+  const al = (["a", "b", "c"] as const).map((k) => (aligned[k] ? "4" : "1")).join("");
+  return `matmul ${t} ${types.a}.${types.b}.${types.c} vec${al} ` +
+    `M${pow2(s.M)} N${s.N} K${pow2(s.K)}`;
+}
+
+/**
+ * The part of a product that is timed: K, then M, cut to at least 256, then N to at least
+ * 2048 (each keeping its residue mod 64, hence its alignment): time is linear in K, while
+ * fewer rows change regblock's tile and a GPU's occupancy.
+ */
+function timedShape(rt: Runtime, s: TuneProduct, cBytes: number): TuneProduct {
+  const cpu = rt.gpu.isCpu;
+  const maxFlops = cpu ? 2 ** 28 : 2 ** 36, maxC = cpu ? 32 * 2 ** 20 : 256 * 2 ** 20;
+  const cut = (x: number, to: number) => (x <= to ? x : x - Math.floor((x - to) / 64) * 64);
+  const K = cut(s.K, Math.max(256, Math.floor(maxFlops / (2 * s.M * s.N))));
+  const rows = Math.min(maxFlops / (2 * s.N * K), maxC / (s.ldc * cBytes));
+  const M = cut(s.M, Math.max(256, Math.floor(rows)));
+  const N = cut(s.N, Math.max(2048, Math.floor(maxFlops / (2 * M * K))));
+  return { ...s, M, N, K, ldc: s.ldc - (s.N - N) };
+}
+
+/**
+ * The kernel the tuner picks for a product (timing the candidates the first time its shape
+ * class is seen on this device).
+ */
+export async function tuneMatmul(
+  rt: Runtime,
+  s: TuneProduct,
+  ops: TuneOperands,
+  options: { aligned: Record<"a" | "b" | "c", boolean>; build: BuildWith },
+): Promise<TuneResult<MatmulKernel>> {
+  const candidates = matmulCandidates(rt, Object.values(options.aligned).every(Boolean));
+  if (2 * s.M * s.N * s.K < TUNE_MIN_FLOPS[rt.gpu.isCpu ? "cpu" : "gpu"]) {
+    return { choice: candidates[0], source: "only", ms: {}, reason: "too small to time" };
+  }
+  const types = {
+    a: dtypeOf(ops.a.buffer),
+    b: dtypeOf(ops.b.buffer),
+    c: dtypeOf(ops.c.buffer),
+  };
+  const key = matmulTuneKey(s, types, options.aligned);
+  const eb = dtypeBytes(types.c);
+  const part = timedShape(rt, s, eb);
+  const tuner = tunerFor(rt);
+  return await tuner.choose({
+    key,
+    candidates,
+    async prepare(kernel) {
+      // Scratch C keeps the real offset's residue, hence the same alignment.
+      const off = (ops.c.offset ?? 0) % 64;
+      const c = rt.arena.alloc(
+        "matmul.tune.c",
+        "scratch",
+        (off + (part.M - 1) * part.ldc + part.N) * eb,
+        undefined,
+        types.c,
+      );
+      let d: Dispatch[] = [];
+      try {
+        d = await options.build(kernel, part, { ...ops, c: { buffer: c, offset: off } });
+      } catch (e) {
+        rt.arena.free(c);
+        throw e;
+      }
+      return dispatchTimer(rt, d, {
+        dispose: () => {
+          freeDispatches(rt.arena, d);
+          rt.arena.free(c);
+        },
+      });
+    },
+  });
+}

@@ -1,0 +1,195 @@
+// Every GPU matmul tile (src/model/ops/matmul_gpu.ts) against the float64 reference: all
+// four transposes with bias, accumulate, strides and offsets, both at sizes whose operands
+// are 4-aligned (vec4 loads and stores, partial tiles at every edge) and at odd sizes
+// (scalar loads); f16 operands; real GPT-2 shapes with sampled rows; the loop bound.
+import { equal, ok, throws } from "node:assert/strict";
+import { runDispatches } from "../src/gpu/dispatch.ts";
+import { LOOP_BUDGET } from "../src/gpu/kernel.ts";
+import { readValues, type Runtime } from "../src/gpu/runtime.ts";
+import { type DType, roundToF16 } from "../src/gpu/dtype.ts";
+import {
+  matmul,
+  type MatmulImpl,
+  matmulLoops,
+  type MatmulShape,
+  parseMatmulImpl,
+} from "../src/model/ops/matmul.ts";
+import { GPU_TILES, matmulGpuWgsl, parseGpuTile } from "../src/model/ops/matmul_gpu.ts";
+import { matmulRef } from "./reference/matmul.ts";
+import { assertAllClose, gpuTest, hasF16, randn, uploadAs } from "./_harness.ts";
+
+/** Presets and two tiles off the list (any valid name runs): one invocation, TM = 16. */
+const TILES = [...GPU_TILES, "wg4x4x4_t4x4", "wg32x32x8_t16x4"] as MatmulImpl[];
+
+/**
+ * Runs one product and compares it with float64, on all rows or on `rows` of them.
+ * Returns the number of dispatches.
+ */
+async function check(
+  rt: Runtime,
+  impl: MatmulImpl,
+  shape: MatmulShape,
+  opts: {
+    offsets?: [number, number, number, number];
+    types?: [DType, DType, DType];
+    rows?: number[];
+    seed?: number;
+  } = {},
+): Promise<number> {
+  const { M, N, K, transA = false, transB = false } = shape;
+  const lda = shape.lda ?? (transA ? M : K), ldb = shape.ldb ?? (transB ? K : N);
+  const ldc = shape.ldc ?? N;
+  const [ao, bo, co, biaso] = opts.offsets ?? [0, 0, 0, 0];
+  const [at, bt, ct] = opts.types ?? ["f32", "f32", "f32"];
+  const seed = opts.seed ?? 1;
+  const aLen = ao + (transA ? (K - 1) * lda + M : (M - 1) * lda + K);
+  const bLen = bo + (transB ? (N - 1) * ldb + K : (K - 1) * ldb + N);
+  const cLen = co + (M - 1) * ldc + N;
+  const round = (x: Float32Array<ArrayBuffer>, t: DType) => (t === "f16" ? roundToF16(x) : x);
+  const a = round(randn(aLen, seed), at), b = round(randn(bLen, seed + 1), bt);
+  const c0 = round(randn(cLen, seed + 2), ct), bias = randn(biaso + N, seed + 3);
+  const A = uploadAs(rt, "A", a, at), B = uploadAs(rt, "B", b, bt), C = uploadAs(rt, "C", c0, ct);
+  const Bias = uploadAs(rt, "bias", bias);
+  try {
+    const d = await matmul(rt, shape, {
+      a: { buffer: A, offset: ao },
+      b: { buffer: B, offset: bo },
+      c: { buffer: C, offset: co },
+      bias: shape.bias ? { buffer: Bias, offset: biaso } : undefined,
+    }, { impl });
+    if (impl !== "auto" && impl !== "regblock") {
+      ok(d.every((x) => x.pipeline.label === `matmul_${impl}`), `${impl} ran another kernel`);
+    }
+    await runDispatches(rt.device, d);
+    const rows = opts.rows ?? Array.from({ length: M }, (_, i) => i);
+    const all = await readValues(rt.device, C, 0, cLen);
+    const got: number[] = [], want: number[] = [];
+    for (const m of rows) {
+      got.push(...all.subarray(co + m * ldc, co + m * ldc + N));
+      // The reference for row m alone: A's row m (or column m) as a 1-row product.
+      const aRow = transA
+        ? a.subarray(ao + m, ao + m + (K - 1) * lda + 1)
+        : a.subarray(ao + m * lda, ao + m * lda + K);
+      const c = Float64Array.from(c0.subarray(co + m * ldc, co + m * ldc + N));
+      matmulRef(aRow, b.subarray(bo), { ...shape, M: 1, lda, ldb, ldc: N }, {
+        c,
+        bias: shape.bias ? bias.subarray(biaso) : undefined,
+        accumulate: shape.accumulate,
+      });
+      want.push(...c);
+    }
+    // An f16 result is rounded once at the end; long sums carry f32 rounding of ~sqrt(K).
+    const tol = ct === "f16" ? 1e-3 : 2e-5 * Math.max(1, Math.sqrt(K / 64));
+    assertAllClose(got, want, {
+      rtol: tol,
+      atol: tol,
+      label: `${impl} ${at}/${bt}/${ct} ${JSON.stringify(shape)} offsets ${opts.offsets ?? "0"}`,
+    });
+    return d.length;
+  } finally {
+    for (const x of [A, B, C, Bias]) rt.arena.free(x);
+  }
+}
+
+const TRANSPOSES = [[false, false], [false, true], [true, false], [true, true]] as const;
+
+for (const impl of TILES) {
+  gpuTest(`matmul ${impl}: every transpose, bias, accumulate, offsets, odd sizes`, async (rt) => {
+    for (const [transA, transB] of TRANSPOSES) {
+      const tr = { transA, transB, bias: true, accumulate: true };
+      // 4-aligned operands (vec4 paths), no dimension a multiple of any tile.
+      const [M, N, K] = [68, 132, 92];
+      await check(rt, impl, {
+        M,
+        N,
+        K,
+        ...tr,
+        lda: (transA ? M : K) + 8,
+        ldb: (transB ? K : N) + 4,
+        ldc: N + 12,
+      }, { offsets: [4, 8, 12, 16] });
+      // Odd sizes, strides and offsets (scalar paths).
+      const [m, n, k] = [67, 129, 93];
+      await check(rt, impl, {
+        M: m,
+        N: n,
+        K: k,
+        ...tr,
+        lda: (transA ? m : k) + 1,
+        ldb: (transB ? k : n) + 3,
+        ldc: n + 5,
+      }, { offsets: [1, 3, 5, 7], seed: 5 });
+    }
+    // Plain C = A·B, without bias or accumulate.
+    await check(rt, impl, { M: 67, N: 129, K: 93 }, { seed: 9 });
+    await check(rt, impl, { M: 36, N: 44, K: 52, transB: true }, { seed: 11 });
+  });
+}
+
+for (const impl of ["wg64x64x16_t4x4", "wg128x128x8_t8x8"] as const) {
+  gpuTest({ name: `matmul ${impl} with f16 operands`, ignore: !hasF16 }, async (rt) => {
+    // Mixed precision's cases: f16 x f16 -> f16 + bias (forward), f32 x f16 -> f32 (dinp),
+    // f16 x f32 -> f32 accumulate (dweight); vec4<f16> loads where aligned, scalar where odd.
+    for (const [transA, transB] of TRANSPOSES) {
+      const s = { M: 36, N: 44, K: 52, transA, transB };
+      const odd = { M: 37, N: 45, K: 51, transA, transB };
+      await check(rt, impl, { ...s, bias: true }, { types: ["f16", "f16", "f16"] });
+      await check(rt, impl, odd, { types: ["f32", "f16", "f32"], offsets: [3, 0, 3, 0] });
+      await check(rt, impl, { ...s, accumulate: true }, {
+        types: ["f16", "f32", "f32"],
+        offsets: [4, 8, 12, 0],
+      });
+    }
+    await check(rt, impl, { M: 37, N: 45, K: 51, bias: true }, { types: ["f16", "f16", "f16"] });
+  });
+}
+
+const sampled = (M: number) => [0, 1, 63, 64, 127, 128, 500, M - 129, M - 2, M - 1];
+
+gpuTest("GPU matmul tiles at GPT-2's shapes (sampled rows)", async (rt) => {
+  // qkv forward (1024 x 2304 x 768 + bias) and its dweight (768 x 2304 x 1024, A stored
+  // [K, M]), for the smallest and the largest register tile.
+  for (const impl of ["wg64x64x16_t4x4", "wg128x128x8_t8x8"] as const) {
+    await check(rt, impl, { M: 1024, N: 2304, K: 768, bias: true }, { rows: sampled(1024) });
+    await check(rt, impl, { M: 768, N: 2304, K: 1024, transA: true, accumulate: true }, {
+      rows: sampled(768),
+    });
+  }
+  // The lm-head: 128 rows x 50304 x 768 with W [Vp, C]; W is 154 MB, over llvmpipe's
+  // 128 MiB binding, so this also splits N.
+  const n = await check(rt, "wg128x64x16_t8x4", { M: 128, N: 50304, K: 768, transB: true }, {
+    rows: [0, 77, 127],
+  });
+  ok(n >= 2, `expected the lm-head to split, got ${n} dispatch(es)`);
+});
+
+gpuTest("a GPU tile's loop bound is what the adapter runs; past it K splits", async (rt) => {
+  // ceil(K / BK) + 1 = 65,531 in one dispatch: right only if the unrolled code counts no
+  // other loop (llvmpipe would stop the invocation at ~65,535 otherwise).
+  const t = "wg128x128x8_t8x8", K = 8 * 65530;
+  equal(matmulLoops(t, K), 65531);
+  equal(await check(rt, t, { M: 4, N: 4, K, transA: true }), 1);
+  ok(matmulLoops("wg4x4x4_t4x4", 4 * 70000) > LOOP_BUDGET);
+  equal(await check(rt, "wg4x4x4_t4x4", { M: 4, N: 4, K: 4 * 70000, transA: true }), 2);
+});
+
+Deno.test("GPU tile names: parsed, validated, and the generator's header says its bound", () => {
+  for (const t of GPU_TILES) equal(parseMatmulImpl(t), t);
+  equal(parseMatmulImpl("auto"), "auto");
+  throws(() => parseMatmulImpl("fast"), /Unknown matmul kernel "fast".*auto, regblock, tiled/);
+  throws(() => parseMatmulImpl("wg64x64x16_t6x4"), /multiple of 4/);
+  throws(() => parseMatmulImpl("wg64x64x16_t32x4"), /at most 16/);
+  const code = matmulGpuWgsl({
+    ...parseGpuTile("wg128x128x8_t8x8")!,
+    transA: false,
+    transB: true,
+    bias: false,
+    accumulate: false,
+    types: { a: "f16", b: "f16", c: "f32", bias: "f32" },
+    vec4: { a: true, b: true, c: true, bias: false },
+  });
+  ok(code.startsWith("enable f16;"));
+  ok(code.includes("loop bound ceil(K/8) + 1"));
+  ok(code.includes("array<vec4<f16>>"));
+  equal(code.match(/\bfor \(/g)?.length, 1, "one loop: the k0 loop");
+});
