@@ -39,13 +39,26 @@
 export * from "./src/gpu/mod.ts";
 export {
   matmul,
+  MATMUL_IMPLS,
   matmulBiasBackward,
   type MatmulImpl,
   type MatmulOperands,
   type MatmulOptions,
   type MatmulShape,
   type Operand,
+  parseMatmulImpl,
 } from "./src/model/ops/matmul.ts";
+export {
+  Autotuner,
+  type AutotunerOptions,
+  dispatchTimer,
+  tuneCachePath,
+  type TuneResult,
+  tunerFor,
+  type TuneSpec,
+  type TuneTimer,
+  withTuner,
+} from "./src/gpu/autotune.ts";
 export { linearBackward, linearForward, type LinearShape } from "./src/model/ops/linear.ts";
 export {
   checkSequenceLength,
@@ -111,7 +124,15 @@ export {
 } from "./src/train/step.ts";
 export { TRAIN_CONFIG } from "./src/train/config_table.ts";
 export { type ConfigRow, type ConfigTable, type NumberRule } from "./src/train/config.ts";
-export { type DataParallel, dataParallel, type ExchangeTimes } from "./src/train/data_parallel.ts";
+export {
+  type DataParallel,
+  dataParallel,
+  type ExchangeTimes,
+  type Shard,
+  shardLayout,
+  zeroShards,
+} from "./src/train/data_parallel.ts";
+export { type GradMark } from "./src/model/passes.ts";
 export {
   type Dist,
   type DistOptions,

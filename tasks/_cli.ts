@@ -86,6 +86,8 @@ export interface FlagSpec {
   rule?: NumberRule;
   /** Strings: the values allowed. */
   choices?: readonly string[];
+  /** Strings: checks and converts a value (throws a TypeError naming what is allowed). */
+  parse?: (raw: string) => unknown;
   /** The default shown in the help (undefined: none shown). */
   default?: unknown;
   /** The help line. */
@@ -114,6 +116,13 @@ export function checkFlags(values: FlagValues, specs: readonly FlagSpec[]): void
     if (raw === undefined) continue;
     if (s.kind === "number") checkNumber(s.flag, raw, s.rule ?? "non-negative");
     if (s.choices) checkChoice(s.flag, raw, s.choices);
+    if (s.parse) {
+      try {
+        s.parse(String(raw));
+      } catch (e) {
+        throw new TypeError(`--${s.flag}: ${(e as Error).message}`);
+      }
+    }
   }
 }
 

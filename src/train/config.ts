@@ -57,8 +57,10 @@ export interface ConfigRow<V> {
   kind: "number" | "string" | "boolean";
   /** Numbers: what they accept. */
   rule?: NumberRule;
-  /** Strings: the values allowed. */
+  /** Strings: the values allowed (the help lists them). */
   choices?: readonly string[];
+  /** Strings: checks and converts a value (a TypeError names what is allowed). */
+  parse?: (raw: string) => unknown;
   /** The value when neither the flag nor a resumed run gives one. */
   default: V;
   /** The help line; `arg` names the value (N, X, DIR). */
@@ -164,7 +166,7 @@ export interface TrainConfig {
   hellaswagLimit?: number;
   /** Peak TFLOP/s of the device, for MFU; unknown when 0. */
   peakTflops: number;
-  /** Matmul kernel for every product (default: regblock on CPU adapters, tiled on GPUs). */
+  /** Matmul kernel for every product (default auto: the autotuner's choice per shape). */
   matmul?: MatmulImpl;
   /** Where tokenized text files are cached. */
   cacheDir: string;

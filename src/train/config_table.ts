@@ -7,6 +7,7 @@
 
 import type { GPT2Config } from "../model/config.ts";
 import { OPTIMIZERS } from "../optim/registry.ts";
+import { parseMatmulImpl } from "../model/ops/matmul.ts";
 import type { ConfigRow, ConfigTable, TrainConfig } from "./config.ts";
 
 /** The training run's table: every TrainConfig key, its flag, check, default and help. */
@@ -349,10 +350,12 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
   matmul: {
     flag: "matmul",
     kind: "string",
-    choices: ["regblock", "tiled"],
+    parse: parseMatmulImpl,
     default: undefined,
+    arg: "auto|regblock|tiled|wgBMxBNxBK_tTMxTN",
     group: "Model",
-    help: "matmul kernel (default: by adapter)",
+    help: "matmul kernel (default auto: the autotuner's choice per shape and device, cached; " +
+      "DEBUG=1 says why)",
   },
   cacheDir: {
     flag: "cache-dir",
