@@ -5,7 +5,8 @@
  * @module
  */
 
-import { runDispatches } from "../src/gpu/dispatch.ts";
+import { freeDispatches, runDispatches } from "../src/gpu/dispatch.ts";
+import { castToHalf } from "../src/model/ops/cast.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { parameterCount, resolveConfig } from "../src/model/config.ts";
 import { parameterLayout } from "../src/model/params.ts";
@@ -70,6 +71,51 @@ export const optimBench: BenchCase = {
           });
         } finally {
           opt.destroy();
+        }
+      }
+      // Mixed precision: AdamW then the f16 cast pass, against the update that writes the f16
+      // copy itself, alternating in one run.
+      if (rt.gpu.features.shaderF16) {
+        const half = rt.arena.alloc("bench.params.f16", "parameters", n * 2, undefined, "f16");
+        const cast = await castToHalf(rt, n, { src: params, dst: half });
+        const unfused = await AdamW.create(rt, layout, { params, grads });
+        const fused = await AdamW.create(rt, layout, { params, grads, half });
+        try {
+          const runs = { unfused: [] as number[], fused: [] as number[] };
+          for (let s = 0; s <= steps; s++) {
+            for (
+              const [label, opt, extra] of [
+                ["unfused", unfused, cast],
+                ["fused", fused, []],
+              ] as const
+            ) {
+              opt.setStep(s + 1, 1e-4);
+              const t0 = performance.now();
+              await runDispatches(rt.device, [...opt.dispatches, ...extra]);
+              if (s > 0) runs[label].push(performance.now() - t0); // step 0 warms up
+            }
+          }
+          for (const label of ["unfused", "fused"] as const) {
+            rows.push({
+              optimizer: `adamw + f16 copy, ${label}`,
+              model: name,
+              params_M: +(P / 1e6).toFixed(2),
+              step_ms: median(runs[label]),
+              ms_per_M_params: median(runs[label]) / (P / 1e6),
+              state_MiB: +(fused.stateBytes / 2 ** 20).toFixed(1),
+              bytes_per_param: +(fused.stateBytes / P).toFixed(3),
+              adapter: rt.gpu.name,
+            });
+          }
+          log(
+            `f16 copy: fused ${median(runs.fused).toFixed(0)} ms against ` +
+              `${median(runs.unfused).toFixed(0)} ms (AdamW + cast pass)`,
+          );
+        } finally {
+          freeDispatches(rt.arena, cast);
+          unfused.destroy();
+          fused.destroy();
+          rt.arena.free(half);
         }
       }
     } finally {

@@ -14,8 +14,14 @@
 // buffer written once per step; the per-range values (n, decay) in another, written
 // at setup. wd applies only where `decay` is 1 (matrices and embeddings).
 //
+// Mixed precision, fused: with HALF_COPY (src/optim/adamw.ts's adamwHalfKernel) the kernel
+// also writes f16(p) into half[r.p0 + i], the f16 copy the matmuls read, so no separate cast
+// pass runs after the step (half is bound from a 256-byte-aligned element r.p0 before the
+// range's start).
+//
 // Shapes: params, grads, m, v [n] (ranges of the flat buffers). stats [2] = (loss, norm).
-// Bindings: 0 params, 1 grads, 2 m, 3 v, 4 stats, 5 step (uniform), 6 range (uniform).
+// Bindings: 0 params, 1 grads, 2 m, 3 v, 4 stats, 5 step (uniform), 6 range (uniform),
+// 7 half (HALF_COPY only).
 // Geometry: workgroup (64,1,1); grid over n, folded into y.
 // Loop bound per invocation: 0 (no loops).
 
@@ -42,5 +48,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   v[i] = vi;
   let p = params[i];
   let wd = select(0.0, s.wd, r.decay == 1u);
-  params[i] = p - s.lr * ((mi / s.bc1) / (sqrt(vi / s.bc2) + s.eps) + wd * p);
+  let np = p - s.lr * ((mi / s.bc1) / (sqrt(vi / s.bc2) + s.eps) + wd * p);
+  params[i] = np;
+  // HALF_COPY: half[r.p0 + i] = f16(np);
 }

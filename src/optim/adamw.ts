@@ -11,7 +11,7 @@
 
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { ArenaScope } from "../gpu/arena.ts";
-import { f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
+import { type BufferRange, f32Bits, grid1d, makeDispatch } from "../gpu/kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
@@ -35,6 +35,19 @@ export function withStep(kernel: string): string {
 
 const adamwSrc = withStep(adamwBody);
 
+/** kernels/adamw.wgsl with its HALF_COPY lines on: it also writes the f16 copy of each p. */
+export function adamwHalfKernel(body: string = adamwBody): string {
+  const code = body.replace(
+    "// HALF_COPY: half[r.p0 + i] = f16(np);",
+    "half[r.p0 + i] = f16(np);",
+  ).replace(
+    "@group(0) @binding(6) var<uniform> r: Range;",
+    "@group(0) @binding(6) var<uniform> r: Range;\n" +
+      "@group(0) @binding(7) var<storage, read_write> half: array<f16>;",
+  );
+  return `enable f16;\n${withStep(code)}`;
+}
+
 /** AdamW hyperparameters (PyTorch's names and defaults, nanoGPT's betas). */
 export interface AdamWConfig {
   /** Decay rate of the first-moment (gradient mean) estimate m, e.g. 0.9. */
@@ -50,6 +63,12 @@ export interface AdamWConfig {
   weightDecay: number;
   /** Clip the global gradient norm to this; 0 disables clipping. */
   gradClip: number;
+}
+
+/** The f16 copy's binding for a range: from the 256-byte boundary at or before its start. */
+function halfWindow(half: GPUBuffer, offset: number, size: number) {
+  const base = Math.floor(offset / 128) * 128;
+  return { buffer: half, offset: base * 2, size: Math.ceil(((offset - base + size) * 2) / 4) * 4 };
 }
 
 /** nanoGPT/llm.c defaults. */
@@ -221,6 +240,8 @@ export class AdamW implements Optimizer {
   readonly layout: ParamLayout;
   /** Element of the parameters where the state starts (a ZeRO-1 shard's first; else 0). */
   readonly stateBase: number;
+  /** True when the update also writes the parameters' f16 copy (no cast pass after it). */
+  readonly writesHalf: boolean;
   /** First moments (m), flat f32, same layout as the parameters. */
   readonly m: GPUBuffer;
   /** Second moments (v), flat f32, same layout as the parameters. */
@@ -234,8 +255,15 @@ export class AdamW implements Optimizer {
   #partials!: GPUBuffer;
   #mem: ArenaScope;
 
-  private constructor(rt: Runtime, layout: ParamLayout, config: AdamWConfig, stateBase: number) {
+  private constructor(
+    rt: Runtime,
+    layout: ParamLayout,
+    config: AdamWConfig,
+    stateBase: number,
+    writesHalf: boolean,
+  ) {
     this.rt = rt;
+    this.writesHalf = writesHalf;
     this.#mem = rt.arena.scope();
     this.layout = layout;
     this.config = config;
@@ -250,7 +278,7 @@ export class AdamW implements Optimizer {
   static async create(
     rt: Runtime,
     layout: ParamLayout,
-    buffers: { params: GPUBuffer; grads: GPUBuffer },
+    buffers: { params: GPUBuffer; grads: GPUBuffer; half?: GPUBuffer },
     config: Partial<AdamWConfig> = {},
     options: {
       maxBindingBytes?: number;
@@ -261,16 +289,29 @@ export class AdamW implements Optimizer {
       stateBase?: number;
     } = {},
   ): Promise<AdamW> {
-    const opt = new AdamW(rt, layout, { ...ADAMW_DEFAULTS, ...config }, options.stateBase ?? 0);
+    const opt = new AdamW(
+      rt,
+      layout,
+      { ...ADAMW_DEFAULTS, ...config },
+      options.stateBase ?? 0,
+      buffers.half !== undefined,
+    );
     await opt.#build(
       buffers.params,
       buffers.grads,
       options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize,
+      buffers.half,
     );
     return opt;
   }
 
-  async #build(params: GPUBuffer, grads: GPUBuffer, maxBindingBytes: number): Promise<void> {
+  async #build(
+    params: GPUBuffer,
+    grads: GPUBuffer,
+    maxBindingBytes: number,
+    half?: GPUBuffer,
+  ): Promise<void> {
+    const halfCode = half ? adamwHalfKernel() : "";
     const rt = this.rt;
     const ranges = parameterRanges(this.layout, maxBindingBytes);
     this.#partials = this.#mem.alloc("adamw.partials", "scratch", gradNormPartials(ranges) * 4);
@@ -283,20 +324,23 @@ export class AdamW implements Optimizer {
         offset: (r.offset - this.stateBase) * 4,
         size: r.size * 4,
       });
+      const buffers: Record<number, BufferRange> = {
+        0: range(params),
+        1: range(grads),
+        2: state(this.m),
+        3: state(this.v),
+        4: { buffer: this.stats },
+        5: { buffer: this.#stepUniform }, // per-step values, shared by every range
+      };
+      // With the f16 copy: bound from the 128-element (256-byte) boundary at or before the
+      // range, which the kernel's r.p0 (the range's offset past that boundary) skips.
       update.push(
         await makeDispatch(rt, {
-          name: "adamw",
-          code: adamwSrc,
+          name: half ? "adamw_f16copy" : "adamw",
+          code: half ? halfCode : adamwSrc,
           entryPoint: "main",
-          buffers: {
-            0: range(params),
-            1: range(grads),
-            2: state(this.m),
-            3: state(this.v),
-            4: { buffer: this.stats },
-            5: { buffer: this.#stepUniform }, // per-step values, shared by every range
-          },
-          uniform: { binding: 6, words: [r.size, r.decay ? 1 : 0] },
+          buffers: half ? { ...buffers, 7: halfWindow(half, r.offset, r.size) } : buffers,
+          uniform: { binding: 6, words: [r.size, r.decay ? 1 : 0, r.offset % 128] },
           workgroups: grid1d(r.size, 64),
           flops: 12 * r.size,
         }),

@@ -49,6 +49,11 @@ export interface Optimizer {
   /** Bytes of optimizer state kept in CPU memory (offload), else 0. */
   readonly hostBytes: number;
   /**
+   * True when the update also writes the parameters' f16 copy (mixed precision, fused):
+   * the step then skips the separate cast pass. Default false.
+   */
+  readonly writesHalf?: boolean;
+  /**
    * Writes the per-step values (learning rate `lr`, bias corrections for step `t`, 1-based,
    * loss scale) before the step's update runs.
    */

@@ -32,6 +32,8 @@ export interface OptimizerBuffers {
   params: GPUBuffer;
   /** Flat f32 gradients, same layout. */
   grads: GPUBuffer;
+  /** The parameters' f16 copy (mixed precision): an optimizer may write it as it updates. */
+  half?: GPUBuffer;
 }
 
 /** One row of the optimizer table. */

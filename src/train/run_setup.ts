@@ -116,7 +116,8 @@ export async function setUpRun(
       c.optimizer ?? configDefault("optimizer")!,
       rt,
       shard ? shardLayout(model.layout, shard) : model.layout,
-      { params: model.params, grads: model.grads },
+      // The f16 copy is written by the update itself, unless ZeRO-1 gathers the parameters.
+      { params: model.params, grads: model.grads, half: shard ? undefined : model.weights.half },
       {
         beta1: c.beta1,
         beta2: c.beta2,

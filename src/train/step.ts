@@ -175,7 +175,8 @@ export class TrainStep {
         await encodeUpdate(rt.device.createCommandEncoder());
       } else await encodeUpdate(enc);
     }
-    model.markParamsChanged(); // the f16 copy is refreshed before the next pass
+    // The f16 copy: written by a fused update, else refreshed before the next pass.
+    if (!opt.writesHalf || updated) model.markParamsChanged();
     await staging.mapAsync(GPUMapMode.READ);
     const back = new Float32Array(staging.getMappedRange());
     let sum = 0;
