@@ -28,7 +28,7 @@ import {
   gradNormPartials,
   stepBuffers,
   stepWords,
-} from "./adamw.ts";
+} from "./adamw_common.ts";
 import { dynamicMap, linearMapNoZero } from "./quant_maps.ts";
 import { pieceDispatches } from "./lowbit_pieces.ts";
 import {

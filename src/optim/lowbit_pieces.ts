@@ -10,7 +10,7 @@ import type { Dispatch } from "../gpu/dispatch.ts";
 import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { StateKind, StatePiece } from "./lowbit_plan.ts";
-import { withStep } from "./adamw.ts";
+import { withStep } from "./adamw_common.ts";
 import adamwBody from "../../kernels/adamw.wgsl" with { type: "text" };
 import adamw8Body from "../../kernels/adamw8bit.wgsl" with { type: "text" };
 import adamw4Body from "../../kernels/adamw4bit.wgsl" with { type: "text" };

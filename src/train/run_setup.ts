@@ -8,7 +8,7 @@
  */
 
 import type { Runtime } from "../gpu/runtime.ts";
-import type { GPT2Config } from "../model/config.ts";
+import { GPT2_VOCAB_SIZE, type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { loadTensors, matchTensors } from "../model/weights.ts";
 import { createOptimizer } from "../optim/registry.ts";
@@ -195,4 +195,50 @@ export async function setUpRun(
     made.reverse().forEach((m) => m.destroy());
     throw e;
   }
+}
+
+/**
+ * What run_config.json and the log's start record hold: the settings as resolved (the
+ * checkpoint's model, the data, accumulation, bytes per parameter, the adapter, the MFU formula).
+ */
+export function resolvedConfig(
+  rt: Runtime,
+  c: TrainConfig,
+  run: RunSetup,
+): Record<string, unknown> {
+  const { notices: _notices, ...settings } = c;
+  return {
+    ...settings,
+    model: run.cfg,
+    data: run.data.description,
+    data_dir: run.data.dir,
+    accumulation: run.step.accum,
+    ranks: run.dp?.dist.size ?? 1,
+    parameters: parameterCount(run.cfg),
+    optimizer_bytes_per_parameter: +(run.opt.stateBytes / parameterCount(run.cfg)).toFixed(3),
+    adapter: rt.gpu.name,
+    mfu_formula:
+      "MFU = tokens/s x (6N + 12LCT) / peak FLOP/s (nanoGPT estimate_mfu; N without wpe)",
+    resumed_from: c.resume,
+    start_step: run.startStep,
+  };
+}
+
+/** FLOPs per token for forward+backward: 6·N + 12·L·C·T (nanoGPT's estimate_mfu). */
+export function flopsPerToken(cfg: GPT2Config, T: number): number {
+  const N = parameterCount(cfg) - cfg.nCtx * cfg.nEmbd;
+  return 6 * N + 12 * cfg.nLayer * cfg.nEmbd * T;
+}
+
+/** Why a model cannot read a token outside its vocabulary, and the fix (an error's tail). */
+export function vocabularyHint(cfg: GPT2Config, modelName: string): string {
+  if (cfg.vocabSize >= GPT2_VOCAB_SIZE) {
+    return ": the shard is damaged or was built with another tokenizer; rebuild it with " +
+      "`deno task data`";
+  }
+  return `: the data holds GPT-2 tokens (vocabulary ${GPT2_VOCAB_SIZE}) and this model's ` +
+    `vocabulary is ${cfg.vocabSize}` +
+    (modelName === "tiny"
+      ? " (tiny is a test model with a 101-token vocabulary): use --model gpt2-mini or larger"
+      : ": use a preset with GPT-2's vocabulary (gpt2-mini or larger)");
 }

@@ -10,7 +10,6 @@
  */
 
 import type { Runtime } from "../gpu/runtime.ts";
-import { GPT2_VOCAB_SIZE, type GPT2Config, parameterCount } from "../model/config.ts";
 import { encodeModel, matchTensors } from "../model/weights.ts";
 import { describeSchedule, lrAt } from "../optim/schedule.ts";
 import { type LoaderCursor, OutOfVocabularyError } from "../data/loader.ts";
@@ -28,7 +27,7 @@ import { configDefault } from "./config_table.ts";
 import { DivergenceError, DivergenceGuard } from "./guard.ts";
 import { formatStepLine, formatSummary, RunLog } from "./log.ts";
 import { lockRunDir, setAside } from "./run_dir.ts";
-import { setUpRun } from "./run_setup.ts";
+import { flopsPerToken, resolvedConfig, setUpRun, vocabularyHint } from "./run_setup.ts";
 import { BatchError, type StepHooks } from "./step.ts";
 import type { Dist } from "../dist/dist.ts";
 import type { GPT2 } from "../model/gpt2.ts";
@@ -69,24 +68,7 @@ export interface TrainHooks {
   dist?: Dist;
 }
 
-/** FLOPs per token for forward+backward: 6·N + 12·L·C·T (nanoGPT's estimate_mfu). */
-export function flopsPerToken(cfg: GPT2Config, T: number): number {
-  const N = parameterCount(cfg) - cfg.nCtx * cfg.nEmbd;
-  return 6 * N + 12 * cfg.nLayer * cfg.nEmbd * T;
-}
-
-/** Why a model cannot read a token outside its vocabulary, and the fix (an error's tail). */
-function vocabularyHint(cfg: GPT2Config, modelName: string): string {
-  if (cfg.vocabSize >= GPT2_VOCAB_SIZE) {
-    return ": the shard is damaged or was built with another tokenizer; rebuild it with " +
-      "`deno task data`";
-  }
-  return `: the data holds GPT-2 tokens (vocabulary ${GPT2_VOCAB_SIZE}) and this model's ` +
-    `vocabulary is ${cfg.vocabSize}` +
-    (modelName === "tiny"
-      ? " (tiny is a test model with a 101-token vocabulary): use --model gpt2-mini or larger"
-      : ": use a preset with GPT-2's vocabulary (gpt2-mini or larger)");
-}
+export { flopsPerToken, vocabularyHint } from "./run_setup.ts";
 
 /**
  * Runs (or resumes) training. The run directory is locked for the run's length;
@@ -192,20 +174,7 @@ async function trainLocked(
     }
     await log.open(c.resume ? startStep : undefined);
     const { notices: _notices, ...settings } = c;
-    const resolved = {
-      ...settings,
-      model: cfg,
-      data: data.description,
-      data_dir: data.dir,
-      accumulation: run.step.accum,
-      parameters: parameterCount(cfg),
-      optimizer_bytes_per_parameter: +(opt.stateBytes / parameterCount(cfg)).toFixed(3),
-      adapter: rt.gpu.name,
-      mfu_formula:
-        "MFU = tokens/s x (6N + 12LCT) / peak FLOP/s (nanoGPT estimate_mfu; N without wpe)",
-      resumed_from: c.resume,
-      start_step: startStep,
-    };
+    const resolved = resolvedConfig(rt, c, run);
     print(`config ${JSON.stringify(resolved, null, 2)}`);
     print(`lr: ${describeSchedule(schedule)}`);
     if (lead) {
