@@ -84,6 +84,22 @@ function expectSameRun(one: RankResult[], two: RankResult[], what: string) {
   });
 }
 
+/**
+ * Config `c` on 2 ranks stopped after step 4, then resumed from that checkpoint, gives the
+ * losses and (on both ranks) the parameters of the uninterrupted run `full`.
+ */
+async function expectResumesLike(full: RankResult[], dir: string, text: string, c: string) {
+  const part = await run(2, [`${dir}/part`, text, c, "4"]);
+  equal(part.code, 0, part.out);
+  equal(part.results[0].losses.length, 4);
+  const resume = JSON.stringify({ ...JSON.parse(c), resume: part.results[0].checkpoint });
+  const rest = await run(2, [`${dir}/part`, text, resume]);
+  equal(rest.code, 0, rest.out);
+  deepEqual([...part.results[0].losses, ...rest.results[0].losses], full[0].losses);
+  equal(rest.results[0].hash, full[0].hash);
+  equal(rest.results[1].hash, full[1].hash);
+}
+
 async function withRun(fn: (dir: string, text: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "ddp-" });
   try {
@@ -136,15 +152,7 @@ Deno.test({
       const c = config(2, { cacheDir: `${dir}/cache`, steps: 8, saveEvery: 4 });
       const full = await run(2, [`${dir}/full`, text, c]);
       equal(full.code, 0, full.out);
-      const part = await run(2, [`${dir}/part`, text, c, "4"]);
-      equal(part.code, 0, part.out);
-      equal(part.results[0].losses.length, 4);
-      const resume = JSON.stringify({ ...JSON.parse(c), resume: part.results[0].checkpoint });
-      const rest = await run(2, [`${dir}/part`, text, resume]);
-      equal(rest.code, 0, rest.out);
-      deepEqual([...part.results[0].losses, ...rest.results[0].losses], full.results[0].losses);
-      equal(rest.results[0].hash, full.results[0].hash);
-      equal(rest.results[1].hash, full.results[1].hash);
+      await expectResumesLike(full.results, dir, text, c);
     }),
 });
 
@@ -160,14 +168,7 @@ Deno.test({
       const full = await run(2, [`${dir}/full`, text, c]);
       equal(full.code, 0, full.out);
       expectSameRun(one.results, full.results, "ZeRO-1");
-      const part = await run(2, [`${dir}/part`, text, c, "4"]);
-      equal(part.code, 0, part.out);
-      const resume = JSON.stringify({ ...JSON.parse(c), resume: part.results[0].checkpoint });
-      const rest = await run(2, [`${dir}/part`, text, resume]);
-      equal(rest.code, 0, rest.out);
-      deepEqual([...part.results[0].losses, ...rest.results[0].losses], full.results[0].losses);
-      equal(rest.results[0].hash, full.results[0].hash);
-      equal(rest.results[1].hash, full.results[1].hash);
+      await expectResumesLike(full.results, dir, text, c);
     }),
 });
 
