@@ -15,6 +15,7 @@ import {
 import { readF32 } from "../src/gpu/runtime.ts";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { matmul } from "../src/model/ops/matmul.ts";
+import { chooseFlashRows, flashAttentionForward, flashRows } from "../src/model/ops/attention.ts";
 import { matmulCandidates, matmulTuneKey } from "../src/model/ops/matmul_tune.ts";
 import { matmulRef } from "./reference/matmul.ts";
 import { assertAllClose, gpuTest, randn } from "./_harness.ts";
@@ -289,3 +290,48 @@ gpuTest("matmul auto: odd shapes and small products are right whatever is chosen
   equal(choices.length, 1, "only the large product is timed");
   ok(!choices.includes("regblock"), "regblock cannot read unaligned operands");
 });
+
+gpuTest(
+  "flash attention rows: the tuner times 1, 2 and 4 once and the output is the same",
+  async (rt) => {
+    const tuner = new Autotuner({ deviceKey: deviceKey(rt) });
+    const trt = withTuner(rt, tuner);
+    // T=1024, 8 heads of 64: 2^30 FLOPs, the smallest a CPU adapter tunes.
+    const s = { B: 1, T: 1024, C: 512, NH: 8 };
+    const qkv = rt.arena.allocWith("qkv", "scratch", randn(s.T * 3 * s.C, 21, 2));
+    const out = rt.arena.alloc("out", "scratch", s.T * s.C * 4);
+    const lse = rt.arena.alloc("lse", "scratch", s.NH * s.T * 4);
+    try {
+      const rows = await chooseFlashRows(trt, s, { qkv, out, lse });
+      ok([1, 2, 4].includes(rows), `rows ${rows}`);
+      const [key] = Object.keys(await tuner.choices());
+      match(key, /^flash rows f32\.f32 HS64 T1024 BH8$/);
+      equal((await tuner.choices())[key], String(rows));
+      // The tuned forward and an explicit one-row forward write the same output.
+      await runDispatches(rt.device, await flashAttentionForward(trt, s, { qkv, out, lse }));
+      const tuned = await readF32(rt.device, out);
+      await runDispatches(
+        rt.device,
+        await flashAttentionForward(rt, { ...s, rows: 1 }, {
+          qkv,
+          out,
+          lse,
+        }),
+      );
+      assertAllClose(tuned, await readF32(rt.device, out), { rtol: 1e-5, atol: 1e-6 });
+      // Small shapes keep the heuristic without timing.
+      const small = new Autotuner({ deviceKey: "small" });
+      equal(
+        await chooseFlashRows(withTuner(rt, small), { B: 1, T: 64, C: 128, NH: 2 }, {
+          qkv,
+          out,
+          lse,
+        }),
+        flashRows(rt, 64),
+      );
+      deepEqual(await small.choices(), {});
+    } finally {
+      for (const x of [qkv, out, lse]) rt.arena.free(x);
+    }
+  },
+);

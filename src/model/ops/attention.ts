@@ -5,7 +5,8 @@
  * @module
  */
 
-import type { Dispatch } from "../../gpu/dispatch.ts";
+import { type Dispatch, freeDispatches } from "../../gpu/dispatch.ts";
+import { dispatchTimer, tunerFor } from "../../gpu/autotune.ts";
 import {
   type BufferRange,
   grid1d,
@@ -56,6 +57,39 @@ export function flashRows(rt: Runtime, T: number): FlashRows {
   // past T would compute on padding: short sequences take fewer.
   if (!rt.gpu.isCpu) return 1;
   return T >= 256 ? 4 : T >= 128 ? 2 : 1;
+}
+
+/** Attention smaller than this (FLOPs of the forward) keeps flashRows' choice untimed. */
+export const FLASH_TUNE_MIN_FLOPS = { gpu: 2 ** 26, cpu: 2 ** 30 };
+
+/**
+ * Rows per invocation for this shape, chosen by the autotuner (src/gpu/autotune.ts): the
+ * forward pass is timed with 1, 2 and 4 rows on the real buffers, once per device and shape
+ * class (element types, head size, T and B*NH rounded up to powers of two), and the
+ * choice is cached; {@linkcode flashRows}'s heuristic is the incumbent and the answer for
+ * shapes too small to time. The backward passes take the forward's choice.
+ */
+export async function chooseFlashRows(
+  rt: Runtime,
+  s: AttentionShape,
+  ops: { qkv: GPUBuffer; out: GPUBuffer; lse: GPUBuffer },
+): Promise<FlashRows> {
+  const incumbent = flashRows(rt, s.T), HS = s.C / s.NH;
+  const flops = 2 * s.B * s.NH * s.T * s.T * HS;
+  if (flops < FLASH_TUNE_MIN_FLOPS[rt.gpu.isCpu ? "cpu" : "gpu"]) return incumbent;
+  const pow2 = (n: number) => 2 ** Math.ceil(Math.log2(n));
+  const candidates = [incumbent, ...([1, 2, 4] as const).filter((r) => r !== incumbent)]
+    .map(String);
+  const { choice } = await tunerFor(rt).choose({
+    key: `flash rows ${dtypeOf(ops.qkv)}.${dtypeOf(ops.out)} HS${HS} T${pow2(s.T)} ` +
+      `BH${pow2(s.B * s.NH)}`,
+    candidates,
+    prepare: async (c) => {
+      const d = await flashAttentionForward(rt, { ...s, rows: Number(c) as FlashRows }, ops);
+      return dispatchTimer(rt, d, { dispose: () => freeDispatches(rt.arena, d) });
+    },
+  });
+  return Number(choice) as FlashRows;
 }
 
 /** Rows per invocation of kernels/flash_attention.wgsl (its ROWS constant). */
@@ -153,12 +187,15 @@ function flashDispatches(
  * out [B,T,C] and lse [B,NH,T] from qkv [B,T,3C], FlashAttention-2 style: one dispatch per
  * split-KV chunk of keys, each merging into the output of the ones before.
  */
-export function flashAttentionForward(
+export async function flashAttentionForward(
   rt: Runtime,
   s: AttentionShape,
   ops: { qkv: GPUBuffer; out: GPUBuffer; lse: GPUBuffer },
 ): Promise<Dispatch[]> {
   checkHeadSize(s);
+  if (s.rows === undefined && s.chunkRows === undefined) {
+    s = { ...s, rows: await chooseFlashRows(rt, s, ops) };
+  }
   return flashDispatches(rt, "forward", s, {
     name: "flash_attention_forward",
     code: typedKernel(flashSrc, { qkv_t: dtypeOf(ops.qkv), out_t: dtypeOf(ops.out) }),
@@ -181,6 +218,9 @@ export async function flashAttentionBackward(
   },
 ): Promise<Dispatch[]> {
   checkHeadSize(s);
+  if (s.rows === undefined && s.chunkRows === undefined) {
+    s = { ...s, rows: await chooseFlashRows(rt, s, ops) }; // the forward's choice, remembered
+  }
   const HS = s.C / s.NH;
   const code = typedKernel(flashSrc, {
     qkv_t: dtypeOf(ops.qkv),
