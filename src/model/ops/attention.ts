@@ -64,7 +64,8 @@ export const FLASH_TUNE_MIN_FLOPS = { gpu: 2 ** 26, cpu: 2 ** 30 };
 
 /**
  * Rows per invocation for this shape, chosen by the autotuner (src/gpu/autotune.ts): the
- * forward pass is timed with 1, 2 and 4 rows on the real buffers, once per device and shape
+ * forward pass is timed with 1, 2 and 4 rows on the real buffers (on as many heads as keep
+ * a run near 2^31 FLOPs, 2^34 on GPUs), once per device and shape
  * class (element types, head size, T and B*NH rounded up to powers of two), and the
  * choice is cached; {@linkcode flashRows}'s heuristic is the incumbent and the answer for
  * shapes too small to time. The backward passes take the forward's choice.
@@ -84,10 +85,16 @@ export async function chooseFlashRows(
     key: `flash rows ${dtypeOf(ops.qkv)}.${dtypeOf(ops.out)} HS${HS} T${pow2(s.T)} ` +
       `BH${pow2(s.B * s.NH)}`,
     candidates,
+    // Timed on as many (b, h) pairs as keep one run near 2^31 FLOPs (2^34 on GPUs): each pair
+    // is the same work, and T=4096 on a CPU adapter would otherwise take seconds a run.
     prepare: async (c) => {
-      const d = await flashAttentionForward(rt, { ...s, rows: Number(c) as FlashRows }, ops);
+      const budget = rt.gpu.isCpu ? 2 ** 31 : 2 ** 34;
+      const NH = Math.max(1, Math.min(s.B * s.NH, Math.floor(budget / (2 * s.T * s.T * HS))));
+      const trimmed = { B: 1, T: s.T, C: NH * HS, NH, rows: Number(c) as FlashRows };
+      const d = await flashAttentionForward(rt, trimmed, ops);
       return dispatchTimer(rt, d, { dispose: () => freeDispatches(rt.arena, d) });
     },
+    reps: 2,
   });
   return Number(choice) as FlashRows;
 }
