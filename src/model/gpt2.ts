@@ -129,7 +129,8 @@ export class GPT2 {
   /** Builds a graph of shape (B, T) over given weights, or over new ones. */
   static async create(rt: Runtime, config: GPT2Config, options: GPT2Options): Promise<GPT2> {
     const shared = options.weights ?? options.sharedParams?.weights;
-    if (shared && JSON.stringify(shared.config) !== JSON.stringify(config)) {
+    const keys = ["nLayer", "nHead", "nEmbd", "nCtx", "vocabSize"] as const;
+    if (shared && keys.some((k) => shared.config[k] !== config[k])) {
       throw new RangeError(
         `Shared weights are of another model (${JSON.stringify(shared.config)}) than ` +
           JSON.stringify(config),
