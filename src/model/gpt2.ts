@@ -272,21 +272,24 @@ export class GPT2 {
    * clears dresidual and, unless `accumulate`, the gradients.
    */
   encodeTrain(encoder: GPUCommandEncoder, accumulate = false): void {
-    this.encodeTrainPart(encoder, 0, this.#p.train.length, accumulate);
+    this.#encodeStart(encoder, accumulate);
+    encodeDispatches(encoder, this.#p.train, this.rt.profiler);
   }
 
   /**
-   * Encodes dispatches [from, to) of the training micro-step (the first part also clears and
-   * refreshes as {@linkcode encodeTrain} does): with {@linkcode gradMarks}, a step can submit
-   * the backward in parts and read each layer's gradients back while the rest runs.
+   * Encodes part `i` of the training micro-step: its dispatches up to {@linkcode gradMarks}[i]
+   * (part 0 also clears and refreshes as {@linkcode encodeTrain} does). A step can submit the
+   * backward in parts and read each layer's gradients back while the rest runs.
    */
-  encodeTrainPart(encoder: GPUCommandEncoder, from: number, to: number, accumulate = false): void {
-    if (from === 0) {
-      encoder.clearBuffer(this.#p.dres!);
-      if (!accumulate) encoder.clearBuffer(this.grads);
-      this.weights.encodeRefresh(encoder);
-    }
-    encodeDispatches(encoder, this.#p.train.slice(from, to), this.rt.profiler);
+  encodeTrainPart(encoder: GPUCommandEncoder, i: number, accumulate = false): void {
+    if (i === 0) this.#encodeStart(encoder, accumulate);
+    encodeDispatches(encoder, this.#p.trainParts[i], this.rt.profiler);
+  }
+
+  #encodeStart(encoder: GPUCommandEncoder, accumulate: boolean): void {
+    encoder.clearBuffer(this.#p.dres!);
+    if (!accumulate) encoder.clearBuffer(this.grads);
+    this.weights.encodeRefresh(encoder);
   }
 
   /** Where in the training micro-step each range of gradients is complete (see passes.ts). */

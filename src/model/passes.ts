@@ -83,6 +83,8 @@ export interface Passes {
    * starts reducing a layer's gradients while the backward goes on with the layers below.
    */
   gradMarks: GradMark[];
+  /** `train` cut at the gradMarks: part i ends where mark i's gradients are complete. */
+  trainParts: Dispatch[][];
 }
 
 /** A point of the training list where some gradients are complete. */
@@ -233,6 +235,7 @@ export async function buildPasses(
     losses,
     logitsRows: [k0, k1 - k0],
     gradMarks: [],
+    trainParts: [],
   };
   if (s.inference) return out;
 
@@ -318,5 +321,8 @@ export async function buildPasses(
     at: out.train.length,
     ranges: rest.map((t) => ({ start: t.offset, end: t.offset + t.size })),
   });
+  out.trainParts = out.gradMarks.map((m, i) =>
+    out.train.slice(i === 0 ? 0 : out.gradMarks[i - 1].at, m.at)
+  );
   return out;
 }

@@ -114,7 +114,8 @@ export class AdamW implements Optimizer {
   readonly stats: GPUBuffer;
   /** grad_norm dispatches, then AdamW dispatches, in order. */
   dispatches: Dispatch[] = [];
-  #normDispatches = 0;
+  #norm: Dispatch[] = [];
+  #update: Dispatch[] = [];
   #stepUniform: GPUBuffer;
   #partials!: GPUBuffer;
   #mem: ArenaScope;
@@ -210,13 +211,14 @@ export class AdamW implements Optimizer {
         }),
       );
     }
-    this.#normDispatches = norm.length;
+    this.#norm = norm;
+    this.#update = update;
     this.dispatches = [...norm, ...update];
   }
 
   /** Only the grad-norm dispatches (to measure the norm without updating). */
   get normDispatches(): Dispatch[] {
-    return this.dispatches.slice(0, this.#normDispatches);
+    return this.#norm;
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
@@ -231,12 +233,12 @@ export class AdamW implements Optimizer {
 
   /** The gradient norm dispatches alone. */
   encodeNorm(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    encodeDispatches(encoder, this.normDispatches, profiler);
+    encodeDispatches(encoder, this.#norm, profiler);
   }
 
   /** The update dispatches alone (the norm already in `stats`). */
   encodeApply(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    encodeDispatches(encoder, this.dispatches.slice(this.#normDispatches), profiler);
+    encodeDispatches(encoder, this.#update, profiler);
   }
 
   /** Nothing to finish: the update ran in the step's encoder. */

@@ -105,6 +105,8 @@ export class LowBitAdamW implements Optimizer {
   #readback?: Record<StateKind, GPUBuffer>;
   #norm: Dispatch[] = [];
   #pieceDispatches: Dispatch[][] = [];
+  /** Every piece's update dispatches in order (the pieces' lists, flat). */
+  #updates: Dispatch[] = [];
   #step: GPUBuffer;
   #mem: ArenaScope;
 
@@ -212,7 +214,8 @@ export class LowBitAdamW implements Optimizer {
     for (const piece of this.pieces) {
       this.#pieceDispatches.push(await pieceDispatches(rt, piece, ctx));
     }
-    this.dispatches = this.config.offload ? [] : [...this.#norm, ...this.#pieceDispatches.flat()];
+    this.#updates = this.#pieceDispatches.flat();
+    this.dispatches = this.config.offload ? [] : [...this.#norm, ...this.#updates];
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
@@ -281,7 +284,7 @@ export class LowBitAdamW implements Optimizer {
 
   /** The piece updates alone (offload: nothing here, {@linkcode finishUpdate} streams them). */
   encodeApply(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    if (!this.offloaded) encodeDispatches(encoder, this.#pieceDispatches.flat(), profiler);
+    if (!this.offloaded) encodeDispatches(encoder, this.#updates, profiler);
   }
 
   /** Offload: streams the state through the GPU ({@linkcode runOffloaded}); else nothing. */
@@ -323,7 +326,7 @@ export class LowBitAdamW implements Optimizer {
 
   /** Frees the state and every buffer the optimizer made. */
   destroy(): void {
-    for (const d of [...this.#norm, ...this.#pieceDispatches.flat()]) {
+    for (const d of [...this.#norm, ...this.#updates]) {
       for (const b of d.resources ?? []) this.rt.arena.free(b);
     }
     for (const b of Object.values(this.#readback ?? {})) b.destroy();

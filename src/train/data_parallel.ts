@@ -224,36 +224,40 @@ function zeroHooks(
   const statsBack = mapped("zero.stats", 16);
   const paramsBack = mapped("zero.params", counts[dist.rank] * 4);
   const gradsBack = mapped("zero.grads", total * 4);
-  const reduced = new Float32Array(counts[dist.rank]);
-  const gathered = new Float32Array(total);
-  const read = async (src: GPUBuffer, offset: number, dst: GPUBuffer, bytes: number) => {
+  // Host copies, made once: the exchange allocates nothing per step.
+  const full = new Float32Array(total), reduced = new Float32Array(counts[dist.rank]);
+  const local = new Float32Array(counts[dist.rank]), gathered = new Float32Array(total);
+  const stats4 = new Float32Array(4), sums = new Float64Array(2);
+  /** Copies `into.length` floats at byte `offset` of `src` through `staging` into `into`. */
+  const read = async (src: GPUBuffer, offset: number, staging: GPUBuffer, into: Float32Array) => {
+    const bytes = into.length * 4;
     const enc = device.createCommandEncoder();
-    enc.copyBufferToBuffer(src, offset, dst, 0, bytes);
+    enc.copyBufferToBuffer(src, offset, staging, 0, bytes);
     device.queue.submit([enc.finish()]);
-    await dst.mapAsync(GPUMapMode.READ, 0, bytes);
-    const out = new Float32Array(dst.getMappedRange(0, bytes).slice(0));
-    dst.unmap();
-    return out;
+    await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    into.set(new Float32Array(staging.getMappedRange(0, bytes)));
+    staging.unmap();
   };
   return {
     hooks: {
       // Each rank receives the sum (the mean: dloss is pre-divided) of its own shard, the only
       // gradients its optimizer reads.
       async gradientsReady(grads) {
-        const full = await read(grads, 0, gradsBack, total * 4);
+        await read(grads, 0, gradsBack, full);
         await dist.reduceScatterSum(full, counts, reduced);
         device.queue.writeBuffer(grads, mine.start * 4, reduced);
       },
       async normReady(stats) {
-        const s = await read(stats, 0, statsBack, 16);
-        const x = new Float64Array([s[1] * s[1], s[2]]);
-        await dist.allReduceSum(x);
-        const norm = Math.fround(Math.sqrt(x[0]));
-        const bad = x[1] + (Number.isFinite(norm) ? 0 : 1);
-        device.queue.writeBuffer(stats, 0, new Float32Array([s[0], norm, bad, s[3]]));
+        await read(stats, 0, statsBack, stats4);
+        sums[0] = stats4[1] * stats4[1];
+        sums[1] = stats4[2];
+        await dist.allReduceSum(sums);
+        stats4[1] = Math.sqrt(sums[0]);
+        stats4[2] = sums[1] + (Number.isFinite(stats4[1]) ? 0 : 1);
+        device.queue.writeBuffer(stats, 0, stats4);
       },
       async updated(params) {
-        const local = await read(params, mine.start * 4, paramsBack, counts[dist.rank] * 4);
+        await read(params, mine.start * 4, paramsBack, local);
         await dist.allGather(local, counts, gathered);
         device.queue.writeBuffer(params, 0, gathered);
       },

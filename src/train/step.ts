@@ -103,6 +103,9 @@ export class TrainStep {
     this.#scaler = o.scaler;
     this.#hooks = o.hooks ?? {};
     this.optimizerSteps = o.optimizerSteps ?? 0;
+    if (this.#hooks.normReady && !(opt.encodeNorm && opt.encodeApply)) {
+      throw new Error("This optimizer cannot split its update around the norm (normReady hook)");
+    }
     this.#staging = rt.device.createBuffer({
       label: "train.readback",
       size: (o.accum * model.B * model.T + 4) * 4,
@@ -124,9 +127,6 @@ export class TrainStep {
       await rt.profiler?.collect();
     };
     const { normReady, updated } = this.#hooks;
-    if (normReady && !(opt.encodeNorm && opt.encodeApply)) {
-      throw new Error("This optimizer cannot split its update around the norm (normReady hook)");
-    }
     const encodeUpdate = async (enc: GPUCommandEncoder) => {
       if (normReady) {
         opt.encodeNorm!(enc, rt.profiler);
@@ -150,16 +150,15 @@ export class TrainStep {
       const last = micro === accum - 1, bucketReady = this.#hooks.bucketReady;
       if (last && bucketReady && hook) {
         // The backward in parts: each layer's gradients go out while the layers below run.
-        let from = 0;
-        for (const [i, mark] of model.gradMarks.entries()) {
+        const parts = model.gradMarks.length;
+        for (let i = 0; i < parts; i++) {
           const part = rt.device.createCommandEncoder();
-          model.encodeTrainPart(part, from, mark.at, micro > 0);
-          if (i === model.gradMarks.length - 1) {
+          model.encodeTrainPart(part, i, micro > 0);
+          if (i === parts - 1) {
             part.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
           }
           await submit(part);
           bucketReady(model.grads, i);
-          from = mark.at;
         }
         await hook(model.grads);
         await encodeUpdate(rt.device.createCommandEncoder());
