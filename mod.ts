@@ -141,6 +141,7 @@ export {
   gpuSelectionEnv,
   type GpuSelectionOptions,
   initDist,
+  initRanks,
   singleProcess,
 } from "./src/dist/dist.ts";
 export {

@@ -11,7 +11,7 @@ import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
 import { openShards, TokenLoader } from "../src/data/loader.ts";
 import { formatDuration } from "../src/train/log.ts";
-import { gatherJson, gpuSelectionEnv, initDist } from "../src/dist/dist.ts";
+import { gatherJson, initRanks } from "../src/dist/dist.ts";
 
 const HELLASWAG_URL =
   "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl";
@@ -97,11 +97,8 @@ export async function main(argv: string[]): Promise<number> {
   const seq = num("seq", 192);
   const precision = precisionFlag(v);
   // Under mpirun the ranks share the items and the batches; rank 0 prints the result.
-  const dist = await initDist();
+  const dist = await initRanks();
   const { rank, size: N } = dist;
-  if (N > 1) {
-    for (const [k, val] of Object.entries(gpuSelectionEnv(dist.localRank))) Deno.env.set(k, val);
-  }
   const lead = rank === 0;
   const rt = await createRuntime();
   const result: Record<string, unknown> = { checkpoint: dir };

@@ -23,7 +23,7 @@ import {
   runMain,
 } from "./_cli.ts";
 import { train } from "../src/train/trainer.ts";
-import { gpuSelectionEnv, initDist } from "../src/dist/dist.ts";
+import { initRanks } from "../src/dist/dist.ts";
 import { detectLaunch } from "../src/dist/mpi.ts";
 import type { ConfigRow, TrainConfig } from "../src/train/config.ts";
 import { configDefault, TRAIN_CONFIG } from "../src/train/config_table.ts";
@@ -192,10 +192,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   // Under mpirun: one rank per process, each on its own GPU (set before the adapter exists).
-  const dist = await initDist();
-  if (dist.size > 1) {
-    for (const [k, val] of Object.entries(gpuSelectionEnv(dist.localRank))) Deno.env.set(k, val);
-  }
+  const dist = await initRanks();
   await train(await createRuntime(), config, { dist: dist.size > 1 ? dist : undefined });
   return 0;
 }

@@ -107,6 +107,21 @@ export async function initDist(
   return dist;
 }
 
+/**
+ * {@linkcode initDist}, then, with several ranks, this process's GPU chosen from its local
+ * rank ({@linkcode gpuSelectionEnv} set in the environment): call it before the first
+ * adapter request (createRuntime). What the train and eval tasks start with.
+ */
+export async function initRanks(env: EnvReader = Deno.env): Promise<Dist> {
+  const dist = await initDist(env);
+  if (dist.size > 1) {
+    for (const [k, v] of Object.entries(gpuSelectionEnv(dist.localRank, { env }))) {
+      Deno.env.set(k, v);
+    }
+  }
+  return dist;
+}
+
 // ---------------------------------------------------------------------------
 // One process: rank 0 of 1. Sums over one rank are the data itself, so the
 // reductions only check their arguments (the same checks MPI runs) and copy.
@@ -340,6 +355,8 @@ function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
 function typeName(x: unknown): string {
   return x === null ? "null" : typeof x === "object" ? x.constructor?.name ?? "object" : typeof x;
 }
+
+import { gpuSelectionEnv } from "./gpu_select.ts";
 
 export { gpuSelectionEnv, type GpuSelectionOptions } from "./gpu_select.ts";
 
