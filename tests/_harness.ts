@@ -25,6 +25,9 @@ const probe = typeof navigator !== "undefined" && "gpu" in navigator
 /** True when a WebGPU adapter exists. */
 export const hasGpu: boolean = probe !== null;
 
+/** The adapter's description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)" ("" without one). */
+export const adapterDescription: string = probe?.info.description ?? "";
+
 /** True when the adapter has shader-f16 (mixed-precision tests skip without it). */
 export const hasF16: boolean = probe?.features.has("shader-f16") ?? false;
 

@@ -1,16 +1,37 @@
 import { equal, match, notEqual, ok, rejects, throws } from "node:assert/strict";
-import { NoAdapterError } from "../src/gpu/device.ts";
+import { driverAdvice, mesaVersionIn, NoAdapterError } from "../src/gpu/device.ts";
 import { formatBytes, formatMemory } from "../src/gpu/arena.ts";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { ShaderError } from "../src/gpu/pipelines.ts";
 import { Profiler } from "../src/gpu/profiler.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
 import { matmul } from "../src/model/ops/matmul.ts";
-import { gpuTest } from "./_harness.ts";
+import { adapterDescription, gpuTest } from "./_harness.ts";
 
 Deno.test("no-adapter error says what to install", () => {
   match(new NoAdapterError().message, /No WebGPU adapter found: install a GPU driver/);
   match(new NoAdapterError().message, /mesa-vulkan-drivers/);
+});
+
+Deno.test("Mesa's version is read from its library, and lavapipe before 24 gets advice", () => {
+  const lib = new TextEncoder().encode("\x7fELF\0\0lvp\0Mesa 22.3.6 (LLVM 15.0.6)\0Mesa 9");
+  equal(mesaVersionIn(lib), "Mesa 22.3.6");
+  equal(mesaVersionIn(new Uint8Array(64)), "");
+  const lavapipe = "llvmpipe (LLVM 15.0.6, 256 bits)";
+  match(driverAdvice(lavapipe, "Mesa 22.3.6")!, /Mesa 22\.3\.6; Mesa 24 or later .*3x faster/);
+  match(driverAdvice(lavapipe, "Mesa 23.1.0")!, /apt-get install -t bookworm-backports/);
+  equal(driverAdvice(lavapipe, "Mesa 24.0.1"), undefined);
+  equal(driverAdvice(lavapipe, "Mesa 25.0.7"), undefined);
+  equal(driverAdvice(lavapipe, ""), undefined, "an unknown version gets no advice");
+  equal(driverAdvice("NVIDIA H100 80GB HBM3", "nvidia 550.54.15"), undefined);
+});
+
+gpuTest({
+  name: "lavapipe's Mesa version is read from the driver this process loaded",
+  ignore: !/llvmpipe/.test(adapterDescription) || Deno.build.os !== "linux",
+}, async (rt) => {
+  match(rt.gpu.driver, /^Mesa \d+\.\d+\.\d+$/);
+  await Promise.resolve();
 });
 
 Deno.test("formatBytes uses binary units", () => {

@@ -333,21 +333,10 @@ export function tuneCachePath(): string | undefined {
   return base ? `${base}/webgpu-gpt2/autotune.json` : undefined;
 }
 
-/** The driver's version where the OS says it (NVIDIA's kernel module on Linux), else "". */
-function driverVersion(): string {
-  try {
-    const v = Deno.readTextFileSync("/proc/driver/nvidia/version");
-    const m = /Kernel Module\s+(\S+)/.exec(v);
-    return m ? `nvidia ${m[1]}` : "";
-  } catch {
-    return "";
-  }
-}
-
 /**
  * What identifies a device for cached choices: adapter name and ids, the driver's version
- * where known, Deno's version (its WebGPU implementation) and the package version. Mesa's
- * adapters name their LLVM version in the adapter name.
+ * where known (Mesa's lavapipe names only its LLVM version in the adapter name), Deno's
+ * version (its WebGPU implementation) and the package version.
  */
 export function deviceKey(rt: Runtime): string {
   const info = (rt.device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
@@ -355,7 +344,7 @@ export function deviceKey(rt: Runtime): string {
   return [
     rt.gpu.name,
     ids,
-    driverVersion(),
+    rt.gpu.driver,
     `deno ${Deno.version.deno}`,
     `webgpu-gpt2 ${PACKAGE_VERSION}`,
   ].join(" | ");
