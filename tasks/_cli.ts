@@ -130,6 +130,7 @@ export function checkFlags(values: FlagValues, specs: readonly FlagSpec[]): void
 export function readFlag(values: FlagValues, s: FlagSpec): string | number | boolean | undefined {
   const raw = values[s.flag];
   if (raw === undefined) return undefined;
+  if (s.parse) return s.parse(String(raw)) as string | number;
   return s.kind === "number" ? checkNumber(s.flag, raw, s.rule ?? "non-negative") : raw;
 }
 

@@ -124,6 +124,15 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   for (const [flag, key] of Object.entries(SHAPE_FLAGS)) {
     if (v[flag] !== undefined) overrides[key] = Number(v[flag]);
   }
+  const shapeFlags = Object.keys(SHAPE_FLAGS).filter((f) => v[f] !== undefined);
+  if (v.init !== undefined && shapeFlags.length) {
+    throw new TypeError(
+      `--init ${v.init} takes its shape from the checkpoint, so ${
+        shapeFlags.map((f) => `--${f}`).join(", ")
+      } would be ignored: drop ${shapeFlags.length > 1 ? "them" : "it"} (weights of one ` +
+        "shape cannot start a model of another)",
+    );
+  }
   if (base.model) {
     // A resumed model keeps its shape: a flag that asks for another is an error.
     // --model names a preset's shape only when it is not the run's own model name.
@@ -184,17 +193,62 @@ export async function parseTrainArgs(argv: string[]): Promise<TrainConfig | "hel
   return c;
 }
 
-/** `deno task train`: parse, then train (usage errors exit 2, failures 1). */
+/** Exit statuses of a run stopped by a signal before it trained a step (128 + the signal). */
+const SIGNAL_EXIT: Partial<Record<Deno.Signal, number>> = { SIGINT: 130, SIGTERM: 143 };
+
+/**
+ * `deno task train`: parse, then train (usage errors exit 2, failures 1). Ctrl-C or SIGTERM,
+ * from the start: the run stops after the current step and saves (exit 0), or, before its
+ * first step, writes nothing (exit 130 or 143); a second one exits at once without saving
+ * (the next run removes what an unfinished save left).
+ */
 export async function main(argv: string[]): Promise<number> {
   const config = await parseTrainArgs(argv);
   if (config === "help") {
     console.log(HELP);
     return 0;
   }
-  // Under mpirun: one rank per process, each on its own GPU (set before the adapter exists).
-  const dist = await initRanks();
-  await train(await createRuntime(), config, { dist: dist.size > 1 ? dist : undefined });
-  return 0;
+  const stop = new AbortController();
+  let got: Deno.Signal | undefined;
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const handlers = signals.map((sig) => {
+    const on = () => {
+      if (got) {
+        console.log(
+          `\n${sig} again: exiting without saving; the checkpoints under ${config.out} are ` +
+            "intact (the next run removes a save this one left unfinished)",
+        );
+        Deno.exit(SIGNAL_EXIT[sig] ?? 1);
+      }
+      got = sig;
+      console.log(
+        `\n${sig}: stopping after this step and saving a checkpoint (${
+          sig === "SIGINT" ? "Ctrl-C" : sig
+        } again to exit without saving)`,
+      );
+      stop.abort();
+    };
+    Deno.addSignalListener(sig, on);
+    return [sig, on] as const;
+  });
+  try {
+    // Under mpirun: one rank per process, each on its own GPU (set before the adapter exists).
+    const dist = await initRanks();
+    if (dist.rank === 0) {
+      console.log(
+        `starting: ${config.modelName} into ${config.out}: data, kernels and tuning first ` +
+          "(minutes on a CPU adapter the first time; Ctrl-C stops)",
+      );
+    }
+    const rt = await createRuntime();
+    const r = await train(rt, config, {
+      dist: dist.size > 1 ? dist : undefined,
+      signal: stop.signal,
+    });
+    return got && r.losses.length === 0 ? SIGNAL_EXIT[got] ?? 1 : 0;
+  } finally {
+    for (const [sig, on] of handlers) Deno.removeSignalListener(sig, on);
+  }
 }
 
 if (import.meta.main) await runMain(main);

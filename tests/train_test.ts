@@ -408,7 +408,7 @@ Deno.test("a schedule is described in words; constant means constant unless --wa
   const c = await parseTrainArgs(["--schedule", "constant", "--lr", "1e-3"]);
   ok(c !== "help");
   equal(c.warmup, 0);
-  equal(lrAt(makeSchedule(c.schedule, { ...c, steps: c.steps }), 1), 1e-3);
+  equal(lrAt(makeSchedule(c.schedule, { ...c, steps: c.steps ?? Infinity }), 1), 1e-3);
   const w = await parseTrainArgs(["--schedule", "constant", "--warmup", "5"]);
   ok(w !== "help");
   equal(w.warmup, 5);

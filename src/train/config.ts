@@ -96,8 +96,16 @@ export interface TrainConfig {
   seq: number;
   /** Tokens per optimizer step; a multiple of batch*seq (gradient accumulation). */
   totalBatch: number;
-  /** Optimizer steps to reach (a resumed run continues up to this). */
-  steps: number;
+  /**
+   * Optimizer steps to reach (a resumed run continues up to this). Undefined: as many as fit
+   * in `time`; with `time` too, the most it may choose.
+   */
+  steps?: number;
+  /**
+   * Train for about this many seconds from the start of the run: the speed of the first steps
+   * decides `steps`, once (src/train/budget.ts). Default 300 when `steps` is not given.
+   */
+  time?: number;
   /** Learning-rate schedule: constant, cosine, wsd or a piecewise spec (see makeSchedule). */
   schedule: string;
   /** Peak learning rate. */

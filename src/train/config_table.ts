@@ -9,6 +9,7 @@ import type { GPT2Config } from "../model/config.ts";
 import { OPTIMIZERS } from "../optim/registry.ts";
 import { parseMatmulImpl } from "../model/ops/matmul.ts";
 import type { ConfigRow, ConfigTable, TrainConfig } from "./config.ts";
+import { parseDuration } from "./budget.ts";
 
 /** The training run's table: every TrainConfig key, its flag, check, default and help. */
 export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
@@ -64,9 +65,21 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     flag: "steps",
     kind: "number",
     rule: "positive-integer",
-    default: 600,
+    default: undefined,
     group: "Optimizer and schedule",
-    help: "optimizer steps",
+    help: "optimizer steps (default: as many as fit in --time)",
+  },
+  time: {
+    flag: "time",
+    kind: "string",
+    parse: parseDuration,
+    default: undefined,
+    arg: "D",
+    group: "Optimizer and schedule",
+    resume: "fresh",
+    help: "train for about this long (90s, 5m, 1h30m): the first steps' speed sets --steps, " +
+      "once; saved, so a resume keeps it (default 5m without --steps; with it, at most " +
+      "--steps)",
   },
   schedule: {
     flag: "schedule",

@@ -87,6 +87,8 @@ export interface DataParallel {
   shard(b: TokenBatch): MicroBatch;
   /** True on every rank when any rank asks to stop (Ctrl-C reaches ranks at different steps). */
   agree(stop: boolean): Promise<boolean>;
+  /** Rank 0's `x` on every rank (what one rank decides, e.g. a time budget's steps). */
+  fromLead(x: number): Promise<number>;
   /** Time spent in the gradient exchange so far. */
   times: ExchangeTimes;
   /** ZeRO-1: this rank's shard of the parameters (its optimizer covers only it). */
@@ -197,6 +199,11 @@ export function dataParallel(
       const x = new Float64Array([stop ? 1 : 0]);
       await dist.allReduceSum(x);
       return x[0] > 0;
+    },
+    async fromLead(v) {
+      const x = new Float64Array([dist.rank === 0 ? v : 0]);
+      await dist.allReduceSum(x);
+      return x[0];
     },
     times,
     destroy: () => {

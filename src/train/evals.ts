@@ -22,12 +22,15 @@ import {
 
 /** The evaluations of a run; each graph shares the training weights. */
 export interface RunEvals {
-  /** Mean validation loss over `batches` batches (undefined without a validation split). */
-  validate(): Promise<number | undefined>;
+  /**
+   * Mean validation loss over `batches` batches (undefined without a validation split, or
+   * when `signal` stops it part way).
+   */
+  validate(signal?: AbortSignal): Promise<number | undefined>;
   /** Text sampled from an end-of-text token, seeded by `seed`. */
   sample(seed: number): Promise<string>;
-  /** HellaSwag over the items (undefined when there are none). */
-  hellaswag(): Promise<HellaSwagResult | undefined>;
+  /** HellaSwag over the items (undefined when there are none, or when `signal` stops it). */
+  hellaswag(signal?: AbortSignal): Promise<HellaSwagResult | undefined>;
   /** Frees the evaluation graphs. */
   destroy(): void;
 }
@@ -47,6 +50,9 @@ export interface EvalSetup {
   /** Options for the evaluation graphs' matmuls. */
   matmul?: MatmulOptions;
 }
+
+/** HellaSwag items scored between checks of the stop signal. */
+const HELLASWAG_PIECE = 64;
 
 /** Builds the sampling and HellaSwag graphs over `model`'s weights. */
 export async function runEvals(rt: Runtime, s: EvalSetup): Promise<RunEvals> {
@@ -73,12 +79,13 @@ export async function runEvals(rt: Runtime, s: EvalSetup): Promise<RunEvals> {
     })
     : undefined;
   return {
-    async validate() {
+    async validate(signal) {
       if (!s.valShards || s.valBatches <= 0) return undefined;
       const val = new TokenLoader(s.valShards, { batchSize: model.B, seqLen: model.T });
       let sum = 0;
       const n = Math.min(s.valBatches, val.batchesPerEpoch);
       for (let i = 0; i < n; i++) {
+        if (signal?.aborted) return undefined;
         const b = val.nextBatch();
         sum += await model.forward(b.inputs, b.targets);
       }
@@ -94,8 +101,15 @@ export async function runEvals(rt: Runtime, s: EvalSetup): Promise<RunEvals> {
       });
       return decodeTokens(ids);
     },
-    async hellaswag() {
-      return hsModel ? summarize(s.hsItems, await scoreItems(hsModel, s.hsItems)) : undefined;
+    async hellaswag(signal) {
+      if (!hsModel) return undefined;
+      // In pieces, so that a stop request waits for one piece at most.
+      const scores = [];
+      for (let i = 0; i < s.hsItems.length; i += HELLASWAG_PIECE) {
+        if (signal?.aborted) return undefined;
+        scores.push(...await scoreItems(hsModel, s.hsItems.slice(i, i + HELLASWAG_PIECE)));
+      }
+      return summarize(s.hsItems, scores);
     },
     destroy() {
       sampler.destroy();

@@ -107,7 +107,8 @@ export function lossCurveSvg(series: Series[], title = "loss"): string {
 /** What one step prints: loss, learning rate, norm, throughput, MFU, memory, ETA. */
 export interface StepLine {
   step: number;
-  steps: number;
+  /** The run's steps; undefined while a time budget has not decided them. */
+  steps?: number;
   loss: number;
   lr: number;
   norm: number;
@@ -125,7 +126,8 @@ export interface StepLine {
 /** The progress line of one optimizer step. */
 export function formatStepLine(s: StepLine): string {
   const mfu = s.peakTflops > 0 ? `${((100 * s.flops) / (s.peakTflops * 1e12)).toFixed(1)}%` : "n/a";
-  return `step ${String(s.step).padStart(String(s.steps).length)}/${s.steps} | loss ${
+  const of = s.steps === undefined ? "" : `/${s.steps}`;
+  return `step ${String(s.step).padStart(String(s.steps ?? "").length)}${of} | loss ${
     s.loss.toFixed(4)
   } | lr ${s.lr.toExponential(2)} | norm ${s.norm.toFixed(3)} | ${s.tokensPerS.toFixed(0)} ` +
     `tok/s | ${(s.flops / 1e9).toFixed(1)} GFLOP/s | MFU ${mfu} | mem ${
@@ -196,24 +198,29 @@ export class RunLog {
 
 /** The lines printed at the end of a run: what it did and what to run next. */
 export function formatSummary(
-  c: { out: string; steps: number; totalBatch: number },
+  c: { out: string; steps: number; totalBatch: number; stopped: boolean },
   losses: number[],
   ran: number,
   t0: number,
   valLoss: number | undefined,
-  checkpoint: string,
-  dataDir: string,
+  at: { checkpoint: string; dataDir: string },
 ): string {
   const secs = (performance.now() - t0) / 1000;
+  // An interrupted run finishes what it was asked for (its steps are saved with it); a
+  // finished one goes further only with a new total.
+  const resume = `deno task train --out ${c.out} --resume latest`;
   return [
     `summary: ${ran} steps in ${formatDuration(secs)}, ${
       (ran * c.totalBatch).toLocaleString("en-US")
     } tokens; train loss ${losses[0].toFixed(3)} -> ${losses[losses.length - 1].toFixed(3)}` +
     (valLoss !== undefined ? `, val loss ${valLoss.toFixed(3)}` : ""),
-    `  checkpoint  ${checkpoint}`,
+    `  checkpoint  ${at.checkpoint}`,
     `  loss curve  ${c.out}/loss.svg`,
-    `  continue    deno task train --out ${c.out} --resume latest --steps ${c.steps + ran}`,
-    `  evaluate    deno task eval ${checkpoint} --loss ${dataDir}`,
-    `  sample      deno task sample ${checkpoint} --prompt "The whale"`,
+    c.stopped
+      ? `  continue    ${resume}   (finishes the ${c.steps} steps)`
+      : `  go further  ${resume} --steps ${2 * c.steps}   (a new total; the schedule is ` +
+        "recomputed for it)",
+    `  evaluate    deno task eval ${at.checkpoint} --loss ${at.dataDir}`,
+    `  sample      deno task sample ${at.checkpoint} --prompt "The whale"`,
   ].join("\n");
 }

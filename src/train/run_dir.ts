@@ -100,3 +100,33 @@ export async function setAside(checkpoints: string, step: number): Promise<strin
   await Deno.rename(`${checkpoints}/${stepDirName(step)}`, aside);
   return aside;
 }
+
+/**
+ * Cleans up after a run that died while saving (a second Ctrl-C, a kill, a crash): removes
+ * `.tmp-step_N-*` (incomplete), and puts back `.old-step_N-*` (a complete checkpoint moved
+ * aside while its replacement was renamed in) where `step_N` is missing, else removes it.
+ * Call it holding the run's lock. Returns a line per thing done, for the log.
+ */
+export async function recoverCheckpoints(checkpoints: string): Promise<string[]> {
+  const done: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(checkpoints));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return done;
+    throw e;
+  }
+  for (const e of entries) {
+    const m = /^\.(tmp|old)-(step_\d+)-[0-9a-f]+$/.exec(e.name);
+    if (!m) continue;
+    const path = `${checkpoints}/${e.name}`, final = `${checkpoints}/${m[2]}`;
+    if (m[1] === "old" && !(await Deno.stat(final).then(() => true, () => false))) {
+      await Deno.rename(path, final);
+      done.push(`recovered ${final} (an interrupted save had moved it aside)`);
+    } else {
+      await Deno.remove(path, { recursive: true });
+      done.push(`removed ${path}, left by an interrupted save`);
+    }
+  }
+  return done;
+}

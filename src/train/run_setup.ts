@@ -57,14 +57,25 @@ export interface RunSetup {
   destroy(): void;
 }
 
+/** What {@linkcode setUpRun} takes besides the config. */
+export interface SetUpOptions {
+  /** Extension points of each optimizer step (run before the data-parallel ones). */
+  hooks?: StepHooks;
+  /** The ranks of a data-parallel run. */
+  dist?: Dist;
+  /** Aborts the setup between its phases (data, graph, optimizer, evaluations). */
+  signal?: AbortSignal;
+}
+
 /** Reads the sources, then builds the run on the GPU (see the module doc). */
 export async function setUpRun(
   rt: Runtime,
   c: TrainConfig,
   print: (line: string) => void,
-  stepHooks?: StepHooks,
-  dist?: Dist,
+  options: SetUpOptions = {},
 ): Promise<RunSetup> {
+  const { hooks: stepHooks, dist, signal } = options;
+  signal?.throwIfAborted();
   // N ranks share each optimizer step's tokens: rank r reads rows [r*B, (r+1)*B) of the
   // N*B rows the loader serves, and the loss gradient is pre-divided by N.
   const N = dist?.size ?? 1, lead = (dist?.rank ?? 0) === 0;
@@ -85,6 +96,7 @@ export async function setUpRun(
   if (!lead) await dist!.barrier();
   const data = await prepareData(c.data, c.cacheDir);
   if (lead && N > 1) await dist!.barrier();
+  signal?.throwIfAborted();
   for (const w of data.warnings) print(`warning: ${w}`);
   const trainShards = await openShards(data.dir, { split: "train" });
   const valShards = await openShards(data.dir, { split: "val" }).catch(() => undefined);
@@ -103,6 +115,7 @@ export async function setUpRun(
   });
   const made: { destroy(): void }[] = [model];
   try {
+    signal?.throwIfAborted();
     if (c.precision === "fp16" && model.precision !== "fp16") {
       print("precision: this adapter has no shader-f16, so training runs in fp32");
     }
@@ -140,6 +153,7 @@ export async function setUpRun(
       matmul,
     });
     made.push(evals);
+    signal?.throwIfAborted();
     let startStep = 0, optimizerSteps = 0;
     let cursor: LoaderCursor | undefined;
     if (resumed) {
@@ -169,13 +183,7 @@ export async function setUpRun(
       cursor,
       vocabSize: cfg.vocabSize,
     });
-    const schedule = makeSchedule(c.schedule, {
-      lr: c.lr,
-      minLr: c.minLr,
-      warmup: c.warmup,
-      steps: c.steps,
-      decay: c.decaySteps,
-    });
+    const schedule = scheduleFor(c, c.steps ?? Infinity);
     return {
       cfg,
       data,
@@ -198,6 +206,20 @@ export async function setUpRun(
 }
 
 /**
+ * The run's learning-rate schedule for `steps` in all (Infinity while a time budget has not
+ * decided them: warmup, then the peak rate).
+ */
+export function scheduleFor(c: TrainConfig, steps: number): Schedule {
+  return makeSchedule(c.schedule, {
+    lr: c.lr,
+    minLr: c.minLr,
+    warmup: c.warmup,
+    steps,
+    decay: c.decaySteps,
+  });
+}
+
+/**
  * What run_config.json and the log's start record hold: the settings as resolved (the
  * checkpoint's model, the data, accumulation, bytes per parameter, the adapter, the MFU formula).
  */
@@ -217,6 +239,7 @@ export function resolvedConfig(
     parameters: parameterCount(run.cfg),
     optimizer_bytes_per_parameter: +(run.opt.stateBytes / parameterCount(run.cfg)).toFixed(3),
     adapter: rt.gpu.name,
+    driver: rt.gpu.driver || undefined,
     mfu_formula:
       "MFU = tokens/s x (6N + 12LCT) / peak FLOP/s (nanoGPT estimate_mfu; N without wpe)",
     resumed_from: c.resume,

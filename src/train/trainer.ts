@@ -15,6 +15,7 @@ import { describeSchedule, lrAt } from "../optim/schedule.ts";
 import { type LoaderCursor, OutOfVocabularyError } from "../data/loader.ts";
 import {
   listCheckpoints,
+  parseTrainerState,
   pruneCheckpoints,
   resumeProblem,
   saveCheckpoint,
@@ -22,12 +23,21 @@ import {
   TRAINER_STATE_VERSION,
   type TrainerState,
 } from "../io/checkpoint.ts";
+import { formatDuration } from "../format.ts";
 import type { TrainConfig } from "./config.ts";
 import { configDefault } from "./config_table.ts";
 import { DivergenceError, DivergenceGuard } from "./guard.ts";
 import { formatStepLine, formatSummary, RunLog } from "./log.ts";
-import { lockRunDir, setAside } from "./run_dir.ts";
-import { flopsPerToken, resolvedConfig, setUpRun, vocabularyHint } from "./run_setup.ts";
+import { lockRunDir, recoverCheckpoints, setAside } from "./run_dir.ts";
+import {
+  flopsPerToken,
+  resolvedConfig,
+  type RunSetup,
+  scheduleFor,
+  setUpRun,
+  vocabularyHint,
+} from "./run_setup.ts";
+import { runLength, StepBudget } from "./budget.ts";
 import { BatchError, type StepHooks } from "./step.ts";
 import type { Dist } from "../dist/dist.ts";
 import type { GPT2 } from "../model/gpt2.ts";
@@ -55,6 +65,12 @@ export interface TrainResult {
 export interface TrainHooks {
   /** One line of output (default: console.log). */
   print?: (line: string) => void;
+  /**
+   * Stops the run: after the current step (a validation or HellaSwag pass under way is cut
+   * short), with a checkpoint; before the first step, with nothing written. The library
+   * installs no signal handlers: tasks/train.ts aborts this on Ctrl-C or SIGTERM.
+   */
+  signal?: AbortSignal;
   /** Stop after the step this returns true for (used by tests to interrupt). */
   stopAfter?: (step: number) => boolean;
   /** Extension points of each optimizer step (run before the data-parallel ones). */
@@ -131,11 +147,21 @@ export async function train(
   if (c.resume) {
     const problem = await resumeProblem(c.resume, matchTensors);
     if (problem) throw new Error(`Cannot resume from ${c.resume}: ${problem}`);
+    await refuseFinished(c);
   }
   const existed = await Deno.stat(c.out).then(() => true, () => false);
   // Rank 0 owns the run directory; the other ranks only read it.
-  const lock = lead ? await lockRunDir(c.out) : { notice: undefined, release: async () => {} };
+  const lock = lead
+    ? await lockRunDir(c.out).catch((e) => {
+      throw new Error(
+        `Cannot use ${c.out} as the run directory: ${(e as Error).message}: choose a ` +
+          "writable --out",
+      );
+    })
+    : { notice: undefined, release: async () => {} };
   try {
+    // Only the lock's holder writes checkpoints: temporaries there are a dead run's.
+    const recovered = lead ? await recoverCheckpoints(`${c.out}/checkpoints`) : [];
     const earlier = await listCheckpoints(`${c.out}/checkpoints`);
     if (earlier.length && !c.resume && !c.overwrite) {
       throw new Error(
@@ -144,7 +170,7 @@ export async function train(
           "--overwrite (deletes them and its log), or train into another --out",
       );
     }
-    return await trainLocked(rt, c, hooks, earlier, lock.notice);
+    return await trainLocked(rt, c, hooks, earlier, [...recovered, lock.notice ?? ""]);
   } finally {
     await lock.release();
     if (!existed && lead) await Deno.remove(c.out).catch(() => {}); // only if still empty
@@ -154,17 +180,36 @@ export async function train(
 /** The run itself, in a locked directory whose checkpoints were `earlier`. */
 async function trainLocked(
   rt: Runtime,
-  c: TrainConfig,
+  config: TrainConfig,
   hooks: TrainHooks,
   earlier: string[],
-  lockNotice?: string,
+  notices: string[],
 ): Promise<TrainResult> {
+  const tRun = performance.now();
   const lead = (hooks.dist?.rank ?? 0) === 0;
   const print = lead ? hooks.print ?? ((l: string) => console.log(l)) : () => {};
-  const checkpoints = `${c.out}/checkpoints`;
-  for (const line of [...(c.notices ?? []), ...(lockNotice ? [lockNotice] : [])]) print(line);
-  const run = await setUpRun(rt, c, print, hooks.step, hooks.dist);
-  const { cfg, data, model, opt, scaler, loader, schedule, evals, startStep } = run;
+  const signal = hooks.signal;
+  const checkpoints = `${config.out}/checkpoints`;
+  for (const line of [...(config.notices ?? []), ...notices]) if (line) print(line);
+  let run: RunSetup;
+  try {
+    run = await setUpRun(rt, config, print, { hooks: hooks.step, dist: hooks.dist, signal });
+  } catch (e) {
+    if (!signal?.aborted) throw e;
+    print("stopped before the first step: nothing was trained or saved");
+    return { checkpoint: config.resume ?? "", losses: [], lastStep: 0, stopped: true };
+  }
+  const { cfg, data, model, opt, scaler, loader, evals, startStep } = run;
+  // The settings as they stand: --time decides `steps` once, after the first steps.
+  const c: TrainConfig = { ...config };
+  const length = runLength(c);
+  let steps = length.seconds === undefined ? length.steps! : Infinity;
+  const budget = length.seconds === undefined ? undefined : new StepBudget({
+    seconds: length.seconds,
+    cap: length.steps,
+    valEvery: c.valEvery,
+    valBatches: c.valBatches,
+  });
   try {
     // ---- output: nothing in the run directory changes before this point
     const log = new RunLog(c.out, c.modelName, lead);
@@ -173,15 +218,21 @@ async function trainLocked(
       print(`overwrite: removed ${earlier.length} checkpoint(s) of the earlier run in ${c.out}`);
     }
     await log.open(c.resume ? startStep : undefined);
-    const { notices: _notices, ...settings } = c;
-    const resolved = resolvedConfig(rt, c, run);
+    const writeRunConfig = async () => {
+      const resolved = resolvedConfig(rt, c, run);
+      if (lead) {
+        await Deno.writeTextFile(
+          `${c.out}/run_config.json`,
+          JSON.stringify(resolved, null, 2) + "\n",
+        );
+      }
+      return resolved;
+    };
+    const resolved = await writeRunConfig();
     print(`config ${JSON.stringify(resolved, null, 2)}`);
-    print(`lr: ${describeSchedule(schedule)}`);
-    if (lead) {
-      await Deno.writeTextFile(
-        `${c.out}/run_config.json`,
-        JSON.stringify(resolved, null, 2) + "\n",
-      );
+    print(`lr: ${describeSchedule(run.schedule)}`);
+    if (budget) {
+      print(`time: about ${formatDuration(length.seconds!)}; steps decided after the first few`);
     }
     await log.write({ event: "start", time: new Date().toISOString(), config: resolved });
     const writeCurve = () => log.writeCurve();
@@ -192,6 +243,7 @@ async function trainLocked(
         ? await run.dp.gatherState(() => opt.readState())
         : await opt.readState();
       if (!lead) return `${checkpoints}/${stepDirName(step)}`; // rank 0 writes it
+      const { notices: _notices, ...settings } = c;
       const trainer: TrainerState = {
         version: TRAINER_STATE_VERSION,
         step,
@@ -202,38 +254,33 @@ async function trainLocked(
         data: data.dir,
         cursor: at,
         seed: c.seed,
-        schedule,
+        schedule: run.schedule,
         config: { ...settings, model: cfg },
         val_loss: valLoss,
         time: new Date().toISOString(),
       };
-      const dir = await saveCheckpoint(checkpoints, step, {
-        config: cfg,
-        model: await encodeModel(model),
-        optimizer: state!,
-        trainer: { ...trainer },
-      }, keep);
+      let dir: string;
+      try {
+        dir = await saveCheckpoint(checkpoints, step, {
+          config: cfg,
+          model: await encodeModel(model),
+          optimizer: state!,
+          trainer: { ...trainer },
+        }, keep);
+      } catch (e) {
+        throw new Error(saveFailure(step, checkpoints, e, await listCheckpoints(checkpoints)));
+      }
       await log.write({ event: "checkpoint", step, dir });
       return dir;
     };
-
-    // ---- Ctrl-C: finish the step, save, exit cleanly; a second one aborts
-    let stopRequested = false;
-    const onSignal = () => {
-      if (stopRequested) Deno.exit(130);
-      stopRequested = true;
-      print(
-        "\nstopping: saving a checkpoint after this step (Ctrl-C again to abort without saving)",
-      );
-    };
-    const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-    for (const s of signals) Deno.addSignalListener(s, onSignal);
 
     const losses: number[] = [];
     let step = startStep;
     let lastCheckpoint = "";
     /** Set after a periodic save: older checkpoints go once the next step's loss passes. */
     let prunePending = false;
+    let stopAfter = false;
+    const stopping = () => stopAfter || !!signal?.aborted;
     const factor = c.divergence ?? configDefault("divergence")!;
     const guard = new DivergenceGuard({
       factor,
@@ -275,135 +322,174 @@ async function trainLocked(
     const fpt = flopsPerToken(cfg, c.seq);
     const t0 = performance.now();
     const errorsBefore = rt.gpu.errors.length;
-    try {
-      while (step < c.steps && !stopRequested) {
-        const tStep = performance.now();
-        const lr = lrAt(schedule, step);
-        const stepCursor = loader.cursor;
-        let r;
-        try {
-          r = await run.step.run(lr, run.nextBatch);
-        } catch (e) {
-          if (!(e instanceof BatchError)) throw e; // bad data: say why, keep the steps done
-          const why = e.cause instanceof OutOfVocabularyError
-            ? vocabularyHint(cfg, c.modelName)
-            : "";
-          throw new RangeError(e.message + why + (await keepProgress(stepCursor)));
-        }
-        const { loss, norm, overflow, lossScale: scale } = r;
-        losses.push(loss);
-        step++;
-        const dt = (performance.now() - tStep) / 1000;
-        const tokPerS = c.totalBatch / dt;
-        const flops = tokPerS * fpt;
-        const elapsed = (performance.now() - t0) / 1000;
-        print(formatStepLine({
-          step,
-          steps: c.steps,
-          loss,
-          lr,
-          norm,
-          tokensPerS: tokPerS,
-          flops,
-          peakTflops: c.peakTflops,
-          memBytes: rt.arena.currentBytes,
-          etaS: (elapsed / (step - startStep)) * (c.steps - step),
-          overflow: overflow ? { scale, newScale: scaler!.scale } : undefined,
-        }));
-        await log.write({
-          step,
-          loss,
-          lr,
-          norm,
-          tokens_per_s: tokPerS,
-          gflops: flops / 1e9,
-          ms: dt * 1000,
-          ...(scaler ? { loss_scale: scale, skipped: overflow } : {}),
-        });
-        log.train.push([step, loss]);
-        if (rt.gpu.errors.length > errorsBefore) {
-          throw new Error(
-            `WebGPU reported errors during step ${step}: ${
-              rt.gpu.errors.slice(errorsBefore).join("; ")
-            }`,
-          );
-        }
-        const bad = guard.check(step, loss, norm, overflow);
-        const tooMany = guard.overflowError(
-          scaler?.scale ?? 1,
-          c.lossScale ?? configDefault("lossScale")!,
-          lastCheckpoint,
-        );
-        if (tooMany) throw tooMany;
-        if (bad) await diverged(bad.why, bad.suspect);
-        if (prunePending && lead) { // the newest checkpoint's weights just gave a sane loss
-          await pruneCheckpoints(checkpoints, c.keep);
-          prunePending = false;
-        }
-        const last = step === c.steps;
-        // Evaluations run on rank 0; the others wait for it in the next collective.
-        if (lead && c.valEvery > 0 && (step % c.valEvery === 0 || last)) {
-          valLoss = await evals.validate();
-          if (valLoss !== undefined) {
-            print(`step ${step} | val loss ${valLoss.toFixed(4)}`);
-            log.val.push([step, valLoss]);
-            await log.write({ step, val_loss: valLoss });
-          }
-        }
-        if (lead && (c.hellaswagEvery ?? 0) > 0 && (step % c.hellaswagEvery! === 0 || last)) {
-          const h = await evals.hellaswag();
-          if (h) {
-            print(
-              `step ${step} | hellaswag n=${h.n} acc_norm ${h.completion.acc_norm.toFixed(4)} ` +
-                `(harness ${h.harness.acc_norm.toFixed(4)})`,
-            );
-            await log.write({ step, hellaswag: h });
-          }
-        }
-        if (lead && c.sampleEvery > 0 && step % c.sampleEvery === 0 && !last) {
-          const text = await evals.sample(c.seed + step);
-          print(`step ${step} | sample: ${JSON.stringify(text)}`);
-          await log.write({ step, sample: text });
-        }
-        if (step % 10 === 0 || last) await writeCurve();
-        if (c.saveEvery > 0 && step % c.saveEvery === 0 && !last) {
-          lastCheckpoint = await save(step, valLoss);
-          prunePending = true;
-        }
-        if (hooks.stopAfter?.(step)) stopRequested = true;
-        // Ctrl-C reaches the ranks at different steps: all stop after the same one.
-        if (run.dp) stopRequested = await run.dp.agree(stopRequested);
+    while (step < steps && !stopping()) {
+      const tStep = performance.now();
+      const lr = lrAt(run.schedule, step);
+      const stepCursor = loader.cursor;
+      let r;
+      try {
+        r = await run.step.run(lr, run.nextBatch);
+      } catch (e) {
+        if (!(e instanceof BatchError)) throw e; // bad data: say why, keep the steps done
+        const why = e.cause instanceof OutOfVocabularyError ? vocabularyHint(cfg, c.modelName) : "";
+        throw new RangeError(e.message + why + (await keepProgress(stepCursor)));
       }
-      // Final (or interrupted) checkpoint, then a sample.
-      await writeCurve();
-      lastCheckpoint = await save(step, valLoss, c.keep);
-      const text = lead && c.sampleTokens > 0 ? await evals.sample(c.seed + step) : undefined;
-      if (text !== undefined) {
-        print(`sample at step ${step}: ${JSON.stringify(text)}`);
+      const { loss, norm, overflow, lossScale: scale } = r;
+      losses.push(loss);
+      step++;
+      const now = performance.now();
+      const decision = steps === Infinity ? budget?.afterStep(step, now - tRun) : undefined;
+      let decided = decision?.steps;
+      // Under data parallelism rank 0's decision is every rank's, at the same step.
+      if (run.dp && budget && steps === Infinity) {
+        decided = (await run.dp.fromLead(decided ?? 0)) || undefined;
+      }
+      if (decided) {
+        steps = c.steps = decided;
+        run.schedule = scheduleFor(c, steps);
+        if (decision) print(decision.line);
+        print(`lr: ${describeSchedule(run.schedule)}`);
+        await log.write({ event: "budget", step, steps, s_per_step: decision?.perStep });
+        await writeRunConfig();
+      }
+      const dt = (now - tStep) / 1000;
+      const tokPerS = c.totalBatch / dt;
+      const flops = tokPerS * fpt;
+      const elapsed = (now - t0) / 1000;
+      print(formatStepLine({
+        step,
+        steps: Number.isFinite(steps) ? steps : undefined,
+        loss,
+        lr,
+        norm,
+        tokensPerS: tokPerS,
+        flops,
+        peakTflops: c.peakTflops,
+        memBytes: rt.arena.currentBytes,
+        etaS: Number.isFinite(steps)
+          ? (elapsed / (step - startStep)) * (steps - step)
+          : length.seconds! - (now - tRun) / 1000,
+        overflow: overflow ? { scale, newScale: scaler!.scale } : undefined,
+      }));
+      await log.write({
+        step,
+        loss,
+        lr,
+        norm,
+        tokens_per_s: tokPerS,
+        gflops: flops / 1e9,
+        ms: dt * 1000,
+        ...(scaler ? { loss_scale: scale, skipped: overflow } : {}),
+      });
+      log.train.push([step, loss]);
+      if (rt.gpu.errors.length > errorsBefore) {
+        throw new Error(
+          `WebGPU reported errors during step ${step}: ${
+            rt.gpu.errors.slice(errorsBefore).join("; ")
+          }`,
+        );
+      }
+      const bad = guard.check(step, loss, norm, overflow);
+      const tooMany = guard.overflowError(
+        scaler?.scale ?? 1,
+        c.lossScale ?? configDefault("lossScale")!,
+        lastCheckpoint,
+      );
+      if (tooMany) throw tooMany;
+      if (bad) await diverged(bad.why, bad.suspect);
+      if (prunePending && lead) { // the newest checkpoint's weights just gave a sane loss
+        await pruneCheckpoints(checkpoints, c.keep);
+        prunePending = false;
+      }
+      const last = step === steps;
+      // Evaluations run on rank 0; the others wait for it in the next collective. A stop
+      // request cuts them short (the step is saved without them).
+      if (lead && c.valEvery > 0 && (step % c.valEvery === 0 || last) && !stopping()) {
+        const v = await evals.validate(signal);
+        if (v !== undefined) {
+          valLoss = v;
+          print(`step ${step} | val loss ${valLoss.toFixed(4)}`);
+          log.val.push([step, valLoss]);
+          await log.write({ step, val_loss: valLoss });
+        }
+      }
+      const hsEvery = c.hellaswagEvery ?? 0;
+      if (lead && hsEvery > 0 && (step % hsEvery === 0 || last) && !stopping()) {
+        const h = await evals.hellaswag(signal);
+        if (h) {
+          print(
+            `step ${step} | hellaswag n=${h.n} acc_norm ${h.completion.acc_norm.toFixed(4)} ` +
+              `(harness ${h.harness.acc_norm.toFixed(4)})`,
+          );
+          await log.write({ step, hellaswag: h });
+        }
+      }
+      if (lead && c.sampleEvery > 0 && step % c.sampleEvery === 0 && !last && !stopping()) {
+        const text = await evals.sample(c.seed + step);
+        print(`step ${step} | sample: ${JSON.stringify(text)}`);
         await log.write({ step, sample: text });
       }
-      print(
-        `${
-          stopRequested && step < c.steps ? "stopped" : "done"
-        } at step ${step}: checkpoint ${lastCheckpoint}`,
-      );
-      await log.write({ event: "end", step, checkpoint: lastCheckpoint });
-      await hooks.afterRun?.(model);
-      if (losses.length) {
-        print(formatSummary(c, losses, step - startStep, t0, valLoss, lastCheckpoint, data.dir));
+      if (step % 10 === 0 || last) await writeCurve();
+      if (c.saveEvery > 0 && step % c.saveEvery === 0 && !last) {
+        lastCheckpoint = await save(step, valLoss);
+        prunePending = true;
       }
-      return {
-        checkpoint: lastCheckpoint,
-        losses,
-        lastStep: step,
-        stopped: step < c.steps,
-        valLoss,
-        sample: text,
-      };
-    } finally {
-      for (const s of signals) Deno.removeSignalListener(s, onSignal);
+      if (hooks.stopAfter?.(step)) stopAfter = true;
+      // Ctrl-C reaches the ranks at different steps: all stop after the same one.
+      if (run.dp) stopAfter = await run.dp.agree(stopping());
     }
+    // Final (or interrupted) checkpoint, then a sample.
+    await writeCurve();
+    lastCheckpoint = await save(step, valLoss, c.keep);
+    const stopped = step < steps;
+    const text = lead && c.sampleTokens > 0 && !signal?.aborted
+      ? await evals.sample(c.seed + step)
+      : undefined;
+    if (text !== undefined) {
+      print(`sample at step ${step}: ${JSON.stringify(text)}`);
+      await log.write({ step, sample: text });
+    }
+    print(`${stopped ? "stopped" : "done"} at step ${step}: checkpoint ${lastCheckpoint}`);
+    await log.write({ event: "end", step, checkpoint: lastCheckpoint });
+    await hooks.afterRun?.(model);
+    if (losses.length) {
+      print(formatSummary({ ...c, steps, stopped }, losses, step - startStep, t0, valLoss, {
+        checkpoint: lastCheckpoint,
+        dataDir: data.dir,
+      }));
+    }
+    return { checkpoint: lastCheckpoint, losses, lastStep: step, stopped, valLoss, sample: text };
   } finally {
     run.destroy();
   }
+}
+
+/** A resumed run that already reached its steps: say so instead of doing nothing. */
+async function refuseFinished(c: TrainConfig): Promise<void> {
+  if (c.steps === undefined || c.time !== undefined) return;
+  const st = parseTrainerState(
+    JSON.parse(await Deno.readTextFile(`${c.resume}/trainer_state.json`)),
+  );
+  if (typeof st === "string" || st.step < c.steps) return;
+  throw new RangeError(
+    `${c.resume} is at step ${st.step} and the run was for ${c.steps} steps: it is finished. ` +
+      `To train further give a larger total, e.g. --steps ${2 * c.steps} (the schedule is ` +
+      "recomputed for it), or --time D",
+  );
+}
+
+/** Why a checkpoint could not be written, what is safe, and what to do. */
+function saveFailure(step: number, root: string, e: unknown, complete: string[]): string {
+  const err = e as Error & { code?: string };
+  const reason = e instanceof Deno.errors.PermissionDenied
+    ? "permission denied: choose a writable --out"
+    : err.code === "ENOSPC" || /No space left/i.test(err.message)
+    ? "the disk is full: free some space"
+    : `${err.message}`;
+  const last = complete[complete.length - 1];
+  return `Cannot write the checkpoint of step ${step} under ${root}: ${reason}. Nothing partial ` +
+    "was left. " +
+    (last
+      ? `The last complete checkpoint is ${last}: continue from it with --resume latest`
+      : "No earlier checkpoint exists");
 }
