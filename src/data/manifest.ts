@@ -112,6 +112,27 @@ export function updateTotals(m: Manifest): void {
 }
 
 /**
+ * Removes from `manifest` (and then from disk) every shard holding tokens of source `source`
+ * or later, so that a damaged source leaves nothing behind and `--resume` starts at it.
+ * The manifest is rewritten first: a crash in between leaves unlisted files, which
+ * `--resume` deletes. Returns the number of shards removed.
+ */
+export async function dropShardsFrom(
+  dir: string,
+  manifest: Manifest,
+  source: number,
+): Promise<number> {
+  const from: StreamPosition = { source, unit: 0, offset: 0 };
+  const gone = manifest.shards.filter((s) => comparePositions(s.end, from) > 0);
+  if (gone.length === 0) return 0;
+  manifest.shards = manifest.shards.filter((s) => comparePositions(s.end, from) <= 0);
+  updateTotals(manifest);
+  await writeManifest(dir, manifest);
+  for (const s of gone) await Deno.remove(`${dir}/${s.file}`).catch(() => {});
+  return gone.length;
+}
+
+/**
  * Loads `dir`'s manifest for `--resume` (checking that `config` matches and removing shard
  * files it does not list), or clears the folder and writes a fresh manifest.
  */

@@ -17,12 +17,14 @@ import {
   utf8Boundary,
 } from "./_byte_queue.ts";
 import type { HttpOptions } from "./_http.ts";
+import { CompressedDataError } from "./_decoder.ts";
 import { openSource } from "./_streams.ts";
 import type { BatchIssue, BatchRequest, BatchResult } from "./_tokenize_batch.ts";
 import { TokenizerPool } from "./_worker_pool.ts";
 import { SplitWriter } from "./_writer.ts";
 import {
   comparePositions,
+  dropShardsFrom,
   type Manifest,
   type ManifestConfig,
   type ManifestShard,
@@ -212,6 +214,8 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
   };
   let inFlight: { promise: Promise<BatchResult>; s: number; unit: number; bytes: number }[] = [];
   let aborted = false;
+  // The source of the last line reported, which is the one to blame when reporting throws.
+  let lineSource = -1;
 
   const reportIssue = (src: Source, unit: number, issue: BatchIssue) => {
     const where = `${src.location} line ${unit + issue.line + 1}`;
@@ -237,6 +241,7 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     let at = 0;
     for (let k = 0; k < result.counts.length; k++) {
       while (next < result.issues.length && result.issues[next].line === k) {
+        lineSource = job.s;
         reportIssue(src, job.unit, result.issues[next++]);
       }
       const n = result.counts[k];
@@ -298,31 +303,61 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
       http: { ...options.http, signal: options.http?.signal ?? options.signal },
       onRawBytes: (n) => progress.rawBytes += n,
     });
+    const reader = stream.getReader();
+    try {
+      return await batchSource(reader, s, skipUnits, src.format === "txt");
+    } catch (e) {
+      let failure = e;
+      // A bad line in a compressed file is often the first sign of damage that the decoder
+      // finds only further on (gzip checks its CRC at the end of a member): look there first.
+      if (!(e instanceof ReadFailure) && src.compression !== "none" && lineSource === s) {
+        const damage = await damageAhead(reader);
+        if (damage) failure = new ReadFailure(damage);
+      }
+      if (!(failure instanceof ReadFailure)) throw failure;
+      if (options.signal?.aborted) return true;
+      throw await readFailure(src, s, failure.error);
+    } finally {
+      await reader.cancel().catch(() => {});
+    }
+  }
+
+  // Finishes what can be kept after a read failure and returns the error to throw.
+  async function readFailure(src: Source, s: number, e: unknown): Promise<Error> {
+    let removed = 0;
+    if (e instanceof CompressedDataError && !e.truncated) {
+      // Nothing from a damaged file is kept: the bytes decoded before the damage was found
+      // may be wrong too.
+      const jobs = inFlight.splice(0);
+      for (const job of jobs) job.promise.catch(() => {});
+      for (const job of jobs) if (job.s < s) await consume(job);
+      removed = await dropShardsFrom(dir, manifest, s);
+    } else {
+      // Finish the batches read before the failure so their full shards reach the disk
+      // and a later --resume starts as late as possible.
+      for (const job of inFlight.splice(0)) await consume(job);
+    }
+    return new Error(readFailureMessage(src, e, removed), { cause: e });
+  }
+
+  // Cuts the stream of one source into batches and submits them; true when aborted.
+  async function batchSource(
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+    s: number,
+    skipUnits: number,
+    text: boolean,
+  ): Promise<boolean> {
     const queue = new ByteQueue();
     let unit = 0;
-    const text = src.format === "txt";
-    const reader = stream.getReader();
     while (true) {
       let next: ReadableStreamReadResult<Uint8Array>;
       try {
         next = await reader.read();
       } catch (e) {
-        if (options.signal?.aborted) return true;
-        // Finish the batches read before the failure so their full shards reach the disk
-        // and a later --resume starts as late as possible.
-        for (const job of inFlight.splice(0)) await consume(job);
-        const hint = src.compression === "none"
-          ? "check the source and run again with --resume"
-          : "the file is truncated or corrupt: download it again, then run with --resume";
-        throw new Error(`Cannot read ${src.location}: ${(e as Error).message}; ${hint}`, {
-          cause: e,
-        });
+        throw new ReadFailure(e);
       }
       if (next.done) break;
-      if (options.signal?.aborted) {
-        await reader.cancel().catch(() => {});
-        return true;
-      }
+      if (options.signal?.aborted) return true;
       queue.push(next.value);
       while (queue.length >= batchBytes) {
         const bytes = queue.view();
@@ -381,4 +416,46 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     await submit(s, first, { kind: "jsonl", bytes: queue.take(cut), docStart: false, field });
     return unit + lines;
   }
+}
+
+/** A failure to read a source's bytes, as opposed to one found in them after reading. */
+class ReadFailure extends Error {
+  readonly error: unknown;
+  constructor(error: unknown) {
+    super(error instanceof Error ? error.message : String(error));
+    this.error = error;
+  }
+}
+
+/** Reads a compressed source to its end to see whether its decoder finds damage there. */
+async function damageAhead(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): Promise<CompressedDataError | undefined> {
+  try {
+    while (!(await reader.read()).done) {
+      // Only the decoder's checks matter here.
+    }
+  } catch (e) {
+    if (e instanceof CompressedDataError) return e;
+  }
+  return undefined;
+}
+
+/** The message for a source that could not be read, with what to do about it. */
+function readFailureMessage(src: Source, e: unknown, removed: number): string {
+  const reason = e instanceof Error ? e.message : String(e);
+  const fetch = /^https?:\/\//i.test(src.location)
+    ? "run again with --resume to download it afresh"
+    : "download it again, then run with --resume";
+  let hint = `check the source and run again with --resume`;
+  if (e instanceof CompressedDataError && e.truncated) hint = fetch;
+  else if (e instanceof CompressedDataError) {
+    const kept = removed === 0
+      ? "no shard holds its tokens"
+      : removed === 1
+      ? "the shard holding its tokens was removed"
+      : `the ${removed} shards holding its tokens were removed`;
+    hint = `${kept}: ${fetch}`;
+  }
+  return `Cannot read ${src.location}: ${reason}; ${hint}`;
 }
