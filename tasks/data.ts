@@ -150,7 +150,10 @@ export async function main(args: string[]): Promise<number> {
     split: values["slimpajama-split"],
     base: values["slimpajama-base"],
   };
-  let sources: Source[] = await resolveSources(specs, { slimpajama });
+  let sources: Source[] = await resolveSources(specs, {
+    slimpajama,
+    onWarning: (m) => console.error(`warning: ${m}`),
+  });
   const subset = values.subset === undefined ? null : {
     fraction: parseFraction(values.subset, "--subset"),
     from: parseFraction(values["subset-from"], "--subset-from", true),
