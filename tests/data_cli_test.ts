@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { zstdCompressSync } from "node:zlib";
 import { syntheticJsonl } from "../bench/data_bench.ts";
 import { readManifest } from "../src/data/manifest.ts";
-import { shardBytes } from "./fixtures/data/_fixtures.ts";
+import { concat, runData, shardBytes } from "./fixtures/data/_fixtures.ts";
 
 const TASK = new URL("../tasks/data.ts", import.meta.url).pathname;
 
@@ -50,6 +50,43 @@ Deno.test("cli: Ctrl-C keeps finished shards consistent and --resume completes t
     const b = await shardBytes(`${dir}/part`);
     assert.deepEqual([...b.keys()], [...a.keys()]);
     for (const [n, bytes] of a) assert.deepEqual(b.get(n), bytes, n);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: invalid UTF-8 is counted per file in a warning and in the manifest", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "data_cli_" });
+  try {
+    const enc = new TextEncoder();
+    // A Latin-1 file: "café" and "naïve" as single bytes, invalid in UTF-8. A real U+FFFD
+    // (EF BF BD, valid UTF-8) is text, not a replacement.
+    const latin1 = concat(
+      enc.encode('{"text": "plain ascii"}\n{"text": "caf'),
+      Uint8Array.of(0xe9),
+      enc.encode(" na"),
+      Uint8Array.of(0xef),
+      enc.encode('ve \uFFFD"}\n{"text": "ok \uFFFD"}\n{"text": "'),
+      Uint8Array.of(0xe9, 0xe9),
+      enc.encode('"}\n'),
+    );
+    await Deno.writeFile(`${dir}/a.jsonl`, latin1);
+    await Deno.writeFile(`${dir}/b.txt`, concat(enc.encode("x "), Uint8Array.of(0xff, 0x41, 0xc3)));
+    await Deno.writeTextFile(`${dir}/c.txt`, "clean \uFFFD text");
+    const r = await runData([
+      `${dir}/a.jsonl`,
+      `${dir}/b.txt`,
+      `${dir}/c.txt`,
+      ...["--out", `${dir}/o`, "--quiet", "--workers", "0"],
+    ]);
+    assert.equal(r.code, 0, r.error);
+    const hint = "check the file's encoding (iconv -f latin1 -t utf-8 converts a Latin-1 file)";
+    assert.deepEqual(r.err.filter((l) => l.includes("UTF-8")), [
+      `\nwarning: Replaced 4 invalid UTF-8 sequences in ${dir}/a.jsonl with U+FFFD (the first ` +
+      `on line 2): ${hint}`,
+      `\nwarning: Replaced 2 invalid UTF-8 sequences in ${dir}/b.txt with U+FFFD: ${hint}`,
+    ]);
+    assert.equal((await readManifest(`${dir}/o`))!.totals.invalidUtf8, 6);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -7,10 +7,15 @@
 import assert from "node:assert/strict";
 import { constants, gzipSync, zstdCompressSync } from "node:zlib";
 import { readManifest } from "../src/data/manifest.ts";
-import { main } from "../tasks/data.ts";
-import { jsonlBytes, makeDocs, shardBytes } from "./fixtures/data/_fixtures.ts";
+import {
+  concat,
+  jsonlBytes,
+  makeDocs,
+  runData,
+  runDataChild,
+  shardBytes,
+} from "./fixtures/data/_fixtures.ts";
 
-const TASK = new URL("../tasks/data.ts", import.meta.url).pathname;
 const DOCS = makeDocs(1200, 60, 11);
 
 async function withTemp(fn: (dir: string) => Promise<void>): Promise<void> {
@@ -22,44 +27,11 @@ async function withTemp(fn: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
-/** `deno task data ARGS` in this process: the exit code, or the message it fails with. */
+/** `deno task data ARGS`, quiet and on this thread: its exit code, or its error. */
 async function data(args: string[]): Promise<{ code?: number; error?: string }> {
-  try {
-    return { code: await main([...args, "--quiet", "--workers", "0"]) };
-  } catch (e) {
-    return { error: (e as Error).message };
-  }
+  const r = await runData([...args, "--quiet", "--workers", "0"]);
+  return { code: r.code, error: r.error };
 }
-
-/** `deno task data ARGS` as a child process, killed (and the test failed) past `seconds`. */
-async function dataChild(args: string[], seconds = 60) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TASK, ...args, "--quiet", "--workers", "1"],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let late = false;
-  const timer = setTimeout(() => {
-    late = true;
-    child.kill("SIGKILL");
-  }, seconds * 1000);
-  const t0 = performance.now();
-  const out = await child.output();
-  clearTimeout(timer);
-  const stderr = new TextDecoder().decode(out.stderr);
-  assert.ok(!late, `deno task data ${args.join(" ")} was still running after ${seconds} s`);
-  return { code: out.code, stderr, seconds: (performance.now() - t0) / 1000 };
-}
-
-const concat = (...parts: Uint8Array[]) => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-};
 
 /** A zstd skippable frame (as pzstd writes before each frame) holding `payload`. */
 function skippable(payload: Uint8Array, variant = 0): Uint8Array {
@@ -138,7 +110,16 @@ Deno.test("damage: a damaged .jsonl.zst fails promptly with the file, byte offse
       const path = `${dir}/${c.name}.jsonl.zst`;
       await Deno.writeFile(path, damage(c.bytes, c.at));
       const out = `${dir}/out_${c.name}`;
-      const r = await dataChild([path, "--out", out, "--shard-tokens", "4k"]);
+      const r = await runDataChild([
+        path,
+        "--out",
+        out,
+        "--shard-tokens",
+        "4k",
+        "--quiet",
+        "--workers",
+        "1",
+      ]);
       assert.equal(r.code, 1, r.stderr);
       const m = r.stderr.match(
         /error: Cannot read (\S+): damaged zstd data at byte (\d+) \(([^)]+)\): [A-Z][^;]+; (.*)/,

@@ -12,6 +12,7 @@ import {
 } from "../src/data/sources.ts";
 import { ProgressBar } from "../src/data/_progress.ts";
 import { HELP, main, parseCount } from "../tasks/data.ts";
+import { runData } from "./fixtures/data/_fixtures.ts";
 
 Deno.test("sources: slimpajama expands to the hub's chunk URLs, offline", () => {
   const all = slimpajamaSources();
@@ -157,30 +158,13 @@ Deno.test("cli: counts, help, unknown flags and a dry run of a subset", async ()
   assert.ok(urls.every((u) => u.startsWith("https://huggingface.co/") && u.endsWith(".jsonl.zst")));
 });
 
-/** What `deno task data ARGS` prints (stdout and stderr lines) and its exit code or error. */
-async function cli(args: string[]): Promise<{ out: string[]; err: string[]; error?: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (m: string) => out.push(m);
-  console.error = (m: string) => err.push(m);
-  try {
-    await main(args);
-    return { out, err };
-  } catch (e) {
-    return { out, err, error: (e as Error).message };
-  } finally {
-    [console.log, console.error] = [log, error];
-  }
-}
-
 Deno.test("cli: a folder's files of other types are named in a warning, or an error if all are", async () => {
   const dir = await Deno.makeTempDir();
   try {
     await Deno.mkdir(`${dir}/docs/sub`, { recursive: true });
     const names = ["a.jsonl", "README.md", "notes.md", "x.md", "LICENSE", "sub/b.parquet"];
     for (const f of names) await Deno.writeTextFile(`${dir}/docs/${f}`, "");
-    const r = await cli([`${dir}/docs`, "--dry-run"]);
+    const r = await runData([`${dir}/docs`, "--dry-run"]);
     assert.equal(r.error, undefined);
     assert.deepEqual(r.err, [
       `warning: Skipped 5 files of other types under ${dir}/docs: 3 .md (README.md, notes.md, ` +
@@ -190,7 +174,7 @@ Deno.test("cli: a folder's files of other types are named in a warning, or an er
     assert.deepEqual(r.out.slice(1), [`${dir}/docs/a.jsonl`]);
 
     await Deno.remove(`${dir}/docs/a.jsonl`);
-    const none = await cli([`${dir}/docs`, "--out", `${dir}/out`]);
+    const none = await runData([`${dir}/docs`, "--out", `${dir}/out`]);
     assert.equal(
       none.error,
       `No files to read under ${dir}/docs: it holds only 5 files of other types: 3 .md ` +

@@ -29,6 +29,8 @@ export interface ManifestShard {
   end: StreamPosition;
   /** Malformed lines skipped before `end`. */
   malformed: number;
+  /** Invalid UTF-8 sequences replaced by U+FFFD before `end` (absent in older manifests). */
+  invalidUtf8?: number;
 }
 
 /** The settings that must match for `--resume` to continue a folder. */
@@ -49,7 +51,14 @@ export interface Manifest {
   eot: number;
   config: ManifestConfig;
   shards: ManifestShard[];
-  totals: { trainTokens: number; valTokens: number; documents: number; malformed: number };
+  totals: {
+    trainTokens: number;
+    valTokens: number;
+    documents: number;
+    malformed: number;
+    /** Invalid UTF-8 sequences replaced by U+FFFD (absent in older manifests). */
+    invalidUtf8?: number;
+  };
   /** True once every source was read to the end. */
   complete: boolean;
 }
@@ -109,6 +118,7 @@ export function updateTotals(m: Manifest): void {
   m.totals.valTokens = valTokens;
   m.totals.documents = documents;
   m.totals.malformed = m.shards.reduce((a, s) => Math.max(a, s.malformed), 0);
+  m.totals.invalidUtf8 = m.shards.reduce((a, s) => Math.max(a, s.invalidUtf8 ?? 0), 0);
 }
 
 /**
@@ -180,7 +190,7 @@ export async function openManifest(
     eot: EOT,
     config,
     shards: [],
-    totals: { trainTokens: 0, valTokens: 0, documents: 0, malformed: 0 },
+    totals: { trainTokens: 0, valTokens: 0, documents: 0, malformed: 0, invalidUtf8: 0 },
     complete: false,
   };
   await writeManifest(dir, manifest);

@@ -21,7 +21,7 @@ import { CompressedDataError } from "./_decoder.ts";
 import { openSource } from "./_streams.ts";
 import type { BatchIssue, BatchRequest, BatchResult } from "./_tokenize_batch.ts";
 import { TokenizerPool } from "./_worker_pool.ts";
-import { SplitWriter } from "./_writer.ts";
+import { type LineTally, SplitWriter } from "./_writer.ts";
 import {
   comparePositions,
   dropShardsFrom,
@@ -135,7 +135,8 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
   const last = (split: "train" | "val") => manifest.shards.filter((s) => s.split === split).at(-1);
   const lastVal = last("val");
   const lastTrain = last("train");
-  let malformed = 0;
+  // Line problems so far; each shard records them as of its end, so resume restores them.
+  const tally: LineTally = { malformed: 0, invalidUtf8: 0 };
   const sink = async (shard: ManifestShard) => {
     manifest.shards.push(shard);
     updateTotals(manifest);
@@ -152,7 +153,7 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     resumeAt: lastVal?.end,
     written: manifest.totals.valTokens,
     sink,
-    malformed: () => malformed,
+    tally: () => ({ ...tally }),
   });
   const trainStart = lastTrain?.end ??
     (valWriter?.full && val !== null && "tokens" in val ? lastVal?.end : undefined);
@@ -166,7 +167,7 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     resumeAt: trainStart,
     written: manifest.totals.trainTokens,
     sink,
-    malformed: () => malformed,
+    tally: () => ({ ...tally }),
   });
   const zero: StreamPosition = { source: 0, unit: 0, offset: 0 };
   const starts = [
@@ -175,8 +176,10 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
   ]
     .filter((p): p is StreamPosition => p !== undefined);
   const restart = starts.reduce((a, b) => comparePositions(a, b) <= 0 ? a : b);
-  malformed = manifest.shards.filter((s) => comparePositions(s.end, restart) <= 0)
-    .reduce((m, s) => Math.max(m, s.malformed), 0);
+  for (const s of manifest.shards.filter((s) => comparePositions(s.end, restart) <= 0)) {
+    tally.malformed = Math.max(tally.malformed, s.malformed);
+    tally.invalidUtf8 = Math.max(tally.invalidUtf8, s.invalidUtf8 ?? 0);
+  }
 
   const fraction = val !== null && "fraction" in val ? val.fraction : undefined;
   const valSeed = val !== null && "fraction" in val ? val.seed ?? 0 : 0;
@@ -208,7 +211,7 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     textBytes: 0,
     documents: 0,
     tokens: 0,
-    malformed,
+    malformed: tally.malformed,
     source: restart.source,
     sources: options.sources.length,
   };
@@ -229,20 +232,44 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
         `Malformed JSON in ${where}: ${issue.message}; fix the line or drop --strict to skip it`,
       );
     }
-    malformed++;
+    tally.malformed++;
     options.onWarning?.(`Skipped malformed JSON in ${where}: ${issue.message}`);
+  };
+  // Invalid UTF-8 in the source being consumed, reported once it is done.
+  const utf8 = { source: -1, count: 0, line: 0 };
+  const reportUtf8 = () => {
+    if (utf8.count === 0) return;
+    const src = options.sources[utf8.source];
+    const first = src.format === "jsonl" ? ` (the first on line ${utf8.line})` : "";
+    options.onWarning?.(
+      `Replaced ${utf8.count} invalid UTF-8 sequence${utf8.count === 1 ? "" : "s"} in ` +
+        `${src.location} with U+FFFD${first}: check the file's encoding (iconv -f latin1 ` +
+        `-t utf-8 converts a Latin-1 file)`,
+    );
+    utf8.count = 0;
   };
   const consume = async (job: (typeof inFlight)[number]) => {
     const result = await job.promise;
     const src = options.sources[job.s];
-    // Issues are handled in line order between the units' tokens, so the malformed count a
-    // shard records covers exactly the lines before its end position.
+    if (job.s !== utf8.source) {
+      reportUtf8();
+      utf8.source = job.s;
+    }
+    // Issues are handled in line order between the units' tokens, so the counts a shard
+    // records cover exactly the lines before its end position.
     let next = 0;
+    let nextReplaced = 0;
     let at = 0;
     for (let k = 0; k < result.counts.length; k++) {
       while (next < result.issues.length && result.issues[next].line === k) {
         lineSource = job.s;
         reportIssue(src, job.unit, result.issues[next++]);
+      }
+      while (result.replaced[nextReplaced]?.line === k) {
+        const n = result.replaced[nextReplaced++].count;
+        if (utf8.count === 0) utf8.line = job.unit + k + 1;
+        utf8.count += n;
+        tally.invalidUtf8 += n;
       }
       const n = result.counts[k];
       await route(src, job.s, job.unit + k, result.tokens.subarray(at, at + n));
@@ -251,7 +278,7 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     progress.textBytes += job.bytes;
     progress.documents += result.documents;
     progress.tokens += result.tokens.length;
-    progress.malformed = malformed;
+    progress.malformed = tally.malformed;
     options.onProgress?.(progress);
   };
   const submit = async (s: number, unit: number, req: BatchRequest) => {
@@ -276,13 +303,15 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
       await consume(job);
     }
     inFlight = [];
+    reportUtf8();
     if (!aborted) {
       const end = { source: options.sources.length, unit: 0, offset: 0 };
       await valWriter?.finish(end);
       await trainWriter.finish(end);
       manifest.complete = true;
       updateTotals(manifest);
-      manifest.totals.malformed = malformed;
+      manifest.totals.malformed = tally.malformed;
+      manifest.totals.invalidUtf8 = tally.invalidUtf8;
       await writeManifest(dir, manifest);
     }
   } finally {
