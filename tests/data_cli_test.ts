@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { zstdCompressSync } from "node:zlib";
 import { syntheticJsonl } from "../bench/data_bench.ts";
+import { lockDir } from "../src/dir_lock.ts";
 import { readManifest } from "../src/data/manifest.ts";
 import { concat, runData, shardBytes } from "./fixtures/data/_fixtures.ts";
 
@@ -91,3 +92,56 @@ Deno.test("cli: invalid UTF-8 is counted per file in a warning and in the manife
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cli: a second run into a folder being written is refused, naming the first's pid", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "data_cli_" });
+  try {
+    const input = `${dir}/in.jsonl`;
+    await Deno.writeFile(input, syntheticJsonl(2e5, 3));
+    const out = `${dir}/out`;
+    const args = [input, "--out", out, "--shard-tokens", "10k", "--quiet", "--workers", "0"];
+    assert.equal((await runData(args)).code, 0);
+    // The holder is this process, as a first run started from another shell would be.
+    const held = await lockDir(out, { what: "output folder", instead: "-" });
+    const before = await files(out);
+    const second = await runData([...args, "--overwrite"]);
+    const lock = JSON.parse(await Deno.readTextFile(`${out}/.lock`));
+    assert.equal(
+      second.error,
+      `Output folder ${out} is in use by process ${Deno.pid} on ${Deno.hostname()} (started ${lock.time}): ` +
+        `wait for that run or stop it, or write the shards into another --out. If no such run ` +
+        `is going on, delete ${out}/.lock`,
+    );
+    assert.deepEqual(await files(out), before);
+    await held.release();
+
+    // A lock left by a process that is gone is taken over, with a message, and released.
+    const gone = new Deno.Command("true").spawn();
+    await gone.status;
+    await Deno.writeTextFile(
+      `${out}/.lock`,
+      JSON.stringify({ pid: gone.pid, host: Deno.hostname(), time: "then" }),
+    );
+    const third = await runData([...args, "--overwrite"]);
+    assert.equal(third.code, 0, third.error);
+    assert.ok(
+      third.err.includes(
+        `\nwarning: output folder ${out}: taking over the lock of process ${gone.pid} ` +
+          `(started then), which is no longer running`,
+      ),
+      third.err.join("\n"),
+    );
+    assert.ok(!(await files(out)).has(".lock"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Every file in `dir` with its bytes. */
+async function files(dir: string): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>();
+  const names: string[] = [];
+  for await (const e of Deno.readDir(dir)) names.push(e.name);
+  for (const n of names.sort()) out.set(n, await Deno.readFile(`${dir}/${n}`));
+  return out;
+}

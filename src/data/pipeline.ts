@@ -16,6 +16,7 @@ import {
   findSafeCut,
   utf8Boundary,
 } from "./_byte_queue.ts";
+import { lockDir } from "../dir_lock.ts";
 import type { HttpOptions } from "./_http.ts";
 import { CompressedDataError } from "./_decoder.ts";
 import { openSource } from "./_streams.ts";
@@ -125,7 +126,29 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
       : { fraction: val.fraction, seed: val.seed ?? 0 },
     textField: options.textField ?? "text",
   };
-  await Deno.mkdir(dir, { recursive: true });
+  // One build at a time: another one into the folder would delete or replace shards under
+  // this one. Taken before the manifest is opened, so a refused run changes nothing.
+  const lock = await lockDir(dir, {
+    what: "output folder",
+    instead: "write the shards into another --out",
+  });
+  if (lock.notice) options.onWarning?.(lock.notice);
+  try {
+    return await buildLocked(options, config, t0);
+  } finally {
+    await lock.release();
+  }
+}
+
+// buildShards, under the output folder's lock.
+async function buildLocked(
+  options: BuildOptions,
+  config: ManifestConfig,
+  t0: number,
+): Promise<BuildResult> {
+  const dir = options.outDir;
+  const { name, shardTokens } = config;
+  const val = options.val ?? null;
   const manifest = await openManifest(dir, config, options);
   if (manifest.complete) {
     return { manifest, aborted: false, tokens: 0, textBytes: 0, seconds: 0 };
