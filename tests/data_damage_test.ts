@@ -53,6 +53,14 @@ function zstdFrames(docs: string[], n: number): Uint8Array[] {
   );
 }
 
+/** Asserts that folders `a` and `b` hold the same shards, byte for byte. */
+async function sameShards(a: string, b: string): Promise<void> {
+  const got = await shardBytes(a);
+  const want = await shardBytes(b);
+  assert.deepEqual([...got.keys()], [...want.keys()]);
+  for (const [name, bytes] of want) assert.deepEqual(got.get(name), bytes, name);
+}
+
 /** A copy of `bytes` with `n` bytes from `at` flipped. */
 function damage(bytes: Uint8Array, at: number, n = 200): Uint8Array {
   const out = Uint8Array.from(bytes);
@@ -83,10 +91,7 @@ Deno.test("damage: a .jsonl.zst of several frames and skippable frames reads eve
     assert.equal(plain.code, 0, plain.error);
     const m = (await readManifest(`${dir}/zst`))!;
     assert.equal(m.totals.documents, DOCS.length);
-    const want = await shardBytes(`${dir}/plain`);
-    const got = await shardBytes(`${dir}/zst`);
-    assert.deepEqual([...got.keys()], [...want.keys()]);
-    for (const [name, bytes] of want) assert.deepEqual(got.get(name), bytes, name);
+    await sameShards(`${dir}/zst`, `${dir}/plain`);
   });
 });
 
@@ -184,10 +189,7 @@ Deno.test("damage: damaged gzip is named as such, not as missing text, and none 
     assert.equal(resumed.code, 0, resumed.error);
     const clean = await data([...args.slice(0, 2), "--out", `${dir}/clean`, ...args.slice(4)]);
     assert.equal(clean.code, 0, clean.error);
-    const want = await shardBytes(`${dir}/clean`);
-    const got = await shardBytes(`${dir}/o`);
-    assert.deepEqual([...got.keys()], [...want.keys()]);
-    for (const [name, bytes] of want) assert.deepEqual(got.get(name), bytes, name);
+    await sameShards(`${dir}/o`, `${dir}/clean`);
   });
 });
 

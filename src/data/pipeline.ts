@@ -20,7 +20,8 @@ import { lockDir } from "../dir_lock.ts";
 import type { HttpOptions } from "./_http.ts";
 import { CompressedDataError } from "./_decoder.ts";
 import { openSource } from "./_streams.ts";
-import type { BatchIssue, BatchRequest, BatchResult } from "./_tokenize_batch.ts";
+import { LineReport } from "./_line_report.ts";
+import type { BatchRequest, BatchResult } from "./_tokenize_batch.ts";
 import { TokenizerPool } from "./_worker_pool.ts";
 import { type LineTally, SplitWriter } from "./_writer.ts";
 import {
@@ -147,62 +148,13 @@ async function buildLocked(
   t0: number,
 ): Promise<BuildResult> {
   const dir = options.outDir;
-  const { name, shardTokens } = config;
   const val = options.val ?? null;
   const manifest = await openManifest(dir, config, options);
   if (manifest.complete) {
     return { manifest, aborted: false, tokens: 0, textBytes: 0, seconds: 0 };
   }
 
-  // ---- writers and where to restart
-  const last = (split: "train" | "val") => manifest.shards.filter((s) => s.split === split).at(-1);
-  const lastVal = last("val");
-  const lastTrain = last("train");
-  // Line problems so far; each shard records them as of its end, so resume restores them.
-  const tally: LineTally = { malformed: 0, invalidUtf8: 0 };
-  const sink = async (shard: ManifestShard) => {
-    manifest.shards.push(shard);
-    updateTotals(manifest);
-    await writeManifest(dir, manifest);
-    options.onShard?.(shard);
-  };
-  const valWriter = val === null ? undefined : new SplitWriter({
-    dir,
-    name,
-    split: "val",
-    shardTokens,
-    limit: "tokens" in val ? val.tokens : Infinity,
-    firstIndex: lastVal ? lastVal.index + 1 : 0,
-    resumeAt: lastVal?.end,
-    written: manifest.totals.valTokens,
-    sink,
-    tally: () => ({ ...tally }),
-  });
-  const trainStart = lastTrain?.end ??
-    (valWriter?.full && val !== null && "tokens" in val ? lastVal?.end : undefined);
-  const trainWriter = new SplitWriter({
-    dir,
-    name,
-    split: "train",
-    shardTokens,
-    limit: Infinity,
-    firstIndex: lastTrain ? lastTrain.index + 1 : 1,
-    resumeAt: trainStart,
-    written: manifest.totals.trainTokens,
-    sink,
-    tally: () => ({ ...tally }),
-  });
-  const zero: StreamPosition = { source: 0, unit: 0, offset: 0 };
-  const starts = [
-    valWriter && !valWriter.full ? lastVal?.end ?? zero : undefined,
-    trainStart ?? zero,
-  ]
-    .filter((p): p is StreamPosition => p !== undefined);
-  const restart = starts.reduce((a, b) => comparePositions(a, b) <= 0 ? a : b);
-  for (const s of manifest.shards.filter((s) => comparePositions(s.end, restart) <= 0)) {
-    tally.malformed = Math.max(tally.malformed, s.malformed);
-    tally.invalidUtf8 = Math.max(tally.invalidUtf8, s.invalidUtf8 ?? 0);
-  }
+  const { valWriter, trainWriter, restart, tally } = openWriters(options, config, manifest);
 
   const fraction = val !== null && "fraction" in val ? val.fraction : undefined;
   const valSeed = val !== null && "fraction" in val ? val.seed ?? 0 : 0;
@@ -240,59 +192,21 @@ async function buildLocked(
   };
   let inFlight: { promise: Promise<BatchResult>; s: number; unit: number; bytes: number }[] = [];
   let aborted = false;
-  // The source of the last line reported, which is the one to blame when reporting throws.
-  let lineSource = -1;
+  const lines = new LineReport(options.sources, tally, options);
 
-  const reportIssue = (src: Source, unit: number, issue: BatchIssue) => {
-    const where = `${src.location} line ${unit + issue.line + 1}`;
-    if (issue.kind === "field") {
-      throw new TypeError(
-        `No text in ${where}: ${issue.message}; set --text-field to the field holding the text`,
-      );
-    }
-    if (options.strict) {
-      throw new SyntaxError(
-        `Malformed JSON in ${where}: ${issue.message}; fix the line or drop --strict to skip it`,
-      );
-    }
-    tally.malformed++;
-    options.onWarning?.(`Skipped malformed JSON in ${where}: ${issue.message}`);
-  };
-  // Invalid UTF-8 in the source being consumed, reported once it is done.
-  const utf8 = { source: -1, count: 0, line: 0 };
-  const reportUtf8 = () => {
-    if (utf8.count === 0) return;
-    const src = options.sources[utf8.source];
-    const first = src.format === "jsonl" ? ` (the first on line ${utf8.line})` : "";
-    options.onWarning?.(
-      `Replaced ${utf8.count} invalid UTF-8 sequence${utf8.count === 1 ? "" : "s"} in ` +
-        `${src.location} with U+FFFD${first}: check the file's encoding (iconv -f latin1 ` +
-        `-t utf-8 converts a Latin-1 file)`,
-    );
-    utf8.count = 0;
-  };
   const consume = async (job: (typeof inFlight)[number]) => {
     const result = await job.promise;
     const src = options.sources[job.s];
-    if (job.s !== utf8.source) {
-      reportUtf8();
-      utf8.source = job.s;
-    }
+    lines.enter(job.s);
     // Issues are handled in line order between the units' tokens, so the counts a shard
     // records cover exactly the lines before its end position.
     let next = 0;
     let nextReplaced = 0;
     let at = 0;
     for (let k = 0; k < result.counts.length; k++) {
-      while (next < result.issues.length && result.issues[next].line === k) {
-        lineSource = job.s;
-        reportIssue(src, job.unit, result.issues[next++]);
-      }
+      while (result.issues[next]?.line === k) lines.issue(job.unit, result.issues[next++]);
       while (result.replaced[nextReplaced]?.line === k) {
-        const n = result.replaced[nextReplaced++].count;
-        if (utf8.count === 0) utf8.line = job.unit + k + 1;
-        utf8.count += n;
-        tally.invalidUtf8 += n;
+        lines.replaced(job.unit + k, result.replaced[nextReplaced++].count);
       }
       const n = result.counts[k];
       await route(src, job.s, job.unit + k, result.tokens.subarray(at, at + n));
@@ -326,7 +240,7 @@ async function buildLocked(
       await consume(job);
     }
     inFlight = [];
-    reportUtf8();
+    lines.done();
     if (!aborted) {
       const end = { source: options.sources.length, unit: 0, offset: 0 };
       await valWriter?.finish(end);
@@ -362,7 +276,7 @@ async function buildLocked(
       let failure = e;
       // A bad line in a compressed file is often the first sign of damage that the decoder
       // finds only further on (gzip checks its CRC at the end of a member): look there first.
-      if (!(e instanceof ReadFailure) && src.compression !== "none" && lineSource === s) {
+      if (!(e instanceof ReadFailure) && src.compression !== "none" && lines.issueSource === s) {
         const damage = await damageAhead(reader);
         if (damage) failure = new ReadFailure(damage);
       }
@@ -477,6 +391,65 @@ class ReadFailure extends Error {
     super(error instanceof Error ? error.message : String(error));
     this.error = error;
   }
+}
+
+/**
+ * The split writers of a build, continuing after the shards `manifest` lists, the position
+ * to restart reading from, and the line-problem counts as of there.
+ */
+function openWriters(options: BuildOptions, config: ManifestConfig, manifest: Manifest) {
+  const dir = options.outDir;
+  const { name, shardTokens } = config;
+  const val = options.val ?? null;
+  const last = (split: "train" | "val") => manifest.shards.filter((s) => s.split === split).at(-1);
+  const lastVal = last("val");
+  const lastTrain = last("train");
+  // Line problems so far; each shard records them as of its end, so resume restores them.
+  const tally: LineTally = { malformed: 0, invalidUtf8: 0 };
+  const sink = async (shard: ManifestShard) => {
+    manifest.shards.push(shard);
+    updateTotals(manifest);
+    await writeManifest(dir, manifest);
+    options.onShard?.(shard);
+  };
+  const valWriter = val === null ? undefined : new SplitWriter({
+    dir,
+    name,
+    split: "val",
+    shardTokens,
+    limit: "tokens" in val ? val.tokens : Infinity,
+    firstIndex: lastVal ? lastVal.index + 1 : 0,
+    resumeAt: lastVal?.end,
+    written: manifest.totals.valTokens,
+    sink,
+    tally: () => ({ ...tally }),
+  });
+  const trainStart = lastTrain?.end ??
+    (valWriter?.full && val !== null && "tokens" in val ? lastVal?.end : undefined);
+  const trainWriter = new SplitWriter({
+    dir,
+    name,
+    split: "train",
+    shardTokens,
+    limit: Infinity,
+    firstIndex: lastTrain ? lastTrain.index + 1 : 1,
+    resumeAt: trainStart,
+    written: manifest.totals.trainTokens,
+    sink,
+    tally: () => ({ ...tally }),
+  });
+  const zero: StreamPosition = { source: 0, unit: 0, offset: 0 };
+  const starts = [
+    valWriter && !valWriter.full ? lastVal?.end ?? zero : undefined,
+    trainStart ?? zero,
+  ]
+    .filter((p): p is StreamPosition => p !== undefined);
+  const restart = starts.reduce((a, b) => comparePositions(a, b) <= 0 ? a : b);
+  for (const s of manifest.shards.filter((s) => comparePositions(s.end, restart) <= 0)) {
+    tally.malformed = Math.max(tally.malformed, s.malformed);
+    tally.invalidUtf8 = Math.max(tally.invalidUtf8, s.invalidUtf8 ?? 0);
+  }
+  return { valWriter, trainWriter, restart, tally };
 }
 
 /** Reads a compressed source to its end to see whether its decoder finds damage there. */
