@@ -59,7 +59,12 @@ Run
 
 Environment: HF_TOKEN is sent as a bearer token to huggingface.co (and only there).
 Ctrl-C stops cleanly: finished shards and manifest.json stay consistent, the partial shard
-is discarded, and --resume continues from there.`;
+is discarded, and --resume continues from there. The output folder is locked (.lock, with
+the pid) while a run writes it; a second run into it is refused.
+A .gz file may hold several members and a .zst file several frames. A damaged or cut file
+stops the run with its compressed byte offset; a damaged one's tokens leave the shards, so
+--resume after a fresh download gives what a clean run gives. Invalid UTF-8 is replaced by
+U+FFFD and counted per file.`;
 
 /** Parses 100M, 2.5k, 1e8 or 100_000_000 into a non-negative integer. */
 export function parseCount(text: string, flag: string): number {
@@ -150,7 +155,10 @@ export async function main(args: string[]): Promise<number> {
     split: values["slimpajama-split"],
     base: values["slimpajama-base"],
   };
-  let sources: Source[] = await resolveSources(specs, { slimpajama });
+  let sources: Source[] = await resolveSources(specs, {
+    slimpajama,
+    onWarning: (m) => console.error(`warning: ${m}`),
+  });
   const subset = values.subset === undefined ? null : {
     fraction: parseFraction(values.subset, "--subset"),
     from: parseFraction(values["subset-from"], "--subset-from", true),

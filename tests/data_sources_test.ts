@@ -12,6 +12,7 @@ import {
 } from "../src/data/sources.ts";
 import { ProgressBar } from "../src/data/_progress.ts";
 import { HELP, main, parseCount } from "../tasks/data.ts";
+import { runData } from "./fixtures/data/_fixtures.ts";
 
 Deno.test("sources: slimpajama expands to the hub's chunk URLs, offline", () => {
   const all = slimpajamaSources();
@@ -155,6 +156,37 @@ Deno.test("cli: counts, help, unknown flags and a dry run of a subset", async ()
   const urls = lines.slice(1);
   assert.ok(urls.length > 30 && urls.length < 70, `${urls.length}`);
   assert.ok(urls.every((u) => u.startsWith("https://huggingface.co/") && u.endsWith(".jsonl.zst")));
+});
+
+Deno.test("cli: a folder's files of other types are named in a warning, or an error if all are", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/docs/sub`, { recursive: true });
+    const names = ["a.jsonl", "README.md", "notes.md", "x.md", "LICENSE", "sub/b.parquet"];
+    for (const f of names) await Deno.writeTextFile(`${dir}/docs/${f}`, "");
+    const r = await runData([`${dir}/docs`, "--dry-run"]);
+    assert.equal(r.error, undefined);
+    assert.deepEqual(r.err, [
+      `warning: Skipped 5 files of other types under ${dir}/docs: 3 .md (README.md, notes.md, ` +
+      "...), 1 with no extension (LICENSE), 1 .parquet (sub/b.parquet); only .txt, .txt.gz, " +
+      ".txt.zst, .jsonl, .jsonl.gz, .jsonl.zst, .json.gz, .json.zst files are read",
+    ]);
+    assert.deepEqual(r.out.slice(1), [`${dir}/docs/a.jsonl`]);
+
+    await Deno.remove(`${dir}/docs/a.jsonl`);
+    const none = await runData([`${dir}/docs`, "--out", `${dir}/out`]);
+    assert.equal(
+      none.error,
+      `No files to read under ${dir}/docs: it holds only 5 files of other types: 3 .md ` +
+        "(README.md, notes.md, ...), 1 with no extension (LICENSE), 1 .parquet (sub/b.parquet); " +
+        "give a folder of .txt, .txt.gz, .txt.zst, .jsonl, .jsonl.gz, .jsonl.zst, .json.gz, " +
+        ".json.zst files",
+    );
+    // Nothing was written.
+    assert.equal(await Deno.stat(`${dir}/out`).then(() => true, () => false), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("cli: the progress line shows bytes, documents, tokens, MB/s and ETA", () => {

@@ -32,6 +32,8 @@ export interface BatchResult {
   counts: Uint32Array;
   documents: number;
   issues: BatchIssue[];
+  /** Invalid UTF-8 sequences decoded as U+FFFD, by line (0 for a text chunk); sparse. */
+  replaced: { line: number; count: number }[];
 }
 
 // Keep U+FEFF: a chunk cut from the middle of a file must not lose one. A byte order mark
@@ -42,6 +44,7 @@ const BOM = 0xfeff;
 /** Tokenizes one batch; the units' tokens are concatenated in order. */
 export function tokenizeBatch(req: BatchRequest): BatchResult {
   let text = decoder.decode(req.bytes);
+  const replaced = replacements(req.bytes, text, req.kind === "jsonl");
   const out = new TokenBuffer(Math.max(1024, text.length >> 2));
   if (req.kind === "text") {
     if (req.docStart && text.charCodeAt(0) === BOM) text = text.slice(1);
@@ -52,6 +55,7 @@ export function tokenizeBatch(req: BatchRequest): BatchResult {
       counts: Uint32Array.of(out.length),
       documents: req.docStart ? 1 : 0,
       issues: [],
+      replaced,
     };
   }
   const lines = text.split("\n");
@@ -84,5 +88,43 @@ export function tokenizeBatch(req: BatchRequest): BatchResult {
     counts[i] = out.length - before;
     documents++;
   }
-  return { tokens: out.toArray(), counts, documents, issues };
+  return { tokens: out.toArray(), counts, documents, issues, replaced };
+}
+
+/**
+ * Counts the invalid UTF-8 sequences that decoding `bytes` to `text` replaced: the U+FFFD
+ * characters of `text` less the ones `bytes` held already (EF BF BD), by line when `lines`
+ * (newline bytes are never part of a replaced sequence, so lines of both correspond).
+ */
+function replacements(
+  bytes: Uint8Array,
+  text: string,
+  lines: boolean,
+): { line: number; count: number }[] {
+  if (text.indexOf("\ufffd") < 0) return [];
+  const out: { line: number; count: number }[] = [];
+  let line = 0;
+  let at = 0;
+  let byteAt = 0;
+  while (at <= text.length) {
+    const nl = lines ? text.indexOf("\n", at) : -1;
+    const end = nl < 0 ? text.length : nl;
+    const byteNl = lines ? bytes.indexOf(0x0a, byteAt) : -1;
+    const byteEnd = byteNl < 0 ? bytes.length : byteNl;
+    let count = 0;
+    for (let i = text.indexOf("\ufffd", at); i >= 0 && i < end; i = text.indexOf("\ufffd", i + 1)) {
+      count++;
+    }
+    if (count > 0) {
+      for (let i = byteAt; i + 2 < byteEnd; i++) {
+        if (bytes[i] === 0xef && bytes[i + 1] === 0xbf && bytes[i + 2] === 0xbd) count--;
+      }
+      if (count > 0) out.push({ line, count });
+    }
+    if (nl < 0) break;
+    at = end + 1;
+    byteAt = byteEnd + 1;
+    line++;
+  }
+  return out;
 }

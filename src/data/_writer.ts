@@ -9,6 +9,14 @@ import { comparePositions, type ManifestShard, type StreamPosition } from "./man
 import { shardFileName, writeShard } from "./shard.ts";
 import { EOT } from "./tokenizer.ts";
 
+/** Counts of line problems so far, which each shard records as of its end. */
+export interface LineTally {
+  /** Malformed JSON lines skipped. */
+  malformed: number;
+  /** Invalid UTF-8 sequences replaced by U+FFFD. */
+  invalidUtf8: number;
+}
+
 /** Called after each shard is on disk under its final name. */
 export type ShardSink = (shard: ManifestShard) => Promise<void>;
 
@@ -27,7 +35,7 @@ export class SplitWriter {
   #fill = 0;
   #resumeAt: StreamPosition | undefined;
   #sink: ShardSink;
-  #malformed: () => number;
+  #tally: () => LineTally;
 
   constructor(options: {
     dir: string;
@@ -39,7 +47,7 @@ export class SplitWriter {
     resumeAt?: StreamPosition;
     written?: number;
     sink: ShardSink;
-    malformed: () => number;
+    tally: () => LineTally;
   }) {
     this.split = options.split;
     this.limit = options.limit;
@@ -50,7 +58,7 @@ export class SplitWriter {
     this.#resumeAt = options.resumeAt;
     this.written = options.written ?? 0;
     this.#sink = options.sink;
-    this.#malformed = options.malformed;
+    this.#tally = options.tally;
   }
 
   /** Tokens taken so far, counting the shard still in memory. */
@@ -119,7 +127,7 @@ export class SplitWriter {
       documents,
       sha256,
       end,
-      malformed: this.#malformed(),
+      ...this.#tally(),
     };
     this.written += this.#fill;
     this.#fill = 0;

@@ -29,6 +29,8 @@ export interface ManifestShard {
   end: StreamPosition;
   /** Malformed lines skipped before `end`. */
   malformed: number;
+  /** Invalid UTF-8 sequences replaced by U+FFFD before `end` (absent in older manifests). */
+  invalidUtf8?: number;
 }
 
 /** The settings that must match for `--resume` to continue a folder. */
@@ -49,7 +51,14 @@ export interface Manifest {
   eot: number;
   config: ManifestConfig;
   shards: ManifestShard[];
-  totals: { trainTokens: number; valTokens: number; documents: number; malformed: number };
+  totals: {
+    trainTokens: number;
+    valTokens: number;
+    documents: number;
+    malformed: number;
+    /** Invalid UTF-8 sequences replaced by U+FFFD (absent in older manifests). */
+    invalidUtf8?: number;
+  };
   /** True once every source was read to the end. */
   complete: boolean;
 }
@@ -109,6 +118,28 @@ export function updateTotals(m: Manifest): void {
   m.totals.valTokens = valTokens;
   m.totals.documents = documents;
   m.totals.malformed = m.shards.reduce((a, s) => Math.max(a, s.malformed), 0);
+  m.totals.invalidUtf8 = m.shards.reduce((a, s) => Math.max(a, s.invalidUtf8 ?? 0), 0);
+}
+
+/**
+ * Removes from `manifest` (and then from disk) every shard holding tokens of source `source`
+ * or later, so that a damaged source leaves nothing behind and `--resume` starts at it.
+ * The manifest is rewritten first: a crash in between leaves unlisted files, which
+ * `--resume` deletes. Returns the number of shards removed.
+ */
+export async function dropShardsFrom(
+  dir: string,
+  manifest: Manifest,
+  source: number,
+): Promise<number> {
+  const from: StreamPosition = { source, unit: 0, offset: 0 };
+  const gone = manifest.shards.filter((s) => comparePositions(s.end, from) > 0);
+  if (gone.length === 0) return 0;
+  manifest.shards = manifest.shards.filter((s) => comparePositions(s.end, from) <= 0);
+  updateTotals(manifest);
+  await writeManifest(dir, manifest);
+  for (const s of gone) await Deno.remove(`${dir}/${s.file}`).catch(() => {});
+  return gone.length;
 }
 
 /**
@@ -159,7 +190,7 @@ export async function openManifest(
     eot: EOT,
     config,
     shards: [],
-    totals: { trainTokens: 0, valTokens: 0, documents: 0, malformed: 0 },
+    totals: { trainTokens: 0, valTokens: 0, documents: 0, malformed: 0, invalidUtf8: 0 },
     complete: false,
   };
   await writeManifest(dir, manifest);

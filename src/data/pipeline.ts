@@ -16,13 +16,17 @@ import {
   findSafeCut,
   utf8Boundary,
 } from "./_byte_queue.ts";
+import { lockDir } from "../dir_lock.ts";
 import type { HttpOptions } from "./_http.ts";
+import { CompressedDataError } from "./_decoder.ts";
 import { openSource } from "./_streams.ts";
-import type { BatchIssue, BatchRequest, BatchResult } from "./_tokenize_batch.ts";
+import { LineReport } from "./_line_report.ts";
+import type { BatchRequest, BatchResult } from "./_tokenize_batch.ts";
 import { TokenizerPool } from "./_worker_pool.ts";
-import { SplitWriter } from "./_writer.ts";
+import { type LineTally, SplitWriter } from "./_writer.ts";
 import {
   comparePositions,
+  dropShardsFrom,
   type Manifest,
   type ManifestConfig,
   type ManifestShard,
@@ -123,58 +127,34 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
       : { fraction: val.fraction, seed: val.seed ?? 0 },
     textField: options.textField ?? "text",
   };
-  await Deno.mkdir(dir, { recursive: true });
+  // One build at a time: another one into the folder would delete or replace shards under
+  // this one. Taken before the manifest is opened, so a refused run changes nothing.
+  const lock = await lockDir(dir, {
+    what: "output folder",
+    instead: "write the shards into another --out",
+  });
+  if (lock.notice) options.onWarning?.(lock.notice);
+  try {
+    return await buildLocked(options, config, t0);
+  } finally {
+    await lock.release();
+  }
+}
+
+// buildShards, under the output folder's lock.
+async function buildLocked(
+  options: BuildOptions,
+  config: ManifestConfig,
+  t0: number,
+): Promise<BuildResult> {
+  const dir = options.outDir;
+  const val = options.val ?? null;
   const manifest = await openManifest(dir, config, options);
   if (manifest.complete) {
     return { manifest, aborted: false, tokens: 0, textBytes: 0, seconds: 0 };
   }
 
-  // ---- writers and where to restart
-  const last = (split: "train" | "val") => manifest.shards.filter((s) => s.split === split).at(-1);
-  const lastVal = last("val");
-  const lastTrain = last("train");
-  let malformed = 0;
-  const sink = async (shard: ManifestShard) => {
-    manifest.shards.push(shard);
-    updateTotals(manifest);
-    await writeManifest(dir, manifest);
-    options.onShard?.(shard);
-  };
-  const valWriter = val === null ? undefined : new SplitWriter({
-    dir,
-    name,
-    split: "val",
-    shardTokens,
-    limit: "tokens" in val ? val.tokens : Infinity,
-    firstIndex: lastVal ? lastVal.index + 1 : 0,
-    resumeAt: lastVal?.end,
-    written: manifest.totals.valTokens,
-    sink,
-    malformed: () => malformed,
-  });
-  const trainStart = lastTrain?.end ??
-    (valWriter?.full && val !== null && "tokens" in val ? lastVal?.end : undefined);
-  const trainWriter = new SplitWriter({
-    dir,
-    name,
-    split: "train",
-    shardTokens,
-    limit: Infinity,
-    firstIndex: lastTrain ? lastTrain.index + 1 : 1,
-    resumeAt: trainStart,
-    written: manifest.totals.trainTokens,
-    sink,
-    malformed: () => malformed,
-  });
-  const zero: StreamPosition = { source: 0, unit: 0, offset: 0 };
-  const starts = [
-    valWriter && !valWriter.full ? lastVal?.end ?? zero : undefined,
-    trainStart ?? zero,
-  ]
-    .filter((p): p is StreamPosition => p !== undefined);
-  const restart = starts.reduce((a, b) => comparePositions(a, b) <= 0 ? a : b);
-  malformed = manifest.shards.filter((s) => comparePositions(s.end, restart) <= 0)
-    .reduce((m, s) => Math.max(m, s.malformed), 0);
+  const { valWriter, trainWriter, restart, tally } = openWriters(options, config, manifest);
 
   const fraction = val !== null && "fraction" in val ? val.fraction : undefined;
   const valSeed = val !== null && "fraction" in val ? val.seed ?? 0 : 0;
@@ -206,38 +186,27 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     textBytes: 0,
     documents: 0,
     tokens: 0,
-    malformed,
+    malformed: tally.malformed,
     source: restart.source,
     sources: options.sources.length,
   };
   let inFlight: { promise: Promise<BatchResult>; s: number; unit: number; bytes: number }[] = [];
   let aborted = false;
+  const lines = new LineReport(options.sources, tally, options);
 
-  const reportIssue = (src: Source, unit: number, issue: BatchIssue) => {
-    const where = `${src.location} line ${unit + issue.line + 1}`;
-    if (issue.kind === "field") {
-      throw new TypeError(
-        `No text in ${where}: ${issue.message}; set --text-field to the field holding the text`,
-      );
-    }
-    if (options.strict) {
-      throw new SyntaxError(
-        `Malformed JSON in ${where}: ${issue.message}; fix the line or drop --strict to skip it`,
-      );
-    }
-    malformed++;
-    options.onWarning?.(`Skipped malformed JSON in ${where}: ${issue.message}`);
-  };
   const consume = async (job: (typeof inFlight)[number]) => {
     const result = await job.promise;
     const src = options.sources[job.s];
-    // Issues are handled in line order between the units' tokens, so the malformed count a
-    // shard records covers exactly the lines before its end position.
+    lines.enter(job.s);
+    // Issues are handled in line order between the units' tokens, so the counts a shard
+    // records cover exactly the lines before its end position.
     let next = 0;
+    let nextReplaced = 0;
     let at = 0;
     for (let k = 0; k < result.counts.length; k++) {
-      while (next < result.issues.length && result.issues[next].line === k) {
-        reportIssue(src, job.unit, result.issues[next++]);
+      while (result.issues[next]?.line === k) lines.issue(job.unit, result.issues[next++]);
+      while (result.replaced[nextReplaced]?.line === k) {
+        lines.replaced(job.unit + k, result.replaced[nextReplaced++].count);
       }
       const n = result.counts[k];
       await route(src, job.s, job.unit + k, result.tokens.subarray(at, at + n));
@@ -246,7 +215,7 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     progress.textBytes += job.bytes;
     progress.documents += result.documents;
     progress.tokens += result.tokens.length;
-    progress.malformed = malformed;
+    progress.malformed = tally.malformed;
     options.onProgress?.(progress);
   };
   const submit = async (s: number, unit: number, req: BatchRequest) => {
@@ -271,13 +240,15 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
       await consume(job);
     }
     inFlight = [];
+    lines.done();
     if (!aborted) {
       const end = { source: options.sources.length, unit: 0, offset: 0 };
       await valWriter?.finish(end);
       await trainWriter.finish(end);
       manifest.complete = true;
       updateTotals(manifest);
-      manifest.totals.malformed = malformed;
+      manifest.totals.malformed = tally.malformed;
+      manifest.totals.invalidUtf8 = tally.invalidUtf8;
       await writeManifest(dir, manifest);
     }
   } finally {
@@ -298,31 +269,61 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
       http: { ...options.http, signal: options.http?.signal ?? options.signal },
       onRawBytes: (n) => progress.rawBytes += n,
     });
+    const reader = stream.getReader();
+    try {
+      return await batchSource(reader, s, skipUnits, src.format === "txt");
+    } catch (e) {
+      let failure = e;
+      // A bad line in a compressed file is often the first sign of damage that the decoder
+      // finds only further on (gzip checks its CRC at the end of a member): look there first.
+      if (!(e instanceof ReadFailure) && src.compression !== "none" && lines.issueSource === s) {
+        const damage = await damageAhead(reader);
+        if (damage) failure = new ReadFailure(damage);
+      }
+      if (!(failure instanceof ReadFailure)) throw failure;
+      if (options.signal?.aborted) return true;
+      throw await readFailure(src, s, failure.error);
+    } finally {
+      await reader.cancel().catch(() => {});
+    }
+  }
+
+  // Finishes what can be kept after a read failure and returns the error to throw.
+  async function readFailure(src: Source, s: number, e: unknown): Promise<Error> {
+    let removed = 0;
+    if (e instanceof CompressedDataError && !e.truncated) {
+      // Nothing from a damaged file is kept: the bytes decoded before the damage was found
+      // may be wrong too.
+      const jobs = inFlight.splice(0);
+      for (const job of jobs) job.promise.catch(() => {});
+      for (const job of jobs) if (job.s < s) await consume(job);
+      removed = await dropShardsFrom(dir, manifest, s);
+    } else {
+      // Finish the batches read before the failure so their full shards reach the disk
+      // and a later --resume starts as late as possible.
+      for (const job of inFlight.splice(0)) await consume(job);
+    }
+    return new Error(readFailureMessage(src, e, removed), { cause: e });
+  }
+
+  // Cuts the stream of one source into batches and submits them; true when aborted.
+  async function batchSource(
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+    s: number,
+    skipUnits: number,
+    text: boolean,
+  ): Promise<boolean> {
     const queue = new ByteQueue();
     let unit = 0;
-    const text = src.format === "txt";
-    const reader = stream.getReader();
     while (true) {
       let next: ReadableStreamReadResult<Uint8Array>;
       try {
         next = await reader.read();
       } catch (e) {
-        if (options.signal?.aborted) return true;
-        // Finish the batches read before the failure so their full shards reach the disk
-        // and a later --resume starts as late as possible.
-        for (const job of inFlight.splice(0)) await consume(job);
-        const hint = src.compression === "none"
-          ? "check the source and run again with --resume"
-          : "the file is truncated or corrupt: download it again, then run with --resume";
-        throw new Error(`Cannot read ${src.location}: ${(e as Error).message}; ${hint}`, {
-          cause: e,
-        });
+        throw new ReadFailure(e);
       }
       if (next.done) break;
-      if (options.signal?.aborted) {
-        await reader.cancel().catch(() => {});
-        return true;
-      }
+      if (options.signal?.aborted) return true;
       queue.push(next.value);
       while (queue.length >= batchBytes) {
         const bytes = queue.view();
@@ -381,4 +382,105 @@ export async function buildShards(options: BuildOptions): Promise<BuildResult> {
     await submit(s, first, { kind: "jsonl", bytes: queue.take(cut), docStart: false, field });
     return unit + lines;
   }
+}
+
+/** A failure to read a source's bytes, as opposed to one found in them after reading. */
+class ReadFailure extends Error {
+  readonly error: unknown;
+  constructor(error: unknown) {
+    super(error instanceof Error ? error.message : String(error));
+    this.error = error;
+  }
+}
+
+/**
+ * The split writers of a build, continuing after the shards `manifest` lists, the position
+ * to restart reading from, and the line-problem counts as of there.
+ */
+function openWriters(options: BuildOptions, config: ManifestConfig, manifest: Manifest) {
+  const dir = options.outDir;
+  const { name, shardTokens } = config;
+  const val = options.val ?? null;
+  const last = (split: "train" | "val") => manifest.shards.filter((s) => s.split === split).at(-1);
+  const lastVal = last("val");
+  const lastTrain = last("train");
+  // Line problems so far; each shard records them as of its end, so resume restores them.
+  const tally: LineTally = { malformed: 0, invalidUtf8: 0 };
+  const sink = async (shard: ManifestShard) => {
+    manifest.shards.push(shard);
+    updateTotals(manifest);
+    await writeManifest(dir, manifest);
+    options.onShard?.(shard);
+  };
+  const valWriter = val === null ? undefined : new SplitWriter({
+    dir,
+    name,
+    split: "val",
+    shardTokens,
+    limit: "tokens" in val ? val.tokens : Infinity,
+    firstIndex: lastVal ? lastVal.index + 1 : 0,
+    resumeAt: lastVal?.end,
+    written: manifest.totals.valTokens,
+    sink,
+    tally: () => ({ ...tally }),
+  });
+  const trainStart = lastTrain?.end ??
+    (valWriter?.full && val !== null && "tokens" in val ? lastVal?.end : undefined);
+  const trainWriter = new SplitWriter({
+    dir,
+    name,
+    split: "train",
+    shardTokens,
+    limit: Infinity,
+    firstIndex: lastTrain ? lastTrain.index + 1 : 1,
+    resumeAt: trainStart,
+    written: manifest.totals.trainTokens,
+    sink,
+    tally: () => ({ ...tally }),
+  });
+  const zero: StreamPosition = { source: 0, unit: 0, offset: 0 };
+  const starts = [
+    valWriter && !valWriter.full ? lastVal?.end ?? zero : undefined,
+    trainStart ?? zero,
+  ]
+    .filter((p): p is StreamPosition => p !== undefined);
+  const restart = starts.reduce((a, b) => comparePositions(a, b) <= 0 ? a : b);
+  for (const s of manifest.shards.filter((s) => comparePositions(s.end, restart) <= 0)) {
+    tally.malformed = Math.max(tally.malformed, s.malformed);
+    tally.invalidUtf8 = Math.max(tally.invalidUtf8, s.invalidUtf8 ?? 0);
+  }
+  return { valWriter, trainWriter, restart, tally };
+}
+
+/** Reads a compressed source to its end to see whether its decoder finds damage there. */
+async function damageAhead(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): Promise<CompressedDataError | undefined> {
+  try {
+    while (!(await reader.read()).done) {
+      // Only the decoder's checks matter here.
+    }
+  } catch (e) {
+    if (e instanceof CompressedDataError) return e;
+  }
+  return undefined;
+}
+
+/** The message for a source that could not be read, with what to do about it. */
+function readFailureMessage(src: Source, e: unknown, removed: number): string {
+  const reason = e instanceof Error ? e.message : String(e);
+  const fetch = /^https?:\/\//i.test(src.location)
+    ? "run again with --resume to download it afresh"
+    : "download it again, then run with --resume";
+  let hint = `check the source and run again with --resume`;
+  if (e instanceof CompressedDataError && e.truncated) hint = fetch;
+  else if (e instanceof CompressedDataError) {
+    const kept = removed === 0
+      ? "no shard holds its tokens"
+      : removed === 1
+      ? "the shard holding its tokens was removed"
+      : `the ${removed} shards holding its tokens were removed`;
+    hint = `${kept}: ${fetch}`;
+  }
+  return `Cannot read ${src.location}: ${reason}; ${hint}`;
 }

@@ -135,26 +135,34 @@ export function selectSubset(sources: Source[], options: SubsetOptions): Source[
   });
 }
 
+/** The file types read, by name ending: the one table behind classify and the messages. */
+const KINDS: { ext: string; kind: Pick<Source, "format" | "compression"> }[] = [
+  { ext: ".txt", kind: { format: "txt", compression: "none" } },
+  { ext: ".txt.gz", kind: { format: "txt", compression: "gzip" } },
+  { ext: ".txt.zst", kind: { format: "txt", compression: "zstd" } },
+  { ext: ".jsonl", kind: { format: "jsonl", compression: "none" } },
+  { ext: ".jsonl.gz", kind: { format: "jsonl", compression: "gzip" } },
+  { ext: ".jsonl.zst", kind: { format: "jsonl", compression: "zstd" } },
+  { ext: ".json.gz", kind: { format: "jsonl", compression: "gzip" } },
+  { ext: ".json.zst", kind: { format: "jsonl", compression: "zstd" } },
+];
+
+/** The name endings that {@linkcode classify} understands, for messages. */
+export const SOURCE_EXTENSIONS: readonly string[] = KINDS.map((k) => k.ext);
+
 /** Classifies a file name by extension, or returns undefined for unsupported files. */
 export function classify(name: string): Pick<Source, "format" | "compression"> | undefined {
   const lower = name.toLowerCase().replace(/[?#].*$/, "");
-  if (lower.endsWith(".jsonl.zst") || lower.endsWith(".json.zst")) {
-    return { format: "jsonl", compression: "zstd" };
-  }
-  if (lower.endsWith(".jsonl.gz") || lower.endsWith(".json.gz")) {
-    return { format: "jsonl", compression: "gzip" };
-  }
-  if (lower.endsWith(".jsonl")) return { format: "jsonl", compression: "none" };
-  if (lower.endsWith(".txt")) return { format: "txt", compression: "none" };
-  if (lower.endsWith(".txt.gz")) return { format: "txt", compression: "gzip" };
-  if (lower.endsWith(".txt.zst")) return { format: "txt", compression: "zstd" };
-  return undefined;
+  const hit = KINDS.find((k) => lower.endsWith(k.ext));
+  return hit ? { ...hit.kind } : undefined;
 }
 
 /** Options for {@linkcode resolveSources}. */
 export interface ResolveOptions {
   /** Expansion settings for the `slimpajama` shorthand. */
   slimpajama?: SlimPajamaOptions;
+  /** Told which files of a folder were skipped as being of no type that is read. */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -188,11 +196,25 @@ export async function resolveSources(
     } else {
       const info = await statOrThrow(spec);
       if (info.isDirectory) {
-        const files = (await walk(spec)).filter((f) => classify(f) !== undefined).sort();
+        const all = (await walk(spec)).sort();
+        const files = all.filter((f) => classify(f) !== undefined);
+        const skipped = all.filter((f) => classify(f) === undefined);
         if (files.length === 0) {
+          const found = skipped.length === 0
+            ? "it holds no files"
+            : `it holds only ${plural(skipped.length, "file")} of other types: ` +
+              describeFiles(skipped, spec);
           throw new Error(
-            `No .txt, .jsonl, .jsonl.gz or .jsonl.zst files under ${spec}: ` +
-              `point --input at a folder that holds some`,
+            `No files to read under ${spec}: ${found}; give a folder of ` +
+              `${SOURCE_EXTENSIONS.join(", ")} files`,
+          );
+        }
+        if (skipped.length > 0) {
+          options.onWarning?.(
+            `Skipped ${plural(skipped.length, "file")} of other types under ${spec}: ` +
+              `${describeFiles(skipped, spec)}; only ${
+                SOURCE_EXTENSIONS.join(", ")
+              } files are read`,
           );
         }
         for (const f of files) out.push(await localSource(f));
@@ -205,9 +227,31 @@ export async function resolveSources(
 }
 
 function unsupported(spec: string): Error {
-  return new TypeError(
-    `Unsupported source ${spec}: use .txt, .jsonl, .jsonl.gz or .jsonl.zst files`,
-  );
+  return new TypeError(`Unsupported source ${spec}: use ${SOURCE_EXTENSIONS.join(", ")} files`);
+}
+
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+
+/**
+ * Counts files by extension, most common first, with the first names of each (relative to
+ * `root`): "2 .md (README.md, notes.md), 1 with no extension (LICENSE)".
+ */
+function describeFiles(paths: string[], root: string): string {
+  const prefix = root.replace(/\/+$/, "") + "/";
+  const groups = new Map<string, string[]>();
+  for (const p of paths) {
+    const name = p.startsWith(prefix) ? p.slice(prefix.length) : p;
+    const base = name.slice(name.lastIndexOf("/") + 1);
+    const ext = /.(\.[^.]+)$/.exec(base)?.[1].toLowerCase() ?? "";
+    groups.set(ext, [...groups.get(ext) ?? [], name]);
+  }
+  const sorted = [...groups].sort((a, b) => b[1].length - a[1].length);
+  const parts = sorted.slice(0, 4).map(([ext, names]) => {
+    const shown = names.slice(0, 2).join(", ") + (names.length > 2 ? ", ..." : "");
+    return `${names.length} ${ext || "with no extension"} (${shown})`;
+  });
+  if (sorted.length > 4) parts.push(`${plural(sorted.length - 4, "more type")}`);
+  return parts.join(", ");
 }
 
 async function statOrThrow(path: string): Promise<Deno.FileInfo> {

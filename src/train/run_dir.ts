@@ -1,93 +1,18 @@
 /**
- * A run directory belongs to one training process at a time: `lockRunDir`
- * creates `<out>/.lock` (pid, host, start time) atomically, takes over a lock
- * whose process is gone (with a message), and refuses one that is alive.
+ * A run directory belongs to one training process at a time: `lockRunDir` takes its
+ * `.lock` (see src/dir_lock.ts, shared with `deno task data`); `setAside` keeps condemned
+ * checkpoints out of `--resume latest`.
  *
  * @module
  */
+import { type DirLock, lockDir } from "../dir_lock.ts";
 import { stepDirName } from "../io/checkpoint.ts";
 
-/** The lock file's name inside a run directory. */
-export const LOCK_FILE = ".lock";
+export { type DirLock as RunLock, LOCK_FILE } from "../dir_lock.ts";
 
-interface LockInfo {
-  pid: number;
-  host: string;
-  time: string;
-}
-
-/** A held lock; `release` removes the file if it is still ours. */
-export interface RunLock {
-  path: string;
-  /** Set when a stale lock was taken over: a line for the user. */
-  notice?: string;
-  release(): Promise<void>;
-}
-
-function alive(pid: number): boolean | undefined {
-  if (Deno.build.os !== "linux") return undefined; // cannot tell: treat as alive
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Takes `<dir>/.lock` for this process (creating `dir`), or throws naming the holder. */
-export async function lockRunDir(dir: string): Promise<RunLock> {
-  await Deno.mkdir(dir, { recursive: true });
-  const path = `${dir}/${LOCK_FILE}`;
-  const mine: LockInfo = { pid: Deno.pid, host: Deno.hostname(), time: new Date().toISOString() };
-  let notice: string | undefined;
-  for (let attempt = 0; attempt < 2; attempt++) {
-    // Written whole under a private name, then hard-linked into place: the link
-    // fails if a lock exists, and a lock that exists is never half-written.
-    const tmp = `${path}.${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-    await Deno.writeTextFile(tmp, JSON.stringify(mine) + "\n");
-    try {
-      await Deno.link(tmp, path);
-      return {
-        path,
-        notice,
-        release: async () => {
-          const held = await readLock(path);
-          if (held?.pid === mine.pid && held.time === mine.time) {
-            await Deno.remove(path).catch(() => {});
-          }
-        },
-      };
-    } catch (e) {
-      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
-    } finally {
-      await Deno.remove(tmp).catch(() => {});
-    }
-    const held = await readLock(path);
-    const gone = held && held.host === mine.host && alive(held.pid) === false;
-    if (!held || gone) {
-      notice = held
-        ? `run directory ${dir}: taking over the lock of process ${held.pid} (started ` +
-          `${held.time}), which is no longer running`
-        : `run directory ${dir}: replacing an unreadable ${LOCK_FILE}`;
-      await Deno.remove(path).catch(() => {});
-      continue;
-    }
-    throw new Error(
-      `${dir} is in use by process ${held.pid} on ${held.host} (started ${held.time}): ` +
-        `wait for that run or stop it, or train into another --out. If no such run is ` +
-        `going on, delete ${path}`,
-    );
-  }
-  throw new Error(`Cannot lock ${dir}: another process keeps taking ${path}`);
-}
-
-async function readLock(path: string): Promise<LockInfo | undefined> {
-  try {
-    const info = JSON.parse(await Deno.readTextFile(path));
-    return Number.isInteger(info.pid) ? info : undefined;
-  } catch {
-    return undefined;
-  }
+/** Takes `<dir>/.lock` for this training process (creating `dir`), or throws naming the holder. */
+export function lockRunDir(dir: string): Promise<DirLock> {
+  return lockDir(dir, { what: "run directory", instead: "train into another --out" });
 }
 
 /**
