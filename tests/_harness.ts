@@ -52,19 +52,38 @@ export function testRuntime(): Promise<Runtime> {
   return shared;
 }
 
+/** Optional adapter features a test may need (it is ignored, with the reason, without them). */
+export type TestNeed = "shader-f16";
+
+/**
+ * `WEBGPU_GPT2_TESTS=shader-f16` runs only the GPU tests that need that feature: what .ci/run
+ * does on a second adapter that has it when the first (Mesa 25's lavapipe under Deno) has not.
+ */
+const onlyNeeding = Deno.env.get("WEBGPU_GPT2_TESTS") as TestNeed | undefined;
+const warned = new Set<TestNeed>();
+
 /**
  * Registers a test that needs a GPU; it is ignored (with a warning) when none
- * exists, or when `ignore` says so (e.g. ../shared/data is absent). A WebGPU validation error during the test fails it: such errors only
- * drop the command, which could otherwise pass unnoticed.
+ * exists, when it `needs` a feature the adapter lacks (said once per file), or when
+ * `ignore` says so (e.g. ../shared/data is absent). A WebGPU validation error during the
+ * test fails it: such errors only drop the command, which could otherwise pass unnoticed.
  */
 export function gpuTest(
-  test: string | { name: string; ignore?: boolean },
+  test: string | { name: string; ignore?: boolean; needs?: TestNeed },
   fn: (rt: Runtime) => Promise<void>,
 ): void {
-  const { name, ignore = false } = typeof test === "string" ? { name: test } : test;
+  const { name, ignore = false, needs } = typeof test === "string" ? { name: test } : test;
+  const missing = needs === "shader-f16" && !hasF16;
+  if (missing && hasGpu && !warned.has(needs)) {
+    warned.add(needs);
+    console.warn(
+      `ignoring the tests that need ${needs} in ${callerFile()}: ${probe?.info.description} ` +
+        "has none under this runtime",
+    );
+  }
   Deno.test({
     name,
-    ignore: !hasGpu || ignore,
+    ignore: !hasGpu || ignore || missing || (onlyNeeding !== undefined && needs !== onlyNeeding),
     // WebGPU keeps internal resources alive between tests.
     sanitizeResources: false,
     sanitizeOps: false,
@@ -174,6 +193,13 @@ export function maxRelError(
     m = Math.max(m, Math.abs(actual[i] - expected[i]) / (atol + Math.abs(expected[i])));
   }
   return m;
+}
+
+/** The test file that called into the harness (for messages). */
+function callerFile(): string {
+  const stack = new Error().stack?.split("\n") ?? [];
+  const line = stack.find((l) => /_test\.ts/.test(l)) ?? "";
+  return /([\w.-]+_test\.ts)/.exec(line)?.[1] ?? "this file";
 }
 
 /** True when ../shared/data/NAME exists (real data for tests; absent in a fresh clone). */

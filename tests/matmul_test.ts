@@ -5,7 +5,7 @@ import { type DType, roundToF16 } from "../src/gpu/dtype.ts";
 import { matmul, type MatmulImpl, type MatmulShape } from "../src/model/ops/matmul.ts";
 import { linearBackward, linearForward } from "../src/model/ops/linear.ts";
 import { linearBackwardRef, linearForwardRef, matmulRef } from "./reference/matmul.ts";
-import { assertAllClose, gpuTest, hasF16, randn, uploadAs } from "./_harness.ts";
+import { assertAllClose, gpuTest, randn, uploadAs } from "./_harness.ts";
 
 const tol = { rtol: 2e-5, atol: 2e-5 };
 
@@ -113,7 +113,7 @@ for (const impl of ["regblock", "tiled"] as const) {
 for (const impl of ["regblock", "tiled"] as const) {
   gpuTest({
     name: `matmul ${impl} with f16 operands accumulates in f32`,
-    ignore: !hasF16,
+    needs: "shader-f16",
   }, async (rt) => {
     // Mixed precision's cases: f16 x f16 -> f16 (forward), f32 x f16 -> f32 (dinp),
     // f16 x f32 -> f32 accumulate (dweight), and with bias, strides and offsets.

@@ -16,7 +16,7 @@ import {
 } from "../src/model/ops/matmul.ts";
 import { GPU_TILES, matmulGpuWgsl, parseGpuTile } from "../src/model/ops/matmul_gpu.ts";
 import { matmulRef } from "./reference/matmul.ts";
-import { assertAllClose, gpuTest, hasF16, randn, uploadAs } from "./_harness.ts";
+import { assertAllClose, gpuTest, randn, uploadAs } from "./_harness.ts";
 
 /** Presets and two tiles off the list (any valid name runs): one invocation, TM = 16. */
 const TILES = [...GPU_TILES, "wg4x4x4_t4x4", "wg32x32x8_t16x4"] as MatmulImpl[];
@@ -127,7 +127,7 @@ for (const impl of TILES) {
 }
 
 for (const impl of ["wg64x64x16_t4x4", "wg128x128x8_t8x8"] as const) {
-  gpuTest({ name: `matmul ${impl} with f16 operands`, ignore: !hasF16 }, async (rt) => {
+  gpuTest({ name: `matmul ${impl} with f16 operands`, needs: "shader-f16" }, async (rt) => {
     // Mixed precision's cases: f16 x f16 -> f16 + bias (forward), f32 x f16 -> f32 (dinp),
     // f16 x f32 -> f32 accumulate (dweight); vec4<f16> loads where aligned, scalar where odd.
     for (const [transA, transB] of TRANSPOSES) {

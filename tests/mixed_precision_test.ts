@@ -32,7 +32,6 @@ import {
 import {
   assertAllClose,
   gpuTest,
-  hasF16,
   randn,
   randomiseWeights,
   rng,
@@ -65,7 +64,7 @@ function pool(rt: Runtime) {
 }
 
 const f16Test = (name: string, fn: (rt: Runtime) => Promise<void>) =>
-  gpuTest({ name, ignore: !hasF16 }, fn);
+  gpuTest({ name, needs: "shader-f16" }, fn);
 
 f16Test("f16 layernorm, gelu and bias-gradient kernels match float64", async (rt) => {
   const p = pool(rt);

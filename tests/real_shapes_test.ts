@@ -24,7 +24,7 @@ import { GPT2 } from "../src/model/gpt2.ts";
 import { gradNormDispatches, gradNormPartials } from "../src/optim/adamw.ts";
 import { gpt2Reference, layernorm, layernormBack, type RefParams } from "./reference/gpt2.ts";
 import { headDkv, headDq, headForward } from "./reference/attention_rows.ts";
-import { assertAllClose, gpuTest, hasF16, randn, rng, uploadAs } from "./_harness.ts";
+import { assertAllClose, gpuTest, randn, rng, uploadAs } from "./_harness.ts";
 
 /** Rows worth checking at T: the edges, both sides of each tile and split-KV chunk, the end. */
 function sampleRows(T: number, HS: number, perLane: FlashRows, chunk?: number): number[] {
@@ -146,7 +146,7 @@ gpuTest("flash attention at gpt2-medium-4096's shape (T=4096, NH=16, C=1024) mat
 gpuTest(
   {
     name: "f16 flash attention at T=4096 matches float64 on the f16-rounded inputs",
-    ignore: !hasF16,
+    needs: "shader-f16",
   },
   (rt) => checkAttention(rt, { B: 1, T: 4096, NH: 16, C: 1024 }, "f16", { rtol: 1e-2, atol: 2e-3 }),
 );

@@ -15,7 +15,7 @@ import { readShard } from "../src/data/shard.ts";
 import { decodeTokens } from "../src/data/tokenizer.ts";
 import type { Runtime } from "../src/gpu/runtime.ts";
 import { lockRunDir } from "../src/train/run_dir.ts";
-import { gpuTest, hasF16 } from "./_harness.ts";
+import { gpuTest } from "./_harness.ts";
 import { syntheticText } from "./_train_config.ts";
 
 /** The issue's `T`: a one-layer, 32-wide model on 2 x 32 batches, quiet. */
@@ -223,7 +223,7 @@ gpuTest("a diverging run stops before saving and names the last good checkpoint"
 
 gpuTest({
   name: "fp16: overflowing step after step stops with a loss-scale message",
-  ignore: !hasF16,
+  needs: "shader-f16",
 }, async (rt) => {
   await inDir(async (dir) => {
     const r = await cli(

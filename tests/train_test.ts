@@ -8,7 +8,7 @@ import type { GPT2Config } from "../src/model/config.ts";
 import { encodeModel, loadTensors } from "../src/model/weights.ts";
 import { encodeSafetensors, parseSafetensors, tensorF32 } from "../src/io/safetensors.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
-import { gpuTest, hasF16, hasSharedData } from "./_harness.ts";
+import { gpuTest, hasSharedData } from "./_harness.ts";
 import { syntheticText, testTrainConfig } from "./_train_config.ts";
 
 const SMALL: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 64, vocabSize: 50257 };
@@ -197,7 +197,7 @@ async function scaledSteps(run: string): Promise<{ loss_scale: number; skipped: 
 
 gpuTest({
   name: "fp16 mixed precision: the loss curve agrees with fp32 on a small model",
-  ignore: !hasF16,
+  needs: "shader-f16",
 }, async (rt) => {
   await withTextRun(async (dir, text) => {
     const over = { steps: 20, lr: 5e-3, warmup: 5, valEvery: 0 };
@@ -218,7 +218,7 @@ gpuTest({
 
 gpuTest({
   name: "fp16: overflowing steps are skipped, the scale halves, and resume keeps it exact",
-  ignore: !hasF16,
+  needs: "shader-f16",
 }, async (rt) => {
   await withTextRun(async (dir, text) => {
     // 2^27 overflows the f16 gradients of this model: steps are skipped until it is low enough.

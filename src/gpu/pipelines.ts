@@ -6,7 +6,10 @@
  * @module
  */
 
-import { debugLevel } from "./debug.ts";
+import { debugLevel, debugLog } from "./debug.ts";
+
+/** Pipeline compiles slower than this are logged under DEBUG=1. */
+const SLOW_COMPILE_MS = 1000;
 
 /** A WGSL kernel: its name (for errors and profiles) and source. */
 export interface KernelSource {
@@ -105,11 +108,15 @@ export class PipelineCache {
       this.#modules.set(kernel.code, module);
     }
     device.pushErrorScope("validation");
+    const t0 = performance.now();
     const pipeline = device.createComputePipeline({
       label: kernel.name,
       layout: "auto",
       compute: { module, entryPoint, constants },
     });
+    const ms = performance.now() - t0;
+    // The driver compiles here; a slow one is worth knowing about (lavapipe, cold cache).
+    if (ms > SLOW_COMPILE_MS) debugLog(1, `compile ${kernel.name}: ${(ms / 1000).toFixed(1)} s`);
     const err = await device.popErrorScope();
     if (err) {
       throw new ShaderError(
