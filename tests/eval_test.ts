@@ -275,7 +275,7 @@ gpuTest("deno task eval and deno task sample run on a checkpoint directory", asy
     match(bad.stderr, /Unknown option '--tempreature'/);
     const missing = await run("eval", [`${dir}/nope`, "--hellaswag", `${dir}/val.jsonl`]);
     equal(missing.code, 1);
-    match(missing.stderr, /Not a checkpoint directory: .*nope\/config.json does not exist/);
+    match(missing.stderr, /Not a checkpoint: .*nope does not exist; give a checkpoint directory/);
   } finally {
     model.destroy();
     await Deno.remove(dir, { recursive: true });

@@ -14,6 +14,7 @@ import { encodeModel, matchTensors } from "../model/weights.ts";
 import { describeSchedule, lrAt } from "../optim/schedule.ts";
 import { type LoaderCursor, OutOfVocabularyError } from "../data/loader.ts";
 import {
+  latestResumable,
   listCheckpoints,
   pruneCheckpoints,
   resumeProblem,
@@ -259,12 +260,14 @@ async function trainLocked(
         ? await setAside(checkpoints, suspect)
         : undefined;
       const movedNote = aside ? ` Its checkpoint of step ${suspect} was moved to ${aside}.` : "";
-      const all = await listCheckpoints(checkpoints);
-      const good = all.length ? all[all.length - 1] : undefined;
+      // "Good": what --resume latest would take (checksums match, weights finite).
+      const { dir: good, skipped } = await latestResumable(checkpoints, matchTensors);
+      const damaged = skipped.length ? ` Newer ones fail their checks: ${skipped.join("; ")}.` : "";
       await log.write({ event: "diverged", step, why });
       await writeCurve();
       throw new DivergenceError(
-        `Training diverged at step ${step}: ${why}. Nothing was saved for this step.${movedNote} ` +
+        `Training diverged at step ${step}: ${why}. Nothing was saved for this step.${movedNote}` +
+          `${damaged} ` +
           (good
             ? `The last good checkpoint is ${good}: resume it with --resume ${good} and a lower --lr`
             : "There is no earlier checkpoint: start again with a lower --lr") +
