@@ -161,7 +161,7 @@ export async function saveCheckpoint(
     optimizer?: TensorToWrite[];
     trainer?: Record<string, unknown>;
   },
-  keep: number | undefined = 3,
+  keep?: number,
 ): Promise<string> {
   if (keep !== undefined) checkKeep(keep);
   await Deno.mkdir(root, { recursive: true });
@@ -193,7 +193,7 @@ export async function saveCheckpoint(
   const replacing = await Deno.rename(final, old).then(() => true, () => false);
   await Deno.rename(tmp, final);
   if (replacing) await Deno.remove(old, { recursive: true });
-  if (keep !== undefined) await pruneCheckpoints(root, keep);
+  if (keep !== undefined) await pruneCheckpoints(root, keep, step);
   return final;
 }
 
@@ -205,10 +205,21 @@ function checkKeep(keep: number): void {
   }
 }
 
-/** Removes all but the newest `keep` (at least 1) checkpoints under `root`. */
-export async function pruneCheckpoints(root: string, keep: number): Promise<string[]> {
+/**
+ * Removes all but the newest `keep` (at least 1) checkpoints under `root`; with `upTo`, of
+ * those up to that step only. A newer one is left from a run that went further before an
+ * older checkpoint was resumed (or was skipped as damaged): it is replaced when this run
+ * saves that step, and counting it could delete the checkpoint just saved.
+ */
+export async function pruneCheckpoints(
+  root: string,
+  keep: number,
+  upTo?: number,
+): Promise<string[]> {
   checkKeep(keep);
-  const all = await listCheckpoints(root);
+  const all = (await listCheckpoints(root)).filter((d) =>
+    upTo === undefined || stepOfDir(d)! <= upTo
+  );
   const gone = all.slice(0, Math.max(0, all.length - keep));
   for (const dir of gone) await Deno.remove(dir, { recursive: true });
   return gone;

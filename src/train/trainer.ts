@@ -20,6 +20,7 @@ import {
   resumeProblem,
   saveCheckpoint,
   stepDirName,
+  stepOfDir,
   TRAINER_STATE_VERSION,
   type TrainerState,
 } from "../io/checkpoint.ts";
@@ -340,7 +341,7 @@ async function trainLocked(
         if (tooMany) throw tooMany;
         if (bad) await diverged(bad.why, bad.suspect);
         if (prunePending && lead) { // the newest checkpoint's weights just gave a sane loss
-          await pruneCheckpoints(checkpoints, c.keep);
+          await pruneCheckpoints(checkpoints, c.keep, stepOfDir(lastCheckpoint));
           prunePending = false;
         }
         const last = step === c.steps;
