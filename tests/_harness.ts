@@ -11,6 +11,7 @@ import { quietDisplayProbe } from "../src/gpu/device.ts";
 import type { DType } from "../src/gpu/dtype.ts";
 import type { GPT2 } from "../src/model/gpt2.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
+import { parseSafetensors } from "../src/io/safetensors.ts";
 
 // ---------------------------------------------------------------------------
 // GPU availability, decided once when the module loads (Deno.test's `ignore`
@@ -181,4 +182,28 @@ export async function hasSharedData(name: string): Promise<boolean> {
   );
   if (!ok) console.warn(`skipping tests that need ../shared/data/${name}: it is absent`);
   return ok;
+}
+
+// ---------------------------------------------------------------------------
+// damaged files, as a disk or a stray write leaves them
+
+/** 16 f32 NaNs: 64 bytes of 0xFF. */
+export const NAN_BYTES: Uint8Array = new Uint8Array(64).fill(0xff);
+/** 256 f32 values of 3e4: finite, so only a checksum can tell them from trained weights. */
+export const BIG_FLOATS: Uint8Array = new Uint8Array(new Float32Array(256).fill(3e4).buffer);
+
+/**
+ * Overwrites the first bytes of tensor `name` in the safetensors file at `path` with `bytes`,
+ * in place (same size, same name); returns the file position written.
+ */
+export async function damageTensor(path: string, name: string, bytes: Uint8Array): Promise<number> {
+  const file = parseSafetensors(await Deno.readFile(path), path);
+  const t = file.tensors.get(name);
+  if (!t) throw new Error(`${path} has no tensor "${name}"`);
+  const at = file.dataOffset! + t.data_offsets[0];
+  using f = await Deno.open(path, { write: true });
+  await f.seek(at, Deno.SeekMode.Start);
+  let done = 0;
+  while (done < bytes.length) done += await f.write(bytes.subarray(done));
+  return at;
 }
