@@ -333,6 +333,40 @@ Deno.test("bad numbers name the flag and what it accepts", async () => {
   await rejects(() => sampleMain(["some/dir", "--temperature", "-1"]), /--temperature must be/);
 });
 
+Deno.test("--resume given a missing path, a file or a run directory says what to pass", async () => {
+  await inDir(async (dir) => {
+    await Deno.mkdir(`${dir}/run/checkpoints/${stepDirName(2)}`, { recursive: true });
+    await Deno.writeFile(`${dir}/model.bin`, new Uint8Array(8));
+    const before = await snapshot(dir);
+    const cases: [string, RegExp][] = [
+      [
+        `${dir}/nope`,
+        /Cannot resume from .*\/nope: it does not exist: pass a checkpoint directory \(RUN\/checkpoints\/step_N\), or latest for the newest intact one in --out$/,
+      ],
+      [
+        `${dir}/text.txt`,
+        /Cannot resume from .*\/text\.txt: it is a file, not a checkpoint directory: pass a checkpoint directory/,
+      ],
+      [
+        `${dir}/model.bin`,
+        /model\.bin: it is an llm\.c model file, which holds weights only: start a new run from it with --init .*model\.bin$/,
+      ],
+      [
+        `${dir}/run`,
+        /Cannot resume from (.*)\/run: it is a run directory, not a checkpoint: pass \1\/run\/checkpoints\/step_N, or latest with --out \1\/run$/,
+      ],
+      [
+        `${dir}/run/checkpoints`,
+        /it holds checkpoints but is not one: pass one of them \(.*\/run\/checkpoints\/step_N\), or latest$/,
+      ],
+    ];
+    for (const [path, want] of cases) {
+      await rejects(() => parseTrainArgs(flags(dir, "--resume", path)), want);
+    }
+    deepEqual(await snapshot(dir), before);
+  });
+});
+
 gpuTest(
   "resume: a shape flag is an error, a changed optimizer too; other flags are changes",
   async (rt) => {
