@@ -58,7 +58,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const out = (llmc ?? hf)!;
   await refuseExisting(out);
-  const ck = await loadCheckpoint(dir);
+  const ck = await loadCheckpoint(dir, { weightsOnly: true });
+  for (const line of ck.notices ?? []) console.error(`notice: ${line}`);
   const keys = matchTensors(ck.model, ck.config);
   const tensor = (name: string) => tensorF32(ck.model, keys.get(name)!);
   const tmp = `${out}.tmp-${crypto.randomUUID().slice(0, 8)}`;

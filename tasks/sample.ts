@@ -56,7 +56,8 @@ export async function main(argv: string[]): Promise<number> {
     seed: num("seed", 0),
     stopToken: v["stop-at-eot"] ? EOT : undefined,
   };
-  const ck = await loadCheckpoint(dir);
+  const ck = await loadCheckpoint(dir, { weightsOnly: true });
+  for (const line of ck.notices ?? []) console.error(`notice: ${line}`);
   const T = Math.min(
     num("ctx", Math.min(ck.config.nCtx, 1024), "positive-integer"),
     ck.config.nCtx,
