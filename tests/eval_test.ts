@@ -376,3 +376,43 @@ gpuTest(
     }
   },
 );
+
+gpuTest(
+  "sample: --ctx above the model's context is an error; a long prompt keeps its end",
+  async (rt) => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const ck = await savedCheckpoint(rt, dir);
+      const over = await runTask(sampleMain, [ck, "--ctx", "100"]);
+      ok(over.error instanceof TypeError); // a usage error: exit code 2
+      match(
+        over.error.message,
+        /--ctx 100 is above the model's context of 64 tokens \(n_positions of .*step_00000001\): give --ctx 64 or less/,
+      );
+      const words = (n: number) => Array.from({ length: n }, (_, i) => ` w${i}`).join("");
+      const long = await runTask(sampleMain, [ck, "--prompt", words(80), "--max-tokens", "2"]);
+      equal(long.code, 0, String(long.error));
+      ok(
+        long.stderr.some((l) =>
+          /^warning: the prompt is \d+ tokens, longer than the model's context of 64: only its last 64 tokens are used$/
+            .test(l)
+        ),
+        long.stderr.join("\n"),
+      );
+      const short = await runTask(sampleMain, [
+        ck,
+        ...["--ctx", "16", "--prompt", words(20), "--max-tokens", "2"],
+      ]);
+      equal(short.code, 0, String(short.error));
+      ok(
+        short.stderr.some((l) =>
+          /longer than --ctx 16: only its last 16 tokens are used \(the model allows --ctx up to 64\)/
+            .test(l)
+        ),
+        short.stderr.join("\n"),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
