@@ -3,8 +3,10 @@
  * writes a checkpoint (ours, a Hugging Face directory, or an llm.c .bin) as an
  * llm.c model file, or as a Hugging Face directory that transformers'
  * `from_pretrained` loads as is (weights, config, generation config and the
- * GPT-2 tokenizer files). Outputs are written under a temporary name and
- * renamed into place; an existing output is refused.
+ * GPT-2 tokenizer files). Outputs are written under a temporary name
+ * (`OUT.tmp-HOST-PID-RANDOM`) and renamed into place; an existing output is refused. A
+ * failed or interrupted (Ctrl-C) export removes its temporary output, and a later export to
+ * the same OUT removes those of exports on this machine whose process is gone.
  *
  * @module
  */
@@ -16,7 +18,9 @@ import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
 import { encodeLlmc } from "../src/io/llmc.ts";
 import { encodeSafetensors, type SafeDtype, tensorF32 } from "../src/io/safetensors.ts";
 import { parameterLayout } from "../src/model/params.ts";
+import { processAlive } from "../src/train/run_dir.ts";
 import { parseCheckpointArgs, runMain } from "./_cli.ts";
+import { basename, dirname, join } from "node:path";
 
 const HELP = `Usage: deno task export CHECKPOINT (--llmc OUT.bin | --hf OUT_DIR) [--dtype D]
 
@@ -34,6 +38,44 @@ const TORCH: Record<SafeDtype, string> = { F32: "float32", F16: "float16", BF16:
 async function refuseExisting(path: string): Promise<void> {
   if (await Deno.stat(path).then(() => true, () => false)) {
     throw new Error(`${path} already exists: remove it or choose another output`);
+  }
+}
+
+/** This machine in a temporary name (what a hostname may hold, nothing else). */
+const host = () => Deno.hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+
+/**
+ * Removes the temporary outputs of `out` that an export on this machine left when it died
+ * (`OUT.tmp-HOST-PID-RANDOM` whose process is gone), saying so; of those it cannot judge
+ * (another machine's, or an older version's `OUT.tmp-RANDOM`) it says they may be left over.
+ * Names of any other form are never touched.
+ */
+async function removeStaleTemps(out: string): Promise<void> {
+  const dir = dirname(out), base = basename(out).replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const ours = new RegExp(`^${base}\\.tmp-(?:(.+)-(\\d+)-)?[0-9a-f]{8}$`);
+  const entries: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) entries.push(e.name);
+  } catch {
+    return; // no such folder: nothing was left there, and the export will say why it fails
+  }
+  for (const name of entries) {
+    const m = ours.exec(name);
+    if (!m) continue;
+    const [, from, pid] = m, path = join(dir, name);
+    const elsewhere = from !== undefined && from !== host();
+    const alive = pid === undefined ? undefined : processAlive(Number(pid));
+    if (elsewhere || alive === undefined) {
+      console.error(
+        `export: ${path} may be left by an interrupted export` +
+          (elsewhere ? ` on ${from}` : "") + ": remove it if no export is running",
+      );
+    } else if (!alive) {
+      await Deno.remove(path, { recursive: true });
+      console.error(
+        `export: removed ${path}, left by an interrupted export (process ${pid} is gone)`,
+      );
+    }
   }
 }
 
@@ -58,11 +100,24 @@ export async function main(argv: string[]): Promise<number> {
   }
   const out = (llmc ?? hf)!;
   await refuseExisting(out);
+  await removeStaleTemps(out);
   const ck = await loadCheckpoint(dir, { weightsOnly: true });
   for (const line of ck.notices ?? []) console.error(`notice: ${line}`);
   const keys = matchTensors(ck.model, ck.config);
   const tensor = (name: string) => tensorF32(ck.model, keys.get(name)!);
-  const tmp = `${out}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  const tmp = `${out}.tmp-${host()}-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  // Ctrl-C: remove what was written so far, then stop (the CLI owns the process).
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  let renamed = false;
+  const onSignal = () => {
+    if (renamed) Deno.exit(130); // the output is complete
+    try {
+      Deno.removeSync(tmp, { recursive: true });
+    } catch { /* not made yet */ }
+    console.error(`export: interrupted; nothing was written to ${out}`);
+    Deno.exit(130);
+  };
+  for (const sig of signals) Deno.addSignalListener(sig, onSignal);
   try {
     if (llmc !== undefined) {
       await Deno.writeFile(tmp, encodeLlmc(ck.config, tensor, { dtype: dtype as "fp32" | "bf16" }));
@@ -91,9 +146,12 @@ export async function main(argv: string[]): Promise<number> {
       }
     }
     await Deno.rename(tmp, out);
+    renamed = true;
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
+  } finally {
+    for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
   }
   console.log(
     `export: ${dir} -> ${out} (${llmc !== undefined ? "llm.c" : "Hugging Face"}, ${dtype})`,

@@ -207,3 +207,20 @@ export async function damageTensor(path: string, name: string, bytes: Uint8Array
   while (done < bytes.length) done += await f.write(bytes.subarray(done));
   return at;
 }
+
+/** What `main(argv)` of a task returns or throws, and the lines it wrote to stderr. */
+export async function runTask(
+  main: (argv: string[]) => Promise<number>,
+  argv: string[],
+): Promise<{ code?: number; error?: Error; stderr: string[] }> {
+  const stderr: string[] = [];
+  const error = console.error;
+  console.error = (...a: unknown[]) => stderr.push(a.join(" "));
+  try {
+    return { code: await main(argv), stderr };
+  } catch (e) {
+    return { error: e as Error, stderr };
+  } finally {
+    console.error = error;
+  }
+}

@@ -14,7 +14,15 @@ import {
   summarize,
 } from "../src/eval/hellaswag.ts";
 import { gpt2Reference, type RefParams } from "./reference/gpt2.ts";
-import { assertAllClose, BIG_FLOATS, damageTensor, gpuTest, NAN_BYTES, rng } from "./_harness.ts";
+import {
+  assertAllClose,
+  BIG_FLOATS,
+  damageTensor,
+  gpuTest,
+  NAN_BYTES,
+  rng,
+  runTask,
+} from "./_harness.ts";
 import { main as evalMain } from "../tasks/eval.ts";
 import { main as sampleMain } from "../tasks/sample.ts";
 import { main as exportMain } from "../tasks/export.ts";
@@ -284,23 +292,6 @@ gpuTest("deno task eval and deno task sample run on a checkpoint directory", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-/** What `main(argv)` of a task returns or throws, and the lines it wrote to stderr. */
-async function runTask(
-  main: (argv: string[]) => Promise<number>,
-  argv: string[],
-): Promise<{ code?: number; error?: Error; stderr: string[] }> {
-  const stderr: string[] = [];
-  const error = console.error;
-  console.error = (...a: unknown[]) => stderr.push(a.join(" "));
-  try {
-    return { code: await main(argv), stderr };
-  } catch (e) {
-    return { error: e as Error, stderr };
-  } finally {
-    console.error = error;
-  }
-}
 
 /** A checkpoint of ours (weights, a small optimizer state, trainer state) under `root`. */
 async function savedCheckpoint(rt: Parameters<typeof GPT2.create>[0], root: string) {

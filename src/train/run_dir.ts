@@ -24,7 +24,8 @@ export interface RunLock {
   release(): Promise<void>;
 }
 
-function alive(pid: number): boolean | undefined {
+/** Whether process `pid` on this machine runs (undefined where that cannot be told). */
+export function processAlive(pid: number): boolean | undefined {
   if (Deno.build.os !== "linux") return undefined; // cannot tell: treat as alive
   try {
     Deno.statSync(`/proc/${pid}`);
@@ -63,7 +64,7 @@ export async function lockRunDir(dir: string): Promise<RunLock> {
       await Deno.remove(tmp).catch(() => {});
     }
     const held = await readLock(path);
-    const gone = held && held.host === mine.host && alive(held.pid) === false;
+    const gone = held && held.host === mine.host && processAlive(held.pid) === false;
     if (!held || gone) {
       notice = held
         ? `run directory ${dir}: taking over the lock of process ${held.pid} (started ` +
