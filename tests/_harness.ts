@@ -11,7 +11,10 @@ import { quietDisplayProbe } from "../src/gpu/device.ts";
 import type { DType } from "../src/gpu/dtype.ts";
 import type { GPT2 } from "../src/model/gpt2.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
-import { parseSafetensors } from "../src/io/safetensors.ts";
+import { encodeSafetensors, parseSafetensors } from "../src/io/safetensors.ts";
+import { hfShape } from "../src/model/weights.ts";
+import { parameterLayout } from "../src/model/params.ts";
+import type { GPT2Config } from "../src/model/config.ts";
 
 // ---------------------------------------------------------------------------
 // GPU availability, decided once when the module loads (Deno.test's `ignore`
@@ -185,7 +188,21 @@ export async function hasSharedData(name: string): Promise<boolean> {
 }
 
 // ---------------------------------------------------------------------------
-// damaged files, as a disk or a stray write leaves them
+// checkpoint files without a GPU; damaged files, as a disk or a stray write leaves them
+
+/** Weights of `cfg` as a model.safetensors, every value `value` (made without a GPU). */
+export function constantWeights(cfg: GPT2Config, value = 0.01): Uint8Array {
+  return encodeSafetensors(
+    parameterLayout(cfg).tensors.map((t) => {
+      const shape = hfShape(t, cfg);
+      return {
+        name: t.name,
+        shape,
+        data: new Float32Array(shape.reduce((a, b) => a * b)).fill(value),
+      };
+    }),
+  );
+}
 
 /** 16 f32 NaNs: 64 bytes of 0xFF. */
 export const NAN_BYTES: Uint8Array = new Uint8Array(64).fill(0xff);

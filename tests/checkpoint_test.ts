@@ -11,31 +11,17 @@ import {
   nonFinite,
   parseSafetensors,
 } from "../src/io/safetensors.ts";
-import { hfShape } from "../src/model/weights.ts";
-import { parameterLayout } from "../src/model/params.ts";
+import { constantWeights } from "./_harness.ts";
 import type { GPT2Config } from "../src/model/config.ts";
 
 const CFG: GPT2Config = { nLayer: 1, nHead: 2, nEmbd: 16, nCtx: 16, vocabSize: 101 };
-
-function weights(cfg: GPT2Config): Uint8Array {
-  return encodeSafetensors(
-    parameterLayout(cfg).tensors.map((t) => {
-      const shape = hfShape(t, cfg);
-      return {
-        name: t.name,
-        shape,
-        data: new Float32Array(shape.reduce((a, b) => a * b)).fill(0.5),
-      };
-    }),
-  );
-}
 
 Deno.test("checksums.json: written with every file, versioned, checked when read", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const ck = await saveCheckpoint(dir, 3, {
       config: CFG,
-      model: weights(CFG),
+      model: constantWeights(CFG, 0.5),
       optimizer: [{ name: "m.wte.weight", shape: [2], data: new Float32Array(2) }],
       trainer: { step: 3 },
     });

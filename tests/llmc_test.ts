@@ -6,8 +6,7 @@
 import { deepEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
 import { main as exportMain } from "../tasks/export.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
-import { exportTensors, hfShape, loadTensors } from "../src/model/weights.ts";
-import { parameterLayout } from "../src/model/params.ts";
+import { exportTensors, loadTensors } from "../src/model/weights.ts";
 import { loadCheckpoint, saveCheckpoint } from "../src/io/checkpoint.ts";
 import { decodeLlmc, encodeLlmc, LLMC_MAGIC } from "../src/io/llmc.ts";
 import { encodeSafetensors, readSafetensors, tensorF32 } from "../src/io/safetensors.ts";
@@ -15,7 +14,7 @@ import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
 import { encodeOrdinary } from "../src/data/tokenizer.ts";
 import type { GPT2Config } from "../src/model/config.ts";
 import type { Runtime } from "../src/gpu/runtime.ts";
-import { gpuTest, randomiseWeights, runTask } from "./_harness.ts";
+import { constantWeights, gpuTest, randomiseWeights, runTask } from "./_harness.ts";
 
 const CFG: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 16, vocabSize: 50257 };
 const B = 2, T = 16;
@@ -174,20 +173,6 @@ const byUnicode: string[] = (() => {
   for (let b = 0; b < 256; b++) if (!out[b]) out[b] = String.fromCodePoint(256 + n++);
   return out;
 })();
-
-/** Weights of `cfg` in a model.safetensors, all 0.01 (made without a GPU). */
-function constantWeights(cfg: GPT2Config): Uint8Array {
-  return encodeSafetensors(
-    parameterLayout(cfg).tensors.map((t) => {
-      const shape = hfShape(t, cfg);
-      return {
-        name: t.name,
-        shape,
-        data: new Float32Array(shape.reduce((a, b) => a * b)).fill(0.01),
-      };
-    }),
-  );
-}
 
 Deno.test("export: Ctrl-C leaves nothing; a dead export's leftovers go, nothing else", async () => {
   const dir = await Deno.makeTempDir();
