@@ -11,7 +11,7 @@
  * @module
  */
 
-import { loadCheckpoint } from "../src/io/checkpoint.ts";
+import { loadCheckpoint, type LoadedCheckpoint } from "../src/io/checkpoint.ts";
 import { hfConfigJson } from "../src/io/hf.ts";
 import { hfShape, matchTensors } from "../src/model/weights.ts";
 import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
@@ -79,6 +79,47 @@ async function removeStaleTemps(out: string): Promise<void> {
   }
 }
 
+/**
+ * Writes the export of `ck` at `tmp` (a file for llm.c, a directory for Hugging Face); `step`
+ * awaits each write (and throws when the export is to stop).
+ */
+async function writeExport(
+  tmp: string,
+  ck: LoadedCheckpoint,
+  as: { llmc: boolean; dtype: string },
+  step: <T>(write: Promise<T>) => Promise<T>,
+): Promise<void> {
+  const keys = matchTensors(ck.model, ck.config);
+  const tensor = (name: string) => tensorF32(ck.model, keys.get(name)!);
+  if (as.llmc) {
+    const dtype = as.dtype as "fp32" | "bf16";
+    await step(Deno.writeFile(tmp, encodeLlmc(ck.config, tensor, { dtype })));
+    return;
+  }
+  await step(Deno.mkdir(tmp, { recursive: true }));
+  const tensors = parameterLayout(ck.config).tensors.map((t) => ({
+    name: t.name,
+    shape: hfShape(t, ck.config),
+    data: tensor(t.name),
+  }));
+  const sd = DTYPES[as.dtype];
+  await step(Deno.writeFile(
+    `${tmp}/model.safetensors`,
+    encodeSafetensors(tensors, { dtype: sd, metadata: { format: "pt" } }),
+  ));
+  const config = { ...hfConfigJson(ck.config), torch_dtype: TORCH[sd] };
+  const generation = { _from_model_config: true, bos_token_id: 50256, eos_token_id: 50256 };
+  const files: Record<string, string> = {
+    "config.json": JSON.stringify(config, null, 2) + "\n",
+    "generation_config.json": JSON.stringify(generation, null, 2) + "\n",
+    // GPT-2's tokenizer only fits a model with its vocabulary (not the test model tiny).
+    ...(ck.config.vocabSize === 50257 ? gpt2TokenizerFiles(ck.config.nCtx) : {}),
+  };
+  for (const [name, text] of Object.entries(files)) {
+    await step(Deno.writeTextFile(`${tmp}/${name}`, text));
+  }
+}
+
 /** Runs the export; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
   const args = parseCheckpointArgs(argv, "export", { strings: ["llmc", "hf", "dtype"] });
@@ -103,53 +144,33 @@ export async function main(argv: string[]): Promise<number> {
   await removeStaleTemps(out);
   const ck = await loadCheckpoint(dir, { weightsOnly: true });
   for (const line of ck.notices ?? []) console.error(`notice: ${line}`);
-  const keys = matchTensors(ck.model, ck.config);
-  const tensor = (name: string) => tensorF32(ck.model, keys.get(name)!);
   const tmp = `${out}.tmp-${host()}-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-  // Ctrl-C: remove what was written so far, then stop (the CLI owns the process).
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-  let renamed = false;
+  // Ctrl-C stops the export after the write under way and removes what was written; a second
+  // one stops at once. (The CLI owns the process: the library never sees a signal.)
+  const STOP = new Error("interrupted");
+  let stop = false;
   const onSignal = () => {
-    if (renamed) Deno.exit(130); // the output is complete
-    try {
-      Deno.removeSync(tmp, { recursive: true });
-    } catch { /* not made yet */ }
-    console.error(`export: interrupted; nothing was written to ${out}`);
-    Deno.exit(130);
+    if (stop) {
+      console.error(`export: stopped; ${tmp} is left: the next export to ${out} removes it`);
+      Deno.exit(130);
+    }
+    stop = true;
   };
+  const step = async <T>(write: Promise<T>): Promise<T> => {
+    const done = await write;
+    if (stop) throw STOP;
+    return done;
+  };
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   for (const sig of signals) Deno.addSignalListener(sig, onSignal);
   try {
-    if (llmc !== undefined) {
-      await Deno.writeFile(tmp, encodeLlmc(ck.config, tensor, { dtype: dtype as "fp32" | "bf16" }));
-    } else {
-      await Deno.mkdir(tmp, { recursive: true });
-      const tensors = parameterLayout(ck.config).tensors.map((t) => ({
-        name: t.name,
-        shape: hfShape(t, ck.config),
-        data: tensor(t.name),
-      }));
-      const sd = DTYPES[dtype];
-      await Deno.writeFile(
-        `${tmp}/model.safetensors`,
-        encodeSafetensors(tensors, { dtype: sd, metadata: { format: "pt" } }),
-      );
-      const config = { ...hfConfigJson(ck.config), torch_dtype: TORCH[sd] };
-      const generation = { _from_model_config: true, bos_token_id: 50256, eos_token_id: 50256 };
-      const files: Record<string, string> = {
-        "config.json": JSON.stringify(config, null, 2) + "\n",
-        "generation_config.json": JSON.stringify(generation, null, 2) + "\n",
-        // GPT-2's tokenizer only fits a model with its vocabulary (not the test model tiny).
-        ...(ck.config.vocabSize === 50257 ? gpt2TokenizerFiles(ck.config.nCtx) : {}),
-      };
-      for (const [name, text] of Object.entries(files)) {
-        await Deno.writeTextFile(`${tmp}/${name}`, text);
-      }
-    }
-    await Deno.rename(tmp, out);
-    renamed = true;
+    await writeExport(tmp, ck, { llmc: llmc !== undefined, dtype }, step);
+    await Deno.rename(tmp, out); // complete: a Ctrl-C from here on changes nothing
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
-    throw e;
+    if (e !== STOP) throw e;
+    console.error(`export: interrupted; nothing was written to ${out}`);
+    return 130;
   } finally {
     for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
   }
