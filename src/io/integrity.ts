@@ -87,7 +87,8 @@ export async function readChecksums(dir: string): Promise<Checksums | undefined>
   if (json?.format !== FORMAT || typeof json.files !== "object" || json.files === null) {
     throw bad(`not a "${FORMAT}" file`);
   }
-  if (typeof json.version !== "number" || json.version > CHECKSUMS_VERSION) {
+  if (typeof json.version !== "number") throw bad(`it has no "version"`);
+  if (json.version > CHECKSUMS_VERSION) {
     throw new Error(
       `${path} has version ${json.version}; this package reads up to ${CHECKSUMS_VERSION}: ` +
         "upgrade it",
