@@ -1,6 +1,8 @@
 /**
  * Time to save a checkpoint: reading the weights and the optimizer state back from the GPU,
- * encoding them as safetensors, and writing the directory (temp name, then rename).
+ * encoding them as safetensors, and writing the directory (temp name, then rename; SHA-256
+ * of each file hashed while it is written); and to load it again (read, checksums, NaN/Inf
+ * scan), as a resume does.
  *
  * @module
  */
@@ -9,7 +11,7 @@ import { createRuntime } from "../src/gpu/runtime.ts";
 import { parameterCount, resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import { encodeModel } from "../src/model/weights.ts";
-import { saveCheckpoint } from "../src/io/checkpoint.ts";
+import { loadCheckpoint, saveCheckpoint } from "../src/io/checkpoint.ts";
 import { AdamW } from "../src/optim/adamw.ts";
 import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 
@@ -17,7 +19,8 @@ import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 export const checkpointBench: BenchCase = {
   name: "checkpoint",
   args: "--model gpt2 --reps 3",
-  description: "save a checkpoint (weights + AdamW state): GPU readback ms, write ms, total",
+  description:
+    "save a checkpoint (weights + AdamW state): GPU readback ms, write ms, total; load ms (checked)",
   async run({ args, quick, log }) {
     const rt = await createRuntime();
     const name = args.model ?? (quick ? "gpt2-mini" : "gpt2");
@@ -32,18 +35,28 @@ export const checkpointBench: BenchCase = {
       gradClip: 1,
     });
     const dir = await Deno.makeTempDir({ prefix: "ckpt-bench-" });
-    const read: number[] = [], write: number[] = [];
+    const read: number[] = [], write: number[] = [], load: number[] = [];
     try {
       for (let r = 0; r < reps; r++) {
         const t0 = performance.now();
         const weights = await encodeModel(model);
         const state = await opt.readState();
         const t1 = performance.now();
-        await saveCheckpoint(dir, r + 1, { config: cfg, model: weights, optimizer: state }, 1);
+        const saved = await saveCheckpoint(dir, r + 1, {
+          config: cfg,
+          model: weights,
+          optimizer: state,
+        }, 1);
         const t2 = performance.now();
+        await loadCheckpoint(saved);
+        const t3 = performance.now();
         read.push(t1 - t0);
         write.push(t2 - t1);
-        log(`rep ${r + 1}: readback ${(t1 - t0).toFixed(0)} ms, write ${(t2 - t1).toFixed(0)} ms`);
+        load.push(t3 - t2);
+        log(
+          `rep ${r + 1}: readback ${(t1 - t0).toFixed(0)} ms, write ${(t2 - t1).toFixed(0)} ms, ` +
+            `load ${(t3 - t2).toFixed(0)} ms`,
+        );
       }
     } finally {
       opt.destroy();
@@ -56,6 +69,7 @@ export const checkpointBench: BenchCase = {
       readback_ms: +median(read).toFixed(1),
       write_ms: +median(write).toFixed(1),
       total_ms: +(median(read) + median(write)).toFixed(1),
+      load_ms: +median(load).toFixed(1),
     }];
     return rows;
   },

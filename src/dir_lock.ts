@@ -26,7 +26,8 @@ export interface DirLock {
   release(): Promise<void>;
 }
 
-function alive(pid: number): boolean | undefined {
+/** Whether process `pid` on this machine runs (undefined where that cannot be told). */
+export function processAlive(pid: number): boolean | undefined {
   if (Deno.build.os !== "linux") return undefined; // cannot tell: treat as alive
   try {
     Deno.statSync(`/proc/${pid}`);
@@ -85,7 +86,7 @@ export async function lockDir(dir: string, words: LockWords): Promise<DirLock> {
       await Deno.remove(tmp).catch(() => {});
     }
     const held = await readLock(path);
-    const gone = held && held.host === mine.host && alive(held.pid) === false;
+    const gone = held && held.host === mine.host && processAlive(held.pid) === false;
     if (!held || gone) {
       notice = held
         ? `${words.what} ${dir}: taking over the lock of process ${held.pid} (started ` +

@@ -102,6 +102,11 @@ export async function main(argv: string[]): Promise<number> {
   const lead = rank === 0;
   const rt = await createRuntime();
   const result: Record<string, unknown> = { checkpoint: dir };
+  const said = new Set<string>(); // the model is opened once per evaluation: say things once
+  const notice = (line: string) => {
+    if (lead && !said.has(line)) console.error(`notice: ${line}`);
+    said.add(line);
+  };
   const wantHellaswag = v.hellaswag !== undefined || v.loss === undefined;
   if (wantHellaswag) {
     const path = await hellaswagPath(
@@ -122,6 +127,7 @@ export async function main(argv: string[]): Promise<number> {
       B: 8 * num("batch-items", 2),
       T: Math.min(seq, longest),
       precision,
+      notice,
     });
     const t0 = performance.now();
     try {
@@ -146,7 +152,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (v.loss !== undefined) {
     const B = num("batch", 4);
-    const model = await openCheckpointModel(rt, dir, { B, T: seq, precision });
+    const model = await openCheckpointModel(rt, dir, { B, T: seq, precision, notice });
     try {
       const shards = await openShards(String(v.loss), { split: "val" });
       const loader = new TokenLoader(shards, { batchSize: B, seqLen: model.T });

@@ -30,7 +30,9 @@ Generates text from a GPT-2 checkpoint (ours or Hugging Face's) and streams it t
   --top-k K            sample from the K most likely tokens (default 40; 0 = all)
   --top-p P            nucleus sampling: the smallest set with probability P (default 1)
   --seed S             sampling seed (default 0)
-  --ctx T              context window in tokens (default: the model's n_positions, at most 1024)
+  --ctx T              context window in tokens (default: the model's n_positions, at most
+                       1024; above n_positions is an error). A longer prompt keeps its last T
+                       tokens, with a warning
   --stop-at-eot        stop at the end-of-text token
   --precision fp32|fp16   fp16: f16 activations, KV cache and weights where the adapter has
                        shader-f16 (default fp32)
@@ -56,11 +58,16 @@ export async function main(argv: string[]): Promise<number> {
     seed: num("seed", 0),
     stopToken: v["stop-at-eot"] ? EOT : undefined,
   };
-  const ck = await loadCheckpoint(dir);
-  const T = Math.min(
-    num("ctx", Math.min(ck.config.nCtx, 1024), "positive-integer"),
-    ck.config.nCtx,
-  );
+  const ck = await loadCheckpoint(dir, { weightsOnly: true });
+  for (const line of ck.notices ?? []) console.error(`notice: ${line}`);
+  const nCtx = ck.config.nCtx;
+  const T = num("ctx", Math.min(nCtx, 1024), "positive-integer");
+  if (T > nCtx) {
+    throw new TypeError(
+      `--ctx ${T} is above the model's context of ${nCtx} tokens (n_positions of ${dir}): ` +
+        `give --ctx ${nCtx} or less`,
+    );
+  }
   const rt = await createRuntime();
   const weights = await GPT2.create(rt, ck.config, {
     B: 1,
@@ -74,6 +81,16 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const prompt = v.prompt ? encodeOrdinary(String(v.prompt)) : [EOT];
     if (prompt.length === 0) throw new TypeError("--prompt encodes to no tokens: give some text");
+    if (prompt.length > T) {
+      // As Hugging Face's generate does: keep the end, the part the continuation follows.
+      const limit = T === nCtx
+        ? `the model's context of ${T}`
+        : `--ctx ${T}${v.ctx === undefined ? " (the default)" : ""}`;
+      console.error(
+        `warning: the prompt is ${prompt.length} tokens, longer than ${limit}: only its last ` +
+          `${T} tokens are used` + (T < nCtx ? ` (the model allows --ctx up to ${nCtx})` : ""),
+      );
+    }
     if (v.prompt) await Deno.stdout.write(new TextEncoder().encode(String(v.prompt)));
     // Decode the whole continuation each time and print what is new, so that
     // characters split across tokens come out whole.

@@ -11,6 +11,10 @@ import { quietDisplayProbe } from "../src/gpu/device.ts";
 import type { DType } from "../src/gpu/dtype.ts";
 import type { GPT2 } from "../src/model/gpt2.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
+import { encodeSafetensors, parseSafetensors } from "../src/io/safetensors.ts";
+import { hfShape } from "../src/model/weights.ts";
+import { parameterLayout } from "../src/model/params.ts";
+import type { GPT2Config } from "../src/model/config.ts";
 
 // ---------------------------------------------------------------------------
 // GPU availability, decided once when the module loads (Deno.test's `ignore`
@@ -210,4 +214,59 @@ export async function hasSharedData(name: string): Promise<boolean> {
   );
   if (!ok) console.warn(`skipping tests that need ../shared/data/${name}: it is absent`);
   return ok;
+}
+
+// ---------------------------------------------------------------------------
+// checkpoint files without a GPU; damaged files, as a disk or a stray write leaves them
+
+/** Weights of `cfg` as a model.safetensors, every value `value` (made without a GPU). */
+export function constantWeights(cfg: GPT2Config, value = 0.01): Uint8Array {
+  return encodeSafetensors(
+    parameterLayout(cfg).tensors.map((t) => {
+      const shape = hfShape(t, cfg);
+      return {
+        name: t.name,
+        shape,
+        data: new Float32Array(shape.reduce((a, b) => a * b)).fill(value),
+      };
+    }),
+  );
+}
+
+/** 16 f32 NaNs: 64 bytes of 0xFF. */
+export const NAN_BYTES: Uint8Array = new Uint8Array(64).fill(0xff);
+/** 256 f32 values of 3e4: finite, so only a checksum can tell them from trained weights. */
+export const BIG_FLOATS: Uint8Array = new Uint8Array(new Float32Array(256).fill(3e4).buffer);
+
+/**
+ * Overwrites the first bytes of tensor `name` in the safetensors file at `path` with `bytes`,
+ * in place (same size, same name); returns the file position written.
+ */
+export async function damageTensor(path: string, name: string, bytes: Uint8Array): Promise<number> {
+  const file = parseSafetensors(await Deno.readFile(path), path);
+  const t = file.tensors.get(name);
+  if (!t) throw new Error(`${path} has no tensor "${name}"`);
+  const at = file.dataOffset! + t.data_offsets[0];
+  using f = await Deno.open(path, { write: true });
+  await f.seek(at, Deno.SeekMode.Start);
+  let done = 0;
+  while (done < bytes.length) done += await f.write(bytes.subarray(done));
+  return at;
+}
+
+/** What `main(argv)` of a task returns or throws, and the lines it wrote to stderr. */
+export async function runTask(
+  main: (argv: string[]) => Promise<number>,
+  argv: string[],
+): Promise<{ code?: number; error?: Error; stderr: string[] }> {
+  const stderr: string[] = [];
+  const error = console.error;
+  console.error = (...a: unknown[]) => stderr.push(a.join(" "));
+  try {
+    return { code: await main(argv), stderr };
+  } catch (e) {
+    return { error: e as Error, stderr };
+  } finally {
+    console.error = error;
+  }
 }

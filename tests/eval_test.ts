@@ -14,7 +14,18 @@ import {
   summarize,
 } from "../src/eval/hellaswag.ts";
 import { gpt2Reference, type RefParams } from "./reference/gpt2.ts";
-import { assertAllClose, gpuTest, rng } from "./_harness.ts";
+import {
+  assertAllClose,
+  BIG_FLOATS,
+  damageTensor,
+  gpuTest,
+  NAN_BYTES,
+  rng,
+  runTask,
+} from "./_harness.ts";
+import { main as evalMain } from "../tasks/eval.ts";
+import { main as sampleMain } from "../tasks/sample.ts";
+import { main as exportMain } from "../tasks/export.ts";
 
 const CFG: GPT2Config = { nLayer: 1, nHead: 2, nEmbd: 16, nCtx: 64, vocabSize: 50257 };
 
@@ -275,9 +286,124 @@ gpuTest("deno task eval and deno task sample run on a checkpoint directory", asy
     match(bad.stderr, /Unknown option '--tempreature'/);
     const missing = await run("eval", [`${dir}/nope`, "--hellaswag", `${dir}/val.jsonl`]);
     equal(missing.code, 1);
-    match(missing.stderr, /Not a checkpoint directory: .*nope\/config.json does not exist/);
+    match(missing.stderr, /Not a checkpoint: .*nope does not exist; give a checkpoint directory/);
   } finally {
     model.destroy();
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** A checkpoint of ours (weights, a small optimizer state, trainer state) under `root`. */
+async function savedCheckpoint(rt: Parameters<typeof GPT2.create>[0], root: string) {
+  const { saveCheckpoint } = await import("../src/io/checkpoint.ts");
+  const { encodeModel } = await import("../src/model/weights.ts");
+  const model = await randomModel(rt, 1, 8, 3);
+  try {
+    return await saveCheckpoint(root, 1, {
+      config: CFG,
+      model: await encodeModel(model),
+      optimizer: [{ name: "m.wte.weight", shape: [4], data: new Float32Array(4) }],
+      trainer: { step: 1 },
+    });
+  } finally {
+    model.destroy();
+  }
+}
+
+gpuTest(
+  "eval and sample read only the weights, and refuse damaged or non-finite ones",
+  async (rt) => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const ck = await savedCheckpoint(rt, `${dir}/run`);
+      await Deno.writeTextFile(`${dir}/val.jsonl`, jsonl);
+      const hellaswag = ["--hellaswag", `${dir}/val.jsonl`];
+      const greedy = ["--prompt", "The ship", "--max-tokens", "3", "--temperature", "0"];
+      // A truncated optimizer file does not stop eval or sample: they never read it.
+      const opt = await Deno.readFile(`${ck}/optimizer.safetensors`);
+      await Deno.writeFile(`${ck}/optimizer.safetensors`, opt.subarray(0, opt.length >> 1));
+      equal((await runTask(evalMain, [ck, ...hellaswag])).code, 0);
+      equal((await runTask(sampleMain, [ck, ...greedy])).code, 0);
+
+      // 3e4 is finite: only the checksum sees it. Both tasks stop, naming the file.
+      await Deno.mkdir(`${dir}/bad`);
+      for await (const e of Deno.readDir(ck)) {
+        await Deno.copyFile(
+          `${ck}/${e.name}`,
+          `${dir}/bad/${e.name}`,
+        );
+      }
+      await damageTensor(`${dir}/bad/model.safetensors`, "h.0.mlp.c_fc.weight", BIG_FLOATS);
+      const checksum =
+        /bad\/model\.safetensors does not match its SHA-256 in checksums\.json .*: the file changed after the checkpoint was saved; use an older checkpoint/;
+      match(String((await runTask(sampleMain, [`${dir}/bad`, ...greedy])).error), checksum);
+      match(
+        String((await runTask(evalMain, [`${dir}/bad`, "--loss", `${dir}/shards`])).error),
+        checksum,
+      );
+
+      // A Hugging Face directory has no checksums of ours: NaN is still found, and placed.
+      await exportMain([ck, "--hf", `${dir}/hf`]);
+      const byte = await damageTensor(`${dir}/hf/model.safetensors`, "wte.weight", NAN_BYTES);
+      match(
+        String((await runTask(evalMain, [`${dir}/hf`, ...hellaswag])).error),
+        new RegExp(
+          `hf/model\\.safetensors: tensor "wte\\.weight" holds NaN at element 0 \\(\\[0, 0\\], ` +
+            `byte ${byte}\\), 16 non-finite value\\(s\\) in all: the file is damaged or its run ` +
+            "had diverged; use another checkpoint",
+        ),
+      );
+      // An llm.c file: Infinity as its first weight (wte[0, 0], after the 1024-byte header).
+      await exportMain([ck, "--llmc", `${dir}/m.bin`]);
+      using f = await Deno.open(`${dir}/m.bin`, { write: true });
+      await f.seek(1024, Deno.SeekMode.Start);
+      await f.write(new Uint8Array(new Float32Array([Infinity]).buffer));
+      match(
+        String((await runTask(sampleMain, [`${dir}/m.bin`, ...greedy])).error),
+        /m\.bin: tensor "wte\.weight" holds Infinity at element 0 \(\[0, 0\]\), 1 non-finite value\(s\) in all: the file is damaged: use another checkpoint/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+gpuTest(
+  "sample: --ctx above the model's context is an error; a long prompt keeps its end",
+  async (rt) => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const ck = await savedCheckpoint(rt, dir);
+      const over = await runTask(sampleMain, [ck, "--ctx", "100"]);
+      ok(over.error instanceof TypeError); // a usage error: exit code 2
+      match(
+        over.error.message,
+        /--ctx 100 is above the model's context of 64 tokens \(n_positions of .*step_00000001\): give --ctx 64 or less/,
+      );
+      const words = (n: number) => Array.from({ length: n }, (_, i) => ` w${i}`).join("");
+      const long = await runTask(sampleMain, [ck, "--prompt", words(80), "--max-tokens", "2"]);
+      equal(long.code, 0, String(long.error));
+      ok(
+        long.stderr.some((l) =>
+          /^warning: the prompt is \d+ tokens, longer than the model's context of 64: only its last 64 tokens are used$/
+            .test(l)
+        ),
+        long.stderr.join("\n"),
+      );
+      const short = await runTask(sampleMain, [
+        ck,
+        ...["--ctx", "16", "--prompt", words(20), "--max-tokens", "2"],
+      ]);
+      equal(short.code, 0, String(short.error));
+      ok(
+        short.stderr.some((l) =>
+          /longer than --ctx 16: only its last 16 tokens are used \(the model allows --ctx up to 64\)/
+            .test(l)
+        ),
+        short.stderr.join("\n"),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -14,7 +14,7 @@ import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
 import { encodeOrdinary } from "../src/data/tokenizer.ts";
 import type { GPT2Config } from "../src/model/config.ts";
 import type { Runtime } from "../src/gpu/runtime.ts";
-import { gpuTest, randomiseWeights } from "./_harness.ts";
+import { constantWeights, gpuTest, randomiseWeights, runTask } from "./_harness.ts";
 
 const CFG: GPT2Config = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 16, vocabSize: 50257 };
 const B = 2, T = 16;
@@ -173,3 +173,77 @@ const byUnicode: string[] = (() => {
   for (let b = 0; b < 256; b++) if (!out[b]) out[b] = String.fromCodePoint(256 + n++);
   return out;
 })();
+
+Deno.test("export: Ctrl-C leaves nothing; a dead export's leftovers go, nothing else", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // Big enough (about 200 MB) that the export is still writing when Ctrl-C comes.
+    const cfg = { nLayer: 2, nHead: 4, nEmbd: 768, nCtx: 64, vocabSize: 50257 };
+    const ck = await saveCheckpoint(`${dir}/run`, 1, { config: cfg, model: constantWeights(cfg) });
+    const leftovers = async (name: string) =>
+      (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).filter((n) =>
+        n.startsWith(`${name}.`)
+      );
+
+    // Ctrl-C while the temporary output exists: it is removed, the exit code is 130.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../tasks/export.ts", import.meta.url).pathname,
+        ck,
+        "--hf",
+        `${dir}/hf`,
+      ],
+      stderr: "piped",
+    }).spawn();
+    const t0 = performance.now();
+    while ((await leftovers("hf")).length === 0 && performance.now() - t0 < 60_000) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    child.kill("SIGINT");
+    const out = await child.output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    equal(out.code, 130, stderr);
+    match(stderr, /export: interrupted; nothing was written to .*\/hf$/m);
+    deepEqual(await leftovers("hf"), []);
+    equal(await Deno.stat(`${dir}/hf`).then(() => true, () => false), false);
+
+    // What an export that died left (its process is gone), what an older version left, what
+    // an export on another machine may be writing, and the user's own files of similar names.
+    const gone = new Deno.Command("true").spawn();
+    await gone.status;
+    const host = Deno.hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+    const dead = `${dir}/hf.tmp-${host}-${gone.pid}-0123abcd`;
+    await Deno.mkdir(dead);
+    await Deno.writeTextFile(`${dead}/config.json`, "{}");
+    const kept = [
+      "hf.tmp-89abcdef",
+      "hf.tmp-elsewhere.example-12-0123abcd",
+      "hf.tmp-notes.txt",
+      "hf.tmp-0123abcd.bak",
+      "hfx.tmp-0123abcd",
+    ];
+    for (const name of kept) await Deno.writeTextFile(`${dir}/${name}`, name);
+    const r = await runTask(exportMain, [ck, "--llmc", `${dir}/m.bin`]);
+    equal(r.code, 0, String(r.error)); // another output: hf's leftovers are not its business
+    deepEqual(r.stderr, []);
+    const again = await runTask(exportMain, [ck, "--hf", `${dir}/hf`, "--dtype", "bf16"]);
+    equal(again.code, 0, String(again.error));
+    deepEqual(
+      again.stderr.sort(),
+      [
+        `export: ${dir}/hf.tmp-89abcdef may be left by an interrupted export: remove it if no ` +
+        "export is running",
+        `export: ${dir}/hf.tmp-elsewhere.example-12-0123abcd may be left by an interrupted export ` +
+        "on elsewhere.example: remove it if no export is running",
+        `export: removed ${dead}, left by an interrupted export (process ${gone.pid} is gone)`,
+      ].sort(),
+    );
+    ok(await Deno.stat(`${dir}/hf/model.safetensors`));
+    for (const name of kept) equal(await Deno.readTextFile(`${dir}/${name}`), name);
+    equal(await Deno.stat(dead).then(() => true, () => false), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

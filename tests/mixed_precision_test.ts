@@ -29,14 +29,7 @@ import {
   layernorm,
   type RefParams,
 } from "./reference/gpt2.ts";
-import {
-  assertAllClose,
-  gpuTest,
-  randn,
-  randomiseWeights,
-  rng,
-  uploadAs,
-} from "./_harness.ts";
+import { assertAllClose, gpuTest, randn, randomiseWeights, rng, uploadAs } from "./_harness.ts";
 
 /** f16 results: inputs are exact (rounded first), outputs are rounded once. */
 const half = { rtol: 2e-3, atol: 2e-3 };

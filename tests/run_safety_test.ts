@@ -15,7 +15,7 @@ import { readShard } from "../src/data/shard.ts";
 import { decodeTokens } from "../src/data/tokenizer.ts";
 import type { Runtime } from "../src/gpu/runtime.ts";
 import { lockRunDir } from "../src/train/run_dir.ts";
-import { gpuTest } from "./_harness.ts";
+import { BIG_FLOATS, damageTensor, gpuTest, NAN_BYTES } from "./_harness.ts";
 import { syntheticText } from "./_train_config.ts";
 
 /** The issue's `T`: a one-layer, 32-wide model on 2 x 32 batches, quiet. */
@@ -76,6 +76,13 @@ const steps = (dir: string) =>
     t.trim().split("\n").map((l) => JSON.parse(l)).filter((r) => typeof r.loss === "number")
       .map((r) => r.step as number)
   );
+
+/** Makes checkpoint `dir` look as a version before checksums.json saved it. */
+async function asOlderVersion(dir: string): Promise<void> {
+  await Deno.remove(`${dir}/checksums.json`);
+  const { checksums: _, ...st } = JSON.parse(await Deno.readTextFile(`${dir}/trainer_state.json`));
+  await Deno.writeTextFile(`${dir}/trainer_state.json`, JSON.stringify(st));
+}
 
 // ---------------------------------------------------------------------------
 // the five serious cases
@@ -221,6 +228,76 @@ gpuTest("a diverging run stops before saving and names the last good checkpoint"
   });
 });
 
+gpuTest(
+  "damaged checkpoints: resume refuses them, latest skips them, last good means checked",
+  async (rt) => {
+    await inDir(async (dir) => {
+      const first = await cli(rt, flags(dir, "--steps", "6", "--save-every", "2", "--keep", "3"));
+      equal(first.error, undefined, String(first.error));
+      const ck = `${dir}/run/checkpoints`;
+      const at = (step: number, file = "") => `${ck}/${stepDirName(step)}${file && "/"}${file}`;
+      // What the probe did: 64 bytes of 0xFF (NaN) in the newest weights, 256 floats of 3e4
+      // (finite) in the optimizer state before them; and step 2 is as an older version saved
+      // it, without checksums.json.
+      await damageTensor(at(6, "model.safetensors"), "h.0.attn.c_attn.weight", NAN_BYTES);
+      await damageTensor(at(4, "optimizer.safetensors"), "v.h.0.mlp.c_fc.weight", BIG_FLOATS);
+      await asOlderVersion(at(2));
+      const before = await snapshot(`${dir}/run`);
+
+      // Named explicitly, each is an error that names the file and changes nothing.
+      const six = await cli(rt, flags(dir, "--resume", at(6), "--steps", "8"));
+      match(
+        String(six.error),
+        /Cannot resume from .*step_00000006: .*step_00000006\/model\.safetensors does not match its SHA-256 in checksums\.json \([0-9a-f]{12}…, saved as [0-9a-f]{12}…\): the file changed after the checkpoint was saved; use an older checkpoint \(--resume latest takes the newest intact one\)/,
+      );
+      const four = await cli(rt, flags(dir, "--resume", at(4), "--steps", "8"));
+      match(String(four.error), /step_00000004\/optimizer\.safetensors does not match its SHA-256/);
+      deepEqual(await snapshot(`${dir}/run`), before);
+
+      // latest skips both with a warning and takes step 2, with a notice that it has no
+      // checksums; when that run diverges, the last good checkpoint it names is step 2.
+      const r = await cli(
+        rt,
+        flags(dir, "--resume", "latest", "--steps", "10", "--lr", "1e6", "--save-every", "1"),
+      );
+      ok(r.error instanceof DivergenceError, String(r.error));
+      const said = (re: RegExp) => ok(r.lines.some((l) => re.test(l)), r.lines.join("\n"));
+      said(/^warning: skipping .*step_00000006: .*model\.safetensors does not match its SHA-256/);
+      said(/^warning: skipping .*step_00000004: .*optimizer\.safetensors does not match/);
+      said(/^notice: .*step_00000002 has no checksums\.json \(saved by an older version\)/);
+      match(
+        r.error!.message,
+        /Newer ones fail their checks: .*step_00000006: .*; .*step_00000004: .*The last good checkpoint is .*step_00000002: resume it/,
+      );
+      const after = await snapshot(ck);
+      for (const [path, sha] of before) if (path.startsWith(ck)) equal(after.get(path), sha, path);
+
+      // Resumed from step 2 with --keep 1, the run keeps the checkpoint it saved; the newer
+      // ones (another run's, damaged) are not counted, and are left as they are.
+      const keep1 = await cli(rt, flags(dir, "--resume", at(2), "--steps", "3", "--keep", "1"));
+      equal(keep1.error, undefined, String(keep1.error));
+      deepEqual(
+        (await listCheckpoints(ck)).map((d) => d.split("/").pop()),
+        [stepDirName(3), stepDirName(4), stepDirName(6)],
+      );
+
+      // Without checksums only the non-finite check can see NaN: it names the tensor and where.
+      await Deno.rename(at(3), `${dir}/old`);
+      await asOlderVersion(`${dir}/old`);
+      const byte = await damageTensor(`${dir}/old/model.safetensors`, "wpe.weight", NAN_BYTES);
+      const old = await cli(rt, flags(dir, "--resume", `${dir}/old`, "--steps", "8"));
+      match(
+        String(old.error),
+        new RegExp(
+          `old/model\\.safetensors: tensor "wpe\\.weight" holds NaN at element 0 ` +
+            `\\(\\[0, 0\\], byte ${byte}\\), 16 non-finite value\\(s\\) in all: the file is ` +
+            "damaged or its run had diverged; use an older checkpoint",
+        ),
+      );
+    });
+  },
+);
+
 gpuTest({
   name: "fp16: overflowing step after step stops with a loss-scale message",
   needs: "shader-f16",
@@ -254,6 +331,40 @@ Deno.test("bad numbers name the flag and what it accepts", async () => {
     /--top-p must be a number in \(0, 1\]/,
   );
   await rejects(() => sampleMain(["some/dir", "--temperature", "-1"]), /--temperature must be/);
+});
+
+Deno.test("--resume given a missing path, a file or a run directory says what to pass", async () => {
+  await inDir(async (dir) => {
+    await Deno.mkdir(`${dir}/run/checkpoints/${stepDirName(2)}`, { recursive: true });
+    await Deno.writeFile(`${dir}/model.bin`, new Uint8Array(8));
+    const before = await snapshot(dir);
+    const cases: [string, RegExp][] = [
+      [
+        `${dir}/nope`,
+        /Cannot resume from .*\/nope: it does not exist: pass a checkpoint directory \(RUN\/checkpoints\/step_N\), or latest for the newest intact one in --out$/,
+      ],
+      [
+        `${dir}/text.txt`,
+        /Cannot resume from .*\/text\.txt: it is a file, not a checkpoint directory: pass a checkpoint directory/,
+      ],
+      [
+        `${dir}/model.bin`,
+        /model\.bin: it is an llm\.c model file, which holds weights only: start a new run from it with --init .*model\.bin$/,
+      ],
+      [
+        `${dir}/run`,
+        /Cannot resume from (.*)\/run: it is a run directory, not a checkpoint: pass \1\/run\/checkpoints\/step_N, or latest with --out \1\/run$/,
+      ],
+      [
+        `${dir}/run/checkpoints`,
+        /it holds checkpoints but is not one: pass one of them \(.*\/run\/checkpoints\/step_N\), or latest$/,
+      ],
+    ];
+    for (const [path, want] of cases) {
+      await rejects(() => parseTrainArgs(flags(dir, "--resume", path)), want);
+    }
+    deepEqual(await snapshot(dir), before);
+  });
 });
 
 gpuTest(

@@ -14,15 +14,18 @@ import { loadTensors } from "../model/weights.ts";
 
 /**
  * A forward-only model of shape (B, T) holding the checkpoint's weights
- * (`precision` fp16 runs it in mixed precision where the adapter can).
+ * (`precision` fp16 runs it in mixed precision where the adapter can). Only config.json and
+ * model.safetensors are read, checked against the checkpoint's checksums and for NaN or
+ * Infinity; `notice` hears what the user should know (a checkpoint without checksums).
  */
 export async function openCheckpointModel(
   rt: Runtime,
   dir: string,
-  shape: { B: number; T: number; precision?: Precision },
+  shape: { B: number; T: number; precision?: Precision; notice?: (line: string) => void },
   mm: MatmulOptions = {},
 ): Promise<GPT2> {
-  const ck = await loadCheckpoint(dir);
+  const ck = await loadCheckpoint(dir, { weightsOnly: true });
+  for (const line of ck.notices ?? []) shape.notice?.(line);
   const T = Math.min(shape.T, ck.config.nCtx);
   const model = await GPT2.create(rt, ck.config, {
     B: shape.B,

@@ -6,9 +6,12 @@
  *   config.json             GPT2Config fields
  *   optimizer.safetensors   AdamW m and v per tensor (F32, bit-exact resume)
  *   trainer_state.json      step, schedule, data cursor, RNG, run config
+ *   checksums.json          SHA-256 and size of each file above (./integrity.ts)
  *
- * A checkpoint is written into a temporary directory and renamed into place,
- * so a crash never leaves a half-written `step_N`; the last K are kept.
+ * A checkpoint is written into a temporary directory (checksums.json last) and
+ * renamed into place, so a crash never leaves a half-written `step_N`; the last
+ * K are kept. Reading one checks each file it reads against checksums.json and
+ * refuses NaN or Infinity in the weights and the optimizer state.
  *
  * @module
  */
@@ -17,12 +20,23 @@ import type { GPT2Config } from "../model/config.ts";
 import { configFromHf, hfConfigJson } from "./hf.ts";
 import { loadLlmcCheckpoint } from "./llmc.ts";
 import {
+  checkFinite,
   encodeSafetensors,
-  readSafetensors,
   readSafetensorsHeader,
   type SafeTensorsFile,
   type TensorToWrite,
 } from "./safetensors.ts";
+import {
+  CHECKSUMS_FILE,
+  type FileChecksum,
+  integrityProblem,
+  readChecksums,
+  readJson,
+  readTensors,
+  sizeProblem,
+  writeChecksums,
+  writeHashed,
+} from "./integrity.ts";
 
 const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
 /** Files of a checkpoint directory. */
@@ -45,6 +59,8 @@ export interface LoadedCheckpoint {
   optimizer?: SafeTensorsFile;
   /** trainer_state.json, checked (step, schedule, data cursor, run config, ...). */
   trainer?: TrainerState;
+  /** Lines for the user (a checkpoint of ours saved before checksums.json existed). */
+  notices?: string[];
 }
 
 /** Directory name of step `n` (sorts by step). */
@@ -92,6 +108,11 @@ export interface TrainerState {
   val_loss?: number;
   /** When it was written (ISO 8601). */
   time?: string;
+  /**
+   * checksums.json's name, when the checkpoint was saved with one (then a checkpoint
+   * without it is incomplete; an older one without it is read with a notice).
+   */
+  checksums?: string;
 }
 
 /**
@@ -140,7 +161,7 @@ export async function saveCheckpoint(
     optimizer?: TensorToWrite[];
     trainer?: Record<string, unknown>;
   },
-  keep: number | undefined = 3,
+  keep?: number,
 ): Promise<string> {
   if (keep !== undefined) checkKeep(keep);
   await Deno.mkdir(root, { recursive: true });
@@ -149,23 +170,21 @@ export async function saveCheckpoint(
   const tmp = `${root}/.tmp-${stepDirName(step)}-${tag}`;
   await Deno.mkdir(tmp);
   try {
-    await Deno.writeFile(`${tmp}/${CHECKPOINT_FILES.model}`, contents.model);
-    await Deno.writeTextFile(
-      `${tmp}/${CHECKPOINT_FILES.config}`,
-      JSON.stringify(hfConfigJson(contents.config), null, 2) + "\n",
-    );
+    const sums: Record<string, FileChecksum> = {};
+    const put = async (name: string, bytes: Uint8Array) => {
+      sums[name] = await writeHashed(`${tmp}/${name}`, bytes);
+    };
+    const json = (o: unknown) => new TextEncoder().encode(JSON.stringify(o, null, 2) + "\n");
+    await put(CHECKPOINT_FILES.model, contents.model);
+    await put(CHECKPOINT_FILES.config, json(hfConfigJson(contents.config)));
     if (contents.optimizer) {
-      await Deno.writeFile(
-        `${tmp}/${CHECKPOINT_FILES.optimizer}`,
-        encodeSafetensors(contents.optimizer),
-      );
+      await put(CHECKPOINT_FILES.optimizer, encodeSafetensors(contents.optimizer));
     }
     if (contents.trainer) {
-      await Deno.writeTextFile(
-        `${tmp}/${CHECKPOINT_FILES.trainer}`,
-        JSON.stringify({ version: TRAINER_STATE_VERSION, ...contents.trainer }, null, 2) + "\n",
-      );
+      const st = { version: TRAINER_STATE_VERSION, ...contents.trainer, checksums: CHECKSUMS_FILE };
+      await put(CHECKPOINT_FILES.trainer, json(st));
     }
+    await writeChecksums(tmp, sums); // last: the files it lists are complete
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
@@ -174,7 +193,7 @@ export async function saveCheckpoint(
   const replacing = await Deno.rename(final, old).then(() => true, () => false);
   await Deno.rename(tmp, final);
   if (replacing) await Deno.remove(old, { recursive: true });
-  if (keep !== undefined) await pruneCheckpoints(root, keep);
+  if (keep !== undefined) await pruneCheckpoints(root, keep, step);
   return final;
 }
 
@@ -186,10 +205,21 @@ function checkKeep(keep: number): void {
   }
 }
 
-/** Removes all but the newest `keep` (at least 1) checkpoints under `root`. */
-export async function pruneCheckpoints(root: string, keep: number): Promise<string[]> {
+/**
+ * Removes all but the newest `keep` (at least 1) checkpoints under `root`; with `upTo`, of
+ * those up to that step only. A newer one is left from a run that went further before an
+ * older checkpoint was resumed (or was skipped as damaged): it is replaced when this run
+ * saves that step, and counting it could delete the checkpoint just saved.
+ */
+export async function pruneCheckpoints(
+  root: string,
+  keep: number,
+  upTo?: number,
+): Promise<string[]> {
   checkKeep(keep);
-  const all = await listCheckpoints(root);
+  const all = (await listCheckpoints(root)).filter((d) =>
+    upTo === undefined || stepOfDir(d)! <= upTo
+  );
   const gone = all.slice(0, Math.max(0, all.length - keep));
   for (const dir of gone) await Deno.remove(dir, { recursive: true });
   return gone;
@@ -208,42 +238,82 @@ export async function listCheckpoints(root: string): Promise<string[]> {
   return out.sort();
 }
 
+// ---- reading
+
+/** Reading a checkpoint of ours that fails its checks: the action. */
+const OLDER = "use an older checkpoint";
+
 /**
- * Reads and checks a checkpoint (or any HF GPT-2 directory, or an llm.c model
- * file); nothing is written.
+ * Reads and checks a checkpoint (or any HF GPT-2 directory, or an llm.c model file); nothing
+ * is written. Each file read is checked against checksums.json where the directory has one,
+ * and the weights and the optimizer state must hold no NaN or Infinity. `weightsOnly` reads
+ * config.json and model.safetensors alone (what evaluation, sampling, export and `--init`
+ * use), so damage elsewhere does not stop them.
  */
-export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
-  if (/\.bin$/i.test(dir) && (await Deno.stat(dir).catch(() => undefined))?.isFile) {
-    return await loadLlmcCheckpoint(dir); // an llm.c model file
+export async function loadCheckpoint(
+  dir: string,
+  options: { weightsOnly?: boolean } = {},
+): Promise<LoadedCheckpoint> {
+  const kind = await pathKind(dir);
+  if (kind === "file" && /\.bin$/i.test(dir)) {
+    const ck = await loadLlmcCheckpoint(dir); // an llm.c model file
+    checkFinite(ck.model, "the file is damaged: use another checkpoint");
+    return ck;
   }
-  const configPath = `${dir}/${CHECKPOINT_FILES.config}`;
-  let json: Record<string, unknown>;
-  try {
-    json = JSON.parse(await Deno.readTextFile(configPath));
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Error(`Not a checkpoint directory: ${configPath} does not exist`);
-    }
-    throw new Error(`Invalid ${configPath}: ${(e as Error).message}`);
+  if (kind !== "directory") {
+    throw new Error(
+      `Not a checkpoint: ${dir} ${kind === "missing" ? "does not exist" : "is a file"}; give ` +
+        "a checkpoint directory (config.json + model.safetensors) or an llm.c .bin file",
+    );
   }
-  const config = configFromHf(json, configPath);
-  const model = await readSafetensors(`${dir}/${CHECKPOINT_FILES.model}`);
-  const optPath = `${dir}/${CHECKPOINT_FILES.optimizer}`;
-  const optimizer = (await exists(optPath)) ? await readSafetensors(optPath) : undefined;
-  const trainerPath = `${dir}/${CHECKPOINT_FILES.trainer}`;
+  const sums = await readChecksums(dir);
+  const path = (name: string) => `${dir}/${name}`;
+  const hasTrainer = await exists(path(CHECKPOINT_FILES.trainer));
+  const hasOptimizer = await exists(path(CHECKPOINT_FILES.optimizer));
+  const ours = sums !== undefined || hasTrainer || hasOptimizer;
+  const fix = ours ? OLDER : "use another checkpoint";
+  const notices = !sums && ours
+    ? [
+      `${dir} has no ${CHECKSUMS_FILE} (saved by an older version): damage to its files cannot be detected`,
+    ]
+    : [];
+  const configPath = path(CHECKPOINT_FILES.config);
+  if (!(await exists(configPath))) {
+    throw new Error(`Not a checkpoint directory: ${configPath} does not exist`);
+  }
+  const json = await readJson(dir, CHECKPOINT_FILES.config, sums, fix);
+  const config = configFromHf(json as Record<string, unknown>, configPath);
   let trainer: TrainerState | undefined;
-  if (await exists(trainerPath)) {
-    let json;
-    try {
-      json = JSON.parse(await Deno.readTextFile(trainerPath));
-    } catch (e) {
-      throw new Error(`Invalid ${trainerPath}: ${(e as Error).message}; the checkpoint is damaged`);
-    }
-    const st = parseTrainerState(json, stepOfDir(dir));
-    if (typeof st === "string") throw new Error(`Invalid ${trainerPath}: ${st}`);
+  if (hasTrainer && !options.weightsOnly) {
+    const st = parseTrainerState(
+      await readJson(dir, CHECKPOINT_FILES.trainer, sums, fix),
+      stepOfDir(dir),
+    );
+    if (typeof st === "string") throw new Error(`Invalid ${path(CHECKPOINT_FILES.trainer)}: ${st}`);
+    if (!sums && st.checksums) throw new Error(`${missingChecksums(dir)}; ${OLDER}`);
     trainer = st;
   }
-  return { dir, config, model, optimizer, trainer };
+  const model = await readTensors(dir, CHECKPOINT_FILES.model, sums, fix);
+  const optimizer = hasOptimizer && !options.weightsOnly
+    ? await readTensors(dir, CHECKPOINT_FILES.optimizer, sums, fix)
+    : undefined;
+  return { dir, config, model, optimizer, trainer, notices };
+}
+
+function missingChecksums(dir: string): string {
+  return `${dir}/${CHECKSUMS_FILE} is missing but ${CHECKPOINT_FILES.trainer} says the ` +
+    "checkpoint was saved with one: the checkpoint is incomplete";
+}
+
+async function pathKind(path: string): Promise<"missing" | "file" | "directory"> {
+  try {
+    return (await Deno.stat(path)).isDirectory ? "directory" : "file";
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) {
+      return "missing";
+    }
+    throw e;
+  }
 }
 
 /** The step a `step_N` directory's name says, or undefined for another name. */
@@ -254,14 +324,16 @@ export function stepOfDir(dir: string): number | undefined {
 
 /**
  * What keeps `dir` from being resumed, or undefined when nothing does. Reads
- * config.json, trainer_state.json and the two safetensors headers (checked
+ * config.json, trainer_state.json, checksums.json and the two safetensors headers (checked
  * against the file sizes, and by `checkWeights` against the config's shapes), not the
- * tensors themselves.
+ * tensors themselves: {@linkcode loadCheckpoint} checks those as it reads them.
  */
 export async function resumeProblem(
   dir: string,
   checkWeights: WeightsCheck,
 ): Promise<string | undefined> {
+  const notOne = await notACheckpoint(dir);
+  if (notOne) return notOne;
   for (const f of [CHECKPOINT_FILES.config, CHECKPOINT_FILES.model]) {
     if (!(await exists(`${dir}/${f}`))) return `${f} is missing`;
   }
@@ -288,6 +360,14 @@ export async function resumeProblem(
     const st = parseTrainerState(await json(CHECKPOINT_FILES.trainer), stepOfDir(dir));
     if (typeof st === "string") return `${CHECKPOINT_FILES.trainer} ${st}`;
     if (!st.config) return `${CHECKPOINT_FILES.trainer} has no run "config"`;
+    const sums = await readChecksums(dir);
+    if (!sums && st.checksums) return missingChecksums(dir);
+    for (const name of sums ? Object.values(CHECKPOINT_FILES) : []) {
+      const want = sums!.get(name), path = `${dir}/${name}`;
+      if (!want) return `${name} is not listed in ${CHECKSUMS_FILE}`;
+      const wrong = sizeProblem(path, (await Deno.stat(path)).size, want);
+      if (wrong) return wrong; // a cheap look; the bytes are checked when they are read
+    }
   } catch (e) {
     return (e as Error).message;
   }
@@ -295,8 +375,35 @@ export async function resumeProblem(
 }
 
 /**
- * The newest checkpoint under `root` that {@linkcode resumeProblem} passes (undefined
- * when none does), with a line for each newer one it skipped and why.
+ * Why `dir` is not a checkpoint directory at all (missing, a file, a run directory, a folder
+ * of checkpoints), with what to pass instead; undefined when it may be one.
+ */
+async function notACheckpoint(dir: string): Promise<string | undefined> {
+  const pass = "pass a checkpoint directory (RUN/checkpoints/step_N), or latest for the " +
+    "newest intact one in --out";
+  const kind = await pathKind(dir);
+  if (kind === "missing") return `it does not exist: ${pass}`;
+  if (kind === "file") {
+    return /\.bin$/i.test(dir)
+      ? `it is an llm.c model file, which holds weights only: start a new run from it with --init ${dir}`
+      : `it is a file, not a checkpoint directory: ${pass}`;
+  }
+  if (await exists(`${dir}/${CHECKPOINT_FILES.config}`)) return undefined;
+  if ((await listCheckpoints(`${dir}/checkpoints`)).length) {
+    return `it is a run directory, not a checkpoint: pass ${dir}/checkpoints/step_N, or ` +
+      `latest with --out ${dir}`;
+  }
+  if ((await listCheckpoints(dir)).length) {
+    return `it holds checkpoints but is not one: pass one of them (${dir}/step_N), or latest`;
+  }
+  return undefined;
+}
+
+/**
+ * The newest checkpoint under `root` that {@linkcode resumeProblem} and
+ * {@linkcode integrityProblem} pass (undefined when none does), with a line for each newer
+ * one it skipped and why. It reads the newest checkpoints whole: a checksum that does not
+ * match, or NaN weights, make it take the next older one.
  */
 export async function latestResumable(
   root: string,
@@ -304,7 +411,8 @@ export async function latestResumable(
 ): Promise<{ dir?: string; skipped: string[] }> {
   const skipped: string[] = [];
   for (const dir of (await listCheckpoints(root)).reverse()) {
-    const problem = await resumeProblem(dir, checkWeights);
+    const problem = (await resumeProblem(dir, checkWeights)) ??
+      (await integrityProblem(dir, Object.values(CHECKPOINT_FILES)));
     if (problem === undefined) return { dir, skipped };
     skipped.push(`${dir}: ${problem}`);
   }

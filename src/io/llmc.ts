@@ -238,6 +238,7 @@ export async function loadLlmcCheckpoint(path: string): Promise<LoadedCheckpoint
   return {
     dir: path,
     config: m.config,
-    model: parseSafetensors(encodeSafetensors(m.tensors), path),
+    // Re-encoded in memory: its byte positions are not the .bin's, so they are not given.
+    model: { ...parseSafetensors(encodeSafetensors(m.tensors), path), dataOffset: undefined },
   };
 }

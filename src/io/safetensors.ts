@@ -32,6 +32,8 @@ export interface SafeTensorsFile {
   metadata: Record<string, string>;
   /** The bytes after the header. */
   data: Uint8Array;
+  /** Where `data` starts in the file (undefined when the bytes did not come from this file). */
+  dataOffset?: number;
 }
 
 /** Errors in a safetensors file; the message names the file and the problem. */
@@ -46,7 +48,10 @@ export class SafeTensorsError extends Error {
 export function parseSafetensors(bytes: Uint8Array, path = "<memory>"): SafeTensorsFile {
   const headerLen = headerLength(bytes.subarray(0, 8), bytes.length, path);
   const data = bytes.subarray(8 + headerLen);
-  return parseHeader(bytes.subarray(8, 8 + headerLen), data, data.length, path);
+  return {
+    ...parseHeader(bytes.subarray(8, 8 + headerLen), data, data.length, path),
+    dataOffset: 8 + headerLen,
+  };
 }
 
 /**
@@ -67,15 +72,20 @@ export async function readSafetensorsHeader(path: string): Promise<SafeTensorsFi
   }
 }
 
+/** Reads into `into` until it is full or the file ends; returns the bytes read. */
+export async function readInto(file: Deno.FsFile, into: Uint8Array): Promise<number> {
+  let got = 0;
+  while (got < into.length) {
+    const n = await file.read(into.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  return got;
+}
+
 async function readExactly(file: Deno.FsFile, n: number): Promise<Uint8Array> {
   const out = new Uint8Array(n);
-  let got = 0;
-  while (got < n) {
-    const k = await file.read(out.subarray(got));
-    if (k === null) break;
-    got += k;
-  }
-  return out.subarray(0, got);
+  return out.subarray(0, await readInto(file, out));
 }
 
 function headerLength(first: Uint8Array, fileBytes: number, path: string): number {
@@ -144,6 +154,77 @@ export async function readSafetensors(path: string): Promise<SafeTensorsFile> {
     throw new Error(`Cannot read ${path}: ${(e as Error).message}`);
   }
   return parseSafetensors(bytes, path);
+}
+
+// ---- non-finite values
+
+/** A float tensor's NaN and Infinity values: how many, and the first one's element and kind. */
+export interface NonFinite {
+  /** How many elements are NaN or +-Infinity. */
+  count: number;
+  /** The first one's element index (row-major). */
+  first: number;
+  /** What the first one is. */
+  value: "NaN" | "Infinity" | "-Infinity";
+}
+
+// Per float dtype: element bytes, the exponent mask (all ones: NaN or Inf), the mantissa mask.
+const SPECIAL: Record<string, [number, number, number]> = {
+  F32: [4, 0x7f800000, 0x7fffff],
+  F16: [2, 0x7c00, 0x3ff],
+  BF16: [2, 0x7f80, 0x7f],
+};
+
+/**
+ * The NaN and Infinity values of tensor `name` (F32, F16 or BF16), or undefined when it has
+ * none or holds another dtype (raw U8 state is not floats). Reads the bits, converts nothing.
+ */
+export function nonFinite(file: SafeTensorsFile, name: string): NonFinite | undefined {
+  const t = file.tensors.get(name);
+  if (!t) throw new SafeTensorsError(file.path, `no tensor "${name}"`);
+  const special = SPECIAL[t.dtype];
+  if (!special) return undefined;
+  const [size, exp, mant] = special;
+  let raw = file.data.subarray(t.data_offsets[0], t.data_offsets[1]);
+  if (raw.byteOffset % size !== 0) raw = raw.slice(); // typed views need aligned bytes
+  const bits = size === 4
+    ? new Uint32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4)
+    : new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2);
+  let count = 0, first = -1;
+  for (let i = 0; i < bits.length; i++) {
+    if ((bits[i] & exp) === exp) {
+      if (count++ === 0) first = i;
+    }
+  }
+  if (count === 0) return undefined;
+  const b = bits[first];
+  const value = b & mant ? "NaN" : b >>> (8 * size - 1) ? "-Infinity" : "Infinity";
+  return { count, first, value };
+}
+
+/**
+ * Throws when any float tensor holds NaN or Infinity: the message names the file, the
+ * tensor, the first bad element (its index, and its byte in the file where known), how many
+ * there are, and ends with `fix` (what the reader should do).
+ */
+export function checkFinite(file: SafeTensorsFile, fix: string): void {
+  for (const [name, t] of file.tensors) {
+    const bad = nonFinite(file, name);
+    if (!bad) continue;
+    const index: number[] = [];
+    let rest = bad.first;
+    for (let d = t.shape.length - 1; d >= 0; d--) {
+      index.unshift(rest % t.shape[d]);
+      rest = Math.floor(rest / t.shape[d]);
+    }
+    const byte = file.dataOffset === undefined
+      ? ""
+      : `, byte ${file.dataOffset + t.data_offsets[0] + bad.first * SPECIAL[t.dtype][0]}`;
+    throw new Error(
+      `${file.path}: tensor "${name}" holds ${bad.value} at element ${bad.first} ` +
+        `([${index.join(", ")}]${byte}), ${bad.count} non-finite value(s) in all: ${fix}`,
+    );
+  }
 }
 
 function f16ToF32(h: number): number {

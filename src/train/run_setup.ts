@@ -84,8 +84,16 @@ export async function setUpRun(
   const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
     ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
     : [];
-  const resumed = c.resume ? await loadCheckpoint(c.resume) : undefined;
-  const init = c.init ? await loadCheckpoint(c.init) : undefined;
+  const resumed = c.resume
+    ? await loadCheckpoint(c.resume).catch((e) => {
+      throw new Error(
+        `Cannot resume from ${c.resume}: ${(e as Error).message} (--resume latest takes the ` +
+          "newest intact one)",
+      );
+    })
+    : undefined;
+  const init = c.init ? await loadCheckpoint(c.init, { weightsOnly: true }) : undefined;
+  for (const line of [...resumed?.notices ?? [], ...init?.notices ?? []]) print(`notice: ${line}`);
   if (resumed && !resumed.optimizer) {
     throw new Error(`Cannot resume from ${c.resume}: it has no optimizer.safetensors; use --init`);
   }

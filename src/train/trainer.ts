@@ -14,12 +14,14 @@ import { encodeModel, matchTensors } from "../model/weights.ts";
 import { describeSchedule, lrAt } from "../optim/schedule.ts";
 import { type LoaderCursor, OutOfVocabularyError } from "../data/loader.ts";
 import {
+  latestResumable,
   listCheckpoints,
   parseTrainerState,
   pruneCheckpoints,
   resumeProblem,
   saveCheckpoint,
   stepDirName,
+  stepOfDir,
   TRAINER_STATE_VERSION,
   type TrainerState,
 } from "../io/checkpoint.ts";
@@ -306,12 +308,14 @@ async function trainLocked(
         ? await setAside(checkpoints, suspect)
         : undefined;
       const movedNote = aside ? ` Its checkpoint of step ${suspect} was moved to ${aside}.` : "";
-      const all = await listCheckpoints(checkpoints);
-      const good = all.length ? all[all.length - 1] : undefined;
+      // "Good": what --resume latest would take (checksums match, weights finite).
+      const { dir: good, skipped } = await latestResumable(checkpoints, matchTensors);
+      const damaged = skipped.length ? ` Newer ones fail their checks: ${skipped.join("; ")}.` : "";
       await log.write({ event: "diverged", step, why });
       await writeCurve();
       throw new DivergenceError(
-        `Training diverged at step ${step}: ${why}. Nothing was saved for this step.${movedNote} ` +
+        `Training diverged at step ${step}: ${why}. Nothing was saved for this step.${movedNote}` +
+          `${damaged} ` +
           (good
             ? `The last good checkpoint is ${good}: resume it with --resume ${good} and a lower --lr`
             : "There is no earlier checkpoint: start again with a lower --lr") +
@@ -398,7 +402,7 @@ async function trainLocked(
       if (tooMany) throw tooMany;
       if (bad) await diverged(bad.why, bad.suspect);
       if (prunePending && lead) { // the newest checkpoint's weights just gave a sane loss
-        await pruneCheckpoints(checkpoints, c.keep);
+        await pruneCheckpoints(checkpoints, c.keep, stepOfDir(lastCheckpoint));
         prunePending = false;
       }
       const last = step === steps;
