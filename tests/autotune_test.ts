@@ -219,8 +219,8 @@ gpuTest("matmul auto: the tuner times the candidates once and keeps the choice",
   await withTemp(async (dir) => {
     const path = `${dir}/autotune.json`;
     const tuner = new Autotuner({ deviceKey: deviceKey(rt), path });
-    // GPT-2's qkv forward: 1024 x 2304 x 768 with bias.
-    const M = 1024, N = 2304, K = 768;
+    // Over 2^32 FLOPs (timed on CPU adapters too), 128 rows (cheap tiles to compile there).
+    const M = 128, N = 8192, K = 2048;
     const a = randn(M * K, 3), b = randn(K * N, 4), bias = randn(N, 5);
     const A = rt.arena.allocWith("A", "scratch", a), B = rt.arena.allocWith("B", "scratch", b);
     const Bias = rt.arena.allocWith("bias", "scratch", bias);
@@ -235,9 +235,12 @@ gpuTest("matmul auto: the tuner times the candidates once and keeps the choice",
         { a: true, b: true, c: true },
       );
       const choice = (await tuner.choices())[key];
-      ok((matmulCandidates(rt, true) as string[]).includes(choice), `choice ${choice}`);
+      ok((matmulCandidates(rt, true, { M, N, K, transA: false }) as string[]).includes(choice));
       if (rt.gpu.isCpu) {
-        equal(choice, "regblock", "llvmpipe must keep regblock");
+        ok(
+          /^(regblock|rb\d+_t\d+x\d+)$/.test(choice),
+          `llvmpipe picks register blocking: ${choice}`,
+        );
         equal(d[0].pipeline.label, "matmul_regblock");
       }
       const cached = JSON.parse(await Deno.readTextFile(path)).devices[tuner.deviceKey][key];
@@ -247,14 +250,16 @@ gpuTest("matmul auto: the tuner times the candidates once and keeps the choice",
       await runDispatches(rt.device, d);
       const got = await readF32(rt.device, C, 0, 3 * N);
       const want = matmulRef(a.subarray(0, 3 * K), b, { M: 3, N, K }, { bias });
-      assertAllClose(got, want, { rtol: 1e-4, atol: 1e-4, label: `auto (${choice})` });
+      // f32 rounding of a sum grows as sqrt(K): 1e-4 at GPT-2's K = 768.
+      const tol = 1e-4 * Math.sqrt(K / 768);
+      assertAllClose(got, want, { rtol: tol, atol: tol, label: `auto (${choice})` });
       // Forcing a kernel asks no tuner; a second product of the class asks the cache.
       const forced = new Autotuner({ deviceKey: "x" });
       const t = await matmul(withTuner(rt, forced), shape, ops, { impl: "tiled" });
       equal(t[0].pipeline.label, "matmul_tiled");
       deepEqual(await forced.choices(), {});
       const fresh = new Autotuner({ deviceKey: deviceKey(rt), path });
-      const again = await matmul(withTuner(rt, fresh), { ...shape, M: 1000 }, ops);
+      const again = await matmul(withTuner(rt, fresh), { ...shape, M: 100 }, ops);
       equal(again[0].pipeline.label, d[0].pipeline.label);
       equal((await fresh.choices())[key], choice);
     } finally {
@@ -265,8 +270,8 @@ gpuTest("matmul auto: the tuner times the candidates once and keeps the choice",
 
 gpuTest("matmul auto: odd shapes and small products are right whatever is chosen", async (rt) => {
   const tuner = new Autotuner({ deviceKey: deviceKey(rt) });
-  // Big enough to be timed (over 2^30 FLOPs), with no 4-aligned operand.
-  for (const [M, N, K, transA] of [[515, 1029, 1023, true], [37, 45, 51, false]] as const) {
+  // Big enough to be timed (over 2^32 FLOPs), with no 4-aligned operand.
+  for (const [M, N, K, transA] of [[1029, 2053, 1023, true], [37, 45, 51, false]] as const) {
     const a = randn(M * K, 6), b = randn(K * N, 7);
     const A = rt.arena.allocWith("A", "scratch", a), B = rt.arena.allocWith("B", "scratch", b);
     const C = rt.arena.alloc("C", "scratch", M * N * 4);

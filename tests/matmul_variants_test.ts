@@ -1,9 +1,10 @@
-// Every GPU matmul tile (src/model/ops/matmul_gpu.ts) against the float64 reference: all
+// Every GPU matmul tile (src/model/ops/matmul_gpu.ts) and register-blocked tiles by name
+// (src/model/ops/matmul_regblock.ts) against the float64 reference: all
 // four transposes with bias, accumulate, strides and offsets, both at sizes whose operands
 // are 4-aligned (vec4 loads and stores, partial tiles at every edge) and at odd sizes
 // (scalar loads); f16 operands; real GPT-2 shapes with sampled rows; the loop bound.
-import { equal, ok, throws } from "node:assert/strict";
-import { runDispatches } from "../src/gpu/dispatch.ts";
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
+import { freeDispatches, runDispatches } from "../src/gpu/dispatch.ts";
 import { LOOP_BUDGET } from "../src/gpu/kernel.ts";
 import { readValues, type Runtime } from "../src/gpu/runtime.ts";
 import { type DType, roundToF16 } from "../src/gpu/dtype.ts";
@@ -15,6 +16,13 @@ import {
   parseMatmulImpl,
 } from "../src/model/ops/matmul.ts";
 import { GPU_TILES, matmulGpuWgsl, parseGpuTile } from "../src/model/ops/matmul_gpu.ts";
+import {
+  matmulRegblockWgsl,
+  parseRegblockName,
+  regblockDefault,
+  regblockName,
+} from "../src/model/ops/matmul_regblock.ts";
+import { matmulCandidates } from "../src/model/ops/matmul_tune.ts";
 import { matmulRef } from "./reference/matmul.ts";
 import { assertAllClose, gpuTest, randn, uploadAs } from "./_harness.ts";
 
@@ -58,7 +66,8 @@ async function check(
       bias: shape.bias ? { buffer: Bias, offset: biaso } : undefined,
     }, { impl });
     if (impl !== "auto" && impl !== "regblock") {
-      ok(d.every((x) => x.pipeline.label === `matmul_${impl}`), `${impl} ran another kernel`);
+      const label = parseRegblockName(impl) ? "matmul_regblock" : `matmul_${impl}`;
+      ok(d.every((x) => x.pipeline.label === label), `${impl} ran another kernel`);
     }
     await runDispatches(rt.device, d);
     const rows = opts.rows ?? Array.from({ length: M }, (_, i) => i);
@@ -192,4 +201,109 @@ Deno.test("GPU tile names: parsed, validated, and the generator's header says it
   ok(code.includes("loop bound ceil(K/8) + 1"));
   ok(code.includes("array<vec4<f16>>"));
   equal(code.match(/\bfor \(/g)?.length, 1, "one loop: the k0 loop");
+});
+
+// Register-blocked tiles (src/model/ops/matmul_regblock.ts) by name: lanes per workgroup
+// from 4 to 32, rows and columns per lane off the defaults; vec4 operands only.
+// (Small tiles: Mesa 25's lavapipe takes a minute to compile a 32 x 32 one cold.)
+const RB_TILES = ["rb4_t4x4", "rb32_t4x8", "rb8_t12x4", "rb16_t8x8"] as const;
+
+for (const impl of RB_TILES) {
+  gpuTest(`matmul ${impl}: every transpose, bias, accumulate, offsets, edges`, async (rt) => {
+    const t = parseRegblockName(impl)!;
+    for (const [transA, transB] of TRANSPOSES) {
+      // No dimension a multiple of the tile; K = 45 leaves TN a remainder of 1 to 3.
+      const [M, N, K] = [300, 132, transA && !transB ? 45 : 92];
+      const bufs = [M * K, K * N, M * N].map((n) => rt.arena.alloc("X", "scratch", n * 4));
+      const d = await matmul(rt, { M, N, K, transA, transB }, {
+        a: { buffer: bufs[0] },
+        b: { buffer: bufs[1] },
+        c: { buffer: bufs[2] },
+      }, { impl });
+      equal(d[0].workgroups[0], Math.ceil(M / (t.lanes * t.tm)), `${impl} rows per workgroup`);
+      equal(d[0].workgroups[1], Math.ceil(N / (4 * t.tn4)), `${impl} columns per workgroup`);
+      freeDispatches(rt.arena, d);
+      for (const b of bufs) rt.arena.free(b);
+      await check(rt, impl, { M, N, K, transA, transB }, { seed: 3 });
+      await check(rt, impl, {
+        M: 68,
+        N: 44,
+        K: transA && !transB ? 29 : 28,
+        transA,
+        transB,
+        bias: true,
+        accumulate: true,
+        lda: (transA ? 68 : 28) + 8,
+        ldb: (transB ? 28 : 44) + 4,
+        ldc: 44 + 12,
+      }, { offsets: [4, 8, 12, 16] });
+    }
+  });
+}
+
+gpuTest("register-blocked tiles at GPT-2's shapes (sampled rows)", async (rt) => {
+  // The MLP's fc forward (1024 x 3072 x 768 + bias), its dweight (768 x 3072 x 1024, A
+  // stored [K, M]) and its dinp (1024 x 768 x 3072, W as stored [N, K]), over 16 lanes.
+  const impl = "rb16_t8x16";
+  await check(rt, impl, { M: 1024, N: 3072, K: 768, bias: true }, { rows: sampled(1024) });
+  await check(rt, impl, { M: 768, N: 3072, K: 1024, transA: true, accumulate: true }, {
+    rows: sampled(768),
+  });
+  await check(rt, impl, { M: 1024, N: 768, K: 3072, transB: true }, { rows: sampled(1024) });
+});
+
+Deno.test("register-blocked tiles: names, limits, the default by size, the CPU candidates", () => {
+  equal(parseMatmulImpl("rb16_t8x16"), "rb16_t8x16");
+  deepEqual(parseRegblockName("rb16_t8x16"), { lanes: 16, tm: 8, tn4: 4 });
+  equal(regblockName({ lanes: 8, tm: 32, tn4: 8 }), "rb8_t32x32");
+  throws(() => parseMatmulImpl("rb12_t8x16"), /lanes must be 4, 8, 16 or 32, got 12/);
+  throws(() => parseMatmulImpl("rb8_t6x16"), /multiple of 4 from 4 to 32, got 6/);
+  throws(() => parseMatmulImpl("rb8_t32x64"), /columns per lane must be 4 to 32/);
+  throws(() => parseMatmulImpl("rb8_t8x18"), /Unknown matmul kernel "rb8_t8x18"/);
+  // Big tiles only where the work repays their compile; lanes over columns under 8 rows.
+  const tile = (M: number, N: number, K: number, transA = false) => {
+    const d = regblockDefault({ M, N, K, transA });
+    return d.cols ? `cols t${d.tm}x${4 * d.tn4}` : regblockName(d);
+  };
+  equal(tile(1024, 3072, 768), "rb8_t32x32");
+  equal(tile(256, 3072, 768), "rb8_t16x32");
+  equal(tile(256, 768, 768), "rb8_t8x16");
+  equal(tile(50304, 128, 256, true), "rb8_t16x32");
+  equal(tile(32, 50304, 768), "rb8_t4x32");
+  equal(tile(1, 50304, 768), "cols t1x8");
+  equal(tile(1, 768, 768, true), "rb8_t4x32");
+  // The loop bound is regblock's for every tile.
+  equal(matmulLoops("rb32_t4x8", 1000), matmulLoops("regblock", 1000));
+  // Without a remainder, TN's loop is written once.
+  const wgsl = (kTail: boolean) =>
+    matmulRegblockWgsl({
+      transA: true,
+      transB: false,
+      bias: false,
+      accumulate: true,
+      tm: 8,
+      tn4: 4,
+      kTail,
+    });
+  equal(wgsl(true).match(/\bfor \(/g)?.length, 2);
+  equal(wgsl(false).match(/\bfor \(/g)?.length, 1);
+});
+
+gpuTest("the tuner's candidates on this adapter", (rt) => {
+  const big = { M: 1024, N: 3072, K: 768, transA: false };
+  const got = matmulCandidates(rt, true, big);
+  if (rt.gpu.isCpu) {
+    deepEqual(got, ["regblock", "rb16_t32x32", "rb8_t16x32"]);
+    deepEqual(matmulCandidates(rt, true, { ...big, M: 128, K: 6144 }), [
+      "regblock",
+      "rb16_t16x32",
+      "rb8_t8x32",
+    ]);
+    deepEqual(matmulCandidates(rt, false, big), ["tiled", "wg128x128x8_t8x8"]);
+    deepEqual(matmulCandidates(rt, true, { ...big, M: 1 }), ["regblock"]);
+  } else {
+    equal(got[0], "tiled");
+    ok(got.length > 1 && got.slice(1).every((t) => t.startsWith("wg")));
+  }
+  return Promise.resolve();
 });

@@ -26,6 +26,7 @@ import { debugLog } from "../../gpu/debug.ts";
 import { checkLoopBound, LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
 import { dtypeBytes, dtypeOf, typedKernel } from "../../gpu/dtype.ts";
 import { GPU_TILES, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
+import { parseRegblockName, regblockProblem } from "./matmul_regblock.ts";
 import { type MatmulKernel, tuneMatmul } from "./matmul_tune.ts";
 import {
   aligned,
@@ -82,26 +83,38 @@ export interface MatmulOperands {
 }
 
 /**
- * Which kernel computes the product: "auto" (the autotuner's choice), "regblock", "tiled",
- * or a GPU tile such as "wg128x128x8_t8x8" (any valid `wg{BM}x{BN}x{BK}_t{TM}x{TN}`).
+ * Which kernel computes the product: "auto" (the autotuner's choice), "regblock" (the
+ * register-blocked kernel with the default tile for the product's size), a register-blocked
+ * tile such as "rb8_t32x32" (`rb{lanes}_t{rows}x{columns}` per lane), "tiled", or a GPU
+ * tile such as "wg128x128x8_t8x8" (any valid `wg{BM}x{BN}x{BK}_t{TM}x{TN}`).
  */
 export type MatmulImpl =
   | "auto"
   | "regblock"
   | "tiled"
+  | `rb${number}_t${number}x${number}`
   | `wg${number}x${number}x${number}_t${number}x${number}`;
 
-/** The names `--matmul` offers (any other valid GPU tile name works too). */
-export const MATMUL_IMPLS: readonly MatmulImpl[] = ["auto", "regblock", "tiled", ...GPU_TILES];
+/** The names `--matmul` offers (any other valid rb or GPU tile name works too). */
+export const MATMUL_IMPLS: readonly MatmulImpl[] = [
+  "auto",
+  "regblock",
+  "tiled",
+  "rb8_t32x32",
+  "rb16_t16x32",
+  ...GPU_TILES,
+];
 
 /** `name` as a {@linkcode MatmulImpl}, or a TypeError that lists the choices. */
 export function parseMatmulImpl(name: string): MatmulImpl {
   if (name === "auto" || name === "regblock" || name === "tiled") return name;
-  const t = parseGpuTile(name), problem = t && gpuTileProblem(t);
-  if (t && !problem) return name as MatmulImpl;
+  const r = parseRegblockName(name);
+  const t = parseGpuTile(name);
+  const problem = r ? regblockProblem(r) : t && gpuTileProblem(t);
+  if ((r || t) && !problem) return name as MatmulImpl;
   throw new TypeError(
     `Unknown matmul kernel "${name}"${problem ? ` (${problem})` : ""}: use one of ` +
-      `${MATMUL_IMPLS.join(", ")} or another wgBMxBNxBK_tTMxTN tile`,
+      `${MATMUL_IMPLS.join(", ")} or another rbL_tTMxTN or wgBMxBNxBK_tTMxTN tile`,
   );
 }
 
@@ -117,8 +130,11 @@ export interface MatmulOptions {
   impl?: MatmulImpl;
   /** Label for profiles; default "matmul". */
   name?: string;
-  /** Regblock tile: rows and vec4 column groups per invocation (default 32 x 8). */
-  tile?: { tm: number; tn4: number };
+  /**
+   * Regblock tile: rows and vec4 column groups per invocation, invocations per workgroup
+   * (default: by the product's size, src/model/ops/matmul_regblock.ts regblockDefault).
+   */
+  tile?: { tm: number; tn4: number; lanes?: number };
   /** Override the binding limit (bytes), for tests of the splitting. */
   maxBindingBytes?: number;
 }
@@ -179,7 +195,8 @@ export async function matmul(
     });
     impl = r.choice;
   } else impl = parseMatmulImpl(asked) as MatmulKernel;
-  if (impl === "regblock" && !(al.a && al.b && al.c && al.bias)) {
+  const registerBlocked = impl === "regblock" || parseRegblockName(impl) !== undefined;
+  if (registerBlocked && !(al.a && al.b && al.c && al.bias)) {
     debugLog(1, `${name}: shape not 4-aligned, using the tiled kernel`);
     impl = "tiled";
   }

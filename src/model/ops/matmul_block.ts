@@ -10,7 +10,7 @@ import type { Dispatch } from "../../gpu/dispatch.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { checkLoopBound } from "../../gpu/kernel.ts";
 import { type DType, dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
-import { regblockPlan } from "./matmul_regblock.ts";
+import { parseRegblockName, regblockPlan } from "./matmul_regblock.ts";
 import {
   type BlockProduct,
   gpuTileLoops,
@@ -53,7 +53,7 @@ export function extents(s: Required<MatmulShape>, ops: MatmulOperands, b: Block)
  * llvmpipe, pinned by tests/loop_budget_test.ts); a GPU tile's takes BK a step, unrolled.
  */
 export function matmulLoops(impl: MatmulKernel, k: number): number {
-  if (impl === "regblock") return Math.ceil(k / 4) + 3;
+  if (impl === "regblock" || parseRegblockName(impl)) return Math.ceil(k / 4) + 3;
   if (impl === "tiled") return Math.ceil(k / 16) * 18;
   const t = parseGpuTile(impl);
   if (!t) throw new TypeError(`Unknown matmul kernel "${impl}"`);
@@ -157,9 +157,11 @@ export async function buildBlock(
     types,
     aligned: { ...al, bias: b.bias && al.bias },
   };
-  const tile = parseGpuTile(impl);
+  const tile = parseGpuTile(impl), rb = parseRegblockName(impl);
   const plan: KernelPlan = impl === "regblock"
     ? regblockPlan(product, options.tile)
+    : rb
+    ? regblockPlan(product, rb)
     : tile
     ? gpuTilePlan(tile, product)
     : tiledPlan(product);

@@ -3,17 +3,18 @@
  * this adapter, what a shape class is, and how one candidate is timed on the product's
  * own operands.
  *
- * - Candidates: on CPU adapters regblock (the incumbent; tiled when the operands are not
- *   4-aligned) and the GPU tile that runs best there (each candidate costs a compile of a
- *   second or two on llvmpipe, and tiled, 10x slower than regblock there, is not worth
- *   one); on GPUs tiled (the incumbent) and every tile of GPU_TILES the device can run.
+ * - Candidates: on CPU adapters regblock's default tile for the size (the incumbent; tiled
+ *   when the operands are not 4-aligned), the same over 16 lanes and with half or twice
+ *   the rows (each costs a compile: seconds on Mesa 22, up to a minute or more on Mesa 25
+ *   cold; the GPU tiles, 2-5x slower there, are not tried); on GPUs tiled (the incumbent)
+ *   and every tile of GPU_TILES the device can run.
  * - Shape class: the transposes, element types, which operands are 4-aligned, N, and M
  *   and K rounded up to powers of two.
  * - Timing: the real A, B and bias buffers are read as they are (their contents do not
  *   change the time); C is a scratch buffer. Large products are timed on part of K and,
  *   past that, on their first rows, so that one timing stays a few ms on a GPU and tens
  *   of ms on a CPU adapter, and scratch stays under 256 MiB (32 MiB on CPU adapters).
- * - Products under 2^26 FLOPs (2^30 on CPU adapters) are not timed: they take the
+ * - Products under 2^26 FLOPs (2^32 on CPU adapters) are not timed: they take the
  *   incumbent (on a CPU adapter compiling the candidates would cost more than they save).
  *
  * @module
@@ -25,15 +26,21 @@ import { type DType, dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { dispatchTimer, type TuneResult, tunerFor } from "../../gpu/autotune.ts";
 import { GPU_TILES, type GpuTileName, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
+import {
+  parseRegblockName,
+  regblockDefault,
+  regblockName,
+  regblockProblem,
+} from "./matmul_regblock.ts";
 
-/** A kernel the tuner can pick: regblock, tiled, or a tile of the GPU family. */
-export type MatmulKernel = "regblock" | "tiled" | GpuTileName;
+/** A register-blocked tile's name: rb{lanes}_t{rows}x{columns}. */
+export type RegblockName = `rb${number}_t${number}x${number}`;
+
+/** A kernel the tuner can pick: regblock (default tile), an rb tile, tiled, or a GPU tile. */
+export type MatmulKernel = "regblock" | "tiled" | RegblockName | GpuTileName;
 
 /** Products smaller than this (2·M·N·K) take the incumbent without timing, by adapter kind. */
-export const TUNE_MIN_FLOPS = { gpu: 2 ** 26, cpu: 2 ** 30 };
-
-/** GPU tiles tried on CPU adapters (the one llvmpipe runs fastest, 14 GFLOP/s at best). */
-const CPU_GPU_TILES: readonly GpuTileName[] = ["wg128x128x8_t8x8"];
+export const TUNE_MIN_FLOPS = { gpu: 2 ** 26, cpu: 2 ** 32 };
 
 /** The product as the tuner sees it (dimensions, strides, flags all resolved). */
 export interface TuneProduct {
@@ -64,12 +71,33 @@ export type BuildWith = (
   operands: TuneOperands,
 ) => Promise<Dispatch[]>;
 
-/** The candidates for a product on this adapter, incumbent first. */
-export function matmulCandidates(rt: Runtime, aligned: boolean): MatmulKernel[] {
-  const tiles = (rt.gpu.isCpu ? CPU_GPU_TILES : GPU_TILES).filter((t) =>
+/**
+ * The candidates for a product on this adapter, incumbent first. On a CPU adapter: the
+ * default register-blocked tile for the size, the same tile over twice the lanes (one
+ * AVX-512 register, or two workgroups' worth of cache), and half or twice its rows; the
+ * GPU tiles, 2-5x slower on llvmpipe, are not worth their compile, except for operands
+ * that cannot be read as vec4, where the choice is tiled or the best GPU tile.
+ */
+export function matmulCandidates(
+  rt: Runtime,
+  aligned: boolean,
+  s: { M: number; N: number; K: number; transA: boolean },
+): MatmulKernel[] {
+  if (rt.gpu.isCpu) {
+    // Without vec4 operands: tiled, and the GPU tile llvmpipe runs best (scalar loads).
+    if (!aligned) return ["tiled", "wg128x128x8_t8x8"];
+    const d = regblockDefault(s);
+    if (d.cols) return ["regblock"];
+    const rows = d.tm === 32 || s.M < 256 ? d.tm / 2 : 2 * d.tm;
+    const names = [
+      regblockName({ ...d, lanes: 16 }),
+      regblockName({ ...d, tm: rows }),
+    ].filter((n) => regblockProblem(parseRegblockName(n)!) === undefined);
+    return ["regblock", ...names];
+  }
+  const tiles = GPU_TILES.filter((t) =>
     gpuTileProblem(parseGpuTile(t)!, rt.gpu.limits) === undefined
   );
-  if (rt.gpu.isCpu) return [aligned ? "regblock" : "tiled", ...tiles];
   return ["tiled", ...tiles];
 }
 
@@ -113,7 +141,7 @@ export async function tuneMatmul(
   ops: TuneOperands,
   options: { aligned: Record<"a" | "b" | "c", boolean>; build: BuildWith },
 ): Promise<TuneResult<MatmulKernel>> {
-  const candidates = matmulCandidates(rt, Object.values(options.aligned).every(Boolean));
+  const candidates = matmulCandidates(rt, Object.values(options.aligned).every(Boolean), s);
   if (2 * s.M * s.N * s.K < TUNE_MIN_FLOPS[rt.gpu.isCpu ? "cpu" : "gpu"]) {
     return { choice: candidates[0], source: "only", ms: {}, reason: "too small to time" };
   }
