@@ -266,9 +266,13 @@ Deno.test("register-blocked tiles: names, limits, the default by size, the CPU c
     return d.cols ? `cols t${d.tm}x${4 * d.tn4}` : regblockName(d);
   };
   equal(tile(1024, 3072, 768), "rb8_t32x32");
-  equal(tile(256, 3072, 768), "rb8_t16x32");
-  equal(tile(256, 768, 768), "rb8_t8x16");
+  equal(tile(256, 3072, 768), "rb8_t32x32");
+  equal(tile(256, 2304, 768), "rb8_t16x32");
+  equal(tile(256, 768, 768), "rb8_t16x32");
+  equal(tile(256, 50304, 128), "rb8_t16x32");
   equal(tile(50304, 128, 256, true), "rb8_t16x32");
+  equal(tile(50304, 32, 128, true), "rb8_t8x16");
+  equal(tile(128, 50304, 32), "rb8_t8x16");
   equal(tile(32, 50304, 768), "rb8_t4x32");
   equal(tile(1, 50304, 768), "cols t1x8");
   equal(tile(1, 768, 768, true), "rb8_t4x32");
