@@ -8,6 +8,8 @@
  * @module
  */
 
+import { modelParams } from "./block_spec.ts";
+
 /** A GPT-2 architecture. */
 export interface GPT2Config {
   /** Number of transformer blocks (L). */
@@ -115,8 +117,5 @@ export function checkSequenceLength(cfg: GPT2Config, T: number): void {
 
 /** Number of parameters, without vocabulary padding (what Hugging Face reports). */
 export function parameterCount(cfg: GPT2Config): number {
-  const { nLayer: L, nEmbd: C, nCtx, vocabSize: V } = cfg;
-  const perLayer = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * 4 * C + 4 * C) +
-    (4 * C * C + C);
-  return V * C + nCtx * C + L * perLayer + 2 * C;
+  return modelParams(cfg).reduce((n, p) => n + p.shape(cfg).reduce((a, b) => a * b, 1), 0);
 }

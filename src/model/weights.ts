@@ -131,6 +131,11 @@ export class Weights {
     return this.#grads !== undefined;
   }
 
+  /** True when the layout has a tensor of this name (a bias-less model has no biases). */
+  has(name: string): boolean {
+    return this.layout.byName.has(name);
+  }
+
   /** A named tensor's range in the parameters (or in the gradients). */
   tensor(name: string, grads = false): TensorRange {
     const t = this.#view(name);
