@@ -22,6 +22,7 @@ import {
   type TensorToWrite,
 } from "../io/safetensors.ts";
 import { type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
+import { modelParams } from "./block_spec.ts";
 import { initTensor } from "./init.ts";
 import { castToHalf } from "./ops/cast.ts";
 import type { TensorRange } from "./ops/tensor.ts";
@@ -184,7 +185,8 @@ export class Weights {
       this.params,
       tensors.map((t) => ({ offset: t.offset, size: hfSize(t, this.config) })),
     );
-    return tensors.map((t, i) => ({ name: t.name, shape: hfShape(t, this.config), data: data[i] }));
+    const read = new Map(tensors.map((t, i) => [t.name, data[i] as Float32Array<ArrayBuffer>]));
+    return specTensors(this.config, (name) => read.get(name));
   }
 
   /** Frees the buffers and the cast's uniforms. */
@@ -261,6 +263,33 @@ export function matchTensors(file: TensorShapes, cfg: GPT2Config): Map<string, s
     keys.set(t.name, key);
   }
   return keys;
+}
+
+/**
+ * Every tensor of a GPT-2 file of `cfg` (Hugging Face names and shapes, from the block
+ * spec), read from a checkpoint's model.safetensors: what exports write.
+ */
+export function fileTensors(
+  file: Parameters<typeof tensorF32>[0] & TensorShapes,
+  cfg: GPT2Config,
+): FileTensor[] {
+  const keys = matchTensors(file, cfg);
+  return specTensors(cfg, (name) => tensorF32(file, keys.get(name)!));
+}
+
+/** A tensor of a GPT-2 file, f32. */
+export type FileTensor = TensorToWrite & { data: Float32Array<ArrayBuffer> };
+
+/** A file's tensors, in the spec's order, with `data` by name. */
+function specTensors(
+  cfg: GPT2Config,
+  data: (name: string) => Float32Array<ArrayBuffer> | undefined,
+): FileTensor[] {
+  return modelParams(cfg).map(({ name, shape }) => ({
+    name,
+    shape: shape(cfg),
+    data: data(name)!,
+  }));
 }
 
 /** Loads every parameter from a parsed model.safetensors (all shapes checked first). */
