@@ -1,10 +1,21 @@
 // nanoGPT's bias=False (--no-bias): Linear and LayerNorm layers without biases. The kernels'
 // bias-less variants and a tiny model against the float64 reference.
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
+import { type GPT2Config, parameterCount, PRESETS } from "../src/model/config.ts";
+import { GPT2 } from "../src/model/gpt2.ts";
 import { layernormBackward, layernormForward } from "../src/model/ops/mod.ts";
-import { layernorm, layernormBack } from "./reference/gpt2.ts";
-import { assertAllClose, gpuTest, randn } from "./_harness.ts";
+import { exportTensors, loadTensors } from "../src/model/weights.ts";
+import { loadCheckpoint } from "../src/io/checkpoint.ts";
+import { decodeLlmc } from "../src/io/llmc.ts";
+import { encodeSafetensors, parseSafetensors, tensorF32 } from "../src/io/safetensors.ts";
+import { train } from "../src/train/trainer.ts";
+import { parseTrainArgs } from "../tasks/train.ts";
+import { main as exportMain } from "../tasks/export.ts";
+import { gpt2Reference, layernorm, layernormBack, type RefParams } from "./reference/gpt2.ts";
+import { assertAllClose, gpuTest, randn, randomiseWeights, rng } from "./_harness.ts";
+import { SMALL_MODEL, syntheticText, testTrainConfig } from "./_train_config.ts";
 
 const f64 = (x: ArrayLike<number>) => Float64Array.from(x);
 
@@ -46,3 +57,114 @@ gpuTest("layernorm without a bias: forward and backward match float64", async (r
     made.forEach((b) => rt.arena.free(b));
   }
 });
+
+gpuTest("a tiny model without biases: loss and every gradient match float64", async (rt) => {
+  const cfg: GPT2Config = { ...PRESETS.tiny, bias: false };
+  const B = 2, T = 5;
+  const model = await GPT2.create(rt, cfg, { B, T, seed: 42 });
+  const withBias = await GPT2.create(rt, PRESETS.tiny, { B, T, seed: 42 });
+  try {
+    // No bias is allocated: the layout holds every other tensor, and only those.
+    const biases = withBias.layout.tensors.filter((t) => t.name.endsWith(".bias"));
+    equal(model.layout.tensors.filter((t) => t.name.endsWith(".bias")).length, 0);
+    equal(model.layout.tensors.length, withBias.layout.tensors.length - biases.length);
+    equal(
+      parameterCount(cfg),
+      parameterCount(PRESETS.tiny) - biases.reduce((n, t) => n + t.size, 0),
+    );
+    // No bias gradient dispatches: one per linear layer fewer (4 per block).
+    equal(model.dispatchCount, withBias.dispatchCount - 4 * cfg.nLayer);
+
+    randomiseWeights(model, 5);
+    const u = rng(9);
+    const tokens = Array.from({ length: B * T }, () => Math.floor(u() * cfg.vocabSize));
+    const targets = Array.from({ length: B * T }, () => Math.floor(u() * cfg.vocabSize));
+    const loss = await model.forwardBackward(tokens, targets);
+    const params: RefParams = new Map();
+    for (const t of model.layout.tensors) {
+      params.set(t.name, Float64Array.from(await model.readTensor(t.name)));
+    }
+    const ref = gpt2Reference(cfg, params, tokens, targets, B, T, true);
+    ok(Math.abs(loss - ref.loss) / ref.loss < 1e-5, `loss ${loss} vs reference ${ref.loss}`);
+    for (const t of model.layout.tensors) {
+      const want = ref.grads!.get(t.name)!;
+      const scale = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      assertAllClose(await model.readTensor(t.name, true), want, {
+        rtol: 1e-4,
+        atol: 1e-5 * scale,
+        label: `grad ${t.name}`,
+      });
+    }
+    // Exports carry every GPT-2 tensor: the biases as zeros.
+    const out = await exportTensors(model);
+    equal(out.length, withBias.layout.tensors.length);
+    for (const t of out.filter((t) => t.name.endsWith(".bias"))) {
+      ok(t.data.every((x) => x === 0), t.name);
+    }
+  } finally {
+    model.destroy();
+    withBias.destroy();
+  }
+});
+
+gpuTest(
+  "--no-bias trains, saves, resumes bit for bit and exports zero biases; non-zero biases are refused",
+  async (rt) => {
+    const parsed = await parseTrainArgs(["--no-bias"]);
+    ok(parsed !== "help" && parsed.noBias === true, "--no-bias sets noBias");
+    const dir = await Deno.makeTempDir();
+    const quiet = { print: () => {} };
+    try {
+      const text = `${dir}/text.txt`;
+      await Deno.writeTextFile(text, syntheticText(3000, 1));
+      const config = (out: string, over = {}) =>
+        testTrainConfig(`${dir}/${out}`, text, { noBias: true, steps: 4, ...over });
+      const full = await train(rt, config("full"), quiet);
+      const part = await train(rt, config("part"), { ...quiet, stopAfter: (s) => s === 2 });
+      const rest = await train(rt, config("part", { resume: part.checkpoint }), quiet);
+      deepEqual([...part.losses, ...rest.losses], full.losses); // bit for bit
+      ok(full.losses[3] < full.losses[0], `loss ${full.losses}`);
+
+      // The checkpoint says bias: false and holds zero biases; so does its HF export.
+      const ck = await loadCheckpoint(full.checkpoint);
+      equal(ck.config.bias, false);
+      await exportMain([full.checkpoint, "--hf", `${dir}/hf`]);
+      const hf = parseSafetensors(await Deno.readFile(`${dir}/hf/model.safetensors`), "hf");
+      const json = JSON.parse(await Deno.readTextFile(`${dir}/hf/config.json`));
+      equal(json.bias, false);
+      const names = [...hf.tensors.keys()].filter((n) => n.endsWith(".bias"));
+      equal(names.length, 6 * SMALL_MODEL.nLayer + 1); // six per block and ln_f.bias
+      for (const n of names) ok(tensorF32(hf, n).every((x) => x === 0), n);
+      // llm.c's format has biases too: zeros, and the same weights.
+      await exportMain([full.checkpoint, "--llmc", `${dir}/m.bin`]);
+      const llmc = decodeLlmc(await Deno.readFile(`${dir}/m.bin`), "m.bin");
+      const biases = llmc.tensors.filter((t) => t.name.endsWith(".bias"));
+      equal(biases.length, names.length);
+      for (const t of biases) ok(t.data.every((x) => x === 0), `llm.c ${t.name}`);
+      const fc = llmc.tensors.find((t) => t.name === "h.1.mlp.c_fc.weight")!;
+      deepEqual(fc.data, tensorF32(hf, "h.1.mlp.c_fc.weight"));
+
+      // A checkpoint with a non-zero bias cannot load into a model without biases.
+      const tensors = [...hf.tensors.keys()].map((name) => ({
+        name,
+        shape: hf.tensors.get(name)!.shape,
+        data: name === "h.1.mlp.c_fc.bias"
+          ? tensorF32(hf, name).map((_, i) => (i === 3 ? 0.5 : 0))
+          : tensorF32(hf, name),
+      }));
+      const biased = parseSafetensors(encodeSafetensors(tensors), "biased.safetensors");
+      const model = await GPT2.create(rt, ck.config, { B: 1, T: 8, inference: true });
+      try {
+        throws(
+          () => loadTensors(biased, model),
+          /tensor "h\.1\.mlp\.c_fc\.bias" is non-zero \(max \|x\| 0\.5\).*drop --no-bias/,
+        );
+        loadTensors(hf, model); // zero biases load
+      } finally {
+        model.destroy();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -26,6 +26,8 @@ export interface ParamSpec {
   shape: (cfg: GPT2Config) => number[];
   /** normal: N(0, 0.02); residual: scaled by 1/sqrt(2L); ones; zeros. */
   init: ParamInit;
+  /** A bias: absent from a model with `bias: false` (files still carry it, zero). */
+  bias?: boolean;
 }
 
 /** A size as a function of the config. */
@@ -42,13 +44,13 @@ const ONE = () => 1;
 /** A LayerNorm's two tensors. */
 const layerNorm = (name: string): ParamSpec[] => [
   { name: `${name}.weight`, shape: vec(C), init: "ones" },
-  { name: `${name}.bias`, shape: vec(C), init: "zeros" },
+  { name: `${name}.bias`, shape: vec(C), init: "zeros", bias: true },
 ];
 
 /** A Conv1D linear layer's two tensors. */
 const linear = (name: string, inp: Size, out: Size, init: ParamInit = "normal"): ParamSpec[] => [
   { name: `${name}.weight`, shape: mat(inp, out), init },
-  { name: `${name}.bias`, shape: vec(out), init: "zeros" },
+  { name: `${name}.bias`, shape: vec(out), init: "zeros", bias: true },
 ];
 
 /** The tensors before the blocks. */
@@ -70,13 +72,17 @@ export const BLOCK_PARAMS: readonly ParamSpec[] = [
 /** The tensors after the blocks. */
 export const HEAD_PARAMS: readonly ParamSpec[] = layerNorm("ln_f");
 
-/** Every parameter with its full name, in the flat buffer's order. */
-export function modelParams(cfg: GPT2Config): ParamSpec[] {
+/**
+ * Every parameter of the model with its full name, in the flat buffer's order (`files`:
+ * every tensor a GPT-2 file holds, biases included whatever the config says).
+ */
+export function modelParams(cfg: GPT2Config, o: { files?: boolean } = {}): ParamSpec[] {
   const blocks: ParamSpec[] = [];
   for (let l = 0; l < cfg.nLayer; l++) {
     for (const p of BLOCK_PARAMS) blocks.push({ ...p, name: `h.${l}.${p.name}` });
   }
-  return [...EMBEDDING_PARAMS, ...blocks, ...HEAD_PARAMS];
+  const all = [...EMBEDDING_PARAMS, ...blocks, ...HEAD_PARAMS];
+  return cfg.bias === false && !o.files ? all.filter((p) => !p.bias) : all;
 }
 
 // ---- activations

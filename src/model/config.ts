@@ -22,6 +22,11 @@ export interface GPT2Config {
   nCtx: number;
   /** Vocabulary size (V); GPT-2's is 50257. */
   vocabSize: number;
+  /**
+   * Linear and LayerNorm layers have biases (default true, GPT-2's); false is nanoGPT's
+   * bias=False: no bias tensors, no bias adds or gradients (exports write zero biases).
+   */
+  bias?: boolean;
 }
 
 /** GPT-2's BPE vocabulary size. */
@@ -71,7 +76,7 @@ export function resolveConfig(name: string, overrides: Partial<GPT2Config> = {})
   }
   const cfg = { ...base };
   for (const [k, v] of Object.entries(overrides)) {
-    if (v !== undefined) (cfg as Record<string, number>)[k] = v;
+    if (v !== undefined) (cfg as Record<string, unknown>)[k] = v;
   }
   return validateConfig(cfg);
 }
@@ -82,6 +87,9 @@ export function validateConfig(cfg: GPT2Config): GPT2Config {
     if (!Number.isInteger(cfg[k]) || cfg[k] < 1) {
       throw new RangeError(`Model config ${k} must be a positive integer, got ${cfg[k]}`);
     }
+  }
+  if (cfg.bias !== undefined && typeof cfg.bias !== "boolean") {
+    throw new RangeError(`Model config bias must be true or false, got ${cfg.bias}`);
   }
   if (cfg.nEmbd % cfg.nHead !== 0) {
     throw new RangeError(
