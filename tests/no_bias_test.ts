@@ -4,6 +4,7 @@ import { deepEqual, equal, ok, throws } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
 import { type GPT2Config, parameterCount, PRESETS } from "../src/model/config.ts";
+import { Decoder } from "../src/model/decode.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import { layernormBackward, layernormForward } from "../src/model/ops/mod.ts";
 import { exportTensors, loadTensors } from "../src/model/weights.ts";
@@ -94,6 +95,21 @@ gpuTest("a tiny model without biases: loss and every gradient match float64", as
         atol: 1e-5 * scale,
         label: `grad ${t.name}`,
       });
+    }
+    // The one-token decoder (its buffers from the same spec) agrees with the full forward.
+    const full = await GPT2.create(rt, cfg, { B: 1, T: 8, inference: true, sharedParams: model });
+    const dec = await Decoder.create(rt, model, 8);
+    try {
+      const prompt = tokens.slice(0, 6);
+      await full.forward([...prompt, 0, 0]);
+      assertAllClose(await dec.start(prompt), await full.readLogits(5, 1), {
+        rtol: 1e-4,
+        atol: 1e-4,
+        label: "decoder logits",
+      });
+    } finally {
+      dec.destroy();
+      full.destroy();
     }
     // Exports carry every GPT-2 tensor: the biases as zeros.
     const out = await exportTensors(model);

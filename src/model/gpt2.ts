@@ -11,7 +11,7 @@
  * Precision `fp16` (mixed precision, on devices with shader-f16): parameters
  * stay f32 (the master copy the optimizer updates) and the matmuls read an f16
  * copy, refreshed before the next pass after {@linkcode Weights.markChanged};
- * the activations listed in src/model/plan.ts are f16; every sum is f32. The
+ * the activations marked half in src/model/block_spec.ts are f16; every sum is f32. The
  * loss gradient is multiplied by a loss scale ({@linkcode GPT2.setLossScale}),
  * so that small gradients survive f16.
  *
