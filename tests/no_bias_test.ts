@@ -1,6 +1,6 @@
 // nanoGPT's bias=False (--no-bias): Linear and LayerNorm layers without biases. The kernels'
 // bias-less variants and a tiny model against the float64 reference.
-import { deepEqual, equal, ok, throws } from "node:assert/strict";
+import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
 import { type GPT2Config, parameterCount, PRESETS } from "../src/model/config.ts";
@@ -96,6 +96,11 @@ gpuTest("a tiny model without biases: loss and every gradient match float64", as
         label: `grad ${t.name}`,
       });
     }
+    // A graph of the biased config cannot read these weights.
+    await rejects(
+      () => GPT2.create(rt, PRESETS.tiny, { B: 1, T: 4, inference: true, sharedParams: model }),
+      /Shared weights are of another model/,
+    );
     // The one-token decoder (its buffers from the same spec) agrees with the full forward.
     const full = await GPT2.create(rt, cfg, { B: 1, T: 8, inference: true, sharedParams: model });
     const dec = await Decoder.create(rt, model, 8);

@@ -129,8 +129,10 @@ export class GPT2 {
   /** Builds a graph of shape (B, T) over given weights, or over new ones. */
   static async create(rt: Runtime, config: GPT2Config, options: GPT2Options): Promise<GPT2> {
     const shared = options.weights ?? options.sharedParams?.weights;
-    const keys = ["nLayer", "nHead", "nEmbd", "nCtx", "vocabSize"] as const;
-    if (shared && keys.some((k) => shared.config[k] !== config[k])) {
+    // Every field of the config, bias included (absent means GPT-2's biases).
+    const fields = (c: GPT2Config): GPT2Config => ({ ...c, bias: c.bias ?? true });
+    const keys = Object.keys(fields(config)) as (keyof GPT2Config)[];
+    if (shared && keys.some((k) => fields(shared.config)[k] !== fields(config)[k])) {
       throw new RangeError(
         `Shared weights are of another model (${JSON.stringify(shared.config)}) than ` +
           JSON.stringify(config),
