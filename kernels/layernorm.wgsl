@@ -4,6 +4,7 @@
 // backward_input:   dinp [N, C] += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)),
 //                   dnorm = weight * dout, norm = (inp - mean) * rstd
 // backward_params:  dweight[c] += sum_n norm[n,c] * dout[n,c]; dbias[c] += sum_n dout[n,c]
+// forward_no_bias, backward_params_no_bias: the same without bias and dbias (bias=False)
 //
 // Per-row kernels give one invocation a row, the parameter gradient one
 // invocation a channel: no atomics, deterministic sums. backward_params sums rows
@@ -39,10 +40,8 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
 alias out_t = f32;
 @group(0) @binding(3) var<storage, read_write> out: array<out_t>;
 
-@compute @workgroup_size(64, 1, 1)
-fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let n = linear_index(gid, nwg);
-  if (n >= p.N) { return; }
+// The row's mean and rstd (written to mean[n], rstd[n]).
+fn row_stats(n: u32) -> vec2f {
   let base = n * p.C;
   var s = 0.0;
   for (var c = 0u; c < p.C; c++) { s += inp[base + c]; }
@@ -53,11 +52,32 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
     v += d * d;
   }
   let r = inverseSqrt(v / f32(p.C) + EPS);
-  for (var c = 0u; c < p.C; c++) {
-    out[base + c] = out_t((inp[base + c] - m) * r * weight[c] + bias[c]);
-  }
   mean[n] = m;
   rstd[n] = r;
+  return vec2f(m, r);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let n = linear_index(gid, nwg);
+  if (n >= p.N) { return; }
+  let base = n * p.C;
+  let st = row_stats(n);
+  for (var c = 0u; c < p.C; c++) {
+    out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c] + bias[c]);
+  }
+}
+
+// Without a bias (nanoGPT's bias=False): binding 2 is not used.
+@compute @workgroup_size(64, 1, 1)
+fn forward_no_bias(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let n = linear_index(gid, nwg);
+  if (n >= p.N) { return; }
+  let base = n * p.C;
+  let st = row_stats(n);
+  for (var c = 0u; c < p.C; c++) {
+    out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c]);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -91,10 +111,8 @@ fn backward_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgr
 @group(0) @binding(8) var<storage, read_write> dweight: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dbias: array<f32>;
 
-@compute @workgroup_size(64, 1, 1)
-fn backward_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let c = linear_index(gid, nwg);
-  if (c >= p.C) { return; }
+// Channel c's sums over rows [n0, n1): x = dweight's, y = dbias's.
+fn param_sums(c: u32) -> vec2f {
   var dw = 0.0;
   var db = 0.0;
   for (var n = p.n0; n < p.n1; n++) {
@@ -102,6 +120,25 @@ fn backward_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workg
     dw += (inp[n * p.C + c] - mean[n]) * rstd[n] * d;
     db += d;
   }
-  dweight[c] += dw;
-  dbias[c] += db;
+  return vec2f(dw, db);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn backward_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let c = linear_index(gid, nwg);
+  if (c >= p.C) { return; }
+  let s = param_sums(c);
+  dweight[c] += s.x;
+  dbias[c] += s.y;
+}
+
+// Without a bias: binding 9 is not used.
+@compute @workgroup_size(64, 1, 1)
+fn backward_params_no_bias(
+  @builtin(global_invocation_id) gid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+) {
+  let c = linear_index(gid, nwg);
+  if (c >= p.C) { return; }
+  dweight[c] += param_sums(c).x;
 }

@@ -13,11 +13,10 @@
 
 import { loadCheckpoint, type LoadedCheckpoint } from "../src/io/checkpoint.ts";
 import { hfConfigJson } from "../src/io/hf.ts";
-import { hfShape, matchTensors } from "../src/model/weights.ts";
+import { fileTensors } from "../src/model/weights.ts";
 import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
 import { encodeLlmc } from "../src/io/llmc.ts";
-import { encodeSafetensors, type SafeDtype, tensorF32 } from "../src/io/safetensors.ts";
-import { parameterLayout } from "../src/model/params.ts";
+import { encodeSafetensors, type SafeDtype } from "../src/io/safetensors.ts";
 import { processAlive } from "../src/dir_lock.ts";
 import { parseCheckpointArgs, runMain } from "./_cli.ts";
 import { basename, dirname, join } from "node:path";
@@ -89,19 +88,15 @@ async function writeExport(
   as: { llmc: boolean; dtype: string },
   step: <T>(write: Promise<T>) => Promise<T>,
 ): Promise<void> {
-  const keys = matchTensors(ck.model, ck.config);
-  const tensor = (name: string) => tensorF32(ck.model, keys.get(name)!);
+  const tensors = fileTensors(ck.model, ck.config);
+  const byName = new Map(tensors.map((t) => [t.name, t.data]));
+  const tensor = (name: string) => byName.get(name)!;
   if (as.llmc) {
     const dtype = as.dtype as "fp32" | "bf16";
     await step(Deno.writeFile(tmp, encodeLlmc(ck.config, tensor, { dtype })));
     return;
   }
   await step(Deno.mkdir(tmp, { recursive: true }));
-  const tensors = parameterLayout(ck.config).tensors.map((t) => ({
-    name: t.name,
-    shape: hfShape(t, ck.config),
-    data: tensor(t.name),
-  }));
   const sd = DTYPES[as.dtype];
   await step(Deno.writeFile(
     `${tmp}/model.safetensors`,

@@ -29,6 +29,8 @@ export function hfConfigJson(cfg: GPT2Config): Record<string, unknown> {
     eos_token_id: 50256,
     tie_word_embeddings: true,
     torch_dtype: "float32",
+    // nanoGPT's bias=False (the file's biases are zero); GPT-2 readers ignore the key.
+    ...cfg.bias === false && { bias: false },
   };
 }
 
@@ -55,6 +57,7 @@ export function configFromHf(json: Record<string, unknown>, path: string): GPT2C
       nEmbd: num("n_embd"),
       nCtx: num("n_positions", "n_ctx"),
       vocabSize: num("vocab_size"),
+      ...json.bias === false && { bias: false },
     });
   } catch (e) {
     throw new Error(`Invalid ${path}: ${(e as Error).message}`);

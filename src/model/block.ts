@@ -9,13 +9,16 @@
  * batch, or attention over the KV cache when decoding). The backward runs the
  * same graph in reverse over the batch, adding to the parameter gradients.
  *
+ * The buffers are the block spec's (src/model/block_spec.ts); a layer whose bias the
+ * weights' layout lacks gets no bias add and no bias gradient.
+ *
  * @module
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import { linearBackward, linearForward } from "./ops/linear.ts";
-import type { MatmulOptions } from "./ops/matmul.ts";
+import type { MatmulOptions, Operand } from "./ops/matmul.ts";
 import {
   flashAttentionBackward,
   geluBackward,
@@ -25,6 +28,7 @@ import {
   residualForward,
   type TensorRange,
 } from "./ops/mod.ts";
+import type { BlockActs, BlockScratch } from "./block_spec.ts";
 import type { Weights } from "./weights.ts";
 
 /** Which block, over which weights, with which matmul options. */
@@ -37,30 +41,8 @@ export interface BlockAt {
   matmul?: MatmulOptions;
 }
 
-/** The buffers one block reads and writes ([rows, C] unless noted). */
-export interface BlockBuffers {
-  /** The block's input (the residual stream). */
-  input: GPUBuffer;
-  ln1: GPUBuffer;
-  ln1Mean: GPUBuffer;
-  ln1Rstd: GPUBuffer;
-  /** [rows, 3C] */
-  qkv: GPUBuffer;
-  /** Attention output. */
-  atty: GPUBuffer;
-  attproj: GPUBuffer;
-  res2: GPUBuffer;
-  ln2: GPUBuffer;
-  ln2Mean: GPUBuffer;
-  ln2Rstd: GPUBuffer;
-  /** [rows, 4C] */
-  fch: GPUBuffer;
-  /** [rows, 4C] */
-  fchGelu: GPUBuffer;
-  fcproj: GPUBuffer;
-  /** The block's output. */
-  res3: GPUBuffer;
-}
+/** The buffers one block reads and writes: its input (the residual stream) and activations. */
+export type BlockBuffers = BlockActs & { input: GPUBuffer };
 
 /** A block's dispatches in order: `pre`, then attention, then `post`. */
 export interface BlockDispatches {
@@ -74,8 +56,35 @@ export interface BlockDispatches {
 }
 
 /**
- * Builds block `l` over `rows` positions; `P` names the parameter ranges, `W`
- * the ranges matmuls read weights from (an f16 copy under mixed precision).
+ * Block `l`'s parameters by name: their ranges, the ranges matmuls read weights from (an f16
+ * copy under mixed precision) and gradients. A bias the layout lacks is undefined.
+ */
+function blockParams(weights: Weights, l: number) {
+  const name = (n: string) => `h.${l}.${n}`;
+  const range = (t: TensorRange): Operand => ({ buffer: t.buffer, offset: t.offset });
+  const bias = (n: string, grads = false) =>
+    weights.has(name(`${n}.bias`)) ? weights.tensor(name(`${n}.bias`), grads) : undefined;
+  return {
+    /** A parameter (or its gradient). */
+    p: (n: string, grads = false) => weights.tensor(name(n), grads),
+    /** Where matmuls read layer `n`'s weight. */
+    w: (n: string) => range(weights.weight(name(`${n}.weight`))),
+    /** Layer `n`'s bias (or its gradient), if it has one. */
+    bias,
+    /** The same as an operand. */
+    biasOp: (n: string, grads = false) => {
+      const b = bias(n, grads);
+      return b && range(b);
+    },
+    range,
+  };
+}
+
+const buf = (x: GPUBuffer): Operand => ({ buffer: x });
+
+/**
+ * Builds block `l` over `rows` positions; the attention dispatches (between q|k|v and
+ * c_proj) come from the caller.
  */
 export async function blockForward(
   rt: Runtime,
@@ -84,25 +93,21 @@ export async function blockForward(
   attention: Dispatch[],
 ): Promise<BlockDispatches> {
   const { rows: BT, l, weights, matmul: mm } = at, C = weights.config.nEmbd;
-  const h = (n: string) => weights.tensor(`h.${l}.${n}`);
-  const op = (n: string) => ({ buffer: h(n).buffer, offset: h(n).offset });
-  const w = (n: string) => {
-    const t = weights.weight(`h.${l}.${n}`);
-    return { buffer: t.buffer, offset: t.offset };
-  };
-  const buf = (x: GPUBuffer) => ({ buffer: x });
-  const lin = (name: string, Cin: number, OC: number, inp: GPUBuffer, out: GPUBuffer) =>
-    linearForward(rt, { BT, C: Cin, OC, bias: true }, {
+  const P = blockParams(weights, l);
+  const lin = (name: string, Cin: number, OC: number, inp: GPUBuffer, out: GPUBuffer) => {
+    const bias = P.biasOp(name);
+    return linearForward(rt, { BT, C: Cin, OC, bias: !!bias }, {
       inp: buf(inp),
-      weight: w(`${name}.weight`),
-      bias: op(`${name}.bias`),
+      weight: P.w(name),
+      bias,
       out: buf(out),
     }, mm);
+  };
   const ln = (name: string, inp: GPUBuffer, out: GPUBuffer, mean: GPUBuffer, rstd: GPUBuffer) =>
     layernormForward(rt, { N: BT, C }, {
       inp,
-      weight: h(`${name}.weight`),
-      bias: h(`${name}.bias`),
+      weight: P.p(`${name}.weight`),
+      bias: P.bias(name),
       out,
       mean,
       rstd,
@@ -126,42 +131,21 @@ export async function blockForward(
   return { pre, attention, post, mlp };
 }
 
-/** Scratch gradients the backward of every block reuses ([B*T, width]). */
-export interface BlockScratch {
-  /** Gradient of the residual stream [C]: read as the block's output gradient, then added to. */
-  dres: GPUBuffer;
-  /** [C]: the LayerNorms' output gradients. */
-  dbtc: GPUBuffer;
-  /** [C] */
-  datty: GPUBuffer;
-  /** [3C] */
-  dqkv: GPUBuffer;
-  /** [4C] */
-  dfchGelu: GPUBuffer;
-  /** [4C] */
-  dfch: GPUBuffer;
-  /** Flash attention's D [B, NH, T]. */
-  delta: GPUBuffer;
-}
-
 /**
- * Builds block `l`'s backward over B*T positions, from `b`'s saved (or
- * recomputed) activations and `lse`: `P` names parameters, `W` the weights
- * matmuls read, `G` gradients (added to).
+ * Builds block `l`'s backward over B*T positions, from `b`'s saved (or recomputed)
+ * activations, adding to the parameter gradients; `d` is the scratch every block reuses
+ * (dresidual: the block's output gradient on entry, its input gradient on exit).
  */
 export async function blockBackward(
   rt: Runtime,
   at: BlockAt & { B: number; T: number },
-  b: BlockBuffers & { lse: GPUBuffer },
+  b: BlockBuffers,
   d: BlockScratch,
 ): Promise<Dispatch[]> {
   const { B, T, l, weights, matmul: mm } = at;
   const { nEmbd: C, nHead: NH } = weights.config;
   const BT = B * T;
-  const h = (n: string) => weights.tensor(`h.${l}.${n}`);
-  const g = (n: string) => weights.tensor(`h.${l}.${n}`, true);
-  const op = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
-  const buf = (x: GPUBuffer) => ({ buffer: x });
+  const P = blockParams(weights, l);
   const lin = (
     name: string,
     Cin: number,
@@ -169,41 +153,43 @@ export async function blockBackward(
     inp: GPUBuffer,
     dout: GPUBuffer,
     dinp: GPUBuffer,
-  ) =>
-    linearBackward(rt, { BT, C: Cin, OC, bias: true }, {
+  ) => {
+    const dbias = P.biasOp(name, true);
+    return linearBackward(rt, { BT, C: Cin, OC, bias: !!dbias }, {
       inp: buf(inp),
-      weight: op(weights.weight(`h.${l}.${name}.weight`)),
+      weight: P.w(name),
       dout: buf(dout),
       dinp: buf(dinp),
-      dweight: op(g(`${name}.weight`)),
-      dbias: op(g(`${name}.bias`)),
+      dweight: P.range(P.p(`${name}.weight`, true)),
+      dbias,
     }, mm);
+  };
   const ln = (name: string, inp: GPUBuffer, mean: GPUBuffer, rstd: GPUBuffer) =>
     layernormBackward(rt, { N: BT, C }, {
       inp,
-      weight: h(`${name}.weight`),
+      weight: P.p(`${name}.weight`),
       mean,
       rstd,
-      dout: d.dbtc,
-      dinp: d.dres,
-      dweight: g(`${name}.weight`),
-      dbias: g(`${name}.bias`),
+      dout: d.dBtc,
+      dinp: d.dresidual,
+      dweight: P.p(`${name}.weight`, true),
+      dbias: P.bias(name, true),
     });
   return [
-    ...await lin("mlp.c_proj", 4 * C, C, b.fchGelu, d.dres, d.dfchGelu),
-    await geluBackward(rt, BT * 4 * C, { inp: b.fch, dout: d.dfchGelu, dinp: d.dfch }),
-    ...await lin("mlp.c_fc", C, 4 * C, b.ln2, d.dfch, d.dbtc),
+    ...await lin("mlp.c_proj", 4 * C, C, b.fchGelu, d.dresidual, d.dFchGelu),
+    await geluBackward(rt, BT * 4 * C, { inp: b.fch, dout: d.dFchGelu, dinp: d.dFch }),
+    ...await lin("mlp.c_fc", C, 4 * C, b.ln2, d.dFch, d.dBtc),
     ...await ln("ln_2", b.res2, b.ln2Mean, b.ln2Rstd),
-    ...await lin("attn.c_proj", C, C, b.atty, d.dres, d.datty),
+    ...await lin("attn.c_proj", C, C, b.atty, d.dresidual, d.dAtty),
     ...await flashAttentionBackward(rt, { B, T, C, NH }, {
       qkv: b.qkv,
       out: b.atty,
       lse: b.lse,
-      dout: d.datty,
-      delta: d.delta,
-      dqkv: d.dqkv,
+      dout: d.dAtty,
+      delta: d.attnDelta,
+      dqkv: d.dQkv,
     }),
-    ...await lin("attn.c_attn", C, 3 * C, b.ln1, d.dqkv, d.dbtc),
+    ...await lin("attn.c_attn", C, 3 * C, b.ln1, d.dQkv, d.dBtc),
     ...await ln("ln_1", b.input, b.ln1Mean, b.ln1Rstd),
   ];
 }

@@ -8,6 +8,8 @@
  * @module
  */
 
+import { modelParams } from "./block_spec.ts";
+
 /** A GPT-2 architecture. */
 export interface GPT2Config {
   /** Number of transformer blocks (L). */
@@ -20,6 +22,11 @@ export interface GPT2Config {
   nCtx: number;
   /** Vocabulary size (V); GPT-2's is 50257. */
   vocabSize: number;
+  /**
+   * Linear and LayerNorm layers have biases (default true, GPT-2's); false is nanoGPT's
+   * bias=False: no bias tensors, no bias adds or gradients (exports write zero biases).
+   */
+  bias?: boolean;
 }
 
 /** GPT-2's BPE vocabulary size. */
@@ -69,7 +76,7 @@ export function resolveConfig(name: string, overrides: Partial<GPT2Config> = {})
   }
   const cfg = { ...base };
   for (const [k, v] of Object.entries(overrides)) {
-    if (v !== undefined) (cfg as Record<string, number>)[k] = v;
+    if (v !== undefined) (cfg as Record<string, unknown>)[k] = v;
   }
   return validateConfig(cfg);
 }
@@ -80,6 +87,9 @@ export function validateConfig(cfg: GPT2Config): GPT2Config {
     if (!Number.isInteger(cfg[k]) || cfg[k] < 1) {
       throw new RangeError(`Model config ${k} must be a positive integer, got ${cfg[k]}`);
     }
+  }
+  if (cfg.bias !== undefined && typeof cfg.bias !== "boolean") {
+    throw new RangeError(`Model config bias must be true or false, got ${cfg.bias}`);
   }
   if (cfg.nEmbd % cfg.nHead !== 0) {
     throw new RangeError(
@@ -115,8 +125,5 @@ export function checkSequenceLength(cfg: GPT2Config, T: number): void {
 
 /** Number of parameters, without vocabulary padding (what Hugging Face reports). */
 export function parameterCount(cfg: GPT2Config): number {
-  const { nLayer: L, nEmbd: C, nCtx, vocabSize: V } = cfg;
-  const perLayer = 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + 2 * C + (C * 4 * C + 4 * C) +
-    (4 * C * C + C);
-  return V * C + nCtx * C + L * perLayer + 2 * C;
+  return modelParams(cfg).reduce((n, p) => n + p.shape(cfg).reduce((a, b) => a * b, 1), 0);
 }

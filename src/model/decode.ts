@@ -22,7 +22,14 @@ import {
   encoderForward,
   layernormForward,
 } from "./ops/mod.ts";
-import { activationDType } from "./plan.ts";
+import {
+  BLOCK_ACTIVATIONS,
+  type BlockActivation,
+  type BlockActs,
+  type BufferSpec,
+  snakeCase,
+} from "./block_spec.ts";
+import { bufferDType, MODEL_BUFFERS } from "./plan.ts";
 import { dtypeBytes } from "../gpu/dtype.ts";
 
 /**
@@ -76,10 +83,19 @@ export class Decoder {
     return this.#mem.alloc(label, "activations", bytes);
   }
 
-  /** One row of activation `name` ([width]), typed as the model's plan types it. */
-  #row(label: string, name: string, width: number): GPUBuffer {
-    const dtype = activationDType(name, this.#prefill.precision);
-    return this.#mem.alloc(label, "activations", width * dtypeBytes(dtype), undefined, dtype);
+  /** One row of a buffer of the block spec: its width, typed as the model's plan types it. */
+  #row(label: string, spec: BufferSpec): GPUBuffer {
+    const dtype = bufferDType(spec, this.#prefill.precision);
+    const bytes = spec.width(this.config) * dtypeBytes(dtype);
+    return this.#mem.alloc(label, "activations", bytes, undefined, dtype);
+  }
+
+  /** One row of each of layer l's activations (lse too: decode attention writes none). */
+  #layerRow(l: number): BlockActs {
+    const names = Object.keys(BLOCK_ACTIVATIONS) as BlockActivation[];
+    return Object.fromEntries(
+      names.map((n) => [n, this.#row(`decode.h.${l}.${snakeCase(n)}`, BLOCK_ACTIVATIONS[n])]),
+    ) as BlockActs;
   }
 
   /**
@@ -113,7 +129,7 @@ export class Decoder {
     const W = (n: string) => m.weight(n);
     const op = (n: string) => ({ buffer: W(n).buffer, offset: W(n).offset });
     const buf = (b: GPUBuffer) => ({ buffer: b });
-    const x0 = this.#act("decode.x0", C * 4);
+    const x0 = this.#row("decode.x0", MODEL_BUFFERS.encoded);
     this.#embed = await encoderForward(rt, { BT: 1, T: 1, C, Vp }, {
       tokens: { buffer: this.#token, offset: 0, size: 4 },
       wte: P("wte.weight"),
@@ -126,52 +142,33 @@ export class Decoder {
     );
     let residual = x0;
     for (let l = 0; l < L; l++) {
-      const a = (n: string, f: number) => this.#row(`decode.h.${l}.${n}`, n, f);
-      const [ln1, mean, rstd] = [a("ln1", C), a("mean", 1), a("rstd", 1)];
-      const qkv1 = a("qkv", 3 * C), atty = a("atty", C), proj = a("proj", C), res2 = a("res2", C);
-      const ln2 = a("ln2", C), fch = a("fch", 4 * C), fchg = a("fch_gelu", 4 * C);
-      const fcproj = a("fcproj", C), res3 = a("res3", C);
-      this.#qkv1.push(qkv1);
+      const a = this.#layerRow(l);
+      this.#qkv1.push(a.qkv);
       const attention = await attentionDecode(rt, { maxT: this.T, C, NH }, {
-        q1: qkv1,
+        q1: a.qkv,
         cache: m.layerQkv(l),
-        out: atty,
+        out: a.atty,
         partial,
       });
       this.#attention.push(attention);
       const blk = await blockForward(
         rt,
         { weights: m.weights, l, rows: 1, matmul: mm },
-        {
-          input: residual,
-          ln1,
-          ln1Mean: mean,
-          ln1Rstd: rstd,
-          qkv: qkv1,
-          atty,
-          attproj: proj,
-          res2,
-          ln2,
-          ln2Mean: mean,
-          ln2Rstd: rstd,
-          fch,
-          fchGelu: fchg,
-          fcproj,
-          res3,
-        },
+        { ...a, input: residual },
         attention,
       );
       this.#before.push(blk.pre);
       this.#after.push([...blk.attention, ...blk.post]);
-      residual = res3;
+      residual = a.res3;
     }
-    const lnf = this.#row("decode.lnf", "lnf", C);
-    const [mean, rstd] = [this.#act("decode.lnf_mean", 4), this.#act("decode.lnf_rstd", 4)];
+    const lnf = this.#row("decode.lnf", MODEL_BUFFERS.lnf);
+    const mean = this.#row("decode.lnf_mean", MODEL_BUFFERS.lnfMean);
+    const rstd = this.#row("decode.lnf_rstd", MODEL_BUFFERS.lnfRstd);
     this.#head = [
       await layernormForward(rt, { N: 1, C }, {
         inp: residual,
         weight: P("ln_f.weight"),
-        bias: P("ln_f.bias"),
+        bias: m.weights.has("ln_f.bias") ? P("ln_f.bias") : undefined,
         out: lnf,
         mean,
         rstd,
@@ -214,7 +211,8 @@ export class Decoder {
     const pos = new Uint32Array([t]); // the position: word 6 of the encoder's uniform, 0 of attention's
     for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, pos);
     for (const d of this.#attention.flat()) q.writeBuffer(d.resources![0], 0, pos);
-    const C3 = 3 * this.config.nEmbd * dtypeBytes(activationDType("qkv", this.#prefill.precision));
+    const qkv = BLOCK_ACTIVATIONS.qkv; // one row of q|k|v, as the cache stores it
+    const C3 = qkv.width(this.config) * dtypeBytes(bufferDType(qkv, this.#prefill.precision));
     const enc = this.rt.device.createCommandEncoder();
     this.#prefill.weights.encodeRefresh(enc);
     encodeDispatches(enc, this.#embed);

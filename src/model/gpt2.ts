@@ -11,7 +11,7 @@
  * Precision `fp16` (mixed precision, on devices with shader-f16): parameters
  * stay f32 (the master copy the optimizer updates) and the matmuls read an f16
  * copy, refreshed before the next pass after {@linkcode Weights.markChanged};
- * the activations listed in src/model/plan.ts are f16; every sum is f32. The
+ * the activations marked half in src/model/block_spec.ts are f16; every sum is f32. The
  * loss gradient is multiplied by a loss scale ({@linkcode GPT2.setLossScale}),
  * so that small gradients survive f16.
  *
@@ -129,8 +129,10 @@ export class GPT2 {
   /** Builds a graph of shape (B, T) over given weights, or over new ones. */
   static async create(rt: Runtime, config: GPT2Config, options: GPT2Options): Promise<GPT2> {
     const shared = options.weights ?? options.sharedParams?.weights;
-    const keys = ["nLayer", "nHead", "nEmbd", "nCtx", "vocabSize"] as const;
-    if (shared && keys.some((k) => shared.config[k] !== config[k])) {
+    // Every field of the config, bias included (absent means GPT-2's biases).
+    const fields = (c: GPT2Config): GPT2Config => ({ ...c, bias: c.bias ?? true });
+    const keys = Object.keys(fields(config)) as (keyof GPT2Config)[];
+    if (shared && keys.some((k) => fields(shared.config)[k] !== fields(config)[k])) {
       throw new RangeError(
         `Shared weights are of another model (${JSON.stringify(shared.config)}) than ` +
           JSON.stringify(config),

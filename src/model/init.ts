@@ -8,7 +8,19 @@
  */
 
 import type { GPT2Config } from "./config.ts";
+import { modelParams, type ParamInit } from "./block_spec.ts";
 import type { TensorView } from "./params.ts";
+
+const inits = new WeakMap<GPT2Config, Map<string, ParamInit>>();
+
+/** A tensor's init kind from the block spec (the table is built once per config). */
+function initOf(cfg: GPT2Config, name: string): ParamInit {
+  let m = inits.get(cfg);
+  if (!m) inits.set(cfg, m = new Map(modelParams(cfg).map((p) => [p.name, p.init])));
+  const init = m.get(name);
+  if (!init) throw new RangeError(`Unknown parameter "${name}"`);
+  return init;
+}
 
 /** A mulberry32 stream of uniforms in [0, 1). */
 export function mulberry32(seed: number): () => number {
@@ -40,14 +52,10 @@ export function initTensor(
   seed: number,
 ): Float32Array<ArrayBuffer> {
   const out = new Float32Array(t.size);
-  if (t.name.endsWith(".bias")) return out;
-  if (
-    t.name.endsWith("ln_1.weight") || t.name.endsWith("ln_2.weight") || t.name === "ln_f.weight"
-  ) {
-    return out.fill(1);
-  }
-  const residual = t.name.endsWith("attn.c_proj.weight") || t.name.endsWith("mlp.c_proj.weight");
-  const std = residual ? 0.02 / Math.sqrt(2 * cfg.nLayer) : 0.02;
+  const init = initOf(cfg, t.name);
+  if (init === "zeros") return out;
+  if (init === "ones") return out.fill(1);
+  const std = init === "residual" ? 0.02 / Math.sqrt(2 * cfg.nLayer) : 0.02;
   const random = mulberry32((seed * 1000003 + index * 7919) >>> 0);
   const n = t.name === "wte.weight" ? cfg.vocabSize * cfg.nEmbd : t.size;
   fillNormal(out.subarray(0, n), std, random);

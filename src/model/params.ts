@@ -1,6 +1,6 @@
 /**
  * The parameter layout: one flat buffer with a named view per tensor, computed
- * from a table of {name, shape} (llm.c's fill_in_parameter_sizes). Names and
+ * from the block spec's table of {name, shape} (llm.c's fill_in_parameter_sizes). Names and
  * shapes are Hugging Face GPT-2's (Conv1D weights are [in, out]), so a
  * checkpoint maps one to one. Gradients and optimizer state use the same layout.
  *
@@ -9,6 +9,7 @@
  * @module
  */
 
+import { modelParams } from "./block_spec.ts";
 import { type GPT2Config, paddedVocab } from "./config.ts";
 
 /** One tensor's place in the flat buffer (offset and size in elements). */
@@ -38,33 +39,16 @@ export interface ParamLayout {
 /** Tensor offsets are aligned to 256 bytes, WebGPU's largest binding offset alignment. */
 export const TENSOR_ALIGN = 64;
 
-/** The tensors of GPT-2 in the flat buffer's order. */
+/**
+ * The tensors of GPT-2 in the flat buffer's order (from the block spec): Hugging Face shapes,
+ * except wte's rows padded to Vp.
+ */
 export function parameterShapes(cfg: GPT2Config): { name: string; shape: number[] }[] {
-  const { nLayer: L, nEmbd: C, nCtx } = cfg;
   const Vp = paddedVocab(cfg.vocabSize);
-  const out = [
-    { name: "wte.weight", shape: [Vp, C] },
-    { name: "wpe.weight", shape: [nCtx, C] },
-  ];
-  for (let l = 0; l < L; l++) {
-    const h = `h.${l}`;
-    out.push(
-      { name: `${h}.ln_1.weight`, shape: [C] },
-      { name: `${h}.ln_1.bias`, shape: [C] },
-      { name: `${h}.attn.c_attn.weight`, shape: [C, 3 * C] },
-      { name: `${h}.attn.c_attn.bias`, shape: [3 * C] },
-      { name: `${h}.attn.c_proj.weight`, shape: [C, C] },
-      { name: `${h}.attn.c_proj.bias`, shape: [C] },
-      { name: `${h}.ln_2.weight`, shape: [C] },
-      { name: `${h}.ln_2.bias`, shape: [C] },
-      { name: `${h}.mlp.c_fc.weight`, shape: [C, 4 * C] },
-      { name: `${h}.mlp.c_fc.bias`, shape: [4 * C] },
-      { name: `${h}.mlp.c_proj.weight`, shape: [4 * C, C] },
-      { name: `${h}.mlp.c_proj.bias`, shape: [C] },
-    );
-  }
-  out.push({ name: "ln_f.weight", shape: [C] }, { name: "ln_f.bias", shape: [C] });
-  return out;
+  return modelParams(cfg).map(({ name, shape }) => ({
+    name,
+    shape: name === "wte.weight" ? [Vp, cfg.nEmbd] : shape(cfg),
+  }));
 }
 
 /** Offsets of every tensor in the flat buffer. */

@@ -10,7 +10,15 @@ import type { ArenaScope } from "../gpu/arena.ts";
 import type { Dispatch } from "../gpu/dispatch.ts";
 import { type BufferRange, splitRange } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
-import { blockBackward, type BlockBuffers, blockForward } from "./block.ts";
+import { blockBackward, blockForward } from "./block.ts";
+import {
+  BLOCK_ACTIVATIONS,
+  BLOCK_SCRATCH,
+  type BlockActivation,
+  type BlockActs,
+  type BlockScratch,
+  snakeCase,
+} from "./block_spec.ts";
 import { matmul, type MatmulOptions } from "./ops/matmul.ts";
 import {
   classifier,
@@ -21,20 +29,11 @@ import {
   layernormForward,
   type TensorRange,
 } from "./ops/mod.ts";
-import {
-  activationBuffers,
-  layerBufferLabel,
-  type LayerField,
-  logitsChunkRows,
-  type Recompute,
-} from "./plan.ts";
+import { activationBuffers, layerBufferLabel, logitsChunkRows, type Recompute } from "./plan.ts";
 import type { Weights } from "./weights.ts";
 
-/** One layer's activations: a block's buffers (its input is the previous output) and lse. */
-export type LayerActs = Omit<BlockBuffers, "input"> & {
-  /** Log-sum-exp of each attention row [B, NH, T] (flash attention keeps no T x T matrix). */
-  lse: GPUBuffer;
-};
+/** One layer's activations, as the block spec names them (lse included). */
+export type LayerActs = BlockActs;
 
 /** What the passes are built for. */
 export interface PassSpec {
@@ -102,11 +101,66 @@ export async function buildPasses(
   s: PassSpec,
   mem: ArenaScope,
 ): Promise<Passes> {
-  const { B, T } = s, Vp = w.Vp;
-  const { nLayer: L, nHead: NH, nEmbd: C, vocabSize: V } = w.config;
-  const BT = B * T;
-  const mm = s.matmul;
-  // Every activation and scratch buffer comes from the plan (src/model/plan.ts).
+  const g = allocate(rt, w, s, mem);
+  const fwd = await forwardBody(g);
+  const lmHead = await lmHeadMatmuls(g);
+  const head: Dispatch[] = [];
+  for (let i = 0; i < g.chunks.length; i++) {
+    head.push(...lmHead[i], ...await classify(g, g.chunks[i], false));
+  }
+  const [k0, k1] = g.chunks[g.chunks.length - 1];
+  const out: Passes = {
+    forward: [...fwd.all, ...head],
+    train: [],
+    layers: g.layers,
+    inputs: g.inputs,
+    logits: g.logits,
+    losses: g.losses,
+    logitsRows: [k0, k1 - k0],
+    gradMarks: [],
+    trainParts: [],
+  };
+  if (s.inference) return out;
+  const bwd = await backward(g, fwd, lmHead);
+  out.train = [...fwd.all, ...bwd.list];
+  out.dres = g.scratch!.dresidual;
+  out.gradMarks = bwd.marks.map((m) => ({ ...m, at: fwd.all.length + m.at }));
+  out.trainParts = out.gradMarks.map((m, i) =>
+    out.train.slice(i === 0 ? 0 : out.gradMarks[i - 1].at, m.at)
+  );
+  return out;
+}
+
+// ---- the buffers
+
+/** What every step of the build reads: the spec, the weights and the allocated buffers. */
+interface Graph {
+  rt: Runtime;
+  w: Weights;
+  s: PassSpec;
+  B: number;
+  T: number;
+  recompute: Recompute;
+  inputs: GPUBuffer;
+  tokens: BufferRange;
+  targets: BufferRange;
+  order: BufferRange;
+  encoded: GPUBuffer;
+  layers: LayerActs[];
+  lnf: GPUBuffer;
+  lnfMean: GPUBuffer;
+  lnfRstd: GPUBuffer;
+  logits: GPUBuffer;
+  losses: GPUBuffer;
+  /** Rows [r0, r1) of each logits chunk. */
+  chunks: [number, number][];
+  /** The backward's scratch (undefined in inference). */
+  scratch?: BlockScratch;
+}
+
+/** Allocates every buffer of the plan (src/model/plan.ts) and names them. */
+function allocate(rt: Runtime, w: Weights, s: PassSpec, mem: ArenaScope): Graph {
+  const { B, T } = s, BT = B * T;
   const recompute: Recompute = s.inference ? "none" : s.recompute;
   const plan = activationBuffers(w.config, {
     B,
@@ -120,70 +174,79 @@ export async function buildPasses(
     plan.map((b) => [b.label, mem.alloc(b.label, b.category, b.bytes, undefined, b.dtype)]),
   );
   const get = (label: string) => made.get(label)!;
-  const S = s.inputStride;
-  const inputs = get("inputs");
-  const tokens: BufferRange = { buffer: inputs, offset: 0, size: BT * 4 };
-  const targets: BufferRange = { buffer: inputs, offset: S * 4, size: BT * 4 };
-  const order: BufferRange = { buffer: inputs, offset: 2 * S * 4, size: BT * 4 };
-  const P = (n: string) => w.tensor(n);
-  const W = (n: string) => w.weight(n);
-  const G = (n: string) => w.tensor(n, true);
-  const op = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
-  const buf = (b: GPUBuffer) => ({ buffer: b });
-
-  // ---- activations (shared "work" buffers where the backward recomputes)
-  const encoded = get("encoded");
+  // Shared "work" buffers where the backward recomputes.
   const layers: LayerActs[] = [];
-  for (let l = 0; l < L; l++) {
-    const a = (f: LayerField) => get(layerBufferLabel(l, f, recompute));
-    layers.push({
-      ln1: a("ln1"),
-      ln1Mean: a("ln1_mean"),
-      ln1Rstd: a("ln1_rstd"),
-      qkv: a("qkv"),
-      atty: a("atty"),
-      lse: a("lse"),
-      attproj: a("attproj"),
-      res2: a("res2"),
-      ln2: a("ln2"),
-      ln2Mean: a("ln2_mean"),
-      ln2Rstd: a("ln2_rstd"),
-      fch: a("fch"),
-      fchGelu: a("fch_gelu"),
-      fcproj: a("fcproj"),
-      res3: a("res3"),
-    });
+  for (let l = 0; l < w.config.nLayer; l++) {
+    const names = Object.keys(BLOCK_ACTIVATIONS) as BlockActivation[];
+    layers.push(
+      Object.fromEntries(
+        names.map((f) => [f, get(layerBufferLabel(l, f, recompute))]),
+      ) as LayerActs,
+    );
   }
-  const lnf = get("lnf"), lnfMean = get("lnf_mean"), lnfRstd = get("lnf_rstd");
-  const logits = get("logits"), losses = get("losses");
-  const chunks = splitRange(BT, logitsChunkRows(BT, Vp, s.logitsChunkRows));
-  const [k0, k1] = chunks[chunks.length - 1];
-  const cls = (r0: number, r1: number, writeGrad: boolean) =>
-    classifier(rt, { N: r1 - r0, V, Vp, dloss: s.dloss, writeGrad }, {
-      logits,
-      targets: {
-        buffer: targets.buffer,
-        offset: (targets.offset ?? 0) + r0 * 4,
-        size: (r1 - r0) * 4,
-      },
-      losses: { buffer: losses, offset: r0 * 4, size: (r1 - r0) * 4 },
-      lossScale: s.lossScale,
-    });
-  // ---- forward
-  const fwd: Dispatch[] = [];
-  const enc = { BT, T, C, Vp };
-  fwd.push(
-    ...await encoderForward(rt, enc, {
-      tokens,
-      wte: P("wte.weight"),
-      wpe: P("wpe.weight"),
-      out: encoded,
+  const scratch = s.inference ? undefined : Object.fromEntries(
+    Object.keys(BLOCK_SCRATCH).map((n) => [n, get(snakeCase(n))]),
+  ) as BlockScratch;
+  const inputs = get("inputs"), S = s.inputStride;
+  return {
+    rt,
+    w,
+    s,
+    B,
+    T,
+    recompute,
+    inputs,
+    tokens: { buffer: inputs, offset: 0, size: BT * 4 },
+    targets: { buffer: inputs, offset: S * 4, size: BT * 4 },
+    order: { buffer: inputs, offset: 2 * S * 4, size: BT * 4 },
+    encoded: get("encoded"),
+    layers,
+    lnf: get("lnf"),
+    lnfMean: get("lnf_mean"),
+    lnfRstd: get("lnf_rstd"),
+    logits: get("logits"),
+    losses: get("losses"),
+    chunks: splitRange(BT, logitsChunkRows(BT, w.Vp, s.logitsChunkRows)),
+    scratch,
+  };
+}
+
+/** Layer l's input: the embeddings, or the previous block's output. */
+const blockInput = (g: Graph, l: number) => l === 0 ? g.encoded : g.layers[l - 1].res3;
+
+/** The residual stream after the last block. */
+const lastResidual = (g: Graph) => blockInput(g, g.layers.length);
+
+const operand = (t: TensorRange) => ({ buffer: t.buffer, offset: t.offset });
+
+/** A bias the layout may lack (bias-less models). */
+const maybe = (w: Weights, name: string, grads = false) =>
+  w.has(name) ? w.tensor(name, grads) : undefined;
+
+// ---- forward
+
+/** The forward up to ln_f: all of it, and each block's (and its MLP's) dispatches. */
+interface Forward {
+  all: Dispatch[];
+  blocks: Dispatch[][];
+  mlps: Dispatch[][];
+}
+
+/** Encoder, blocks and ln_f. */
+async function forwardBody(g: Graph): Promise<Forward> {
+  const { rt, w, B, T } = g;
+  const { nHead: NH, nEmbd: C } = w.config;
+  const out: Forward = { all: [], blocks: [], mlps: [] };
+  out.all.push(
+    ...await encoderForward(rt, { BT: B * T, T, C, Vp: w.Vp }, {
+      tokens: g.tokens,
+      wte: w.tensor("wte.weight"),
+      wpe: w.tensor("wpe.weight"),
+      out: g.encoded,
     }),
   );
-  const fwdLayers: Dispatch[][] = [], mlpLayers: Dispatch[][] = [];
-  for (let l = 0; l < L; l++) {
-    const a = layers[l];
-    const input = l === 0 ? encoded : layers[l - 1].res3;
+  for (let l = 0; l < g.layers.length; l++) {
+    const a = g.layers[l];
     const attention = await flashAttentionForward(rt, { B, T, C, NH }, {
       qkv: a.qkv,
       out: a.atty,
@@ -191,138 +254,143 @@ export async function buildPasses(
     });
     const blk = await blockForward(
       rt,
-      { weights: w, l, rows: BT, matmul: mm },
-      { ...a, input },
+      { weights: w, l, rows: B * T, matmul: g.s.matmul },
+      { ...a, input: blockInput(g, l) },
       attention,
     );
     const all = [...blk.pre, ...blk.attention, ...blk.post];
-    fwd.push(...all);
-    fwdLayers.push(all);
-    mlpLayers.push(blk.mlp);
+    out.all.push(...all);
+    out.blocks.push(all);
+    out.mlps.push(blk.mlp);
   }
-  const last = L > 0 ? layers[L - 1].res3 : encoded;
-  fwd.push(
-    await layernormForward(rt, { N: BT, C }, {
-      inp: last,
-      weight: P("ln_f.weight"),
-      bias: P("ln_f.bias"),
-      out: lnf,
-      mean: lnfMean,
-      rstd: lnfRstd,
+  out.all.push(
+    await layernormForward(rt, { N: B * T, C }, {
+      inp: lastResidual(g),
+      weight: w.tensor("ln_f.weight"),
+      bias: maybe(w, "ln_f.bias"),
+      out: g.lnf,
+      mean: g.lnfMean,
+      rstd: g.lnfRstd,
     }),
   );
-  // lm_head and the loss, one chunk of rows at a time (the same matmul dispatches
-  // serve the forward-only list and the training list).
-  const lmHead = await Promise.all(
-    chunks.map(([r0, r1]) =>
-      matmul(rt, { M: r1 - r0, N: Vp, K: C, transB: true }, {
-        a: { buffer: lnf, offset: r0 * C },
-        b: op(W("wte.weight")),
-        c: buf(logits),
-      }, { name: "lm_head_forward", ...mm })
+  return out;
+}
+
+/**
+ * lm_head, one chunk of rows at a time: the same matmul dispatches serve the forward-only
+ * list and the training list.
+ */
+function lmHeadMatmuls(g: Graph): Promise<Dispatch[][]> {
+  const C = g.w.config.nEmbd;
+  return Promise.all(
+    g.chunks.map(([r0, r1]) =>
+      matmul(g.rt, { M: r1 - r0, N: g.w.Vp, K: C, transB: true }, {
+        a: { buffer: g.lnf, offset: r0 * C },
+        b: operand(g.w.weight("wte.weight")),
+        c: { buffer: g.logits },
+      }, { name: "lm_head_forward", ...g.s.matmul })
     ),
   );
-  const head: Dispatch[] = [];
-  for (let i = 0; i < chunks.length; i++) {
-    head.push(...lmHead[i], ...await cls(...chunks[i], false));
-  }
-  const out: Passes = {
-    forward: [...fwd, ...head],
-    train: [],
-    layers,
-    inputs,
-    logits,
-    losses,
-    logitsRows: [k0, k1 - k0],
-    gradMarks: [],
-    trainParts: [],
-  };
-  if (s.inference) return out;
+}
 
-  // ---- backward scratch
-  const dres = get("dresidual");
-  const dbtc = get("d_btc");
-  const scratch = {
-    dres,
-    dbtc,
-    datty: get("d_atty"),
-    dqkv: get("d_qkv"),
-    dfchGelu: get("d_fch_gelu"),
-    dfch: get("d_fch"),
-    delta: get("attn_delta"),
-  };
+/** Softmax, loss and (with `writeGrad`) dlogits in place for rows [r0, r1). */
+function classify(g: Graph, [r0, r1]: [number, number], writeGrad: boolean): Promise<Dispatch[]> {
+  const { s, w } = g;
+  return classifier(g.rt, {
+    N: r1 - r0,
+    V: w.config.vocabSize,
+    Vp: w.Vp,
+    dloss: s.dloss,
+    writeGrad,
+  }, {
+    logits: g.logits,
+    targets: {
+      buffer: g.targets.buffer,
+      offset: (g.targets.offset ?? 0) + r0 * 4,
+      size: (r1 - r0) * 4,
+    },
+    losses: { buffer: g.losses, offset: r0 * 4, size: (r1 - r0) * 4 },
+    lossScale: s.lossScale,
+  });
+}
 
-  // ---- backward (dresidual is cleared before it runs). Per chunk: logits, loss and
-  // dlogits in place, then dlnf for those rows and their share of dwte.
-  const bwd: Dispatch[] = [];
-  for (let i = 0; i < chunks.length; i++) {
-    const [r0, r1] = chunks[i];
-    bwd.push(...lmHead[i], ...await cls(r0, r1, true));
-    bwd.push(
-      ...await matmul(rt, { M: r1 - r0, N: C, K: Vp }, {
-        a: buf(logits),
-        b: op(W("wte.weight")),
-        c: { buffer: dbtc, offset: r0 * C },
-      }, { name: "lm_head_backward_dinp", ...mm }),
+// ---- backward (dresidual is cleared before it runs)
+
+/** The backward's dispatches and its grad marks (`at` counted from its own start). */
+async function backward(
+  g: Graph,
+  fwd: Forward,
+  lmHead: Dispatch[][],
+): Promise<{ list: Dispatch[]; marks: GradMark[] }> {
+  const list = [...await headBackward(g, lmHead)];
+  const marks: GradMark[] = [];
+  for (let l = g.layers.length - 1; l >= 0; l--) {
+    // Recompute what this layer's backward needs and the forward did not keep.
+    if (g.recompute === "block") list.push(...fwd.blocks[l]);
+    else if (g.recompute === "mlp") list.push(...fwd.mlps[l]);
+    list.push(
+      ...await blockBackward(
+        g.rt,
+        { weights: g.w, l, B: g.B, T: g.T, matmul: g.s.matmul },
+        { ...g.layers[l], input: blockInput(g, l) },
+        g.scratch!,
+      ),
     );
-    bwd.push(
-      ...await matmul(rt, { M: Vp, N: C, K: r1 - r0, transA: true, accumulate: true }, {
-        a: buf(logits),
-        b: { buffer: lnf, offset: r0 * C },
-        c: op(G("wte.weight")),
+    const mine = g.w.layout.tensors.filter((t) => t.name.startsWith(`h.${l}.`));
+    const start = mine[0].offset, last = mine[mine.length - 1];
+    marks.push({ at: list.length, ranges: [{ start, end: last.offset + last.size }] });
+  }
+  list.push(
+    ...await encoderBackward(g.rt, { BT: g.B * g.T, T: g.T, C: g.w.config.nEmbd, Vp: g.w.Vp }, {
+      tokens: g.tokens,
+      order: g.order,
+      dout: g.scratch!.dresidual,
+      dwte: g.w.tensor("wte.weight", true),
+      dwpe: g.w.tensor("wpe.weight", true),
+    }),
+  );
+  const rest = g.w.layout.tensors.filter((t) => !t.name.startsWith("h."));
+  marks.push({
+    at: list.length,
+    ranges: rest.map((t) => ({ start: t.offset, end: t.offset + t.size })),
+  });
+  return { list, marks };
+}
+
+/**
+ * Per chunk: logits, loss and dlogits in place, then dlnf for those rows and their share of
+ * dwte; then ln_f's backward into dresidual.
+ */
+async function headBackward(g: Graph, lmHead: Dispatch[][]): Promise<Dispatch[]> {
+  const { rt, w } = g, C = w.config.nEmbd, mm = g.s.matmul, d = g.scratch!;
+  const out: Dispatch[] = [];
+  for (let i = 0; i < g.chunks.length; i++) {
+    const [r0, r1] = g.chunks[i];
+    out.push(...lmHead[i], ...await classify(g, g.chunks[i], true));
+    out.push(
+      ...await matmul(rt, { M: r1 - r0, N: C, K: w.Vp }, {
+        a: { buffer: g.logits },
+        b: operand(w.weight("wte.weight")),
+        c: { buffer: d.dBtc, offset: r0 * C },
+      }, { name: "lm_head_backward_dinp", ...mm }),
+      ...await matmul(rt, { M: w.Vp, N: C, K: r1 - r0, transA: true, accumulate: true }, {
+        a: { buffer: g.logits },
+        b: { buffer: g.lnf, offset: r0 * C },
+        c: operand(w.tensor("wte.weight", true)),
       }, { name: "lm_head_backward_dweight", ...mm }),
     );
   }
-  bwd.push(
-    ...await layernormBackward(rt, { N: BT, C }, {
-      inp: last,
-      weight: P("ln_f.weight"),
-      mean: lnfMean,
-      rstd: lnfRstd,
-      dout: dbtc,
-      dinp: dres,
-      dweight: G("ln_f.weight"),
-      dbias: G("ln_f.bias"),
+  out.push(
+    ...await layernormBackward(rt, { N: g.B * g.T, C }, {
+      inp: lastResidual(g),
+      weight: w.tensor("ln_f.weight"),
+      mean: g.lnfMean,
+      rstd: g.lnfRstd,
+      dout: d.dBtc,
+      dinp: d.dresidual,
+      dweight: w.tensor("ln_f.weight", true),
+      dbias: maybe(w, "ln_f.bias", true),
     }),
-  );
-  for (let l = L - 1; l >= 0; l--) {
-    // Recompute what this layer's backward needs and the forward did not keep.
-    if (recompute === "block") bwd.push(...fwdLayers[l]);
-    else if (recompute === "mlp") bwd.push(...mlpLayers[l]);
-    const input = l === 0 ? encoded : layers[l - 1].res3;
-    bwd.push(
-      ...await blockBackward(
-        rt,
-        { weights: w, l, B, T, matmul: mm },
-        { ...layers[l], input },
-        scratch,
-      ),
-    );
-    const mine = w.layout.tensors.filter((t) => t.name.startsWith(`h.${l}.`));
-    const start = mine[0].offset, last = mine[mine.length - 1];
-    out.gradMarks.push({
-      at: fwd.length + bwd.length,
-      ranges: [{ start, end: last.offset + last.size }],
-    });
-  }
-  bwd.push(
-    ...await encoderBackward(rt, enc, {
-      tokens,
-      order,
-      dout: dres,
-      dwte: G("wte.weight"),
-      dwpe: G("wpe.weight"),
-    }),
-  );
-  out.train = [...fwd, ...bwd];
-  out.dres = dres;
-  const rest = w.layout.tensors.filter((t) => !t.name.startsWith("h."));
-  out.gradMarks.push({
-    at: out.train.length,
-    ranges: rest.map((t) => ({ start: t.offset, end: t.offset + t.size })),
-  });
-  out.trainParts = out.gradMarks.map((m, i) =>
-    out.train.slice(i === 0 ? 0 : out.gradMarks[i - 1].at, m.at)
   );
   return out;
 }

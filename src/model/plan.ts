@@ -11,18 +11,29 @@
  *
  * Precision: with `fp16`, the activations that feed matmuls and the two
  * gradients that come out of non-linear kernels (attention and GELU) are f16
- * ({@linkcode HALF_BUFFERS}); the residual stream, LayerNorm statistics,
+ * (`half` in src/model/block_spec.ts); the residual stream, LayerNorm statistics,
  * logits and the other gradients stay f32.
+ *
+ * Every block activation and scratch gradient, its width, dtype and sharing, comes from
+ * the block spec (src/model/block_spec.ts): nothing here names one.
  *
  * @module
  */
 
 import type { MemoryCategory } from "../gpu/arena.ts";
 import { type DType, dtypeBytes } from "../gpu/dtype.ts";
+import {
+  BLOCK_ACTIVATIONS,
+  BLOCK_SCRATCH,
+  type BlockActivation,
+  type BufferSpec,
+  isShared,
+  type Recompute,
+  snakeCase,
+} from "./block_spec.ts";
 import { type GPT2Config, paddedVocab } from "./config.ts";
 
-/** What the backward pass recomputes instead of storing. */
-export type Recompute = "none" | "mlp" | "block";
+export type { Recompute };
 
 /** Floating-point precision of a model: fp32 throughout, or mixed fp16 and fp32. */
 export type Precision = "fp32" | "fp16";
@@ -46,54 +57,22 @@ export interface PlanOptions {
   precision?: Precision;
 }
 
-/** Per-layer activations and whether each is kept per layer or shared. */
-export const LAYER_FIELDS = [
-  "ln1",
-  "ln1_mean",
-  "ln1_rstd",
-  "qkv",
-  "atty",
-  "lse",
-  "attproj",
-  "res2",
-  "ln2",
-  "ln2_mean",
-  "ln2_rstd",
-  "fch",
-  "fch_gelu",
-  "fcproj",
-  "res3",
-] as const;
+/** The model's buffers outside the blocks (the final LayerNorm's output feeds lm_head). */
+export const MODEL_BUFFERS = {
+  encoded: { width: (cfg) => cfg.nEmbd },
+  lnf: { width: (cfg) => cfg.nEmbd, half: true },
+  lnfMean: { width: () => 1 },
+  lnfRstd: { width: () => 1 },
+} as const satisfies Record<string, BufferSpec>;
 
-/** A layer activation's name. */
-export type LayerField = typeof LAYER_FIELDS[number];
-
-/**
- * Buffers (layer fields, and lnf, d_qkv, d_fch) held in f16 under fp16
- * precision: the inputs of matmuls and the outputs of attention and GELU.
- */
-export const HALF_BUFFERS: ReadonlySet<string> = new Set([
-  "ln1",
-  "qkv",
-  "atty",
-  "ln2",
-  "fch",
-  "fch_gelu",
-  "lnf",
-  "d_qkv",
-  "d_fch",
-]);
-
-/** A buffer's element type at a precision (`name` is a layer field or a model buffer). */
-export function activationDType(name: string, precision: Precision = "fp32"): DType {
-  return precision === "fp16" && HALF_BUFFERS.has(name) ? "f16" : "f32";
+/** A buffer's element type at a precision. */
+export function bufferDType(spec: BufferSpec, precision: Precision = "fp32"): DType {
+  return precision === "fp16" && spec.half ? "f16" : "f32";
 }
 
-/** The buffer label a layer's field lives in: per layer, or one shared "work" copy. */
-export function layerBufferLabel(l: number, field: LayerField, recompute: Recompute): string {
-  const shared = (recompute === "block" && field !== "res3") ||
-    (recompute === "mlp" && (field === "fch" || field === "fch_gelu"));
-  return shared ? `work.${field}` : `h.${l}.${field}`;
+/** The buffer label a layer's activation lives in: per layer, or one shared "work" copy. */
+export function layerBufferLabel(l: number, field: BlockActivation, recompute: Recompute): string {
+  return isShared(field, recompute) ? `work.${snakeCase(field)}` : `h.${l}.${snakeCase(field)}`;
 }
 
 /** Rows of logits per chunk (see GPT2Options.logitsChunkRows). */
@@ -110,55 +89,32 @@ export const arenaBytes = (bytes: number): number => Math.max(16, Math.ceil(byte
 
 /** Activation and scratch buffers of a model (not parameters, gradients or optimizer). */
 export function activationBuffers(cfg: GPT2Config, o: PlanOptions): PlannedBuffer[] {
-  const { B, T } = o;
-  const { nLayer: L, nHead: NH, nEmbd: C } = cfg;
-  const BT = B * T, Vp = paddedVocab(cfg.vocabSize);
+  const BT = o.B * o.T, Vp = paddedVocab(cfg.vocabSize);
   const recompute = o.inference ? "none" : o.recompute ?? "none";
   const out: PlannedBuffer[] = [];
-  const add = (label: string, category: MemoryCategory, floats: number, name = label) => {
-    const dtype = activationDType(name, o.precision);
+  const add = (label: string, category: MemoryCategory, floats: number, dtype: DType = "f32") =>
     out.push({ label, category, bytes: arenaBytes(floats * dtypeBytes(dtype)), dtype });
-  };
+  const addSpec = (label: string, category: MemoryCategory, spec: BufferSpec) =>
+    add(label, category, BT * spec.width(cfg), bufferDType(spec, o.precision));
   add("inputs", "activations", 3 * Math.ceil(BT / 64) * 64);
-  add("encoded", "activations", BT * C);
-  const width: Record<LayerField, number> = {
-    ln1: BT * C,
-    ln1_mean: BT,
-    ln1_rstd: BT,
-    qkv: BT * 3 * C,
-    atty: BT * C,
-    lse: B * NH * T,
-    attproj: BT * C,
-    res2: BT * C,
-    ln2: BT * C,
-    ln2_mean: BT,
-    ln2_rstd: BT,
-    fch: BT * 4 * C,
-    fch_gelu: BT * 4 * C,
-    fcproj: BT * C,
-    res3: BT * C,
-  };
+  addSpec("encoded", "activations", MODEL_BUFFERS.encoded);
   const seen = new Set<string>();
-  for (let l = 0; l < L; l++) {
-    for (const f of LAYER_FIELDS) {
-      const label = layerBufferLabel(l, f, recompute);
-      if (!seen.has(label)) add(label, "activations", width[f], f);
+  for (let l = 0; l < cfg.nLayer; l++) {
+    for (const [f, spec] of Object.entries(BLOCK_ACTIVATIONS)) {
+      const label = layerBufferLabel(l, f as BlockActivation, recompute);
+      if (!seen.has(label)) addSpec(label, "activations", spec);
       seen.add(label);
     }
   }
-  add("lnf", "activations", BT * C);
-  add("lnf_mean", "activations", BT);
-  add("lnf_rstd", "activations", BT);
+  for (const name of ["lnf", "lnfMean", "lnfRstd"] as const) {
+    addSpec(snakeCase(name), "activations", MODEL_BUFFERS[name]);
+  }
   add("logits", "activations", logitsChunkRows(BT, Vp, o.logitsChunkRows) * Vp);
   add("losses", "activations", BT);
   if (!o.inference) {
-    add("dresidual", "scratch", BT * C);
-    add("d_btc", "scratch", BT * C);
-    add("d_atty", "scratch", BT * C);
-    add("d_qkv", "scratch", BT * 3 * C);
-    add("d_fch_gelu", "scratch", BT * 4 * C);
-    add("d_fch", "scratch", BT * 4 * C);
-    add("attn_delta", "scratch", B * NH * T);
+    for (const [name, spec] of Object.entries(BLOCK_SCRATCH)) {
+      addSpec(snakeCase(name), "scratch", spec);
+    }
   }
   return out;
 }

@@ -22,6 +22,7 @@ import {
   type TensorToWrite,
 } from "../io/safetensors.ts";
 import { type GPT2Config, paddedVocab, validateConfig } from "./config.ts";
+import { modelParams } from "./block_spec.ts";
 import { initTensor } from "./init.ts";
 import { castToHalf } from "./ops/cast.ts";
 import type { TensorRange } from "./ops/tensor.ts";
@@ -131,6 +132,11 @@ export class Weights {
     return this.#grads !== undefined;
   }
 
+  /** True when the layout has a tensor of this name (a bias-less model has no biases). */
+  has(name: string): boolean {
+    return this.layout.byName.has(name);
+  }
+
   /** A named tensor's range in the parameters (or in the gradients). */
   tensor(name: string, grads = false): TensorRange {
     const t = this.#view(name);
@@ -171,7 +177,10 @@ export class Weights {
     this.markChanged();
   }
 
-  /** Every parameter as Hugging Face tensors (wte without padding), read in a few spans. */
+  /**
+   * Every parameter as Hugging Face tensors (wte without padding), read in a few spans; a
+   * model without biases writes zero biases, so that any GPT-2 reader takes the file.
+   */
   async readAll(): Promise<TensorToWrite[]> {
     const { tensors } = this.layout;
     const data = await readSpans(
@@ -179,7 +188,8 @@ export class Weights {
       this.params,
       tensors.map((t) => ({ offset: t.offset, size: hfSize(t, this.config) })),
     );
-    return tensors.map((t, i) => ({ name: t.name, shape: hfShape(t, this.config), data: data[i] }));
+    const read = new Map(tensors.map((t, i) => [t.name, data[i] as Float32Array<ArrayBuffer>]));
+    return withZeroBiases(this.config, (name) => read.get(name));
   }
 
   /** Frees the buffers and the cast's uniforms. */
@@ -258,9 +268,59 @@ export function matchTensors(file: TensorShapes, cfg: GPT2Config): Map<string, s
   return keys;
 }
 
-/** Loads every parameter from a parsed model.safetensors (all shapes checked first). */
+/**
+ * Every tensor of a GPT-2 file of `cfg` (Hugging Face names and shapes), read from a
+ * checkpoint's model.safetensors; a model without biases gets zero biases, so that exports
+ * of it load anywhere GPT-2 does.
+ */
+export function fileTensors(
+  file: Parameters<typeof tensorF32>[0] & TensorShapes,
+  cfg: GPT2Config,
+): FileTensor[] {
+  const keys = matchTensors(file, cfg);
+  return withZeroBiases(
+    cfg,
+    (name) => keys.has(name) ? tensorF32(file, keys.get(name)!) : undefined,
+  );
+}
+
+/** A tensor of a GPT-2 file, f32. */
+export type FileTensor = TensorToWrite & { data: Float32Array<ArrayBuffer> };
+
+/** The file's tensors from `data` (by name), zeros for the biases a model has not. */
+function withZeroBiases(
+  cfg: GPT2Config,
+  data: (name: string) => Float32Array<ArrayBuffer> | undefined,
+): FileTensor[] {
+  return modelParams(cfg, { files: true }).map(({ name, shape }) => {
+    const s = shape(cfg);
+    return { name, shape: s, data: data(name) ?? new Float32Array(s.reduce((a, b) => a * b)) };
+  });
+}
+
+/**
+ * Loads every parameter from a parsed model.safetensors (all shapes checked first). A model
+ * without biases takes a file's biases only when they are zero: it cannot represent others.
+ */
 export function loadTensors(file: Parameters<typeof tensorF32>[0], target: WeightsLike): void {
   const w = weightsOf(target);
   const keys = matchTensors(file, w.config); // all checks before any write
+  if (w.config.bias === false) checkZeroBiases(file, w.config);
   for (const [name, key] of keys) w.writeTensor(name, tensorF32(file, key));
+}
+
+/** Throws naming the first non-zero bias of `file` (a model with bias: false reads it). */
+function checkZeroBiases(file: Parameters<typeof tensorF32>[0], cfg: GPT2Config): void {
+  for (const { name, bias } of modelParams(cfg, { files: true })) {
+    const key = [name, `transformer.${name}`].find((k) => file.tensors.has(k));
+    if (!bias || !key) continue;
+    const worst = tensorF32(file, key).reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+    if (worst !== 0) {
+      throw new SafeTensorsError(
+        file.path,
+        `tensor "${key}" is non-zero (max |x| ${worst}) but the model has no biases ` +
+          "(--no-bias): drop --no-bias to train with this checkpoint's biases",
+      );
+    }
+  }
 }

@@ -138,6 +138,8 @@ export interface TrainConfig {
   zero?: boolean;
   /** Activations the backward recomputes (none, mlp, block). */
   recompute?: Recompute;
+  /** Linear and LayerNorm layers without biases (the model config's `bias: false`). */
+  noBias?: boolean;
   /** Rows of logits per chunk (default: all up to 256 MiB, else 512). */
   logitsChunkRows?: number;
   /** fp16: mixed precision where the adapter has shader-f16 (default fp32). */

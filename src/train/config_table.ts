@@ -211,6 +211,15 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     group: "Model",
     help: "recompute activations in the backward to save memory",
   },
+  noBias: {
+    flag: "no-bias",
+    kind: "boolean",
+    default: false,
+    group: "Model",
+    resume: "fixed",
+    help: "Linear and LayerNorm layers without biases (nanoGPT's bias=False); exports write " +
+      "zero biases",
+  },
   logitsChunkRows: {
     flag: "logits-chunk",
     kind: "number",

@@ -97,7 +97,8 @@ export async function setUpRun(
   if (resumed && !resumed.optimizer) {
     throw new Error(`Cannot resume from ${c.resume}: it has no optimizer.safetensors; use --init`);
   }
-  const cfg = resumed?.config ?? init?.config ?? c.model;
+  const from = resumed?.config ?? init?.config ?? c.model;
+  const cfg = c.noBias ? { ...from, bias: false } : from;
   const source = resumed ?? init;
   if (source) matchTensors(source.model, cfg); // shapes checked before anything is written
   // Rank 0 tokenizes a text file into the cache first; the others then find it there.

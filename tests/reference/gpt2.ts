@@ -2,7 +2,8 @@
  * Plain float64 CPU reference of GPT-2: forward (loss) and backward (every
  * parameter's gradient), written for clarity, not speed (llm.c's CPU code is
  * the model). Parameters use the same names and shapes as src/model/params.ts;
- * wte has V rows here (no padding).
+ * wte has V rows here (no padding). A config with `bias: false` has no bias tensors
+ * (nanoGPT's bias=False): its Linear and LayerNorm layers add none.
  *
  * @module
  */
@@ -86,7 +87,7 @@ export function linearBack(
 export function layernorm(
   inp: Float64Array,
   w: Float64Array,
-  b: Float64Array,
+  b: Float64Array | null,
   N: number,
   C: number,
 ) {
@@ -98,7 +99,7 @@ export function layernorm(
     let v = 0;
     for (let c = 0; c < C; c++) v += (inp[n * C + c] - m) ** 2;
     const r = 1 / Math.sqrt(v / C + 1e-5);
-    for (let c = 0; c < C; c++) out[n * C + c] = (inp[n * C + c] - m) * r * w[c] + b[c];
+    for (let c = 0; c < C; c++) out[n * C + c] = (inp[n * C + c] - m) * r * w[c] + (b ? b[c] : 0);
     mean[n] = m;
     rstd[n] = r;
   }
@@ -114,7 +115,7 @@ export function layernormBack(
   rstd: Float64Array,
   dinp: Float64Array,
   dw: Float64Array,
-  db: Float64Array,
+  db: Float64Array | null,
   N: number,
   C: number,
 ) {
@@ -131,7 +132,7 @@ export function layernormBack(
     for (let c = 0; c < C; c++) {
       const norm = (inp[n * C + c] - mean[n]) * rstd[n];
       const dnorm = w[c] * dout[n * C + c];
-      db[c] += dout[n * C + c];
+      if (db) db[c] += dout[n * C + c];
       dw[c] += norm * dout[n * C + c];
       dinp[n * C + c] += (dnorm - dm - norm * dnm) * rstd[n];
     }
@@ -241,6 +242,8 @@ export function gpt2Reference(
   const { nLayer: L, nHead: NH, nEmbd: C, vocabSize: V } = cfg;
   const N = B * T;
   const P = (name: string) => params.get(name)!;
+  // A model without biases (config bias: false) has no bias tensors: layers add nothing.
+  const Pb = (name: string) => params.get(name) ?? null;
   // encoder
   const wte = P("wte.weight"), wpe = P("wpe.weight");
   const encoded = new Float64Array(N * C);
@@ -254,15 +257,16 @@ export function gpt2Reference(
   let residual = encoded;
   for (let l = 0; l < L; l++) {
     const h = (s: string) => P(`h.${l}.${s}`);
-    const ln1 = layernorm(residual, h("ln_1.weight"), h("ln_1.bias"), N, C);
-    const qkv = linear(ln1.out, h("attn.c_attn.weight"), h("attn.c_attn.bias"), N, C, 3 * C);
+    const hb = (s: string) => Pb(`h.${l}.${s}`);
+    const ln1 = layernorm(residual, h("ln_1.weight"), hb("ln_1.bias"), N, C);
+    const qkv = linear(ln1.out, h("attn.c_attn.weight"), hb("attn.c_attn.bias"), N, C, 3 * C);
     const at = attention(qkv, B, T, C, NH);
-    const proj = linear(at.out, h("attn.c_proj.weight"), h("attn.c_proj.bias"), N, C, C);
+    const proj = linear(at.out, h("attn.c_proj.weight"), hb("attn.c_proj.bias"), N, C, C);
     const res2 = residual.map((x, i) => x + proj[i]);
-    const ln2 = layernorm(res2, h("ln_2.weight"), h("ln_2.bias"), N, C);
-    const fch = linear(ln2.out, h("mlp.c_fc.weight"), h("mlp.c_fc.bias"), N, C, 4 * C);
+    const ln2 = layernorm(res2, h("ln_2.weight"), hb("ln_2.bias"), N, C);
+    const fch = linear(ln2.out, h("mlp.c_fc.weight"), hb("mlp.c_fc.bias"), N, C, 4 * C);
     const geluOut = fch.map(gelu);
-    const fcproj = linear(geluOut, h("mlp.c_proj.weight"), h("mlp.c_proj.bias"), N, 4 * C, C);
+    const fcproj = linear(geluOut, h("mlp.c_proj.weight"), hb("mlp.c_proj.bias"), N, 4 * C, C);
     const res3 = res2.map((x, i) => x + fcproj[i]);
     acts.push({
       residual,
@@ -281,7 +285,7 @@ export function gpt2Reference(
     });
     residual = res3;
   }
-  const lnf = layernorm(residual, P("ln_f.weight"), P("ln_f.bias"), N, C);
+  const lnf = layernorm(residual, P("ln_f.weight"), Pb("ln_f.bias"), N, C);
   // logits = lnf · wteᵀ
   const logits = new Float64Array(N * V);
   for (let n = 0; n < N; n++) {
@@ -307,6 +311,7 @@ export function gpt2Reference(
   // ---- backward
   const grads = refZeros(cfg);
   const G = (name: string) => grads.get(name)!;
+  const Gb = (name: string) => grads.get(name) ?? null;
   const dlogits = probs.map((p) => p / N);
   for (let n = 0; n < N; n++) dlogits[n * V + targets[n]] -= 1 / N;
   const dlnf = new Float64Array(N * C);
@@ -329,7 +334,7 @@ export function gpt2Reference(
     lnf.rstd,
     dres,
     G("ln_f.weight"),
-    G("ln_f.bias"),
+    Gb("ln_f.bias"),
     N,
     C,
   );
@@ -337,12 +342,13 @@ export function gpt2Reference(
     const a = acts[l];
     const h = (s: string) => P(`h.${l}.${s}`);
     const g = (s: string) => G(`h.${l}.${s}`);
+    const gb = (s: string) => Gb(`h.${l}.${s}`);
     const dgelu = linearBack(
       dres,
       a.gelu,
       h("mlp.c_proj.weight"),
       g("mlp.c_proj.weight"),
-      g("mlp.c_proj.bias"),
+      gb("mlp.c_proj.bias"),
       N,
       4 * C,
       C,
@@ -353,7 +359,7 @@ export function gpt2Reference(
       a.ln2,
       h("mlp.c_fc.weight"),
       g("mlp.c_fc.weight"),
-      g("mlp.c_fc.bias"),
+      gb("mlp.c_fc.bias"),
       N,
       C,
       4 * C,
@@ -366,7 +372,7 @@ export function gpt2Reference(
       a.ln2Rstd,
       dres,
       g("ln_2.weight"),
-      g("ln_2.bias"),
+      gb("ln_2.bias"),
       N,
       C,
     );
@@ -375,7 +381,7 @@ export function gpt2Reference(
       a.atty,
       h("attn.c_proj.weight"),
       g("attn.c_proj.weight"),
-      g("attn.c_proj.bias"),
+      gb("attn.c_proj.bias"),
       N,
       C,
       C,
@@ -386,7 +392,7 @@ export function gpt2Reference(
       a.ln1,
       h("attn.c_attn.weight"),
       g("attn.c_attn.weight"),
-      g("attn.c_attn.bias"),
+      gb("attn.c_attn.bias"),
       N,
       C,
       3 * C,
@@ -399,7 +405,7 @@ export function gpt2Reference(
       a.ln1Rstd,
       dres,
       g("ln_1.weight"),
-      g("ln_1.bias"),
+      gb("ln_1.bias"),
       N,
       C,
     );

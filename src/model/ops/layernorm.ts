@@ -5,20 +5,29 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { grid1d, makeDispatch, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
+import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { dtypeOf, typedKernel } from "../../gpu/dtype.ts";
 import { all, bytes, type TensorRange } from "./tensor.ts";
 import layernormSrc from "../../../kernels/layernorm.wgsl" with { type: "text" };
 
-/** out, mean, rstd = LayerNorm(inp [N, C]) with weight and bias. */
+/** `buffers` with `t` at `binding` when there is one (a bias-less variant leaves it unbound). */
+function withOptional(
+  buffers: Record<number, BufferRange>,
+  binding: number,
+  t?: TensorRange,
+): Record<number, BufferRange> {
+  return t ? { ...buffers, [binding]: bytes(t) } : buffers;
+}
+
+/** out, mean, rstd = LayerNorm(inp [N, C]) with weight and bias (none: no bias add). */
 export function layernormForward(
   rt: Runtime,
   s: { N: number; C: number },
   ops: {
     inp: GPUBuffer;
     weight: TensorRange;
-    bias: TensorRange;
+    bias?: TensorRange;
     out: GPUBuffer;
     mean: GPUBuffer;
     rstd: GPUBuffer;
@@ -27,22 +36,25 @@ export function layernormForward(
   return makeDispatch(rt, {
     name: "layernorm_forward",
     code: typedKernel(layernormSrc, { out_t: dtypeOf(ops.out) }),
-    entryPoint: "forward",
-    buffers: {
-      0: all(ops.inp),
-      1: bytes(ops.weight),
-      2: bytes(ops.bias),
-      3: all(ops.out),
-      4: all(ops.mean),
-      5: all(ops.rstd),
-    },
+    entryPoint: ops.bias ? "forward" : "forward_no_bias",
+    buffers: withOptional(
+      {
+        0: all(ops.inp),
+        1: bytes(ops.weight),
+        3: all(ops.out),
+        4: all(ops.mean),
+        5: all(ops.rstd),
+      },
+      2,
+      ops.bias,
+    ),
     uniform: { binding: 10, words: [s.N, s.C] },
     workgroups: grid1d(s.N, 64),
     loops: { bound: 3 * s.C, shape: { C: s.C } },
   });
 }
 
-/** dinp += input gradient; dweight, dbias += parameter gradients. */
+/** dinp += input gradient; dweight, dbias += parameter gradients (no dbias: no bias). */
 export async function layernormBackward(
   rt: Runtime,
   s: { N: number; C: number },
@@ -54,7 +66,7 @@ export async function layernormBackward(
     dout: GPUBuffer;
     dinp: GPUBuffer;
     dweight: TensorRange;
-    dbias: TensorRange;
+    dbias?: TensorRange;
   },
 ): Promise<Dispatch[]> {
   const common = { code: layernormSrc, uniform: { binding: 10, words: [s.N, s.C] } };
@@ -65,15 +77,18 @@ export async function layernormBackward(
       await makeDispatch(rt, {
         ...common,
         name: "layernorm_backward_params",
-        entryPoint: "backward_params",
-        buffers: {
-          0: all(ops.inp),
-          4: all(ops.mean),
-          5: all(ops.rstd),
-          6: all(ops.dout),
-          8: bytes(ops.dweight),
-          9: bytes(ops.dbias),
-        },
+        entryPoint: ops.dbias ? "backward_params" : "backward_params_no_bias",
+        buffers: withOptional(
+          {
+            0: all(ops.inp),
+            4: all(ops.mean),
+            5: all(ops.rstd),
+            6: all(ops.dout),
+            8: bytes(ops.dweight),
+          },
+          9,
+          ops.dbias,
+        ),
         uniform: { binding: 10, words: [s.N, s.C, n0, n1] },
         workgroups: grid1d(s.C, 64),
         loops: { bound: n1 - n0, shape: { N: s.N, n0 } },
