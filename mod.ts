@@ -91,7 +91,9 @@ export { type TensorRange } from "./src/model/ops/tensor.ts";
 export { Decoder } from "./src/model/decode.ts";
 export { type Precision, type Recompute } from "./src/model/plan.ts";
 export { AdamW, ADAMW_DEFAULTS, type AdamWConfig } from "./src/optim/adamw.ts";
-export type { Optimizer, SavedState, StateTensor, StepOptions } from "./src/optim/optimizer.ts";
+export type { Optimizer, SavedState, StateTensor } from "./src/optim/optimizer.ts";
+export { GRAD_STATS } from "./src/optim/optimizer.ts";
+export { GradNorm, type GradNormStep } from "./src/train/grad_norm.ts";
 export {
   createOptimizer,
   type OptimizerBuffers,

@@ -34,6 +34,11 @@ export interface OptimizerBuffers {
   grads: GPUBuffer;
   /** The parameters' f16 copy (mixed precision): an optimizer may write it as it updates. */
   half?: GPUBuffer;
+  /**
+   * The gradient statistics (GRAD_STATS) its update reads; by default its own (scale 1,
+   * never skipped), which a training step writes through `Optimizer.gradStats`.
+   */
+  gradStats?: GPUBuffer;
 }
 
 /** One row of the optimizer table. */

@@ -144,7 +144,6 @@ export async function setUpRun(
         beta2: c.beta2,
         eps: c.eps,
         weightDecay: c.weightDecay,
-        gradClip: c.gradClip,
         block8: c.optimizerBlock,
         fp32Embeddings: c.optimizerFp32Embeddings,
         offload: c.optimizerOffload,
@@ -181,7 +180,14 @@ export async function setUpRun(
     const dp = dist && N > 1 ? dataParallel(dist, model, { zero: !!shard }) : undefined;
     if (dp) made.push(dp);
     const hooks = dp ? { ...dp.hooks, ...stepHooks } : stepHooks;
-    const step = new TrainStep(rt, model, opt, { accum, scaler, optimizerSteps, hooks });
+    const step = new TrainStep(rt, model, opt, {
+      accum,
+      scaler,
+      optimizerSteps,
+      hooks,
+      gradClip: c.gradClip,
+      normLayout: shard ? shardLayout(model.layout, shard) : undefined,
+    });
     made.push(step);
     const loader = new TokenLoader(trainShards, {
       batchSize: c.batch * N,
