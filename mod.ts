@@ -100,6 +100,9 @@ export {
   type OptimizerKind,
   OPTIMIZERS,
   type OptimizerSettings,
+  optimizerStateBytes,
+  type OptionRow,
+  type StatePlacement,
 } from "./src/optim/registry.ts";
 export { LowBitAdamW, type LowBitConfig, type StatePiece } from "./src/optim/lowbit.ts";
 export {

@@ -139,16 +139,8 @@ export async function setUpRun(
       shard ? shardLayout(model.layout, shard) : model.layout,
       // The f16 copy is written by the update itself, unless ZeRO-1 gathers the parameters.
       { params: model.params, grads: model.grads, half: shard ? undefined : model.weights.half },
-      {
-        beta1: c.beta1,
-        beta2: c.beta2,
-        eps: c.eps,
-        weightDecay: c.weightDecay,
-        block8: c.optimizerBlock,
-        fp32Embeddings: c.optimizerFp32Embeddings,
-        offload: c.optimizerOffload,
-        stateBase: shard?.start,
-      },
+      // The run's settings as they are: the optimizer's row takes what it uses.
+      { ...c, stateBase: shard?.start },
     );
     made.push(opt);
     const evals = await runEvals(rt, {
