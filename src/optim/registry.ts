@@ -10,6 +10,12 @@
 import type { Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { arenaBytes } from "../model/plan.ts";
+import {
+  Adafactor,
+  ADAFACTOR_DEFAULTS,
+  type AdafactorConfig,
+  adafactorStateBytes,
+} from "./adafactor.ts";
 import { AdamW, ADAMW_DEFAULTS, type AdamWConfig } from "./adamw.ts";
 import { LowBitAdamW, type LowBitConfig, lowBitStateBytes } from "./lowbit.ts";
 import type { Optimizer } from "./optimizer.ts";
@@ -144,6 +150,38 @@ export const OPTIMIZERS: Record<string, OptimizerKind> = {
   }),
   adamw8bit: lowBit(8, "8-bit state, ~2 bytes/param"),
   adamw4bit: lowBit(4, "4-bit state, ~1 byte/param"),
+  adafactor: row<AdafactorConfig>({
+    description: "factored second moment, ~0 bytes/param (its own --optimizer-option)",
+    offload: false,
+    zero: false,
+    options: {
+      beta1: {
+        default: 0,
+        check: ["a number in [0, 1)", (x) => x >= 0 && x < 1],
+        help: "first moment, 0: none",
+      },
+      decay: {
+        default: 0.8,
+        check: ["a number in (0, 1]", (x) => x > 0 && x <= 1],
+        help: "beta2_t = 1 - t^-decay",
+      },
+      clip: {
+        default: 1,
+        check: ["a number above 0", (x) => x > 0],
+        help: "update clipping threshold d on RMS",
+      },
+      eps1: { default: 1e-30, check: ["a number above 0", (x) => x > 0], help: "added to g^2" },
+    },
+    configure: (s, { beta1, decay, clip, eps1 }) => ({
+      beta1,
+      decay,
+      clip,
+      eps1,
+      weightDecay: s.weightDecay ?? ADAFACTOR_DEFAULTS.weightDecay,
+    }),
+    stateBytes: (layout, c, at) => adafactorStateBytes(layout, c, at.maxBindingBytes),
+    create: (rt, layout, buffers, c, at) => Adafactor.create(rt, layout, buffers, c, at),
+  }),
 };
 
 /** The row named `name` and its config from `settings`, after every check. */
