@@ -3,7 +3,7 @@
 // in workgroup memory, the nearest code, and the max tree of a block's m and v.
 //
 // qmap holds the kernel's two maps (8-bit: 256 + 256 codes; 4-bit: 16 + 16), ascending.
-// Loop bound per invocation: load_maps MAP_LEN / WG; nearest 9 (log2(256) + 1 halvings);
+// Loop bound per invocation: load_maps len / width; nearest 9 (log2(256) + 1 halvings);
 // block_max log2(width).
 
 var<workgroup> qmap: array<f32, 512>;
