@@ -23,7 +23,7 @@ const rt = await createRuntime();
 const model = await GPT2.create(rt, cfg, { B, T, dloss: 1 / (B * T * dist.size) });
 const opt = await createOptimizer("adamw", rt, model.layout, model, ADAMW_DEFAULTS);
 const dp = dist.size > 1 ? dataParallel(dist, model) : undefined;
-const step = new TrainStep(rt, model, opt, { accum: 1, hooks: dp?.hooks, gradClip: 1 });
+const step = new TrainStep(rt, model, opt, { accum: 1, hooks: dp?.hooks });
 const tokens = Array.from({ length: B * T }, (_, i) => (i * 7919 + dist.rank) % cfg.vocabSize);
 const batch = { inputs: tokens, targets: tokens.map((x) => (x + 1) % cfg.vocabSize) };
 await step.run(1e-4, () => batch); // warm-up: pipelines, first maps

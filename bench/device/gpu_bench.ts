@@ -215,7 +215,7 @@ async function trainSteps(
     grads: model.grads,
   }, { ...ADAMW_DEFAULTS });
   const scaler = model.precision === "fp16" ? new LossScaler({}) : undefined;
-  const step = new TrainStep(rt, model, opt, { accum: 1, scaler, gradClip: 1 });
+  const step = new TrainStep(rt, model, opt, { accum: 1, scaler });
   const setupS = (performance.now() - t0) / 1000;
   try {
     const u = mulberry32(7);

@@ -81,7 +81,10 @@ export interface TrainStepOptions {
   scaler?: LossScaler;
   /** Updates applied so far (AdamW's t; skipped steps do not count). */
   optimizerSteps?: number;
-  /** Clip the global gradient norm (the loss scale divided out) to this; 0 (default): off. */
+  /**
+   * Clip the global gradient norm (the loss scale divided out) to this; 0: off. Default 1
+   * (nanoGPT's and llm.c's, AdamW's clip before the step owned it).
+   */
   gradClip?: number;
   /**
    * The tensors whose gradients the optimizer updates and the norm covers (a ZeRO-1 shard's);
@@ -117,7 +120,7 @@ export class TrainStep {
     this.#scaler = o.scaler;
     this.#hooks = o.hooks ?? {};
     this.optimizerSteps = o.optimizerSteps ?? 0;
-    this.#gradClip = o.gradClip ?? 0;
+    this.#gradClip = o.gradClip ?? 1;
     this.#normLayout = o.normLayout ?? model.layout;
     this.#staging = rt.device.createBuffer({
       label: "train.readback",
