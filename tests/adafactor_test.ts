@@ -195,6 +195,16 @@ gpuTest("a run with --optimizer adafactor learns, and resumes exactly", async (r
         cacheDir: `${dir}/cache`,
       });
     };
+    // A bad option is refused before the model is built.
+    await rejects(
+      () =>
+        train(rt, {
+          ...testTrainConfig(`${dir}/bad`, `${dir}/t.txt`),
+          optimizer: "adafactor",
+          optimizerOptions: "beta2=0.9",
+        }, quiet),
+      /--optimizer-option beta2=0\.9: adafactor has the options beta1, decay, clip, eps1/,
+    );
     const full = await train(rt, await config(`${dir}/full`), quiet);
     ok(full.losses.every(Number.isFinite));
     ok(full.losses[5] < full.losses[0], `no learning: ${full.losses}`);

@@ -252,6 +252,14 @@ export function optionsHelp(): string {
   return lines.join("; ");
 }
 
+/**
+ * Checks `settings` for the optimizer named `name` as {@linkcode createOptimizer} would,
+ * without building anything: a RangeError says what is wrong.
+ */
+export function checkOptimizer(name: string, settings: OptimizerSettings): void {
+  resolve(name, settings);
+}
+
 /** Builds the optimizer named `name` (an error lists the names when it is unknown). */
 export function createOptimizer(
   name: string,
