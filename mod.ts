@@ -91,13 +91,18 @@ export { type TensorRange } from "./src/model/ops/tensor.ts";
 export { Decoder } from "./src/model/decode.ts";
 export { type Precision, type Recompute } from "./src/model/plan.ts";
 export { AdamW, ADAMW_DEFAULTS, type AdamWConfig } from "./src/optim/adamw.ts";
-export type { Optimizer, SavedState, StateTensor, StepOptions } from "./src/optim/optimizer.ts";
+export type { Optimizer, SavedState, StateTensor } from "./src/optim/optimizer.ts";
+export { GRAD_STATS } from "./src/optim/optimizer.ts";
+export { GradNorm, type GradNormStep } from "./src/train/grad_norm.ts";
 export {
   createOptimizer,
   type OptimizerBuffers,
   type OptimizerKind,
   OPTIMIZERS,
   type OptimizerSettings,
+  optimizerStateBytes,
+  type OptionRow,
+  type StatePlacement,
 } from "./src/optim/registry.ts";
 export { LowBitAdamW, type LowBitConfig, type StatePiece } from "./src/optim/lowbit.ts";
 export {

@@ -32,7 +32,6 @@ export const checkpointBench: BenchCase = {
       beta2: 0.95,
       eps: 1e-8,
       weightDecay: 0.1,
-      gradClip: 1,
     });
     const dir = await Deno.makeTempDir({ prefix: "ckpt-bench-" });
     const read: number[] = [], write: number[] = [], load: number[] = [];

@@ -18,6 +18,7 @@ import type { Precision, Recompute } from "../src/model/plan.ts";
 import { AdamW, type Optimizer } from "../src/optim/adamw.ts";
 import { LowBitAdamW } from "../src/optim/lowbit.ts";
 import { planMemory } from "../src/train/memory_plan.ts";
+import { GradNorm } from "../src/train/grad_norm.ts";
 import type { BenchCase, BenchRow } from "./_harness.ts";
 
 type Kind = "adamw" | "adamw8bit" | "adamw4bit";
@@ -90,6 +91,8 @@ export const memoryBench: BenchCase = {
     const opt: Optimizer = optimizer === "adamw"
       ? await AdamW.create(rt, m.layout, m)
       : await LowBitAdamW.create(rt, m.layout, m, { bits: optimizer === "adamw8bit" ? 8 : 4 });
+    // The training step's gradient statistics, as TrainStep builds them.
+    const norm = await GradNorm.create(rt, m.layout, m.grads, opt.gradStats);
     try {
       const tokens = Array.from({ length: B * T }, (_, i) => (i * 7919) % cfg.vocabSize);
       log("memory: one training step (minutes on a CPU adapter at T=4096)");
@@ -100,7 +103,10 @@ export const memoryBench: BenchCase = {
       m.encodeTrain(enc);
       rt.device.queue.submit([enc.finish()]);
       const enc2 = rt.device.createCommandEncoder();
+      norm.setStep({ gradClip: 1 });
       opt.setStep(1, 1e-4);
+      norm.encodeNorm(enc2);
+      norm.encodeDecide(enc2);
       opt.encodeUpdate(enc2);
       rt.device.queue.submit([enc2.finish()]);
       await rt.device.queue.onSubmittedWorkDone();
@@ -108,7 +114,7 @@ export const memoryBench: BenchCase = {
       // The step must also be right: at init the loss is ~ln(V) and the norm finite.
       const losses = await m.readLosses();
       const loss = losses.reduce((x, y) => x + y, 0) / losses.length;
-      const stats = await readF32(rt.device, opt.stats);
+      const stats = await readF32(rt.device, norm.stats);
       log(
         `memory: loss ${loss.toFixed(4)} (ln(V) = ${Math.log(cfg.vocabSize).toFixed(4)}), ` +
           `gradient norm ${stats[1].toPrecision(5)}, non-finite gradients ${stats[2]}`,
@@ -124,6 +130,7 @@ export const memoryBench: BenchCase = {
           }: dispatch uniforms and optimizer scratch)`,
       );
     } finally {
+      norm.destroy();
       opt.destroy();
       m.destroy();
     }

@@ -12,6 +12,7 @@ import { parameterCount, resolveConfig } from "../src/model/config.ts";
 import { parameterLayout } from "../src/model/params.ts";
 import { AdamW } from "../src/optim/adamw.ts";
 import { LowBitAdamW } from "../src/optim/lowbit.ts";
+import { GradNorm } from "../src/train/grad_norm.ts";
 import { type BenchCase, type BenchRow, median } from "./_harness.ts";
 
 /** `deno task bench optim [--model gpt2-mini] [--steps 3]` */
@@ -48,14 +49,18 @@ export const optimBench: BenchCase = {
           : await LowBitAdamW.create(rt, layout, { params, grads }, {
             bits: kind === "adamw8bit" ? 8 : 4,
           });
+        // The gradient norm and clip, the training step's part, timed with the update.
+        const norm = await GradNorm.create(rt, layout, grads, opt.gradStats);
+        norm.setStep({ gradClip: 1 });
+        const all = [...norm.dispatches, ...opt.dispatches];
         try {
           opt.setStep(1, 1e-4);
-          await runDispatches(rt.device, opt.dispatches); // warm-up
+          await runDispatches(rt.device, all); // warm-up
           const times: number[] = [];
           for (let s = 0; s < steps; s++) {
             opt.setStep(s + 2, 1e-4);
             const t0 = performance.now();
-            await runDispatches(rt.device, opt.dispatches);
+            await runDispatches(rt.device, all);
             times.push(performance.now() - t0);
           }
           const ms = median(times);
@@ -70,6 +75,7 @@ export const optimBench: BenchCase = {
             adapter: rt.gpu.name,
           });
         } finally {
+          norm.destroy();
           opt.destroy();
         }
       }

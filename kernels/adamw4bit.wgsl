@@ -4,9 +4,10 @@
 // v: rank-1 (2-D tensors, rows > 0): scale(i,j) = min(row max_i, column max_j) of the updated v,
 //    linear map without zero (k/16, k = 1..16); otherwise blocks of 128 with absmax.
 // Two codes per byte: 8 per u32, element 8w+k in bits 4k..4k+3.
-// A NaN or Inf gradient element leaves its parameter and (dequantized) state unchanged; with
-// skip_overflow one anywhere skips the whole step (every entry point returns at once). Loss
-// scale and clipping as in kernels/adamw.wgsl.
+// The update is adamw_update (kernels/adamw_update.wgsl); codes are found by nearest
+// (kernels/lowbit_common.wgsl). A NaN or Inf gradient element leaves its parameter and
+// (dequantized) state unchanged; gstats.skip skips the whole step (every entry point returns
+// at once). Gradient scale as in kernels/adamw.wgsl.
 //
 // Entry points, in order each step (rank-1 tensors also need row_max, col_max, commit):
 //   row_max:  rows_new[i] = max_j v_new(i,j)        one invocation per row
@@ -20,11 +21,13 @@
 // vabs [n/128] (block-wise v only); scales [2*(rows+cols)] = rows_old | cols_old | rows_new | cols_new;
 // maps [32] = m map | v map. rows = cols = 0 selects block-wise v (a uniform branch, so
 // every binding is used whatever the tensor). Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs,
-// 6 scales, 7 maps, 8 stats, 9 step, 10 range.
+// 6 scales, 7 maps, 8 gstats, 9 step, 10 range.
 // Loop bound per invocation: row_max, col_max hi - lo (at most 32768, src/optim/lowbit.ts);
-// update 2 * 8 * 5 + 4 (two passes of 8 codes, 5 halvings each, and the 16-wide tree); commit 0.
+// update 2 + 2 * 8 * 5 + 4 (the maps, two passes of 8 codes, 5 halvings each, and the
+// 16-wide tree); commit 0.
 
-// Step, is_finite, grad_mul and skip_step: kernels/adamw_step.wgsl (prepended).
+// GradStats, Step, adamw_update (kernels/adamw_update.wgsl) and qmap, nearest, block_max
+// (kernels/lowbit_common.wgsl) come first.
 struct Range { n: u32, decay: u32, rows: u32, cols: u32, lo: u32, hi: u32, first: u32, p0: u32 }
 
 @group(0) @binding(0) var<storage, read_write> params: array<f32>;
@@ -35,12 +38,9 @@ struct Range { n: u32, decay: u32, rows: u32, cols: u32, lo: u32, hi: u32, first
 @group(0) @binding(5) var<storage, read_write> vabs: array<f32>;
 @group(0) @binding(6) var<storage, read_write> scales: array<f32>;
 @group(0) @binding(7) var<storage, read> maps: array<f32>;
-@group(0) @binding(8) var<storage, read> stats: array<f32>;
+@group(0) @binding(8) var<storage, read> gstats: GradStats;
 @group(0) @binding(9) var<uniform> s: Step;
 @group(0) @binding(10) var<uniform> r: Range;
-
-var<workgroup> red_m: array<f32, 16>;
-var<workgroup> red_v: array<f32, 16>;
 
 fn code(words: u32, k: u32) -> u32 {
   return (words >> (4u * k)) & 15u;
@@ -53,24 +53,11 @@ fn rank1(e: u32, which: u32) -> f32 {
 }
 
 // v after this step's update (unchanged where the gradient is not finite).
-fn v_next(e: u32, clip: f32) -> f32 {
+fn v_next(e: u32) -> f32 {
   let v = maps[16u + code(vq[e / 8u], e % 8u)] * rank1(e, 0u);
-  let g = grads[e] * clip;
+  let g = scaled_grad(grads[e]);
   if (!is_finite(g)) { return v; }
   return s.beta2 * v + (1.0 - s.beta2) * g * g;
-}
-
-// Nearest of 16 codes in maps[base..base+16): ties go low.
-fn nearest(base: u32, x: f32) -> u32 {
-  var lo = 0u;
-  var hi = 16u;
-  for (var it = 0u; it < 5u && lo < hi; it++) { // log2(16) + 1 halvings reach lo == hi
-    let mid = (lo + hi) >> 1u;
-    if (maps[base + mid] < x) { lo = mid + 1u; } else { hi = mid; }
-  }
-  if (lo == 0u) { return 0u; }
-  if (lo == 16u) { return 15u; }
-  return select(lo - 1u, lo, maps[base + lo] - x < x - maps[base + lo - 1u]);
 }
 
 fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
@@ -81,10 +68,9 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
 fn row_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
   if (i >= r.rows || skip_step()) { return; }
-  let clip = grad_mul();
   let o = r.rows + r.cols + i;
   var mx = select(scales[o], 0.0, r.first == 1u);
-  for (var j = r.lo; j < r.hi; j++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
+  for (var j = r.lo; j < r.hi; j++) { mx = max(mx, v_next(i * r.cols + j)); }
   scales[o] = mx;
 }
 
@@ -92,10 +78,9 @@ fn row_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 fn col_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let j = linear_index(gid, nwg);
   if (j >= r.cols || skip_step()) { return; }
-  let clip = grad_mul();
   let o = 2u * r.rows + r.cols + j;
   var mx = select(scales[o], 0.0, r.first == 1u);
-  for (var i = r.lo; i < r.hi; i++) { mx = max(mx, v_next(i * r.cols + j, clip)); }
+  for (var i = r.lo; i < r.hi; i++) { mx = max(mx, v_next(i * r.cols + j)); }
   scales[o] = mx;
 }
 
@@ -111,7 +96,7 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
           @builtin(local_invocation_index) l: u32) {
   let blk = wid.x + wid.y * nwg.x;
   if (blk * 128u >= r.n || skip_step()) { return; } // uniform per workgroup
-  let clip = grad_mul();
+  load_maps(l, 16u, 32u);
   let w = blk * 16u + l;
   let mw = mq[w];
   let vw = vq[w];
@@ -127,19 +112,18 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
     var m = 0.0;
     var v = 0.0;
     if (e < r.n) {
-      m = maps[code(mw, k)] * am;
+      m = qmap[code(mw, k)] * am;
       if (rank1_mode) {
-        v = maps[16u + code(vw, k)] * rank1(e, 0u);
+        v = qmap[16u + code(vw, k)] * rank1(e, 0u);
       } else {
-        v = maps[16u + code(vw, k)] * av;
+        v = qmap[16u + code(vw, k)] * av;
       }
-      let g = grads[e] * clip;
+      let g = scaled_grad(grads[e]);
       if (is_finite(g)) {
-        m = s.beta1 * m + (1.0 - s.beta1) * g;
-        v = s.beta2 * v + (1.0 - s.beta2) * g * g;
-        let p = params[e];
-        let wd = select(0.0, s.wd, r.decay == 1u);
-        params[e] = p - s.lr * ((m / s.bc1) / (sqrt(v / s.bc2) + s.eps) + wd * p);
+        let u = adamw_update(params[e], g, m, v, r.decay == 1u);
+        m = u.m;
+        v = u.v;
+        params[e] = u.p;
       }
     }
     mv[k] = m;
@@ -147,26 +131,17 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
     mmax = max(mmax, abs(m));
     vmax = max(vmax, v);
   }
-  red_m[l] = mmax;
-  red_v[l] = vmax;
-  workgroupBarrier();
-  for (var h = 8u; h > 0u; h >>= 1u) {
-    if (l < h) {
-      red_m[l] = max(red_m[l], red_m[l + h]);
-      red_v[l] = max(red_v[l], red_v[l + h]);
-    }
-    workgroupBarrier();
-  }
-  let nm = red_m[0];
-  let nv = red_v[0];
+  let mx = block_max(l, 16u, mmax, vmax);
+  let nm = mx.x;
+  let nv = mx.y;
   var mout = 0u;
   var vout = 0u;
   for (var k = 0u; k < 8u; k++) {
     let e = 8u * w + k;
     var sv = nv;
     if (rank1_mode && e < r.n) { sv = rank1(e, 1u); }
-    mout |= nearest(0u, select(0.0, mv[k] / nm, nm > 0.0)) << (4u * k);
-    vout |= nearest(16u, select(0.0, vv[k] / sv, sv > 0.0)) << (4u * k);
+    mout |= nearest(0u, 16u, select(0.0, mv[k] / nm, nm > 0.0)) << (4u * k);
+    vout |= nearest(16u, 16u, select(0.0, vv[k] / sv, sv > 0.0)) << (4u * k);
   }
   mq[w] = mout;
   vq[w] = vout;

@@ -1,26 +1,37 @@
-// grad_norm: the global L2 norm of all gradients, deterministically.
+// grad_norm: the global L2 norm of all gradients, deterministically, and what the training
+// step makes of it: the gradient scale (clip factor over the loss scale) and the skip flag
+// every optimizer update reads (GradStats, generated from src/optim/optimizer.ts's GRAD_STATS
+// by src/optim/kernel_source.ts and put first).
 //
 // partial:  partials[slot + w] = sum of finite g^2 over the w-th block of 4096 elements of
 //           one range (one workgroup a block; a fixed tree within the workgroup), and
 //           partials[total + slot + w] = the number of non-finite elements in the block.
-// finish:   stats[1] = sqrt(sum of partials[0..count]), stats[2] = the number of non-finite
-//           elements (+1 if the norm itself overflows). One workgroup of 256: invocation l
+// finish:   stats.norm = sqrt(sum of partials[0..count]), stats.nonfinite = the number of
+//           non-finite elements (+1 if the norm itself overflows). One workgroup of 256: invocation l
 //           sums partials l, l + 256, ... in order, then a fixed tree adds the 256 sums, so
 //           the result is deterministic. (gpt2-medium-4096 has ~94K partials: one invocation
 //           walking them all would pass the loop budget.)
+// decide:   stats.scale = min(1, max_norm / (norm / S + 1e-6)) / S (1 / S without clipping,
+//           S the loss scale), stats.skip = 1 when skip_overflow and anything was non-finite.
+//           Its own dispatch, so that data-parallel ranks can sum their norms in between.
 //
-// Loop bound per invocation: partial 64 + 6; finish ceil(count / 256) + 8.
-// Shapes: grads [n] (a range of the flat gradient buffer), partials [2 * count], stats [4].
-// Bindings: 0 grads, 1 partials (rw), 2 stats (rw), 3 params (uniform).
-// Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (256,1,1), (1,1,1).
+// Loop bound per invocation: partial 64 + 6; finish ceil(count / 256) + 8; decide 0.
+// Shapes: grads [n] (a range of the flat gradient buffer), partials [2 * count], stats GradStats.
+// Bindings: 0 grads, 1 partials (rw), 2 stats (rw), 3 params (uniform), 4 clip (uniform,
+// written every step).
+// Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (256,1,1),
+// (1,1,1); decide: (1,1,1), (1,1,1).
 
 // partial reads n, slot and count (= total); finish reads count.
 struct Params { n: u32, slot: u32, count: u32, p0: u32 }
+// max_norm 0: no clipping; inv_scale = 1 / S.
+struct Clip { max_norm: f32, inv_scale: f32, skip_overflow: u32, p0: u32 }
 
 @group(0) @binding(0) var<storage, read> grads: array<f32>;
 @group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(2) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats: GradStats;
 @group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(4) var<uniform> clip: Clip;
 
 var<workgroup> red: array<f32, 64>;
 var<workgroup> bad: array<f32, 64>;
@@ -77,7 +88,18 @@ fn finish(@builtin(local_invocation_index) l: u32) {
   }
   if (l == 0u) {
     let norm = sqrt(fin_s[0]);
-    stats[1] = norm;
-    stats[2] = fin_b[0] + select(1.0, 0.0, (bitcast<u32>(norm) & 0x7f800000u) != 0x7f800000u);
+    stats.norm = norm;
+    stats.nonfinite = fin_b[0] +
+      select(1.0, 0.0, (bitcast<u32>(norm) & 0x7f800000u) != 0x7f800000u);
   }
+}
+
+@compute @workgroup_size(1, 1, 1)
+fn decide() {
+  // The loss scale is undone first: clipping uses the true norm.
+  let norm = stats.norm * clip.inv_scale;
+  var c = 1.0;
+  if (clip.max_norm > 0.0) { c = min(1.0, clip.max_norm / (norm + 1e-6)); }
+  stats.scale = c * clip.inv_scale;
+  stats.skip = select(0.0, 1.0, clip.skip_overflow != 0u && stats.nonfinite > 0.0);
 }

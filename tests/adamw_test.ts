@@ -2,6 +2,7 @@ import { ok } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
 import { AdamW } from "../src/optim/adamw.ts";
+import { GradNorm, type GradNormStep } from "../src/train/grad_norm.ts";
 import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { adamwRef, gradNormRef } from "./reference/adamw.ts";
 import { assertAllClose, gpuTest, randn } from "./_harness.ts";
@@ -25,6 +26,9 @@ gpuTest("AdamW with grad clipping matches a float64 reference over several steps
   const hyper = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, gradClip: 5.0 };
   // 512-byte bindings: w2 (2100 floats) runs as several ranges and norm partials.
   const opt = await AdamW.create(rt, layout, { params, grads }, hyper, { maxBindingBytes: 512 });
+  // The training step's norm and clip, written where the update reads them.
+  const gn = await GradNorm.create(rt, layout, grads, opt.gradStats, { maxBindingBytes: 512 });
+  gn.setStep({ gradClip: hyper.gradClip });
   const ref = layout.tensors.map((t) => ({
     t,
     p: Float64Array.from(p0.subarray(t.offset, t.offset + t.size)),
@@ -38,10 +42,10 @@ gpuTest("AdamW with grad clipping matches a float64 reference over several steps
       rt.device.queue.writeBuffer(grads, 0, g);
       const lr = 1e-3 * step;
       opt.setStep(step, lr);
-      await runDispatches(rt.device, opt.dispatches);
+      await runDispatches(rt.device, [...gn.dispatches, ...opt.dispatches]);
       const gs = ref.map((r) => g.subarray(r.t.offset, r.t.offset + r.t.size));
       const norm = gradNormRef(gs);
-      const stats = await readF32(rt.device, opt.stats, 0, 2);
+      const stats = await readF32(rt.device, gn.stats, 0, 2);
       ok(Math.abs(stats[1] - norm) / norm < 1e-5, `norm ${stats[1]} vs ${norm}`);
       ref.forEach((r, i) =>
         adamwRef(r.p, gs[i], r.m, r.v, r.t.decay, norm, { ...hyper, lr, t: step })
@@ -65,6 +69,7 @@ gpuTest("AdamW with grad clipping matches a float64 reference over several steps
       });
     }
   } finally {
+    gn.destroy();
     opt.destroy();
     rt.arena.free(params);
     rt.arena.free(grads);
@@ -77,14 +82,29 @@ gpuTest("loss scale is undone exactly, and an overflow skips the whole step", as
   const layout = layoutOf([{ name: "w", shape: [80, 64] }, { name: "b", shape: [64] }]);
   const n = layout.totalElements, S = 1024;
   const p0 = randn(n, 1), g = randn(n, 2); // |g| is well over the clip of 1: clipping is on
-  const make = (kind: string, label: string) => {
+  const make = async (kind: string, label: string) => {
     const params = rt.arena.allocWith(`${label}.p`, "parameters", p0);
     const grads = rt.arena.alloc(`${label}.g`, "gradients", n * 4);
     const bufs = { params, grads };
-    const opt = kind === "adamw"
+    const opt = await (kind === "adamw"
       ? AdamW.create(rt, layout, bufs)
-      : LowBitAdamW.create(rt, layout, bufs, { bits: kind === "adamw8bit" ? 8 : 4 });
-    return opt.then((o) => ({ o, params, grads }));
+      : LowBitAdamW.create(rt, layout, bufs, { bits: kind === "adamw8bit" ? 8 : 4 }));
+    // The training step's part: the norm, the clip of 1 and the overflow rule, written
+    // where the update reads them; `o` drives both as one step.
+    const gn = await GradNorm.create(rt, layout, grads, opt.gradStats);
+    const setStep = (t: number, lr: number, s: Omit<GradNormStep, "gradClip"> = {}) => {
+      gn.setStep({ gradClip: 1, ...s });
+      opt.setStep(t, lr);
+    };
+    const o = {
+      setStep,
+      dispatches: [...gn.dispatches, ...opt.dispatches],
+      stats: gn.stats,
+      readState: () =>
+        opt.readState(),
+      destroy: () => (gn.destroy(), opt.destroy()),
+    };
+    return { o, params, grads };
   };
   const state = async (o: { readState(): Promise<{ data: ArrayBufferView }[]> }) =>
     (await o.readState()).map((t) =>

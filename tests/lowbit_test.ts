@@ -6,6 +6,7 @@ import { dynamicMap, linearMapNoZero, nearestCode } from "../src/optim/quant_map
 import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { encodeSafetensors, parseSafetensors } from "../src/io/safetensors.ts";
 import { train, type TrainConfig } from "../src/train/trainer.ts";
+import { GradNorm } from "../src/train/grad_norm.ts";
 import { gradNormRef } from "./reference/adamw.ts";
 import { lowbitStepRef, refQuantState, unpackCodes } from "./reference/lowbit.ts";
 import { assertAllClose, gpuTest, rng } from "./_harness.ts";
@@ -84,6 +85,8 @@ for (
       // every code must match bit for bit; later steps use real betas.
       const exact = { beta1: 0.5, beta2: 0.5, eps: 1e-8, weightDecay: 0.1, gradClip: 0 };
       const opt = await LowBitAdamW.create(rt, layout, { params, grads }, { bits, ...exact });
+      // The training step's norm and clip, written where the update reads them.
+      const gn = await GradNorm.create(rt, layout, grads, opt.gradStats);
       const pieces = opt.pieces;
       const ref = pieces.map((pc) => {
         const block = bits === 8 ? 256 : 128;
@@ -98,6 +101,7 @@ for (
         for (let step = 1; step <= 3; step++) {
           const h = step === 1 ? exact : { ...exact, beta1: 0.9, beta2: 0.95, gradClip: 5 };
           Object.assign(opt.config, h);
+          gn.setStep({ gradClip: h.gradClip });
           const g = step === 1
             ? Float32Array.from({ length: n }, () => Math.round((u() - 0.5) * 128) / 64)
             : Float32Array.from({ length: n }, () => (u() - 0.5) * 0.2);
@@ -107,7 +111,7 @@ for (
           }
           rt.device.queue.writeBuffer(grads, 0, g);
           opt.setStep(step, 1e-2);
-          await runDispatches(rt.device, opt.dispatches);
+          await runDispatches(rt.device, [...gn.dispatches, ...opt.dispatches]);
           // The norm covers the tensors only (not the alignment gaps between them).
           const norm = gradNormRef(
             layout.tensors.map((t) =>
@@ -172,6 +176,7 @@ for (
         }
         // NaN and Inf gradients left their parameters exactly as they were after step 2.
       } finally {
+        gn.destroy();
         opt.destroy();
         rt.arena.free(params);
         rt.arena.free(grads);
@@ -298,6 +303,11 @@ gpuTest("offloaded (paged) state gives the same steps as state on the GPU", asyn
       bits,
       offload: true,
     });
+    // The training step's statistics (clip 1) for each; the paged one's norm runs first.
+    const gnA = await GradNorm.create(rt, layout, grads, onGpu.gradStats);
+    const gnB = await GradNorm.create(rt, layout, grads, paged.gradStats);
+    gnA.setStep({ gradClip: 1 });
+    gnB.setStep({ gradClip: 1 });
     try {
       ok(paged.stateBytes < onGpu.stateBytes, "the GPU holds one piece's state");
       equal(paged.hostBytes, onGpu.stateBytes);
@@ -309,14 +319,16 @@ gpuTest("offloaded (paged) state gives the same steps as state on the GPU", asyn
         );
         onGpu.setStep(step, 1e-2);
         paged.setStep(step, 1e-2);
-        await runDispatches(rt.device, onGpu.dispatches);
-        await runDispatches(rt.device, paged.normDispatches);
+        await runDispatches(rt.device, [...gnA.dispatches, ...onGpu.dispatches]);
+        await runDispatches(rt.device, gnB.dispatches);
         await paged.runOffloaded();
       }
       deepEqual(await readF32(rt.device, pb), await readF32(rt.device, pa));
       const sa = await onGpu.readState(), sb = await paged.readState();
       for (let i = 0; i < sa.length; i++) deepEqual(sb[i].data, sa[i].data, sa[i].name);
     } finally {
+      gnA.destroy();
+      gnB.destroy();
       onGpu.destroy();
       paged.destroy();
       for (const b of [pa, pb, grads]) rt.arena.free(b);

@@ -21,7 +21,7 @@ import {
 import { matmulBiasBackward } from "../src/model/ops/matmul.ts";
 import { type GPT2Config, parameterCount, PRESETS } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
-import { gradNormDispatches, gradNormPartials } from "../src/optim/adamw.ts";
+import { gradNormDispatches, gradNormPartials } from "../src/train/grad_norm.ts";
 import { gpt2Reference, layernorm, layernormBack, type RefParams } from "./reference/gpt2.ts";
 import { headDkv, headDq, headForward } from "./reference/attention_rows.ts";
 import { assertAllClose, gpuTest, randn, rng, uploadAs } from "./_harness.ts";

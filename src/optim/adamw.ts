@@ -1,10 +1,10 @@
 /**
- * AdamW on the GPU over the flat parameter buffer, with global gradient-norm
- * clipping computed on the GPU, fp32 state (m, v) in the same layout.
+ * AdamW on the GPU over the flat parameter buffer, fp32 state (m, v) in the same layout.
  *
- * Each tensor is one or more binding-sized ranges; every range gets an AdamW
- * dispatch (with its weight-decay flag) and a partial sum of squares for the
- * norm. Per-step values go into one uniform buffer written once per step.
+ * Each tensor is one or more binding-sized ranges; every range gets an AdamW dispatch (with
+ * its weight-decay flag). Per-step values go into one uniform buffer written once per step;
+ * the gradient scale (clip, loss scale) and skip flag are read from `gradStats`, which the
+ * training step writes (src/train/grad_norm.ts).
  *
  * @module
  */
@@ -20,47 +20,31 @@ import {
   otherOptimizerError,
   type SavedState,
   type StateTensor,
-  type StepOptions,
 } from "./optimizer.ts";
 
-export type { Optimizer, StepOptions } from "./optimizer.ts";
+export type { Optimizer } from "./optimizer.ts";
 import adamwBody from "../../kernels/adamw.wgsl" with { type: "text" };
 import {
   ADAMW_DEFAULTS,
   type AdamWConfig,
-  gradNormDispatches,
-  gradNormPartials,
   parameterRanges,
   stepBuffers,
   stepWords,
-  withStep,
 } from "./adamw_common.ts";
+import { optimizerKernel } from "./kernel_source.ts";
 
 export {
   ADAMW_DEFAULTS,
   type AdamWConfig,
-  gradNormDispatches,
-  gradNormPartials,
   parameterRanges,
   type ParamRange,
   stepBuffers,
   stepWords,
-  withStep,
 } from "./adamw_common.ts";
 
-const adamwSrc = withStep(adamwBody);
-
-/** kernels/adamw.wgsl with its HALF_COPY lines on: it also writes the f16 copy of each p. */
-export function adamwHalfKernel(body: string = adamwBody): string {
-  const code = body.replace(
-    "// HALF_COPY: half[r.p0 + i] = f16(np);",
-    "half[r.p0 + i] = f16(np);",
-  ).replace(
-    "@group(0) @binding(6) var<uniform> r: Range;",
-    "@group(0) @binding(6) var<uniform> r: Range;\n" +
-      "@group(0) @binding(7) var<storage, read_write> half: array<f16>;",
-  );
-  return `enable f16;\n${withStep(code)}`;
+/** kernels/adamw.wgsl writing the f32 parameters, or (`f16`) their f16 copy as well. */
+export function adamwKernel(store: "f32" | "f16" = "f32"): string {
+  return optimizerKernel(adamwBody, { adamw: true, store });
 }
 
 /** The f16 copy's binding for a range: from the 256-byte boundary at or before its start. */
@@ -89,10 +73,9 @@ function halfWindow(half: GPUBuffer, offset: number, size: number) {
  * const tokens = [1, 2, 3, 4, 5, 6, 7, 8];
  * await model.forwardBackward(tokens, [...tokens.slice(1), 9]); // gradients in model.grads
  * opt.setStep(1, 6e-4); // step 1 at learning rate 6e-4
- * await runDispatches(rt.device, opt.dispatches); // clip to the global norm, then update
+ * await runDispatches(rt.device, opt.dispatches); // the update, gradients as they are
  * model.markParamsChanged();
- * const [, gradNorm] = await readF32(rt.device, opt.stats);
- * console.log(gradNorm);
+ * console.log(await readF32(rt.device, model.params, 0, 4));
  * ```
  */
 export class AdamW implements Optimizer {
@@ -110,14 +93,11 @@ export class AdamW implements Optimizer {
   readonly m: GPUBuffer;
   /** Second moments (v), flat f32, same layout as the parameters. */
   readonly v: GPUBuffer;
-  /** [loss, grad norm, non-finite count, 0] as f32, written by the grad_norm dispatches. */
-  readonly stats: GPUBuffer;
-  /** grad_norm dispatches, then AdamW dispatches, in order. */
+  /** The gradient statistics the update reads (GRAD_STATS: scale, skip). */
+  readonly gradStats: GPUBuffer;
+  /** The AdamW dispatches, one per range. */
   dispatches: Dispatch[] = [];
-  #norm: Dispatch[] = [];
-  #update: Dispatch[] = [];
   #stepUniform: GPUBuffer;
-  #partials!: GPUBuffer;
   #mem: ArenaScope;
 
   private constructor(
@@ -126,6 +106,7 @@ export class AdamW implements Optimizer {
     config: AdamWConfig,
     stateBase: number,
     writesHalf: boolean,
+    gradStats?: GPUBuffer,
   ) {
     this.rt = rt;
     this.writesHalf = writesHalf;
@@ -136,14 +117,18 @@ export class AdamW implements Optimizer {
     const bytes = (layout.totalElements - stateBase) * 4;
     this.m = this.#mem.alloc("adamw.m", "optimizer", bytes);
     this.v = this.#mem.alloc("adamw.v", "optimizer", bytes);
-    ({ stats: this.stats, step: this.#stepUniform } = stepBuffers(this.#mem, "adamw"));
+    ({ gradStats: this.gradStats, step: this.#stepUniform } = stepBuffers(
+      this.#mem,
+      "adamw",
+      gradStats,
+    ));
   }
 
   /** Builds the optimizer for the given parameter and gradient buffers. */
   static async create(
     rt: Runtime,
     layout: ParamLayout,
-    buffers: { params: GPUBuffer; grads: GPUBuffer; half?: GPUBuffer },
+    buffers: { params: GPUBuffer; grads: GPUBuffer; half?: GPUBuffer; gradStats?: GPUBuffer },
     config: Partial<AdamWConfig> = {},
     options: {
       maxBindingBytes?: number;
@@ -160,6 +145,7 @@ export class AdamW implements Optimizer {
       { ...ADAMW_DEFAULTS, ...config },
       options.stateBase ?? 0,
       buffers.half !== undefined,
+      buffers.gradStats,
     );
     await opt.#build(
       buffers.params,
@@ -176,11 +162,9 @@ export class AdamW implements Optimizer {
     maxBindingBytes: number,
     half?: GPUBuffer,
   ): Promise<void> {
-    const halfCode = half ? adamwHalfKernel() : "";
+    const code = adamwKernel(half ? "f16" : "f32");
     const rt = this.rt;
     const ranges = parameterRanges(this.layout, maxBindingBytes);
-    this.#partials = this.#mem.alloc("adamw.partials", "scratch", gradNormPartials(ranges) * 4);
-    const norm = await gradNormDispatches(rt, ranges, grads, this.#partials, this.stats);
     const update: Dispatch[] = [];
     for (const r of ranges) {
       const range = (buffer: GPUBuffer) => ({ buffer, offset: r.offset * 4, size: r.size * 4 });
@@ -194,7 +178,7 @@ export class AdamW implements Optimizer {
         1: range(grads),
         2: state(this.m),
         3: state(this.v),
-        4: { buffer: this.stats },
+        4: { buffer: this.gradStats },
         5: { buffer: this.#stepUniform }, // per-step values, shared by every range
       };
       // With the f16 copy: bound from the 128-element (256-byte) boundary at or before the
@@ -202,7 +186,7 @@ export class AdamW implements Optimizer {
       update.push(
         await makeDispatch(rt, {
           name: half ? "adamw_f16copy" : "adamw",
-          code: half ? halfCode : adamwSrc,
+          code,
           entryPoint: "main",
           buffers: half ? { ...buffers, 7: halfWindow(half, r.offset, r.size) } : buffers,
           uniform: { binding: 6, words: [r.size, r.decay ? 1 : 0, r.offset % 128] },
@@ -211,34 +195,17 @@ export class AdamW implements Optimizer {
         }),
       );
     }
-    this.#norm = norm;
-    this.#update = update;
-    this.dispatches = [...norm, ...update];
-  }
-
-  /** Only the grad-norm dispatches (to measure the norm without updating). */
-  get normDispatches(): Dispatch[] {
-    return this.#norm;
+    this.dispatches = update;
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
-  setStep(t: number, lr: number, options: StepOptions = {}): void {
-    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, stepWords(this.config, t, lr, options));
+  setStep(t: number, lr: number): void {
+    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, stepWords(this.config, t, lr));
   }
 
-  /** Encodes the gradient norm and the update (all of the step runs in the step's encoder). */
+  /** Encodes the update (all of it runs in the step's encoder). */
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void {
     encodeDispatches(encoder, this.dispatches, profiler);
-  }
-
-  /** The gradient norm dispatches alone. */
-  encodeNorm(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    encodeDispatches(encoder, this.#norm, profiler);
-  }
-
-  /** The update dispatches alone (the norm already in `stats`). */
-  encodeApply(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    encodeDispatches(encoder, this.#update, profiler);
   }
 
   /** Nothing to finish: the update ran in the step's encoder. */

@@ -11,7 +11,7 @@
  * Tensors over the binding limit run in pieces of whole rows; rank-1 maxima are
  * then per piece. `fp32Embeddings` keeps wte and wpe in fp32.
  *
- * Gradient clipping, step uniforms and the stats buffer work as in AdamW.
+ * The gradient statistics (scale, skip) and the step uniform work as in AdamW.
  *
  * @module
  */
@@ -20,15 +20,9 @@ import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import { readBuffer, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
+import { arenaBytes } from "../model/plan.ts";
 import type { Profiler } from "../gpu/profiler.ts";
-import {
-  ADAMW_DEFAULTS,
-  type AdamWConfig,
-  gradNormDispatches,
-  gradNormPartials,
-  stepBuffers,
-  stepWords,
-} from "./adamw_common.ts";
+import { ADAMW_DEFAULTS, type AdamWConfig, stepBuffers, stepWords } from "./adamw_common.ts";
 import { dynamicMap, linearMapNoZero } from "./quant_maps.ts";
 import { pieceDispatches } from "./lowbit_pieces.ts";
 import {
@@ -36,7 +30,6 @@ import {
   otherOptimizerError,
   type SavedState,
   type StateTensor,
-  type StepOptions,
 } from "./optimizer.ts";
 import {
   pieceExtents,
@@ -82,7 +75,7 @@ export interface LowBitConfig extends AdamWConfig {
  * console.log(opt.summary()); // how many parameters have 4-bit state
  * const tokens = Array.from({ length: 64 }, (_, i) => 100 + i);
  * await model.forwardBackward(tokens, tokens.map((t) => t + 1));
- * opt.setStep(1, 1e-3); // step 1 at learning rate 1e-3
+ * opt.setStep(1, 1e-3); // step 1 at learning rate 1e-3, gradients as they are
  * await runDispatches(rt.device, opt.dispatches);
  * model.markParamsChanged();
  * ```
@@ -94,16 +87,15 @@ export class LowBitAdamW implements Optimizer {
   readonly config: LowBitConfig;
   /** How each piece of each tensor keeps its state, in layout order. */
   readonly pieces: StatePiece[];
-  /** [loss, grad norm]. */
-  readonly stats: GPUBuffer;
-  /** grad_norm dispatches, then each piece's update dispatches (empty with offload). */
+  /** The gradient statistics the update reads (GRAD_STATS: scale, skip). */
+  readonly gradStats: GPUBuffer;
+  /** Each piece's update dispatches (empty with offload). */
   dispatches: Dispatch[] = [];
   /** GPU state: all of it, or (offload) a window for one piece. */
   #state: Record<StateKind, GPUBuffer>;
   /** Offload: the state in CPU memory, and mappable buffers to bring it back. */
   #host?: Record<StateKind, Uint8Array<ArrayBuffer>>;
   #readback?: Record<StateKind, GPUBuffer>;
-  #norm: Dispatch[] = [];
   #pieceDispatches: Dispatch[][] = [];
   /** Every piece's update dispatches in order (the pieces' lists, flat). */
   #updates: Dispatch[] = [];
@@ -115,28 +107,16 @@ export class LowBitAdamW implements Optimizer {
     layout: ParamLayout,
     config: LowBitConfig,
     maxBindingBytes: number,
+    gradStats?: GPUBuffer,
   ) {
     this.rt = rt;
     this.#mem = rt.arena.scope();
     this.config = config;
     const { pieces, totals } = statePieces(layout, config, maxBindingBytes);
     this.pieces = pieces;
-    const sizes: Record<StateKind, number> = {
-      m32: totals.f32,
-      v32: totals.f32,
-      mq: totals.words,
-      vq: totals.words,
-      mabs: totals.abs,
-      vabs: totals.abs,
-      scales: totals.scales,
-    };
-    const gpuSizes = { ...sizes };
+    const gpuSizes = gpuStateSizes(pieces, totals, config);
     if (config.offload) {
-      for (const k of STATE_KINDS) gpuSizes[k] = 0;
-      for (const p of pieces) {
-        const e = pieceExtents(p, config.block8);
-        for (const k of STATE_KINDS) gpuSizes[k] = Math.max(gpuSizes[k], e[k][1]);
-      }
+      const sizes = stateSizes(totals);
       this.#host = {} as Record<StateKind, Uint8Array<ArrayBuffer>>;
       this.#readback = {} as Record<StateKind, GPUBuffer>;
       for (const k of STATE_KINDS) {
@@ -151,42 +131,47 @@ export class LowBitAdamW implements Optimizer {
     this.#state = Object.fromEntries(
       STATE_KINDS.map((k) => [k, this.#mem.alloc(`opt.${k}`, "optimizer", gpuSizes[k] * 4)]),
     ) as Record<StateKind, GPUBuffer>;
-    ({ stats: this.stats, step: this.#step } = stepBuffers(this.#mem, "opt"));
+    ({ gradStats: this.gradStats, step: this.#step } = stepBuffers(this.#mem, "opt", gradStats));
   }
 
   /** Builds the optimizer over the model's parameter and gradient buffers. */
   static async create(
     rt: Runtime,
     layout: ParamLayout,
-    buffers: { params: GPUBuffer; grads: GPUBuffer },
+    buffers: { params: GPUBuffer; grads: GPUBuffer; gradStats?: GPUBuffer },
     config: Partial<LowBitConfig> & { bits: 8 | 4 },
     options: { maxBindingBytes?: number } = {},
   ): Promise<LowBitAdamW> {
-    const cfg: LowBitConfig = {
+    const cfg = LowBitAdamW.check({
       ...ADAMW_DEFAULTS,
       block8: 256,
       fp32Embeddings: false,
       offload: false,
       ...config,
-    };
-    const wg = cfg.block8 / 4;
-    if (!(Number.isInteger(wg) && wg >= 1 && wg <= 256 && (wg & (wg - 1)) === 0)) {
-      throw new RangeError(`8-bit block size ${cfg.block8} must be 4 x a power of two, 4 to 1024`);
-    }
+    });
     const opt = new LowBitAdamW(
       rt,
       layout,
       cfg,
       options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize,
+      buffers.gradStats,
     );
     await opt.#build(buffers.params, buffers.grads);
     return opt;
   }
 
+  /** `cfg` when its block size is 4 x a power of two, 4 to 1024; else a RangeError. */
+  static check(cfg: LowBitConfig): LowBitConfig {
+    const wg = cfg.block8 / 4;
+    if (!(Number.isInteger(wg) && wg >= 1 && wg <= 256 && (wg & (wg - 1)) === 0)) {
+      throw new RangeError(`8-bit block size ${cfg.block8} must be 4 x a power of two, 4 to 1024`);
+    }
+    return cfg;
+  }
+
   async #build(params: GPUBuffer, grads: GPUBuffer): Promise<void> {
     const { rt } = this;
     const st = this.#state;
-    const partials = this.#mem.alloc("opt.partials", "scratch", gradNormPartials(this.pieces) * 4);
     const maps8 = this.#mem.alloc("opt.maps8", "scratch", 512 * 4);
     rt.device.queue.writeBuffer(
       maps8,
@@ -199,12 +184,11 @@ export class LowBitAdamW implements Optimizer {
       0,
       Float32Array.from([...dynamicMap(true, 4), ...linearMapNoZero(4)]),
     );
-    this.#norm = await gradNormDispatches(rt, this.pieces, grads, partials, this.stats);
     const ctx = {
       params,
       grads,
       state: st,
-      stats: this.stats,
+      gradStats: this.gradStats,
       step: this.#step,
       maps8,
       maps4,
@@ -215,12 +199,12 @@ export class LowBitAdamW implements Optimizer {
       this.#pieceDispatches.push(await pieceDispatches(rt, piece, ctx));
     }
     this.#updates = this.#pieceDispatches.flat();
-    this.dispatches = this.config.offload ? [] : [...this.#norm, ...this.#updates];
+    this.dispatches = this.config.offload ? [] : this.#updates;
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
-  setStep(t: number, lr: number, options: StepOptions = {}): void {
-    this.rt.device.queue.writeBuffer(this.#step, 0, stepWords(this.config, t, lr, options));
+  setStep(t: number, lr: number): void {
+    this.rt.device.queue.writeBuffer(this.#step, 0, stepWords(this.config, t, lr));
   }
 
   /** Bytes of optimizer state on the GPU (offload: the one-piece window). */
@@ -233,20 +217,15 @@ export class LowBitAdamW implements Optimizer {
     return this.#host ? Object.values(this.#host).reduce((a, b) => a + b.length, 0) : 0;
   }
 
-  /** True when the state lives in CPU memory: run {@linkcode runOffloaded} after the norm. */
+  /** True when the state lives in CPU memory: run {@linkcode runOffloaded} for the update. */
   get offloaded(): boolean {
     return this.config.offload;
-  }
-
-  /** The grad-norm dispatches (the part of a step that stays in the step's encoder). */
-  get normDispatches(): Dispatch[] {
-    return this.#norm;
   }
 
   /**
    * Offload: streams each piece's state to the GPU window, updates the piece,
    * and copies the state back; then brings all of it back to CPU memory. Call
-   * after the submit that ran {@linkcode normDispatches}.
+   * after the submit that wrote the gradient statistics.
    */
   async runOffloaded(): Promise<void> {
     const host = this.#host!, back = this.#readback!;
@@ -272,18 +251,8 @@ export class LowBitAdamW implements Optimizer {
     }
   }
 
-  /** Encodes the step's GPU part: all of it, or (offload) the gradient norm. */
+  /** Encodes the piece updates (offload: nothing here, {@linkcode finishUpdate} streams them). */
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    encodeDispatches(encoder, this.offloaded ? this.#norm : this.dispatches, profiler);
-  }
-
-  /** The gradient norm dispatches alone. */
-  encodeNorm(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    encodeDispatches(encoder, this.#norm, profiler);
-  }
-
-  /** The piece updates alone (offload: nothing here, {@linkcode finishUpdate} streams them). */
-  encodeApply(encoder: GPUCommandEncoder, profiler?: Profiler): void {
     if (!this.offloaded) encodeDispatches(encoder, this.#updates, profiler);
   }
 
@@ -326,7 +295,7 @@ export class LowBitAdamW implements Optimizer {
 
   /** Frees the state and every buffer the optimizer made. */
   destroy(): void {
-    for (const d of [...this.#norm, ...this.#updates]) {
+    for (const d of this.#updates) {
       for (const b of d.resources ?? []) this.rt.arena.free(b);
     }
     for (const b of Object.values(this.#readback ?? {})) b.destroy();
@@ -342,4 +311,49 @@ export class LowBitAdamW implements Optimizer {
       c.q8 + c.q4
     } parameters quantized to ${this.config.bits} bits, ${c.fp32} in fp32`;
   }
+}
+
+// ---------------------------------------------------------------------------
+// State sizes: what the constructor allocates and the memory plan counts.
+
+type Totals = ReturnType<typeof statePieces>["totals"];
+
+/** Floats (or words) of each state kind for all pieces. */
+function stateSizes(totals: Totals): Record<StateKind, number> {
+  return {
+    m32: totals.f32,
+    v32: totals.f32,
+    mq: totals.words,
+    vq: totals.words,
+    mabs: totals.abs,
+    vabs: totals.abs,
+    scales: totals.scales,
+  };
+}
+
+/** Floats of each kind on the GPU: all of the state, or (offload) the largest piece's. */
+function gpuStateSizes(
+  pieces: StatePiece[],
+  totals: Totals,
+  cfg: Pick<LowBitConfig, "block8" | "offload">,
+): Record<StateKind, number> {
+  const sizes = stateSizes(totals);
+  if (!cfg.offload) return sizes;
+  for (const k of STATE_KINDS) sizes[k] = 0;
+  for (const p of pieces) {
+    const e = pieceExtents(p, cfg.block8);
+    for (const k of STATE_KINDS) sizes[k] = Math.max(sizes[k], e[k][1]);
+  }
+  return sizes;
+}
+
+/** Bytes of GPU state {@linkcode LowBitAdamW} allocates for `layout` (the memory plan's). */
+export function lowBitStateBytes(
+  layout: ParamLayout,
+  cfg: Pick<LowBitConfig, "bits" | "block8" | "fp32Embeddings" | "offload">,
+  maxBindingBytes: number,
+): number {
+  const { pieces, totals } = statePieces(layout, cfg, maxBindingBytes);
+  const sizes = gpuStateSizes(pieces, totals, cfg);
+  return STATE_KINDS.reduce((a, k) => a + arenaBytes(sizes[k] * 4), 0);
 }

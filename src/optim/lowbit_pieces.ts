@@ -10,12 +10,15 @@ import type { Dispatch } from "../gpu/dispatch.ts";
 import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { StateKind, StatePiece } from "./lowbit_plan.ts";
-import { withStep } from "./adamw_common.ts";
-import adamwBody from "../../kernels/adamw.wgsl" with { type: "text" };
+import { adamwKernel } from "./adamw.ts";
+import { optimizerKernel } from "./kernel_source.ts";
 import adamw8Body from "../../kernels/adamw8bit.wgsl" with { type: "text" };
 import adamw4Body from "../../kernels/adamw4bit.wgsl" with { type: "text" };
 
-const [adamwSrc, adamw8Src, adamw4Src] = [adamwBody, adamw8Body, adamw4Body].map(withStep);
+const adamwSrc = adamwKernel();
+const [adamw8Src, adamw4Src] = [adamw8Body, adamw4Body].map((body) =>
+  optimizerKernel(body, { adamw: true, lowbit: true })
+);
 
 /** The buffers and settings every piece's dispatches bind. */
 export interface PieceContext {
@@ -25,8 +28,8 @@ export interface PieceContext {
   grads: GPUBuffer;
   /** The state buffers by kind (offload: the one-piece window). */
   state: Record<StateKind, GPUBuffer>;
-  /** grad_norm's output, read by the update. */
-  stats: GPUBuffer;
+  /** The gradient statistics (GRAD_STATS), read by the update. */
+  gradStats: GPUBuffer;
   /** The per-step uniform. */
   step: GPUBuffer;
   /** The 8-bit maps (signed, unsigned: 512 floats). */
@@ -67,7 +70,7 @@ export async function pieceDispatches(
           1: gr,
           2: f(ctx.state.m32, p.f32, p.size),
           3: f(ctx.state.v32, p.f32, p.size),
-          4: { buffer: ctx.stats },
+          4: { buffer: ctx.gradStats },
           5: { buffer: ctx.step },
         },
         uniform: { binding: 6, words: [p.size, p.decay ? 1 : 0] },
@@ -97,7 +100,7 @@ export async function pieceDispatches(
         buffers: {
           ...common,
           6: { buffer: ctx.maps8 },
-          7: { buffer: ctx.stats },
+          7: { buffer: ctx.gradStats },
           8: { buffer: ctx.step },
         },
         uniform: { binding: 9, words: [p.size, p.decay ? 1 : 0] },
@@ -113,7 +116,7 @@ export async function pieceDispatches(
       ? f(ctx.state.scales, p.scales, 2 * (p.rows + p.cols))
       : f(ctx.state.mabs, p.abs, nBlocks),
     7: { buffer: ctx.maps4 },
-    8: { buffer: ctx.stats },
+    8: { buffer: ctx.gradStats },
     9: { buffer: ctx.step },
   };
   // Each entry point binds exactly what it uses ("auto" layouts).
@@ -121,7 +124,7 @@ export async function pieceDispatches(
     row_max: [1, 3, 6, 7, 8, 9],
     col_max: [1, 3, 6, 7, 8, 9],
     update: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-    commit: [6, 8, 9], // stats and step: a skipped step keeps the old scales
+    commit: [6, 8], // gradStats: a skipped step keeps the old scales
   };
   const spec = (
     entryPoint: string,

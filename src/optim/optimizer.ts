@@ -1,21 +1,46 @@
 /**
  * What every optimizer offers a training step, so that fp32 AdamW, the 8-bit and 4-bit ones,
- * their offloaded variants, and a new one (Muon, a fused update) are interchangeable: the
- * step encodes the update after the backward, finishes it after the submit, and reads the
- * gradient norm from `stats`. An optimizer knows no file format and no loop: its state goes
- * out as named tensors and comes back through {@linkcode SavedState}.
+ * their offloaded variants, Adafactor and a new one are interchangeable: the step computes
+ * the gradient norm, the clip factor, the non-finite count and the overflow decision into a
+ * {@linkcode GRAD_STATS} buffer the optimizer reads on the GPU; the optimizer gets the
+ * learning rate and step number from {@linkcode Optimizer.setStep}, encodes its update after
+ * the backward and finishes it after the submit. An optimizer knows no norm, no file format
+ * and no loop: its state goes out as named tensors and comes back through
+ * {@linkcode SavedState}.
  *
  * @module
  */
 
 import type { Profiler } from "../gpu/profiler.ts";
 
-/** Per-step options of mixed precision. */
-export interface StepOptions {
-  /** The loss scale the gradients carry (default 1); the update divides it out. */
-  lossScale?: number;
-  /** Skip the whole step when any gradient is NaN or Inf (default false). */
-  skipOnOverflow?: boolean;
+// ---------------------------------------------------------------------------
+// The gradient statistics: written by the training step, read by every update.
+
+/**
+ * The gradient statistics buffer, f32 slots by name: the one definition of its layout (the
+ * WGSL struct {@linkcode GRAD_STATS_WGSL} is generated from it).
+ *
+ * - `scale`: what every stored gradient is multiplied by before the update: the clip factor
+ *   over the loss scale, min(1, max_norm / (norm / S + 1e-6)) / S (1 without either).
+ * - `norm`: the L2 norm of the stored (loss-scaled) gradients' finite elements.
+ * - `nonfinite`: how many gradient elements are NaN or Inf (+1 when the norm overflows).
+ * - `skip`: 1 when the whole update is skipped (fp16 overflow), else 0.
+ */
+export const GRAD_STATS = { scale: 0, norm: 1, nonfinite: 2, skip: 3 } as const;
+
+/** Bytes of the {@linkcode GRAD_STATS} buffer. */
+export const GRAD_STATS_BYTES = Object.keys(GRAD_STATS).length * 4;
+
+/** The WGSL struct of {@linkcode GRAD_STATS}, fields in slot order. */
+export const GRAD_STATS_WGSL = `struct GradStats { ${
+  Object.entries(GRAD_STATS).sort((a, b) => a[1] - b[1]).map(([k]) => `${k}: f32`).join(", ")
+} }\n`;
+
+/** The statistics of an untouched gradient: scale 1, nothing skipped. */
+export function identityGradStats(): Float32Array<ArrayBuffer> {
+  const s = new Float32Array(GRAD_STATS_BYTES / 4);
+  s[GRAD_STATS.scale] = 1;
+  return s;
 }
 
 /** A named tensor of optimizer state for a checkpoint: f32 values or raw bytes. */
@@ -42,8 +67,11 @@ export interface SavedState {
 
 /** The optimizer protocol the training step drives. */
 export interface Optimizer {
-  /** [loss, grad norm, non-finite gradient count, 0] f32, written by the update. */
-  readonly stats: GPUBuffer;
+  /**
+   * The {@linkcode GRAD_STATS} buffer the update reads its gradient scale and skip flag
+   * from: given at creation, or the optimizer's own (scale 1, never skipped).
+   */
+  readonly gradStats: GPUBuffer;
   /** Bytes of optimizer state on the GPU. */
   readonly stateBytes: number;
   /** Bytes of optimizer state kept in CPU memory (offload), else 0. */
@@ -53,23 +81,15 @@ export interface Optimizer {
    * the step then skips the separate cast pass. Default false.
    */
   readonly writesHalf?: boolean;
+  /** Writes the per-step values (learning rate `lr`, step `t`, 1-based) before the update. */
+  setStep(t: number, lr: number): void;
   /**
-   * Writes the per-step values (learning rate `lr`, bias corrections for step `t`, 1-based,
-   * loss scale) before the step's update runs.
+   * Encodes the update (or the part that runs in the step's encoder) after the backward and
+   * after the step wrote `gradStats`.
    */
-  setStep(t: number, lr: number, options?: StepOptions): void;
-  /** Encodes the update (or the part that runs in the step's encoder) after the backward. */
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void;
   /** Finishes the update after that encoder was submitted (offload streams the state). */
   finishUpdate(): Promise<void>;
-  /**
-   * The first half of {@linkcode encodeUpdate}: the gradient norm into `stats` only. With
-   * {@linkcode encodeApply}, the step can change `stats` in between (ZeRO-1 sums each rank's
-   * share of the norm). Optional: an optimizer without it cannot shard its state.
-   */
-  encodeNorm?(encoder: GPUCommandEncoder, profiler?: Profiler): void;
-  /** The second half: the update, reading the norm from `stats`. */
-  encodeApply?(encoder: GPUCommandEncoder, profiler?: Profiler): void;
   /** The state as named tensors, for a checkpoint. */
   readState(): Promise<StateTensor[]>;
   /** Restores state saved from {@linkcode readState}; throws before any write when it does not fit. */

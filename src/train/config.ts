@@ -126,8 +126,10 @@ export interface TrainConfig {
   eps: number;
   /** Clip the global gradient norm to this; 0 disables clipping. */
   gradClip: number;
-  /** A name from OPTIMIZERS (src/optim/registry.ts): adamw, adamw8bit or adamw4bit. */
+  /** A name from OPTIMIZERS (src/optim/registry.ts): adamw, adamw8bit, adamw4bit, ... */
   optimizer?: string;
+  /** The optimizer's own settings, "key=value,..." (its registry row's options). */
+  optimizerOptions?: string;
   /** 8-bit block size (default 256). */
   optimizerBlock?: number;
   /** Low-bit optimizers: keep wte and wpe state in fp32. */

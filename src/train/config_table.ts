@@ -6,7 +6,7 @@
  */
 
 import type { GPT2Config } from "../model/config.ts";
-import { OPTIMIZERS } from "../optim/registry.ts";
+import { OPTIMIZERS, optionsHelp } from "../optim/registry.ts";
 import { parseMatmulImpl } from "../model/ops/matmul.ts";
 import type { ConfigRow, ConfigTable, TrainConfig } from "./config.ts";
 import { parseDuration } from "./budget.ts";
@@ -171,6 +171,15 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     group: "Optimizer and schedule",
     resume: "fixed",
     help: Object.entries(OPTIMIZERS).map(([k, o]) => `${k} (${o.description})`).join(", "),
+  },
+  optimizerOptions: {
+    flag: "optimizer-option",
+    kind: "string",
+    default: undefined,
+    arg: "K=X,...",
+    group: "Optimizer and schedule",
+    resume: "fixed",
+    help: `the optimizer's own settings: ${optionsHelp() || "none yet"}`,
   },
   optimizerBlock: {
     flag: "optimizer-block",

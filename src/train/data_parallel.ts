@@ -26,7 +26,7 @@ import type { GPT2 } from "../model/gpt2.ts";
 import type { ParamLayout } from "../model/params.ts";
 import type { TokenBatch } from "../data/loader.ts";
 import { encodeSafetensors, parseSafetensors, tensorF32 } from "../io/safetensors.ts";
-import type { StateTensor } from "../optim/optimizer.ts";
+import { GRAD_STATS, GRAD_STATS_BYTES, type StateTensor } from "../optim/optimizer.ts";
 import type { MicroBatch, StepHooks } from "./step.ts";
 
 /** A range of the flat parameter buffer, in elements. */
@@ -228,13 +228,14 @@ function zeroHooks(
       size: Math.max(16, bytes),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
-  const statsBack = mapped("zero.stats", 16);
+  const statsBack = mapped("zero.stats", GRAD_STATS_BYTES);
   const paramsBack = mapped("zero.params", counts[dist.rank] * 4);
   const gradsBack = mapped("zero.grads", total * 4);
   // Host copies, made once: the exchange allocates nothing per step.
   const full = new Float32Array(total), reduced = new Float32Array(counts[dist.rank]);
   const local = new Float32Array(counts[dist.rank]), gathered = new Float32Array(total);
-  const stats4 = new Float32Array(4), sums = new Float64Array(2);
+  const stats = new Float32Array(GRAD_STATS_BYTES / 4), sums = new Float64Array(2);
+  const { norm, nonfinite } = GRAD_STATS;
   /** Copies `into.length` floats at byte `offset` of `src` through `staging` into `into`. */
   const read = async (src: GPUBuffer, offset: number, staging: GPUBuffer, into: Float32Array) => {
     const bytes = into.length * 4;
@@ -254,14 +255,14 @@ function zeroHooks(
         await dist.reduceScatterSum(full, counts, reduced);
         device.queue.writeBuffer(grads, mine.start * 4, reduced);
       },
-      async normReady(stats) {
-        await read(stats, 0, statsBack, stats4);
-        sums[0] = stats4[1] * stats4[1];
-        sums[1] = stats4[2];
+      async normReady(buffer) {
+        await read(buffer, 0, statsBack, stats);
+        sums[0] = stats[norm] * stats[norm];
+        sums[1] = stats[nonfinite];
         await dist.allReduceSum(sums);
-        stats4[1] = Math.sqrt(sums[0]);
-        stats4[2] = sums[1] + (Number.isFinite(stats4[1]) ? 0 : 1);
-        device.queue.writeBuffer(stats, 0, stats4);
+        stats[norm] = Math.sqrt(sums[0]);
+        stats[nonfinite] = sums[1] + (Number.isFinite(stats[norm]) ? 0 : 1);
+        device.queue.writeBuffer(buffer, 0, stats);
       },
       async updated(params) {
         await read(params, mine.start * 4, paramsBack, local);

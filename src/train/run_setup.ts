@@ -11,7 +11,7 @@ import type { Runtime } from "../gpu/runtime.ts";
 import { GPT2_VOCAB_SIZE, type GPT2Config, parameterCount } from "../model/config.ts";
 import { GPT2 } from "../model/gpt2.ts";
 import { loadTensors, matchTensors } from "../model/weights.ts";
-import { createOptimizer } from "../optim/registry.ts";
+import { checkOptimizer, createOptimizer } from "../optim/registry.ts";
 import type { Optimizer } from "../optim/optimizer.ts";
 import { makeSchedule, type Schedule } from "../optim/schedule.ts";
 import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
@@ -81,6 +81,8 @@ export async function setUpRun(
   const N = dist?.size ?? 1, lead = (dist?.rank ?? 0) === 0;
   const BT = c.batch * c.seq, accum = c.totalBatch / (BT * N);
   // ---- read and check everything before touching the GPU or disk
+  const optimizer = c.optimizer ?? configDefault("optimizer")!;
+  checkOptimizer(optimizer, { ...c, stateBase: c.zero && N > 1 ? 0 : undefined });
   const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
     ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
     : [];
@@ -135,22 +137,13 @@ export async function setUpRun(
     // ZeRO-1: this rank's optimizer covers its shard of the tensors only.
     const shard = c.zero && N > 1 ? zeroShards(model.layout, N)[dist!.rank] : undefined;
     const opt = await createOptimizer(
-      c.optimizer ?? configDefault("optimizer")!,
+      optimizer,
       rt,
       shard ? shardLayout(model.layout, shard) : model.layout,
       // The f16 copy is written by the update itself, unless ZeRO-1 gathers the parameters.
       { params: model.params, grads: model.grads, half: shard ? undefined : model.weights.half },
-      {
-        beta1: c.beta1,
-        beta2: c.beta2,
-        eps: c.eps,
-        weightDecay: c.weightDecay,
-        gradClip: c.gradClip,
-        block8: c.optimizerBlock,
-        fp32Embeddings: c.optimizerFp32Embeddings,
-        offload: c.optimizerOffload,
-        stateBase: shard?.start,
-      },
+      // The run's settings as they are: the optimizer's row takes what it uses.
+      { ...c, stateBase: shard?.start },
     );
     made.push(opt);
     const evals = await runEvals(rt, {
@@ -182,7 +175,14 @@ export async function setUpRun(
     const dp = dist && N > 1 ? dataParallel(dist, model, { zero: !!shard }) : undefined;
     if (dp) made.push(dp);
     const hooks = dp ? { ...dp.hooks, ...stepHooks } : stepHooks;
-    const step = new TrainStep(rt, model, opt, { accum, scaler, optimizerSteps, hooks });
+    const step = new TrainStep(rt, model, opt, {
+      accum,
+      scaler,
+      optimizerSteps,
+      hooks,
+      gradClip: c.gradClip,
+      normLayout: shard ? shardLayout(model.layout, shard) : undefined,
+    });
     made.push(step);
     const loader = new TokenLoader(trainShards, {
       batchSize: c.batch * N,

@@ -1,7 +1,9 @@
 /**
  * One optimizer step of training as an object: the micro-steps of gradient accumulation,
- * loss scaling and the overflow skip (fp16), the optimizer's update (clipping included),
- * the f16 refresh of the weights, and one readback of the losses and the gradient norm.
+ * loss scaling and the overflow skip (fp16), the gradient norm, clipping and non-finite count
+ * (computed once, here: src/train/grad_norm.ts writes them into the optimizer's gradStats),
+ * the optimizer's update, the f16 refresh of the weights, and one readback of the losses and
+ * the gradient statistics.
  *
  * Between "gradients ready" and "optimizer update" there is one hook: data-parallel
  * training all-reduces the gradients there. Without it the update is encoded in the last
@@ -12,7 +14,9 @@
 
 import type { Runtime } from "../gpu/runtime.ts";
 import type { GPT2 } from "../model/gpt2.ts";
-import type { Optimizer } from "../optim/optimizer.ts";
+import type { ParamLayout } from "../model/params.ts";
+import { GRAD_STATS, GRAD_STATS_BYTES, type Optimizer } from "../optim/optimizer.ts";
+import { GradNorm } from "./grad_norm.ts";
 import type { LossScaler } from "./loss_scale.ts";
 
 /** One micro-batch: B*T tokens and their targets. */
@@ -37,9 +41,9 @@ export interface StepHooks {
    */
   bucketReady?: (grads: GPUBuffer, mark: number) => void;
   /**
-   * Runs after the optimizer wrote the gradient norm to `stats` and before its update reads
-   * it (ZeRO-1: each rank's norm covers its shard; the hook sums them). The optimizer must
-   * offer encodeNorm and encodeApply.
+   * Runs after the step wrote the gradient norm and non-finite count to `stats` (GRAD_STATS)
+   * and before it decides the clip factor and the skip from them (ZeRO-1: each rank's norm
+   * covers its shard; the hook sums them).
    */
   normReady?: (stats: GPUBuffer) => Promise<void>;
   /** Runs after the update, before the f16 refresh (ZeRO-1: all-gathers the parameters). */
@@ -77,6 +81,16 @@ export interface TrainStepOptions {
   scaler?: LossScaler;
   /** Updates applied so far (AdamW's t; skipped steps do not count). */
   optimizerSteps?: number;
+  /**
+   * Clip the global gradient norm (the loss scale divided out) to this; 0: off. Default 1
+   * (nanoGPT's and llm.c's, AdamW's clip before the step owned it).
+   */
+  gradClip?: number;
+  /**
+   * The tensors whose gradients the optimizer updates and the norm covers (a ZeRO-1 shard's);
+   * default the model's.
+   */
+  normLayout?: ParamLayout;
   /** Extension points. */
   hooks?: StepHooks;
 }
@@ -93,6 +107,9 @@ export class TrainStep {
   readonly #scaler?: LossScaler;
   readonly #hooks: StepHooks;
   readonly #staging: GPUBuffer;
+  readonly #gradClip: number;
+  readonly #normLayout: ParamLayout;
+  #norm?: GradNorm;
 
   /** A step for `model` (its dloss must be 1 / (B*T*accum)) and `opt` over its weights. */
   constructor(rt: Runtime, model: GPT2, opt: Optimizer, o: TrainStepOptions) {
@@ -103,12 +120,11 @@ export class TrainStep {
     this.#scaler = o.scaler;
     this.#hooks = o.hooks ?? {};
     this.optimizerSteps = o.optimizerSteps ?? 0;
-    if (this.#hooks.normReady && !(opt.encodeNorm && opt.encodeApply)) {
-      throw new Error("This optimizer cannot split its update around the norm (normReady hook)");
-    }
+    this.#gradClip = o.gradClip ?? 1;
+    this.#normLayout = o.normLayout ?? model.layout;
     this.#staging = rt.device.createBuffer({
       label: "train.readback",
-      size: (o.accum * model.B * model.T + 4) * 4,
+      size: o.accum * model.B * model.T * 4 + GRAD_STATS_BYTES,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
   }
@@ -119,7 +135,15 @@ export class TrainStep {
     const { accum } = this, BT = model.B * model.T, staging = this.#staging;
     const scale = scaler?.scale ?? 1;
     if (scaler) model.setLossScale(scale);
-    opt.setStep(this.optimizerSteps + 1, lr, { lossScale: scale, skipOnOverflow: !!scaler });
+    // Built once, on the first step: it writes the buffer the optimizer's update reads.
+    const norm = this.#norm ??= await GradNorm.create(
+      rt,
+      this.#normLayout,
+      model.grads,
+      opt.gradStats,
+    );
+    norm.setStep({ gradClip: this.#gradClip, lossScale: scale, skipOnOverflow: !!scaler });
+    opt.setStep(this.optimizerSteps + 1, lr);
     const hook = this.#hooks.gradientsReady;
     const submit = async (enc: GPUCommandEncoder) => {
       rt.profiler?.resolve(enc);
@@ -128,14 +152,15 @@ export class TrainStep {
     };
     const { normReady, updated } = this.#hooks;
     const encodeUpdate = async (enc: GPUCommandEncoder) => {
+      norm.encodeNorm(enc, rt.profiler);
       if (normReady) {
-        opt.encodeNorm!(enc, rt.profiler);
         await submit(enc);
-        await normReady(opt.stats);
+        await normReady(norm.stats);
         enc = rt.device.createCommandEncoder();
-        opt.encodeApply!(enc, rt.profiler);
-      } else opt.encodeUpdate(enc, rt.profiler);
-      enc.copyBufferToBuffer(opt.stats, 0, staging, accum * BT * 4, 16);
+      }
+      norm.encodeDecide(enc, rt.profiler);
+      opt.encodeUpdate(enc, rt.profiler);
+      enc.copyBufferToBuffer(norm.stats, 0, staging, accum * BT * 4, GRAD_STATS_BYTES);
       await submit(enc);
       await opt.finishUpdate();
       await updated?.(model.params);
@@ -180,18 +205,20 @@ export class TrainStep {
     const back = new Float32Array(staging.getMappedRange());
     let sum = 0;
     for (let i = 0; i < accum * BT; i++) sum += back[i];
-    const norm = back[accum * BT + 1] / scale;
-    const overflow = scaler !== undefined && back[accum * BT + 2] > 0;
+    const stats = back.subarray(accum * BT);
+    const gradNorm = stats[GRAD_STATS.norm] / scale;
+    const overflow = scaler !== undefined && stats[GRAD_STATS.skip] > 0;
     staging.unmap();
     if (!overflow) this.optimizerSteps++;
     scaler?.update(overflow);
     const local = sum / (accum * BT);
     const loss = this.#hooks.reduceLoss ? await this.#hooks.reduceLoss(local) : local;
-    return { loss, norm, overflow, lossScale: scale };
+    return { loss, norm: gradNorm, overflow, lossScale: scale };
   }
 
-  /** Frees the readback buffer (the model and optimizer belong to the caller). */
+  /** Frees the readback buffer and the norm's (the model and optimizer are the caller's). */
   destroy(): void {
     this.#staging.destroy();
+    this.#norm?.destroy();
   }
 }
