@@ -143,7 +143,7 @@ export {
   initDist,
   initRanks,
   singleProcess,
-} from "./src/dist/dist.ts";
+} from "./src/parallel/dist.ts";
 export {
   generate,
   generateCached,

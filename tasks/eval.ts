@@ -11,7 +11,7 @@ import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
 import { openShards, TokenLoader } from "../src/data/loader.ts";
 import { formatDuration } from "../src/train/log.ts";
-import { gatherJson, initRanks } from "../src/dist/dist.ts";
+import { gatherJson, initRanks } from "../src/parallel/dist.ts";
 
 const HELLASWAG_URL =
   "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl";

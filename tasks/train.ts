@@ -23,8 +23,8 @@ import {
   runMain,
 } from "./_cli.ts";
 import { train } from "../src/train/trainer.ts";
-import { initRanks } from "../src/dist/dist.ts";
-import { detectLaunch } from "../src/dist/mpi.ts";
+import { initRanks } from "../src/parallel/dist.ts";
+import { detectLaunch } from "../src/parallel/mpi.ts";
 import type { ConfigRow, TrainConfig } from "../src/train/config.ts";
 import { configDefault, TRAIN_CONFIG } from "../src/train/config_table.ts";
 

@@ -24,7 +24,7 @@ import { prepareData, type PreparedData } from "./corpus.ts";
 import { type RunEvals, runEvals } from "./evals.ts";
 import { LossScaler } from "./loss_scale.ts";
 import { type StepHooks, TrainStep } from "./step.ts";
-import type { Dist } from "../dist/dist.ts";
+import type { Dist } from "../parallel/dist.ts";
 import { type DataParallel, dataParallel, shardLayout, zeroShards } from "./data_parallel.ts";
 
 /** A run ready for its first step. */

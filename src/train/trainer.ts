@@ -41,7 +41,7 @@ import {
 } from "./run_setup.ts";
 import { runLength, StepBudget } from "./budget.ts";
 import { BatchError, type StepHooks } from "./step.ts";
-import type { Dist } from "../dist/dist.ts";
+import type { Dist } from "../parallel/dist.ts";
 import type { GPT2 } from "../model/gpt2.ts";
 
 export type { TrainConfig } from "./config.ts";
@@ -80,7 +80,7 @@ export interface TrainHooks {
   /** Called with the trained graph (and so its weights) before it is freed. */
   afterRun?: (model: GPT2) => Promise<void>;
   /**
-   * Train data-parallel over these ranks (src/dist; `initDist()` under mpirun): rank 0
+   * Train data-parallel over these ranks (src/parallel; `initDist()` under mpirun): rank 0
    * writes the logs, samples and checkpoints, every rank trains.
    */
   dist?: Dist;
