@@ -113,7 +113,17 @@ export {
   type ScheduleOptions,
   type Segment,
 } from "./src/optim/schedule.ts";
-export { train, type TrainConfig, type TrainHooks, type TrainResult } from "./src/train/trainer.ts";
+export {
+  type Logger,
+  type ResolveOptions,
+  resolveTrainConfig,
+  type StepRecord,
+  train,
+  type TrainConfig,
+  type TrainOptions,
+  type TrainResult,
+  type TrainSettings,
+} from "./src/train/trainer.ts";
 export {
   BatchError,
   type MicroBatch,
@@ -123,7 +133,7 @@ export {
   type TrainStepOptions,
 } from "./src/train/step.ts";
 export { TRAIN_CONFIG } from "./src/train/config_table.ts";
-export { type ConfigRow, type ConfigTable, type NumberRule } from "./src/train/config.ts";
+export { type ConfigRow, type ConfigTable, type NumberRule } from "./src/table.ts";
 export {
   type DataParallel,
   dataParallel,

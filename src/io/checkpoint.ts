@@ -146,6 +146,23 @@ export function parseTrainerState(json: unknown, dirStep?: number): TrainerState
 }
 
 /**
+ * `dir`'s trainer_state.json, read and checked (the one reader of the file outside
+ * {@linkcode loadCheckpoint}); an unreadable or invalid file is an Error naming it.
+ */
+export async function readTrainerState(dir: string): Promise<TrainerState> {
+  const path = `${dir}/${CHECKPOINT_FILES.trainer}`;
+  let json: unknown;
+  try {
+    json = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new Error(`Invalid ${path}: ${(e as Error).message}; the checkpoint is damaged`);
+  }
+  const st = parseTrainerState(json, stepOfDir(dir));
+  if (typeof st === "string") throw new Error(`Invalid ${path}: ${st}`);
+  return st;
+}
+
+/**
  * Writes a checkpoint atomically as `<root>/step_N`. A `step_N` already there is
  * replaced only once the new one is complete (moved aside, the new one renamed in,
  * then the old one removed). Unless `keep` is undefined, all but the newest `keep`

@@ -19,7 +19,6 @@ import { loadCheckpoint } from "../io/checkpoint.ts";
 import { savedTensors } from "../io/safetensors.ts";
 import { readHellaSwag } from "../eval/hellaswag.ts";
 import type { TrainConfig } from "./config.ts";
-import { configDefault } from "./config_table.ts";
 import { prepareData, type PreparedData } from "./corpus.ts";
 import { type RunEvals, runEvals } from "./evals.ts";
 import { LossScaler } from "./loss_scale.ts";
@@ -81,8 +80,8 @@ export async function setUpRun(
   const N = dist?.size ?? 1, lead = (dist?.rank ?? 0) === 0;
   const BT = c.batch * c.seq, accum = c.totalBatch / (BT * N);
   // ---- read and check everything before touching the GPU or disk
-  const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
-    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
+  const hsItems = c.hellaswag && c.hellaswagEvery > 0
+    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit)
     : [];
   const resumed = c.resume
     ? await loadCheckpoint(c.resume).catch((e) => {
@@ -134,7 +133,7 @@ export async function setUpRun(
     // ZeRO-1: this rank's optimizer covers its shard of the tensors only.
     const shard = c.zero && N > 1 ? zeroShards(model.layout, N)[dist!.rank] : undefined;
     const opt = await createOptimizer(
-      c.optimizer ?? configDefault("optimizer")!,
+      c.optimizer,
       rt,
       shard ? shardLayout(model.layout, shard) : model.layout,
       // The f16 copy is written by the update itself, unless ZeRO-1 gathers the parameters.

@@ -1,7 +1,7 @@
 /**
  * The training loop: gradient accumulation to a total batch in tokens, a learning-rate
  * schedule, periodic validation, samples, HellaSwag and checkpoints, exact resume, the
- * divergence guard, and a clean save on Ctrl-C (SIGINT/SIGTERM). One optimizer step is a
+ * divergence guard, and a clean save when the caller's AbortSignal fires. One optimizer step is a
  * {@linkcode TrainStep} (src/train/step.ts); what the run holds is built by setUpRun
  * (src/train/run_setup.ts); the settings and their defaults are one table
  * (src/train/config.ts).
@@ -16,9 +16,7 @@ import { type LoaderCursor, OutOfVocabularyError } from "../data/loader.ts";
 import {
   latestResumable,
   listCheckpoints,
-  parseTrainerState,
   pruneCheckpoints,
-  resumeProblem,
   saveCheckpoint,
   stepDirName,
   stepOfDir,
@@ -27,7 +25,7 @@ import {
 } from "../io/checkpoint.ts";
 import { formatDuration } from "../format.ts";
 import type { TrainConfig } from "./config.ts";
-import { configDefault } from "./config_table.ts";
+import { resolveTrainConfig, type TrainSettings } from "./resolve.ts";
 import { DivergenceError, DivergenceGuard } from "./guard.ts";
 import { formatStepLine, formatSummary, RunLog } from "./log.ts";
 import { lockRunDir, recoverCheckpoints, setAside } from "./run_dir.ts";
@@ -45,6 +43,7 @@ import type { Dist } from "../parallel/dist.ts";
 import type { GPT2 } from "../model/gpt2.ts";
 
 export type { TrainConfig } from "./config.ts";
+export { type ResolveOptions, resolveTrainConfig, type TrainSettings } from "./resolve.ts";
 export { DivergenceError } from "./guard.ts";
 
 /** What a run returns. */
@@ -63,16 +62,50 @@ export interface TrainResult {
   sample?: string;
 }
 
-/** Hooks for callers that want more than the printed lines. */
-export interface TrainHooks {
-  /** One line of output (default: console.log). */
-  print?: (line: string) => void;
+/** Where a run's lines go: `console` by default; give your own to capture or silence them. */
+export interface Logger {
+  /** One line of output (progress, notices, warnings). */
+  log(line: string): void;
+}
+
+/** One optimizer step, as {@linkcode TrainOptions.onStep} receives it. */
+export interface StepRecord {
+  /** The step just taken, counted from the start of training (resumed steps included). */
+  step: number;
+  /** Steps the run is for; undefined while a time budget has not decided them. */
+  steps?: number;
+  /** Mean training loss of the step. */
+  loss: number;
+  /** The learning rate it used. */
+  lr: number;
+  /** The global gradient norm before clipping. */
+  gradNorm: number;
+  /** Tokens trained on per second, over this step. */
+  tokensPerS: number;
+  /** Model FLOP/s over this step (6N + 12LCT per token). */
+  flopsPerS: number;
+  /** Milliseconds the step took. */
+  ms: number;
+  /** Bytes of GPU memory the run holds. */
+  memBytes: number;
+  /** fp16: the loss scale the step used. */
+  lossScale?: number;
+  /** fp16: the step overflowed and was skipped. */
+  skipped?: boolean;
+}
+
+/** What a caller of {@linkcode train} may add besides the config. */
+export interface TrainOptions {
+  /** Where the run's lines go (default: console; only rank 0 writes). */
+  logger?: Logger;
   /**
    * Stops the run: after the current step (a validation or HellaSwag pass under way is cut
    * short), with a checkpoint; before the first step, with nothing written. The library
    * installs no signal handlers: tasks/train.ts aborts this on Ctrl-C or SIGTERM.
    */
   signal?: AbortSignal;
+  /** Called after every optimizer step with its numbers (only on rank 0). */
+  onStep?: (record: StepRecord) => void;
   /** Stop after the step this returns true for (used by tests to interrupt). */
   stopAfter?: (step: number) => boolean;
   /** Extension points of each optimizer step (run before the data-parallel ones). */
@@ -89,53 +122,38 @@ export interface TrainHooks {
 export { flopsPerToken, vocabularyHint } from "./run_setup.ts";
 
 /**
- * Runs (or resumes) training. The run directory is locked for the run's length;
- * one that holds checkpoints is refused unless resuming or `overwrite` is set.
+ * Runs (or resumes) training. `settings` is any part of a TrainConfig: the rest comes from a
+ * resumed checkpoint's run, then the table's defaults ({@linkcode resolveTrainConfig}). The
+ * run directory is locked for the run's length; one that holds checkpoints is refused unless
+ * resuming or `overwrite` is set.
  *
  * @example Train gpt2-mini on a text file
  * ```ts
- * import { createRuntime, resolveConfig, train } from "@webgpu-gpt2/core";
+ * import { createRuntime, train } from "@webgpu-gpt2/core";
  *
  * const rt = await createRuntime();
  * const result = await train(rt, {
  *   modelName: "gpt2-mini",
- *   model: resolveConfig("gpt2-mini"),
  *   data: "corpus.txt", // tokenized once into cacheDir
  *   out: "runs/mini",
- *   batch: 4,
- *   seq: 256,
- *   totalBatch: 8 * 256, // two micro-batches per optimizer step
  *   steps: 200,
- *   schedule: "cosine",
- *   lr: 1e-3,
- *   minLr: 1e-4,
- *   warmup: 20,
- *   weightDecay: 0.1,
- *   beta1: 0.9,
- *   beta2: 0.95,
- *   eps: 1e-8,
- *   gradClip: 1,
- *   seed: 1337,
- *   shuffle: true,
- *   valEvery: 50,
- *   valBatches: 10,
- *   sampleEvery: 100,
- *   sampleTokens: 64,
- *   saveEvery: 100,
- *   keep: 2,
- *   peakTflops: 0,
- *   cacheDir: "runs/data",
- * }, { print: (line) => console.log(line) });
+ * }, {
+ *   onStep: (s) => console.log(s.step, s.loss, s.tokensPerS),
+ *   logger: { log: () => {} },
+ * });
  * console.log(result.checkpoint, result.losses.at(-1), result.valLoss);
+ *
+ * // Later: continue to 400 steps with everything else as that run had it.
+ * await train(rt, { out: "runs/mini", resume: "latest", steps: 400 });
  * ```
  */
 export async function train(
   rt: Runtime,
-  config: TrainConfig,
-  hooks: TrainHooks = {},
+  settings: TrainSettings,
+  options: TrainOptions = {},
 ): Promise<TrainResult> {
-  const c = config;
-  const N = hooks.dist?.size ?? 1, lead = (hooks.dist?.rank ?? 0) === 0;
+  const N = options.dist?.size ?? 1, lead = (options.dist?.rank ?? 0) === 0;
+  const c = await resolveTrainConfig(settings, { ranks: N });
   const BT = c.batch * c.seq * N;
   if (c.totalBatch % BT !== 0) {
     throw new RangeError(
@@ -145,11 +163,6 @@ export async function train(
   }
   if (!(Number.isInteger(c.keep) && c.keep >= 1)) {
     throw new RangeError(`--keep ${c.keep} would delete every checkpoint: keep at least 1`);
-  }
-  if (c.resume) {
-    const problem = await resumeProblem(c.resume, matchTensors);
-    if (problem) throw new Error(`Cannot resume from ${c.resume}: ${problem}`);
-    await refuseFinished(c);
   }
   const existed = await Deno.stat(c.out).then(() => true, () => false);
   // Rank 0 owns the run directory; the other ranks only read it.
@@ -172,7 +185,7 @@ export async function train(
           "--overwrite (deletes them and its log), or train into another --out",
       );
     }
-    return await trainLocked(rt, c, hooks, earlier, [...recovered, lock.notice ?? ""]);
+    return await trainLocked(rt, c, options, earlier, [...recovered, lock.notice ?? ""]);
   } finally {
     await lock.release();
     if (!existed && lead) await Deno.remove(c.out).catch(() => {}); // only if still empty
@@ -183,19 +196,20 @@ export async function train(
 async function trainLocked(
   rt: Runtime,
   config: TrainConfig,
-  hooks: TrainHooks,
+  options: TrainOptions,
   earlier: string[],
   notices: string[],
 ): Promise<TrainResult> {
   const tRun = performance.now();
-  const lead = (hooks.dist?.rank ?? 0) === 0;
-  const print = lead ? hooks.print ?? ((l: string) => console.log(l)) : () => {};
-  const signal = hooks.signal;
+  const lead = (options.dist?.rank ?? 0) === 0;
+  const logger = options.logger ?? console;
+  const print = lead ? (line: string) => logger.log(line) : () => {};
+  const { signal, onStep } = options;
   const checkpoints = `${config.out}/checkpoints`;
   for (const line of [...(config.notices ?? []), ...notices]) if (line) print(line);
   let run: RunSetup;
   try {
-    run = await setUpRun(rt, config, print, { hooks: hooks.step, dist: hooks.dist, signal });
+    run = await setUpRun(rt, config, print, { hooks: options.step, dist: options.dist, signal });
   } catch (e) {
     if (!signal?.aborted) throw e;
     print("stopped before the first step: nothing was trained or saved");
@@ -283,11 +297,11 @@ async function trainLocked(
     let prunePending = false;
     let stopAfter = false;
     const stopping = () => stopAfter || !!signal?.aborted;
-    const factor = c.divergence ?? configDefault("divergence")!;
+    const factor = c.divergence;
     const guard = new DivergenceGuard({
       factor,
-      window: c.divergenceWindow ?? configDefault("divergenceWindow")!,
-      maxOverflows: c.maxOverflows ?? configDefault("maxOverflows")!,
+      window: c.divergenceWindow,
+      maxOverflows: c.maxOverflows,
     }, log.train.map(([, l]) => l)); // a resume's median starts from its log
     /**
      * Bad data mid-run: saves the steps done (none of this step's update is applied yet, and
@@ -386,6 +400,20 @@ async function trainLocked(
         ...(scaler ? { loss_scale: scale, skipped: overflow } : {}),
       });
       log.train.push([step, loss]);
+      if (lead) {
+        onStep?.({
+          step,
+          steps: Number.isFinite(steps) ? steps : undefined,
+          loss,
+          lr,
+          gradNorm: norm,
+          tokensPerS: tokPerS,
+          flopsPerS: flops,
+          ms: dt * 1000,
+          memBytes: rt.arena.currentBytes,
+          ...(scaler ? { lossScale: scale, skipped: overflow } : {}),
+        });
+      }
       if (rt.gpu.errors.length > errorsBefore) {
         throw new Error(
           `WebGPU reported errors during step ${step}: ${
@@ -396,7 +424,7 @@ async function trainLocked(
       const bad = guard.check(step, loss, norm, overflow);
       const tooMany = guard.overflowError(
         scaler?.scale ?? 1,
-        c.lossScale ?? configDefault("lossScale")!,
+        c.lossScale,
         lastCheckpoint,
       );
       if (tooMany) throw tooMany;
@@ -417,7 +445,7 @@ async function trainLocked(
           await log.write({ step, val_loss: valLoss });
         }
       }
-      const hsEvery = c.hellaswagEvery ?? 0;
+      const hsEvery = c.hellaswagEvery;
       if (lead && hsEvery > 0 && (step % hsEvery === 0 || last) && !stopping()) {
         const h = await evals.hellaswag(signal);
         if (h) {
@@ -438,7 +466,7 @@ async function trainLocked(
         lastCheckpoint = await save(step, valLoss);
         prunePending = true;
       }
-      if (hooks.stopAfter?.(step)) stopAfter = true;
+      if (options.stopAfter?.(step)) stopAfter = true;
       // Ctrl-C reaches the ranks at different steps: all stop after the same one.
       if (run.dp) stopAfter = await run.dp.agree(stopping());
     }
@@ -455,7 +483,7 @@ async function trainLocked(
     }
     print(`${stopped ? "stopped" : "done"} at step ${step}: checkpoint ${lastCheckpoint}`);
     await log.write({ event: "end", step, checkpoint: lastCheckpoint });
-    await hooks.afterRun?.(model);
+    await options.afterRun?.(model);
     if (losses.length) {
       print(formatSummary({ ...c, steps, stopped }, losses, step - startStep, t0, valLoss, {
         checkpoint: lastCheckpoint,
@@ -466,20 +494,6 @@ async function trainLocked(
   } finally {
     run.destroy();
   }
-}
-
-/** A resumed run that already reached its steps: say so instead of doing nothing. */
-async function refuseFinished(c: TrainConfig): Promise<void> {
-  if (c.steps === undefined || c.time !== undefined) return;
-  const st = parseTrainerState(
-    JSON.parse(await Deno.readTextFile(`${c.resume}/trainer_state.json`)),
-  );
-  if (typeof st === "string" || st.step < c.steps) return;
-  throw new RangeError(
-    `${c.resume} is at step ${st.step} and the run was for ${c.steps} steps: it is finished. ` +
-      `To train further give a larger total, e.g. --steps ${2 * c.steps} (the schedule is ` +
-      "recomputed for it), or --time D",
-  );
 }
 
 /** Why a checkpoint could not be written, what is safe, and what to do. */
