@@ -20,18 +20,17 @@ import {
   joinNegativeValues,
   readFlag,
   runMain,
+  tableFlags,
 } from "./_cli.ts";
 import { train } from "../src/train/trainer.ts";
 import { resolveTrainConfig, type TrainSettings } from "../src/train/resolve.ts";
 import { initRanks } from "../src/parallel/dist.ts";
 import { detectLaunch } from "../src/parallel/mpi.ts";
-import type { ConfigRow, TrainConfig } from "../src/train/config.ts";
+import type { TrainConfig } from "../src/train/config.ts";
 import { configDefault, TRAIN_CONFIG } from "../src/train/config_table.ts";
 
 /** TrainConfig keys with a flag, as the CLI reads them. */
-const ROWS = (Object.entries(TRAIN_CONFIG) as [keyof TrainConfig, ConfigRow<unknown>][])
-  .filter(([, r]) => r.flag !== undefined)
-  .map(([key, r]) => ({ key, ...r, flag: r.flag! }));
+const ROWS = tableFlags(TRAIN_CONFIG);
 
 /** The flags that override a preset's shape, and the GPT2Config field each sets. */
 const SHAPE_FLAGS = {
