@@ -179,6 +179,7 @@ export {
   saveCheckpoint,
   TRAINER_STATE_VERSION,
   type TrainerState,
+  type TrainerStateFields,
 } from "./src/io/checkpoint.ts";
 export { hfConfigJson } from "./src/io/hf.ts";
 export { gpt2TokenizerFiles } from "./src/io/hf_tokenizer.ts";

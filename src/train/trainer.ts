@@ -10,18 +10,15 @@
  */
 
 import type { Runtime } from "../gpu/runtime.ts";
-import { encodeModel, matchTensors } from "../model/weights.ts";
+import { matchTensors } from "../model/weights.ts";
 import { describeSchedule, lrAt } from "../optim/schedule.ts";
 import { type LoaderCursor, OutOfVocabularyError } from "../data/loader.ts";
 import {
   latestResumable,
   listCheckpoints,
   pruneCheckpoints,
-  saveCheckpoint,
   stepDirName,
   stepOfDir,
-  TRAINER_STATE_VERSION,
-  type TrainerState,
 } from "../io/checkpoint.ts";
 import { formatDuration } from "../format.ts";
 import type { TrainConfig } from "./config.ts";
@@ -38,6 +35,7 @@ import {
   vocabularyHint,
 } from "./run_setup.ts";
 import { runLength, StepBudget } from "./budget.ts";
+import { saveStep } from "./checkpointing.ts";
 import { BatchError, type StepHooks } from "./step.ts";
 import type { Dist } from "../parallel/dist.ts";
 import type { GPT2 } from "../model/gpt2.ts";
@@ -215,7 +213,7 @@ async function trainLocked(
     print("stopped before the first step: nothing was trained or saved");
     return { checkpoint: config.resume ?? "", losses: [], lastStep: 0, stopped: true };
   }
-  const { cfg, data, model, opt, scaler, loader, evals, startStep } = run;
+  const { cfg, data, model, scaler, loader, evals, startStep } = run;
   // The settings as they stand: --time decides `steps` once, after the first steps.
   const c: TrainConfig = { ...config };
   const length = runLength(c);
@@ -252,41 +250,11 @@ async function trainLocked(
     }
     await log.write({ event: "start", time: new Date().toISOString(), config: resolved });
     const writeCurve = () => log.writeCurve();
+    const target = { config: c, run, root: checkpoints, lead };
     /** Saves step `step`; the old ones are pruned by the caller once it is trusted. */
     const save = async (step: number, valLoss?: number, keep?: number, at = loader.cursor) => {
-      // Every rank calls this at the same step: ZeRO-1 gathers the state on rank 0.
-      const state = run.dp
-        ? await run.dp.gatherState(() => opt.readState())
-        : await opt.readState();
-      if (!lead) return `${checkpoints}/${stepDirName(step)}`; // rank 0 writes it
-      const { notices: _notices, ...settings } = c;
-      const trainer: TrainerState = {
-        version: TRAINER_STATE_VERSION,
-        step,
-        optimizer_steps: run.step.optimizerSteps,
-        loss_scale: scaler?.scale,
-        loss_scale_good_steps: scaler?.goodSteps,
-        tokens: step * c.totalBatch,
-        data: data.dir,
-        cursor: at,
-        seed: c.seed,
-        schedule: run.schedule,
-        config: { ...settings, model: cfg },
-        val_loss: valLoss,
-        time: new Date().toISOString(),
-      };
-      let dir: string;
-      try {
-        dir = await saveCheckpoint(checkpoints, step, {
-          config: cfg,
-          model: await encodeModel(model),
-          optimizer: state!,
-          trainer: { ...trainer },
-        }, keep);
-      } catch (e) {
-        throw new Error(saveFailure(step, checkpoints, e, await listCheckpoints(checkpoints)));
-      }
-      await log.write({ event: "checkpoint", step, dir });
+      const dir = await saveStep(target, step, { valLoss, keep, cursor: at });
+      if (lead) await log.write({ event: "checkpoint", step, dir });
       return dir;
     };
 
@@ -494,20 +462,4 @@ async function trainLocked(
   } finally {
     run.destroy();
   }
-}
-
-/** Why a checkpoint could not be written, what is safe, and what to do. */
-function saveFailure(step: number, root: string, e: unknown, complete: string[]): string {
-  const err = e as Error & { code?: string };
-  const reason = e instanceof Deno.errors.PermissionDenied
-    ? "permission denied: choose a writable --out"
-    : err.code === "ENOSPC" || /No space left/i.test(err.message)
-    ? "the disk is full: free some space"
-    : `${err.message}`;
-  const last = complete[complete.length - 1];
-  return `Cannot write the checkpoint of step ${step} under ${root}: ${reason}. Nothing partial ` +
-    "was left. " +
-    (last
-      ? `The last complete checkpoint is ${last}: continue from it with --resume latest`
-      : "No earlier checkpoint exists");
 }
