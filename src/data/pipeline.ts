@@ -45,15 +45,21 @@ export interface BuildProgress {
   totalBytes?: number;
   /** Decompressed bytes tokenized. */
   textBytes: number;
+  /** Documents read. */
   documents: number;
+  /** Tokens written. */
   tokens: number;
+  /** Malformed lines skipped. */
   malformed: number;
+  /** The source being read (from 0). */
   source: number;
+  /** Sources in all. */
   sources: number;
 }
 
 /** Options for {@linkcode buildShards}. */
 export interface BuildOptions {
+  /** What to read, in order. */
   sources: Source[];
   /** Output folder; created when missing. */
   outDir: string;
@@ -77,23 +83,31 @@ export interface BuildOptions {
   overwrite?: boolean;
   /** Recorded in the manifest. */
   subset?: { fraction: number; from: number; seed: number } | null;
+  /** Retries and timeouts of http(s) sources. */
   http?: HttpOptions;
   /** Bytes per JSONL batch and target bytes per text chunk. Default 256 KiB. */
   batchBytes?: number;
+  /** Stops the build after the shard under way (the manifest stays consistent). */
   signal?: AbortSignal;
+  /** Called with the counters as the build goes. */
   onProgress?: (p: BuildProgress) => void;
+  /** Called with each warning (skipped lines, invalid UTF-8). */
   onWarning?: (message: string) => void;
+  /** Called with each completed shard. */
   onShard?: (shard: ManifestShard) => void;
 }
 
 /** What a build did. */
 export interface BuildResult {
+  /** The folder's manifest after the build. */
   manifest: Manifest;
   /** True when stopped by the signal; the completed shards and manifest are consistent. */
   aborted: boolean;
   /** Tokens produced in this run (not counting those skipped by `--resume`). */
   tokens: number;
+  /** Decompressed text bytes read in this run. */
   textBytes: number;
+  /** Wall time of the build. */
   seconds: number;
 }
 

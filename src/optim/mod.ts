@@ -1,0 +1,36 @@
+/**
+ * Optimizers over a model's flat parameters (AdamW in fp32, 8-bit and 4-bit state, offload),
+ * the registry that names them, and learning-rate schedules.
+ *
+ * @example
+ * ```ts
+ * import { lrAt, makeSchedule } from "@webgpu-gpt2/core/optim";
+ *
+ * const s = makeSchedule("cosine", { lr: 1e-3, minLr: 1e-4, warmup: 10, steps: 100 });
+ * console.log(lrAt(s, 50));
+ * ```
+ *
+ * @module
+ */
+
+export { AdamW } from "./adamw.ts";
+export { ADAMW_DEFAULTS, type AdamWConfig } from "./adamw_common.ts";
+export type { Optimizer, SavedState, StateTensor, StepOptions } from "./optimizer.ts";
+export {
+  createOptimizer,
+  type OptimizerBuffers,
+  type OptimizerKind,
+  OPTIMIZERS,
+  type OptimizerSettings,
+} from "./registry.ts";
+export { LowBitAdamW, type LowBitConfig } from "./lowbit.ts";
+export { type StatePiece } from "./lowbit_plan.ts";
+export {
+  describeSchedule,
+  lrAt,
+  makeSchedule,
+  parsePiecewise,
+  type Schedule,
+  type ScheduleOptions,
+  type Segment,
+} from "./schedule.ts";
