@@ -6,7 +6,7 @@
  * @module
  */
 
-import { initDist } from "../src/dist/dist.ts";
+import { initDist } from "../src/parallel/dist.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";

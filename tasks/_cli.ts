@@ -1,36 +1,48 @@
 /**
- * Small helpers the task CLIs share: parsing CHECKPOINT_DIR plus flags, reading
- * numeric and precision flags, and running a main
- * function with the exit codes the tasks use (2 for bad usage, 1 for failure).
+ * Small helpers the task CLIs share: flags read through a configuration table (src/table.ts
+ * rows: the parser, its checks and `--help` all come from the rows), CHECKPOINT_DIR plus
+ * flags, and running a main function with the exit codes the tasks use (2 for bad usage, 1
+ * for failure).
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
-import { checkChoice, checkNumber, type NumberRule } from "../src/train/config.ts";
-import { TRAIN_CONFIG } from "../src/train/config_table.ts";
+import {
+  checkChoice,
+  checkNumber,
+  type ConfigRow,
+  type ConfigTable,
+  type NumberRule,
+  withDefaults,
+} from "../src/table.ts";
 
 /** Flag values of a task, by name. */
 export type FlagValues = Record<string, string | boolean | undefined>;
 
+/** A table's rows that have a flag, with their keys (the specs a task's parser reads). */
+export function tableFlags<C>(table: ConfigTable<C>): (FlagSpec & { key: keyof C })[] {
+  return (Object.entries(table) as [keyof C, ConfigRow<unknown>][])
+    .filter(([, r]) => r.flag !== undefined)
+    .map(([key, r]) => ({ key, ...r, flag: r.flag! }));
+}
+
 /**
- * Parses `TASK CHECKPOINT_DIR [flags]` strictly: `strings` and `booleans` name
- * the flags (plus -h/--help and --precision). Returns "help", or the flags
- * and the one directory; anything else is a TypeError that points to --help.
+ * Parses `TASK CHECKPOINT_DIR [flags]` strictly through a configuration table: every flag
+ * is a row, checked by its rule or choices, and what is not given is the row's default.
+ * Returns "help", or the config, the values given and the one directory; anything else is a
+ * TypeError that points to --help.
  */
-export function parseCheckpointArgs(
+export function parseCheckpointArgs<C>(
   argv: string[],
   task: string,
-  flags: { strings: string[]; booleans?: string[] },
-): "help" | { v: FlagValues; dir: string } {
-  const options: Record<string, { type: "string" | "boolean"; short?: string }> = {
-    help: { type: "boolean", short: "h" },
-    precision: { type: "string" },
-  };
-  for (const k of flags.strings) options[k] = { type: "string" };
-  for (const k of flags.booleans ?? []) options[k] = { type: "boolean" };
+  table: ConfigTable<C>,
+): "help" | { config: C; given: Partial<C>; dir: string } {
+  const specs = tableFlags(table);
+  const options = flagOptions(specs);
+  const valued = new Set(Object.keys(options).filter((k) => options[k].type === "string"));
   const { values, positionals } = parseArgs({
-    args: joinNegativeValues(argv, new Set(flags.strings)),
+    args: joinNegativeValues(argv, valued),
     options,
     allowPositionals: true,
     strict: true,
@@ -39,7 +51,11 @@ export function parseCheckpointArgs(
   if (positionals.length !== 1) {
     throw new TypeError(`Give one CHECKPOINT_DIR: see deno task ${task} --help`);
   }
-  return { v: values, dir: positionals[0] };
+  const v = values as FlagValues;
+  checkFlags(v, specs);
+  const given: Partial<C> = {};
+  for (const s of specs) given[s.key] = readFlag(v, s) as C[keyof C];
+  return { config: withDefaults(table, given), given, dir: positionals[0] };
 }
 
 /**
@@ -61,20 +77,6 @@ export function joinNegativeValues(argv: string[], valued: Set<string>): string[
   }
   return out;
 }
-
-/** A flag's number, or `fallback` when absent; a bad value is a TypeError naming the flag. */
-export function numberFlag(
-  values: Record<string, unknown>,
-  key: string,
-  fallback: number,
-  rule: NumberRule,
-): number {
-  const raw = values[key];
-  if (raw === undefined) return fallback;
-  return checkNumber(key, raw, rule);
-}
-
-export { checkChoice, checkNumber, type NumberRule };
 
 /** One flag as a table row gives it (src/train/config.ts's ConfigRow, without the key). */
 export interface FlagSpec {
@@ -171,14 +173,6 @@ export function flagHelp(specs: readonly FlagSpec[], order: readonly string[] = 
     }
   }
   return lines.join("\n");
-}
-
-/** The --precision flag, read by the training table's row: fp32 (default) or fp16. */
-export function precisionFlag(values: Record<string, unknown>): "fp32" | "fp16" {
-  const row = TRAIN_CONFIG.precision;
-  return checkChoice("precision", values.precision ?? row.default, row.choices!) as
-    | "fp32"
-    | "fp16";
 }
 
 /** Runs `main`, printing errors: usage errors (TypeError) exit 2, others 1. */

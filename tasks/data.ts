@@ -103,9 +103,9 @@ function defaultName(specs: string[]): string {
   return stem || "data";
 }
 
-/** Runs the CLI with `args`; returns the process exit code. */
-export async function main(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+/** The flags, strictly (an unknown one is an error). */
+function parseDataArgs(args: string[]) {
+  return parseArgs({
     args,
     strict: true,
     allowPositionals: true,
@@ -136,10 +136,28 @@ export async function main(args: string[]): Promise<number> {
       help: { type: "boolean", short: "h", default: false },
     },
   });
+}
+
+/** Runs the CLI with `args`; returns the process exit code. */
+export async function main(args: string[]): Promise<number> {
+  const { values, positionals } = parseDataArgs(args);
   if (values.help) {
     console.log(HELP);
     return 0;
   }
+  const plan = await planBuild(values, positionals);
+  console.log(`data: config ${JSON.stringify(plan.config)}`);
+  if (values["dry-run"]) {
+    for (const s of plan.sources) console.log(s.location);
+    return 0;
+  }
+  return await runBuild(values, plan);
+}
+
+type DataValues = ReturnType<typeof parseDataArgs>["values"];
+
+/** The build's sources and settings from the flags (resolved and checked, nothing written). */
+async function planBuild(values: DataValues, positionals: string[]) {
   const specs = [...positionals, ...(values.input ?? []), ...(values.source ?? [])];
   if (specs.length === 0) {
     throw new TypeError(
@@ -200,12 +218,15 @@ export async function main(args: string[]): Promise<number> {
       `--out ${config.out} is a file, not a folder: give a folder for the shards`,
     );
   }
-  console.log(`data: config ${JSON.stringify(config)}`);
-  if (values["dry-run"]) {
-    for (const s of sources) console.log(s.location);
-    return 0;
-  }
+  return { sources, config, val, subset, workers, name };
+}
 
+/** Builds the shards with a progress bar; Ctrl-C stops after the shard under way. */
+async function runBuild(
+  values: DataValues,
+  plan: Awaited<ReturnType<typeof planBuild>>,
+): Promise<number> {
+  const { sources, config, val, subset, workers, name } = plan;
   const controller = new AbortController();
   const onSigint = () => {
     if (controller.signal.aborted) Deno.exit(130);

@@ -5,13 +5,14 @@
  * @module
  */
 
-import { numberFlag, parseCheckpointArgs, precisionFlag, runMain } from "./_cli.ts";
+import { flagHelp, parseCheckpointArgs, runMain, tableFlags } from "./_cli.ts";
+import { EVAL_CONFIG } from "../src/eval/config.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { openCheckpointModel } from "../src/eval/checkpoint_model.ts";
 import { itemRows, readHellaSwag, scoreItems, summarize } from "../src/eval/hellaswag.ts";
 import { openShards, TokenLoader } from "../src/data/loader.ts";
 import { formatDuration } from "../src/train/log.ts";
-import { gatherJson, initRanks } from "../src/dist/dist.ts";
+import { gatherJson, initRanks } from "../src/parallel/dist.ts";
 
 const HELLASWAG_URL =
   "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl";
@@ -20,20 +21,8 @@ const HELP = `Usage: deno task eval CHECKPOINT_DIR [flags]
 
 CHECKPOINT_DIR holds config.json + model.safetensors (ours, or any Hugging Face GPT-2).
 
-  --hellaswag PATH|download   HellaSwag validation: hellaswag_val.jsonl (rowanz/hellaswag) or
-                              llama.cpp's 6-line text format; "download" fetches the official
-                              jsonl once into --cache-dir (default when --loss is not given)
-  --limit N                   score only the first N items
-  --batch-items K             items per GPU batch (8 rows each: 4 endings x 2 styles; default 2)
-  --seq T                     longest row in tokens (default 192; longer rows lose context)
-  --loss DIR                  validation loss on token shards (a folder's val split, or a .bin)
-  --loss-batches N            batches for --loss (default 50)
-  --batch B                   rows per batch for --loss (default 4, with --seq)
-  --precision fp32|fp16       fp16: f16 activations and weights, f32 sums, where the adapter
-                              has shader-f16 (default fp32)
-  --json FILE                 also write the result as JSON
-  --cache-dir DIR             where the downloaded jsonl is kept (default runs/data)
-  -h, --help                  this text
+${flagHelp(tableFlags(EVAL_CONFIG))}
+  -h, --help            this text
 
 Prints {n, completion: {acc, acc_norm}, harness: {acc, acc_norm}} for HellaSwag:
 completion = nanoGPT/llm.c style, harness = lm-evaluation-harness style.`;
@@ -74,28 +63,15 @@ function progress(label: string, done: number, total: number, t0: number, extra 
   else if (done === total || done % 50 === 0) console.error(line);
 }
 
+/** `deno task eval`: parse, score, print; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  const args = parseCheckpointArgs(argv, "eval", {
-    strings: [
-      "hellaswag",
-      "limit",
-      "batch-items",
-      "seq",
-      "loss",
-      "loss-batches",
-      "batch",
-      "json",
-      "cache-dir",
-    ],
-  });
+  const args = parseCheckpointArgs(argv, "eval", EVAL_CONFIG);
   if (args === "help") {
     console.log(HELP);
     return 0;
   }
-  const { v, dir } = args;
-  const num = (k: string, d: number) => numberFlag(v, k, d, "positive-integer");
-  const seq = num("seq", 192);
-  const precision = precisionFlag(v);
+  const { config: c, dir } = args;
+  const { seq, precision } = c;
   // Under mpirun the ranks share the items and the batches; rank 0 prints the result.
   const dist = await initRanks();
   const { rank, size: N } = dist;
@@ -107,14 +83,11 @@ export async function main(argv: string[]): Promise<number> {
     if (lead && !said.has(line)) console.error(`notice: ${line}`);
     said.add(line);
   };
-  const wantHellaswag = v.hellaswag !== undefined || v.loss === undefined;
+  const wantHellaswag = c.hellaswag !== undefined || c.loss === undefined;
   if (wantHellaswag) {
-    const path = await hellaswagPath(
-      String(v.hellaswag ?? "download"),
-      String(v["cache-dir"] ?? "runs/data"),
-    );
+    const path = await hellaswagPath(c.hellaswag ?? "download", c.cacheDir);
     let items = await readHellaSwag(path);
-    if (v.limit !== undefined) items = items.slice(0, num("limit", items.length));
+    if (c.limit !== undefined) items = items.slice(0, c.limit);
     // Rows only need the longest item's length: shorter T means less padding work.
     const longest = Math.max(
       ...items.flatMap((it) =>
@@ -124,7 +97,7 @@ export async function main(argv: string[]): Promise<number> {
       ),
     );
     const model = await openCheckpointModel(rt, dir, {
-      B: 8 * num("batch-items", 2),
+      B: 8 * c.batchItems,
       T: Math.min(seq, longest),
       precision,
       notice,
@@ -150,13 +123,13 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (Deno.stderr.isTerminal()) console.error();
   }
-  if (v.loss !== undefined) {
-    const B = num("batch", 4);
+  if (c.loss !== undefined) {
+    const B = c.batch;
     const model = await openCheckpointModel(rt, dir, { B, T: seq, precision, notice });
     try {
-      const shards = await openShards(String(v.loss), { split: "val" });
+      const shards = await openShards(c.loss, { split: "val" });
       const loader = new TokenLoader(shards, { batchSize: B, seqLen: model.T });
-      const n = Math.min(num("loss-batches", 50), loader.batchesPerEpoch);
+      const n = Math.min(c.lossBatches, loader.batchesPerEpoch);
       const t0 = performance.now();
       let sum = 0;
       for (let i = 0; i < n; i++) {
@@ -168,7 +141,7 @@ export async function main(argv: string[]): Promise<number> {
       await dist.allReduceSum(total);
       sum = total[0];
       result.val_loss = {
-        shards: String(v.loss),
+        shards: c.loss,
         batches: n,
         tokens: n * B * model.T,
         loss: sum / n,
@@ -182,7 +155,7 @@ export async function main(argv: string[]): Promise<number> {
   if (N > 1) result.ranks = N;
   const text = JSON.stringify(result, null, 2);
   console.log(text);
-  if (v.json) await Deno.writeTextFile(String(v.json), text + "\n");
+  if (c.json) await Deno.writeTextFile(c.json, text + "\n");
   return 0;
 }
 

@@ -18,18 +18,15 @@ import { gpt2TokenizerFiles } from "../src/io/hf_tokenizer.ts";
 import { encodeLlmc } from "../src/io/llmc.ts";
 import { encodeSafetensors, type SafeDtype } from "../src/io/safetensors.ts";
 import { processAlive } from "../src/dir_lock.ts";
-import { parseCheckpointArgs, runMain } from "./_cli.ts";
+import { flagHelp, parseCheckpointArgs, runMain, tableFlags } from "./_cli.ts";
+import { EXPORT_CONFIG } from "../src/io/export_config.ts";
 import { basename, dirname, join } from "node:path";
 
 const HELP = `Usage: deno task export CHECKPOINT (--llmc OUT.bin | --hf OUT_DIR) [--dtype D]
 
 CHECKPOINT is a checkpoint directory of ours, a Hugging Face GPT-2 directory, or an llm.c .bin.
-  --llmc OUT.bin   an llm.c model file (llm.c's train_gpt2 loads it; --dtype fp32 or bf16)
-  --hf OUT_DIR     a Hugging Face directory: model.safetensors, config.json,
-                   generation_config.json, vocab.json, merges.txt and tokenizer configs
-                   (--dtype fp32, fp16 or bf16)
-  --dtype D        fp32 (default), fp16 or bf16
-  -h, --help       this text`;
+${flagHelp(tableFlags(EXPORT_CONFIG))}
+  -h, --help            this text`;
 
 const DTYPES: Record<string, SafeDtype> = { fp32: "F32", fp16: "F16", bf16: "BF16" };
 const TORCH: Record<SafeDtype, string> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
@@ -117,17 +114,15 @@ async function writeExport(
 
 /** Runs the export; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  const args = parseCheckpointArgs(argv, "export", { strings: ["llmc", "hf", "dtype"] });
+  const args = parseCheckpointArgs(argv, "export", EXPORT_CONFIG);
   if (args === "help") {
     console.log(HELP);
     return 0;
   }
-  const { v, dir } = args;
-  const llmc = v.llmc as string | undefined, hf = v.hf as string | undefined;
+  const { config: { llmc, hf, dtype }, dir } = args;
   if ((llmc === undefined) === (hf === undefined)) {
     throw new TypeError("Give one of --llmc OUT.bin or --hf OUT_DIR: see deno task export --help");
   }
-  const dtype = String(v.dtype ?? "fp32");
   if (!DTYPES[dtype] || (llmc !== undefined && dtype === "fp16")) {
     throw new TypeError(
       `--dtype must be ${llmc !== undefined ? "fp32 or bf16 for llm.c" : "fp32, fp16 or bf16"}, ` +

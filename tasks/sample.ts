@@ -5,13 +5,8 @@
  * @module
  */
 
-import {
-  numberFlag,
-  type NumberRule,
-  parseCheckpointArgs,
-  precisionFlag,
-  runMain,
-} from "./_cli.ts";
+import { flagHelp, parseCheckpointArgs, runMain, tableFlags } from "./_cli.ts";
+import { SAMPLE_CONFIG } from "../src/eval/config.ts";
 import { createRuntime } from "../src/gpu/runtime.ts";
 import { loadCheckpoint } from "../src/io/checkpoint.ts";
 import { loadTensors } from "../src/model/weights.ts";
@@ -23,45 +18,31 @@ import { decodeTokens, encodeOrdinary, EOT } from "../src/data/tokenizer.ts";
 const HELP = `Usage: deno task sample CHECKPOINT_DIR [flags]
 
 Generates text from a GPT-2 checkpoint (ours or Hugging Face's) and streams it to stdout.
+Defaults are the library's (src/eval/config.ts), so generate() samples the same way.
 
-  --prompt TEXT        text to continue (default: start of a document, token 50256)
-  --max-tokens N       tokens to generate (default 128)
-  --temperature X      0 = greedy (default 0.8)
-  --top-k K            sample from the K most likely tokens (default 40; 0 = all)
-  --top-p P            nucleus sampling: the smallest set with probability P (default 1)
-  --seed S             sampling seed (default 0)
-  --ctx T              context window in tokens (default: the model's n_positions, at most
-                       1024; above n_positions is an error). A longer prompt keeps its last T
-                       tokens, with a warning
-  --stop-at-eot        stop at the end-of-text token
-  --precision fp32|fp16   fp16: f16 activations, KV cache and weights where the adapter has
-                       shader-f16 (default fp32)
-  -h, --help           this text`;
+${flagHelp(tableFlags(SAMPLE_CONFIG))}
+  -h, --help            this text`;
 
+/** `deno task sample`: parse, load, stream; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  const args = parseCheckpointArgs(argv, "sample", {
-    strings: ["prompt", "max-tokens", "temperature", "top-k", "top-p", "seed", "ctx"],
-    booleans: ["stop-at-eot"],
-  });
+  const args = parseCheckpointArgs(argv, "sample", SAMPLE_CONFIG);
   if (args === "help") {
     console.log(HELP);
     return 0;
   }
-  const { v, dir } = args;
-  const num = (k: string, d: number, rule: NumberRule = "non-negative-integer") =>
-    numberFlag(v, k, d, rule);
+  const { config: c, dir } = args;
   const opts = {
-    maxTokens: num("max-tokens", 128),
-    temperature: num("temperature", 0.8, "non-negative"),
-    topK: num("top-k", 40),
-    topP: num("top-p", 1, "probability"),
-    seed: num("seed", 0),
-    stopToken: v["stop-at-eot"] ? EOT : undefined,
+    maxTokens: c.maxTokens,
+    temperature: c.temperature,
+    topK: c.topK,
+    topP: c.topP,
+    seed: c.seed,
+    stopToken: c.stopAtEot ? EOT : undefined,
   };
   const ck = await loadCheckpoint(dir, { weightsOnly: true });
   for (const line of ck.notices ?? []) console.error(`notice: ${line}`);
   const nCtx = ck.config.nCtx;
-  const T = num("ctx", Math.min(nCtx, 1024), "positive-integer");
+  const T = c.ctx ?? Math.min(nCtx, 1024);
   if (T > nCtx) {
     throw new TypeError(
       `--ctx ${T} is above the model's context of ${nCtx} tokens (n_positions of ${dir}): ` +
@@ -74,24 +55,24 @@ export async function main(argv: string[]): Promise<number> {
     T: 1,
     seed: null,
     inference: true,
-    precision: precisionFlag(v),
+    precision: c.precision,
   });
   loadTensors(ck.model, weights);
   const dec = await Decoder.create(rt, weights, T);
   try {
-    const prompt = v.prompt ? encodeOrdinary(String(v.prompt)) : [EOT];
+    const prompt = c.prompt ? encodeOrdinary(c.prompt) : [EOT];
     if (prompt.length === 0) throw new TypeError("--prompt encodes to no tokens: give some text");
     if (prompt.length > T) {
       // As Hugging Face's generate does: keep the end, the part the continuation follows.
       const limit = T === nCtx
         ? `the model's context of ${T}`
-        : `--ctx ${T}${v.ctx === undefined ? " (the default)" : ""}`;
+        : `--ctx ${T}${c.ctx === undefined ? " (the default)" : ""}`;
       console.error(
         `warning: the prompt is ${prompt.length} tokens, longer than ${limit}: only its last ` +
           `${T} tokens are used` + (T < nCtx ? ` (the model allows --ctx up to ${nCtx})` : ""),
       );
     }
-    if (v.prompt) await Deno.stdout.write(new TextEncoder().encode(String(v.prompt)));
+    if (c.prompt) await Deno.stdout.write(new TextEncoder().encode(c.prompt));
     // Decode the whole continuation each time and print what is new, so that
     // characters split across tokens come out whole.
     const ids: number[] = [];

@@ -4,18 +4,21 @@
  * @module
  */
 
-import type { TrainConfig } from "../src/train/trainer.ts";
+import type { TrainSettings } from "../src/train/resolve.ts";
 import { rng } from "./_harness.ts";
 
 /** Small GPT-2 sizes with GPT-2's vocabulary (the tests tokenize real text). */
 export const SMALL_MODEL = { nLayer: 2, nHead: 2, nEmbd: 32, nCtx: 64, vocabSize: 50257 };
 
-/** A run writing to `out` on `data`, quiet (no validation, samples or periodic saves). */
+/**
+ * A run writing to `out` on `data`, quiet (no validation, samples or periodic saves): what the
+ * tests share beyond the table's defaults (train() fills the rest).
+ */
 export function testTrainConfig(
   out: string,
   data: string,
-  over: Partial<TrainConfig> = {},
-): TrainConfig {
+  over: TrainSettings = {},
+): TrainSettings {
   return {
     modelName: "test",
     model: SMALL_MODEL,
@@ -25,24 +28,15 @@ export function testTrainConfig(
     seq: 32,
     totalBatch: 64,
     steps: 8,
-    schedule: "cosine",
     lr: 3e-3,
     minLr: 3e-4,
     warmup: 2,
-    weightDecay: 0.1,
-    beta1: 0.9,
-    beta2: 0.95,
-    eps: 1e-8,
-    gradClip: 1,
     seed: 7,
-    shuffle: false,
     valEvery: 0,
     valBatches: 0,
-    sampleEvery: 0,
     sampleTokens: 0,
     saveEvery: 0,
     keep: 2,
-    peakTflops: 0,
     cacheDir: `${out}/cache`,
     ...over,
   };

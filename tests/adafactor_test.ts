@@ -201,7 +201,7 @@ gpuTest("a run with --optimizer adafactor learns, and resumes exactly", async (r
       "constant",
       ...more,
     ];
-    const quiet = { print: () => {} };
+    const quiet = { logger: { log: () => {} } };
     const config = async (out: string, ...more: string[]) => {
       const c = await parseTrainArgs(argv(out, ...more));
       if (c === "help") throw new Error("unexpected --help");

@@ -23,7 +23,7 @@ Deno.test("checksums.json: written with every file, versioned, checked when read
       config: CFG,
       model: constantWeights(CFG, 0.5),
       optimizer: [{ name: "m.wte.weight", shape: [2], data: new Float32Array(2) }],
-      trainer: { step: 3 },
+      trainer: { step: 3, optimizer_steps: 3 },
     });
     const sums = JSON.parse(await Deno.readTextFile(`${ck}/checksums.json`));
     equal(sums.format, "webgpu-gpt2-checksums");

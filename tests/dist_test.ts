@@ -1,5 +1,5 @@
 /**
- * Tests for src/dist: launch detection, library lookup, chunking and the
+ * Tests for src/parallel: launch detection, library lookup, chunking and the
  * single-process Dist without MPI; then real 2-rank jobs through mpirun
  * (Open MPI) and mpiexec.mpich (MPICH) running tests/fixtures/dist/ranks.ts:
  * exact sums, reduce-scatter + all-gather round trips with uneven counts,
@@ -18,8 +18,8 @@ import {
   installAbortOnError,
   libmpiNames,
   singleProcess,
-} from "../src/dist/mod.ts";
-import { chunkRanges, displacements } from "../src/dist/dist.ts";
+} from "../src/parallel/mod.ts";
+import { chunkRanges, displacements } from "../src/parallel/dist.ts";
 
 const env = (vars: Record<string, string>) => new Map(Object.entries(vars));
 

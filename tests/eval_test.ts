@@ -303,7 +303,7 @@ async function savedCheckpoint(rt: Parameters<typeof GPT2.create>[0], root: stri
       config: CFG,
       model: await encodeModel(model),
       optimizer: [{ name: "m.wte.weight", shape: [4], data: new Float32Array(4) }],
-      trainer: { step: 1 },
+      trainer: { step: 1, optimizer_steps: 1 },
     });
   } finally {
     model.destroy();

@@ -5,7 +5,7 @@ import { LowBitAdamW, statePieces } from "../src/optim/lowbit.ts";
 import { dynamicMap, linearMapNoZero, nearestCode } from "../src/optim/quant_maps.ts";
 import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { encodeSafetensors, parseSafetensors } from "../src/io/safetensors.ts";
-import { train, type TrainConfig } from "../src/train/trainer.ts";
+import { train, type TrainConfig, type TrainSettings } from "../src/train/trainer.ts";
 import { GradNorm } from "../src/train/grad_norm.ts";
 import { gradNormRef } from "./reference/adamw.ts";
 import { lowbitStepRef, refQuantState, unpackCodes } from "./reference/lowbit.ts";
@@ -222,7 +222,7 @@ gpuTest("a small model trained with 8-bit and 4-bit AdamW ends close to fp32 Ada
     const final: Record<string, number> = {};
     for (const optimizer of ["adamw", "adamw8bit", "adamw4bit"] as const) {
       const r = await train(rt, { ...base, optimizer, out: `${dir}/${optimizer}` }, {
-        print: () => {},
+        logger: { log: () => {} },
       });
       final[optimizer] = r.losses.slice(-20).reduce((a, b) => a + b) / 20;
     }
@@ -249,7 +249,7 @@ gpuTest("low-bit state is saved and restored with checkpoints: resume stays exac
       () => ["a", "b", "sea", "whale", "ship"][Math.floor(u() * 5)],
     ).join(" ");
     await Deno.writeTextFile(`${dir}/t.txt`, text);
-    const cfg = (out: string, over: Partial<TrainConfig> = {}): TrainConfig =>
+    const cfg = (out: string, over: TrainSettings = {}): TrainSettings =>
       testTrainConfig(out, `${dir}/t.txt`, {
         modelName: "resume",
         model: { nLayer: 1, nHead: 2, nEmbd: 64, nCtx: 16, vocabSize: 50257 },
@@ -264,7 +264,7 @@ gpuTest("low-bit state is saved and restored with checkpoints: resume stays exac
         cacheDir: `${dir}/cache`,
         ...over,
       });
-    const quiet = { print: () => {} };
+    const quiet = { logger: { log: () => {} } };
     const variants: Partial<TrainConfig>[] = [
       { optimizer: "adamw8bit" },
       { optimizer: "adamw4bit" },

@@ -134,7 +134,7 @@ gpuTest(
     const parsed = await parseTrainArgs(["--no-bias"]);
     ok(parsed !== "help" && parsed.noBias === true, "--no-bias sets noBias");
     const dir = await Deno.makeTempDir();
-    const quiet = { print: () => {} };
+    const quiet = { logger: { log: () => {} } };
     try {
       const text = `${dir}/text.txt`;
       await Deno.writeTextFile(text, syntheticText(3000, 1));

@@ -132,7 +132,10 @@ gpuTest("a --time run decides its steps once, saves them, and a resume keeps the
     const lines: string[] = [];
     const c = testTrainConfig(out, `${dir}/text.txt`, { steps: undefined, time: 30, warmup: 4 });
     const decision = () => lines.find((l) => l.startsWith("time: 30s budget"));
-    const r = await train(rt, c, { print: (l) => lines.push(l), stopAfter: () => !!decision() });
+    const r = await train(rt, c, {
+      logger: { log: (l) => lines.push(l) },
+      stopAfter: () => !!decision(),
+    });
     const decided = decision();
     ok(decided, lines.join("\n"));
     const steps = Number(/the run takes (\d+) steps/.exec(decided)![1]);
@@ -146,7 +149,7 @@ gpuTest("a --time run decides its steps once, saves them, and a resume keeps the
     // The resume (no --time: it is not inherited) runs to the decided steps, on their schedule.
     const more: string[] = [];
     const r2 = await train(rt, { ...c, time: undefined, steps, resume: r.checkpoint }, {
-      print: (l) => more.push(l),
+      logger: { log: (l) => more.push(l) },
       stopAfter: (s) => s === r.lastStep + 2,
     });
     equal(r2.lastStep, r.lastStep + 2);
@@ -175,10 +178,10 @@ Deno.test("continue finishes an interrupted run; a finished one is offered a new
 gpuTest("resuming a finished run says so and how to go further", async (rt) => {
   await withDir(async (dir) => {
     const c = testTrainConfig(`${dir}/run`, `${dir}/text.txt`, { steps: 2 });
-    const r = await train(rt, c, { print: () => {} });
+    const r = await train(rt, c, { logger: { log: () => {} } });
     const before = await listCheckpoints(`${dir}/run/checkpoints`);
     await rejects(
-      train(rt, { ...c, resume: r.checkpoint }, { print: () => {} }),
+      train(rt, { ...c, resume: r.checkpoint }, { logger: { log: () => {} } }),
       /step_00000002 is at step 2 and the run was for 2 steps: it is finished\. To train further give a larger total, e\.g\. --steps 4/,
     );
     deepEqual(await listCheckpoints(`${dir}/run/checkpoints`), before);
@@ -319,7 +322,7 @@ gpuTest(
   async (rt) => {
     await withDir(async (dir) => {
       const probe = testTrainConfig(`${dir}/probe`, `${dir}/text.txt`, { steps: 1 });
-      const first = await train(rt, probe, { print: () => {} });
+      const first = await train(rt, probe, { logger: { log: () => {} } });
       let bytes = 0;
       for await (const e of Deno.readDir(first.checkpoint)) {
         bytes += (await Deno.stat(`${first.checkpoint}/${e.name}`)).size;
@@ -332,7 +335,7 @@ gpuTest(
           cacheDir: `${dir}/cache`,
         });
         await rejects(
-          train(rt, c, { print: () => {} }),
+          train(rt, c, { logger: { log: () => {} } }),
           new RegExp(
             `Cannot write the checkpoint of step 4 under ${at}/run/checkpoints: the disk is full: ` +
               `free some space\\. Nothing partial was left\\. The last complete checkpoint is ` +

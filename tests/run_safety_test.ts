@@ -37,7 +37,7 @@ async function cli(
   try {
     const config = await parseTrainArgs(argv);
     if (config === "help") throw new Error("unexpected --help");
-    const result = await train(rt, config, { print: (l) => lines.push(l) });
+    const result = await train(rt, config, { logger: { log: (l) => lines.push(l) } });
     return { lines, result };
   } catch (e) {
     return { lines, error: e as Error };

@@ -1,6 +1,6 @@
 import { deepEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
 import { parseTrainArgs } from "../tasks/train.ts";
-import { train, type TrainConfig } from "../src/train/trainer.ts";
+import { train, type TrainSettings } from "../src/train/trainer.ts";
 import { textToShards } from "../src/train/corpus.ts";
 import { describeSchedule, lrAt, makeSchedule, parsePiecewise } from "../src/optim/schedule.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
@@ -27,7 +27,7 @@ async function withTextRun(fn: (dir: string, text: string) => Promise<void>): Pr
   }
 }
 
-function baseConfig(out: string, data: string, over: Partial<TrainConfig> = {}): TrainConfig {
+function baseConfig(out: string, data: string, over: TrainSettings = {}): TrainSettings {
   return testTrainConfig(out, data, {
     model: SMALL,
     totalBatch: 128, // two micro-batches: accumulation is exercised
@@ -37,7 +37,7 @@ function baseConfig(out: string, data: string, over: Partial<TrainConfig> = {}):
   });
 }
 
-const quiet = { print: () => {} };
+const quiet = { logger: { log: () => {} } };
 
 // ---------------------------------------------------------------------------
 // schedules
@@ -449,7 +449,7 @@ gpuTest("a run ends with a summary: losses, tokens, checkpoint, plot and the nex
   await withTextRun(async (dir, text) => {
     const lines: string[] = [];
     const r = await train(rt, baseConfig(`${dir}/run`, text, { steps: 4 }), {
-      print: (l) => lines.push(l),
+      logger: { log: (l) => lines.push(l) },
     });
     const all = lines.join("\n");
     match(all, /^lr: linear warmup over 2 steps/m);

@@ -56,7 +56,9 @@ gpuTest("mod.ts works when imported from a URL, kernels included", async () => {
     const dir = await Deno.makeTempDir();
     try {
       const script = `
-import { createRuntime, matmul, readF32, runDispatches } from "${base}/mod.ts";
+import { createRuntime } from "${base}/mod.ts";
+import { readF32, runDispatches } from "${base}/src/gpu/mod.ts";
+import { matmul } from "${base}/src/model/mod.ts";
 const rt = await createRuntime();
 const a = rt.arena.allocWith("a", "scratch", new Float32Array([1, 2, 3, 4, 5, 6, 7, 8]));
 const b = rt.arena.allocWith("b", "scratch", new Float32Array([1, 0, 0, 1, 1, 1, 2, 2]));

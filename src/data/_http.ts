@@ -29,6 +29,7 @@ export interface HttpOptions {
   onSize?: (bytes: number) => void;
   /** Called after a dropped connection, before the retry, for logging. */
   onRetry?: (message: string) => void;
+  /** Stops the download (the stream errors with the signal's reason). */
   signal?: AbortSignal;
 }
 

@@ -12,6 +12,7 @@ import { encodeInto, EOT, TokenBuffer } from "./tokenizer.ts";
 export interface BatchRequest {
   /** `jsonl`: one unit per line; `text`: the whole batch is one unit. */
   kind: "jsonl" | "text";
+  /** The raw bytes (transferred to the worker). */
   bytes: Uint8Array;
   /** For `text`: whether this chunk starts a document (and so gets an EOT first). */
   docStart: boolean;
@@ -21,16 +22,23 @@ export interface BatchRequest {
 
 /** A problem with one line of a batch; `line` counts from 0 within the batch. */
 export interface BatchIssue {
+  /** The line, from 0 within the batch. */
   line: number;
+  /** Not JSON, or JSON without the text field. */
   kind: "malformed" | "field";
+  /** What is wrong. */
   message: string;
 }
 
 /** Tokens of a batch, with how many came from each unit (line or chunk). */
 export interface BatchResult {
+  /** The units' tokens, concatenated in order. */
   tokens: Uint16Array;
+  /** Tokens of each unit. */
   counts: Uint32Array;
+  /** Documents started in the batch. */
   documents: number;
+  /** Lines skipped, and why. */
   issues: BatchIssue[];
   /** Invalid UTF-8 sequences decoded as U+FFFD, by line (0 for a text chunk); sparse. */
   replaced: { line: number; count: number }[];

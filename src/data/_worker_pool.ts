@@ -14,6 +14,7 @@ interface Pending {
 
 /** Runs {@linkcode tokenizeBatch} on `size` workers, or on the calling thread when size is 0. */
 export class TokenizerPool {
+  /** Workers (0: the calling thread tokenizes). */
   readonly size: number;
   #workers: Worker[] = [];
   #load: number[] = [];
@@ -21,6 +22,7 @@ export class TokenizerPool {
   #nextId = 0;
   #failed: Error | undefined;
 
+  /** Starts `size` workers (0: none; batches are tokenized on the calling thread). */
   constructor(size: number) {
     this.size = size;
     for (let i = 0; i < size; i++) {

@@ -10,16 +10,23 @@ import { EOT } from "./tokenizer.ts";
 
 /** A place in the input: token `offset` of unit `unit` (line or text chunk) of source `source`. */
 export interface StreamPosition {
+  /** Index of the source. */
   source: number;
+  /** Line or text chunk of that source. */
   unit: number;
+  /** Token in that unit. */
   offset: number;
 }
 
 /** One completed shard. */
 export interface ManifestShard {
+  /** File name in the folder. */
   file: string;
+  /** The split it belongs to. */
   split: "train" | "val";
+  /** Its place in the split, from 0. */
   index: number;
+  /** Tokens it holds. */
   tokens: number;
   /** Documents that start in this shard (its EOT count). */
   documents: number;
@@ -35,26 +42,43 @@ export interface ManifestShard {
 
 /** The settings that must match for `--resume` to continue a folder. */
 export interface ManifestConfig {
+  /** Shard name prefix. */
   name: string;
+  /** The sources, in order. */
   sources: { key: string; location: string }[];
+  /** The subset of sources kept, if any. */
   subset: { fraction: number; from: number; seed: number } | null;
+  /** Tokens per shard. */
   shardTokens: number;
+  /** The validation split, if any. */
   val: { tokens: number } | { fraction: number; seed: number } | null;
+  /** JSONL field with the text. */
   textField: string;
 }
 
 /** The whole manifest. */
 export interface Manifest {
+  /** The format's name. */
   format: "llm.c-shards";
+  /** The format's version. */
   version: 1;
+  /** The tokenizer of the tokens. */
   tokenizer: "gpt2";
+  /** The end-of-text token that separates documents. */
   eot: number;
+  /** The settings a resumed build must match. */
   config: ManifestConfig;
+  /** The completed shards, in order. */
   shards: ManifestShard[];
+  /** Sums over the shards. */
   totals: {
+    /** Tokens in the train split. */
     trainTokens: number;
+    /** Tokens in the validation split. */
     valTokens: number;
+    /** Documents. */
     documents: number;
+    /** Malformed lines skipped. */
     malformed: number;
     /** Invalid UTF-8 sequences replaced by U+FFFD (absent in older manifests). */
     invalidUtf8?: number;

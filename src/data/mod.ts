@@ -66,4 +66,5 @@ export {
   TokenLoader,
 } from "./loader.ts";
 export { TokenizerPool } from "./_worker_pool.ts";
+export type { BatchIssue, BatchRequest, BatchResult } from "./_tokenize_batch.ts";
 export { type HttpOptions, httpStream } from "./_http.ts";

@@ -45,15 +45,21 @@ export interface BuildProgress {
   totalBytes?: number;
   /** Decompressed bytes tokenized. */
   textBytes: number;
+  /** Documents read. */
   documents: number;
+  /** Tokens written. */
   tokens: number;
+  /** Malformed lines skipped. */
   malformed: number;
+  /** The source being read (from 0). */
   source: number;
+  /** Sources in all. */
   sources: number;
 }
 
 /** Options for {@linkcode buildShards}. */
 export interface BuildOptions {
+  /** What to read, in order. */
   sources: Source[];
   /** Output folder; created when missing. */
   outDir: string;
@@ -77,23 +83,31 @@ export interface BuildOptions {
   overwrite?: boolean;
   /** Recorded in the manifest. */
   subset?: { fraction: number; from: number; seed: number } | null;
+  /** Retries and timeouts of http(s) sources. */
   http?: HttpOptions;
   /** Bytes per JSONL batch and target bytes per text chunk. Default 256 KiB. */
   batchBytes?: number;
+  /** Stops the build after the shard under way (the manifest stays consistent). */
   signal?: AbortSignal;
+  /** Called with the counters as the build goes. */
   onProgress?: (p: BuildProgress) => void;
+  /** Called with each warning (skipped lines, invalid UTF-8). */
   onWarning?: (message: string) => void;
+  /** Called with each completed shard. */
   onShard?: (shard: ManifestShard) => void;
 }
 
 /** What a build did. */
 export interface BuildResult {
+  /** The folder's manifest after the build. */
   manifest: Manifest;
   /** True when stopped by the signal; the completed shards and manifest are consistent. */
   aborted: boolean;
   /** Tokens produced in this run (not counting those skipped by `--resume`). */
   tokens: number;
+  /** Decompressed text bytes read in this run. */
   textBytes: number;
+  /** Wall time of the build. */
   seconds: number;
 }
 
@@ -147,56 +161,139 @@ async function buildLocked(
   config: ManifestConfig,
   t0: number,
 ): Promise<BuildResult> {
-  const dir = options.outDir;
-  const val = options.val ?? null;
-  const manifest = await openManifest(dir, config, options);
+  const manifest = await openManifest(options.outDir, config, options);
   if (manifest.complete) {
     return { manifest, aborted: false, tokens: 0, textBytes: 0, seconds: 0 };
   }
+  const build = new ShardBuild(options, config, manifest);
+  let aborted: boolean;
+  try {
+    aborted = await build.run();
+  } finally {
+    build.close();
+  }
+  return {
+    manifest,
+    aborted,
+    tokens: build.progress.tokens,
+    textBytes: build.progress.textBytes,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
 
-  const { valWriter, trainWriter, restart, tally } = openWriters(options, config, manifest);
+type InFlight = { promise: Promise<BatchResult>; s: number; unit: number; bytes: number };
 
-  const fraction = val !== null && "fraction" in val ? val.fraction : undefined;
-  const valSeed = val !== null && "fraction" in val ? val.seed ?? 0 : 0;
-  const route = async (src: Source, s: number, u: number, tokens: Uint16Array) => {
+/**
+ * One build after the manifest is open: the sources are read from the restart position, cut
+ * into batches, tokenized by the pool (at most `maxInFlight` batches at a time) and routed to
+ * the split writers in order; the manifest is completed at the end.
+ */
+class ShardBuild {
+  readonly progress: BuildProgress;
+  readonly #options: BuildOptions;
+  readonly #manifest: Manifest;
+  readonly #dir: string;
+  readonly #field: string;
+  readonly #writers: ReturnType<typeof openWriters>;
+  readonly #fraction?: number;
+  readonly #valSeed: number;
+  readonly #pool: TokenizerPool;
+  readonly #ownPool: boolean;
+  readonly #maxInFlight: number;
+  readonly #batchBytes: number;
+  readonly #lines: LineReport;
+  #inFlight: InFlight[] = [];
+
+  constructor(options: BuildOptions, config: ManifestConfig, manifest: Manifest) {
+    this.#options = options;
+    this.#manifest = manifest;
+    this.#dir = options.outDir;
+    this.#field = config.textField;
+    this.#writers = openWriters(options, config, manifest);
+    const val = options.val ?? null;
+    this.#fraction = val !== null && "fraction" in val ? val.fraction : undefined;
+    this.#valSeed = val !== null && "fraction" in val ? val.seed ?? 0 : 0;
+    this.#ownPool = options.pool === undefined;
+    this.#pool = options.pool ??
+      new TokenizerPool(options.workers ?? navigator.hardwareConcurrency);
+    this.#maxInFlight = Math.max(2, this.#pool.size * 3);
+    this.#batchBytes = options.batchBytes ?? 256 * 1024;
+    const sizes = options.sources.map((s) => s.size);
+    const { restart, tally } = this.#writers;
+    this.progress = {
+      rawBytes: 0,
+      totalBytes: sizes.every((s) => s !== undefined)
+        ? sizes.reduce((a, b) => a! + b!, 0)
+        : undefined,
+      textBytes: 0,
+      documents: 0,
+      tokens: 0,
+      malformed: tally.malformed,
+      source: restart.source,
+      sources: options.sources.length,
+    };
+    this.#lines = new LineReport(options.sources, tally, options);
+  }
+
+  /** Stops the pool when the build made it. */
+  close(): void {
+    if (this.#ownPool) this.#pool.close();
+  }
+
+  /** Reads every source from the restart position; returns true when aborted. */
+  async run(): Promise<boolean> {
+    const options = this.#options, { restart, tally, valWriter, trainWriter } = this.#writers;
+    let aborted = false;
+    for (let s = restart.source; s < options.sources.length && !aborted; s++) {
+      this.progress.source = s;
+      aborted = await this.#readSource(
+        options.sources[s],
+        s,
+        s === restart.source ? restart.unit : 0,
+      );
+    }
+    for (const job of this.#inFlight) {
+      if (options.signal?.aborted) {
+        aborted = true;
+        break;
+      }
+      await this.#consume(job);
+    }
+    this.#inFlight = [];
+    this.#lines.done();
+    if (aborted) return true;
+    const end = { source: options.sources.length, unit: 0, offset: 0 };
+    await valWriter?.finish(end);
+    await trainWriter.finish(end);
+    const manifest = this.#manifest;
+    manifest.complete = true;
+    updateTotals(manifest);
+    manifest.totals.malformed = tally.malformed;
+    manifest.totals.invalidUtf8 = tally.invalidUtf8;
+    await writeManifest(this.#dir, manifest);
+    return false;
+  }
+
+  /** Sends one unit's tokens to its split (by hash of its key, or val until it is full). */
+  async #route(src: Source, s: number, u: number, tokens: Uint16Array): Promise<void> {
     if (tokens.length === 0) return;
-    if (valWriter && fraction !== undefined) {
+    const { valWriter, trainWriter } = this.#writers;
+    if (valWriter && this.#fraction !== undefined) {
       const key = src.format === "txt" ? src.key : `${src.key}#${u}`;
-      const w = unitHash(valSeed, key) < fraction ? valWriter : trainWriter;
+      const w = unitHash(this.#valSeed, key) < this.#fraction ? valWriter : trainWriter;
       await w.add(s, u, tokens, 0);
       return;
     }
     let used = 0;
     if (valWriter && !valWriter.full) used = await valWriter.add(s, u, tokens, 0);
     if (used < tokens.length) await trainWriter.add(s, u, tokens.subarray(used), used);
-  };
+  }
 
-  // ---- reading, batching and tokenizing
-  const ownPool = options.pool === undefined;
-  const pool = options.pool ?? new TokenizerPool(options.workers ?? navigator.hardwareConcurrency);
-  const maxInFlight = Math.max(2, pool.size * 3);
-  const batchBytes = options.batchBytes ?? 256 * 1024;
-  const field = config.textField;
-  const sizes = options.sources.map((s) => s.size);
-  const progress: BuildProgress = {
-    rawBytes: 0,
-    totalBytes: sizes.every((s) => s !== undefined)
-      ? sizes.reduce((a, b) => a! + b!, 0)
-      : undefined,
-    textBytes: 0,
-    documents: 0,
-    tokens: 0,
-    malformed: tally.malformed,
-    source: restart.source,
-    sources: options.sources.length,
-  };
-  let inFlight: { promise: Promise<BatchResult>; s: number; unit: number; bytes: number }[] = [];
-  let aborted = false;
-  const lines = new LineReport(options.sources, tally, options);
-
-  const consume = async (job: (typeof inFlight)[number]) => {
+  /** Waits for a tokenized batch and routes its units, with their line problems, in order. */
+  async #consume(job: InFlight): Promise<void> {
     const result = await job.promise;
-    const src = options.sources[job.s];
+    const src = this.#options.sources[job.s];
+    const lines = this.#lines, progress = this.progress;
     lines.enter(job.s);
     // Issues are handled in line order between the units' tokens, so the counts a shard
     // records cover exactly the lines before its end position.
@@ -209,110 +306,81 @@ async function buildLocked(
         lines.replaced(job.unit + k, result.replaced[nextReplaced++].count);
       }
       const n = result.counts[k];
-      await route(src, job.s, job.unit + k, result.tokens.subarray(at, at + n));
+      await this.#route(src, job.s, job.unit + k, result.tokens.subarray(at, at + n));
       at += n;
     }
     progress.textBytes += job.bytes;
     progress.documents += result.documents;
     progress.tokens += result.tokens.length;
-    progress.malformed = tally.malformed;
-    options.onProgress?.(progress);
-  };
-  const submit = async (s: number, unit: number, req: BatchRequest) => {
+    progress.malformed = this.#writers.tally.malformed;
+    this.#options.onProgress?.(progress);
+  }
+
+  async #submit(s: number, unit: number, req: BatchRequest): Promise<void> {
     // Read the length first: submitting transfers (detaches) the buffer.
     const bytes = req.bytes.length;
-    inFlight.push({ promise: pool.submit(req), s, unit, bytes });
-    while (inFlight.length >= maxInFlight) await consume(inFlight.shift()!);
-  };
-
-  try {
-    for (let s = restart.source; s < options.sources.length && !aborted; s++) {
-      const src = options.sources[s];
-      progress.source = s;
-      const skipUnits = s === restart.source ? restart.unit : 0;
-      aborted = await readSource(src, s, skipUnits);
+    this.#inFlight.push({ promise: this.#pool.submit(req), s, unit, bytes });
+    while (this.#inFlight.length >= this.#maxInFlight) {
+      await this.#consume(this.#inFlight.shift()!);
     }
-    for (const job of inFlight) {
-      if (options.signal?.aborted) {
-        aborted = true;
-        break;
-      }
-      await consume(job);
-    }
-    inFlight = [];
-    lines.done();
-    if (!aborted) {
-      const end = { source: options.sources.length, unit: 0, offset: 0 };
-      await valWriter?.finish(end);
-      await trainWriter.finish(end);
-      manifest.complete = true;
-      updateTotals(manifest);
-      manifest.totals.malformed = tally.malformed;
-      manifest.totals.invalidUtf8 = tally.invalidUtf8;
-      await writeManifest(dir, manifest);
-    }
-  } finally {
-    if (ownPool) pool.close();
   }
-  return {
-    manifest,
-    aborted,
-    tokens: progress.tokens,
-    textBytes: progress.textBytes,
-    seconds: (performance.now() - t0) / 1000,
-  };
 
   // Streams one source into batches; returns true when aborted.
-  async function readSource(src: Source, s: number, skipUnits: number): Promise<boolean> {
+  async #readSource(src: Source, s: number, skipUnits: number): Promise<boolean> {
+    const options = this.#options;
     const stream = await openSource(src, {
       // The stop signal also cancels a download stalled mid-read.
       http: { ...options.http, signal: options.http?.signal ?? options.signal },
-      onRawBytes: (n) => progress.rawBytes += n,
+      onRawBytes: (n) => this.progress.rawBytes += n,
     });
     const reader = stream.getReader();
     try {
-      return await batchSource(reader, s, skipUnits, src.format === "txt");
+      return await this.#batchSource(reader, s, skipUnits, src.format === "txt");
     } catch (e) {
       let failure = e;
       // A bad line in a compressed file is often the first sign of damage that the decoder
       // finds only further on (gzip checks its CRC at the end of a member): look there first.
-      if (!(e instanceof ReadFailure) && src.compression !== "none" && lines.issueSource === s) {
+      if (
+        !(e instanceof ReadFailure) && src.compression !== "none" &&
+        this.#lines.issueSource === s
+      ) {
         const damage = await damageAhead(reader);
         if (damage) failure = new ReadFailure(damage);
       }
       if (!(failure instanceof ReadFailure)) throw failure;
       if (options.signal?.aborted) return true;
-      throw await readFailure(src, s, failure.error);
+      throw await this.#readFailure(src, s, failure.error);
     } finally {
       await reader.cancel().catch(() => {});
     }
   }
 
   // Finishes what can be kept after a read failure and returns the error to throw.
-  async function readFailure(src: Source, s: number, e: unknown): Promise<Error> {
+  async #readFailure(src: Source, s: number, e: unknown): Promise<Error> {
     let removed = 0;
     if (e instanceof CompressedDataError && !e.truncated) {
       // Nothing from a damaged file is kept: the bytes decoded before the damage was found
       // may be wrong too.
-      const jobs = inFlight.splice(0);
+      const jobs = this.#inFlight.splice(0);
       for (const job of jobs) job.promise.catch(() => {});
-      for (const job of jobs) if (job.s < s) await consume(job);
-      removed = await dropShardsFrom(dir, manifest, s);
+      for (const job of jobs) if (job.s < s) await this.#consume(job);
+      removed = await dropShardsFrom(this.#dir, this.#manifest, s);
     } else {
       // Finish the batches read before the failure so their full shards reach the disk
       // and a later --resume starts as late as possible.
-      for (const job of inFlight.splice(0)) await consume(job);
+      for (const job of this.#inFlight.splice(0)) await this.#consume(job);
     }
     return new Error(readFailureMessage(src, e, removed), { cause: e });
   }
 
   // Cuts the stream of one source into batches and submits them; true when aborted.
-  async function batchSource(
+  async #batchSource(
     reader: ReadableStreamDefaultReader<Uint8Array>,
     s: number,
     skipUnits: number,
     text: boolean,
   ): Promise<boolean> {
+    const batchBytes = this.#batchBytes;
     const queue = new ByteQueue();
     let unit = 0;
     while (true) {
@@ -323,7 +391,7 @@ async function buildLocked(
         throw new ReadFailure(e);
       }
       if (next.done) break;
-      if (options.signal?.aborted) return true;
+      if (this.#options.signal?.aborted) return true;
       queue.push(next.value);
       while (queue.length >= batchBytes) {
         const bytes = queue.view();
@@ -338,15 +406,15 @@ async function buildLocked(
           : bytes.lastIndexOf(0x0a, batchBytes - 1) + 1 || bytes.indexOf(0x0a, batchBytes) + 1;
         if (text && cut < 0 && bytes.length > max) cut = utf8Boundary(bytes, max);
         if (cut <= 0) break;
-        unit = await emit(s, unit, skipUnits, queue, cut, text);
+        unit = await this.#emit(s, unit, skipUnits, queue, cut, text);
       }
     }
-    if (queue.length > 0) await emit(s, unit, skipUnits, queue, queue.length, text);
+    if (queue.length > 0) await this.#emit(s, unit, skipUnits, queue, queue.length, text);
     return false;
   }
 
   // Sends the first `cut` queued bytes as one batch, minus units before `skipUnits`.
-  async function emit(
+  async #emit(
     s: number,
     unit: number,
     skipUnits: number,
@@ -354,10 +422,11 @@ async function buildLocked(
     cut: number,
     text: boolean,
   ): Promise<number> {
+    const field = this.#field;
     if (text) {
       if (unit < skipUnits) queue.drop(cut);
       else {
-        await submit(s, unit, {
+        await this.#submit(s, unit, {
           kind: "text",
           bytes: queue.take(cut),
           docStart: unit === 0,
@@ -379,7 +448,7 @@ async function buildLocked(
       cut -= at;
       first = skipUnits;
     }
-    await submit(s, first, { kind: "jsonl", bytes: queue.take(cut), docStart: false, field });
+    await this.#submit(s, first, { kind: "jsonl", bytes: queue.take(cut), docStart: false, field });
     return unit + lines;
   }
 }

@@ -22,6 +22,7 @@ export interface Source {
   key: string;
   /** `txt`: the whole file is one document; `jsonl`: one JSON document per line. */
   format: "txt" | "jsonl";
+  /** How the bytes are compressed (from the name's extension). */
   compression: Compression;
   /** Size in bytes when known without reading (local files). */
   size?: number;

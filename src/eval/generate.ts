@@ -10,6 +10,7 @@
 import type { GPT2 } from "../model/gpt2.ts";
 import { mulberry32 } from "../model/init.ts";
 import type { Decoder } from "../model/decode.ts";
+import { SAMPLE_CONFIG } from "./config.ts";
 
 /** Sampling options. */
 export interface GenerateOptions extends SamplingOptions {
@@ -21,11 +22,14 @@ export interface GenerateOptions extends SamplingOptions {
   stopToken?: number;
 }
 
-/** Sampling knobs: temperature (0 = greedy), top-k and top-p (nucleus). */
+/**
+ * Sampling knobs: temperature (0 = greedy), top-k and top-p (nucleus). Unset ones take
+ * SAMPLE_CONFIG's defaults (src/eval/config.ts), the same as `deno task sample`'s.
+ */
 export interface SamplingOptions {
-  /** Divides the logits before sampling (default 1); 0 or less picks the likeliest token. */
+  /** Divides the logits before sampling (default 0.8); 0 or less picks the likeliest token. */
   temperature?: number;
-  /** Sample among the `topK` likeliest tokens only (unset or 0: all). */
+  /** Sample among the `topK` likeliest tokens only (default 40; 0: all). */
   topK?: number;
   /**
    * Sample among the likeliest tokens whose probabilities add up to `topP` only (nucleus;
@@ -40,17 +44,18 @@ export function sampleToken(
   o: SamplingOptions,
   random: () => number,
 ): number {
-  const temperature = o.temperature ?? 1;
+  const temperature = o.temperature ?? SAMPLE_CONFIG.temperature.default;
+  const topK = o.topK ?? SAMPLE_CONFIG.topK.default, topP = o.topP ?? SAMPLE_CONFIG.topP.default;
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
   if (temperature <= 0) return best;
   let ids = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a]);
-  if (o.topK && o.topK > 0 && o.topK < ids.length) ids = ids.slice(0, o.topK);
+  if (topK > 0 && topK < ids.length) ids = ids.slice(0, topK);
   let w = ids.map((i) => Math.exp((logits[i] - logits[best]) / temperature));
-  if (o.topP !== undefined && o.topP < 1) {
+  if (topP < 1) {
     const total = w.reduce((a, b) => a + b, 0);
     let acc = 0, keep = 0;
-    while (keep < w.length && acc < o.topP * total) acc += w[keep++];
+    while (keep < w.length && acc < topP * total) acc += w[keep++];
     ids = ids.slice(0, Math.max(1, keep));
     w = w.slice(0, Math.max(1, keep));
   }
@@ -79,7 +84,7 @@ export async function generate(
   if (model.B !== 1) throw new RangeError(`generate needs a model with B = 1, got B = ${model.B}`);
   if (prompt.length === 0) throw new RangeError("generate needs a prompt of at least one token");
   const T = model.T;
-  const random = mulberry32(options.seed ?? 0);
+  const random = mulberry32(options.seed ?? SAMPLE_CONFIG.seed.default);
   const ids = [...prompt];
   const out: number[] = [];
   const window = new Array<number>(T).fill(0);
@@ -106,7 +111,7 @@ export async function generateCached(
   options: GenerateOptions,
   onToken?: (token: number) => void | Promise<void>,
 ): Promise<number[]> {
-  const random = mulberry32(options.seed ?? 0);
+  const random = mulberry32(options.seed ?? SAMPLE_CONFIG.seed.default);
   const out: number[] = [];
   let logits = await decoder.start(prompt);
   for (let n = 0; n < options.maxTokens; n++) {

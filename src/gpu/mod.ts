@@ -5,13 +5,50 @@
  * @module
  */
 
-export * from "./arena.ts";
-export * from "./debug.ts";
-export * from "./device.ts";
-export * from "./dispatch.ts";
-export * from "./dtype.ts";
-export * from "./pipelines.ts";
-export * from "./profiler.ts";
-export * from "./runtime.ts";
-export * from "./kernel.ts";
-export * from "./autotune.ts";
+export {
+  Arena,
+  type ArenaScope,
+  formatMemory,
+  MEMORY_CATEGORIES,
+  type MemoryBytes,
+  type MemoryCategory,
+  type MemoryReport,
+} from "./arena.ts";
+export {
+  type Gpu,
+  type GpuLimits,
+  NoAdapterError,
+  OPTIONAL_FEATURES,
+  requestGpu,
+  type RequestGpuOptions,
+} from "./device.ts";
+export { type Dispatch, encodeDispatches, freeDispatches, runDispatches } from "./dispatch.ts";
+export { type DType, dtypeBytes } from "./dtype.ts";
+export {
+  type KernelSource,
+  type OverrideConstants,
+  PipelineCache,
+  ShaderError,
+} from "./pipelines.ts";
+export { type KernelTiming, Profiler } from "./profiler.ts";
+export {
+  createRuntime,
+  type ElementRange,
+  readBuffer,
+  readF32,
+  readSpans,
+  readValues,
+  type Runtime,
+} from "./runtime.ts";
+export { type BufferRange, type DispatchSpec, makeDispatch } from "./kernel.ts";
+export {
+  Autotuner,
+  type AutotunerOptions,
+  tuneCachePath,
+  type TuneResult,
+  tunerFor,
+  type TuneSpec,
+  type TuneTimer,
+  withTuner,
+} from "./autotune.ts";
+export { dispatchTimer, type DispatchTimerOptions } from "./tune_timer.ts";

@@ -17,6 +17,7 @@
  */
 
 import type { GPT2Config } from "../model/config.ts";
+import type { LoaderCursor } from "../data/loader.ts";
 import { configFromHf, hfConfigJson } from "./hf.ts";
 import { loadLlmcCheckpoint } from "./llmc.ts";
 import {
@@ -27,6 +28,7 @@ import {
   type TensorToWrite,
 } from "./safetensors.ts";
 import {
+  type Checksums,
   CHECKSUMS_FILE,
   type FileChecksum,
   integrityProblem,
@@ -97,7 +99,7 @@ export interface TrainerState {
   /** The shard directory the run reads. */
   data?: string;
   /** The data loader's position (restores the next batch exactly). */
-  cursor?: unknown;
+  cursor?: LoaderCursor;
   /** The run's seed. */
   seed?: number;
   /** The learning-rate schedule, resolved. */
@@ -116,10 +118,16 @@ export interface TrainerState {
 }
 
 /**
+ * What a save gives for trainer_state.json: the state without `version` and `checksums`,
+ * which {@linkcode saveCheckpoint} writes (the version once, here).
+ */
+export type TrainerStateFields = Omit<TrainerState, "version" | "checksums">;
+
+/**
  * Checks parsed trainer_state.json and fills defaults of older versions; returns what is
  * wrong as a string instead (`dirStep`: the step a step_N directory's name says).
  */
-export function parseTrainerState(json: unknown, dirStep?: number): TrainerState | string {
+function parseTrainerState(json: unknown, dirStep?: number): TrainerState | string {
   if (typeof json !== "object" || json === null) return "is not a JSON object";
   const st = json as Record<string, unknown>;
   const version = st.version ?? 1;
@@ -146,6 +154,24 @@ export function parseTrainerState(json: unknown, dirStep?: number): TrainerState
 }
 
 /**
+ * `dir`'s trainer_state.json, read (checked against `sums` where given) and validated: the
+ * one reader of the file. An unreadable or invalid file is an Error naming it (`fix`: the
+ * action to add).
+ */
+export async function readTrainerState(
+  dir: string,
+  sums?: Checksums,
+  fix?: string,
+): Promise<TrainerState> {
+  const st = parseTrainerState(
+    await readJson(dir, CHECKPOINT_FILES.trainer, sums, fix),
+    stepOfDir(dir),
+  );
+  if (typeof st === "string") throw new Error(`Invalid ${dir}/${CHECKPOINT_FILES.trainer}: ${st}`);
+  return st;
+}
+
+/**
  * Writes a checkpoint atomically as `<root>/step_N`. A `step_N` already there is
  * replaced only once the new one is complete (moved aside, the new one renamed in,
  * then the old one removed). Unless `keep` is undefined, all but the newest `keep`
@@ -159,11 +185,17 @@ export async function saveCheckpoint(
     config: GPT2Config;
     model: Uint8Array;
     optimizer?: TensorToWrite[];
-    trainer?: Record<string, unknown>;
+    trainer?: TrainerStateFields;
   },
   keep?: number,
 ): Promise<string> {
   if (keep !== undefined) checkKeep(keep);
+  if (contents.trainer && contents.trainer.step !== step) {
+    throw new RangeError(
+      `The trainer state says step ${contents.trainer.step} but the checkpoint is of step ` +
+        `${step}: save the state of the step being saved`,
+    );
+  }
   await Deno.mkdir(root, { recursive: true });
   const final = `${root}/${stepDirName(step)}`;
   const tag = crypto.randomUUID().slice(0, 8);
@@ -181,7 +213,11 @@ export async function saveCheckpoint(
       await put(CHECKPOINT_FILES.optimizer, encodeSafetensors(contents.optimizer));
     }
     if (contents.trainer) {
-      const st = { version: TRAINER_STATE_VERSION, ...contents.trainer, checksums: CHECKSUMS_FILE };
+      const st: TrainerState = {
+        ...contents.trainer,
+        version: TRAINER_STATE_VERSION,
+        checksums: CHECKSUMS_FILE,
+      };
       await put(CHECKPOINT_FILES.trainer, json(st));
     }
     await writeChecksums(tmp, sums); // last: the files it lists are complete
@@ -285,11 +321,7 @@ export async function loadCheckpoint(
   const config = configFromHf(json as Record<string, unknown>, configPath);
   let trainer: TrainerState | undefined;
   if (hasTrainer && !options.weightsOnly) {
-    const st = parseTrainerState(
-      await readJson(dir, CHECKPOINT_FILES.trainer, sums, fix),
-      stepOfDir(dir),
-    );
-    if (typeof st === "string") throw new Error(`Invalid ${path(CHECKPOINT_FILES.trainer)}: ${st}`);
+    const st = await readTrainerState(dir, sums, fix);
     if (!sums && st.checksums) throw new Error(`${missingChecksums(dir)}; ${OLDER}`);
     trainer = st;
   }
@@ -357,8 +389,7 @@ export async function resumeProblem(
     const config = configFromHf(await json(CHECKPOINT_FILES.config), configPath);
     checkWeights(await readSafetensorsHeader(`${dir}/${CHECKPOINT_FILES.model}`), config);
     await readSafetensorsHeader(`${dir}/${CHECKPOINT_FILES.optimizer}`);
-    const st = parseTrainerState(await json(CHECKPOINT_FILES.trainer), stepOfDir(dir));
-    if (typeof st === "string") return `${CHECKPOINT_FILES.trainer} ${st}`;
+    const st = await readTrainerState(dir);
     if (!st.config) return `${CHECKPOINT_FILES.trainer} has no run "config"`;
     const sums = await readChecksums(dir);
     if (!sums && st.checksums) return missingChecksums(dir);

@@ -38,6 +38,7 @@ export interface SafeTensorsFile {
 
 /** Errors in a safetensors file; the message names the file and the problem. */
 export class SafeTensorsError extends Error {
+  /** An error about the file at `path`. */
   constructor(path: string, detail: string) {
     super(`Invalid safetensors file ${path}: ${detail}`);
     this.name = "SafeTensorsError";

@@ -1,6 +1,6 @@
 /**
- * The run's configuration: TrainConfig, documented field by field, the shape of a table row
- * (flag, kind, check, default, help, what a resume does with it) and the checks rows name.
+ * The run's configuration: TrainConfig, documented field by field (the shape of a table row
+ * and the checks rows name are src/table.ts's, re-exported here).
  * The table itself is src/train/config_table.ts; the compiler ties it to TrainConfig: a key
  * without a row, or a row whose default is not of its key's type, does not compile.
  *
@@ -11,76 +11,18 @@ import type { GPT2Config } from "../model/config.ts";
 import type { MatmulImpl } from "../model/ops/matmul.ts";
 import type { Precision, Recompute } from "../model/plan.ts";
 
-/** What a numeric value accepts. */
-export type NumberRule =
-  | "positive-integer"
-  | "non-negative-integer"
-  | "positive"
-  | "non-negative"
-  | "fraction" // [0, 1)
-  | "probability"; // (0, 1]
+export {
+  checkChoice,
+  checkNumber,
+  type ConfigRow,
+  type ConfigTable,
+  type NumberRule,
+} from "../table.ts";
 
-const RULES: Record<NumberRule, [string, (x: number) => boolean]> = {
-  "positive-integer": ["a positive integer", (x) => Number.isInteger(x) && x > 0],
-  "non-negative-integer": ["a whole number, 0 or more", (x) => Number.isInteger(x) && x >= 0],
-  positive: ["a number above 0", (x) => Number.isFinite(x) && x > 0],
-  "non-negative": ["a number, 0 or more", (x) => Number.isFinite(x) && x >= 0],
-  fraction: ["a number in [0, 1)", (x) => x >= 0 && x < 1],
-  probability: ["a number in (0, 1]", (x) => x > 0 && x <= 1],
-};
-
-/** `raw` as a number that obeys `rule`; otherwise a TypeError naming --`key`. */
-export function checkNumber(key: string, raw: unknown, rule: NumberRule): number {
-  const x = typeof raw === "string" && raw.trim() === "" ? NaN : Number(raw);
-  const [want, ok] = RULES[rule];
-  if (!Number.isFinite(x)) throw new TypeError(`--${key} must be a number, got "${raw}"`);
-  if (!ok(x)) throw new TypeError(`--${key} must be ${want}, got "${raw}"`);
-  return x;
-}
-
-/** A string value from a fixed list; otherwise a TypeError naming --`key` and the list. */
-export function checkChoice(key: string, raw: unknown, choices: readonly string[]): string {
-  if (typeof raw !== "string" || !choices.includes(raw)) {
-    const list = choices.length === 2
-      ? choices.join(" or ")
-      : `${choices.slice(0, -1).join(", ")} or ${choices[choices.length - 1]}`;
-    throw new TypeError(`--${key} must be ${list}, got "${raw}"`);
-  }
-  return raw;
-}
-
-/** One row of a configuration table. */
-export interface ConfigRow<V> {
-  /** The command-line flag (kebab-case); none for keys only the library or the parser sets. */
-  flag?: string;
-  /** How the flag's value is read. */
-  kind: "number" | "string" | "boolean";
-  /** Numbers: what they accept. */
-  rule?: NumberRule;
-  /** Strings: the values allowed (the help lists them). */
-  choices?: readonly string[];
-  /** Strings: checks and converts a value (a TypeError names what is allowed). */
-  parse?: (raw: string) => unknown;
-  /** The value when neither the flag nor a resumed run gives one. */
-  default: V;
-  /** The help line; `arg` names the value (N, X, DIR). */
-  help?: string;
-  /** The value's placeholder in the help. */
-  arg?: string;
-  /** The section of the help. */
-  group?: "Model" | "Data" | "Optimizer and schedule" | "Output";
-  /**
-   * On resume: `inherit` (the checkpoint's value unless the flag is given; a given flag that
-   * differs is printed as a change), `fixed` (the saved optimizer state has it: a differing
-   * flag is an error) or `fresh` (never taken from the checkpoint). Default inherit.
-   */
-  resume?: "inherit" | "fixed" | "fresh";
-}
-
-/** A table with exactly one row per key of `C`, each default of its key's type. */
-export type ConfigTable<C> = { [K in keyof C]-?: ConfigRow<C[K]> };
-
-/** Everything a run needs; `deno task train` fills it from flags. */
+/**
+ * Everything a run needs, complete: `resolveTrainConfig` (src/train/resolve.ts) fills
+ * it from a caller's part of it, a resumed run and the table's defaults.
+ */
 export interface TrainConfig {
   /** Model name, for logs and the loss curve's title. */
   modelName: string;
@@ -127,29 +69,29 @@ export interface TrainConfig {
   /** Clip the global gradient norm to this; 0 disables clipping. */
   gradClip: number;
   /** A name from OPTIMIZERS (src/optim/registry.ts): adamw, adamw8bit, adamw4bit, ... */
-  optimizer?: string;
+  optimizer: string;
   /** The optimizer's own settings, "key=value,..." (its registry row's options). */
   optimizerOptions?: string;
   /** 8-bit block size (default 256). */
-  optimizerBlock?: number;
+  optimizerBlock: number;
   /** Low-bit optimizers: keep wte and wpe state in fp32. */
-  optimizerFp32Embeddings?: boolean;
+  optimizerFp32Embeddings: boolean;
   /** Low-bit optimizers: keep the state in CPU memory, streamed through the GPU per tensor. */
-  optimizerOffload?: boolean;
+  optimizerOffload: boolean;
   /** Data-parallel runs: shard the optimizer state over the ranks (ZeRO-1). */
-  zero?: boolean;
+  zero: boolean;
   /** Activations the backward recomputes (none, mlp, block). */
-  recompute?: Recompute;
+  recompute: Recompute;
   /** Linear and LayerNorm layers without biases (the model config's `bias: false`). */
-  noBias?: boolean;
+  noBias: boolean;
   /** Rows of logits per chunk (default: all up to 256 MiB, else 512). */
   logitsChunkRows?: number;
   /** fp16: mixed precision where the adapter has shader-f16 (default fp32). */
-  precision?: Precision;
+  precision: Precision;
   /** Mixed precision: the first loss scale (default 65536). */
-  lossScale?: number;
+  lossScale: number;
   /** Mixed precision: clean steps in a row before the loss scale doubles (default 2000). */
-  lossScaleWindow?: number;
+  lossScaleWindow: number;
   /** Seeds parameter initialisation, the data shuffle and the samples. */
   seed: number;
   /** Read shards and windows in a seeded random order, reshuffled every epoch. */
@@ -173,9 +115,9 @@ export interface TrainConfig {
   /** HellaSwag file (jsonl or llama.cpp text) scored every `hellaswagEvery` steps. */
   hellaswag?: string;
   /** Steps between HellaSwag scorings (and one at the last step); 0 or unset never scores. */
-  hellaswagEvery?: number;
+  hellaswagEvery: number;
   /** Items scored each time (the first N). */
-  hellaswagLimit?: number;
+  hellaswagLimit: number;
   /** Peak TFLOP/s of the device, for MFU; unknown when 0. */
   peakTflops: number;
   /** Matmul kernel for every product (default auto: the autotuner's choice per shape). */
@@ -183,17 +125,17 @@ export interface TrainConfig {
   /** Where tokenized text files are cached. */
   cacheDir: string;
   /** Start over in a run directory that holds checkpoints: they and the log are removed. */
-  overwrite?: boolean;
+  overwrite: boolean;
   /**
    * Divergence guard: stop when a step's loss exceeds this many times the median of the
    * last `divergenceWindow` steps (default 3; 0 turns the loss test off; a non-finite loss
    * or gradient norm always stops).
    */
-  divergence?: number;
+  divergence: number;
   /** Steps whose median loss the divergence guard compares against (default 50). */
-  divergenceWindow?: number;
+  divergenceWindow: number;
   /** fp16: stop after this many overflowed (skipped) steps in a row (default 20). */
-  maxOverflows?: number;
+  maxOverflows: number;
   /** Lines printed before the run starts (what a resume changed, checkpoints skipped). */
   notices?: string[];
 }

@@ -1,5 +1,5 @@
 /**
- * Data-parallel training over MPI ranks (src/dist), as llm.c does it: every rank holds the
+ * Data-parallel training over MPI ranks (src/parallel), as llm.c does it: every rank holds the
  * whole model, reads its own rows of each global batch, and averages the gradients with an
  * all-reduce in TrainStep's "gradients ready" hook, so every rank applies the same update and
  * the parameters stay identical. N ranks with batch B see exactly the tokens of one process
@@ -21,7 +21,7 @@
  * @module
  */
 
-import { type Dist, gatherToRoot } from "../dist/dist.ts";
+import { type Dist, gatherToRoot } from "../parallel/dist.ts";
 import type { GPT2 } from "../model/gpt2.ts";
 import type { ParamLayout } from "../model/params.ts";
 import type { TokenBatch } from "../data/loader.ts";

@@ -93,9 +93,7 @@ export async function runEvals(rt: Runtime, s: EvalSetup): Promise<RunEvals> {
     },
     async sample(seed) {
       const ids = await generate(sampler, [EOT], {
-        maxTokens: s.sampleTokens,
-        temperature: 0.8,
-        topK: 40,
+        maxTokens: s.sampleTokens, // temperature and top-k: the library's (src/eval/config.ts)
         seed,
         stopToken: EOT,
       });

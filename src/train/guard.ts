@@ -8,6 +8,7 @@
 
 /** A run stopped by the divergence guard (or by fp16 overflowing step after step). */
 export class DivergenceError extends Error {
+  /** The error with `message` (it says where the last good checkpoint is). */
   constructor(message: string) {
     super(message);
     this.name = "DivergenceError";

@@ -7,11 +7,13 @@
  * @module
  */
 
+import { TRAIN_CONFIG } from "./config_table.ts";
+
 /** Options of {@linkcode LossScaler}. */
 export interface LossScalerOptions {
-  /** First scale (default 2^16). */
+  /** First scale (default: the training table's `lossScale`, 2^16). */
   init?: number;
-  /** Clean steps before the scale doubles (default 2000). */
+  /** Clean steps before the scale doubles (default: the table's `lossScaleWindow`, 2000). */
   window?: number;
   /** Lowest scale an overflow can halve it to (default 1). */
   min?: number;
@@ -55,8 +57,8 @@ export class LossScaler {
 
   /** A scaler with the given options; throws on a non-positive scale or window. */
   constructor(o: LossScalerOptions = {}) {
-    this.scale = o.init ?? 2 ** 16;
-    this.window = o.window ?? 2000;
+    this.scale = o.init ?? TRAIN_CONFIG.lossScale.default;
+    this.window = o.window ?? TRAIN_CONFIG.lossScaleWindow.default;
     this.min = o.min ?? 1;
     this.max = o.max ?? 2 ** 24;
     if (!(this.scale > 0) || !Number.isFinite(this.scale)) {

@@ -14,18 +14,23 @@ import { loadTensors, matchTensors } from "../model/weights.ts";
 import { checkOptimizer, createOptimizer } from "../optim/registry.ts";
 import type { Optimizer } from "../optim/optimizer.ts";
 import { makeSchedule, type Schedule } from "../optim/schedule.ts";
-import { type LoaderCursor, openShards, TokenLoader } from "../data/loader.ts";
-import { loadCheckpoint } from "../io/checkpoint.ts";
+import { type LoaderCursor, openShards, type ShardInfo, TokenLoader } from "../data/loader.ts";
+import { loadCheckpoint, type LoadedCheckpoint } from "../io/checkpoint.ts";
 import { savedTensors } from "../io/safetensors.ts";
-import { readHellaSwag } from "../eval/hellaswag.ts";
+import { type HellaSwagItem, readHellaSwag } from "../eval/hellaswag.ts";
 import type { TrainConfig } from "./config.ts";
-import { configDefault } from "./config_table.ts";
 import { prepareData, type PreparedData } from "./corpus.ts";
 import { type RunEvals, runEvals } from "./evals.ts";
 import { LossScaler } from "./loss_scale.ts";
 import { type StepHooks, TrainStep } from "./step.ts";
-import type { Dist } from "../dist/dist.ts";
-import { type DataParallel, dataParallel, shardLayout, zeroShards } from "./data_parallel.ts";
+import type { Dist } from "../parallel/dist.ts";
+import {
+  type DataParallel,
+  dataParallel,
+  type Shard,
+  shardLayout,
+  zeroShards,
+} from "./data_parallel.ts";
 
 /** A run ready for its first step. */
 export interface RunSetup {
@@ -78,13 +83,118 @@ export async function setUpRun(
   signal?.throwIfAborted();
   // N ranks share each optimizer step's tokens: rank r reads rows [r*B, (r+1)*B) of the
   // N*B rows the loader serves, and the loss gradient is pre-divided by N.
-  const N = dist?.size ?? 1, lead = (dist?.rank ?? 0) === 0;
+  const N = dist?.size ?? 1;
   const BT = c.batch * c.seq, accum = c.totalBatch / (BT * N);
-  // ---- read and check everything before touching the GPU or disk
-  const optimizer = c.optimizer ?? configDefault("optimizer")!;
-  checkOptimizer(optimizer, { ...c, stateBase: c.zero && N > 1 ? 0 : undefined });
-  const hsItems = c.hellaswag && (c.hellaswagEvery ?? 0) > 0
-    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit ?? 500)
+  const src = await readSources(c, print, options);
+
+  // ---- the GPU side
+  const { cfg, data, resumed, init } = src;
+  const matmul = c.matmul ? { impl: c.matmul } : undefined;
+  const model = await GPT2.create(rt, cfg, {
+    B: c.batch,
+    T: c.seq,
+    seed: c.seed,
+    dloss: 1 / (BT * accum * N),
+    matmul,
+    recompute: c.recompute,
+    logitsChunkRows: c.logitsChunkRows,
+    precision: c.precision,
+  });
+  const made: { destroy(): void }[] = [model];
+  try {
+    signal?.throwIfAborted();
+    if (c.precision === "fp16" && model.precision !== "fp16") {
+      print("precision: this adapter has no shader-f16, so training runs in fp32");
+    }
+    const scaler = model.precision === "fp16"
+      ? new LossScaler({ init: c.lossScale, window: c.lossScaleWindow })
+      : undefined;
+    if (c.zero && N === 1) print("--zero: one process, so there is no state to shard");
+    // ZeRO-1: this rank's optimizer covers its shard of the tensors only.
+    const shard = c.zero && N > 1 ? zeroShards(model.layout, N)[dist!.rank] : undefined;
+    const opt = await runOptimizer(rt, c, model, shard);
+    made.push(opt);
+    const evals = await runEvals(rt, {
+      model,
+      valShards: src.valShards,
+      valBatches: c.valBatches,
+      sampleTokens: c.sampleTokens,
+      hsItems: src.hsItems,
+      matmul,
+    });
+    made.push(evals);
+    signal?.throwIfAborted();
+    let at: Restored = { startStep: 0, optimizerSteps: 0 };
+    if (resumed) at = restore(resumed, model, opt, scaler, data.dir, print);
+    else if (init) loadTensors(init.model, model);
+    const dp = dist && N > 1 ? dataParallel(dist, model, { zero: !!shard }) : undefined;
+    if (dp) made.push(dp);
+    const hooks = dp ? { ...dp.hooks, ...stepHooks } : stepHooks;
+    const step = new TrainStep(rt, model, opt, {
+      accum,
+      scaler,
+      optimizerSteps: at.optimizerSteps,
+      hooks,
+      gradClip: c.gradClip,
+      normLayout: shard ? shardLayout(model.layout, shard) : undefined,
+    });
+    made.push(step);
+    const loader = new TokenLoader(src.trainShards, {
+      batchSize: c.batch * N,
+      seqLen: c.seq,
+      shuffle: c.shuffle,
+      seed: c.seed,
+      cursor: at.cursor,
+      vocabSize: cfg.vocabSize,
+    });
+    const schedule = scheduleFor(c, c.steps ?? Infinity);
+    return {
+      cfg,
+      data,
+      model,
+      opt,
+      scaler,
+      step,
+      loader,
+      schedule,
+      evals,
+      startStep: at.startStep,
+      dp,
+      nextBatch: dp ? () => dp.shard(loader.nextBatch()) : () => loader.nextBatch(),
+      destroy: () => made.reverse().forEach((m) => m.destroy()),
+    };
+  } catch (e) {
+    made.reverse().forEach((m) => m.destroy());
+    throw e;
+  }
+}
+
+/** What a run reads before it touches the GPU or the disk, all of it checked. */
+interface Sources {
+  /** The architecture (a resumed or `init` checkpoint's own, else the config's). */
+  cfg: GPT2Config;
+  /** The checkpoint resumed, read whole. */
+  resumed?: LoadedCheckpoint;
+  /** The weights a new run starts from. */
+  init?: LoadedCheckpoint;
+  /** The HellaSwag items scored during the run. */
+  hsItems: HellaSwagItem[];
+  /** The tokenized data and its splits. */
+  data: PreparedData;
+  trainShards: ShardInfo[];
+  valShards?: ShardInfo[];
+}
+
+/** Reads and checks the checkpoints, HellaSwag and the data (rank 0 tokenizes text first). */
+async function readSources(
+  c: TrainConfig,
+  print: (line: string) => void,
+  { dist, signal }: SetUpOptions,
+): Promise<Sources> {
+  const N = dist?.size ?? 1, lead = (dist?.rank ?? 0) === 0;
+  checkOptimizer(c.optimizer, { ...c, stateBase: c.zero && N > 1 ? 0 : undefined });
+  const hsItems = c.hellaswag && c.hellaswagEvery > 0
+    ? (await readHellaSwag(c.hellaswag)).slice(0, c.hellaswagLimit)
     : [];
   const resumed = c.resume
     ? await loadCheckpoint(c.resume).catch((e) => {
@@ -111,107 +221,53 @@ export async function setUpRun(
   for (const w of data.warnings) print(`warning: ${w}`);
   const trainShards = await openShards(data.dir, { split: "train" });
   const valShards = await openShards(data.dir, { split: "val" }).catch(() => undefined);
+  return { cfg, resumed, init, hsItems, data, trainShards, valShards };
+}
 
-  // ---- the GPU side
-  const matmul = c.matmul ? { impl: c.matmul } : undefined;
-  const model = await GPT2.create(rt, cfg, {
-    B: c.batch,
-    T: c.seq,
-    seed: c.seed,
-    dloss: 1 / (BT * accum * N),
-    matmul,
-    recompute: c.recompute,
-    logitsChunkRows: c.logitsChunkRows,
-    precision: c.precision,
-  });
-  const made: { destroy(): void }[] = [model];
-  try {
-    signal?.throwIfAborted();
-    if (c.precision === "fp16" && model.precision !== "fp16") {
-      print("precision: this adapter has no shader-f16, so training runs in fp32");
-    }
-    const scaler = model.precision === "fp16"
-      ? new LossScaler({ init: c.lossScale, window: c.lossScaleWindow })
-      : undefined;
-    if (c.zero && N === 1) print("--zero: one process, so there is no state to shard");
-    // ZeRO-1: this rank's optimizer covers its shard of the tensors only.
-    const shard = c.zero && N > 1 ? zeroShards(model.layout, N)[dist!.rank] : undefined;
-    const opt = await createOptimizer(
-      optimizer,
-      rt,
-      shard ? shardLayout(model.layout, shard) : model.layout,
-      // The f16 copy is written by the update itself, unless ZeRO-1 gathers the parameters.
-      { params: model.params, grads: model.grads, half: shard ? undefined : model.weights.half },
-      // The run's settings as they are: the optimizer's row takes what it uses.
-      { ...c, stateBase: shard?.start },
-    );
-    made.push(opt);
-    const evals = await runEvals(rt, {
-      model,
-      valShards,
-      valBatches: c.valBatches,
-      sampleTokens: c.sampleTokens,
-      hsItems,
-      matmul,
-    });
-    made.push(evals);
-    signal?.throwIfAborted();
-    let startStep = 0, optimizerSteps = 0;
-    let cursor: LoaderCursor | undefined;
-    if (resumed) {
-      loadTensors(resumed.model, model);
-      opt.writeState(savedTensors(resumed.optimizer!));
-      const st = resumed.trainer!;
-      startStep = st.step;
-      optimizerSteps = st.optimizer_steps;
-      if (scaler && typeof st.loss_scale === "number") {
-        scaler.state = { scale: st.loss_scale, goodSteps: st.loss_scale_good_steps ?? 0 };
-      }
-      if (st.data === data.dir) cursor = st.cursor as LoaderCursor;
-      else print(`resume: new data ${data.dir} (was ${st.data}): reading it from the start`);
-    } else if (init) {
-      loadTensors(init.model, model);
-    }
-    const dp = dist && N > 1 ? dataParallel(dist, model, { zero: !!shard }) : undefined;
-    if (dp) made.push(dp);
-    const hooks = dp ? { ...dp.hooks, ...stepHooks } : stepHooks;
-    const step = new TrainStep(rt, model, opt, {
-      accum,
-      scaler,
-      optimizerSteps,
-      hooks,
-      gradClip: c.gradClip,
-      normLayout: shard ? shardLayout(model.layout, shard) : undefined,
-    });
-    made.push(step);
-    const loader = new TokenLoader(trainShards, {
-      batchSize: c.batch * N,
-      seqLen: c.seq,
-      shuffle: c.shuffle,
-      seed: c.seed,
-      cursor,
-      vocabSize: cfg.vocabSize,
-    });
-    const schedule = scheduleFor(c, c.steps ?? Infinity);
-    return {
-      cfg,
-      data,
-      model,
-      opt,
-      scaler,
-      step,
-      loader,
-      schedule,
-      evals,
-      startStep,
-      dp,
-      nextBatch: dp ? () => dp.shard(loader.nextBatch()) : () => loader.nextBatch(),
-      destroy: () => made.reverse().forEach((m) => m.destroy()),
-    };
-  } catch (e) {
-    made.reverse().forEach((m) => m.destroy());
-    throw e;
+/** The run's optimizer over the model's parameters (a ZeRO-1 `shard` of them). */
+function runOptimizer(
+  rt: Runtime,
+  c: TrainConfig,
+  model: GPT2,
+  shard: Shard | undefined,
+): Promise<Optimizer> {
+  return createOptimizer(
+    c.optimizer,
+    rt,
+    shard ? shardLayout(model.layout, shard) : model.layout,
+    // The f16 copy is written by the update itself, unless ZeRO-1 gathers the parameters.
+    { params: model.params, grads: model.grads, half: shard ? undefined : model.weights.half },
+    // The run's settings as they are: the optimizer's row takes what it uses.
+    { ...c, stateBase: shard?.start },
+  );
+}
+
+/** Where a resumed run stands. */
+interface Restored {
+  startStep: number;
+  optimizerSteps: number;
+  cursor?: LoaderCursor;
+}
+
+/** Loads a resumed checkpoint's weights, optimizer state, loss scale and data position. */
+function restore(
+  resumed: LoadedCheckpoint,
+  model: GPT2,
+  opt: Optimizer,
+  scaler: LossScaler | undefined,
+  dataDir: string,
+  print: (line: string) => void,
+): Restored {
+  loadTensors(resumed.model, model);
+  opt.writeState(savedTensors(resumed.optimizer!));
+  const st = resumed.trainer!;
+  if (scaler && typeof st.loss_scale === "number") {
+    scaler.state = { scale: st.loss_scale, goodSteps: st.loss_scale_good_steps ?? 0 };
   }
+  let cursor: LoaderCursor | undefined;
+  if (st.data === dataDir) cursor = st.cursor;
+  else print(`resume: new data ${dataDir} (was ${st.data}): reading it from the start`);
+  return { startStep: st.step, optimizerSteps: st.optimizer_steps, cursor };
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * MPI's C ABI as Deno's FFI sees it, for the two families: the symbol table (handles are
  * `pointer` for Open MPI, `i32` for MPICH), Open MPI's handle statics, MPICH's integer
- * handles from its mpi.h, and the thread levels. Private to src/dist/mpi.ts.
+ * handles from its mpi.h, and the thread levels. Private to src/parallel/mpi.ts.
  *
  * @module
  */
