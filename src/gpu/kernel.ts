@@ -27,6 +27,13 @@ export interface DispatchSpec {
   code: string;
   /** Entry-point function in `code`. */
   entryPoint: string;
+  /** Lines of generated header before the .wgsl body (for compile errors; 0 by default). */
+  headerLines?: number;
+  /**
+   * The bind-group layout's entries (src/gpu/define_kernel.ts makes them from a kernel's
+   * declaration); without one the pipeline's layout is "auto".
+   */
+  layout?: readonly GPUBindGroupLayoutEntry[];
   /** Override constants for the pipeline (none by default). */
   constants?: OverrideConstants;
   /** Buffer bindings (storage, or a shared uniform buffer) by binding number. */
@@ -109,7 +116,13 @@ export function grid1d(n: number, size: number): [number, number, number] {
 export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dispatch> {
   if (spec.loops) checkLoopBound(spec.name, spec.loops);
   const pipeline = await rt.pipelines.get(
-    { name: spec.name, code: spec.code, entryPoint: spec.entryPoint },
+    {
+      name: spec.name,
+      code: spec.code,
+      entryPoint: spec.entryPoint,
+      headerLines: spec.headerLines,
+      layout: spec.layout,
+    },
     spec.constants ?? {},
   );
   const limit = rt.gpu.limits.maxStorageBufferBindingSize;
@@ -147,7 +160,9 @@ export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dis
   }
   const bindGroup = rt.device.createBindGroup({
     label: spec.name,
-    layout: pipeline.getBindGroupLayout(0),
+    layout: spec.layout
+      ? rt.pipelines.layout(spec.layout).bindGroupLayout
+      : pipeline.getBindGroupLayout(0),
     entries,
   });
   return {

@@ -15,3 +15,4 @@ export * from "./profiler.ts";
 export * from "./runtime.ts";
 export * from "./kernel.ts";
 export * from "./autotune.ts";
+export * from "./define_kernel.ts";
