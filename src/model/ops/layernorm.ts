@@ -5,11 +5,44 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { grid1d, makeDispatch, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { grid1d, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { dtypeOf, typedKernel } from "../../gpu/dtype.ts";
-import { all, bytes, type TensorRange } from "./tensor.ts";
+import { bytes, type TensorRange } from "./tensor.ts";
 import layernormSrc from "../../../kernels/layernorm.wgsl" with { type: "text" };
+
+/** kernels/layernorm.wgsl's interface. */
+export const layernormKernel = defineKernel({
+  name: "layernorm",
+  source: layernormSrc,
+  bindings: {
+    inp: { access: "read", type: "f32" },
+    weight: { access: "read", type: "f32" },
+    bias: { access: "read", type: "f32" },
+    out: { access: "read_write", type: "float" },
+    mean: { access: "read_write", type: "f32" },
+    rstd: { access: "read_write", type: "f32" },
+    dout: { access: "read", type: "f32" },
+    dinp: { access: "read_write", type: "f32" },
+    dweight: { access: "read_write", type: "f32" },
+    dbias: { access: "read_write", type: "f32" },
+  },
+  uniforms: { N: "u32", C: "u32", n0: "u32", n1: "u32" },
+  entryPoints: {
+    forward: {
+      bindings: ["inp", "weight", "bias", "out", "mean", "rstd"],
+      loopBound: (u) => 3 * u.C,
+    },
+    backward_input: {
+      bindings: ["inp", "weight", "mean", "rstd", "dout", "dinp"],
+      loopBound: (u) => 2 * u.C,
+    },
+    backward_params: {
+      bindings: ["inp", "mean", "rstd", "dout", "dweight", "dbias"],
+      loopBound: (u) => u.n1 - u.n0,
+    },
+  },
+});
 
 /** out, mean, rstd = LayerNorm(inp [N, C]) with weight and bias. */
 export function layernormForward(
@@ -24,21 +57,10 @@ export function layernormForward(
     rstd: GPUBuffer;
   },
 ): Promise<Dispatch> {
-  return makeDispatch(rt, {
-    name: "layernorm_forward",
-    code: typedKernel(layernormSrc, { out_t: dtypeOf(ops.out) }),
-    entryPoint: "forward",
-    buffers: {
-      0: all(ops.inp),
-      1: bytes(ops.weight),
-      2: bytes(ops.bias),
-      3: all(ops.out),
-      4: all(ops.mean),
-      5: all(ops.rstd),
-    },
-    uniform: { binding: 10, words: [s.N, s.C] },
+  return layernormKernel.dispatch(rt, "forward", {
+    buffers: { ...ops, weight: bytes(ops.weight), bias: bytes(ops.bias) },
+    uniforms: { N: s.N, C: s.C, n0: 0, n1: 0 },
     workgroups: grid1d(s.N, 64),
-    loops: { bound: 3 * s.C, shape: { C: s.C } },
   });
 }
 
@@ -57,44 +79,23 @@ export async function layernormBackward(
     dbias: TensorRange;
   },
 ): Promise<Dispatch[]> {
-  const common = { code: layernormSrc, uniform: { binding: 10, words: [s.N, s.C] } };
+  const { inp, mean, rstd, dout } = ops;
   // The parameter gradients sum over rows: in ranges within the loop budget, in order.
   const params: Dispatch[] = [];
   for (const [n0, n1] of splitRange(s.N, WALK_ROWS)) {
     params.push(
-      await makeDispatch(rt, {
-        ...common,
-        name: "layernorm_backward_params",
-        entryPoint: "backward_params",
-        buffers: {
-          0: all(ops.inp),
-          4: all(ops.mean),
-          5: all(ops.rstd),
-          6: all(ops.dout),
-          8: bytes(ops.dweight),
-          9: bytes(ops.dbias),
-        },
-        uniform: { binding: 10, words: [s.N, s.C, n0, n1] },
+      await layernormKernel.dispatch(rt, "backward_params", {
+        buffers: { inp, mean, rstd, dout, dweight: bytes(ops.dweight), dbias: bytes(ops.dbias) },
+        uniforms: { N: s.N, C: s.C, n0, n1 },
         workgroups: grid1d(s.C, 64),
-        loops: { bound: n1 - n0, shape: { N: s.N, n0 } },
       }),
     );
   }
   return [
-    await makeDispatch(rt, {
-      ...common,
-      name: "layernorm_backward_input",
-      entryPoint: "backward_input",
-      buffers: {
-        0: all(ops.inp),
-        1: bytes(ops.weight),
-        4: all(ops.mean),
-        5: all(ops.rstd),
-        6: all(ops.dout),
-        7: all(ops.dinp),
-      },
+    await layernormKernel.dispatch(rt, "backward_input", {
+      buffers: { inp, weight: bytes(ops.weight), mean, rstd, dout, dinp: ops.dinp },
+      uniforms: { N: s.N, C: s.C, n0: 0, n1: 0 },
       workgroups: grid1d(s.N, 64),
-      loops: { bound: 2 * s.C, shape: { C: s.C } },
     }),
     ...params,
   ];
