@@ -21,6 +21,8 @@ import {
   decodePartialBytes,
   encoderForward,
   layernormForward,
+  setDecodePosition,
+  setEncoderPosition,
 } from "./ops/mod.ts";
 import { activationDType } from "./plan.ts";
 import { dtypeBytes } from "../gpu/dtype.ts";
@@ -211,9 +213,8 @@ export class Decoder {
     this.#history.push(token);
     const q = this.rt.device.queue;
     q.writeBuffer(this.#token, 0, new Uint32Array([token]));
-    const pos = new Uint32Array([t]); // the position: word 6 of the encoder's uniform, 0 of attention's
-    for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, pos);
-    for (const d of this.#attention.flat()) q.writeBuffer(d.resources![0], 0, pos);
+    setEncoderPosition(q, this.#embed, t);
+    setDecodePosition(q, this.#attention.flat(), t);
     const C3 = 3 * this.config.nEmbd * dtypeBytes(activationDType("qkv", this.#prefill.precision));
     const enc = this.rt.device.createCommandEncoder();
     this.#prefill.weights.encodeRefresh(enc);
