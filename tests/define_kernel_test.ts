@@ -17,10 +17,12 @@ const fake = (label: string, dtype: "f32" | "f16" = "f32") => {
 };
 
 const body = `
+@compute @workgroup_size(64)
 fn forward(@builtin(global_invocation_id) gid: vec3u) {
   if (gid.x >= p.N) { return; }
   out[gid.x] = out_t(f32(inp[gid.x]) * SCALE);
 }
+@compute @workgroup_size(64)
 fn backward(@builtin(global_invocation_id) gid: vec3u) {
   if (gid.x >= p.N) { return; }
   dinp[gid.x] = dout[gid.x] * SCALE;
@@ -54,8 +56,8 @@ Deno.test("a declared kernel's header declares its bindings, aliases and constan
       "override SCALE: f32 = 2.0;",
       "override ROWS: u32;",
       "struct Params { N: u32, K: u32 }",
-      "@group(0) @binding(0) var<storage, read> inp: array<inp_t>;",
-      "@group(0) @binding(1) var<storage, read_write> out: array<out_t>;",
+      "@group(0) @binding(0) var<storage, read> inp: array<f32>;",
+      "@group(0) @binding(1) var<storage, read_write> out: array<f32>;",
       "@group(0) @binding(2) var<storage, read> dout: array<f32>;",
       "@group(0) @binding(3) var<storage, read_write> dinp: array<f32>;",
       "@group(0) @binding(4) var<uniform> stats: vec4f;",
@@ -68,6 +70,7 @@ Deno.test("a declared kernel's header declares its bindings, aliases and constan
   match(half, /^enable f16;\n/);
   match(half, /alias out_t = f16;/);
   match(half, /alias inp_t = f32;/);
+  match(half, /var<storage, read_write> out: array<f16>;/);
 });
 
 Deno.test("a declared kernel's layout holds only the entry point's bindings", () => {
@@ -295,9 +298,83 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       await runDispatches(rt.device, [d]);
       deepEqual(Array.from(await readF32(rt.device, y, 0, 5)), [22.25, 24.25, 26.25, 28.25, 0]);
       throws(() => scale.writeUniforms(rt.device.queue, d, { N: 1 }), /was not built by it/);
+      // @ts-expect-error: an unknown field does not type-check
+      throws(() => k.writeUniforms(rt.device.queue, d, { m: 1 }), /unknown uniform "m"/);
+      const looped = await scale.dispatch(rt, "forward", {
+        buffers: { inp: x, out: y },
+        uniforms: { N: 4, K: 1 },
+        overrides: { ROWS: 1 },
+        workgroups: [1, 1, 1],
+      });
+      throws(
+        () => scale.writeUniforms(rt.device.queue, looped, { K: LOOP_BUDGET }),
+        /Kernel "scale_forward" at N=4 K=65535 .*196605 loop iterations/,
+      );
+      rt.arena.free(looped.resources![0]);
       rt.arena.free(d.resources![0]);
     } finally {
       for (const b of [x, y, bias]) rt.arena.free(b);
     }
   },
 );
+
+Deno.test("the optimizers' interfaces are expressible: a shared Step struct, an optional binding", () => {
+  // kernels/adamw.wgsl's, as src/optim could declare it (not converted here).
+  const adamw = defineKernel({
+    name: "adamw",
+    source: "@compute @workgroup_size(WG) fn main() { }",
+    bindings: {
+      params: { access: "read_write", type: "f32" },
+      grads: { access: "read", type: "f32" },
+      m: { access: "read_write", type: "f32" },
+      v: { access: "read_write", type: "f32" },
+      stats: { access: "read", type: "f32" },
+      s: {
+        access: "uniform",
+        type: {
+          struct: "Step",
+          fields: { lr: "f32", beta1: "f32", inv_scale: "f32", skip_overflow: "u32" },
+        },
+      },
+      half: { access: "read_write", type: "f16" },
+    },
+    uniforms: { n: "u32", decay: "u32", p0: "u32", p1: "u32" },
+    overrides: { WG: { type: "u32", default: 64 }, HALF_COPY: { type: "bool", default: false } },
+    entryPoints: {
+      main: {
+        bindings: ["params", "grads", "m", "v", "stats", "s"],
+        optional: ["half"],
+        loopBound: () => 0,
+      },
+    },
+  });
+  const h = adamw.header();
+  match(h, /^enable f16;\n/);
+  match(h, /struct Step \{ lr: f32, beta1: f32, inv_scale: f32, skip_overflow: u32 \}\n/);
+  match(h, /@binding\(5\) var<uniform> s: Step;/);
+  match(h, /@binding\(6\) var<storage, read_write> half: array<f16>;/);
+  match(h, /@binding\(7\) var<uniform> p: Params;/);
+  match(h, /override WG: u32 = 64u;\noverride HALF_COPY: bool = false;/);
+  equal(adamw.layoutEntries("main").length, 7);
+  equal(adamw.layoutEntries("main", ["half"]).length, 8);
+  const args = {
+    buffers: {
+      params: fake("params"),
+      grads: fake("grads"),
+      m: fake("m"),
+      v: fake("v"),
+      stats: fake("stats"),
+      s: fake("step"),
+    },
+    uniforms: { n: 10, decay: 1, p0: 0, p1: 0 },
+    workgroups: [1, 1, 1] as const,
+  };
+  equal(Object.keys(adamw.plan("main", args).buffers).length, 6);
+  const half = adamw.plan("main", {
+    ...args,
+    buffers: { ...args.buffers, half: fake("half", "f16") },
+    overrides: { HALF_COPY: true },
+  });
+  deepEqual(half.constants, { HALF_COPY: 1 });
+  equal(half.layout.map((e) => e.binding).join(","), "0,1,2,3,4,5,6,7");
+});

@@ -100,7 +100,7 @@ export interface EntryDecl<B extends string, U extends string, O extends string>
    * (defaults filled in); checked against {@linkcode LOOP_BUDGET} at every dispatch.
    */
   loopBound: (u: Readonly<Record<U, number>>, o: Readonly<Record<O, number>>) => number;
-  /** Dispatch name for pipelines, profiles and errors (`<kernel>_<entry>` by default). */
+  /** Pipeline label, and dispatch name by default (`<kernel>_<entry>` by default). */
   label?: string;
 }
 
@@ -142,7 +142,7 @@ export interface DispatchArgs<B extends string, U extends string, O extends stri
   workgroups: readonly [number, number, number];
   /** Floating-point operations the dispatch does, for GFLOP/s reports. */
   flops?: number;
-  /** Dispatch name, when the entry's label is not the one wanted (variants). */
+  /** Dispatch name, for profiles (the entry's label by default; the pipeline keeps that). */
   name?: string;
 }
 
@@ -150,6 +150,8 @@ export interface DispatchArgs<B extends string, U extends string, O extends stri
 export interface DispatchPlan {
   /** Dispatch name. */
   name: string;
+  /** The pipeline's label: the entry's. */
+  pipelineName: string;
   /** The full WGSL: generated header, then the body. */
   code: string;
   /** Lines of the header, so compile errors point into the .wgsl body. */
@@ -166,6 +168,8 @@ export interface DispatchPlan {
   uniform?: { binding: number; words: number[] };
   /** Loop bound and the values it was computed from. */
   loops: { bound: number; shape: Record<string, number> };
+  /** The scalar uniforms and the override constants (defaults filled in) by name. */
+  values: { uniforms: Record<string, number>; overrides: Record<string, number> };
 }
 
 // ---------------------------------------------------------------------------
@@ -310,8 +314,17 @@ export interface Kernel<B extends string, U extends string, O extends string, E 
   ): void;
 }
 
-/** The uniform buffer of each dispatch made by a declared kernel, and which kernel made it. */
-const uniformBuffers = new WeakMap<Dispatch, { kernel: string; buffer: GPUBuffer }>();
+/**
+ * The uniform buffer of each dispatch made by a declared kernel, which kernel and entry point
+ * made it, and the values its loop bound was checked for.
+ */
+const uniformBuffers = new WeakMap<Dispatch, {
+  kernel: string;
+  entry: string;
+  buffer: GPUBuffer;
+  uniforms: Record<string, number>;
+  overrides: Record<string, number>;
+}>();
 
 function overrideDecl(d: OverrideDecl): { type: string; default?: number | boolean } {
   return typeof d === "string" ? { type: d } : d;
@@ -418,10 +431,11 @@ export function defineKernel<
         );
         continue;
       }
+      // The resolved type, not the alias, so the declaration reads as what it is.
       const elem = d.type === "float"
-        ? aliasOf(b)
+        ? types[aliasOf(b)!] ?? "f32"
         : d.type === "vec4float"
-        ? `vec4<${aliasOf(b)}>`
+        ? `vec4<${types[aliasOf(b)!] ?? "f32"}>`
         : d.type;
       lines.push(`${at} var<storage, ${d.access}> ${b}: array<${elem}>;`);
     }
@@ -469,7 +483,7 @@ export function defineKernel<
 
   function plan(entry: E, args: DispatchArgs<B, U, O>): DispatchPlan {
     const ep = entryOf(entry);
-    const name = args.name ?? ep.label ?? `${k}_${entry}`;
+    const pipelineName = ep.label ?? `${k}_${entry}`, name = args.name ?? pipelineName;
     const where = `Kernel "${k}" entry point "${entry}"`;
     const allowed = [...ep.bindings, ...(ep.optional ?? [])];
     for (const b of Object.keys(args.buffers) as B[]) {
@@ -550,6 +564,7 @@ export function defineKernel<
     checkLoopBound(name, { bound, shape: { ...uAll, ...oAll } });
     return {
       name,
+      pipelineName,
       code: header(types) + decl.source,
       headerLines: header(types).split("\n").length - 1,
       entryPoint: entry,
@@ -558,6 +573,7 @@ export function defineKernel<
       buffers,
       uniform,
       loops: { bound, shape: { ...uAll, ...oAll } },
+      values: { uniforms: uAll, overrides: oAll },
     };
   }
 
@@ -572,6 +588,7 @@ export function defineKernel<
       const p = plan(entry, args);
       const d = await makeDispatch(rt, {
         name: p.name,
+        pipelineName: p.pipelineName,
         code: p.code,
         headerLines: p.headerLines,
         entryPoint: p.entryPoint,
@@ -583,7 +600,10 @@ export function defineKernel<
         flops: args.flops,
         loops: p.loops,
       });
-      if (p.uniform) uniformBuffers.set(d, { kernel: k, buffer: d.resources![0] });
+      if (p.uniform) {
+        const buffer = d.resources![0];
+        uniformBuffers.set(d, { kernel: k, entry, buffer, ...p.values });
+      }
       return d;
     },
     writeUniforms(queue, dispatch, values) {
@@ -593,6 +613,8 @@ export function defineKernel<
           `Kernel "${k}": dispatch "${dispatch.name}" was not built by it: write its own uniforms`,
         );
       }
+      const writes: [number, Uint32Array<ArrayBuffer>][] = [];
+      const next = { ...u.uniforms };
       for (const [f, v] of Object.entries(values) as [string, number | readonly number[]][]) {
         const slot = uLayout.slots[f];
         if (!slot) {
@@ -604,8 +626,15 @@ export function defineKernel<
         }
         const words = new Uint32Array(uniformShape[slot.type].words);
         writeField(`Kernel "${k}"`, f, { offset: 0, type: slot.type }, v, words);
-        queue.writeBuffer(u.buffer, slot.offset, words);
+        writes.push([slot.offset, words]);
+        if (typeof v === "number") next[f] = v;
       }
+      // The new values keep the loop bound within the budget, or nothing is written.
+      const ep = entryOf(u.entry as E);
+      const bound = ep.loopBound(next as Record<U, number>, u.overrides as Record<O, number>);
+      checkLoopBound(dispatch.name, { bound, shape: { ...next, ...u.overrides } });
+      for (const [offset, words] of writes) queue.writeBuffer(u.buffer, offset, words);
+      u.uniforms = next;
     },
   };
 }

@@ -21,8 +21,10 @@ export interface BufferRange {
 
 /** What {@linkcode makeDispatch} needs. */
 export interface DispatchSpec {
-  /** Kernel name, for the pipeline label, profiles and errors. */
+  /** Dispatch name, for profiles and errors (and the pipeline label without `pipelineName`). */
   name: string;
+  /** The pipeline's label, for compile errors and logs, when it is not `name`. */
+  pipelineName?: string;
   /** WGSL source code. */
   code: string;
   /** Entry-point function in `code`. */
@@ -117,7 +119,7 @@ export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dis
   if (spec.loops) checkLoopBound(spec.name, spec.loops);
   const pipeline = await rt.pipelines.get(
     {
-      name: spec.name,
+      name: spec.pipelineName ?? spec.name,
       code: spec.code,
       entryPoint: spec.entryPoint,
       headerLines: spec.headerLines,

@@ -25,6 +25,7 @@ export const classifierKernel = defineKernel({
   overrides: { WRITE_GRAD: { type: "bool", default: true } },
   entryPoints: {
     main: {
+      label: "classifier",
       bindings: ["logits", "targets", "losses", "loss_scale"],
       loopBound: (u) => 2 * Math.ceil(u.V / 64) + Math.ceil(u.Vp / 64) + 12,
     },

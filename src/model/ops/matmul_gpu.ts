@@ -20,8 +20,9 @@
  *   ty, ty + BM/TM, ..., so neighbouring invocations read neighbouring shared vec4s and
  *   write neighbouring vec4s of C.
  *
- * Generated kernels' header: bindings 0 A, 1 B, 2 C (read_write), 3 params (uniform),
- * 4 bias (only with bias). Geometry: workgroup (BN/TN, BM/TM, 1); grid (ceil(N/BN),
+ * Every kernel of the family, the tiled one included, declares its bindings (A, B, C
+ * read_write, bias) and uniforms through {@linkcode matmulKernel}; the generator writes only
+ * the body. Geometry: workgroup (BN/TN, BM/TM, 1); grid (ceil(N/BN),
  * ceil(M/BM), 1). Loop bound per invocation: ceil(K / BK) + 1 (the k0 loop; every other
  * loop is unrolled by the generator).
  *
@@ -30,8 +31,99 @@
 
 import type { DType } from "../../gpu/dtype.ts";
 import type { GpuLimits } from "../../gpu/device.ts";
-import { typedKernel } from "../../gpu/dtype.ts";
+import { type BindingDecl, defineKernel, type Kernel } from "../../gpu/define_kernel.ts";
 import tiledSrc from "../../../kernels/matmul_tiled.wgsl" with { type: "text" };
+
+// ---------------------------------------------------------------------------
+// The family's interface: one declaration for every matmul kernel, generated or not.
+
+/** A matmul kernel's declaration: A, B, C and bias by name, the product's uniforms. */
+export type MatmulDecl = Kernel<
+  "A" | "B" | "C" | "bias",
+  "M" | "N" | "K" | "lda" | "ldb" | "ldc" | "a_off" | "b_off" | "c_off" | "bias_off",
+  "TRANS_A" | "TRANS_B" | "HAS_BIAS" | "ACCUMULATE",
+  "main"
+>;
+
+const matmulDecls = new Map<string, MatmulDecl>();
+
+/**
+ * The declaration of a matmul kernel with this body (made once per body): operands f32 or
+ * f16 from their buffers (aliases a_t, b_t, c_t, bias_t), read as vec4 where `vec4` says;
+ * a bias binding only with `bias`; the loop bound as a function of the block's K.
+ */
+export function matmulKernel(
+  name: string,
+  source: string,
+  o: {
+    vec4: Record<"a" | "b" | "c" | "bias", boolean>;
+    bias: boolean;
+    loopBound: (K: number) => number;
+    overrides?: boolean;
+  },
+): MatmulDecl {
+  const key = `${name}\0${JSON.stringify([o.vec4, o.bias, !!o.overrides])}\0${source}`;
+  let k = matmulDecls.get(key);
+  if (k) return k;
+  const operand = (op: "a" | "b" | "c" | "bias", access: "read" | "read_write"): BindingDecl => ({
+    access,
+    type: o.vec4[op] ? "vec4float" : "float",
+    alias: `${op}_t`,
+  });
+  const u32 = "u32" as const;
+  k = defineKernel({
+    name,
+    source,
+    bindings: {
+      A: operand("a", "read"),
+      B: operand("b", "read"),
+      C: operand("c", "read_write"),
+      ...(o.bias ? { bias: operand("bias", "read") } : {}),
+    } as Record<"A" | "B" | "C" | "bias", BindingDecl>,
+    uniforms: {
+      M: u32,
+      N: u32,
+      K: u32,
+      lda: u32,
+      ldb: u32,
+      ldc: u32,
+      a_off: u32,
+      b_off: u32,
+      c_off: u32,
+      bias_off: u32,
+    },
+    overrides: o.overrides
+      ? { TRANS_A: "bool", TRANS_B: "bool", HAS_BIAS: "bool", ACCUMULATE: "bool" }
+      : undefined,
+    entryPoints: {
+      main: {
+        bindings: o.bias ? ["A", "B", "C", "bias"] : ["A", "B", "C"],
+        label: name,
+        loopBound: (u) => o.loopBound(u.K),
+      },
+    },
+  });
+  matmulDecls.set(key, k);
+  return k;
+}
+
+/** The header types of a matmul kernel for its operands' element types. */
+export function matmulTypes(t: Record<"a" | "b" | "c" | "bias", DType>): Record<string, DType> {
+  return { a_t: t.a, b_t: t.b, c_t: t.c, bias_t: t.bias };
+}
+
+/** Loop iterations of kernels/matmul_tiled.wgsl for a K of `k` (see its header). */
+export function tiledLoops(k: number): number {
+  return Math.ceil(k / 16) * 18;
+}
+
+/** kernels/matmul_tiled.wgsl's declaration (bias always bound: A again without one). */
+const tiledKernel = matmulKernel("matmul_tiled", tiledSrc, {
+  vec4: { a: false, b: false, c: false, bias: false },
+  bias: true,
+  loopBound: tiledLoops,
+  overrides: true,
+});
 
 /** A point of the family's search space. */
 export interface GpuTile {
@@ -130,8 +222,22 @@ export interface GpuMatmulVariant extends GpuTile {
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 const comp = ["x", "y", "z", "w"];
 
-/** WGSL source for one variant. */
+/** The declaration of a variant's generated kernel. */
+export function matmulGpuKernel(v: GpuMatmulVariant): MatmulDecl {
+  return matmulKernel(`matmul_${gpuTileName(v)}`, matmulGpuBody(v), {
+    vec4: v.vec4,
+    bias: v.bias,
+    loopBound: (K) => gpuTileLoops(v, K),
+  });
+}
+
+/** WGSL source for one variant: its declaration's header, then the generated body. */
 export function matmulGpuWgsl(v: GpuMatmulVariant): string {
+  return matmulGpuKernel(v).header(matmulTypes(v.types)) + matmulGpuBody(v);
+}
+
+/** The generated body of one variant (no bindings: see {@linkcode matmulKernel}). */
+function matmulGpuBody(v: GpuMatmulVariant): string {
   const problem = gpuTileProblem(v);
   if (problem) throw new RangeError(`Matmul tile ${gpuTileName(v)} is not valid: ${problem}`);
   const { bm, bn, bk, tm, tn, transA, transB } = v;
@@ -140,19 +246,11 @@ export function matmulGpuWgsl(v: GpuMatmulVariant): string {
   const out: string[] = [];
   const o = (s: string) => out.push(s);
   const vt = (k: "a" | "b" | "c" | "bias") => (v.vec4[k] ? `vec4<${ty[k]}>` : ty[k]);
-  if (Object.values(ty).includes("f16")) o(`enable f16;`);
   o(
     `// matmul ${gpuTileName(v)} transA=${transA} transB=${transB} bias=${v.bias} ` +
       `accumulate=${v.accumulate} a=${vt("a")} b=${vt("b")} c=${vt("c")} ` +
       `(generated by src/model/ops/matmul_gpu.ts; loop bound ceil(K/${bk}) + 1)`,
   );
-  o(`struct Params { M: u32, N: u32, K: u32, lda: u32, ldb: u32, ldc: u32,`);
-  o(`  a_off: u32, b_off: u32, c_off: u32, bias_off: u32, p0: u32, p1: u32 }`);
-  o(`@group(0) @binding(0) var<storage, read> A: array<${vt("a")}>;`);
-  o(`@group(0) @binding(1) var<storage, read> B: array<${vt("b")}>;`);
-  o(`@group(0) @binding(2) var<storage, read_write> C: array<${vt("c")}>;`);
-  o(`@group(0) @binding(3) var<uniform> p: Params;`);
-  if (v.bias) o(`@group(0) @binding(4) var<storage, read> bias: array<${vt("bias")}>;`);
   // Row lengths of the staged tiles in vec4s: +1 where the stores transpose.
   const as4 = (bm + (transA ? 0 : 4)) / 4, bs4 = (bn + (transB ? 4 : 0)) / 4;
   o(`var<workgroup> As: array<vec4f, ${bk * as4}>; // [BK][BM(+4)] of op(A), k-major`);
@@ -297,16 +395,18 @@ export interface BlockProduct {
 export interface KernelPlan {
   /** Pipeline name. */
   kernel: string;
-  code: string;
-  constants?: Record<string, number>;
+  /** The kernel's declaration (its body included). */
+  decl: MatmulDecl;
+  /** Override constants (the tiled kernel's). */
+  constants?: Partial<Record<"TRANS_A" | "TRANS_B" | "HAS_BIAS" | "ACCUMULATE", boolean>>;
   workgroups: [number, number, number];
-  /** Binding 4: the bias, A again (layout needs it, kernel ignores it), or nothing. */
+  /** The bias binding: the bias, A again (the kernel uses it, ignoring it), or none. */
   binding4: "bias" | "a" | "none";
 }
 
 /** The plan for a generated GPU-family kernel. */
 export function gpuTilePlan(t: GpuTile, b: BlockProduct): KernelPlan {
-  const code = matmulGpuWgsl({
+  const decl = matmulGpuKernel({
     ...t,
     transA: b.transA,
     transB: b.transB,
@@ -317,7 +417,7 @@ export function gpuTilePlan(t: GpuTile, b: BlockProduct): KernelPlan {
   });
   return {
     kernel: `matmul_${gpuTileName(t)}`,
-    code,
+    decl,
     workgroups: [Math.ceil(b.N / t.bn), Math.ceil(b.M / t.bm), 1],
     binding4: b.bias ? "bias" : "none",
   };
@@ -327,18 +427,12 @@ export function gpuTilePlan(t: GpuTile, b: BlockProduct): KernelPlan {
 export function tiledPlan(b: BlockProduct): KernelPlan {
   return {
     kernel: "matmul_tiled",
-    code: typedKernel(tiledSrc, {
-      a_t: b.types.a,
-      b_t: b.types.b,
-      c_t: b.types.c,
-      // Without bias, binding 4 is A again.
-      bias_t: b.bias ? b.types.bias : b.types.a,
-    }),
+    decl: tiledKernel,
     constants: {
-      TRANS_A: +b.transA,
-      TRANS_B: +b.transB,
-      HAS_BIAS: +b.bias,
-      ACCUMULATE: +b.accumulate,
+      TRANS_A: b.transA,
+      TRANS_B: b.transB,
+      HAS_BIAS: b.bias,
+      ACCUMULATE: b.accumulate,
     },
     workgroups: [Math.ceil(b.N / 64), Math.ceil(b.M / 64), 1],
     binding4: b.bias ? "bias" : "a",
