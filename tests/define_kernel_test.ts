@@ -1,7 +1,7 @@
 // Kernel declarations (src/gpu/define_kernel.ts) without a GPU: the generated WGSL header,
 // layout entries, named uniform packing with WGSL's alignment, and the errors for missing,
 // unknown and mistyped bindings, uniforms and constants. One GPU test runs a declared kernel.
-import { deepEqual, equal, match, throws } from "node:assert/strict";
+import { deepEqual, equal, match, rejects, throws } from "node:assert/strict";
 import { defineKernel, packUniforms, uniformLayout } from "../src/gpu/define_kernel.ts";
 import { setDType } from "../src/gpu/dtype.ts";
 import { LOOP_BUDGET } from "../src/gpu/kernel.ts";
@@ -377,4 +377,24 @@ Deno.test("the optimizers' interfaces are expressible: a shared Step struct, an 
   });
   deepEqual(half.constants, { HALF_COPY: 1 });
   equal(half.layout.map((e) => e.binding).join(","), "0,1,2,3,4,5,6,7");
+});
+
+gpuTest("a declared kernel's compile errors give the line in its .wgsl body", async (rt) => {
+  const broken = defineKernel({
+    name: "broken",
+    source: "@compute @workgroup_size(1)\nfn main() {\n  x[0] = undefined_thing;\n}\n",
+    bindings: { x: { access: "read_write", type: "f32" } },
+    uniforms: { n: "u32" },
+    entryPoints: { main: { bindings: ["x"], loopBound: () => 0 } },
+  });
+  const x = rt.arena.alloc("x", "scratch", 16);
+  try {
+    await rejects(
+      () =>
+        broken.dispatch(rt, "main", { buffers: { x }, uniforms: { n: 1 }, workgroups: [1, 1, 1] }),
+      /Kernel "broken_main" failed to compile: broken\.wgsl:3:\d+: /,
+    );
+  } finally {
+    rt.arena.free(x);
+  }
 });

@@ -591,6 +591,7 @@ export function defineKernel<
         pipelineName: p.pipelineName,
         code: p.code,
         headerLines: p.headerLines,
+        file: `${k}.wgsl`,
         entryPoint: p.entryPoint,
         constants: p.constants,
         layout: p.layout,

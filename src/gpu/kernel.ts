@@ -31,6 +31,8 @@ export interface DispatchSpec {
   entryPoint: string;
   /** Lines of generated header before the .wgsl body (for compile errors; 0 by default). */
   headerLines?: number;
+  /** The body's file, for compile errors (`<pipeline name>.wgsl` by default). */
+  file?: string;
   /**
    * The bind-group layout's entries (src/gpu/define_kernel.ts makes them from a kernel's
    * declaration); without one the pipeline's layout is "auto".
@@ -123,6 +125,7 @@ export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dis
       code: spec.code,
       entryPoint: spec.entryPoint,
       headerLines: spec.headerLines,
+      file: spec.file,
       layout: spec.layout,
     },
     spec.constants ?? {},

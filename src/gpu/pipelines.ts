@@ -21,6 +21,8 @@ export interface KernelSource {
   entryPoint?: string;
   /** Lines of generated header before the .wgsl body, so errors give the body's lines. */
   headerLines?: number;
+  /** The body's file, for compile errors (`<name>.wgsl` by default). */
+  file?: string;
   /** Bind group 0's layout entries, explicit; "auto" without them. */
   layout?: readonly GPUBindGroupLayoutEntry[];
 }
@@ -128,7 +130,7 @@ export class PipelineCache {
         // Lines of the generated header are named as such; the body's as in its .wgsl file.
         const at = (line: number) =>
           line > h
-            ? `${kernel.name}.wgsl:${line - h}`
+            ? `${kernel.file ?? `${kernel.name}.wgsl`}:${line - h}`
             : `${kernel.name} (generated header):${line}`;
         throw new ShaderError(
           kernel.name,
