@@ -11,6 +11,13 @@
  * `"vec4float"`) takes f32 or f16 from the buffer bound to it (src/gpu/dtype.ts) and the
  * header declares its alias (`alias out_t = f16;`) and `enable f16;` to match.
  *
+ * Converting a kernel: delete its `@group/@binding` lines, its `struct Params`, its
+ * `alias x_t = f32;` lines, its `override` lines and any `enable`; declare them here instead
+ * (storage bindings by name in binding order, uniform fields by name as `p.<field>`, a
+ * caller-owned uniform buffer as a binding with `access: "uniform"` and a WGSL type or
+ * `{ struct, fields }`, bindings only some dispatches pass as an entry's `optional`), and
+ * state each entry point's loop bound as a function of the uniforms and constants.
+ *
  * @example
  * ```ts
  * const gelu = defineKernel({
