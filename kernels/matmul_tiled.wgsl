@@ -18,7 +18,7 @@
 // K past the budget (K > 58,254).
 // Bindings (A, B, C read_write, bias: A again when HAS_BIAS is false), uniforms (p.M, p.N,
 // p.K, p.lda, p.ldb, p.ldc, p.a_off, p.b_off, p.c_off, p.bias_off) and the override constants
-// TRANS_A, TRANS_B, HAS_BIAS, ACCUMULATE: declared in src/model/ops/matmul_gpu.ts.
+// TRANS_A, TRANS_B, HAS_BIAS, ACCUMULATE: declared in src/model/ops/matmul_kernel.ts.
 // Geometry: workgroup (16,16,1); grid (ceil(N/64), ceil(M/64), 1).
 
 const BM = 64u;

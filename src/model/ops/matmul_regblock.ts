@@ -16,7 +16,7 @@
  * same columns so that B's loads have one address for all lanes.
  *
  * Bindings: A, B, C (rw), bias (only when `bias`), all array<vec4<T>> with T each operand's
- * element type, and the uniforms: declared through src/model/ops/matmul_gpu.ts's
+ * element type, and the uniforms: declared through src/model/ops/matmul_kernel.ts's
  * matmulKernel, which prepends them to the generated body.
  * Geometry: workgroup (L,1,1), L lanes (8 by default, 4 to 32); grid
  * (ceil(M / (L·TM)), ceil(N / (4·TN4)), 1). Named variants (rb{L}_t{TM}x{4·TN4}) are
@@ -28,13 +28,8 @@
  */
 
 import type { DType } from "../../gpu/dtype.ts";
-import {
-  type BlockProduct,
-  type KernelPlan,
-  type MatmulDecl,
-  matmulKernel,
-  matmulTypes,
-} from "./matmul_gpu.ts";
+import type { BlockProduct, KernelPlan } from "./matmul_gpu.ts";
+import { type MatmulDecl, matmulKernel, matmulTypes } from "./matmul_kernel.ts";
 
 /** What a generated kernel computes. */
 export interface RegblockVariant {
