@@ -17,23 +17,11 @@
 // Shapes: q1 [3C] (the new token's q | k | v; only q is read), cache [maxT, 3C] (rows 0..t
 // hold q | k | v of every position, row t included), out [C], partial [NH, S, HS + 2] with
 // S = ceil(maxT / DK). HS = C / NH at most 128.
-// Element types: q1 and cache qkv_t, out out_t (aliases, f32 or f16 through
-// src/gpu/dtype.ts); partial and the sums are f32.
-// Bindings: 0 q1, 1 cache, 2 out, 3 params (t is rewritten before each token), 4 partial.
+// Element types: q1 and cache qkv_t, out out_t (f32 or f16, from the bound buffers); partial
+// and the sums are f32.
+// Bindings, uniforms (p.t, rewritten before each token, p.C, p.NH, p.S) and HS: declared in
+// src/model/ops/attention_decode.ts.
 // Geometry: workgroup (64,1,1); partial grid (S, NH, 1), combine grid (NH, 1, 1).
-
-struct Params { t: u32, C: u32, NH: u32, S: u32 }
-
-override HS: u32 = 64u;
-
-alias qkv_t = f32;
-alias out_t = f32;
-
-@group(0) @binding(0) var<storage, read> q1: array<qkv_t>;
-@group(0) @binding(1) var<storage, read> cache: array<qkv_t>;
-@group(0) @binding(2) var<storage, read_write> out: array<out_t>;
-@group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
 
 const WG = 64u;
 const DK = 256u;

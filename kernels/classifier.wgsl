@@ -8,19 +8,10 @@
 // The logits are never copied: the gradient replaces them in the same buffer.
 // A tgt of 0xFFFFFFFF marks a position without a loss (loss 0, gradient 0).
 //
-// Bindings: 0 logits (rw), 1 targets [N] u32, 2 losses [N], 3 params, 4 loss_scale (x).
+// Bindings (logits rw, targets [N] u32, losses [N], loss_scale: the uniform's x), uniforms
+// (p.N, p.V, p.Vp, p.dloss) and WRITE_GRAD: declared in src/model/ops/classifier.ts.
 // Geometry: workgroup (64,1,1), one workgroup per row; grid (N,1,1) folded into y.
 // Loop bound per invocation: 2 * ceil(V/64) + ceil(Vp/64) + 12 (2,370 for GPT-2's V).
-
-override WRITE_GRAD: bool = true;
-
-struct Params { N: u32, V: u32, Vp: u32, dloss: f32 }
-
-@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> targets: array<u32>;
-@group(0) @binding(2) var<storage, read_write> losses: array<f32>;
-@group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<uniform> loss_scale: vec4f;
 
 var<workgroup> red: array<f32, 64>;
 

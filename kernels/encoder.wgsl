@@ -17,27 +17,16 @@
 // Loop bound per invocation: forward 0; backward_wpe B; backward_wte s1 - s0 (at most
 // 32768, src/model/ops/encoder.ts).
 //
-// Bindings: see each entry point; params at binding 7.
+// Bindings and uniforms (p.BT, p.T, p.C, p.v0, p.v1, p.first, p.pos0, p.s0, p.s1): declared in
+// src/model/ops/encoder.ts.
 // Geometry: workgroup (64,1,1); forward and backward_wte over BT*C invocations,
 // backward_wpe over T*C; grids folded into y past 65535 workgroups.
-
-struct Params {
-  BT: u32, T: u32, C: u32, v0: u32, v1: u32, first: u32, pos0: u32, s0: u32,
-  s1: u32, p1: u32, p2: u32, p3: u32,
-}
-
-@group(0) @binding(0) var<storage, read> tokens: array<u32>;
-@group(0) @binding(7) var<uniform> p: Params;
 
 fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
   return gid.x + gid.y * nwg.x * 64u;
 }
 
 // ---------------------------------------------------------------------------
-@group(0) @binding(1) var<storage, read> wte: array<f32>;
-@group(0) @binding(2) var<storage, read> wpe: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-
 @compute @workgroup_size(64, 1, 1)
 fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
@@ -55,9 +44,6 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 }
 
 // ---------------------------------------------------------------------------
-@group(0) @binding(4) var<storage, read> dout: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dwpe: array<f32>;
-
 @compute @workgroup_size(64, 1, 1)
 fn backward_wpe(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
@@ -69,9 +55,6 @@ fn backward_wpe(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
 }
 
 // ---------------------------------------------------------------------------
-@group(0) @binding(6) var<storage, read_write> dwte: array<f32>;
-@group(0) @binding(8) var<storage, read> order: array<u32>;
-
 @compute @workgroup_size(64, 1, 1)
 fn backward_wte(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);

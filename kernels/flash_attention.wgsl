@@ -40,29 +40,17 @@
 //
 // Shapes: qkv/dqkv [B, T, 3C] (q | k | v, head h at channels h*HS..), out/dout [B, T, C],
 // lse/delta [B, NH, T]. HS = C / NH at most 128 (GPT-2's is 64); BK * HS4 <= 512.
-// Element types: qkv qkv_t, out out_t, dqkv dqkv_t (aliases, f32 or f16 through
-// src/gpu/dtype.ts); lse, dout, delta and all arithmetic are f32.
-// Bindings: 0 qkv, 1 out, 2 lse, 3 dout, 4 delta, 5 dqkv, 6 params.
+// Element types: qkv qkv_t, out out_t, dqkv dqkv_t (f32 or f16, from the bound buffers); lse,
+// dout, delta and all arithmetic are f32.
+// Bindings (qkv, out, lse, dout, delta, dqkv): declared in src/model/ops/attention.ts.
 // Geometry: forward, dq, dkv: workgroup (64,1,1), grid (blocks of 64*ROWS rows from blk0,
 // B*NH, 1);
 // delta: workgroup (64,1,1), grid over B*T*NH invocations, folded into y.
 
-// k0..k1: this dispatch's chunk (keys for forward and dq, queries for dkv); blk0: the first
-// row block in the grid; first: 1 for the dispatch that writes instead of merging.
-struct Params { B: u32, T: u32, C: u32, NH: u32, k0: u32, k1: u32, blk0: u32, first: u32 }
-
-override HS: u32 = 64u;
-override BK: u32 = 32u;
-override ROWS: u32 = 1u;
-
-alias qkv_t = f32;
-alias out_t = f32;
-alias dqkv_t = f32;
-
-@group(0) @binding(0) var<storage, read> qkv: array<qkv_t>;
-@group(0) @binding(1) var<storage, read_write> out: array<out_t>;
-@group(0) @binding(2) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(6) var<uniform> p: Params;
+// Uniforms (declared in src/model/ops/attention.ts): p.B, p.T, p.C, p.NH; p.k0..p.k1: this
+// dispatch's chunk (keys for forward and dq, queries for dkv); p.blk0: the first row block in
+// the grid; p.first: 1 for the dispatch that writes instead of merging. Override constants HS,
+// BK, ROWS (defaults 64, 32, 1).
 
 const WG = 64u;
 const MAX_HS4 = 32u;
@@ -234,10 +222,6 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
 }
 
 // ---------------------------------------------------------------------------
-@group(0) @binding(3) var<storage, read> dout: array<f32>;
-@group(0) @binding(4) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dqkv: array<dqkv_t>;
-
 fn dout4(base: u32, c: u32) -> vec4f {
   return vec4f(
     dout[base + c],

@@ -3,21 +3,12 @@
 // forward:   out = 0.5 x (1 + tanh(s (x + 0.044715 x^3))), s = sqrt(2 / pi)
 // backward:  dinp = dout * d(out)/dx
 //
-// Element types: inp in_t, out out_t, dinp din_t (aliases, f32 or f16 through
-// src/gpu/dtype.ts); dout and all arithmetic are f32.
+// Element types: inp inp_t, out out_t, dinp dinp_t (f32 or f16, from the bound buffers);
+// dout and all arithmetic are f32.
 //
-// Shapes: [N] flat. Bindings: 0 inp, 1 out, 2 dout, 3 dinp, 4 params.
+// Shapes: [N] flat. Bindings and uniforms (p.N): declared in src/model/ops/gelu.ts.
 // Geometry: workgroup (64,1,1); grid over N, folded into y.
 // Loop bound per invocation: 0 (no loops).
-
-struct Params { N: u32, p0: u32, p1: u32, p2: u32 }
-
-alias in_t = f32;
-alias out_t = f32;
-alias din_t = f32;
-
-@group(0) @binding(0) var<storage, read> inp: array<in_t>;
-@group(0) @binding(4) var<uniform> p: Params;
 
 const S = 0.7978845608028654;
 
@@ -32,8 +23,6 @@ fn safe_tanh(u: f32) -> f32 {
   return sign(u) * (1.0 - e) / (1.0 + e);
 }
 
-@group(0) @binding(1) var<storage, read_write> out: array<out_t>;
-
 @compute @workgroup_size(64, 1, 1)
 fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
@@ -41,9 +30,6 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let x = f32(inp[i]);
   out[i] = out_t(0.5 * x * (1.0 + safe_tanh(S * (x + 0.044715 * x * x * x))));
 }
-
-@group(0) @binding(2) var<storage, read> dout: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dinp: array<din_t>;
 
 @compute @workgroup_size(64, 1, 1)
 fn backward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -54,5 +40,5 @@ fn backward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) 
   let th = safe_tanh(u);
   let sech2 = 1.0 - th * th;
   let local = 0.5 * (1.0 + th) + 0.5 * x * sech2 * S * (1.0 + 3.0 * 0.044715 * x * x);
-  dinp[i] = din_t(local * dout[i]);
+  dinp[i] = dinp_t(local * dout[i]);
 }

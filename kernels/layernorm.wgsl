@@ -14,19 +14,12 @@
 // Loop bound per invocation: forward 3C; backward_input 2C; backward_params n1 - n0
 // (at most 32768, src/model/ops/layernorm.ts).
 //
-// out's element type is the alias out_t (f32, or f16 through src/gpu/dtype.ts); the
-// statistics and every other tensor are f32.
+// out's element type is out_t (f32 or f16, from the bound buffer); the statistics and every
+// other tensor are f32.
 //
-// Bindings: 0 inp, 1 weight, 2 bias, 3 out, 4 mean, 5 rstd, 6 dout, 7 dinp,
-// 8 dweight, 9 dbias, 10 params. Geometry: workgroup (64,1,1); grid over N rows
-// (forward, backward_input) or C channels (backward_params), folded into y.
-
-struct Params { N: u32, C: u32, n0: u32, n1: u32 }
-
-@group(0) @binding(0) var<storage, read> inp: array<f32>;
-@group(0) @binding(4) var<storage, read_write> mean: array<f32>;
-@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
-@group(0) @binding(10) var<uniform> p: Params;
+// Bindings and uniforms (p.N, p.C, p.n0, p.n1): declared in src/model/ops/layernorm.ts.
+// Geometry: workgroup (64,1,1); grid over N rows (forward, backward_input) or C channels
+// (backward_params), folded into y.
 
 const EPS = 1e-5;
 
@@ -35,10 +28,6 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
 }
 
 // ---------------------------------------------------------------------------
-@group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-alias out_t = f32;
-@group(0) @binding(3) var<storage, read_write> out: array<out_t>;
 
 // The row's mean and rstd (written to mean[n], rstd[n]).
 fn row_stats(n: u32) -> vec2f {
@@ -68,7 +57,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   }
 }
 
-// Without a bias (nanoGPT's bias=False): binding 2 is not used.
+// Without a bias (nanoGPT's bias=False): no bias binding.
 @compute @workgroup_size(64, 1, 1)
 fn forward_no_bias(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let n = linear_index(gid, nwg);
@@ -81,8 +70,6 @@ fn forward_no_bias(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workg
 }
 
 // ---------------------------------------------------------------------------
-@group(0) @binding(6) var<storage, read> dout: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dinp: array<f32>;
 
 @compute @workgroup_size(64, 1, 1)
 fn backward_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -108,8 +95,6 @@ fn backward_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgr
 }
 
 // ---------------------------------------------------------------------------
-@group(0) @binding(8) var<storage, read_write> dweight: array<f32>;
-@group(0) @binding(9) var<storage, read_write> dbias: array<f32>;
 
 // Channel c's sums over rows [n0, n1): x = dweight's, y = dbias's.
 fn param_sums(c: u32) -> vec2f {
@@ -132,7 +117,7 @@ fn backward_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workg
   dbias[c] += s.y;
 }
 
-// Without a bias: binding 9 is not used.
+// Without a bias: no dbias binding.
 @compute @workgroup_size(64, 1, 1)
 fn backward_params_no_bias(
   @builtin(global_invocation_id) gid: vec3u,

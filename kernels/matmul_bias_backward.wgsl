@@ -6,19 +6,10 @@
 //
 // Loop bound per invocation: ceil(M / 4) + 3; src/model/matmul.ts sums at most 131072 rows
 // per dispatch (later dispatches accumulate), so at most 32771.
-// Bindings: 0 dout, 1 dbias (read_write), 2 params (uniform).
+// Element types dout_t, dbias_t: f32 or f16, from the bound buffers; sums are f32.
+// Bindings (dout, dbias rw), uniforms (p.M, p.N, p.ldd, p.d_off, p.bias_off) and ACCUMULATE:
+// declared in src/model/ops/matmul.ts.
 // Geometry: workgroup (64,1,1); grid (ceil(N/64), 1, 1).
-
-override ACCUMULATE: bool = true;
-
-struct Params { M: u32, N: u32, ldd: u32, d_off: u32, bias_off: u32, p0: u32, p1: u32, p2: u32 }
-
-alias dout_t = f32; // element types (src/gpu/dtype.ts); sums are f32
-alias dbias_t = f32;
-
-@group(0) @binding(0) var<storage, read> dout: array<dout_t>;
-@group(0) @binding(1) var<storage, read_write> dbias: array<dbias_t>;
-@group(0) @binding(2) var<uniform> p: Params;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3u) {

@@ -7,9 +7,10 @@
  * with {@linkcode dtypeOf}, so a model switches precision by allocating
  * differently, not by threading types through every call.
  *
- * Kernels that accept either type declare one alias per tensor, e.g.
- * `alias out_t = f32;`, read with `f32(x[i])` and write with `out_t(value)`.
- * {@linkcode typedKernel} rewrites the aliases and adds `enable f16;`.
+ * Kernels that accept either type declare such bindings as `"float"` in their
+ * declaration (src/gpu/define_kernel.ts), which generates one alias per tensor, e.g.
+ * `alias out_t = f16;`, and `enable f16;`; bodies read with `f32(x[i])` and write with
+ * `out_t(value)`.
  *
  * @module
  */
@@ -38,6 +39,9 @@ export function dtypeOf(buffer: GPUBuffer): DType {
 /**
  * `code` with each `alias NAME = f32;` line set to the given type, and
  * `enable f16;` first when any is f16. Every alias named must exist.
+ *
+ * @deprecated Declare the kernel with `defineKernel` and `"float"` bindings: variants come
+ * from the declaration, not from edits of kernel text. No kernel of the package uses this.
  */
 export function typedKernel(code: string, aliases: Record<string, DType>): string {
   let out = code;

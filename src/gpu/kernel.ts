@@ -21,12 +21,23 @@ export interface BufferRange {
 
 /** What {@linkcode makeDispatch} needs. */
 export interface DispatchSpec {
-  /** Kernel name, for the pipeline label, profiles and errors. */
+  /** Dispatch name, for profiles and errors (and the pipeline label without `pipelineName`). */
   name: string;
+  /** The pipeline's label, for compile errors and logs, when it is not `name`. */
+  pipelineName?: string;
   /** WGSL source code. */
   code: string;
   /** Entry-point function in `code`. */
   entryPoint: string;
+  /** Lines of generated header before the .wgsl body (for compile errors; 0 by default). */
+  headerLines?: number;
+  /** The body's file, for compile errors (`<pipeline name>.wgsl` by default). */
+  file?: string;
+  /**
+   * The bind-group layout's entries (src/gpu/define_kernel.ts makes them from a kernel's
+   * declaration); without one the pipeline's layout is "auto".
+   */
+  layout?: readonly GPUBindGroupLayoutEntry[];
   /** Override constants for the pipeline (none by default). */
   constants?: OverrideConstants;
   /** Buffer bindings (storage, or a shared uniform buffer) by binding number. */
@@ -109,7 +120,14 @@ export function grid1d(n: number, size: number): [number, number, number] {
 export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dispatch> {
   if (spec.loops) checkLoopBound(spec.name, spec.loops);
   const pipeline = await rt.pipelines.get(
-    { name: spec.name, code: spec.code, entryPoint: spec.entryPoint },
+    {
+      name: spec.pipelineName ?? spec.name,
+      code: spec.code,
+      entryPoint: spec.entryPoint,
+      headerLines: spec.headerLines,
+      file: spec.file,
+      layout: spec.layout,
+    },
     spec.constants ?? {},
   );
   const limit = rt.gpu.limits.maxStorageBufferBindingSize;
@@ -147,7 +165,9 @@ export async function makeDispatch(rt: Runtime, spec: DispatchSpec): Promise<Dis
   }
   const bindGroup = rt.device.createBindGroup({
     label: spec.name,
-    layout: pipeline.getBindGroupLayout(0),
+    layout: spec.layout
+      ? rt.pipelines.layout(spec.layout).bindGroupLayout
+      : pipeline.getBindGroupLayout(0),
     entries,
   });
   return {

@@ -52,3 +52,20 @@ export {
   withTuner,
 } from "./autotune.ts";
 export { dispatchTimer, type DispatchTimerOptions } from "./tune_timer.ts";
+export {
+  type BindingArg,
+  type BindingDecl,
+  defineKernel,
+  type DispatchArgs,
+  type DispatchPlan,
+  type EntryDecl,
+  type Kernel,
+  type KernelDecl,
+  type OverrideDecl,
+  packUniforms,
+  type StorageType,
+  type UniformFields,
+  uniformLayout,
+  type UniformSlot,
+  type UniformType,
+} from "./define_kernel.ts";

@@ -19,6 +19,20 @@ export interface KernelSource {
   code: string;
   /** Entry-point function; "main" by default. */
   entryPoint?: string;
+  /** Lines of generated header before the .wgsl body, so errors give the body's lines. */
+  headerLines?: number;
+  /** The body's file, for compile errors (`<name>.wgsl` by default). */
+  file?: string;
+  /** Bind group 0's layout entries, explicit; "auto" without them. */
+  layout?: readonly GPUBindGroupLayoutEntry[];
+}
+
+/** An explicit layout: bind group 0 and the pipeline layout around it. */
+export interface KernelLayout {
+  /** Bind group 0's layout. */
+  bindGroupLayout: GPUBindGroupLayout;
+  /** The pipeline layout of that one group. */
+  pipelineLayout: GPUPipelineLayout;
 }
 
 /** Override constants as passed to `GPUProgrammableStage.constants`. */
@@ -53,6 +67,7 @@ export class PipelineCache {
   readonly device: GPUDevice;
   #modules = new Map<string, GPUShaderModule>();
   #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  #layouts = new Map<string, KernelLayout>();
 
   /** An empty cache for `device`. */
   constructor(device: GPUDevice) {
@@ -64,11 +79,27 @@ export class PipelineCache {
     return this.#pipelines.size;
   }
 
+  /** The bind-group and pipeline layouts for these entries, made once. */
+  layout(entries: readonly GPUBindGroupLayoutEntry[]): KernelLayout {
+    const key = JSON.stringify(entries);
+    let l = this.#layouts.get(key);
+    if (!l) {
+      const bindGroupLayout = this.device.createBindGroupLayout({ entries: [...entries] });
+      const pipelineLayout = this.device.createPipelineLayout({
+        bindGroupLayouts: [bindGroupLayout],
+      });
+      l = { bindGroupLayout, pipelineLayout };
+      this.#layouts.set(key, l);
+    }
+    return l;
+  }
+
   /** The pipeline for a kernel with the given override constants. */
   get(kernel: KernelSource, constants: OverrideConstants = {}): Promise<GPUComputePipeline> {
     const entryPoint = kernel.entryPoint ?? "main";
     const sortedConstants = Object.keys(constants).sort().map((k) => [k, constants[k]]);
-    const key = `${entryPoint}\0${JSON.stringify(sortedConstants)}\0${kernel.code}`;
+    const layoutKey = kernel.layout ? JSON.stringify(kernel.layout) : "auto";
+    const key = `${entryPoint}\0${JSON.stringify(sortedConstants)}\0${layoutKey}\0${kernel.code}`;
     let p = this.#pipelines.get(key);
     if (!p) {
       p = this.#compile(kernel, entryPoint, constants);
@@ -95,11 +126,16 @@ export class PipelineCache {
       const scopeError = await device.popErrorScope();
       const errors = info.messages.filter((m) => m.type === "error");
       if (errors.length) {
-        const lines = kernel.code.split("\n");
+        const lines = kernel.code.split("\n"), h = kernel.headerLines ?? 0;
+        // Lines of the generated header are named as such; the body's as in its .wgsl file.
+        const at = (line: number) =>
+          line > h
+            ? `${kernel.file ?? `${kernel.name}.wgsl`}:${line - h}`
+            : `${kernel.name} (generated header):${line}`;
         throw new ShaderError(
           kernel.name,
           errors.map((m) =>
-            `${kernel.name}.wgsl:${m.lineNum}:${m.linePos}: ${m.message.trim()}` +
+            `${at(m.lineNum)}:${m.linePos}: ${m.message.trim()}` +
             (lines[m.lineNum - 1] !== undefined ? `\n    ${lines[m.lineNum - 1].trim()}` : "")
           ).join("\n"),
         );
@@ -111,7 +147,7 @@ export class PipelineCache {
     const t0 = performance.now();
     const pipeline = device.createComputePipeline({
       label: kernel.name,
-      layout: "auto",
+      layout: kernel.layout ? this.layout(kernel.layout).pipelineLayout : "auto",
       compute: { module, entryPoint, constants },
     });
     const ms = performance.now() - t0;

@@ -21,6 +21,8 @@ import {
   decodePartialBytes,
   encoderForward,
   layernormForward,
+  setDecodePosition,
+  setEncoderPosition,
 } from "./ops/mod.ts";
 import {
   BLOCK_ACTIVATIONS,
@@ -208,9 +210,8 @@ export class Decoder {
     this.#history.push(token);
     const q = this.rt.device.queue;
     q.writeBuffer(this.#token, 0, new Uint32Array([token]));
-    const pos = new Uint32Array([t]); // the position: word 6 of the encoder's uniform, 0 of attention's
-    for (const d of this.#embed) q.writeBuffer(d.resources![0], 24, pos);
-    for (const d of this.#attention.flat()) q.writeBuffer(d.resources![0], 0, pos);
+    setEncoderPosition(q, this.#embed, t);
+    setDecodePosition(q, this.#attention.flat(), t);
     const qkv = BLOCK_ACTIVATIONS.qkv; // one row of q|k|v, as the cache stores it
     const C3 = qkv.width(this.config) * dtypeBytes(bufferDType(qkv, this.#prefill.precision));
     const enc = this.rt.device.createCommandEncoder();

@@ -7,17 +7,58 @@
 
 import { type Dispatch, freeDispatches } from "../../gpu/dispatch.ts";
 import { dispatchTimer, tunerFor } from "../../gpu/autotune.ts";
-import {
-  type BufferRange,
-  grid1d,
-  LOOP_BUDGET,
-  makeDispatch,
-  splitRange,
-} from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { grid1d, LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { dtypeOf, typedKernel } from "../../gpu/dtype.ts";
-import { all } from "./tensor.ts";
+import { dtypeOf } from "../../gpu/dtype.ts";
 import flashSrc from "../../../kernels/flash_attention.wgsl" with { type: "text" };
+
+/** kernels/flash_attention.wgsl's interface. */
+export const flashAttentionKernel = defineKernel({
+  name: "flash_attention",
+  source: flashSrc,
+  bindings: {
+    qkv: { access: "read", type: "float" },
+    out: { access: "read_write", type: "float" },
+    lse: { access: "read_write", type: "f32" },
+    dout: { access: "read", type: "f32" },
+    delta: { access: "read_write", type: "f32" },
+    dqkv: { access: "read_write", type: "float" },
+  },
+  uniforms: {
+    B: "u32",
+    T: "u32",
+    C: "u32",
+    NH: "u32",
+    k0: "u32",
+    k1: "u32",
+    blk0: "u32",
+    first: "u32",
+  },
+  overrides: {
+    HS: { type: "u32", default: 64 },
+    BK: { type: "u32", default: 32 },
+    ROWS: { type: "u32", default: 1 },
+  },
+  entryPoints: {
+    forward: {
+      bindings: ["qkv", "out", "lse"],
+      loopBound: (u, o) => flashLoopBound("forward", o.HS, u.k1 - u.k0, o.ROWS as FlashRows),
+    },
+    backward_delta: { bindings: ["out", "dout", "delta"], loopBound: (_, o) => o.HS },
+    backward_dq: {
+      bindings: ["qkv", "lse", "dout", "delta", "dqkv"],
+      loopBound: (u, o) => flashLoopBound("dq", o.HS, u.k1 - u.k0, o.ROWS as FlashRows),
+    },
+    backward_dkv: {
+      bindings: ["qkv", "lse", "dout", "delta", "dqkv"],
+      loopBound: (u, o) => flashLoopBound("dkv", o.HS, u.k1 - u.k0, o.ROWS as FlashRows),
+    },
+  },
+});
+
+/** The buffers of a flash attention pass, by name. */
+type FlashBuffers = Partial<Record<"qkv" | "out" | "lse" | "dout" | "delta" | "dqkv", GPUBuffer>>;
 
 /** Shapes for attention. */
 export interface AttentionShape {
@@ -168,23 +209,32 @@ function flashDispatches(
   rt: Runtime,
   pass: FlashPass,
   s: AttentionShape,
-  spec: { code: string; entryPoint: string; name: string; buffers: Record<number, BufferRange> },
+  entry: "forward" | "backward_dq" | "backward_dkv",
+  buffers: FlashBuffers,
   flopsPerPair: number,
 ): Promise<Dispatch[]> {
   const HS = s.C / s.NH, rows = s.rows ?? flashRows(rt, s.T);
   const { bk } = flashTiles(HS);
   return Promise.all(
     flashChunks(pass, s, rows).map((c, i) =>
-      makeDispatch(rt, {
-        ...spec,
-        constants: { HS, BK: bk, ROWS: rows },
-        uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH, c.k0, c.k1, c.blk0, i === 0 ? 1 : 0] },
+      flashAttentionKernel.dispatch(rt, entry, {
+        buffers,
+        overrides: { HS, BK: bk, ROWS: rows },
+        uniforms: {
+          B: s.B,
+          T: s.T,
+          C: s.C,
+          NH: s.NH,
+          k0: c.k0,
+          k1: c.k1,
+          blk0: c.blk0,
+          first: i === 0 ? 1 : 0,
+        },
         workgroups: [c.nblk, s.B * s.NH, 1],
         flops: flopsPerPair * HS * s.B * s.NH *
           (pass === "dkv"
             ? pairsWithKeys(s.T, 0, c.k1) - pairsWithKeys(s.T, 0, c.k0) // by query
             : pairsWithKeys(s.T, c.k0, c.k1)),
-        loops: { bound: c.loops, shape: { B: s.B, T: s.T, NH: s.NH, HS, k0: c.k0, k1: c.k1 } },
       })
     ),
   );
@@ -203,12 +253,7 @@ export async function flashAttentionForward(
   if (s.rows === undefined && s.chunkRows === undefined) {
     s = { ...s, rows: await chooseFlashRows(rt, s, ops) };
   }
-  return flashDispatches(rt, "forward", s, {
-    name: "flash_attention_forward",
-    code: typedKernel(flashSrc, { qkv_t: dtypeOf(ops.qkv), out_t: dtypeOf(ops.out) }),
-    entryPoint: "forward",
-    buffers: { 0: all(ops.qkv), 1: all(ops.out), 2: all(ops.lse) },
-  }, 4);
+  return flashDispatches(rt, "forward", s, "forward", ops, 4);
 }
 
 /** dqkv [B,T,3C] from dout [B,T,C], recomputing the probabilities (delta is scratch [B,NH,T]). */
@@ -229,39 +274,15 @@ export async function flashAttentionBackward(
     s = { ...s, rows: await chooseFlashRows(rt, s, ops) }; // the forward's choice, remembered
   }
   const HS = s.C / s.NH;
-  const code = typedKernel(flashSrc, {
-    qkv_t: dtypeOf(ops.qkv),
-    out_t: dtypeOf(ops.out),
-    dqkv_t: dtypeOf(ops.dqkv),
-  });
-  const grads = {
-    0: all(ops.qkv),
-    2: all(ops.lse),
-    3: all(ops.dout),
-    4: all(ops.delta),
-    5: all(ops.dqkv),
-  };
-  const delta = await makeDispatch(rt, {
-    name: "flash_attention_backward_delta",
-    code,
-    entryPoint: "backward_delta",
-    constants: { HS, BK: flashTiles(HS).bk },
-    buffers: { 1: all(ops.out), 3: all(ops.dout), 4: all(ops.delta) },
-    uniform: { binding: 6, words: [s.B, s.T, s.C, s.NH, 0, 0, 0, 0] },
+  const { qkv, lse, dout, delta, dqkv } = ops;
+  const grads = { qkv, lse, dout, delta, dqkv };
+  const d = await flashAttentionKernel.dispatch(rt, "backward_delta", {
+    overrides: { HS, BK: flashTiles(HS).bk },
+    buffers: { out: ops.out, dout, delta },
+    uniforms: { B: s.B, T: s.T, C: s.C, NH: s.NH, k0: 0, k1: 0, blk0: 0, first: 0 },
     workgroups: grid1d(s.B * s.T * s.NH, 64),
-    loops: { bound: HS, shape: { HS } },
   });
-  const dq = await flashDispatches(rt, "dq", s, {
-    name: "flash_attention_backward_dq",
-    code,
-    entryPoint: "backward_dq",
-    buffers: grads,
-  }, 6);
-  const dkv = await flashDispatches(rt, "dkv", s, {
-    name: "flash_attention_backward_dkv",
-    code,
-    entryPoint: "backward_dkv",
-    buffers: grads,
-  }, 8);
-  return [delta, ...dq, ...dkv];
+  const dq = await flashDispatches(rt, "dq", s, "backward_dq", grads, 6);
+  const dkv = await flashDispatches(rt, "dkv", s, "backward_dkv", grads, 8);
+  return [d, ...dq, ...dkv];
 }

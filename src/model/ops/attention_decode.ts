@@ -6,14 +6,41 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { makeDispatch } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { dtypeOf, typedKernel } from "../../gpu/dtype.ts";
-import { all } from "./tensor.ts";
 import decodeSrc from "../../../kernels/attention_decode.wgsl" with { type: "text" };
 
 /** Cache rows per workgroup of kernels/attention_decode.wgsl. */
 const DECODE_DK = 256;
+
+/** kernels/attention_decode.wgsl's interface. */
+export const attentionDecodeKernel = defineKernel({
+  name: "attention_decode",
+  source: decodeSrc,
+  bindings: {
+    q1: { access: "read", type: "float", alias: "qkv_t" },
+    cache: { access: "read", type: "float", alias: "qkv_t" },
+    out: { access: "read_write", type: "float" },
+    partial: { access: "read_write", type: "f32" },
+  },
+  uniforms: { t: "u32", C: "u32", NH: "u32", S: "u32" },
+  overrides: { HS: { type: "u32", default: 64 } },
+  entryPoints: {
+    partial_chunk: {
+      bindings: ["q1", "cache", "partial"],
+      label: "attention_decode",
+      loopBound: (_, o) => {
+        const per = DECODE_DK / 64;
+        return per * (o.HS + 1) + per + 12 + Math.ceil(o.HS / 64) * (DECODE_DK + 1);
+      },
+    },
+    combine: {
+      bindings: ["out", "partial"],
+      label: "attention_decode_combine",
+      loopBound: (u, o) => Math.ceil(o.HS / 64) * (2 * u.S + 1),
+    },
+  },
+});
 
 /** Shape of decode attention: a cache of `maxT` rows, C channels, NH heads. */
 export interface DecodeShape {
@@ -29,41 +56,38 @@ export function decodePartialBytes(s: DecodeShape): number {
 
 /**
  * out [C] = attention of q1 (the new token's q|k|v [3C]) over cache rows 0..t ([maxT, 3C]),
- * flash-decoding style: a dispatch of chunks, then one that combines them. Both read t from
- * word 0 of their uniform, which the caller rewrites before each token.
+ * flash-decoding style: a dispatch of chunks, then one that combines them. Both read the
+ * position t from their uniform, which {@linkcode setDecodePosition} rewrites before each token.
  */
 export function attentionDecode(
   rt: Runtime,
   s: DecodeShape,
   ops: { q1: GPUBuffer; cache: GPUBuffer; out: GPUBuffer; partial: GPUBuffer },
 ): Promise<Dispatch[]> {
-  const HS = s.C / s.NH, S = Math.ceil(s.maxT / DECODE_DK), lanes = Math.ceil(HS / 64);
+  const HS = s.C / s.NH, S = Math.ceil(s.maxT / DECODE_DK);
   if (HS > 128) throw new RangeError(`Head size ${HS} is over decode attention's maximum of 128`);
-  const spec = {
-    code: typedKernel(decodeSrc, { qkv_t: dtypeOf(ops.cache), out_t: dtypeOf(ops.out) }),
-    constants: { HS },
-    uniform: { binding: 3, words: [0, s.C, s.NH, S] },
-  };
-  const per = DECODE_DK / 64;
+  const uniforms = { t: 0, C: s.C, NH: s.NH, S };
   return Promise.all([
-    makeDispatch(rt, {
-      ...spec,
-      name: "attention_decode",
-      entryPoint: "partial_chunk",
-      buffers: { 0: all(ops.q1), 1: all(ops.cache), 4: all(ops.partial) },
+    attentionDecodeKernel.dispatch(rt, "partial_chunk", {
+      buffers: { q1: ops.q1, cache: ops.cache, partial: ops.partial },
+      uniforms,
+      overrides: { HS },
       workgroups: [S, s.NH, 1],
-      loops: {
-        bound: per * (HS + 1) + per + 12 + lanes * (DECODE_DK + 1),
-        shape: { maxT: s.maxT, HS },
-      },
     }),
-    makeDispatch(rt, {
-      ...spec,
-      name: "attention_decode_combine",
-      entryPoint: "combine",
-      buffers: { 2: all(ops.out), 4: all(ops.partial) },
+    attentionDecodeKernel.dispatch(rt, "combine", {
+      buffers: { out: ops.out, partial: ops.partial },
+      uniforms,
+      overrides: { HS },
       workgroups: [s.NH, 1, 1],
-      loops: { bound: lanes * (2 * S + 1), shape: { maxT: s.maxT, HS } },
     }),
   ]);
+}
+
+/** Sets the position t (the new token's) of decode attention's dispatches. */
+export function setDecodePosition(
+  queue: GPUQueue,
+  dispatches: readonly Dispatch[],
+  t: number,
+): void {
+  for (const d of dispatches) attentionDecodeKernel.writeUniforms(queue, d, { t });
 }

@@ -5,9 +5,22 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { grid1d, makeDispatch } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { grid1d } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import castSrc from "../../../kernels/cast.wgsl" with { type: "text" };
+
+/** kernels/cast.wgsl's interface. */
+export const castKernel = defineKernel({
+  name: "cast",
+  source: castSrc,
+  bindings: {
+    inp: { access: "read", type: "f32" },
+    out: { access: "read_write", type: "f16" },
+  },
+  uniforms: { n: "u32" },
+  entryPoints: { main: { bindings: ["inp", "out"], loopBound: () => 0, label: "cast_f16" } },
+});
 
 /** dst[n] (f16) = src[n] (f32), in binding-sized chunks. */
 export function castToHalf(
@@ -21,15 +34,12 @@ export function castToHalf(
   const out: Promise<Dispatch>[] = [];
   for (let e = 0; e < n; e += per) {
     const len = Math.min(per, n - e);
-    out.push(makeDispatch(rt, {
-      name: "cast_f16",
-      code: castSrc,
-      entryPoint: "main",
+    out.push(castKernel.dispatch(rt, "main", {
       buffers: {
-        0: { buffer: ops.src, offset: e * 4, size: len * 4 },
-        1: { buffer: ops.dst, offset: e * 2, size: Math.ceil((len * 2) / 4) * 4 },
+        inp: { buffer: ops.src, offset: e * 4, size: len * 4 },
+        out: { buffer: ops.dst, offset: e * 2, size: Math.ceil((len * 2) / 4) * 4 },
       },
-      uniform: { binding: 2, words: [len] },
+      uniforms: { n: len },
       workgroups: grid1d(len, 64),
     }));
   }

@@ -5,10 +5,32 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { type BufferRange, f32Bits, grid1d, makeDispatch } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { type BufferRange, grid1d } from "../../gpu/kernel.ts";
 import { tableChunks } from "./tensor.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import classifierSrc from "../../../kernels/classifier.wgsl" with { type: "text" };
+
+/** kernels/classifier.wgsl's interface. */
+export const classifierKernel = defineKernel({
+  name: "classifier",
+  source: classifierSrc,
+  bindings: {
+    logits: { access: "read_write", type: "f32" },
+    targets: { access: "read", type: "u32" },
+    losses: { access: "read_write", type: "f32" },
+    loss_scale: { access: "uniform", type: "vec4f" },
+  },
+  uniforms: { N: "u32", V: "u32", Vp: "u32", dloss: "f32" },
+  overrides: { WRITE_GRAD: { type: "bool", default: true } },
+  entryPoints: {
+    main: {
+      label: "classifier",
+      bindings: ["logits", "targets", "losses", "loss_scale"],
+      loopBound: (u) => 2 * Math.ceil(u.V / 64) + Math.ceil(u.Vp / 64) + 12,
+    },
+  },
+});
 
 /**
  * losses[N] = cross-entropy of logits [N, Vp] (first V columns) against targets;
@@ -32,23 +54,17 @@ export function classifier(
   const chunks = tableChunks(rt, s.N, s.Vp, s.maxBindingBytes);
   const t0 = ops.targets.offset ?? 0, l0 = ops.losses.offset ?? 0;
   return Promise.all(chunks.map(([r0, r1]) =>
-    makeDispatch(rt, {
+    classifierKernel.dispatch(rt, "main", {
       name: s.writeGrad ? "classifier_loss_grad" : "classifier_loss",
-      code: classifierSrc,
-      entryPoint: "main",
-      constants: { WRITE_GRAD: +s.writeGrad },
+      overrides: { WRITE_GRAD: s.writeGrad },
       buffers: {
-        0: { buffer: ops.logits, offset: r0 * s.Vp * 4, size: (r1 - r0) * s.Vp * 4 },
-        1: { buffer: ops.targets.buffer, offset: t0 + r0 * 4, size: (r1 - r0) * 4 },
-        2: { buffer: ops.losses.buffer, offset: l0 + r0 * 4, size: (r1 - r0) * 4 },
-        4: { buffer: ops.lossScale },
+        logits: { buffer: ops.logits, offset: r0 * s.Vp * 4, size: (r1 - r0) * s.Vp * 4 },
+        targets: { buffer: ops.targets.buffer, offset: t0 + r0 * 4, size: (r1 - r0) * 4 },
+        losses: { buffer: ops.losses.buffer, offset: l0 + r0 * 4, size: (r1 - r0) * 4 },
+        loss_scale: ops.lossScale,
       },
-      uniform: { binding: 3, words: [r1 - r0, s.V, s.Vp, f32Bits(s.dloss)] },
+      uniforms: { N: r1 - r0, V: s.V, Vp: s.Vp, dloss: s.dloss },
       workgroups: grid1d(r1 - r0, 1),
-      loops: {
-        bound: 2 * Math.ceil(s.V / 64) + Math.ceil(s.Vp / 64) + 12,
-        shape: { V: s.V, Vp: s.Vp },
-      },
     })
   ));
 }

@@ -5,13 +5,49 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { all, bytes, tableChunks, type TensorRange } from "./tensor.ts";
+import { bytes, tableChunks, type TensorRange } from "./tensor.ts";
 import encoderSrc from "../../../kernels/encoder.wgsl" with { type: "text" };
 
-/** kernels/encoder.wgsl's Params (12 words): BT, T, C, v0, v1, first, pos0, s0, s1. */
-const encoderWords = (w: number[]) => [...w, ...new Array(12 - w.length).fill(0)];
+/** kernels/encoder.wgsl's interface. */
+export const encoderKernel = defineKernel({
+  name: "encoder",
+  source: encoderSrc,
+  bindings: {
+    tokens: { access: "read", type: "u32" },
+    wte: { access: "read", type: "f32" },
+    wpe: { access: "read", type: "f32" },
+    out: { access: "read_write", type: "f32" },
+    dout: { access: "read", type: "f32" },
+    dwpe: { access: "read_write", type: "f32" },
+    dwte: { access: "read_write", type: "f32" },
+    order: { access: "read", type: "u32" },
+  },
+  uniforms: {
+    BT: "u32",
+    T: "u32",
+    C: "u32",
+    v0: "u32",
+    v1: "u32",
+    first: "u32",
+    pos0: "u32",
+    s0: "u32",
+    s1: "u32",
+  },
+  entryPoints: {
+    forward: { bindings: ["tokens", "wte", "wpe", "out"], loopBound: () => 0 },
+    backward_wpe: { bindings: ["dout", "dwpe"], loopBound: (u) => u.BT / u.T },
+    backward_wte: {
+      bindings: ["tokens", "dout", "dwte", "order"],
+      loopBound: (u) => u.s1 - u.s0,
+    },
+  },
+});
+
+/** Uniform fields a dispatch does not use. */
+const unused = { v0: 0, v1: 0, first: 0, pos0: 0, s0: 0, s1: 0 };
 
 /** Shapes for the encoder: B*T tokens of T positions, C channels, Vp table rows. */
 export interface EncoderShape {
@@ -21,7 +57,7 @@ export interface EncoderShape {
   Vp: number;
   /** Binding limit for the wte chunks (default: the adapter's), for tests. */
   maxBindingBytes?: number;
-  /** First position (decoding one token at position pos0); word 6 of the uniform. */
+  /** First position (decoding one token at position pos0; see {@linkcode setEncoderPosition}). */
   pos0?: number;
 }
 
@@ -33,23 +69,26 @@ export function encoderForward(
 ): Promise<Dispatch[]> {
   return Promise.all(
     tableChunks(rt, s.Vp, s.C, s.maxBindingBytes).map(([v0, v1], i) =>
-      makeDispatch(rt, {
-        name: "encoder_forward",
-        code: encoderSrc,
-        entryPoint: "forward",
+      encoderKernel.dispatch(rt, "forward", {
         buffers: {
-          0: ops.tokens,
-          1: bytes({
+          tokens: ops.tokens,
+          wte: bytes({
             buffer: ops.wte.buffer,
             offset: ops.wte.offset + v0 * s.C,
             size: (v1 - v0) * s.C,
           }),
-          2: bytes(ops.wpe),
-          3: all(ops.out),
+          wpe: bytes(ops.wpe),
+          out: ops.out,
         },
-        uniform: {
-          binding: 7,
-          words: encoderWords([s.BT, s.T, s.C, v0, v1, i === 0 ? 1 : 0, s.pos0 ?? 0]),
+        uniforms: {
+          ...unused,
+          BT: s.BT,
+          T: s.T,
+          C: s.C,
+          v0,
+          v1,
+          first: i === 0 ? 1 : 0,
+          pos0: s.pos0 ?? 0,
         },
         workgroups: grid1d(s.BT * s.C, 64),
       })
@@ -69,14 +108,10 @@ export async function encoderBackward(
     dwpe: TensorRange;
   },
 ): Promise<Dispatch[]> {
-  const wpe = await makeDispatch(rt, {
-    name: "encoder_backward_wpe",
-    code: encoderSrc,
-    entryPoint: "backward_wpe",
-    buffers: { 4: all(ops.dout), 5: bytes({ ...ops.dwpe, size: s.T * s.C }) },
-    uniform: { binding: 7, words: encoderWords([s.BT, s.T, s.C]) },
+  const wpe = await encoderKernel.dispatch(rt, "backward_wpe", {
+    buffers: { dout: ops.dout, dwpe: bytes({ ...ops.dwpe, size: s.T * s.C }) },
+    uniforms: { ...unused, BT: s.BT, T: s.T, C: s.C },
     workgroups: grid1d(s.T * s.C, 64),
-    loops: { bound: s.BT / s.T, shape: { B: s.BT / s.T } },
   });
   // Sorted slots in ranges within the loop budget (a run of one token can be all of BT).
   const slots = splitRange(s.BT, WALK_ROWS);
@@ -85,25 +120,33 @@ export async function encoderBackward(
   );
   const wte = await Promise.all(
     pairs.map(([[v0, v1], [s0, s1]]) =>
-      makeDispatch(rt, {
-        name: "encoder_backward_wte",
-        code: encoderSrc,
-        entryPoint: "backward_wte",
+      encoderKernel.dispatch(rt, "backward_wte", {
         buffers: {
-          0: ops.tokens,
-          4: all(ops.dout),
-          6: bytes({
+          tokens: ops.tokens,
+          dout: ops.dout,
+          dwte: bytes({
             buffer: ops.dwte.buffer,
             offset: ops.dwte.offset + v0 * s.C,
             size: (v1 - v0) * s.C,
           }),
-          8: ops.order,
+          order: ops.order,
         },
-        uniform: { binding: 7, words: encoderWords([s.BT, s.T, s.C, v0, v1, 0, 0, s0, s1]) },
+        uniforms: { ...unused, BT: s.BT, T: s.T, C: s.C, v0, v1, s0, s1 },
         workgroups: grid1d((s1 - s0) * s.C, 64),
-        loops: { bound: s1 - s0, shape: { BT: s.BT, s0 } },
       })
     ),
   );
   return [wpe, ...wte];
+}
+
+/**
+ * Sets the first position (`pos0`) of encoder forward dispatches, for decoding one token at
+ * a time without rebuilding them.
+ */
+export function setEncoderPosition(
+  queue: GPUQueue,
+  dispatches: readonly Dispatch[],
+  pos0: number,
+): void {
+  for (const d of dispatches) encoderKernel.writeUniforms(queue, d, { pos0 });
 }

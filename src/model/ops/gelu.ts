@@ -5,11 +5,27 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { grid1d, makeDispatch } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { grid1d } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { dtypeOf, typedKernel } from "../../gpu/dtype.ts";
-import { all } from "./tensor.ts";
 import geluSrc from "../../../kernels/gelu.wgsl" with { type: "text" };
+
+/** kernels/gelu.wgsl's interface. */
+export const geluKernel = defineKernel({
+  name: "gelu",
+  source: geluSrc,
+  bindings: {
+    inp: { access: "read", type: "float" },
+    out: { access: "read_write", type: "float" },
+    dout: { access: "read", type: "f32" },
+    dinp: { access: "read_write", type: "float" },
+  },
+  uniforms: { N: "u32" },
+  entryPoints: {
+    forward: { bindings: ["inp", "out"], loopBound: () => 0 },
+    backward: { bindings: ["inp", "dout", "dinp"], loopBound: () => 0 },
+  },
+});
 
 /** out = gelu(inp), N elements. */
 export function geluForward(
@@ -17,12 +33,9 @@ export function geluForward(
   N: number,
   ops: { inp: GPUBuffer; out: GPUBuffer },
 ): Promise<Dispatch> {
-  return makeDispatch(rt, {
-    name: "gelu_forward",
-    code: typedKernel(geluSrc, { in_t: dtypeOf(ops.inp), out_t: dtypeOf(ops.out) }),
-    entryPoint: "forward",
-    buffers: { 0: all(ops.inp), 1: all(ops.out) },
-    uniform: { binding: 4, words: [N] },
+  return geluKernel.dispatch(rt, "forward", {
+    buffers: ops,
+    uniforms: { N },
     workgroups: grid1d(N, 64),
   });
 }
@@ -33,12 +46,9 @@ export function geluBackward(
   N: number,
   ops: { inp: GPUBuffer; dout: GPUBuffer; dinp: GPUBuffer },
 ): Promise<Dispatch> {
-  return makeDispatch(rt, {
-    name: "gelu_backward",
-    code: typedKernel(geluSrc, { in_t: dtypeOf(ops.inp), din_t: dtypeOf(ops.dinp) }),
-    entryPoint: "backward",
-    buffers: { 0: all(ops.inp), 2: all(ops.dout), 3: all(ops.dinp) },
-    uniform: { binding: 4, words: [N] },
+  return geluKernel.dispatch(rt, "backward", {
+    buffers: ops,
+    uniforms: { N },
     workgroups: grid1d(N, 64),
   });
 }

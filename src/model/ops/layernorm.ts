@@ -5,20 +5,52 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { grid1d, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { dtypeOf, typedKernel } from "../../gpu/dtype.ts";
-import { all, bytes, type TensorRange } from "./tensor.ts";
+import { bytes, type TensorRange } from "./tensor.ts";
 import layernormSrc from "../../../kernels/layernorm.wgsl" with { type: "text" };
 
-/** `buffers` with `t` at `binding` when there is one (a bias-less variant leaves it unbound). */
-function withOptional(
-  buffers: Record<number, BufferRange>,
-  binding: number,
-  t?: TensorRange,
-): Record<number, BufferRange> {
-  return t ? { ...buffers, [binding]: bytes(t) } : buffers;
-}
+/** kernels/layernorm.wgsl's interface. */
+export const layernormKernel = defineKernel({
+  name: "layernorm",
+  source: layernormSrc,
+  bindings: {
+    inp: { access: "read", type: "f32" },
+    weight: { access: "read", type: "f32" },
+    bias: { access: "read", type: "f32" },
+    out: { access: "read_write", type: "float" },
+    mean: { access: "read_write", type: "f32" },
+    rstd: { access: "read_write", type: "f32" },
+    dout: { access: "read", type: "f32" },
+    dinp: { access: "read_write", type: "f32" },
+    dweight: { access: "read_write", type: "f32" },
+    dbias: { access: "read_write", type: "f32" },
+  },
+  uniforms: { N: "u32", C: "u32", n0: "u32", n1: "u32" },
+  entryPoints: {
+    forward: {
+      bindings: ["inp", "weight", "bias", "out", "mean", "rstd"],
+      loopBound: (u) => 3 * u.C,
+    },
+    forward_no_bias: {
+      bindings: ["inp", "weight", "out", "mean", "rstd"],
+      loopBound: (u) => 3 * u.C,
+    },
+    backward_input: {
+      bindings: ["inp", "weight", "mean", "rstd", "dout", "dinp"],
+      loopBound: (u) => 2 * u.C,
+    },
+    backward_params: {
+      bindings: ["inp", "mean", "rstd", "dout", "dweight", "dbias"],
+      loopBound: (u) => u.n1 - u.n0,
+    },
+    backward_params_no_bias: {
+      bindings: ["inp", "mean", "rstd", "dout", "dweight"],
+      loopBound: (u) => u.n1 - u.n0,
+    },
+  },
+});
 
 /** out, mean, rstd = LayerNorm(inp [N, C]) with weight and bias (none: no bias add). */
 export function layernormForward(
@@ -33,24 +65,19 @@ export function layernormForward(
     rstd: GPUBuffer;
   },
 ): Promise<Dispatch> {
-  return makeDispatch(rt, {
-    name: "layernorm_forward",
-    code: typedKernel(layernormSrc, { out_t: dtypeOf(ops.out) }),
-    entryPoint: ops.bias ? "forward" : "forward_no_bias",
-    buffers: withOptional(
-      {
-        0: all(ops.inp),
-        1: bytes(ops.weight),
-        3: all(ops.out),
-        4: all(ops.mean),
-        5: all(ops.rstd),
-      },
-      2,
-      ops.bias,
-    ),
-    uniform: { binding: 10, words: [s.N, s.C] },
+  const { inp, out, mean, rstd } = ops, weight = bytes(ops.weight);
+  const uniforms = { N: s.N, C: s.C, n0: 0, n1: 0 };
+  if (!ops.bias) {
+    return layernormKernel.dispatch(rt, "forward_no_bias", {
+      buffers: { inp, weight, out, mean, rstd },
+      uniforms,
+      workgroups: grid1d(s.N, 64),
+    });
+  }
+  return layernormKernel.dispatch(rt, "forward", {
+    buffers: { inp, weight, bias: bytes(ops.bias), out, mean, rstd },
+    uniforms,
     workgroups: grid1d(s.N, 64),
-    loops: { bound: 3 * s.C, shape: { C: s.C } },
   });
 }
 
@@ -69,47 +96,30 @@ export async function layernormBackward(
     dbias?: TensorRange;
   },
 ): Promise<Dispatch[]> {
-  const common = { code: layernormSrc, uniform: { binding: 10, words: [s.N, s.C] } };
+  const { inp, mean, rstd, dout } = ops;
   // The parameter gradients sum over rows: in ranges within the loop budget, in order.
   const params: Dispatch[] = [];
   for (const [n0, n1] of splitRange(s.N, WALK_ROWS)) {
+    const uniforms = { N: s.N, C: s.C, n0, n1 }, dweight = bytes(ops.dweight);
     params.push(
-      await makeDispatch(rt, {
-        ...common,
-        name: "layernorm_backward_params",
-        entryPoint: ops.dbias ? "backward_params" : "backward_params_no_bias",
-        buffers: withOptional(
-          {
-            0: all(ops.inp),
-            4: all(ops.mean),
-            5: all(ops.rstd),
-            6: all(ops.dout),
-            8: bytes(ops.dweight),
-          },
-          9,
-          ops.dbias,
-        ),
-        uniform: { binding: 10, words: [s.N, s.C, n0, n1] },
-        workgroups: grid1d(s.C, 64),
-        loops: { bound: n1 - n0, shape: { N: s.N, n0 } },
-      }),
+      ops.dbias
+        ? await layernormKernel.dispatch(rt, "backward_params", {
+          buffers: { inp, mean, rstd, dout, dweight, dbias: bytes(ops.dbias) },
+          uniforms,
+          workgroups: grid1d(s.C, 64),
+        })
+        : await layernormKernel.dispatch(rt, "backward_params_no_bias", {
+          buffers: { inp, mean, rstd, dout, dweight },
+          uniforms,
+          workgroups: grid1d(s.C, 64),
+        }),
     );
   }
   return [
-    await makeDispatch(rt, {
-      ...common,
-      name: "layernorm_backward_input",
-      entryPoint: "backward_input",
-      buffers: {
-        0: all(ops.inp),
-        1: bytes(ops.weight),
-        4: all(ops.mean),
-        5: all(ops.rstd),
-        6: all(ops.dout),
-        7: all(ops.dinp),
-      },
+    await layernormKernel.dispatch(rt, "backward_input", {
+      buffers: { inp, weight: bytes(ops.weight), mean, rstd, dout, dinp: ops.dinp },
+      uniforms: { N: s.N, C: s.C, n0: 0, n1: 0 },
       workgroups: grid1d(s.N, 64),
-      loops: { bound: 2 * s.C, shape: { C: s.C } },
     }),
     ...params,
   ];

@@ -23,8 +23,9 @@
 import type { Dispatch } from "../../gpu/dispatch.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { debugLog } from "../../gpu/debug.ts";
-import { checkLoopBound, LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
-import { dtypeBytes, dtypeOf, typedKernel } from "../../gpu/dtype.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
+import { dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
 import { GPU_TILES, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
 import { parseRegblockName, regblockProblem } from "./matmul_regblock.ts";
 import { type MatmulKernel, tuneMatmul } from "./matmul_tune.ts";
@@ -37,6 +38,25 @@ import {
   matmulLoops,
 } from "./matmul_block.ts";
 import biasBackwardSrc from "../../../kernels/matmul_bias_backward.wgsl" with { type: "text" };
+
+/** kernels/matmul_bias_backward.wgsl's interface. */
+export const biasBackwardKernel = defineKernel({
+  name: "matmul_bias_backward",
+  source: biasBackwardSrc,
+  bindings: {
+    dout: { access: "read", type: "float" },
+    dbias: { access: "read_write", type: "float" },
+  },
+  uniforms: { M: "u32", N: "u32", ldd: "u32", d_off: "u32", bias_off: "u32" },
+  overrides: { ACCUMULATE: { type: "bool", default: true } },
+  entryPoints: {
+    main: {
+      bindings: ["dout", "dbias"],
+      label: "matmul_bias_backward",
+      loopBound: (u) => Math.ceil(u.M / 4) + 3,
+    },
+  },
+});
 
 /** The product to compute. Dimensions and strides are in elements. */
 export interface MatmulShape {
@@ -289,36 +309,14 @@ async function biasBackwardRange(
   operands: { dout: Operand; dbias: Operand },
 ): Promise<Dispatch> {
   const { M, N, ldd } = shape;
-  checkLoopBound("matmul_bias_backward", { bound: Math.ceil(M / 4) + 3, shape: { M, N } });
   const dOff = operands.dout.offset ?? 0, bOff = operands.dbias.offset ?? 0;
   const d = bindRange(rt, operands.dout.buffer, dOff, dOff + (M - 1) * ldd + N);
   const db = bindRange(rt, operands.dbias.buffer, bOff, bOff + N);
-  const uniform = rt.arena.allocWith(
-    "matmul_bias_backward.params",
-    "scratch",
-    new Uint32Array([M, N, ldd, d.rem, db.rem, 0, 0, 0]),
-    GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  );
-  const code = typedKernel(biasBackwardSrc, { dout_t: d.dtype, dbias_t: db.dtype });
-  const pipeline = await rt.pipelines.get(
-    { name: "matmul_bias_backward", code },
-    { ACCUMULATE: +shape.accumulate },
-  );
-  const bindGroup = rt.device.createBindGroup({
-    label: "matmul_bias_backward",
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [
-      { binding: 0, resource: d.resource },
-      { binding: 1, resource: db.resource },
-      { binding: 2, resource: { buffer: uniform } },
-    ],
-  });
-  return {
-    name: "matmul_bias_backward",
-    pipeline,
-    bindGroups: [bindGroup],
+  return await biasBackwardKernel.dispatch(rt, "main", {
+    buffers: { dout: d.resource, dbias: db.resource },
+    uniforms: { M, N, ldd, d_off: d.rem, bias_off: db.rem },
+    overrides: { ACCUMULATE: shape.accumulate },
     workgroups: [Math.ceil(N / 64), 1, 1],
     flops: M * N,
-    resources: [uniform],
-  };
+  });
 }

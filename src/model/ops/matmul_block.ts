@@ -8,15 +8,15 @@
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { checkLoopBound } from "../../gpu/kernel.ts";
 import { type DType, dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
-import { parseRegblockName, regblockPlan } from "./matmul_regblock.ts";
+import { parseRegblockName, regblockLoops, regblockPlan } from "./matmul_regblock.ts";
 import {
   type BlockProduct,
   gpuTileLoops,
   gpuTilePlan,
   type KernelPlan,
   parseGpuTile,
+  tiledLoops,
   tiledPlan,
 } from "./matmul_gpu.ts";
 import type { MatmulKernel } from "./matmul_tune.ts";
@@ -53,8 +53,8 @@ export function extents(s: Required<MatmulShape>, ops: MatmulOperands, b: Block)
  * llvmpipe, pinned by tests/loop_budget_test.ts); a GPU tile's takes BK a step, unrolled.
  */
 export function matmulLoops(impl: MatmulKernel, k: number): number {
-  if (impl === "regblock" || parseRegblockName(impl)) return Math.ceil(k / 4) + 3;
-  if (impl === "tiled") return Math.ceil(k / 16) * 18;
+  if (impl === "regblock" || parseRegblockName(impl)) return regblockLoops(k);
+  if (impl === "tiled") return tiledLoops(k);
   const t = parseGpuTile(impl);
   if (!t) throw new TypeError(`Unknown matmul kernel "${impl}"`);
   return gpuTileLoops(t, k);
@@ -112,33 +112,12 @@ export async function buildBlock(
     ? bindRange(rt, biasOp.buffer, (biasOp.offset ?? 0) + b.n0, (biasOp.offset ?? 0) + b.n1)
     : undefined;
   const M = b.m1 - b.m0, N = b.n1 - b.n0, K = b.k1 - b.k0;
-  checkLoopBound(name, { bound: matmulLoops(impl, K), shape: { M, N, K } });
   const types: Record<"a" | "b" | "c" | "bias", DType> = {
     a: a.dtype,
     b: bb.dtype,
     c: c.dtype,
     bias: bias?.dtype ?? "f32",
   };
-  const params = new Uint32Array([
-    M,
-    N,
-    K,
-    s.lda,
-    s.ldb,
-    s.ldc,
-    a.rem,
-    bb.rem,
-    c.rem,
-    bias?.rem ?? 0,
-    0,
-    0,
-  ]);
-  const uniform = rt.arena.allocWith(
-    `${name}.params`,
-    "scratch",
-    params,
-    GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  );
   // A block's offsets are the product's plus multiples of 4 (splits are 4-aligned).
   const al = aligned({ ...s, M, N, K }, {
     a: { buffer: ops.a.buffer, offset: a.rem },
@@ -165,31 +144,29 @@ export async function buildBlock(
     : tile
     ? gpuTilePlan(tile, product)
     : tiledPlan(product);
-  const pipeline = await rt.pipelines.get(
-    { name: plan.kernel, code: plan.code },
-    plan.constants ?? {},
-  );
-  const entries: GPUBindGroupEntry[] = [
-    { binding: 0, resource: a.resource },
-    { binding: 1, resource: bb.resource },
-    { binding: 2, resource: c.resource },
-    { binding: 3, resource: { buffer: uniform } },
-  ];
-  if (plan.binding4 !== "none") {
-    // Without bias a layout that has the binding gets A again (read-only, unused).
-    entries.push({ binding: 4, resource: (plan.binding4 === "bias" ? bias! : a).resource });
-  }
-  const bindGroup = rt.device.createBindGroup({
-    label: name,
-    layout: pipeline.getBindGroupLayout(0),
-    entries,
-  });
-  return {
+  const biasBinding = plan.binding4 === "bias" ? bias! : plan.binding4 === "a" ? a : undefined;
+  return await plan.decl.dispatch(rt, "main", {
     name,
-    pipeline,
-    bindGroups: [bindGroup],
+    buffers: {
+      A: a.resource,
+      B: bb.resource,
+      C: c.resource,
+      ...(biasBinding ? { bias: biasBinding.resource } : {}),
+    },
+    uniforms: {
+      M,
+      N,
+      K,
+      lda: s.lda,
+      ldb: s.ldb,
+      ldc: s.ldc,
+      a_off: a.rem,
+      b_off: bb.rem,
+      c_off: c.rem,
+      bias_off: bias?.rem ?? 0,
+    },
+    overrides: plan.constants,
     workgroups: plan.workgroups,
     flops: 2 * M * N * K,
-    resources: [uniform],
-  };
+  });
 }

@@ -5,10 +5,23 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { grid1d, makeDispatch } from "../../gpu/kernel.ts";
+import { defineKernel } from "../../gpu/define_kernel.ts";
+import { grid1d } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
-import { all } from "./tensor.ts";
 import residualSrc from "../../../kernels/residual.wgsl" with { type: "text" };
+
+/** kernels/residual.wgsl's interface. */
+export const residualKernel = defineKernel({
+  name: "residual",
+  source: residualSrc,
+  bindings: {
+    a: { access: "read", type: "f32" },
+    b: { access: "read", type: "f32" },
+    out: { access: "read_write", type: "f32" },
+  },
+  uniforms: { N: "u32" },
+  entryPoints: { forward: { bindings: ["a", "b", "out"], loopBound: () => 0 } },
+});
 
 /** out = a + b, N elements. */
 export function residualForward(
@@ -16,12 +29,9 @@ export function residualForward(
   N: number,
   ops: { a: GPUBuffer; b: GPUBuffer; out: GPUBuffer },
 ): Promise<Dispatch> {
-  return makeDispatch(rt, {
-    name: "residual_forward",
-    code: residualSrc,
-    entryPoint: "forward",
-    buffers: { 0: all(ops.a), 1: all(ops.b), 2: all(ops.out) },
-    uniform: { binding: 3, words: [N] },
+  return residualKernel.dispatch(rt, "forward", {
+    buffers: ops,
+    uniforms: { N },
     workgroups: grid1d(N, 64),
   });
 }

@@ -1,0 +1,550 @@
+/**
+ * A kernel's interface, declared once, by name, in TypeScript: its bindings (name, access,
+ * element type), the fields of its per-dispatch uniform, its override constants, and per
+ * entry point the bindings it uses and its loop bound. Everything positional comes from that
+ * one declaration: the WGSL declarations (generated and prepended to the kernel's body, which
+ * declares no binding itself), binding numbers, the explicit bind-group and pipeline layouts,
+ * the packed uniform words, and `enable` directives. Builders pass buffers, uniforms and
+ * constants by name; a missing, unknown or mistyped one is an error that names it.
+ *
+ * Element-type variants come from the declaration too: a binding of type `"float"` (or
+ * `"vec4float"`) takes f32 or f16 from the buffer bound to it (src/gpu/dtype.ts) and the
+ * header declares its alias (`alias out_t = f16;`) and `enable f16;` to match.
+ *
+ * Converting a kernel: delete its `@group/@binding` lines, its `struct Params`, its
+ * `alias x_t = f32;` lines, its `override` lines and any `enable`; declare them here instead
+ * (storage bindings by name in binding order, uniform fields by name as `p.<field>`, a
+ * caller-owned uniform buffer as a binding with `access: "uniform"` and a WGSL type or
+ * `{ struct, fields }`, bindings only some dispatches pass as an entry's `optional`), and
+ * state each entry point's loop bound as a function of the uniforms and constants.
+ *
+ * @example
+ * ```ts
+ * const gelu = defineKernel({
+ *   name: "gelu",
+ *   source: "...fn forward(...) { out[i] = out_t(f(f32(inp[i]))); }",
+ *   bindings: {
+ *     inp: { access: "read", type: "float" },
+ *     out: { access: "read_write", type: "float" },
+ *   },
+ *   uniforms: { N: "u32" },
+ *   entryPoints: { forward: { bindings: ["inp", "out"], loopBound: () => 0 } },
+ * });
+ * const d = await gelu.dispatch(rt, "forward", {
+ *   buffers: { inp: x, out: y },
+ *   uniforms: { N: 1000 },
+ *   workgroups: grid1d(1000, 64),
+ * });
+ * ```
+ *
+ * @module
+ */
+
+import type { Dispatch } from "./dispatch.ts";
+import { type DType, dtypeOf } from "./dtype.ts";
+import { type BufferRange, checkLoopBound, makeDispatch } from "./kernel.ts";
+import type { Runtime } from "./runtime.ts";
+import {
+  packUniforms,
+  type UniformFields,
+  uniformLayout,
+  type UniformSlot,
+  type UniformType,
+  uniformWords,
+  writeField,
+} from "./uniforms.ts";
+
+export {
+  packUniforms,
+  type UniformFields,
+  uniformLayout,
+  type UniformSlot,
+  type UniformType,
+} from "./uniforms.ts";
+
+// ---------------------------------------------------------------------------
+// Declarations
+
+/** Element type of a storage binding: `array<T>` in WGSL. */
+export type StorageType =
+  | "f32"
+  | "f16"
+  | "u32"
+  | "i32"
+  | "vec2f"
+  | "vec4f"
+  | "vec4h"
+  | "vec4u"
+  | "atomic<u32>"
+  | "atomic<i32>"
+  /** f32 or f16, from the bound buffer: `array<alias>`. */
+  | "float"
+  /** vec4 of f32 or f16, from the bound buffer: `array<vec4<alias>>` (the alias is scalar). */
+  | "vec4float";
+
+/** A buffer binding of a kernel. */
+export type BindingDecl =
+  | {
+    /** `read` and `read_write` are storage; see `type`. */
+    access: "read" | "read_write";
+    /** Element type of the array. */
+    type: StorageType;
+    /** Name of the element-type alias of a float binding (`<name>_t` by default). */
+    alias?: string;
+  }
+  | {
+    /** A uniform buffer the caller owns and binds (written once per step, say). */
+    access: "uniform";
+    /** A WGSL type, or a struct of named fields. */
+    type: UniformType | { struct: string; fields: UniformFields };
+  };
+
+/** An override constant: its WGSL type and default (none: every dispatch must set it). */
+export type OverrideDecl =
+  | "u32"
+  | "i32"
+  | "f32"
+  | "bool"
+  | { type: "u32" | "i32" | "f32" | "bool"; default?: number | boolean };
+
+/** An entry point of a kernel. */
+export interface EntryDecl<B extends string, U extends string, O extends string> {
+  /** The bindings it uses: its bind-group layout, and what every dispatch must pass. */
+  bindings: readonly B[];
+  /** Bindings in its layout only when a dispatch passes them. */
+  optional?: readonly B[];
+  /**
+   * The most loop iterations one invocation runs, from the uniforms and override constants
+   * (defaults filled in); checked against {@linkcode LOOP_BUDGET} at every dispatch.
+   */
+  loopBound: (u: Readonly<Record<U, number>>, o: Readonly<Record<O, number>>) => number;
+  /** Pipeline label, and dispatch name by default (`<kernel>_<entry>` by default). */
+  label?: string;
+}
+
+/** What {@linkcode defineKernel} takes. */
+export interface KernelDecl<
+  B extends string,
+  U extends string,
+  O extends string,
+  E extends string,
+> {
+  /** Kernel name (its .wgsl file without the extension), for errors. */
+  name: string;
+  /** The WGSL body: functions, constants, workgroup memory; no `@group`/`@binding` lines. */
+  source: string;
+  /** Buffer bindings by name; numbered 0, 1, ... in this order. */
+  bindings: Record<B, BindingDecl>;
+  /** Fields of the per-dispatch uniform `p: Params` (bound after the buffers). */
+  uniforms?: Record<U, UniformType>;
+  /** Override constants, declared in the header with their defaults. */
+  overrides?: Record<O, OverrideDecl>;
+  /** Entry points by function name. */
+  entryPoints: Record<E, EntryDecl<NoInfer<B>, NoInfer<U>, NoInfer<O>>>;
+  /** Extra `enable` directives (`enable f16;` is added by itself when a type needs it). */
+  enables?: readonly string[];
+}
+
+/** A buffer to bind: the whole buffer or a byte range of it. */
+export type BindingArg = GPUBuffer | BufferRange;
+
+/** What one dispatch of an entry point takes, by name. */
+export interface DispatchArgs<B extends string, U extends string, O extends string> {
+  /** Buffers by binding name: exactly the entry point's bindings (and optional ones). */
+  buffers: Partial<Record<B, BindingArg>>;
+  /** Uniform values by field name: every field (vectors as arrays). */
+  uniforms?: Record<U, number | readonly number[]>;
+  /** Override constants by name (those without a default are required). */
+  overrides?: Partial<Record<O, number | boolean>>;
+  /** Workgroup counts in x, y and z. */
+  workgroups: readonly [number, number, number];
+  /** Floating-point operations the dispatch does, for GFLOP/s reports. */
+  flops?: number;
+  /** Dispatch name, for profiles (the entry's label by default; the pipeline keeps that). */
+  name?: string;
+}
+
+/** A dispatch as data: what {@linkcode makeDispatch} is given (built without a GPU). */
+export interface DispatchPlan {
+  /** Dispatch name. */
+  name: string;
+  /** The pipeline's label: the entry's. */
+  pipelineName: string;
+  /** The full WGSL: generated header, then the body. */
+  code: string;
+  /** Lines of the header, so compile errors point into the .wgsl body. */
+  headerLines: number;
+  /** The entry point. */
+  entryPoint: string;
+  /** Override constants, numbers as WebGPU takes them. */
+  constants: Record<string, number>;
+  /** Bind-group layout entries, by binding number. */
+  layout: GPUBindGroupLayoutEntry[];
+  /** Buffers by binding number. */
+  buffers: Record<number, BufferRange>;
+  /** The uniform's binding number and packed words (absent without uniforms). */
+  uniform?: { binding: number; words: number[] };
+  /** Loop bound and the values it was computed from. */
+  loops: { bound: number; shape: Record<string, number> };
+  /** The scalar uniforms and the override constants (defaults filled in) by name. */
+  values: { uniforms: Record<string, number>; overrides: Record<string, number> };
+}
+
+// ---------------------------------------------------------------------------
+// The kernel
+
+const IDENT = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const storageF16 = new Set<StorageType>(["f16", "vec4h"]);
+
+/** A declared kernel: plans and builds dispatches of its entry points. */
+export interface Kernel<B extends string, U extends string, O extends string, E extends string> {
+  /** The declaration it was made from. */
+  readonly decl: KernelDecl<B, U, O, E>;
+  /** Binding numbers by name (the uniform `p` last). */
+  readonly bindingNumbers: Readonly<Record<B, number>> & { p?: number };
+  /** The generated WGSL header for the given float aliases (f32 where absent). */
+  header(types?: Readonly<Record<string, DType>>): string;
+  /** Bind-group layout entries of an entry point (with these optional bindings). */
+  layoutEntries(entry: E, optional?: readonly B[]): GPUBindGroupLayoutEntry[];
+  /** The uniform's field offsets and size. */
+  readonly uniformLayout: { slots: Record<string, UniformSlot>; size: number };
+  /** Everything a dispatch needs, checked, without touching a GPU. */
+  plan(entry: E, args: DispatchArgs<B, U, O>): DispatchPlan;
+  /** Compiles (or reuses) the pipeline and builds the dispatch. */
+  dispatch(rt: Runtime, entry: E, args: DispatchArgs<B, U, O>): Promise<Dispatch>;
+  /**
+   * Writes some uniform fields of a dispatch this kernel built (a per-token position, say)
+   * through the queue; the other fields keep their values.
+   */
+  writeUniforms(
+    queue: GPUQueue,
+    dispatch: Dispatch,
+    values: Partial<Record<U, number | readonly number[]>>,
+  ): void;
+}
+
+/**
+ * The uniform buffer of each dispatch made by a declared kernel, which kernel and entry point
+ * made it, and the values its loop bound was checked for.
+ */
+const uniformBuffers = new WeakMap<Dispatch, {
+  kernel: string;
+  entry: string;
+  buffer: GPUBuffer;
+  uniforms: Record<string, number>;
+  overrides: Record<string, number>;
+}>();
+
+function overrideDecl(d: OverrideDecl): { type: string; default?: number | boolean } {
+  return typeof d === "string" ? { type: d } : d;
+}
+
+function wgslLiteral(type: string, v: number | boolean): string {
+  if (type === "bool") return v ? "true" : "false";
+  if (type === "u32") return `${v}u`;
+  if (type === "i32") return `${v}i`;
+  return Number.isInteger(v) ? `${v}.0` : `${v}`;
+}
+
+/**
+ * Declares a kernel once, by name: see the module doc. Checks the declaration and that the
+ * body declares no bindings of its own.
+ */
+export function defineKernel<
+  B extends string,
+  U extends string = never,
+  O extends string = never,
+  E extends string = string,
+>(decl: KernelDecl<B, U, O, E>): Kernel<B, U, O, E> {
+  const k = decl.name;
+  const names = Object.keys(decl.bindings) as B[];
+  const uniforms = (decl.uniforms ?? {}) as Record<U, UniformType>;
+  const overrides = (decl.overrides ?? {}) as Record<O, OverrideDecl>;
+  const hasUniform = Object.keys(uniforms).length > 0;
+  // ---- checks of the declaration
+  for (const n of [...names, ...Object.keys(uniforms), ...Object.keys(overrides)]) {
+    if (!IDENT.test(n)) throw new TypeError(`Kernel "${k}": "${n}" is not a WGSL identifier`);
+  }
+  if (hasUniform && names.includes("p" as B)) {
+    throw new TypeError(`Kernel "${k}": a binding is named "p", the uniform's name: rename it`);
+  }
+  const bodyDecl = decl.source.match(/^.*@(group|binding)\s*\(.*$/m);
+  if (bodyDecl) {
+    throw new TypeError(
+      `Kernel "${k}": its WGSL declares a binding ("${bodyDecl[0].trim()}"): ` +
+        "declare bindings in TypeScript (defineKernel) and keep only the body in the .wgsl file",
+    );
+  }
+  const aliasOf = (b: B): string | undefined => {
+    const d = decl.bindings[b];
+    if (d.access === "uniform" || (d.type !== "float" && d.type !== "vec4float")) return;
+    return d.alias ?? `${b}_t`;
+  };
+  const aliases = [...new Set(names.map(aliasOf).filter((a): a is string => a !== undefined))];
+  for (const a of aliases) {
+    if (new RegExp(`\\balias\\s+${a}\\b`).test(decl.source)) {
+      throw new TypeError(`Kernel "${k}": its WGSL declares "alias ${a}", which is generated`);
+    }
+  }
+  for (const [e, ep] of Object.entries(decl.entryPoints) as [E, EntryDecl<B, U, O>][]) {
+    for (const b of [...ep.bindings, ...(ep.optional ?? [])]) {
+      if (!(b in decl.bindings)) {
+        throw new TypeError(`Kernel "${k}" entry point "${e}" uses undeclared binding "${b}"`);
+      }
+    }
+    if (!new RegExp(`\\bfn\\s+${e}\\s*\\(`).test(decl.source)) {
+      throw new TypeError(`Kernel "${k}": its WGSL has no function "${e}" (an entry point)`);
+    }
+  }
+  const numbers = Object.fromEntries(names.map((n, i) => [n, i])) as Record<B, number> & {
+    p?: number;
+  };
+  if (hasUniform) numbers.p = names.length;
+  const uLayout = uniformLayout(uniforms);
+  const headers = new Map<string, string>();
+
+  function header(types: Readonly<Record<string, DType>> = {}): string {
+    const key = aliases.map((a) => types[a] ?? "f32").join(",");
+    const cached = headers.get(key);
+    if (cached !== undefined) return cached;
+    const lines: string[] = [];
+    const f16 = aliases.some((a) => types[a] === "f16") ||
+      names.some((b) => {
+        const d = decl.bindings[b];
+        return d.access !== "uniform" && storageF16.has(d.type);
+      });
+    const enables = [...(f16 ? ["f16"] : []), ...(decl.enables ?? [])];
+    for (const e of new Set(enables)) lines.push(`enable ${e};`);
+    lines.push(`// ---- ${k}: generated from its declaration (src/gpu/define_kernel.ts)`);
+    for (const a of aliases) lines.push(`alias ${a} = ${types[a] ?? "f32"};`);
+    for (const [o, d] of Object.entries(overrides) as [O, OverrideDecl][]) {
+      const { type, default: def } = overrideDecl(d);
+      lines.push(
+        `override ${o}: ${type}${def === undefined ? "" : ` = ${wgslLiteral(type, def)}`};`,
+      );
+    }
+    const struct = (name: string, fields: Record<string, string>) =>
+      `struct ${name} { ${Object.entries(fields).map(([f, t]) => `${f}: ${t}`).join(", ")} }`;
+    for (const b of names) {
+      const d = decl.bindings[b];
+      if (d.access === "uniform" && typeof d.type === "object") {
+        lines.push(struct(d.type.struct, d.type.fields));
+      }
+    }
+    if (hasUniform) lines.push(struct("Params", uniforms));
+    for (const b of names) {
+      const d = decl.bindings[b], at = `@group(0) @binding(${numbers[b]})`;
+      if (d.access === "uniform") {
+        lines.push(
+          `${at} var<uniform> ${b}: ${typeof d.type === "object" ? d.type.struct : d.type};`,
+        );
+        continue;
+      }
+      // The resolved type, not the alias, so the declaration reads as what it is.
+      const elem = d.type === "float"
+        ? types[aliasOf(b)!] ?? "f32"
+        : d.type === "vec4float"
+        ? `vec4<${types[aliasOf(b)!] ?? "f32"}>`
+        : d.type;
+      lines.push(`${at} var<storage, ${d.access}> ${b}: array<${elem}>;`);
+    }
+    if (hasUniform) lines.push(`@group(0) @binding(${numbers.p}) var<uniform> p: Params;`);
+    lines.push(`// ---- ${k}.wgsl`, "");
+    const text = lines.join("\n");
+    headers.set(key, text);
+    return text;
+  }
+
+  function entryOf(entry: E): EntryDecl<B, U, O> {
+    const ep = (decl.entryPoints as Record<string, EntryDecl<B, U, O>>)[entry];
+    if (!ep || !Object.hasOwn(decl.entryPoints, entry)) {
+      throw new TypeError(
+        `Kernel "${k}" has no entry point "${entry}": use one of ${
+          Object.keys(decl.entryPoints).join(", ")
+        }`,
+      );
+    }
+    return ep;
+  }
+
+  function layoutEntries(entry: E, optional: readonly B[] = []): GPUBindGroupLayoutEntry[] {
+    const ep = entryOf(entry);
+    const used = new Set<B>([...ep.bindings, ...optional.filter((b) => ep.optional?.includes(b))]);
+    const out: GPUBindGroupLayoutEntry[] = names.filter((b) => used.has(b)).map((b) => {
+      const a = decl.bindings[b].access;
+      return {
+        binding: numbers[b],
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: {
+          type: a === "read" ? "read-only-storage" : a === "uniform" ? "uniform" : "storage",
+        },
+      };
+    });
+    if (hasUniform) {
+      out.push({
+        binding: numbers.p!,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: "uniform" },
+      });
+    }
+    return out;
+  }
+
+  function plan(entry: E, args: DispatchArgs<B, U, O>): DispatchPlan {
+    const ep = entryOf(entry);
+    const pipelineName = ep.label ?? `${k}_${entry}`, name = args.name ?? pipelineName;
+    const where = `Kernel "${k}" entry point "${entry}"`;
+    const allowed = [...ep.bindings, ...(ep.optional ?? [])];
+    for (const b of Object.keys(args.buffers) as B[]) {
+      if (!allowed.includes(b)) {
+        throw new TypeError(
+          `${where}: unknown binding "${b}": it binds ${allowed.join(", ")}`,
+        );
+      }
+    }
+    const buffers: Record<number, BufferRange> = {};
+    const types: Record<string, DType> = {};
+    const optionalGiven: B[] = [];
+    for (const b of allowed) {
+      const arg = args.buffers[b];
+      if (arg === undefined) {
+        if (ep.bindings.includes(b)) {
+          throw new TypeError(`${where}: binding "${b}" is missing: pass it in buffers`);
+        }
+        continue;
+      }
+      if (!ep.bindings.includes(b)) optionalGiven.push(b);
+      const range: BufferRange = "buffer" in arg ? arg : { buffer: arg };
+      const d = decl.bindings[b], held = dtypeOf(range.buffer);
+      if (d.access !== "uniform") {
+        const alias = aliasOf(b);
+        if (alias !== undefined) {
+          if (types[alias] !== undefined && types[alias] !== held) {
+            throw new TypeError(
+              `${where}: binding "${b}" holds ${held} but another binding of type ${alias} ` +
+                `holds ${types[alias]}: bind buffers of one element type`,
+            );
+          }
+          types[alias] = held;
+        } else if ((held === "f16") !== storageF16.has(d.type)) {
+          throw new TypeError(
+            `${where}: binding "${b}" is declared ${d.type} but its buffer ` +
+              `("${range.buffer.label}") holds ${held}: bind a buffer of that type`,
+          );
+        }
+      }
+      buffers[numbers[b]] = range;
+    }
+    // ---- uniforms and override constants, by name
+    let uniform: DispatchPlan["uniform"];
+    const uValues = (args.uniforms ?? {}) as Record<string, number | readonly number[]>;
+    if (hasUniform) {
+      uniform = {
+        binding: numbers.p!,
+        words: Array.from(packUniforms(where, uniforms, uValues)),
+      };
+    } else if (Object.keys(uValues).length) {
+      throw new TypeError(`${where}: the kernel has no uniforms, but some were passed`);
+    }
+    const constants: Record<string, number> = {};
+    const oValues = (args.overrides ?? {}) as Record<string, number | boolean>;
+    for (const o of Object.keys(oValues)) {
+      if (!(o in overrides)) {
+        throw new TypeError(
+          `${where}: unknown override "${o}": its overrides are ${
+            Object.keys(overrides).join(", ") || "none"
+          }`,
+        );
+      }
+    }
+    const oAll: Record<string, number> = {};
+    for (const [o, d] of Object.entries(overrides) as [O, OverrideDecl][]) {
+      const given = oValues[o];
+      const def = overrideDecl(d).default;
+      if (given === undefined && def === undefined) {
+        throw new TypeError(`${where}: override "${o}" has no default: pass it in overrides`);
+      }
+      if (given !== undefined) constants[o] = +given;
+      oAll[o] = +(given ?? def!);
+    }
+    const uAll: Record<string, number> = {};
+    for (const [f, v] of Object.entries(uValues)) if (typeof v === "number") uAll[f] = v;
+    const bound = ep.loopBound(uAll as Record<U, number>, oAll as Record<O, number>);
+    checkLoopBound(name, { bound, shape: { ...uAll, ...oAll } });
+    return {
+      name,
+      pipelineName,
+      code: header(types) + decl.source,
+      headerLines: header(types).split("\n").length - 1,
+      entryPoint: entry,
+      constants,
+      layout: layoutEntries(entry, optionalGiven),
+      buffers,
+      uniform,
+      loops: { bound, shape: { ...uAll, ...oAll } },
+      values: { uniforms: uAll, overrides: oAll },
+    };
+  }
+
+  return {
+    decl,
+    bindingNumbers: numbers,
+    header,
+    layoutEntries,
+    uniformLayout: uLayout,
+    plan,
+    async dispatch(rt, entry, args) {
+      const p = plan(entry, args);
+      const d = await makeDispatch(rt, {
+        name: p.name,
+        pipelineName: p.pipelineName,
+        code: p.code,
+        headerLines: p.headerLines,
+        file: `${k}.wgsl`,
+        entryPoint: p.entryPoint,
+        constants: p.constants,
+        layout: p.layout,
+        buffers: p.buffers,
+        uniform: p.uniform,
+        workgroups: args.workgroups,
+        flops: args.flops,
+        loops: p.loops,
+      });
+      if (p.uniform) {
+        const buffer = d.resources![0];
+        uniformBuffers.set(d, { kernel: k, entry, buffer, ...p.values });
+      }
+      return d;
+    },
+    writeUniforms(queue, dispatch, values) {
+      const u = uniformBuffers.get(dispatch);
+      if (!u || u.kernel !== k) {
+        throw new TypeError(
+          `Kernel "${k}": dispatch "${dispatch.name}" was not built by it: write its own uniforms`,
+        );
+      }
+      const writes: [number, Uint32Array<ArrayBuffer>][] = [];
+      const next = { ...u.uniforms };
+      for (const [f, v] of Object.entries(values) as [string, number | readonly number[]][]) {
+        const slot = uLayout.slots[f];
+        if (!slot) {
+          throw new TypeError(
+            `Kernel "${k}": unknown uniform "${f}": its fields are ${
+              Object.keys(uniforms).join(", ")
+            }`,
+          );
+        }
+        const words = new Uint32Array(uniformWords(slot.type));
+        writeField(`Kernel "${k}"`, f, { offset: 0, type: slot.type }, v, words);
+        writes.push([slot.offset, words]);
+        if (typeof v === "number") next[f] = v;
+      }
+      // The new values keep the loop bound within the budget, or nothing is written.
+      const ep = entryOf(u.entry as E);
+      const bound = ep.loopBound(next as Record<U, number>, u.overrides as Record<O, number>);
+      checkLoopBound(dispatch.name, { bound, shape: { ...next, ...u.overrides } });
+      for (const [offset, words] of writes) queue.writeBuffer(u.buffer, offset, words);
+      u.uniforms = next;
+    },
+  };
+}
