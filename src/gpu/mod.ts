@@ -25,6 +25,7 @@ export {
 export { type Dispatch, encodeDispatches, freeDispatches, runDispatches } from "./dispatch.ts";
 export { type DType, dtypeBytes } from "./dtype.ts";
 export {
+  type KernelLayout,
   type KernelSource,
   type OverrideConstants,
   PipelineCache,
