@@ -74,10 +74,11 @@ Deno.test("a declared kernel's header declares its bindings, aliases and constan
 });
 
 Deno.test("a declared kernel's layout holds only the entry point's bindings", () => {
+  // Uniforms carry their size (16 bytes here: vec4f, and Params' two u32 rounded up).
   const storage = (binding: number, type: GPUBufferBindingType) => ({
     binding,
     visibility: GPUShaderStage.COMPUTE,
-    buffer: { type },
+    buffer: type === "uniform" ? { type, minBindingSize: 16 } : { type },
   });
   deepEqual(scale.layoutEntries("forward"), [
     storage(0, "read-only-storage"),

@@ -371,20 +371,30 @@ export function defineKernel<
     const ep = entryOf(entry);
     const used = new Set<B>([...ep.bindings, ...optional.filter((b) => ep.optional?.includes(b))]);
     const out: GPUBindGroupLayoutEntry[] = names.filter((b) => used.has(b)).map((b) => {
-      const a = decl.bindings[b].access;
+      const d = decl.bindings[b];
+      if (d.access === "uniform") {
+        const fields = typeof d.type === "string" ? { v: d.type } : d.type.fields;
+        return {
+          binding: numbers[b],
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: "uniform", minBindingSize: uniformLayout(fields).size },
+        };
+      }
       return {
         binding: numbers[b],
         visibility: GPUShaderStage.COMPUTE,
-        buffer: {
-          type: a === "read" ? "read-only-storage" : a === "uniform" ? "uniform" : "storage",
-        },
+        buffer: { type: d.access === "read" ? "read-only-storage" : "storage" },
       };
     });
+    // Uniforms state their size in the layout: checked when a bind group is made, not at
+    // each dispatch (wgpu checked a dispatch's late-sized uniform against the previous
+    // dispatch's bind group in one pass: a classifier's 16-byte loss scale against the next
+    // matmul's 40-byte parameters).
     if (hasUniform) {
       out.push({
         binding: numbers.p!,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: "uniform" },
+        buffer: { type: "uniform", minBindingSize: uLayout.size },
       });
     }
     return out;
