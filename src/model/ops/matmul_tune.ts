@@ -4,9 +4,9 @@
  * own operands.
  *
  * - Candidates: on CPU adapters regblock's default tile for the size (the incumbent; tiled
- *   when the operands are not 4-aligned), the same over 16 lanes and with half or twice
- *   the rows (each costs a compile: seconds on Mesa 22, up to a minute or more on Mesa 25
- *   cold; the GPU tiles, 2-5x slower there, are not tried); on GPUs tiled (the incumbent)
+ *   when the operands are not 4-aligned), and half its rows over 16 and over 8 lanes (each
+ *   costs a compile: seconds on Mesa 22, up to a minute on Mesa 25 cold, not timed; the GPU
+ *   tiles, 2-5x slower there, are not tried); on GPUs tiled (the incumbent)
  *   and every tile of GPU_TILES the device can run.
  * - Shape class: the transposes, element types, which operands are 4-aligned, N, and M
  *   and K rounded up to powers of two.
@@ -73,8 +73,8 @@ export type BuildWith = (
 
 /**
  * The candidates for a product on this adapter, incumbent first. On a CPU adapter: the
- * default register-blocked tile for the size, the same tile over twice the lanes (one
- * AVX-512 register, or two workgroups' worth of cache), and half or twice its rows; the
+ * default register-blocked tile for the size, and half its rows over 16 lanes (the same rows
+ * per workgroup: one AVX-512 register's worth of lanes) and over 8; the
  * GPU tiles, 2-5x slower on llvmpipe, are not worth their compile, except for operands
  * that cannot be read as vec4, where the choice is tiled or the best GPU tile.
  */
@@ -88,10 +88,11 @@ export function matmulCandidates(
     if (!aligned) return ["tiled", "wg128x128x8_t8x8"];
     const d = regblockDefault(s);
     if (d.cols) return ["regblock"];
-    const rows = d.tm === 32 || s.M < 256 ? d.tm / 2 : 2 * d.tm;
+    // Half the rows, over 8 and over 16 lanes: each compiles faster than the default (a
+    // 32x32 tile over 16 lanes took up to 2 minutes on Mesa 25).
     const names = [
-      regblockName({ ...d, lanes: 16 }),
-      regblockName({ ...d, tm: rows }),
+      regblockName({ ...d, lanes: 16, tm: d.tm / 2 }),
+      regblockName({ ...d, tm: d.tm / 2 }),
     ].filter((n) => regblockProblem(parseRegblockName(n)!) === undefined);
     return ["regblock", ...names];
   }
