@@ -267,8 +267,9 @@ Deno.test("register-blocked tiles: names, limits, the default by size, the CPU c
   };
   equal(tile(1024, 3072, 768), "rb8_t32x32");
   equal(tile(256, 3072, 768), "rb8_t32x32");
-  equal(tile(256, 2304, 768), "rb8_t16x32");
-  equal(tile(256, 768, 768), "rb8_t16x32");
+  equal(tile(256, 2304, 768), "rb8_t32x32");
+  equal(tile(256, 768, 768), "rb8_t32x32");
+  equal(tile(256, 256, 256), "rb8_t8x16");
   equal(tile(256, 50304, 128), "rb8_t16x32");
   equal(tile(50304, 128, 256, true), "rb8_t16x32");
   equal(tile(50304, 32, 128, true), "rb8_t8x16");

@@ -251,8 +251,8 @@ function regblockBody(v: RegblockVariant): string {
  * The default tile for a product: big tiles run up to 2x faster on llvmpipe, but its LLVM
  * compiles them for far longer (Mesa 25.0 cold, 32 columns: 32 rows 30-90 s, 16 rows 11-27
  * s; 8 rows x 16 columns 2-4 s), so they go only to products whose every side is large and
- * whose work repays the compile: 32 rows from 256 on every side and 2^30 FLOPs (GPT-2 124M's
- * MLP at 256 tokens), 16 from 128 and 2^28 (gpt2-mini's lm-head); a test model's products
+ * whose work repays the compile: 32 rows from 256 on every side and 2^28 FLOPs (every product
+ * of GPT-2 124M at 256 tokens), 16 from 128 and 2^28 (gpt2-mini's lm-head); a test model's products
  * (32 to 64 channels) keep the small tile. Under 8 rows the lanes spread over columns
  * (decoding).
  */
@@ -260,7 +260,7 @@ export function regblockDefault(b: { M: number; N: number; K: number; transA: bo
   const { M, N, K } = b;
   const flops = 2 * M * N * K, side = Math.min(N, K);
   if (M < 8 && !b.transA) return { tm: Math.min(M, 4), tn4: 2, lanes: 8, cols: true };
-  const tile = M >= 256 && side >= 256 && flops >= 2 ** 30
+  const tile = M >= 256 && side >= 256 && flops >= 2 ** 28
     ? { tm: 32, tn4: 8 }
     : M >= 128 && side >= 128 && flops >= 2 ** 28
     ? { tm: 16, tn4: 8 }
