@@ -157,9 +157,37 @@ export function decompress(
   kind: "gzip" | "zstd",
 ): ReadableStream<Uint8Array> {
   const reader = input.getReader();
-  const decoder = new SyncDecoder(kind);
-  const frames = kind === "zstd" ? new ZstdFrameTracker() : undefined;
-  const feed: Feed = {
+  const decoding = new Decoding(reader, kind);
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let output;
+      try {
+        output = await decoding.next();
+      } catch (e) {
+        decoding.close();
+        await reader.cancel().catch(() => {});
+        throw e;
+      }
+      if (output) controller.enqueue(output);
+      else {
+        decoding.close();
+        controller.close();
+      }
+    },
+    async cancel(reason) {
+      decoding.close();
+      await reader.cancel(reason);
+    },
+  });
+}
+
+/** One decompression: the input, the decoder, where it is in both, and the zstd frames. */
+class Decoding {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #kind: "gzip" | "zstd";
+  readonly #decoder: SyncDecoder;
+  readonly #frames: ZstdFrameTracker | undefined;
+  readonly #feed: Feed = {
     chunk: new Uint8Array(0),
     at: 0,
     end: 0,
@@ -168,47 +196,86 @@ export function decompress(
     pending: false,
     trailing: false,
   };
-  const damaged = (reason: string, at = feed.unit): never => {
+
+  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, kind: "gzip" | "zstd") {
+    this.#reader = reader;
+    this.#kind = kind;
+    this.#decoder = new SyncDecoder(kind);
+    this.#frames = kind === "zstd" ? new ZstdFrameTracker() : undefined;
+  }
+
+  /** The next output bytes (never empty), or undefined at the end of the input. */
+  async next(): Promise<Uint8Array | undefined> {
+    const feed = this.#feed;
+    while (true) {
+      if (feed.pending || feed.at < feed.end) {
+        const output = this.#step();
+        if (output.length > 0) return output;
+      } else if (feed.at < feed.chunk.length) this.#nextUnit();
+      else {
+        const next = await this.#reader.read();
+        if (next.done) {
+          this.#finish();
+          return undefined;
+        }
+        feed.base += feed.chunk.length;
+        feed.chunk = next.value;
+        feed.at = feed.end = 0;
+      }
+    }
+  }
+
+  close(): void {
+    this.#decoder.close();
+  }
+
+  /** Throws a damage error at byte `at` (the unit being fed by default). */
+  #damaged(reason: string, at = this.#feed.unit): never {
+    const frames = this.#frames;
     const frame = frames ? ` (frame ${frames.frames}, from byte ${frames.frameStart})` : "";
     throw new CompressedDataError(
-      `damaged ${kind} data at byte ${at}${frame}: ${reason}`,
+      `damaged ${this.#kind} data at byte ${at}${frame}: ${reason}`,
       at,
       false,
     );
-  };
+  }
 
-  // One decoder step over the unit being fed; returns its output, possibly none.
-  const step = (): Uint8Array => {
+  /** One decoder step over the unit being fed; returns its output, possibly none. */
+  #step(): Uint8Array {
+    const feed = this.#feed, frames = this.#frames;
     if (feed.trailing) {
       const rest = feed.chunk.subarray(feed.at, feed.end);
       const bad = rest.findIndex((b) => b !== 0);
       if (bad >= 0) {
-        damaged("unexpected bytes after the last gzip member", feed.base + feed.at + bad);
+        this.#damaged("unexpected bytes after the last gzip member", feed.base + feed.at + bad);
       }
       feed.at = feed.end;
       return rest.subarray(0, 0);
     }
     let r;
     try {
-      r = decoder.step(feed.chunk, feed.at, feed.end - feed.at);
+      r = this.#decoder.step(feed.chunk, feed.at, feed.end - feed.at);
     } catch (e) {
-      return damaged((e as Error).message);
+      return this.#damaged((e as Error).message);
     }
     feed.at += r.used;
     feed.pending = r.full;
     if (!r.full && feed.at < feed.end) {
       // The decoder finished with input left: zero padding after a gzip stream's last member
       // (anything else it rejects itself), or a zstd frame it thinks ended before its blocks.
-      if (frames) damaged("the decoder stopped before the end of the frame");
+      if (frames) this.#damaged("the decoder stopped before the end of the frame");
       feed.trailing = true;
     }
-    if (frames && !r.full && feed.at === feed.end && frames.atBoundary()) decoder.reset();
+    if (frames && !r.full && feed.at === feed.end && frames.atBoundary()) this.#decoder.reset();
     return r.output;
-  };
+  }
 
-  // Marks out the next unit of the chunk: a zstd frame header, block or skippable frame, or
-  // a slice of gzip data.
-  const nextUnit = () => {
+  /**
+   * Marks out the next unit of the chunk: a zstd frame header, block or skippable frame, or a
+   * slice of gzip data.
+   */
+  #nextUnit(): void {
+    const feed = this.#feed, frames = this.#frames;
     feed.unit = feed.base + feed.at;
     if (!frames) feed.end = Math.min(feed.chunk.length, feed.at + GZIP_UNIT);
     else {
@@ -219,10 +286,11 @@ export function decompress(
         throw new CompressedDataError((e as Error).message, frames.offset, false);
       }
     }
-  };
+  }
 
-  // At the end of the input: every frame complete, or the gzip stream ended properly.
-  const finish = () => {
+  /** At the end of the input: every frame complete, or the gzip stream ended properly. */
+  #finish(): void {
+    const feed = this.#feed, frames = this.#frames;
     const at = feed.base + feed.chunk.length;
     if (frames && !frames.atBoundary()) {
       throw new CompressedDataError(
@@ -234,56 +302,15 @@ export function decompress(
     }
     if (frames || feed.trailing) return;
     try {
-      decoder.step(feed.chunk, feed.chunk.length, 0, true);
+      this.#decoder.step(feed.chunk, feed.chunk.length, 0, true);
     } catch (e) {
       const reason = (e as Error).message;
-      if (!/unexpected end of file/.test(reason)) damaged(reason, at);
+      if (!/unexpected end of file/.test(reason)) this.#damaged(reason, at);
       throw new CompressedDataError(
         `the gzip data ends early at byte ${at}: the file is truncated`,
         at,
         true,
       );
     }
-  };
-
-  const pull = async (): Promise<Uint8Array | undefined> => {
-    while (true) {
-      if (feed.pending || feed.at < feed.end) {
-        const output = step();
-        if (output.length > 0) return output;
-      } else if (feed.at < feed.chunk.length) nextUnit();
-      else {
-        const next = await reader.read();
-        if (next.done) {
-          finish();
-          return undefined;
-        }
-        feed.base += feed.chunk.length;
-        feed.chunk = next.value;
-        feed.at = feed.end = 0;
-      }
-    }
-  };
-
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      let output;
-      try {
-        output = await pull();
-      } catch (e) {
-        decoder.close();
-        await reader.cancel().catch(() => {});
-        throw e;
-      }
-      if (output) controller.enqueue(output);
-      else {
-        decoder.close();
-        controller.close();
-      }
-    },
-    async cancel(reason) {
-      decoder.close();
-      await reader.cancel(reason);
-    },
-  });
+  }
 }

@@ -67,58 +67,124 @@ const sleep = (ms: number, signal?: AbortSignal) =>
  * ```
  */
 export function httpStream(url: string, options: HttpOptions = {}): ReadableStream<Uint8Array> {
-  const retries = options.retries ?? 6;
-  const backoff = options.backoffMs ?? 500;
-  let offset = 0;
-  let size: number | undefined;
-  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-  let discard = 0;
-  let failures = 0;
-  const idle = options.idleTimeoutMs ?? 60_000;
-  // One controller per connection, so a stalled one can be dropped without stopping the run.
-  let connection: AbortController | undefined;
+  const download = new ResumableDownload(url, options);
+  return new ReadableStream<Uint8Array>({
+    pull: (controller) => download.pull(controller),
+    cancel: (reason) => download.cancel(reason),
+  });
+}
 
-  async function connect(): Promise<void> {
+/** One download: how far it got, its open connection, and the failures since the last byte. */
+class ResumableDownload {
+  readonly #url: string;
+  readonly #options: HttpOptions;
+  readonly #retries: number;
+  readonly #backoff: number;
+  readonly #idle: number;
+  #offset = 0;
+  #size: number | undefined;
+  #reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  #discard = 0;
+  #failures = 0;
+  // One controller per connection, so a stalled one can be dropped without stopping the run.
+  #connection: AbortController | undefined;
+
+  constructor(url: string, options: HttpOptions) {
+    this.#url = url;
+    this.#options = options;
+    this.#retries = options.retries ?? 6;
+    this.#backoff = options.backoffMs ?? 500;
+    this.#idle = options.idleTimeoutMs ?? 60_000;
+  }
+
+  /** Enqueues the next chunk of the body, reconnecting as often as it takes. */
+  async pull(controller: ReadableStreamDefaultController<Uint8Array>): Promise<void> {
+    while (true) {
+      if (!this.#reader) {
+        if (this.#size !== undefined && this.#offset >= this.#size) return controller.close();
+        await this.#connect();
+        if (!this.#reader) return controller.close();
+      }
+      const result = await this.#read(this.#reader);
+      if (result === undefined) continue;
+      if (result.done) {
+        this.#reader = undefined;
+        if (this.#size === undefined || this.#offset >= this.#size) return controller.close();
+        await this.#retryOrThrow("body ended early");
+        continue;
+      }
+      let chunk = result.value;
+      if (this.#discard > 0) {
+        const n = Math.min(this.#discard, chunk.length);
+        this.#discard -= n;
+        chunk = chunk.subarray(n);
+        if (chunk.length === 0) continue;
+      }
+      this.#offset += chunk.length;
+      this.#failures = 0;
+      controller.enqueue(chunk);
+      return;
+    }
+  }
+
+  async cancel(reason: unknown): Promise<void> {
+    await this.#reader?.cancel(reason);
+  }
+
+  /**
+   * One read of the open connection, dropped when no byte comes for the idle timeout;
+   * undefined when the read failed and the retry's backoff is over.
+   */
+  async #read(
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+  ): Promise<ReadableStreamReadResult<Uint8Array> | undefined> {
+    const current = this.#connection;
+    let stalled = false;
+    const timer = setTimeout(() => {
+      stalled = true;
+      current?.abort();
+    }, this.#idle);
+    try {
+      return await reader.read();
+    } catch (e) {
+      this.#reader = undefined;
+      if (this.#options.signal?.aborted) throw e;
+      const why = stalled
+        ? `no data for ${this.#idle} ms`
+        : `connection dropped (${(e as Error).message})`;
+      await this.#retryOrThrow(why);
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Opens a connection from the current offset (no reader: nothing is left to read). */
+  async #connect(): Promise<void> {
+    const url = this.#url, options = this.#options;
     while (true) {
       const headers: Record<string, string> = { ...options.headers };
       if (options.hfToken && isHuggingFace(url)) {
         headers["Authorization"] = `Bearer ${options.hfToken}`;
       }
-      if (offset > 0) headers["Range"] = `bytes=${offset}-`;
+      if (this.#offset > 0) headers["Range"] = `bytes=${this.#offset}-`;
       let response: Response;
       try {
-        connection = new AbortController();
-        const signals = [connection.signal, ...(options.signal ? [options.signal] : [])];
+        this.#connection = new AbortController();
+        const signals = [this.#connection.signal, ...(options.signal ? [options.signal] : [])];
         response = await fetch(url, { headers, signal: AbortSignal.any(signals) });
       } catch (e) {
         if (options.signal?.aborted) throw e;
-        await retryOrThrow(`cannot connect: ${(e as Error).message}`);
+        await this.#retryOrThrow(`cannot connect: ${(e as Error).message}`);
         continue;
       }
       const status = response.status;
       if (status === 200 || status === 206) {
-        if (status === 200) {
-          const length = Number(response.headers.get("content-length") ?? NaN);
-          if (size === undefined && Number.isFinite(length)) {
-            size = length;
-            options.onSize?.(length);
-          }
-          discard = offset;
-        } else {
-          const range = /bytes (\d+)-\d+\/(\d+|\*)/.exec(
-            response.headers.get("content-range") ?? "",
-          );
-          discard = range ? offset - Number(range[1]) : 0;
-          if (range && range[2] !== "*" && size === undefined) {
-            size = Number(range[2]);
-            options.onSize?.(size);
-          }
-        }
-        reader = response.body!.getReader();
+        this.#accept(response);
         return;
       }
       await response.body?.cancel();
-      if (status === 416 && size !== undefined && offset >= size) return;
+      if (status === 416 && this.#size !== undefined && this.#offset >= this.#size) return;
       if (status === 401 || status === 403) {
         throw new HttpError(
           `Cannot download ${url}: HTTP ${status}; set HF_TOKEN to a token that can read it`,
@@ -129,75 +195,50 @@ export function httpStream(url: string, options: HttpOptions = {}): ReadableStre
         throw new HttpError(`Cannot download ${url}: HTTP 404 (not found); check the URL`, status);
       }
       if (status === 429 || status >= 500) {
-        await retryOrThrow(`HTTP ${status}`);
+        await this.#retryOrThrow(`HTTP ${status}`);
         continue;
       }
       throw new HttpError(`Cannot download ${url}: HTTP ${status}`, status);
     }
   }
 
-  async function retryOrThrow(why: string): Promise<void> {
-    failures++;
-    if (failures > retries) {
-      throw new Error(
-        `Cannot download ${url}: ${why} after ${retries} retries at byte ${offset}; ` +
-          `check the network and run again with --resume`,
+  /**
+   * Reads the size and the bytes to skip from a 200 (the whole body) or 206 (from where the
+   * range starts) response, and keeps its reader.
+   */
+  #accept(response: Response): void {
+    if (response.status === 200) {
+      const length = Number(response.headers.get("content-length") ?? NaN);
+      if (this.#size === undefined && Number.isFinite(length)) {
+        this.#size = length;
+        this.#options.onSize?.(length);
+      }
+      this.#discard = this.#offset;
+    } else {
+      const range = /bytes (\d+)-\d+\/(\d+|\*)/.exec(
+        response.headers.get("content-range") ?? "",
       );
+      this.#discard = range ? this.#offset - Number(range[1]) : 0;
+      if (range && range[2] !== "*" && this.#size === undefined) {
+        this.#size = Number(range[2]);
+        this.#options.onSize?.(this.#size);
+      }
     }
-    const delay = backoff * 2 ** (failures - 1);
-    options.onRetry?.(`${url}: ${why} at byte ${offset}, retrying in ${delay} ms`);
-    await sleep(delay, options.signal);
+    this.#reader = response.body!.getReader();
   }
 
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      while (true) {
-        if (!reader) {
-          if (size !== undefined && offset >= size) return controller.close();
-          await connect();
-          if (!reader) return controller.close();
-        }
-        let result: ReadableStreamReadResult<Uint8Array>;
-        const current = connection;
-        let stalled = false;
-        const timer = setTimeout(() => {
-          stalled = true;
-          current?.abort();
-        }, idle);
-        try {
-          result = await reader.read();
-        } catch (e) {
-          reader = undefined;
-          if (options.signal?.aborted) throw e;
-          const why = stalled
-            ? `no data for ${idle} ms`
-            : `connection dropped (${(e as Error).message})`;
-          await retryOrThrow(why);
-          continue;
-        } finally {
-          clearTimeout(timer);
-        }
-        if (result.done) {
-          reader = undefined;
-          if (size === undefined || offset >= size) return controller.close();
-          await retryOrThrow("body ended early");
-          continue;
-        }
-        let chunk = result.value;
-        if (discard > 0) {
-          const n = Math.min(discard, chunk.length);
-          discard -= n;
-          chunk = chunk.subarray(n);
-          if (chunk.length === 0) continue;
-        }
-        offset += chunk.length;
-        failures = 0;
-        controller.enqueue(chunk);
-        return;
-      }
-    },
-    async cancel(reason) {
-      await reader?.cancel(reason);
-    },
-  });
+  async #retryOrThrow(why: string): Promise<void> {
+    this.#failures++;
+    if (this.#failures > this.#retries) {
+      throw new Error(
+        `Cannot download ${this.#url}: ${why} after ${this.#retries} retries at byte ` +
+          `${this.#offset}; check the network and run again with --resume`,
+      );
+    }
+    const delay = this.#backoff * 2 ** (this.#failures - 1);
+    this.#options.onRetry?.(
+      `${this.#url}: ${why} at byte ${this.#offset}, retrying in ${delay} ms`,
+    );
+    await sleep(delay, this.#options.signal);
+  }
 }

@@ -45,8 +45,16 @@ import { type DType, dtypeOf } from "./dtype.ts";
 import { type BufferRange, checkLoopBound, makeDispatch } from "./kernel.ts";
 import type { Runtime } from "./runtime.ts";
 import {
+  type BindingDecl,
+  floatAlias,
+  type HeaderSpec,
+  kernelHeader,
+  type OverrideDecl,
+  overrideDecl,
+  storageF16,
+} from "./kernel_header.ts";
+import {
   packUniforms,
-  type UniformFields,
   uniformLayout,
   type UniformSlot,
   type UniformType,
@@ -54,6 +62,7 @@ import {
   writeField,
 } from "./uniforms.ts";
 
+export type { BindingDecl, OverrideDecl, StorageType } from "./kernel_header.ts";
 export {
   packUniforms,
   type UniformFields,
@@ -64,48 +73,6 @@ export {
 
 // ---------------------------------------------------------------------------
 // Declarations
-
-/** Element type of a storage binding: `array<T>` in WGSL. */
-export type StorageType =
-  | "f32"
-  | "f16"
-  | "u32"
-  | "i32"
-  | "vec2f"
-  | "vec4f"
-  | "vec4h"
-  | "vec4u"
-  | "atomic<u32>"
-  | "atomic<i32>"
-  /** f32 or f16, from the bound buffer: `array<alias>`. */
-  | "float"
-  /** vec4 of f32 or f16, from the bound buffer: `array<vec4<alias>>` (the alias is scalar). */
-  | "vec4float";
-
-/** A buffer binding of a kernel. */
-export type BindingDecl =
-  | {
-    /** `read` and `read_write` are storage; see `type`. */
-    access: "read" | "read_write";
-    /** Element type of the array. */
-    type: StorageType;
-    /** Name of the element-type alias of a float binding (`<name>_t` by default). */
-    alias?: string;
-  }
-  | {
-    /** A uniform buffer the caller owns and binds (written once per step, say). */
-    access: "uniform";
-    /** A WGSL type, or a struct of named fields. */
-    type: UniformType | { struct: string; fields: UniformFields };
-  };
-
-/** An override constant: its WGSL type and default (none: every dispatch must set it). */
-export type OverrideDecl =
-  | "u32"
-  | "i32"
-  | "f32"
-  | "bool"
-  | { type: "u32" | "i32" | "f32" | "bool"; default?: number | boolean };
 
 /** An entry point of a kernel. */
 export interface EntryDecl<B extends string, U extends string, O extends string> {
@@ -194,7 +161,6 @@ export interface DispatchPlan {
 // The kernel
 
 const IDENT = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const storageF16 = new Set<StorageType>(["f16", "vec4h"]);
 
 /** A declared kernel: plans and builds dispatches of its entry points. */
 export interface Kernel<B extends string, U extends string, O extends string, E extends string> {
@@ -235,17 +201,6 @@ const uniformBuffers = new WeakMap<Dispatch, {
   overrides: Record<string, number>;
 }>();
 
-function overrideDecl(d: OverrideDecl): { type: string; default?: number | boolean } {
-  return typeof d === "string" ? { type: d } : d;
-}
-
-function wgslLiteral(type: string, v: number | boolean): string {
-  if (type === "bool") return v ? "true" : "false";
-  if (type === "u32") return `${v}u`;
-  if (type === "i32") return `${v}i`;
-  return Number.isInteger(v) ? `${v}.0` : `${v}`;
-}
-
 /**
  * Declares a kernel once, by name: see the module doc. Checks the declaration and that the
  * body declares no bindings of its own.
@@ -256,16 +211,25 @@ export function defineKernel<
   O extends string = never,
   E extends string = string,
 >(decl: KernelDecl<B, U, O, E>): Kernel<B, U, O, E> {
+  return new DeclaredKernel(decl);
+}
+
+/**
+ * Throws when the declaration is wrong or disagrees with the WGSL body: a name that is not a
+ * WGSL identifier, a binding named like the uniform, a binding or a generated alias declared
+ * in the body, an entry point with an undeclared binding or no function in the body.
+ */
+function checkDeclaration<B extends string, U extends string, O extends string, E extends string>(
+  decl: KernelDecl<B, U, O, E>,
+  spec: HeaderSpec,
+): void {
   const k = decl.name;
-  const names = Object.keys(decl.bindings) as B[];
-  const uniforms = (decl.uniforms ?? {}) as Record<U, UniformType>;
-  const overrides = (decl.overrides ?? {}) as Record<O, OverrideDecl>;
+  const { names, uniforms, overrides } = spec;
   const hasUniform = Object.keys(uniforms).length > 0;
-  // ---- checks of the declaration
   for (const n of [...names, ...Object.keys(uniforms), ...Object.keys(overrides)]) {
     if (!IDENT.test(n)) throw new TypeError(`Kernel "${k}": "${n}" is not a WGSL identifier`);
   }
-  if (hasUniform && names.includes("p" as B)) {
+  if (hasUniform && names.includes("p")) {
     throw new TypeError(`Kernel "${k}": a binding is named "p", the uniform's name: rename it`);
   }
   const bodyDecl = decl.source.match(/^.*@(group|binding)\s*\(.*$/m);
@@ -275,13 +239,7 @@ export function defineKernel<
         "declare bindings in TypeScript (defineKernel) and keep only the body in the .wgsl file",
     );
   }
-  const aliasOf = (b: B): string | undefined => {
-    const d = decl.bindings[b];
-    if (d.access === "uniform" || (d.type !== "float" && d.type !== "vec4float")) return;
-    return d.alias ?? `${b}_t`;
-  };
-  const aliases = [...new Set(names.map(aliasOf).filter((a): a is string => a !== undefined))];
-  for (const a of aliases) {
+  for (const a of spec.aliases) {
     if (new RegExp(`\\balias\\s+${a}\\b`).test(decl.source)) {
       throw new TypeError(`Kernel "${k}": its WGSL declares "alias ${a}", which is generated`);
     }
@@ -296,114 +254,149 @@ export function defineKernel<
       throw new TypeError(`Kernel "${k}": its WGSL has no function "${e}" (an entry point)`);
     }
   }
-  const numbers = Object.fromEntries(names.map((n, i) => [n, i])) as Record<B, number> & {
-    p?: number;
-  };
-  if (hasUniform) numbers.p = names.length;
-  const uLayout = uniformLayout(uniforms);
-  const headers = new Map<string, string>();
+}
 
-  function header(types: Readonly<Record<string, DType>> = {}): string {
-    const key = aliases.map((a) => types[a] ?? "f32").join(",");
-    const cached = headers.get(key);
+/** What {@linkcode defineKernel} returns: the declaration, numbered, with its headers cached. */
+class DeclaredKernel<B extends string, U extends string, O extends string, E extends string>
+  implements Kernel<B, U, O, E> {
+  readonly decl: KernelDecl<B, U, O, E>;
+  readonly bindingNumbers: Record<B, number> & { p?: number };
+  readonly uniformLayout: { slots: Record<string, UniformSlot>; size: number };
+  readonly #spec: HeaderSpec;
+  readonly #uniforms: Record<U, UniformType>;
+  readonly #overrides: Record<O, OverrideDecl>;
+  readonly #hasUniform: boolean;
+  readonly #headers = new Map<string, string>();
+
+  constructor(decl: KernelDecl<B, U, O, E>) {
+    const names = Object.keys(decl.bindings) as B[];
+    this.#uniforms = (decl.uniforms ?? {}) as Record<U, UniformType>;
+    this.#overrides = (decl.overrides ?? {}) as Record<O, OverrideDecl>;
+    this.#hasUniform = Object.keys(this.#uniforms).length > 0;
+    const aliases = names.map((b) => floatAlias(b, decl.bindings[b]));
+    const numbers = Object.fromEntries(names.map((n, i) => [n, i])) as Record<B, number> & {
+      p?: number;
+    };
+    this.#spec = {
+      name: decl.name,
+      bindings: decl.bindings,
+      names,
+      numbers,
+      aliases: [...new Set(aliases.filter((a): a is string => a !== undefined))],
+      uniforms: this.#uniforms,
+      overrides: this.#overrides,
+      enables: decl.enables ?? [],
+    };
+    checkDeclaration(decl, this.#spec);
+    if (this.#hasUniform) numbers.p = names.length;
+    this.decl = decl;
+    this.bindingNumbers = numbers;
+    this.uniformLayout = uniformLayout(this.#uniforms);
+  }
+
+  header(types: Readonly<Record<string, DType>> = {}): string {
+    const key = this.#spec.aliases.map((a) => types[a] ?? "f32").join(",");
+    const cached = this.#headers.get(key);
     if (cached !== undefined) return cached;
-    const lines: string[] = [];
-    const f16 = aliases.some((a) => types[a] === "f16") ||
-      names.some((b) => {
-        const d = decl.bindings[b];
-        return d.access !== "uniform" && storageF16.has(d.type);
-      });
-    const enables = [...(f16 ? ["f16"] : []), ...(decl.enables ?? [])];
-    for (const e of new Set(enables)) lines.push(`enable ${e};`);
-    lines.push(`// ---- ${k}: generated from its declaration (src/gpu/define_kernel.ts)`);
-    for (const a of aliases) lines.push(`alias ${a} = ${types[a] ?? "f32"};`);
-    for (const [o, d] of Object.entries(overrides) as [O, OverrideDecl][]) {
-      const { type, default: def } = overrideDecl(d);
-      lines.push(
-        `override ${o}: ${type}${def === undefined ? "" : ` = ${wgslLiteral(type, def)}`};`,
-      );
-    }
-    const struct = (name: string, fields: Record<string, string>) =>
-      `struct ${name} { ${Object.entries(fields).map(([f, t]) => `${f}: ${t}`).join(", ")} }`;
-    for (const b of names) {
-      const d = decl.bindings[b];
-      if (d.access === "uniform" && typeof d.type === "object") {
-        lines.push(struct(d.type.struct, d.type.fields));
-      }
-    }
-    if (hasUniform) lines.push(struct("Params", uniforms));
-    for (const b of names) {
-      const d = decl.bindings[b], at = `@group(0) @binding(${numbers[b]})`;
-      if (d.access === "uniform") {
-        lines.push(
-          `${at} var<uniform> ${b}: ${typeof d.type === "object" ? d.type.struct : d.type};`,
-        );
-        continue;
-      }
-      // The resolved type, not the alias, so the declaration reads as what it is.
-      const elem = d.type === "float"
-        ? types[aliasOf(b)!] ?? "f32"
-        : d.type === "vec4float"
-        ? `vec4<${types[aliasOf(b)!] ?? "f32"}>`
-        : d.type;
-      lines.push(`${at} var<storage, ${d.access}> ${b}: array<${elem}>;`);
-    }
-    if (hasUniform) lines.push(`@group(0) @binding(${numbers.p}) var<uniform> p: Params;`);
-    lines.push(`// ---- ${k}.wgsl`, "");
-    const text = lines.join("\n");
-    headers.set(key, text);
+    const text = kernelHeader(this.#spec, types);
+    this.#headers.set(key, text);
     return text;
   }
 
-  function entryOf(entry: E): EntryDecl<B, U, O> {
-    const ep = (decl.entryPoints as Record<string, EntryDecl<B, U, O>>)[entry];
-    if (!ep || !Object.hasOwn(decl.entryPoints, entry)) {
+  #entryOf(entry: E): EntryDecl<B, U, O> {
+    const eps = this.decl.entryPoints;
+    const ep = (eps as Record<string, EntryDecl<B, U, O>>)[entry];
+    if (!ep || !Object.hasOwn(eps, entry)) {
       throw new TypeError(
-        `Kernel "${k}" has no entry point "${entry}": use one of ${
-          Object.keys(decl.entryPoints).join(", ")
+        `Kernel "${this.decl.name}" has no entry point "${entry}": use one of ${
+          Object.keys(eps).join(", ")
         }`,
       );
     }
     return ep;
   }
 
-  function layoutEntries(entry: E, optional: readonly B[] = []): GPUBindGroupLayoutEntry[] {
-    const ep = entryOf(entry);
+  layoutEntries(entry: E, optional: readonly B[] = []): GPUBindGroupLayoutEntry[] {
+    const ep = this.#entryOf(entry);
     const used = new Set<B>([...ep.bindings, ...optional.filter((b) => ep.optional?.includes(b))]);
-    const out: GPUBindGroupLayoutEntry[] = names.filter((b) => used.has(b)).map((b) => {
-      const d = decl.bindings[b];
-      if (d.access === "uniform") {
-        const fields = typeof d.type === "string" ? { v: d.type } : d.type.fields;
+    const numbers = this.bindingNumbers;
+    const out: GPUBindGroupLayoutEntry[] = (this.#spec.names as B[]).filter((b) => used.has(b))
+      .map((b) => {
+        const d = this.decl.bindings[b];
+        if (d.access === "uniform") {
+          const fields = typeof d.type === "string" ? { v: d.type } : d.type.fields;
+          return {
+            binding: numbers[b],
+            visibility: GPUShaderStage.COMPUTE,
+            buffer: { type: "uniform", minBindingSize: uniformLayout(fields).size },
+          };
+        }
         return {
           binding: numbers[b],
           visibility: GPUShaderStage.COMPUTE,
-          buffer: { type: "uniform", minBindingSize: uniformLayout(fields).size },
+          buffer: { type: d.access === "read" ? "read-only-storage" : "storage" },
         };
-      }
-      return {
-        binding: numbers[b],
-        visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: d.access === "read" ? "read-only-storage" : "storage" },
-      };
-    });
+      });
     // Uniforms state their size in the layout: checked when a bind group is made, not at
     // each dispatch (wgpu checked a dispatch's late-sized uniform against the previous
     // dispatch's bind group in one pass: a classifier's 16-byte loss scale against the next
     // matmul's 40-byte parameters).
-    if (hasUniform) {
+    if (this.#hasUniform) {
       out.push({
         binding: numbers.p!,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: "uniform", minBindingSize: uLayout.size },
+        buffer: { type: "uniform", minBindingSize: this.uniformLayout.size },
       });
     }
     return out;
   }
 
-  function plan(entry: E, args: DispatchArgs<B, U, O>): DispatchPlan {
-    const ep = entryOf(entry);
-    const pipelineName = ep.label ?? `${k}_${entry}`, name = args.name ?? pipelineName;
-    const where = `Kernel "${k}" entry point "${entry}"`;
+  plan(entry: E, args: DispatchArgs<B, U, O>): DispatchPlan {
+    const ep = this.#entryOf(entry);
+    const pipelineName = ep.label ?? `${this.decl.name}_${entry}`;
+    const name = args.name ?? pipelineName;
+    const where = `Kernel "${this.decl.name}" entry point "${entry}"`;
+    const { buffers, types, optionalGiven } = this.#bindBuffers(where, ep, args);
+    // ---- uniforms and override constants, by name
+    let uniform: DispatchPlan["uniform"];
+    const uValues = (args.uniforms ?? {}) as Record<string, number | readonly number[]>;
+    if (this.#hasUniform) {
+      uniform = {
+        binding: this.bindingNumbers.p!,
+        words: Array.from(packUniforms(where, this.#uniforms, uValues)),
+      };
+    } else if (Object.keys(uValues).length) {
+      throw new TypeError(`${where}: the kernel has no uniforms, but some were passed`);
+    }
+    const { constants, oAll } = this.#overrideValues(where, args);
+    const uAll: Record<string, number> = {};
+    for (const [f, v] of Object.entries(uValues)) if (typeof v === "number") uAll[f] = v;
+    const bound = ep.loopBound(uAll as Record<U, number>, oAll as Record<O, number>);
+    checkLoopBound(name, { bound, shape: { ...uAll, ...oAll } });
+    return {
+      name,
+      pipelineName,
+      code: this.header(types) + this.decl.source,
+      headerLines: this.header(types).split("\n").length - 1,
+      entryPoint: entry,
+      constants,
+      layout: this.layoutEntries(entry, optionalGiven),
+      buffers,
+      uniform,
+      loops: { bound, shape: { ...uAll, ...oAll } },
+      values: { uniforms: uAll, overrides: oAll },
+    };
+  }
+
+  /**
+   * The buffers of a dispatch by binding number, checked against the entry point, and the
+   * float aliases' element types they set.
+   */
+  #bindBuffers(where: string, ep: EntryDecl<B, U, O>, args: DispatchArgs<B, U, O>): {
+    buffers: Record<number, BufferRange>;
+    types: Record<string, DType>;
+    optionalGiven: B[];
+  } {
     const allowed = [...ep.bindings, ...(ep.optional ?? [])];
     for (const b of Object.keys(args.buffers) as B[]) {
       if (!allowed.includes(b)) {
@@ -425,9 +418,9 @@ export function defineKernel<
       }
       if (!ep.bindings.includes(b)) optionalGiven.push(b);
       const range: BufferRange = "buffer" in arg ? arg : { buffer: arg };
-      const d = decl.bindings[b], held = dtypeOf(range.buffer);
+      const d = this.decl.bindings[b], held = dtypeOf(range.buffer);
       if (d.access !== "uniform") {
-        const alias = aliasOf(b);
+        const alias = floatAlias(b, d);
         if (alias !== undefined) {
           if (types[alias] !== undefined && types[alias] !== held) {
             throw new TypeError(
@@ -443,19 +436,20 @@ export function defineKernel<
           );
         }
       }
-      buffers[numbers[b]] = range;
+      buffers[this.bindingNumbers[b]] = range;
     }
-    // ---- uniforms and override constants, by name
-    let uniform: DispatchPlan["uniform"];
-    const uValues = (args.uniforms ?? {}) as Record<string, number | readonly number[]>;
-    if (hasUniform) {
-      uniform = {
-        binding: numbers.p!,
-        words: Array.from(packUniforms(where, uniforms, uValues)),
-      };
-    } else if (Object.keys(uValues).length) {
-      throw new TypeError(`${where}: the kernel has no uniforms, but some were passed`);
-    }
+    return { buffers, types, optionalGiven };
+  }
+
+  /**
+   * The override constants a dispatch sets (as WebGPU takes them) and every override's value,
+   * defaults filled in.
+   */
+  #overrideValues(where: string, args: DispatchArgs<B, U, O>): {
+    constants: Record<string, number>;
+    oAll: Record<string, number>;
+  } {
+    const overrides = this.#overrides;
     const constants: Record<string, number> = {};
     const oValues = (args.overrides ?? {}) as Record<string, number | boolean>;
     for (const o of Object.keys(oValues)) {
@@ -477,84 +471,66 @@ export function defineKernel<
       if (given !== undefined) constants[o] = +given;
       oAll[o] = +(given ?? def!);
     }
-    const uAll: Record<string, number> = {};
-    for (const [f, v] of Object.entries(uValues)) if (typeof v === "number") uAll[f] = v;
-    const bound = ep.loopBound(uAll as Record<U, number>, oAll as Record<O, number>);
-    checkLoopBound(name, { bound, shape: { ...uAll, ...oAll } });
-    return {
-      name,
-      pipelineName,
-      code: header(types) + decl.source,
-      headerLines: header(types).split("\n").length - 1,
-      entryPoint: entry,
-      constants,
-      layout: layoutEntries(entry, optionalGiven),
-      buffers,
-      uniform,
-      loops: { bound, shape: { ...uAll, ...oAll } },
-      values: { uniforms: uAll, overrides: oAll },
-    };
+    return { constants, oAll };
   }
 
-  return {
-    decl,
-    bindingNumbers: numbers,
-    header,
-    layoutEntries,
-    uniformLayout: uLayout,
-    plan,
-    async dispatch(rt, entry, args) {
-      const p = plan(entry, args);
-      const d = await makeDispatch(rt, {
-        name: p.name,
-        pipelineName: p.pipelineName,
-        code: p.code,
-        headerLines: p.headerLines,
-        file: `${k}.wgsl`,
-        entryPoint: p.entryPoint,
-        constants: p.constants,
-        layout: p.layout,
-        buffers: p.buffers,
-        uniform: p.uniform,
-        workgroups: args.workgroups,
-        flops: args.flops,
-        loops: p.loops,
-      });
-      if (p.uniform) {
-        const buffer = d.resources![0];
-        uniformBuffers.set(d, { kernel: k, entry, buffer, ...p.values });
-      }
-      return d;
-    },
-    writeUniforms(queue, dispatch, values) {
-      const u = uniformBuffers.get(dispatch);
-      if (!u || u.kernel !== k) {
+  async dispatch(rt: Runtime, entry: E, args: DispatchArgs<B, U, O>): Promise<Dispatch> {
+    const p = this.plan(entry, args);
+    const d = await makeDispatch(rt, {
+      name: p.name,
+      pipelineName: p.pipelineName,
+      code: p.code,
+      headerLines: p.headerLines,
+      file: `${this.decl.name}.wgsl`,
+      entryPoint: p.entryPoint,
+      constants: p.constants,
+      layout: p.layout,
+      buffers: p.buffers,
+      uniform: p.uniform,
+      workgroups: args.workgroups,
+      flops: args.flops,
+      loops: p.loops,
+    });
+    if (p.uniform) {
+      const buffer = d.resources![0];
+      uniformBuffers.set(d, { kernel: this.decl.name, entry, buffer, ...p.values });
+    }
+    return d;
+  }
+
+  writeUniforms(
+    queue: GPUQueue,
+    dispatch: Dispatch,
+    values: Partial<Record<U, number | readonly number[]>>,
+  ): void {
+    const k = this.decl.name;
+    const u = uniformBuffers.get(dispatch);
+    if (!u || u.kernel !== k) {
+      throw new TypeError(
+        `Kernel "${k}": dispatch "${dispatch.name}" was not built by it: write its own uniforms`,
+      );
+    }
+    const writes: [number, Uint32Array<ArrayBuffer>][] = [];
+    const next = { ...u.uniforms };
+    for (const [f, v] of Object.entries(values) as [string, number | readonly number[]][]) {
+      const slot = this.uniformLayout.slots[f];
+      if (!slot) {
         throw new TypeError(
-          `Kernel "${k}": dispatch "${dispatch.name}" was not built by it: write its own uniforms`,
+          `Kernel "${k}": unknown uniform "${f}": its fields are ${
+            Object.keys(this.#uniforms).join(", ")
+          }`,
         );
       }
-      const writes: [number, Uint32Array<ArrayBuffer>][] = [];
-      const next = { ...u.uniforms };
-      for (const [f, v] of Object.entries(values) as [string, number | readonly number[]][]) {
-        const slot = uLayout.slots[f];
-        if (!slot) {
-          throw new TypeError(
-            `Kernel "${k}": unknown uniform "${f}": its fields are ${
-              Object.keys(uniforms).join(", ")
-            }`,
-          );
-        }
-        const words = new Uint32Array(uniformWords(slot.type));
-        writeField(`Kernel "${k}"`, f, { offset: 0, type: slot.type }, v, words);
-        writes.push([slot.offset, words]);
-        if (typeof v === "number") next[f] = v;
-      }
-      // The new values keep the loop bound within the budget, or nothing is written.
-      const ep = entryOf(u.entry as E);
-      const bound = ep.loopBound(next as Record<U, number>, u.overrides as Record<O, number>);
-      checkLoopBound(dispatch.name, { bound, shape: { ...next, ...u.overrides } });
-      for (const [offset, words] of writes) queue.writeBuffer(u.buffer, offset, words);
-      u.uniforms = next;
-    },
-  };
+      const words = new Uint32Array(uniformWords(slot.type));
+      writeField(`Kernel "${k}"`, f, { offset: 0, type: slot.type }, v, words);
+      writes.push([slot.offset, words]);
+      if (typeof v === "number") next[f] = v;
+    }
+    // The new values keep the loop bound within the budget, or nothing is written.
+    const ep = this.#entryOf(u.entry as E);
+    const bound = ep.loopBound(next as Record<U, number>, u.overrides as Record<O, number>);
+    checkLoopBound(dispatch.name, { bound, shape: { ...next, ...u.overrides } });
+    for (const [offset, words] of writes) queue.writeBuffer(u.buffer, offset, words);
+    u.uniforms = next;
+  }
 }

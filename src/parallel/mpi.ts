@@ -74,7 +74,7 @@ export interface Mpi extends Dist {
 
 let current: Mpi | undefined;
 let finalizedOnce = false;
-/** Buffers of queued and running calls (see `serial` in initMpi). */
+/** Buffers of queued and running calls (see `CallQueue.run`). */
 const pinned = new Set<unknown[]>();
 
 /**
@@ -105,6 +105,80 @@ export function initMpi(options: MpiOptions = {}): Mpi {
 
   const { path, version } = findLibmpi(launch, env);
   const implementation = version.startsWith("Open MPI") ? "openmpi" : "mpich";
+  const lib = openLibmpi(path, implementation);
+  const provided = initThread(lib, version);
+  const world = worldShape(lib, implementation, launch, `${path} (${version})`);
+  const queue = new CallQueue();
+  const w: World = { lib, queue, chunkLimit, rank: world.rank, size: world.size };
+
+  const finalize = () => {
+    if (queue.finalized) return;
+    if (queue.inFlight > 0) {
+      throw new Error(
+        `finalize called with ${queue.inFlight} collective(s) in flight: await them first`,
+      );
+    }
+    queue.finalized = true;
+    finalizedOnce = true;
+    current = undefined;
+    const flag = new Int32Array(1);
+    lib.fns.MPI_Finalized(flag);
+    if (!flag[0]) lib.check(lib.fns.MPI_Finalize(), "MPI_Finalize");
+  };
+
+  const mpi: Mpi = {
+    ...world,
+    implementation,
+    library: path,
+    version,
+    threadLevel: THREAD_LEVELS[Math.min(provided, 3)],
+    allReduceSum: (data) => allReduceSum(w, data),
+    reduceScatterSum: (data, counts, out) => reduceScatterSum(w, data, counts, out),
+    allGather: (local, counts, out) => allGather(w, local, counts, out),
+    broadcast: (data, root = 0) => broadcast(w, data, root),
+    barrier: () => queue.run([], () => call(lib, "MPI_Barrier", lib.fns.MPI_Barrier(lib.h.world))),
+    abort(code, message) {
+      if (message) console.error(message);
+      queue.aborting = true;
+      letLauncherForwardOutput();
+      // Runs on the JS thread even while a collective blocks a worker thread
+      // (allowed under MPI_THREAD_MULTIPLE); it does not return.
+      if (!queue.finalized) lib.fns.MPI_Abort(lib.h.world, code);
+      Deno.exit(code);
+    },
+    finalize,
+  };
+
+  // At exit (the end of the program or Deno.exit): a clean exit finalizes,
+  // since exiting without MPI_Finalize makes mpirun report the job as failed.
+  // A failing exit aborts instead: MPI_Finalize waits for every rank, and the
+  // others may be blocked in a collective this rank will never join.
+  globalThis.addEventListener("unload", () => {
+    if (queue.finalized || queue.aborting) return;
+    const code = Deno.exitCode;
+    if (code !== 0 || queue.inFlight > 0) {
+      console.error(`rank ${w.rank} of ${w.size}: exiting with code ${code}, aborting the job`);
+      letLauncherForwardOutput();
+      lib.fns.MPI_Abort(lib.h.world, code || 1);
+    } else {
+      finalize();
+    }
+  });
+  current = mpi;
+  return mpi;
+}
+
+// ---- loading and starting MPI ----------------------------------------------
+
+/** libmpi's functions and handles, and a check that turns a failed call into an Error. */
+interface Lib {
+  fns: Fns;
+  h: Handles;
+  check(rc: number, what: string): void;
+}
+
+/** Loads libmpi and binds the handles of its ABI. */
+function openLibmpi(path: string, implementation: "openmpi" | "mpich"): Lib {
   let fns: Fns;
   let h: Handles;
   if (implementation === "openmpi") {
@@ -126,8 +200,6 @@ export function initMpi(options: MpiOptions = {}): Mpi {
     fns = Deno.dlopen(path, symbols("i32")).symbols as unknown as Fns;
     h = mpichHandles();
   }
-
-  const provided = new Int32Array(1);
   const errorString = (code: number): string => {
     const text = new Uint8Array(1024);
     const len = new Int32Array(1);
@@ -137,6 +209,15 @@ export function initMpi(options: MpiOptions = {}): Mpi {
   const check = (rc: number, what: string) => {
     if (rc !== 0) throw new Error(`${what} failed: ${errorString(rc)} (MPI error ${rc})`);
   };
+  return { fns, h, check };
+}
+
+/**
+ * MPI_Init_thread, asking for MPI_THREAD_MULTIPLE; returns the thread level provided. Ends
+ * the job when it is under MPI_THREAD_SERIALIZED.
+ */
+function initThread({ fns, h, check }: Lib, version: string): number {
+  const provided = new Int32Array(1);
   check(fns.MPI_Init_thread(null, null, MPI_THREAD_MULTIPLE, provided), "MPI_Init_thread");
   if (provided[0] < MPI_THREAD_SERIALIZED) {
     // Every rank has the same library: end the job rather than have each rank fail alone.
@@ -151,7 +232,19 @@ export function initMpi(options: MpiOptions = {}): Mpi {
   }
   // Errors come back as return codes, so we can say which call failed and why.
   check(fns.MPI_Comm_set_errhandler(h.world, h.errorsReturn), "MPI_Comm_set_errhandler");
+  return provided[0];
+}
 
+/**
+ * This process's rank and local rank in MPI_COMM_WORLD, checked against the launch; `library`
+ * names the libmpi for the error when they disagree.
+ */
+function worldShape(
+  { fns, h, check }: Lib,
+  implementation: "openmpi" | "mpich",
+  launch: Launch | null,
+  library: string,
+): { rank: number; size: number; localRank: number; localSize: number } {
   const int = new Int32Array(1);
   check(fns.MPI_Comm_rank(h.world, int), "MPI_Comm_rank");
   const rank = int[0];
@@ -159,7 +252,7 @@ export function initMpi(options: MpiOptions = {}): Mpi {
   const size = int[0];
   if (launch && launch.size > 0 && launch.size !== size) {
     throw new Error(
-      `${path} (${version}) sees ${size} process(es) but the launcher started ${launch.size}: ` +
+      `${library} sees ${size} process(es) but the launcher started ${launch.size}: ` +
         `this libmpi does not belong to the mpirun that started us; set ${LIBMPI_ENV} to the ` +
         "libmpi of the MPI whose mpirun you use",
     );
@@ -181,184 +274,171 @@ export function initMpi(options: MpiOptions = {}): Mpi {
     localSize = int[0];
     check(fns.MPI_Comm_free(comm), "MPI_Comm_free");
   }
+  return { rank, size, localRank, localSize };
+}
 
-  // ---- the queue: one MPI call at a time, in call order -------------------
-  let tail: Promise<unknown> = Promise.resolve();
-  let inFlight = 0;
-  let finalized = false;
-  let aborting = false;
-  // `keep` holds every buffer the job hands to MPI: the worker thread writes
-  // through raw pointers, and nothing else may keep the arrays from the GC.
-  const serial = (keep: unknown[], job: () => Promise<void>): Promise<void> => {
-    if (finalized) return Promise.reject(new Error("MPI was finalized: no more collectives"));
-    inFlight++;
+// ---- the queue: one MPI call at a time, in call order ----------------------
+
+/** The calls of one MPI world, run one at a time in call order, and its lifecycle. */
+class CallQueue {
+  #tail: Promise<unknown> = Promise.resolve();
+  inFlight = 0;
+  finalized = false;
+  aborting = false;
+
+  /**
+   * Runs `job` after every call queued before it. `keep` holds every buffer the job hands to
+   * MPI: the worker thread writes through raw pointers, and nothing else may keep the arrays
+   * from the GC.
+   */
+  run(keep: unknown[], job: () => Promise<void>): Promise<void> {
+    if (this.finalized) return Promise.reject(new Error("MPI was finalized: no more collectives"));
+    this.inFlight++;
     pinned.add(keep);
-    const p = tail.then(job).finally(() => {
-      inFlight--;
+    const p = this.#tail.then(job).finally(() => {
+      this.inFlight--;
       pinned.delete(keep);
     });
-    tail = p.catch(() => {});
+    this.#tail = p.catch(() => {});
     return p;
-  };
-  const call = async (what: string, rc: Promise<number>) => check(await rc, what);
-  const ptr = (a: ArrayBufferView): Ptr => Deno.UnsafePointer.of(a);
-  const typeOf = (a: ArrayBufferView): Handle =>
-    a instanceof Float64Array ? h.f64 : a instanceof Float32Array ? h.f32 : h.byte;
+  }
+}
 
-  const finalize = () => {
-    if (finalized) return;
-    if (inFlight > 0) {
-      throw new Error(
-        `finalize called with ${inFlight} collective(s) in flight: await them first`,
+/** What the collectives run on. */
+interface World {
+  lib: Lib;
+  queue: CallQueue;
+  chunkLimit: number;
+  rank: number;
+  size: number;
+}
+
+const call = async (lib: Lib, what: string, rc: Promise<number>) => lib.check(await rc, what);
+const ptr = (a: ArrayBufferView): Ptr => Deno.UnsafePointer.of(a);
+const typeOf = (h: Handles, a: ArrayBufferView): Handle =>
+  a instanceof Float64Array ? h.f64 : a instanceof Float32Array ? h.f32 : h.byte;
+
+// ---- the collectives ---------------------------------------------------------
+
+function allReduceSum({ lib, queue, chunkLimit }: World, data: FloatArray): Promise<void> {
+  const { fns, h } = lib;
+  floatKind("allReduceSum", data);
+  return queue.run([data], async () => {
+    for (const [at, n] of chunkRanges(data.length, chunkLimit)) {
+      const part = data.subarray(at, at + n);
+      await call(
+        lib,
+        "MPI_Allreduce",
+        fns.MPI_Allreduce(h.inPlace, ptr(part), n, typeOf(h, data), h.sum, h.world),
       );
     }
-    finalized = true;
-    finalizedOnce = true;
-    current = undefined;
-    const flag = new Int32Array(1);
-    fns.MPI_Finalized(flag);
-    if (!flag[0]) check(fns.MPI_Finalize(), "MPI_Finalize");
-  };
+  });
+}
 
-  const mpi: Mpi = {
-    rank,
-    size,
-    localRank,
-    localSize,
-    implementation,
-    library: path,
-    version,
-    threadLevel: THREAD_LEVELS[Math.min(provided[0], 3)],
-
-    allReduceSum(data: FloatArray) {
-      floatKind("allReduceSum", data);
-      return serial([data], async () => {
-        for (const [at, n] of chunkRanges(data.length, chunkLimit)) {
-          const part = data.subarray(at, at + n);
-          await call(
-            "MPI_Allreduce",
-            fns.MPI_Allreduce(h.inPlace, ptr(part), n, typeOf(data), h.sum, h.world),
-          );
-        }
-      });
-    },
-
-    reduceScatterSum(data, counts, out) {
-      const displs = checkReduceScatter(data, counts, out, size, rank);
-      const total = data.length;
-      const parts = counts.slice(); // as they were at the call
-      const counts32 = Int32Array.from(parts); // only used when all counts fit in an int
-      return serial([data, out, counts32], async () => {
-        if (total <= chunkLimit) {
-          await call(
-            "MPI_Reduce_scatter",
-            fns.MPI_Reduce_scatter(ptr(data), ptr(out), counts32, h.f32, h.sum, h.world),
-          );
-          return;
-        }
-        // Too big for int counts and displacements: reduce each part to its
-        // owner, in pieces. Same sums; each call still moves up to chunkLimit.
-        for (let r = 0; r < size; r++) {
-          for (const [at, n] of chunkRanges(parts[r], chunkLimit)) {
-            const send = data.subarray(displs[r] + at, displs[r] + at + n);
-            const recv = r === rank ? ptr(out.subarray(at, at + n)) : null;
-            await call("MPI_Reduce", fns.MPI_Reduce(ptr(send), recv, n, h.f32, h.sum, r, h.world));
-          }
-        }
-      });
-    },
-
-    allGather(local, counts, out) {
-      const { displs, inPlace } = checkAllGather(local, counts, out, size, rank);
-      const total = out.length;
-      const type = typeOf(out);
-      const parts = counts.slice(); // as they were at the call
-      const counts32 = Int32Array.from(parts); // only used when everything fits in an int
-      const displs32 = Int32Array.from(displs);
-      return serial([local, out, counts32, displs32], async () => {
-        if (total <= chunkLimit) {
-          await call(
-            "MPI_Allgatherv",
-            fns.MPI_Allgatherv(
-              inPlace ? h.inPlace : ptr(local),
-              parts[rank],
-              type,
-              ptr(out),
-              counts32,
-              displs32,
-              type,
-              h.world,
-            ),
-          );
-          return;
-        }
-        // Too big for int displacements: each part is broadcast by its owner.
-        if (!inPlace) out.set(local, displs[rank]);
-        for (let r = 0; r < size; r++) {
-          for (const [at, n] of chunkRanges(parts[r], chunkLimit)) {
-            const part = out.subarray(displs[r] + at, displs[r] + at + n);
-            await call("MPI_Bcast", fns.MPI_Bcast(ptr(part), n, type, r, h.world));
-          }
-        }
-      });
-    },
-
-    broadcast(data, root = 0) {
-      checkBroadcast(data, root, size);
-      // The length first: a mismatch is an error here instead of a
-      // truncation or a hang in MPI.
-      const len = new Float64Array([data.length]);
-      return serial([data, len], async () => {
-        await call("MPI_Bcast", fns.MPI_Bcast(ptr(len), 1, h.f64, root, h.world));
-        if (len[0] !== data.length) {
-          throw new RangeError(
-            `broadcast: rank ${rank} passed ${data.length} bytes but root ${root} sends ` +
-              `${len[0]}: every rank must pass a buffer of the root's length`,
-          );
-        }
-        for (const [at, n] of chunkRanges(data.length, chunkLimit)) {
-          await call(
-            "MPI_Bcast",
-            fns.MPI_Bcast(ptr(data.subarray(at, at + n)), n, h.byte, root, h.world),
-          );
-        }
-      });
-    },
-
-    barrier() {
-      return serial([], () => call("MPI_Barrier", fns.MPI_Barrier(h.world)));
-    },
-
-    abort(code, message) {
-      if (message) console.error(message);
-      aborting = true;
-      letLauncherForwardOutput();
-      // Runs on the JS thread even while a collective blocks a worker thread
-      // (allowed under MPI_THREAD_MULTIPLE); it does not return.
-      if (!finalized) fns.MPI_Abort(h.world, code);
-      Deno.exit(code);
-    },
-
-    finalize,
-  };
-
-  // At exit (the end of the program or Deno.exit): a clean exit finalizes,
-  // since exiting without MPI_Finalize makes mpirun report the job as failed.
-  // A failing exit aborts instead: MPI_Finalize waits for every rank, and the
-  // others may be blocked in a collective this rank will never join.
-  globalThis.addEventListener("unload", () => {
-    if (finalized || aborting) return;
-    const code = Deno.exitCode;
-    if (code !== 0 || inFlight > 0) {
-      console.error(`rank ${rank} of ${size}: exiting with code ${code}, aborting the job`);
-      letLauncherForwardOutput();
-      fns.MPI_Abort(h.world, code || 1);
-    } else {
-      finalize();
+function reduceScatterSum(
+  { lib, queue, chunkLimit, rank, size }: World,
+  data: Float32Array,
+  counts: readonly number[],
+  out: Float32Array,
+): Promise<void> {
+  const { fns, h } = lib;
+  const displs = checkReduceScatter(data, counts, out, size, rank);
+  const total = data.length;
+  const parts = counts.slice(); // as they were at the call
+  const counts32 = Int32Array.from(parts); // only used when all counts fit in an int
+  return queue.run([data, out, counts32], async () => {
+    if (total <= chunkLimit) {
+      await call(
+        lib,
+        "MPI_Reduce_scatter",
+        fns.MPI_Reduce_scatter(ptr(data), ptr(out), counts32, h.f32, h.sum, h.world),
+      );
+      return;
+    }
+    // Too big for int counts and displacements: reduce each part to its
+    // owner, in pieces. Same sums; each call still moves up to chunkLimit.
+    for (let r = 0; r < size; r++) {
+      for (const [at, n] of chunkRanges(parts[r], chunkLimit)) {
+        const send = data.subarray(displs[r] + at, displs[r] + at + n);
+        const recv = r === rank ? ptr(out.subarray(at, at + n)) : null;
+        await call(
+          lib,
+          "MPI_Reduce",
+          fns.MPI_Reduce(ptr(send), recv, n, h.f32, h.sum, r, h.world),
+        );
+      }
     }
   });
-  current = mpi;
-  return mpi;
+}
+
+function allGather(
+  { lib, queue, chunkLimit, rank, size }: World,
+  local: Float32Array | Uint8Array,
+  counts: readonly number[],
+  out: Float32Array | Uint8Array,
+): Promise<void> {
+  const { fns, h } = lib;
+  const { displs, inPlace } = checkAllGather(local, counts, out, size, rank);
+  const total = out.length;
+  const type = typeOf(h, out);
+  const parts = counts.slice(); // as they were at the call
+  const counts32 = Int32Array.from(parts); // only used when everything fits in an int
+  const displs32 = Int32Array.from(displs);
+  return queue.run([local, out, counts32, displs32], async () => {
+    if (total <= chunkLimit) {
+      await call(
+        lib,
+        "MPI_Allgatherv",
+        fns.MPI_Allgatherv(
+          inPlace ? h.inPlace : ptr(local),
+          parts[rank],
+          type,
+          ptr(out),
+          counts32,
+          displs32,
+          type,
+          h.world,
+        ),
+      );
+      return;
+    }
+    // Too big for int displacements: each part is broadcast by its owner.
+    if (!inPlace) out.set(local, displs[rank]);
+    for (let r = 0; r < size; r++) {
+      for (const [at, n] of chunkRanges(parts[r], chunkLimit)) {
+        const part = out.subarray(displs[r] + at, displs[r] + at + n);
+        await call(lib, "MPI_Bcast", fns.MPI_Bcast(ptr(part), n, type, r, h.world));
+      }
+    }
+  });
+}
+
+function broadcast(
+  { lib, queue, chunkLimit, rank, size }: World,
+  data: Uint8Array,
+  root: number,
+): Promise<void> {
+  const { fns, h } = lib;
+  checkBroadcast(data, root, size);
+  // The length first: a mismatch is an error here instead of a
+  // truncation or a hang in MPI.
+  const len = new Float64Array([data.length]);
+  return queue.run([data, len], async () => {
+    await call(lib, "MPI_Bcast", fns.MPI_Bcast(ptr(len), 1, h.f64, root, h.world));
+    if (len[0] !== data.length) {
+      throw new RangeError(
+        `broadcast: rank ${rank} passed ${data.length} bytes but root ${root} sends ` +
+          `${len[0]}: every rank must pass a buffer of the root's length`,
+      );
+    }
+    for (const [at, n] of chunkRanges(data.length, chunkLimit)) {
+      await call(
+        lib,
+        "MPI_Bcast",
+        fns.MPI_Bcast(ptr(data.subarray(at, at + n)), n, h.byte, root, h.world),
+      );
+    }
+  });
 }
 
 /**
