@@ -237,14 +237,16 @@ export function mesaVersionIn(library: Uint8Array): string {
 
 /**
  * Advice for a driver that holds the package back, or undefined. Mesa's lavapipe before 24
- * runs the kernels about 3x slower than 25 (and cuts every invocation off after ~65,535 loop
- * iterations); requestGpu prints this once per process, on stderr.
+ * cuts every invocation off after ~65,535 loop iterations and ran the kernels 3x slower than
+ * 25 on a Zen 3 box (on an AVX-512 EPYC, 22.3 was as fast); requestGpu prints this once per
+ * process, on stderr.
  */
 export function driverAdvice(adapterName: string, driver: string): string | undefined {
   const m = /^Mesa (\d+)\./.exec(driver);
   if (!m || Number(m[1]) >= 24 || !/llvmpipe|lavapipe/i.test(adapterName)) return undefined;
-  return `this CPU adapter is lavapipe from ${driver}; Mesa 24 or later runs the kernels about ` +
-    "3x faster: on Debian 12 add the bookworm-backports suite and run " +
+  return `this CPU adapter is lavapipe from ${driver}; Mesa 24 or later has no cap on loop ` +
+    "iterations and ran the kernels up to 3x faster on some CPUs (not all: see README, " +
+    "Requirements): on Debian 12 add the bookworm-backports suite and run " +
     "`apt-get install -t bookworm-backports mesa-vulkan-drivers` (Debian 13 and Ubuntu 24.04 " +
-    "ship it); see README, Requirements";
+    "ship it)";
 }
