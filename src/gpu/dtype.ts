@@ -36,23 +36,6 @@ export function dtypeOf(buffer: GPUBuffer): DType {
   return types.get(buffer) ?? "f32";
 }
 
-/**
- * `code` with each `alias NAME = f32;` line set to the given type, and
- * `enable f16;` first when any is f16. Every alias named must exist.
- *
- * @deprecated Declare the kernel with `defineKernel` and `"float"` bindings: variants come
- * from the declaration, not from edits of kernel text. No kernel of the package uses this.
- */
-export function typedKernel(code: string, aliases: Record<string, DType>): string {
-  let out = code;
-  for (const [name, t] of Object.entries(aliases)) {
-    const re = new RegExp(`^alias ${name} = f32;`, "m");
-    if (!re.test(out)) throw new Error(`Kernel has no line "alias ${name} = f32;"`);
-    out = out.replace(re, `alias ${name} = ${t};`);
-  }
-  return Object.values(aliases).includes("f16") ? `enable f16;\n${out}` : out;
-}
-
 /** f32 values rounded to f16 and back (what an f16 buffer would hold). */
 export function roundToF16(x: ArrayLike<number>): Float32Array<ArrayBuffer> {
   return Float32Array.from(new Float16Array(Array.from(x)));

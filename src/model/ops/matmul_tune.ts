@@ -26,12 +26,7 @@ import { type DType, dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { dispatchTimer, type TuneResult, tunerFor } from "../../gpu/autotune.ts";
 import { GPU_TILES, type GpuTileName, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
-import {
-  parseRegblockName,
-  regblockDefault,
-  regblockName,
-  regblockProblem,
-} from "./matmul_regblock.ts";
+import { regblockDefault, regblockName, regblockProblem } from "./matmul_regblock.ts";
 
 /** A register-blocked tile's name: rb{lanes}_t{rows}x{columns}. */
 export type RegblockName = `rb${number}_t${number}x${number}`;
@@ -90,11 +85,8 @@ export function matmulCandidates(
     if (d.cols) return ["regblock"];
     // Half the rows, over 8 and over 16 lanes: each compiles faster than the default (a
     // 32x32 tile over 16 lanes took up to 2 minutes on Mesa 25).
-    const names = [
-      regblockName({ ...d, lanes: 16, tm: d.tm / 2 }),
-      regblockName({ ...d, tm: d.tm / 2 }),
-    ].filter((n) => regblockProblem(parseRegblockName(n)!) === undefined);
-    return ["regblock", ...names];
+    const tiles = [{ ...d, lanes: 16, tm: d.tm / 2 }, { ...d, tm: d.tm / 2 }];
+    return ["regblock", ...tiles.filter((t) => !regblockProblem(t)).map(regblockName)];
   }
   const tiles = GPU_TILES.filter((t) =>
     gpuTileProblem(parseGpuTile(t)!, rt.gpu.limits) === undefined
