@@ -383,7 +383,7 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     kind: "string",
     parse: parseMatmulImpl,
     default: undefined,
-    arg: "auto|regblock|tiled|wgBMxBNxBK_tTMxTN",
+    arg: "auto|regblock|rbL_tTMxTN|tiled|wgBMxBNxBK_tTMxTN",
     group: "Model",
     help: "matmul kernel (default auto: the autotuner's choice per shape and device, cached; " +
       "DEBUG=1 says why)",
