@@ -380,6 +380,37 @@ Deno.test("the optimizers' interfaces are expressible: a shared Step struct, an 
   equal(half.layout.map((e) => e.binding).join(","), "0,1,2,3,4,5,6,7");
 });
 
+Deno.test("a storage binding may hold one struct, shared by name with a uniform's", () => {
+  // The optimizers' gradient statistics: one struct the training step writes, read by name.
+  const stats = { struct: "Stats", fields: { scale: "f32", skip: "f32" } } as const;
+  const k = defineKernel({
+    name: "stats",
+    source: "@compute @workgroup_size(1) fn main() { out.scale = inp.scale; }",
+    bindings: {
+      inp: { access: "read", type: stats },
+      out: { access: "read_write", type: stats },
+      u: { access: "uniform", type: stats },
+    },
+    entryPoints: { main: { bindings: ["inp", "out", "u"], loopBound: () => 0 } },
+  });
+  const h = k.header();
+  equal(h.match(/struct Stats \{ scale: f32, skip: f32 \}\n/g)?.length, 1);
+  match(h, /@binding\(0\) var<storage, read> inp: Stats;/);
+  match(h, /@binding\(1\) var<storage, read_write> out: Stats;/);
+  match(h, /@binding\(2\) var<uniform> u: Stats;/);
+  equal(/enable f16/.test(h), false);
+  const buffers = { inp: fake("inp"), out: fake("out"), u: fake("u") };
+  deepEqual(
+    k.plan("main", { buffers, workgroups: [1, 1, 1] }).layout.map((e) => e.buffer?.type),
+    ["read-only-storage", "storage", "uniform"],
+  );
+  throws(
+    () =>
+      k.plan("main", { buffers: { ...buffers, out: fake("out", "f16") }, workgroups: [1, 1, 1] }),
+    /binding "out" is declared Stats but its buffer \("out"\) holds f16/,
+  );
+});
+
 gpuTest("a declared kernel's compile errors give the line in its .wgsl body", async (rt) => {
   const broken = defineKernel({
     name: "broken",

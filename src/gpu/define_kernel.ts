@@ -15,7 +15,7 @@
  * `alias x_t = f32;` lines, its `override` lines and any `enable`; declare them here instead
  * (storage bindings by name in binding order, uniform fields by name as `p.<field>`, a
  * caller-owned uniform buffer as a binding with `access: "uniform"` and a WGSL type or
- * `{ struct, fields }`, bindings only some dispatches pass as an entry's `optional`), and
+ * `{ struct, fields }`, a storage buffer holding one struct likewise, bindings only some dispatches pass as an entry's `optional`), and
  * state each entry point's loop bound as a function of the uniforms and constants.
  *
  * @example
@@ -62,7 +62,7 @@ import {
   writeField,
 } from "./uniforms.ts";
 
-export type { BindingDecl, OverrideDecl, StorageType } from "./kernel_header.ts";
+export type { BindingDecl, OverrideDecl, StorageType, StructDecl } from "./kernel_header.ts";
 export {
   packUniforms,
   type UniformFields,
@@ -429,9 +429,12 @@ class DeclaredKernel<B extends string, U extends string, O extends string, E ext
             );
           }
           types[alias] = held;
-        } else if ((held === "f16") !== storageF16.has(d.type)) {
+        } else if (
+          (held === "f16") !== (typeof d.type === "string" && storageF16.has(d.type))
+        ) {
+          const type = typeof d.type === "string" ? d.type : d.type.struct;
           throw new TypeError(
-            `${where}: binding "${b}" is declared ${d.type} but its buffer ` +
+            `${where}: binding "${b}" is declared ${type} but its buffer ` +
               `("${range.buffer.label}") holds ${held}: bind a buffer of that type`,
           );
         }

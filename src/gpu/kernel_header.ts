@@ -27,13 +27,21 @@ export type StorageType =
   /** vec4 of f32 or f16, from the bound buffer: `array<vec4<alias>>` (the alias is scalar). */
   | "vec4float";
 
+/** A struct of named fields, declared in the header (`struct <struct> { ... }`). */
+export interface StructDecl {
+  /** The struct's WGSL name. */
+  struct: string;
+  /** Its fields in order. */
+  fields: UniformFields;
+}
+
 /** A buffer binding of a kernel. */
 export type BindingDecl =
   | {
     /** `read` and `read_write` are storage; see `type`. */
     access: "read" | "read_write";
-    /** Element type of the array. */
-    type: StorageType;
+    /** Element type of the array, or a struct: the binding is then one struct, no array. */
+    type: StorageType | StructDecl;
     /** Name of the element-type alias of a float binding (`<name>_t` by default). */
     alias?: string;
   }
@@ -41,7 +49,7 @@ export type BindingDecl =
     /** A uniform buffer the caller owns and binds (written once per step, say). */
     access: "uniform";
     /** A WGSL type, or a struct of named fields. */
-    type: UniformType | { struct: string; fields: UniformFields };
+    type: UniformType | StructDecl;
   };
 
 /** An override constant: its WGSL type and default (none: every dispatch must set it). */
@@ -105,7 +113,7 @@ export function kernelHeader(spec: HeaderSpec, types: Readonly<Record<string, DT
   const f16 = aliases.some((a) => types[a] === "f16") ||
     names.some((b) => {
       const d = bindings[b];
-      return d.access !== "uniform" && storageF16.has(d.type);
+      return d.access !== "uniform" && typeof d.type === "string" && storageF16.has(d.type);
     });
   const enables = [...(f16 ? ["f16"] : []), ...spec.enables];
   for (const e of new Set(enables)) lines.push(`enable ${e};`);
@@ -117,9 +125,11 @@ export function kernelHeader(spec: HeaderSpec, types: Readonly<Record<string, DT
       `override ${o}: ${type}${def === undefined ? "" : ` = ${wgslLiteral(type, def)}`};`,
     );
   }
+  const structs = new Set<string>();
   for (const b of names) {
     const d = bindings[b];
-    if (d.access === "uniform" && typeof d.type === "object") {
+    if (typeof d.type === "object" && !structs.has(d.type.struct)) {
+      structs.add(d.type.struct);
       lines.push(wgslStruct(d.type.struct, d.type.fields));
     }
   }
@@ -130,6 +140,10 @@ export function kernelHeader(spec: HeaderSpec, types: Readonly<Record<string, DT
       lines.push(
         `${at} var<uniform> ${b}: ${typeof d.type === "object" ? d.type.struct : d.type};`,
       );
+      continue;
+    }
+    if (typeof d.type === "object") {
+      lines.push(`${at} var<storage, ${d.access}> ${b}: ${d.type.struct};`);
       continue;
     }
     // The resolved type, not the alias, so the declaration reads as what it is.

@@ -65,6 +65,7 @@ export {
   type OverrideDecl,
   packUniforms,
   type StorageType,
+  type StructDecl,
   type UniformFields,
   uniformLayout,
   type UniformSlot,
