@@ -1,7 +1,6 @@
 // grad_norm: the global L2 norm of all gradients, deterministically, and what the training
 // step makes of it: the gradient scale (clip factor over the loss scale) and the skip flag
-// every optimizer update reads (GradStats, generated from src/optim/optimizer.ts's GRAD_STATS
-// by src/optim/kernel_source.ts and put first).
+// every optimizer update reads (stats: GradStats, src/optim/optimizer.ts's GRAD_STATS).
 //
 // partial:  partials[slot + w] = sum of finite g^2 over the w-th block of 4096 elements of
 //           one range (one workgroup a block; a fixed tree within the workgroup), and
@@ -17,21 +16,11 @@
 //
 // Loop bound per invocation: partial 64 + 6; finish ceil(count / 256) + 8; decide 0.
 // Shapes: grads [n] (a range of the flat gradient buffer), partials [2 * count], stats GradStats.
-// Bindings: 0 grads, 1 partials (rw), 2 stats (rw), 3 params (uniform), 4 clip (uniform,
-// written every step).
+// Bindings (src/train/grad_norm.ts declares them): grads, partials (rw), stats (rw), clip
+// (uniform Clip, written every step: max_norm 0 is no clipping, inv_scale = 1 / S); p: n,
+// slot and count (= total) for partial, count for finish.
 // Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (256,1,1),
 // (1,1,1); decide: (1,1,1), (1,1,1).
-
-// partial reads n, slot and count (= total); finish reads count.
-struct Params { n: u32, slot: u32, count: u32, p0: u32 }
-// max_norm 0: no clipping; inv_scale = 1 / S.
-struct Clip { max_norm: f32, inv_scale: f32, skip_overflow: u32, p0: u32 }
-
-@group(0) @binding(0) var<storage, read> grads: array<f32>;
-@group(0) @binding(1) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(2) var<storage, read_write> stats: GradStats;
-@group(0) @binding(3) var<uniform> p: Params;
-@group(0) @binding(4) var<uniform> clip: Clip;
 
 var<workgroup> red: array<f32, 64>;
 var<workgroup> bad: array<f32, 64>;

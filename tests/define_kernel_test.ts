@@ -433,7 +433,7 @@ gpuTest("a declared kernel's compile errors give the line in its .wgsl body", as
 
 Deno.test("kernels/*.wgsl declare no bindings: their interfaces are declared in TypeScript", async () => {
   // The optimizers' kernels move to defineKernel with src/optim's rewrite.
-  const notYet = new Set(["adamw.wgsl", "adamw4bit.wgsl", "adamw8bit.wgsl", "grad_norm.wgsl"]);
+  const notYet = new Set(["adamw.wgsl", "adamw4bit.wgsl", "adamw8bit.wgsl"]);
   const declaring: string[] = [];
   for await (const f of Deno.readDir(new URL("../kernels/", import.meta.url))) {
     if (!f.name.endsWith(".wgsl") || notYet.has(f.name)) continue;

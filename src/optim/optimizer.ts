@@ -11,6 +11,7 @@
  * @module
  */
 
+import type { StructDecl } from "../gpu/define_kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 
 // ---------------------------------------------------------------------------
@@ -18,7 +19,7 @@ import type { Profiler } from "../gpu/profiler.ts";
 
 /**
  * The gradient statistics buffer, f32 slots by name: the one definition of its layout (the
- * WGSL struct {@linkcode GRAD_STATS_WGSL} is generated from it).
+ * WGSL struct {@linkcode GRAD_STATS_STRUCT} is generated from it).
  *
  * - `scale`: what every stored gradient is multiplied by before the update: the clip factor
  *   over the loss scale, min(1, max_norm / (norm / S + 1e-6)) / S (1 without either).
@@ -30,6 +31,17 @@ export const GRAD_STATS = { scale: 0, norm: 1, nonfinite: 2, skip: 3 } as const;
 
 /** Bytes of the {@linkcode GRAD_STATS} buffer. */
 export const GRAD_STATS_BYTES = Object.keys(GRAD_STATS).length * 4;
+
+/**
+ * {@linkcode GRAD_STATS} as a WGSL struct, fields in slot order: the type of the binding every
+ * kernel that reads or writes the statistics declares (src/gpu/define_kernel.ts).
+ */
+export const GRAD_STATS_STRUCT: StructDecl = {
+  struct: "GradStats",
+  fields: Object.fromEntries(
+    Object.entries(GRAD_STATS).sort((a, b) => a[1] - b[1]).map(([k]) => [k, "f32"]),
+  ),
+};
 
 /** The WGSL struct of {@linkcode GRAD_STATS}, fields in slot order. */
 export const GRAD_STATS_WGSL = `struct GradStats { ${

@@ -8,18 +8,45 @@
  */
 
 import type { ArenaScope } from "../gpu/arena.ts";
+import {
+  defineKernel,
+  packUniforms,
+  type StructDecl,
+  uniformLayout,
+} from "../gpu/define_kernel.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
-import { f32Bits, makeDispatch } from "../gpu/kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { parameterRanges } from "../optim/adamw_common.ts";
-import { optimizerKernel } from "../optim/kernel_source.ts";
-import gradNormBody from "../../kernels/grad_norm.wgsl" with { type: "text" };
-
-const gradNormSrc = optimizerKernel(gradNormBody);
+import { GRAD_STATS_STRUCT } from "../optim/optimizer.ts";
+import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
 
 const BLOCK = 4096; // elements per grad_norm workgroup
+
+/** The per-step clip settings (kernels/grad_norm.wgsl's `clip`), written by setStep. */
+const CLIP: StructDecl = {
+  struct: "Clip",
+  fields: { max_norm: "f32", inv_scale: "f32", skip_overflow: "u32" },
+};
+
+/** kernels/grad_norm.wgsl's interface. */
+export const gradNormKernel = defineKernel({
+  name: "grad_norm",
+  source: gradNormSrc,
+  bindings: {
+    grads: { access: "read", type: "f32" },
+    partials: { access: "read_write", type: "f32" },
+    stats: { access: "read_write", type: GRAD_STATS_STRUCT },
+    clip: { access: "uniform", type: CLIP },
+  },
+  uniforms: { n: "u32", slot: "u32", count: "u32" },
+  entryPoints: {
+    partial: { bindings: ["grads", "partials"], loopBound: () => 64 + 6 },
+    finish: { bindings: ["partials", "stats"], loopBound: (u) => Math.ceil(u.count / 256) + 8 },
+    decide: { bindings: ["stats", "clip"], loopBound: () => 0 },
+  },
+});
 
 /** Floats of partial sums and counts {@linkcode gradNormDispatches} needs for these ranges. */
 export function gradNormPartials(ranges: { size: number }[]): number {
@@ -44,31 +71,20 @@ export async function gradNormDispatches(
   for (const r of ranges) {
     const blocks = Math.ceil(r.size / BLOCK);
     norm.push(
-      await makeDispatch(rt, {
-        name: "grad_norm_partial",
-        code: gradNormSrc,
-        entryPoint: "partial",
-        buffers: {
-          0: { buffer: grads, offset: r.offset * 4, size: r.size * 4 },
-          1: { buffer: partials },
-        },
-        uniform: { binding: 3, words: [r.size, slot, total] },
+      await gradNormKernel.dispatch(rt, "partial", {
+        buffers: { grads: { buffer: grads, offset: r.offset * 4, size: r.size * 4 }, partials },
+        uniforms: { n: r.size, slot, count: total },
         workgroups: [blocks, 1, 1],
         flops: 2 * r.size,
-        loops: { bound: 70, shape: { n: r.size } },
       }),
     );
     slot += blocks;
   }
   norm.push(
-    await makeDispatch(rt, {
-      name: "grad_norm_finish",
-      code: gradNormSrc,
-      entryPoint: "finish",
-      buffers: { 1: { buffer: partials }, 2: { buffer: stats } },
-      uniform: { binding: 3, words: [0, 0, slot] },
+    await gradNormKernel.dispatch(rt, "finish", {
+      buffers: { partials, stats },
+      uniforms: { n: 0, slot: 0, count: slot },
       workgroups: [1, 1, 1],
-      loops: { bound: Math.ceil(slot / 256) + 8, shape: { partials: slot } },
     }),
   );
   return norm;
@@ -140,15 +156,13 @@ export class GradNorm {
     const clip = mem.alloc(
       "grad_norm.clip",
       "scratch",
-      16,
+      uniformLayout(CLIP.fields).size,
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
     const norm = await gradNormDispatches(rt, ranges, grads, partials, stats);
-    const decide = await makeDispatch(rt, {
-      name: "grad_norm_decide",
-      code: gradNormSrc,
-      entryPoint: "decide",
-      buffers: { 2: { buffer: stats }, 4: { buffer: clip } },
+    const decide = await gradNormKernel.dispatch(rt, "decide", {
+      buffers: { stats, clip },
+      uniforms: { n: 0, slot: 0, count: 0 },
       workgroups: [1, 1, 1],
     });
     const out = new GradNorm(rt, mem, stats, clip, norm, [decide]);
@@ -163,12 +177,11 @@ export class GradNorm {
 
   /** Writes this step's clip threshold, loss scale and overflow rule. */
   setStep(o: GradNormStep): void {
-    const words = new Uint32Array([
-      f32Bits(o.gradClip),
-      f32Bits(1 / (o.lossScale ?? 1)),
-      o.skipOnOverflow ? 1 : 0,
-      0,
-    ]);
+    const words = packUniforms("grad_norm clip", CLIP.fields, {
+      max_norm: o.gradClip,
+      inv_scale: 1 / (o.lossScale ?? 1),
+      skip_overflow: o.skipOnOverflow ? 1 : 0,
+    });
     this.#rt.device.queue.writeBuffer(this.#clip, 0, words);
   }
 
