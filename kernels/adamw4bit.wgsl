@@ -20,36 +20,24 @@
 // Shapes: params, grads [n] f32 (n = rows*cols for rank-1); mq, vq [n/8] u32; mabs [n/128];
 // vabs [n/128] (block-wise v only); scales [2*(rows+cols)] = rows_old | cols_old | rows_new | cols_new;
 // maps [32] = m map | v map. rows = cols = 0 selects block-wise v (a uniform branch, so
-// every binding is used whatever the tensor). Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs,
-// 6 scales, 7 maps, 8 gstats, 9 step, 10 range.
+// every binding is used whatever the tensor).
+// Bindings (src/optim/lowbit_pieces.ts declares them, and which each entry point uses):
+// params, grads, mq, vq, mabs, vabs, scales, maps, gstats, s (uniform); p: n, decay, rows,
+// cols, lo, hi, first.
 // Loop bound per invocation: row_max, col_max hi - lo (at most 32768, src/optim/lowbit.ts);
 // update 2 + 2 * 8 * 5 + 4 (the maps, two passes of 8 codes, 5 halvings each, and the
 // 16-wide tree); commit 0.
 
-// GradStats, Step, adamw_update (kernels/adamw_update.wgsl) and qmap, nearest, block_max
-// (kernels/lowbit_common.wgsl) come first.
-struct Range { n: u32, decay: u32, rows: u32, cols: u32, lo: u32, hi: u32, first: u32, p0: u32 }
-
-@group(0) @binding(0) var<storage, read_write> params: array<f32>;
-@group(0) @binding(1) var<storage, read> grads: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mq: array<u32>;
-@group(0) @binding(3) var<storage, read_write> vq: array<u32>;
-@group(0) @binding(4) var<storage, read_write> mabs: array<f32>;
-@group(0) @binding(5) var<storage, read_write> vabs: array<f32>;
-@group(0) @binding(6) var<storage, read_write> scales: array<f32>;
-@group(0) @binding(7) var<storage, read> maps: array<f32>;
-@group(0) @binding(8) var<storage, read> gstats: GradStats;
-@group(0) @binding(9) var<uniform> s: Step;
-@group(0) @binding(10) var<uniform> r: Range;
-
+// adamw_update (kernels/adamw_update.wgsl) and qmap, nearest, block_max
+// (kernels/lowbit_common.wgsl) come first: src/optim/kernel_source.ts.
 fn code(words: u32, k: u32) -> u32 {
   return (words >> (4u * k)) & 15u;
 }
 
 // The rank-1 scale of element e from the old (which = 0) or new (which = 1) maxima.
 fn rank1(e: u32, which: u32) -> f32 {
-  let o = which * (r.rows + r.cols);
-  return min(scales[o + e / r.cols], scales[o + r.rows + e % r.cols]);
+  let o = which * (p.rows + p.cols);
+  return min(scales[o + e / p.cols], scales[o + p.rows + e % p.cols]);
 }
 
 // v after this step's update (unchanged where the gradient is not finite).
@@ -67,42 +55,42 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
 @compute @workgroup_size(64, 1, 1)
 fn row_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
-  if (i >= r.rows || skip_step()) { return; }
-  let o = r.rows + r.cols + i;
-  var mx = select(scales[o], 0.0, r.first == 1u);
-  for (var j = r.lo; j < r.hi; j++) { mx = max(mx, v_next(i * r.cols + j)); }
+  if (i >= p.rows || skip_step()) { return; }
+  let o = p.rows + p.cols + i;
+  var mx = select(scales[o], 0.0, p.first == 1u);
+  for (var j = p.lo; j < p.hi; j++) { mx = max(mx, v_next(i * p.cols + j)); }
   scales[o] = mx;
 }
 
 @compute @workgroup_size(64, 1, 1)
 fn col_max(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let j = linear_index(gid, nwg);
-  if (j >= r.cols || skip_step()) { return; }
-  let o = 2u * r.rows + r.cols + j;
-  var mx = select(scales[o], 0.0, r.first == 1u);
-  for (var i = r.lo; i < r.hi; i++) { mx = max(mx, v_next(i * r.cols + j)); }
+  if (j >= p.cols || skip_step()) { return; }
+  let o = 2u * p.rows + p.cols + j;
+  var mx = select(scales[o], 0.0, p.first == 1u);
+  for (var i = p.lo; i < p.hi; i++) { mx = max(mx, v_next(i * p.cols + j)); }
   scales[o] = mx;
 }
 
 @compute @workgroup_size(64, 1, 1)
 fn commit(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = linear_index(gid, nwg);
-  if (i >= r.rows + r.cols || skip_step()) { return; }
-  scales[i] = scales[r.rows + r.cols + i];
+  if (i >= p.rows + p.cols || skip_step()) { return; }
+  scales[i] = scales[p.rows + p.cols + i];
 }
 
 @compute @workgroup_size(16, 1, 1)
 fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
           @builtin(local_invocation_index) l: u32) {
   let blk = wid.x + wid.y * nwg.x;
-  if (blk * 128u >= r.n || skip_step()) { return; } // uniform per workgroup
+  if (blk * 128u >= p.n || skip_step()) { return; } // uniform per workgroup
   load_maps(l, 16u, 32u);
   let w = blk * 16u + l;
   let mw = mq[w];
   let vw = vq[w];
   let am = mabs[blk];
   let av = vabs[blk];
-  let rank1_mode = r.rows > 0u;
+  let rank1_mode = p.rows > 0u;
   var mv: array<f32, 8>;
   var vv: array<f32, 8>;
   var mmax = 0.0;
@@ -111,7 +99,7 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
     let e = 8u * w + k;
     var m = 0.0;
     var v = 0.0;
-    if (e < r.n) {
+    if (e < p.n) {
       m = qmap[code(mw, k)] * am;
       if (rank1_mode) {
         v = qmap[16u + code(vw, k)] * rank1(e, 0u);
@@ -120,7 +108,7 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
       }
       let g = scaled_grad(grads[e]);
       if (is_finite(g)) {
-        let u = adamw_update(params[e], g, m, v, r.decay == 1u);
+        let u = adamw_update(params[e], g, m, v, p.decay == 1u);
         m = u.m;
         v = u.v;
         params[e] = u.p;
@@ -139,7 +127,7 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   for (var k = 0u; k < 8u; k++) {
     let e = 8u * w + k;
     var sv = nv;
-    if (rank1_mode && e < r.n) { sv = rank1(e, 1u); }
+    if (rank1_mode && e < p.n) { sv = rank1(e, 1u); }
     mout |= nearest(0u, 16u, select(0.0, mv[k] / nm, nm > 0.0)) << (4u * k);
     vout |= nearest(16u, 16u, select(0.0, vv[k] / sv, sv > 0.0)) << (4u * k);
   }

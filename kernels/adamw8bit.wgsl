@@ -8,33 +8,20 @@
 //
 // Shapes: params, grads [n] f32; mq, vq [ceil(n/4)] u32 (4 codes, low byte first);
 // mabs, vabs [ceil(n/BLOCK)] f32; maps [512] f32 (signed then unsigned, ascending).
-// Bindings: 0 params, 1 grads, 2 mq, 3 vq, 4 mabs, 5 vabs, 6 maps, 7 gstats, 8 step, 9 range.
+// Bindings (src/optim/lowbit_pieces.ts declares them): params, grads, mq, vq, mabs, vabs, maps,
+// gstats, s (uniform); p: n, decay. Override WG (the block size over 4).
 // Geometry: workgroup (WG,1,1), one workgroup per block; grid folded into y.
 // Loop bound per invocation: 512/WG (map load) + 2 * 4 * 9 (two passes of 4 codes, 9
 // halvings each) + log2(WG) (the tree): 88 for WG = 32, whatever n.
 
-override WG: u32 = 64;
-
-// GradStats, Step, adamw_update (kernels/adamw_update.wgsl) and qmap, nearest, block_max
-// (kernels/lowbit_common.wgsl) come first.
-struct Range { n: u32, decay: u32, p0: u32, p1: u32 }
-
-@group(0) @binding(0) var<storage, read_write> params: array<f32>;
-@group(0) @binding(1) var<storage, read> grads: array<f32>;
-@group(0) @binding(2) var<storage, read_write> mq: array<u32>;
-@group(0) @binding(3) var<storage, read_write> vq: array<u32>;
-@group(0) @binding(4) var<storage, read_write> mabs: array<f32>;
-@group(0) @binding(5) var<storage, read_write> vabs: array<f32>;
-@group(0) @binding(6) var<storage, read> maps: array<f32>;
-@group(0) @binding(7) var<storage, read> gstats: GradStats;
-@group(0) @binding(8) var<uniform> s: Step;
-@group(0) @binding(9) var<uniform> r: Range;
+// adamw_update (kernels/adamw_update.wgsl) and qmap, nearest, block_max
+// (kernels/lowbit_common.wgsl) come first: src/optim/kernel_source.ts.
 
 @compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) l: u32) {
   let blk = wid.x + wid.y * nwg.x;
-  if (blk * 4u * WG >= r.n || skip_step()) { return; } // uniform per workgroup
+  if (blk * 4u * WG >= p.n || skip_step()) { return; } // uniform per workgroup
   load_maps(l, WG, 512u);
   let am = mabs[blk];
   let av = vabs[blk];
@@ -49,10 +36,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     let e = 4u * w + k;
     var m = qmap[(mw >> (8u * k)) & 255u] * am;
     var v = qmap[256u + ((vw >> (8u * k)) & 255u)] * av;
-    if (e < r.n) {
+    if (e < p.n) {
       let g = scaled_grad(grads[e]);
       if (is_finite(g)) {
-        let u = adamw_update(params[e], g, m, v, r.decay == 1u);
+        let u = adamw_update(params[e], g, m, v, p.decay == 1u);
         m = u.m;
         v = u.v;
         params[e] = u.p;

@@ -1,8 +1,9 @@
 // adamw_update: the AdamW update of one element, the one definition that kernels/adamw.wgsl,
-// adamw8bit.wgsl and adamw4bit.wgsl call (src/optim/kernel_source.ts puts it, and the
-// GradStats struct generated from src/optim/optimizer.ts's GRAD_STATS, before each of them).
-// Each kernel declares `gstats: GradStats` (storage, read) and `s: Step` (uniform) at its own
-// binding numbers.
+// adamw8bit.wgsl and adamw4bit.wgsl call (src/optim/kernel_source.ts puts it before each of
+// them). It reads two bindings each of those kernels declares (src/optim/kernel_source.ts's
+// ADAMW_BINDINGS): gstats (GradStats, src/optim/optimizer.ts's GRAD_STATS, storage, read) and
+// s (Step, src/optim/adamw_common.ts's ADAMW_STEP: the per-step values, a uniform written
+// once per step).
 //
 //   g  = stored gradient * gstats.scale   (clip factor over loss scale: the training step's)
 //   m  = beta1 m + (1 - beta1) g
@@ -12,9 +13,6 @@
 // A NaN or Inf g leaves its element (p, m, v) unchanged; gstats.skip skips the whole step.
 //
 // Loop bound per invocation: 0 (no loops).
-
-// The per-step values, written once per step (src/optim/adamw_common.ts's stepWords).
-struct Step { lr: f32, beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2: f32, wd: f32, p0: f32 }
 
 fn is_finite(x: f32) -> bool {
   return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -30,12 +28,12 @@ fn scaled_grad(x: f32) -> f32 {
   return x * gstats.scale;
 }
 
-// m, v and p after one AdamW step with the finite gradient g.
+// m, v and the parameter after one AdamW step with the finite gradient g.
 struct Adam { m: f32, v: f32, p: f32 }
 
-fn adamw_update(p: f32, g: f32, m: f32, v: f32, decay: bool) -> Adam {
+fn adamw_update(param: f32, g: f32, m: f32, v: f32, decay: bool) -> Adam {
   let mi = s.beta1 * m + (1.0 - s.beta1) * g;
   let vi = s.beta2 * v + (1.0 - s.beta2) * g * g;
   let wd = select(0.0, s.wd, decay);
-  return Adam(mi, vi, p - s.lr * ((mi / s.bc1) / (sqrt(vi / s.bc2) + s.eps) + wd * p));
+  return Adam(mi, vi, param - s.lr * ((mi / s.bc1) / (sqrt(vi / s.bc2) + s.eps) + wd * param));
 }

@@ -2,7 +2,8 @@
 // adamw4bit.wgsl) share, put before them by src/optim/kernel_source.ts: the quantization maps
 // in workgroup memory, the nearest code, and the max tree of a block's m and v.
 //
-// qmap holds the kernel's two maps (8-bit: 256 + 256 codes; 4-bit: 16 + 16), ascending.
+// qmap holds the kernel's two maps (8-bit: 256 + 256 codes; 4-bit: 16 + 16), ascending,
+// copied from the `maps` binding each of those kernels declares (src/optim/lowbit_pieces.ts).
 // Loop bound per invocation: load_maps len / width; nearest 9 (log2(256) + 1 halvings);
 // block_max log2(width).
 

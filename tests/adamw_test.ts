@@ -1,7 +1,8 @@
-import { ok } from "node:assert/strict";
+import { deepEqual, equal, match, ok, rejects, throws } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
+import { setDType } from "../src/gpu/dtype.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
-import { AdamW } from "../src/optim/adamw.ts";
+import { AdamW, adamwKernel } from "../src/optim/adamw.ts";
 import { GradNorm, type GradNormStep } from "../src/train/grad_norm.ts";
 import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { adamwRef, gradNormRef } from "./reference/adamw.ts";
@@ -154,5 +155,56 @@ gpuTest("loss scale is undone exactly, and an overflow skips the whole step", as
         rt.arena.free(x.grads);
       }
     }
+  }
+});
+
+Deno.test("AdamW's f16 copy is a declared entry point: the f32 update needs no shader-f16", () => {
+  const fake = (label: string, dtype: "f32" | "f16" = "f32") => {
+    const b = { label, size: 1024 } as GPUBuffer;
+    setDType(b, dtype);
+    return b;
+  };
+  const buffers = {
+    params: fake("params"),
+    grads: fake("grads"),
+    m: fake("m"),
+    v: fake("v"),
+    gstats: fake("grad_stats"),
+    s: fake("step"),
+  };
+  const args = { buffers, uniforms: { n: 100, decay: 1, p0: 3 }, workgroups: [2, 1, 1] as const };
+  const f32 = adamwKernel.plan("main", args);
+  const f16 = adamwKernel.plan("main_f16copy", {
+    ...args,
+    buffers: { ...buffers, half: fake("half", "f16") },
+  });
+  equal(f32.name, "adamw");
+  equal(f16.name, "adamw_f16copy");
+  equal(/enable f16/.test(f32.code), false);
+  match(f16.code, /^enable f16;\n/);
+  match(f16.code, /var<storage, read_write> half: array<f16>;/);
+  // One body: the variants differ in the generated header and the entry point only.
+  const body = (code: string) => code.slice(code.indexOf("// ---- adamw.wgsl"));
+  equal(body(f16.code), body(f32.code));
+  deepEqual(f32.layout.map((e) => e.binding), [0, 1, 2, 3, 4, 5, 7]);
+  deepEqual(f16.layout.map((e) => e.binding), [0, 1, 2, 3, 4, 5, 6, 7]);
+  throws(
+    () => adamwKernel.plan("main", { ...args, buffers: { ...buffers, half: fake("h") } }),
+    /unknown binding "half"/,
+  );
+});
+
+gpuTest("AdamW refuses an f16 copy that is not an f16 buffer", async (rt) => {
+  const layout = fakeLayout();
+  const params = rt.arena.alloc("p", "parameters", layout.totalElements * 4);
+  const grads = rt.arena.alloc("g", "gradients", layout.totalElements * 4);
+  const half = rt.arena.alloc("h", "parameters", layout.totalElements * 2);
+  try {
+    await rejects(
+      () => AdamW.create(rt, layout, { params, grads, half }),
+      /f16 copy \("h"\) holds f32: pass the f16 buffer/,
+    );
+  } finally {
+    for (const b of [params, grads, half]) rt.arena.free(b);
   }
 });

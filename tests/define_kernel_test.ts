@@ -320,7 +320,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 );
 
 Deno.test("the optimizers' interfaces are expressible: a shared Step struct, an optional binding", () => {
-  // kernels/adamw.wgsl's, as src/optim could declare it (not converted here).
+  // A sketch of kernels/adamw.wgsl's (src/optim/adamw.ts declares the real one).
   const adamw = defineKernel({
     name: "adamw",
     source: "@compute @workgroup_size(WG) fn main() { }",
@@ -432,11 +432,9 @@ gpuTest("a declared kernel's compile errors give the line in its .wgsl body", as
 });
 
 Deno.test("kernels/*.wgsl declare no bindings: their interfaces are declared in TypeScript", async () => {
-  // The optimizers' kernels move to defineKernel with src/optim's rewrite.
-  const notYet = new Set(["adamw.wgsl", "adamw4bit.wgsl", "adamw8bit.wgsl"]);
   const declaring: string[] = [];
   for await (const f of Deno.readDir(new URL("../kernels/", import.meta.url))) {
-    if (!f.name.endsWith(".wgsl") || notYet.has(f.name)) continue;
+    if (!f.name.endsWith(".wgsl")) continue;
     const text = await Deno.readTextFile(new URL(`../kernels/${f.name}`, import.meta.url));
     if (/@(group|binding)\s*\(|^struct Params\b|^enable /m.test(text)) declaring.push(f.name);
   }

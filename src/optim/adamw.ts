@@ -11,7 +11,9 @@
 
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { ArenaScope } from "../gpu/arena.ts";
-import { type BufferRange, grid1d, makeDispatch } from "../gpu/kernel.ts";
+import { defineKernel } from "../gpu/define_kernel.ts";
+import { dtypeOf } from "../gpu/dtype.ts";
+import { grid1d } from "../gpu/kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
@@ -31,7 +33,7 @@ import {
   stepBuffers,
   stepWords,
 } from "./adamw_common.ts";
-import { optimizerKernel } from "./kernel_source.ts";
+import { ADAMW_BINDINGS, optimizerSource } from "./kernel_source.ts";
 
 export {
   ADAMW_DEFAULTS,
@@ -42,10 +44,36 @@ export {
   stepWords,
 } from "./adamw_common.ts";
 
-/** kernels/adamw.wgsl writing the f32 parameters, or (`f16`) their f16 copy as well. */
-export function adamwKernel(store: "f32" | "f16" = "f32"): string {
-  return optimizerKernel(adamwBody, { adamw: true, store });
-}
+/**
+ * kernels/adamw.wgsl's interface: `main` writes the f32 parameters, `main_f16copy` their f16
+ * copy as well (mixed precision, fused: no cast pass after the step).
+ */
+export const adamwKernel = defineKernel({
+  name: "adamw",
+  source: optimizerSource(adamwBody, { adamw: true }),
+  bindings: {
+    params: { access: "read_write", type: "f32" },
+    grads: { access: "read", type: "f32" },
+    m: { access: "read_write", type: "f32" },
+    v: { access: "read_write", type: "f32" },
+    ...ADAMW_BINDINGS,
+    // The f16 copy (an f16 buffer; f32 in the header of `main`, which never touches it).
+    half: { access: "read_write", type: "float" },
+  },
+  uniforms: { n: "u32", decay: "u32", p0: "u32" },
+  entryPoints: {
+    main: {
+      bindings: ["params", "grads", "m", "v", "gstats", "s"],
+      loopBound: () => 0,
+      label: "adamw",
+    },
+    main_f16copy: {
+      bindings: ["params", "grads", "m", "v", "gstats", "s", "half"],
+      loopBound: () => 0,
+      label: "adamw_f16copy",
+    },
+  },
+});
 
 /** The f16 copy's binding for a range: from the 256-byte boundary at or before its start. */
 function halfWindow(half: GPUBuffer, offset: number, size: number) {
@@ -162,7 +190,12 @@ export class AdamW implements Optimizer {
     maxBindingBytes: number,
     half?: GPUBuffer,
   ): Promise<void> {
-    const code = adamwKernel(half ? "f16" : "f32");
+    if (half && dtypeOf(half) !== "f16") {
+      throw new TypeError(
+        `AdamW: the parameters' f16 copy ("${half.label}") holds ${dtypeOf(half)}: ` +
+          "pass the f16 buffer (Weights.half)",
+      );
+    }
     const rt = this.rt;
     const ranges = parameterRanges(this.layout, maxBindingBytes);
     const update: Dispatch[] = [];
@@ -173,23 +206,20 @@ export class AdamW implements Optimizer {
         offset: (r.offset - this.stateBase) * 4,
         size: r.size * 4,
       });
-      const buffers: Record<number, BufferRange> = {
-        0: range(params),
-        1: range(grads),
-        2: state(this.m),
-        3: state(this.v),
-        4: { buffer: this.gradStats },
-        5: { buffer: this.#stepUniform }, // per-step values, shared by every range
+      const buffers = {
+        params: range(params),
+        grads: range(grads),
+        m: state(this.m),
+        v: state(this.v),
+        gstats: this.gradStats,
+        s: this.#stepUniform, // per-step values, shared by every range
       };
       // With the f16 copy: bound from the 128-element (256-byte) boundary at or before the
-      // range, which the kernel's r.p0 (the range's offset past that boundary) skips.
+      // range, which the kernel's p.p0 (the range's offset past that boundary) skips.
       update.push(
-        await makeDispatch(rt, {
-          name: half ? "adamw_f16copy" : "adamw",
-          code,
-          entryPoint: "main",
-          buffers: half ? { ...buffers, 7: halfWindow(half, r.offset, r.size) } : buffers,
-          uniform: { binding: 6, words: [r.size, r.decay ? 1 : 0, r.offset % 128] },
+        await adamwKernel.dispatch(rt, half ? "main_f16copy" : "main", {
+          buffers: half ? { ...buffers, half: halfWindow(half, r.offset, r.size) } : buffers,
+          uniforms: { n: r.size, decay: r.decay ? 1 : 0, p0: r.offset % 128 },
           workgroups: grid1d(r.size, 64),
           flops: 12 * r.size,
         }),

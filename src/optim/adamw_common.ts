@@ -1,13 +1,13 @@
 /**
  * What every AdamW variant (fp32, 8-bit, 4-bit) shares: the hyperparameters, the per-step
- * uniform (kernels/adamw_update.wgsl's Step), binding-sized ranges of the flat buffers and
+ * uniform (kernels/adamw_update.wgsl's `s`), binding-sized ranges of the flat buffers and
  * the gradient statistics buffer an optimizer reads when none is given.
  *
  * @module
  */
 
 import type { ArenaScope } from "../gpu/arena.ts";
-import { f32Bits } from "../gpu/kernel.ts";
+import { packUniforms, type StructDecl, uniformLayout } from "../gpu/define_kernel.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { GRAD_STATS_BYTES, identityGradStats } from "./optimizer.ts";
 
@@ -59,8 +59,18 @@ export function parameterRanges(layout: ParamLayout, maxBytes: number): ParamRan
   return out;
 }
 
-/** Bytes of the per-step uniform (kernels/adamw_update.wgsl's Step). */
-const STEP_BYTES = 32;
+/**
+ * The per-step uniform every AdamW kernel reads as `s` (kernels/adamw_update.wgsl): the
+ * learning rate, the hyperparameters and the bias corrections of step t, written once per
+ * step ({@linkcode stepWords}).
+ */
+export const ADAMW_STEP: StructDecl = {
+  struct: "Step",
+  fields: { lr: "f32", beta1: "f32", beta2: "f32", eps: "f32", bc1: "f32", bc2: "f32", wd: "f32" },
+};
+
+/** Bytes of the per-step uniform. */
+const STEP_BYTES = uniformLayout(ADAMW_STEP.fields).size;
 
 /**
  * The two small buffers every AdamW variant binds: the gradient statistics (`given`, the
@@ -89,16 +99,15 @@ export function ownGradStats(mem: ArenaScope, prefix: string): GPUBuffer {
   return b;
 }
 
-/** The per-step uniform of the AdamW kernels (see kernels/adamw_update.wgsl's Step). */
+/** The per-step uniform {@linkcode ADAMW_STEP} for step `t` (1-based) at learning rate `lr`. */
 export function stepWords(c: AdamWConfig, t: number, lr: number): Uint32Array<ArrayBuffer> {
-  return new Uint32Array([
-    f32Bits(lr),
-    f32Bits(c.beta1),
-    f32Bits(c.beta2),
-    f32Bits(c.eps),
-    f32Bits(1 - c.beta1 ** t),
-    f32Bits(1 - c.beta2 ** t),
-    f32Bits(c.weightDecay),
-    0,
-  ]);
+  return packUniforms("AdamW step", ADAMW_STEP.fields, {
+    lr,
+    beta1: c.beta1,
+    beta2: c.beta2,
+    eps: c.eps,
+    bc1: 1 - c.beta1 ** t,
+    bc2: 1 - c.beta2 ** t,
+    wd: c.weightDecay,
+  });
 }

@@ -7,18 +7,86 @@
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
-import { type BufferRange, grid1d, makeDispatch, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
+import { defineKernel } from "../gpu/define_kernel.ts";
+import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { StateKind, StatePiece } from "./lowbit_plan.ts";
 import { adamwKernel } from "./adamw.ts";
-import { optimizerKernel } from "./kernel_source.ts";
+import { ADAMW_BINDINGS, optimizerSource } from "./kernel_source.ts";
 import adamw8Body from "../../kernels/adamw8bit.wgsl" with { type: "text" };
 import adamw4Body from "../../kernels/adamw4bit.wgsl" with { type: "text" };
 
-const adamwSrc = adamwKernel();
-const [adamw8Src, adamw4Src] = [adamw8Body, adamw4Body].map((body) =>
-  optimizerKernel(body, { adamw: true, lowbit: true })
-);
+/** kernels/adamw8bit.wgsl's interface: one workgroup of WG per block of 4 * WG elements. */
+export const adamw8bitKernel = defineKernel({
+  name: "adamw8bit",
+  source: optimizerSource(adamw8Body, { adamw: true, lowbit: true }),
+  bindings: {
+    params: { access: "read_write", type: "f32" },
+    grads: { access: "read", type: "f32" },
+    mq: { access: "read_write", type: "u32" },
+    vq: { access: "read_write", type: "u32" },
+    mabs: { access: "read_write", type: "f32" },
+    vabs: { access: "read_write", type: "f32" },
+    maps: { access: "read", type: "f32" },
+    ...ADAMW_BINDINGS,
+  },
+  uniforms: { n: "u32", decay: "u32" },
+  overrides: { WG: { type: "u32", default: 64 } },
+  entryPoints: {
+    main: {
+      bindings: ["params", "grads", "mq", "vq", "mabs", "vabs", "maps", "gstats", "s"],
+      // The map load, two passes of 4 codes of 9 halvings each, the max tree.
+      loopBound: (_, o) => 512 / o.WG + 2 * 4 * 9 + Math.log2(o.WG),
+      label: "adamw8bit",
+    },
+  },
+});
+
+/**
+ * kernels/adamw4bit.wgsl's interface. `scales` is the piece's row and column maxima (rank-1
+ * v), or its `mabs` range again (block-wise v, which never reads it).
+ */
+export const adamw4bitKernel = defineKernel({
+  name: "adamw4bit",
+  source: optimizerSource(adamw4Body, { adamw: true, lowbit: true }),
+  bindings: {
+    params: { access: "read_write", type: "f32" },
+    grads: { access: "read", type: "f32" },
+    mq: { access: "read_write", type: "u32" },
+    vq: { access: "read_write", type: "u32" },
+    mabs: { access: "read_write", type: "f32" },
+    vabs: { access: "read_write", type: "f32" },
+    scales: { access: "read_write", type: "f32" },
+    maps: { access: "read", type: "f32" },
+    ...ADAMW_BINDINGS,
+  },
+  uniforms: {
+    n: "u32",
+    decay: "u32",
+    rows: "u32",
+    cols: "u32",
+    lo: "u32",
+    hi: "u32",
+    first: "u32",
+  },
+  entryPoints: {
+    row_max: {
+      bindings: ["grads", "vq", "scales", "maps", "gstats", "s"],
+      loopBound: (u) => u.hi - u.lo,
+    },
+    col_max: {
+      bindings: ["grads", "vq", "scales", "maps", "gstats", "s"],
+      loopBound: (u) => u.hi - u.lo,
+    },
+    update: {
+      bindings: ["params", "grads", "mq", "vq", "mabs", "vabs", "scales", "maps", "gstats", "s"],
+      // The maps, two passes of 8 codes of 5 halvings each, the 16-wide tree.
+      loopBound: () => 2 + 2 * 8 * 5 + 4,
+    },
+    // gstats: a skipped step keeps the old scales.
+    commit: { bindings: ["scales", "gstats"], loopBound: () => 0 },
+  },
+});
 
 /** The buffers and settings every piece's dispatches bind. */
 export interface PieceContext {
@@ -61,19 +129,16 @@ export async function pieceDispatches(
   const pr = f(ctx.params, p.offset, p.size), gr = f(ctx.grads, p.offset, p.size);
   if (p.kind === "fp32") {
     out.push(
-      await makeDispatch(rt, {
-        name: "adamw",
-        code: adamwSrc,
-        entryPoint: "main",
+      await adamwKernel.dispatch(rt, "main", {
         buffers: {
-          0: pr,
-          1: gr,
-          2: f(ctx.state.m32, p.f32, p.size),
-          3: f(ctx.state.v32, p.f32, p.size),
-          4: { buffer: ctx.gradStats },
-          5: { buffer: ctx.step },
+          params: pr,
+          grads: gr,
+          m: f(ctx.state.m32, p.f32, p.size),
+          v: f(ctx.state.v32, p.f32, p.size),
+          gstats: ctx.gradStats,
+          s: ctx.step,
         },
-        uniform: { binding: 6, words: [p.size, p.decay ? 1 : 0] },
+        uniforms: { n: p.size, decay: p.decay ? 1 : 0, p0: 0 },
         workgroups: grid1d(p.size, 64),
       }),
     );
@@ -83,63 +148,56 @@ export async function pieceDispatches(
   const nWords = Math.ceil(p.size / (p.kind === "q8" ? 4 : 8));
   const nBlocks = Math.ceil(p.size / block);
   const common = {
-    0: pr,
-    1: gr,
-    2: f(ctx.state.mq, p.words, nWords),
-    3: f(ctx.state.vq, p.words, nWords),
-    4: f(ctx.state.mabs, p.abs, nBlocks),
-    5: f(ctx.state.vabs, p.abs, nBlocks),
+    params: pr,
+    grads: gr,
+    mq: f(ctx.state.mq, p.words, nWords),
+    vq: f(ctx.state.vq, p.words, nWords),
+    mabs: f(ctx.state.mabs, p.abs, nBlocks),
+    vabs: f(ctx.state.vabs, p.abs, nBlocks),
+    gstats: ctx.gradStats,
+    s: ctx.step,
   };
   if (p.kind === "q8") {
     out.push(
-      await makeDispatch(rt, {
-        name: "adamw8bit",
-        code: adamw8Src,
-        entryPoint: "main",
-        constants: { WG: block / 4 },
-        buffers: {
-          ...common,
-          6: { buffer: ctx.maps8 },
-          7: { buffer: ctx.gradStats },
-          8: { buffer: ctx.step },
-        },
-        uniform: { binding: 9, words: [p.size, p.decay ? 1 : 0] },
+      await adamw8bitKernel.dispatch(rt, "main", {
+        buffers: { ...common, maps: ctx.maps8 },
+        uniforms: { n: p.size, decay: p.decay ? 1 : 0 },
+        overrides: { WG: block / 4 },
         workgroups: grid1d(nBlocks, 1),
       }),
     );
     return out;
   }
   const rank1 = p.rows > 0;
-  const all: Record<number, BufferRange> = {
+  const all = {
     ...common,
-    6: rank1
+    scales: rank1
       ? f(ctx.state.scales, p.scales, 2 * (p.rows + p.cols))
       : f(ctx.state.mabs, p.abs, nBlocks),
-    7: { buffer: ctx.maps4 },
-    8: { buffer: ctx.gradStats },
-    9: { buffer: ctx.step },
+    maps: ctx.maps4,
   };
-  // Each entry point binds exactly what it uses ("auto" layouts).
-  const uses: Record<string, number[]> = {
-    row_max: [1, 3, 6, 7, 8, 9],
-    col_max: [1, 3, 6, 7, 8, 9],
-    update: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-    commit: [6, 8], // gradStats: a skipped step keeps the old scales
-  };
+  type Entry = "row_max" | "col_max" | "update" | "commit";
   const spec = (
-    entryPoint: string,
+    entry: Entry,
     workgroups: [number, number, number],
     walk: [number, number, number] = [0, 0, 1], // [lo, hi, first] of row_max/col_max
-  ) =>
-    makeDispatch(rt, {
-      name: `adamw4bit_${entryPoint}`,
-      code: adamw4Src,
-      entryPoint,
-      buffers: Object.fromEntries(uses[entryPoint].map((b) => [b, all[b]])),
-      uniform: { binding: 10, words: [p.size, p.decay ? 1 : 0, p.rows, p.cols, ...walk, 0] },
+  ) => {
+    // Each entry point binds exactly what it uses.
+    const uses = adamw4bitKernel.decl.entryPoints[entry].bindings;
+    return adamw4bitKernel.dispatch(rt, entry, {
+      buffers: Object.fromEntries(uses.map((b) => [b, all[b]])),
+      uniforms: {
+        n: p.size,
+        decay: p.decay ? 1 : 0,
+        rows: p.rows,
+        cols: p.cols,
+        lo: walk[0],
+        hi: walk[1],
+        first: walk[2],
+      },
       workgroups,
-      loops: { bound: walk[1] - walk[0], shape: { rows: p.rows, cols: p.cols } },
     });
+  };
   if (rank1) {
     // A row's max walks its columns, a column's its rows: in pieces within the loop budget.
     const walks = [["row_max", p.rows, p.cols], ["col_max", p.cols, p.rows]] as const;
