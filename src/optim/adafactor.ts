@@ -16,227 +16,102 @@
  * Tensors over the binding limit run in pieces of whole rows (multiples of 64); walks over a
  * long dimension are split at WALK_ROWS.
  *
- * The kernel is in this file, not kernels/, so that the optimizer is one module: it is put
- * together with the GradStats struct by src/optim/kernel_source.ts like every other one.
+ * The kernel is kernels/adafactor.wgsl, its interface {@linkcode adafactorKernel}.
  *
  * @module
  */
 
 import type { ArenaScope } from "../gpu/arena.ts";
-import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import {
-  type BufferRange,
-  f32Bits,
-  grid1d,
-  makeDispatch,
-  splitRange,
-  WALK_ROWS,
-} from "../gpu/kernel.ts";
+  defineKernel,
+  packUniforms,
+  type StructDecl,
+  uniformLayout,
+} from "../gpu/define_kernel.ts";
+import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
+import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { arenaBytes } from "../model/plan.ts";
 import { ownGradStats } from "./adamw_common.ts";
-import { optimizerKernel } from "./kernel_source.ts";
 import {
+  GRAD_STATS_STRUCT,
   type Optimizer,
   otherOptimizerError,
   type SavedState,
   type StateTensor,
 } from "./optimizer.ts";
+import adafactorSrc from "../../kernels/adafactor.wgsl" with { type: "text" };
 
 // ---------------------------------------------------------------------------
 // The kernel
 
-/**
- * adafactor: the entry points of one step, in order per 2-D tensor: row_sq and col_sq (per
- * piece, walks of [lo, hi)), decay2, sum_r, u_rows (per piece), sum_u2, update (per piece);
- * per 1-D tensor: decay1, sum_u1, update.
- *
- * Shapes: params, grads, m [n] (a piece: rows x cols, or the whole 1-D tensor); state: R [trows]
- * then C [cols] at so (2-D), V [n] at so (1-D); acc [trows + cols] at ao; sums [2 * tensors]:
- * sum(R), sum(U^2) of tensor k at 2k, 2k + 1.
- * Bindings: 0 params, 1 grads, 2 m, 3 state, 4 acc, 5 sums, 6 gstats, 7 step (uniform),
- * 8 piece (uniform); each entry point binds only what it uses.
- * Geometry: row_sq, u_rows: one invocation per piece row; col_sq: per column; decay2: per
- * row and column; decay1, update: per element (64 wide, folded into y); sum_*: one
- * workgroup of 64.
- * Loop bound per invocation: row_sq, col_sq, u_rows hi - lo (at most WALK_ROWS); sum_r,
- * sum_u2 ceil(trows / 64) + 6; sum_u1 ceil(n / 64) + 6; others 0.
- */
-const ADAFACTOR_WGSL = /* wgsl */ `
-struct Step { lr: f32, beta2t: f32, beta1: f32, eps1: f32, clip: f32, wd: f32, p0: f32, p1: f32 }
-// row0: the piece's first row in its tensor; first: the walk starts the sum; so, ao: state
-// and acc offsets; k: the tensor's sums slot; nel: the tensor's elements.
-struct Piece {
-  n: u32, rows: u32, cols: u32, row0: u32, lo: u32, hi: u32, first: u32, so: u32,
-  ao: u32, k: u32, decay: u32, trows: u32, nel: u32, p0: u32, p1: u32, p2: u32,
-}
-
-@group(0) @binding(0) var<storage, read_write> params: array<f32>;
-@group(0) @binding(1) var<storage, read> grads: array<f32>;
-@group(0) @binding(2) var<storage, read_write> m: array<f32>;
-@group(0) @binding(3) var<storage, read_write> state: array<f32>;
-@group(0) @binding(4) var<storage, read_write> acc: array<f32>;
-@group(0) @binding(5) var<storage, read_write> sums: array<f32>;
-@group(0) @binding(6) var<storage, read> gstats: GradStats;
-@group(0) @binding(7) var<uniform> s: Step;
-@group(0) @binding(8) var<uniform> q: Piece;
-
-var<workgroup> red: array<f32, 64>;
-
-fn is_finite(x: f32) -> bool {
-  return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
-}
-
-// The gradient as the update uses it (0 where it is not finite).
-fn grad(e: u32) -> f32 {
-  let g = grads[e] * gstats.scale;
-  return select(0.0, g, is_finite(g));
-}
-
-fn sq(e: u32) -> f32 {
-  let g = grad(e);
-  return g * g + s.eps1;
-}
-
-fn linear(gid: vec3u, nwg: vec3u) -> u32 {
-  return gid.x + gid.y * nwg.x * 64u;
-}
-
-// The factored (2-D) or full (1-D) second moment of element e of the piece.
-fn vhat(e: u32) -> f32 {
-  if (q.cols == 0u) { return state[q.so + e]; }
-  let i = q.row0 + e / q.cols;
-  return state[q.so + i] * state[q.so + q.trows + e % q.cols] / sums[2u * q.k];
-}
-
-// The fixed tree sum of red[0..64) (every invocation of the workgroup calls it).
-fn tree(l: u32, x: f32) -> f32 {
-  red[l] = x;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w >>= 1u) {
-    if (l < w) { red[l] += red[l + w]; }
-    workgroupBarrier();
-  }
-  return red[0];
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn row_sq(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = linear(gid, nwg);
-  if (i >= q.rows || gstats.skip != 0.0) { return; }
-  var x = select(acc[q.ao + q.row0 + i], 0.0, q.first == 1u);
-  for (var j = q.lo; j < q.hi; j++) { x += sq(i * q.cols + j); }
-  acc[q.ao + q.row0 + i] = x;
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn col_sq(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let j = linear(gid, nwg);
-  if (j >= q.cols || gstats.skip != 0.0) { return; }
-  var x = select(acc[q.ao + q.trows + j], 0.0, q.first == 1u);
-  for (var i = q.lo; i < q.hi; i++) { x += sq(i * q.cols + j); }
-  acc[q.ao + q.trows + j] = x;
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn decay2(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let x = linear(gid, nwg);
-  if (x >= q.trows + q.cols || gstats.skip != 0.0) { return; }
-  state[q.so + x] = s.beta2t * state[q.so + x] + (1.0 - s.beta2t) * acc[q.ao + x];
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn decay1(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let e = linear(gid, nwg);
-  if (e >= q.n || gstats.skip != 0.0) { return; }
-  state[q.so + e] = s.beta2t * state[q.so + e] + (1.0 - s.beta2t) * sq(e);
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn sum_r(@builtin(local_invocation_index) l: u32) {
-  if (gstats.skip != 0.0) { return; }
-  var x = 0.0;
-  for (var i = l; i < q.trows; i += 64u) { x += state[q.so + i]; }
-  let t = tree(l, x);
-  if (l == 0u) { sums[2u * q.k] = t; }
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn u_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = linear(gid, nwg);
-  if (i >= q.rows || gstats.skip != 0.0) { return; }
-  var x = select(acc[q.ao + q.row0 + i], 0.0, q.first == 1u);
-  for (var j = q.lo; j < q.hi; j++) {
-    let e = i * q.cols + j;
-    let g = grad(e);
-    x += g * g / vhat(e);
-  }
-  acc[q.ao + q.row0 + i] = x;
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn sum_u2(@builtin(local_invocation_index) l: u32) {
-  if (gstats.skip != 0.0) { return; }
-  var x = 0.0;
-  for (var i = l; i < q.trows; i += 64u) { x += acc[q.ao + i]; }
-  let t = tree(l, x);
-  if (l == 0u) { sums[2u * q.k + 1u] = t; }
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn sum_u1(@builtin(local_invocation_index) l: u32) {
-  if (gstats.skip != 0.0) { return; }
-  var x = 0.0;
-  for (var e = l; e < q.n; e += 64u) {
-    let g = grad(e);
-    x += g * g / state[q.so + e];
-  }
-  let t = tree(l, x);
-  if (l == 0u) { sums[2u * q.k + 1u] = t; }
-}
-
-@compute @workgroup_size(64, 1, 1)
-fn update(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let e = linear(gid, nwg);
-  if (e >= q.n || gstats.skip != 0.0) { return; }
-  let g = grads[e] * gstats.scale;
-  if (!is_finite(g)) { return; } // NaN/Inf: leave p and m
-  let rms = sqrt(sums[2u * q.k + 1u] / f32(q.nel));
-  var u = g / sqrt(vhat(e)) / max(1.0, rms / s.clip);
-  if (s.beta1 > 0.0) {
-    u = s.beta1 * m[e] + (1.0 - s.beta1) * u;
-    m[e] = u;
-  }
-  let p = params[e];
-  let wd = select(0.0, s.wd, q.decay == 1u);
-  params[e] = p - s.lr * (u + wd * p);
-}
-`;
-
-const adafactorSrc = optimizerKernel(ADAFACTOR_WGSL);
-
-/** The most loop iterations one invocation of `entry` runs (the kernel's header). */
-function loopBound(entry: string, t: AdafactorTensor, n: number, walk: number[]): number {
-  if (entry === "row_sq" || entry === "col_sq" || entry === "u_rows") return walk[1] - walk[0];
-  if (entry === "sum_r" || entry === "sum_u2") return Math.ceil(t.rows / 64) + 6;
-  if (entry === "sum_u1") return Math.ceil(n / 64) + 6;
-  return 0;
-}
-
-/** The bindings each entry point uses ("auto" layouts bind exactly those). */
-const USES: Record<string, number[]> = {
-  row_sq: [1, 4, 6, 7, 8],
-  col_sq: [1, 4, 6, 7, 8],
-  decay2: [3, 4, 6, 7, 8],
-  decay1: [1, 3, 6, 7, 8],
-  sum_r: [3, 5, 6, 8],
-  u_rows: [1, 3, 4, 5, 6, 8],
-  sum_u2: [4, 5, 6, 8],
-  sum_u1: [1, 3, 5, 6, 8],
-  update: [0, 1, 2, 3, 5, 6, 7, 8],
+/** The per-step uniform (kernels/adafactor.wgsl's `s`), written by `setStep`. */
+const ADAFACTOR_STEP: StructDecl = {
+  struct: "Step",
+  fields: { lr: "f32", beta2t: "f32", beta1: "f32", eps1: "f32", clip: "f32", wd: "f32" },
 };
+
+/** kernels/adafactor.wgsl's interface: its entry points, in the order of one step. */
+export const adafactorKernel = defineKernel({
+  name: "adafactor",
+  source: adafactorSrc,
+  bindings: {
+    params: { access: "read_write", type: "f32" },
+    grads: { access: "read", type: "f32" },
+    m: { access: "read_write", type: "f32" },
+    state: { access: "read_write", type: "f32" },
+    acc: { access: "read_write", type: "f32" },
+    sums: { access: "read_write", type: "f32" },
+    gstats: { access: "read", type: GRAD_STATS_STRUCT },
+    s: { access: "uniform", type: ADAFACTOR_STEP },
+  },
+  uniforms: {
+    n: "u32",
+    rows: "u32",
+    cols: "u32",
+    row0: "u32",
+    lo: "u32",
+    hi: "u32",
+    first: "u32",
+    so: "u32",
+    ao: "u32",
+    k: "u32",
+    decay: "u32",
+    trows: "u32",
+    nel: "u32",
+  },
+  entryPoints: {
+    row_sq: { bindings: ["grads", "acc", "gstats", "s"], loopBound: (u) => u.hi - u.lo },
+    col_sq: { bindings: ["grads", "acc", "gstats", "s"], loopBound: (u) => u.hi - u.lo },
+    decay2: { bindings: ["state", "acc", "gstats", "s"], loopBound: () => 0 },
+    decay1: { bindings: ["grads", "state", "gstats", "s"], loopBound: () => 0 },
+    sum_r: {
+      bindings: ["state", "sums", "gstats"],
+      loopBound: (u) => Math.ceil(u.trows / 64) + 6,
+    },
+    u_rows: {
+      bindings: ["grads", "state", "acc", "sums", "gstats"],
+      loopBound: (u) => u.hi - u.lo,
+    },
+    sum_u2: {
+      bindings: ["acc", "sums", "gstats"],
+      loopBound: (u) => Math.ceil(u.trows / 64) + 6,
+    },
+    sum_u1: {
+      bindings: ["grads", "state", "sums", "gstats"],
+      loopBound: (u) => Math.ceil(u.n / 64) + 6,
+    },
+    update: {
+      bindings: ["params", "grads", "m", "state", "sums", "gstats", "s"],
+      loopBound: () => 0,
+    },
+  },
+});
+
+/** An entry point of {@linkcode adafactorKernel}. */
+type Entry = keyof typeof adafactorKernel.decl.entryPoints;
 
 // ---------------------------------------------------------------------------
 // Settings and the state plan
@@ -381,7 +256,7 @@ export class Adafactor implements Optimizer {
     this.#step = this.#mem.alloc(
       "adafactor.step",
       "scratch",
-      32,
+      uniformLayout(ADAFACTOR_STEP.fields).size,
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
   }
@@ -419,51 +294,42 @@ export class Adafactor implements Optimizer {
         size: Math.max(16, n * 4),
       });
       const dispatch = (
-        entryPoint: string,
+        entry: Entry,
         piece: { row0: number; rows: number; n: number },
         workgroups: [number, number, number],
         walk: [number, number, number] = [0, 0, 1], // [lo, hi, first]
       ) => {
         const first = t.cols ? piece.row0 * t.cols : 0;
-        const all: Record<number, BufferRange> = {
-          0: range(params, first, piece.n),
-          1: range(grads, first, piece.n),
-          2: this.m ? range(m, first, piece.n) : { buffer: m },
-          3: { buffer: this.state },
-          4: { buffer: acc },
-          5: { buffer: sums },
-          6: { buffer: this.gradStats },
-          7: { buffer: this.#step },
+        const all = {
+          params: range(params, first, piece.n),
+          grads: range(grads, first, piece.n),
+          m: this.m ? range(m, first, piece.n) : { buffer: m },
+          state: this.state,
+          acc,
+          sums,
+          gstats: this.gradStats,
+          s: this.#step,
         };
-        const words = [
-          piece.n,
-          piece.rows,
-          t.cols,
-          piece.row0,
-          ...walk,
-          t.so,
-          t.ao,
-          k,
-          t.decay ? 1 : 0,
-          t.rows,
-          t.size,
-        ];
-        return makeDispatch(rt, {
-          name: `adafactor_${entryPoint}`,
-          code: adafactorSrc,
-          entryPoint,
-          buffers: Object.fromEntries(
-            USES[entryPoint].filter((b) => b < 8).map((b) => [
-              b,
-              all[b],
-            ]),
-          ),
-          uniform: { binding: 8, words },
-          workgroups,
-          loops: {
-            bound: loopBound(entryPoint, t, piece.n, walk),
-            shape: { ...piece, cols: t.cols },
+        // Each entry point binds exactly what it uses.
+        const uses = adafactorKernel.decl.entryPoints[entry].bindings;
+        return adafactorKernel.dispatch(rt, entry, {
+          buffers: Object.fromEntries(uses.map((b) => [b, all[b]])),
+          uniforms: {
+            n: piece.n,
+            rows: piece.rows,
+            cols: t.cols,
+            row0: piece.row0,
+            lo: walk[0],
+            hi: walk[1],
+            first: walk[2],
+            so: t.so,
+            ao: t.ao,
+            k,
+            decay: t.decay ? 1 : 0,
+            trows: t.rows,
+            nel: t.size,
           },
+          workgroups,
         });
       };
       const whole = { row0: 0, rows: t.rows, n: t.size };
@@ -475,7 +341,7 @@ export class Adafactor implements Optimizer {
       }
       const pieces = t.pieces.map(([row0, rows]) => ({ row0, rows, n: rows * t.cols }));
       // Row sums walk a row's columns, column sums a piece's rows: within the loop budget.
-      const rowWalks = async (entry: string, p: typeof pieces[number]) => {
+      const rowWalks = async (entry: Entry, p: typeof pieces[number]) => {
         for (const [lo, hi] of splitRange(t.cols, WALK_ROWS)) {
           out.push(await dispatch(entry, p, grid1d(p.rows, 64), [lo, hi, lo === 0 ? 1 : 0]));
         }
@@ -499,8 +365,15 @@ export class Adafactor implements Optimizer {
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
   setStep(t: number, lr: number): void {
     const c = this.config;
-    const words = [lr, 1 - t ** -c.decay, c.beta1, c.eps1, c.clip, c.weightDecay, 0, 0];
-    this.rt.device.queue.writeBuffer(this.#step, 0, new Uint32Array(words.map(f32Bits)));
+    const words = packUniforms("Adafactor step", ADAFACTOR_STEP.fields, {
+      lr,
+      beta2t: 1 - t ** -c.decay,
+      beta1: c.beta1,
+      eps1: c.eps1,
+      clip: c.clip,
+      wd: c.weightDecay,
+    });
+    this.rt.device.queue.writeBuffer(this.#step, 0, words);
   }
 
   /** Encodes the update (all of it runs in the step's encoder). */

@@ -11,7 +11,7 @@
 
 import type { BindingDecl } from "../gpu/define_kernel.ts";
 import { ADAMW_STEP } from "./adamw_common.ts";
-import { GRAD_STATS_STRUCT, GRAD_STATS_WGSL } from "./optimizer.ts";
+import { GRAD_STATS_STRUCT } from "./optimizer.ts";
 import adamwUpdateSrc from "../../kernels/adamw_update.wgsl" with { type: "text" };
 import lowbitCommonSrc from "../../kernels/lowbit_common.wgsl" with { type: "text" };
 
@@ -38,8 +38,3 @@ export const ADAMW_BINDINGS = {
   gstats: { access: "read", type: GRAD_STATS_STRUCT },
   s: { access: "uniform", type: ADAMW_STEP },
 } as const satisfies Record<string, BindingDecl>;
-
-/** `body` after the GradStats struct (Adafactor's kernel, until it is declared). */
-export function optimizerKernel(body: string): string {
-  return [GRAD_STATS_WGSL, body].join("\n");
-}

@@ -43,11 +43,6 @@ export const GRAD_STATS_STRUCT: StructDecl = {
   ),
 };
 
-/** The WGSL struct of {@linkcode GRAD_STATS}, fields in slot order. */
-export const GRAD_STATS_WGSL = `struct GradStats { ${
-  Object.entries(GRAD_STATS).sort((a, b) => a[1] - b[1]).map(([k]) => `${k}: f32`).join(", ")
-} }\n`;
-
 /** The statistics of an untouched gradient: scale 1, nothing skipped. */
 export function identityGradStats(): Float32Array<ArrayBuffer> {
   const s = new Float32Array(GRAD_STATS_BYTES / 4);
