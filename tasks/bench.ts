@@ -10,6 +10,7 @@
 import { parseArgs } from "node:util";
 import { BENCHES } from "../bench/all.ts";
 import { type BenchRow, formatTable } from "../bench/_harness.ts";
+import { backendChoice } from "../src/gpu/backend.ts";
 
 const HELP = `Usage: deno task bench [NAME ...] [options] [--key value ...]
 
@@ -24,13 +25,19 @@ ${
 Options:
   --json FILE   also write all rows as JSON to FILE
   --quick       fewer repetitions and smaller sizes (a smoke run)
+  --backend B   WebGPU implementation: deno (default), dawn or auto (sets WEBGPU_GPT2_BACKEND)
   --help        show this help
 Other --key value pairs go to the benches (e.g. matmul --bt 1024 --impl tiled).`;
 
 export async function main(argv: string[]): Promise<number> {
   const { values, tokens } = parseArgs({
     args: argv,
-    options: { json: { type: "string" }, quick: { type: "boolean" }, help: { type: "boolean" } },
+    options: {
+      json: { type: "string" },
+      quick: { type: "boolean" },
+      backend: { type: "string" },
+      help: { type: "boolean" },
+    },
     strict: false,
     allowPositionals: true,
     tokens: true,
@@ -44,7 +51,7 @@ export async function main(argv: string[]): Promise<number> {
   const names: string[] = [];
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i];
-    if (t.kind === "option" && !["json", "quick", "help"].includes(t.name)) {
+    if (t.kind === "option" && !["json", "quick", "backend", "help"].includes(t.name)) {
       const next = tokens[i + 1];
       if (t.value !== undefined) args[t.name] = t.value;
       else if (next?.kind === "positional") {
@@ -60,6 +67,10 @@ export async function main(argv: string[]): Promise<number> {
     );
     return 2;
   }
+  // Every bench builds its runtime through createRuntime(), which reads the variable.
+  if (typeof values.backend === "string") {
+    Deno.env.set("WEBGPU_GPT2_BACKEND", backendChoice(values.backend));
+  }
   const selected = names.length ? BENCHES.filter((b) => names.includes(b.name)) : BENCHES;
   const results: { bench: string; rows: BenchRow[] }[] = [];
   for (const bench of selected) {
@@ -73,7 +84,12 @@ export async function main(argv: string[]): Promise<number> {
     results.push({ bench: bench.name, rows });
   }
   if (typeof values.json === "string") {
-    const doc = { date: new Date().toISOString(), deno: Deno.version.deno, results };
+    const doc = {
+      date: new Date().toISOString(),
+      deno: Deno.version.deno,
+      backend: backendChoice(),
+      results,
+    };
     await Deno.writeTextFile(values.json, JSON.stringify(doc, null, 2) + "\n");
     console.log(`\nwrote ${values.json}`);
   }

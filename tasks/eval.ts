@@ -76,7 +76,7 @@ export async function main(argv: string[]): Promise<number> {
   const dist = await initRanks();
   const { rank, size: N } = dist;
   const lead = rank === 0;
-  const rt = await createRuntime();
+  const rt = await createRuntime({ backend: c.backend });
   const result: Record<string, unknown> = { checkpoint: dir };
   const said = new Set<string>(); // the model is opened once per evaluation: say things once
   const notice = (line: string) => {

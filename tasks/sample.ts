@@ -49,7 +49,7 @@ export async function main(argv: string[]): Promise<number> {
         `give --ctx ${nCtx} or less`,
     );
   }
-  const rt = await createRuntime();
+  const rt = await createRuntime({ backend: c.backend });
   const weights = await GPT2.create(rt, ck.config, {
     B: 1,
     T: 1,

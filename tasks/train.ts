@@ -162,7 +162,7 @@ export async function main(argv: string[]): Promise<number> {
           "(minutes on a CPU adapter the first time; Ctrl-C stops)",
       );
     }
-    const rt = await createRuntime();
+    const rt = await createRuntime({ backend: config.backend });
     const r = await train(rt, config, {
       dist: dist.size > 1 ? dist : undefined,
       signal: stop.signal,

@@ -8,6 +8,12 @@
 
 import { createRuntime, type Runtime } from "../src/gpu/runtime.ts";
 import { quietDisplayProbe } from "../src/gpu/device.ts";
+import {
+  type Backend,
+  backendChoice,
+  requestAdapterOf,
+  resolveBackend,
+} from "../src/gpu/backend.ts";
 import type { DType } from "../src/gpu/dtype.ts";
 import type { GPT2 } from "../src/model/gpt2.ts";
 import { fillNormal, mulberry32 } from "../src/model/init.ts";
@@ -22,9 +28,9 @@ import type { GPT2Config } from "../src/model/config.ts";
 
 const inCi = Deno.env.get("CI") === "true" || Deno.env.get("CI") === "1";
 quietDisplayProbe();
-const probe = typeof navigator !== "undefined" && "gpu" in navigator
-  ? await navigator.gpu.requestAdapter()
-  : null;
+/** The WebGPU implementation the GPU tests run on (WEBGPU_GPT2_BACKEND, else Deno's own). */
+export const testBackend: Backend = (await resolveBackend(backendChoice())).backend;
+const probe = await requestAdapterOf(testBackend);
 
 /** True when a WebGPU adapter exists. */
 export const hasGpu: boolean = probe !== null;
@@ -36,8 +42,8 @@ export const adapterDescription: string = probe?.info.description ?? "";
 export const hasF16: boolean = probe?.features.has("shader-f16") ?? false;
 
 if (!hasGpu) {
-  const msg = "no WebGPU adapter found: install a GPU driver with Vulkan support, or " +
-    "mesa-vulkan-drivers for a CPU fallback";
+  const msg = `no WebGPU adapter found (backend ${testBackend}): install a GPU driver with ` +
+    "Vulkan support, or mesa-vulkan-drivers for a CPU fallback (Dawn needs Mesa 24+)";
   if (inCi) throw new Error(`GPU tests cannot run in CI: ${msg}`);
   console.warn(`skipping GPU tests: ${msg}`);
 }

@@ -1,5 +1,6 @@
 import { equal, match, notEqual, ok, rejects, throws } from "node:assert/strict";
 import { driverAdvice, mesaVersionIn, NoAdapterError } from "../src/gpu/device.ts";
+import { requestAdapterOf } from "../src/gpu/backend.ts";
 import { formatBytes, formatMemory } from "../src/gpu/arena.ts";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { ShaderError } from "../src/gpu/pipelines.ts";
@@ -43,7 +44,7 @@ Deno.test("formatBytes uses binary units", () => {
 gpuTest("device reports the adapter's real limits and features", async (rt) => {
   ok(rt.gpu.name.length > 0);
   // The device must carry the adapter's limits, not WebGPU's defaults (128 MiB binding).
-  const adapter = await navigator.gpu.requestAdapter();
+  const adapter = await requestAdapterOf(rt.gpu.backend);
   equal(rt.gpu.limits.maxStorageBufferBindingSize, adapter!.limits.maxStorageBufferBindingSize);
   equal(rt.gpu.limits.maxBufferSize, adapter!.limits.maxBufferSize);
   equal(rt.gpu.features.shaderF16, adapter!.features.has("shader-f16"));

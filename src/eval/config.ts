@@ -12,6 +12,7 @@
 
 import type { ConfigRow, ConfigTable } from "../table.ts";
 import type { Precision } from "../model/plan.ts";
+import { BACKEND_ROW, type BackendChoice } from "../gpu/backend.ts";
 
 /** What `deno task sample` and `generate` take. */
 export interface SampleConfig {
@@ -33,6 +34,8 @@ export interface SampleConfig {
   stopAtEot: boolean;
   /** fp16: f16 activations, KV cache and weights where the adapter has shader-f16. */
   precision: Precision;
+  /** WebGPU implementation for the CLI (src/gpu/backend.ts); `generate` uses its runtime's. */
+  backend?: BackendChoice;
 }
 
 const precision = (help: string): ConfigRow<Precision> => ({
@@ -108,6 +111,7 @@ export const SAMPLE_CONFIG: ConfigTable<SampleConfig> = {
   precision: precision(
     "fp16: f16 activations, KV cache and weights where the adapter has shader-f16",
   ),
+  backend: BACKEND_ROW,
 };
 
 /** What `deno task eval` takes besides the checkpoint. */
@@ -132,6 +136,8 @@ export interface EvalConfig {
   json?: string;
   /** Where the downloaded HellaSwag file is kept. */
   cacheDir: string;
+  /** WebGPU implementation (src/gpu/backend.ts); unset: WEBGPU_GPT2_BACKEND, else Deno's own. */
+  backend?: BackendChoice;
 }
 
 /** The evaluation table. */
@@ -207,4 +213,5 @@ export const EVAL_CONFIG: ConfigTable<EvalConfig> = {
     arg: "DIR",
     help: "where the downloaded jsonl is kept",
   },
+  backend: BACKEND_ROW,
 };

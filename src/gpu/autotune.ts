@@ -338,8 +338,8 @@ export function tuneCachePath(): string | undefined {
 
 /**
  * What identifies a device for cached choices: adapter name and ids, the driver's version
- * where known (Mesa's lavapipe names only its LLVM version in the adapter name), Deno's
- * version (its WebGPU implementation) and the package version.
+ * where known (Mesa's lavapipe names only its LLVM version in the adapter name), the WebGPU
+ * implementation (Deno's, by its version, or Dawn) and the package version.
  */
 export function deviceKey(rt: Runtime): string {
   const info = (rt.device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
@@ -348,7 +348,7 @@ export function deviceKey(rt: Runtime): string {
     rt.gpu.name,
     ids,
     rt.gpu.driver,
-    `deno ${Deno.version.deno}`,
+    rt.gpu.backend === "dawn" ? "dawn (npm:webgpu)" : `deno ${Deno.version.deno}`,
     `webgpu-gpt2 ${PACKAGE_VERSION}`,
   ].join(" | ");
 }

@@ -5,8 +5,17 @@
  * @module
  */
 
+import {
+  type Backend,
+  type BackendChoice,
+  backendChoice,
+  pinDawnObject,
+  requestAdapterOf,
+  resolveBackend,
+} from "./backend.ts";
+
 /** Optional adapter features the package uses when they exist. */
-export const OPTIONAL_FEATURES: GPUFeatureName[] = ["shader-f16", "timestamp-query"];
+export const OPTIONAL_FEATURES: GPUFeatureName[] = ["shader-f16", "timestamp-query", "subgroups"];
 
 /** Limits requested at the adapter's maximum (WebGPU defaults are far lower). */
 const RAISED_LIMITS = [
@@ -51,6 +60,10 @@ export interface GpuLimits {
 export interface Gpu {
   /** The device, requested with the adapter's limits and optional features. */
   device: GPUDevice;
+  /** The WebGPU implementation it came from (src/gpu/backend.ts). */
+  backend: Backend;
+  /** How the backend was chosen ("asked for", or why "auto" took it). */
+  backendWhy: string;
   /** Human-readable adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
   name: string;
   /** True for software adapters (llvmpipe, SwiftShader, WARP): kernels pick CPU-friendly variants. */
@@ -62,8 +75,8 @@ export interface Gpu {
   driver: string;
   /** The device's limits that the package reads. */
   limits: GpuLimits;
-  /** Whether the device has `shader-f16` and `timestamp-query` enabled. */
-  features: { shaderF16: boolean; timestampQuery: boolean };
+  /** Whether the device has `shader-f16`, `timestamp-query` and `subgroups` enabled. */
+  features: { shaderF16: boolean; timestampQuery: boolean; subgroups: boolean };
   /** Messages of uncaptured WebGPU errors so far (such errors only drop the command). */
   errors: string[];
 }
@@ -93,6 +106,8 @@ export interface RequestGpuOptions {
   requiredFeatures?: GPUFeatureName[];
   /** Optional features not to use even when the adapter has them (e.g. to test fallbacks). */
   withoutFeatures?: GPUFeatureName[];
+  /** The WebGPU implementation; by default WEBGPU_GPT2_BACKEND's, else Deno's own. */
+  backend?: BackendChoice;
 }
 
 const CPU_ADAPTER = /llvmpipe|lavapipe|swiftshader|warp|softpipe/i;
@@ -128,14 +143,22 @@ export function quietDisplayProbe(): void {
  * ```
  */
 export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> {
-  if (typeof navigator === "undefined" || !("gpu" in navigator)) {
+  const { backend, why } = await resolveBackend(
+    options.backend ?? backendChoice(),
+    options.powerPreference,
+  );
+  if (backend === "deno" && (typeof navigator === "undefined" || !("gpu" in navigator))) {
     throw new NoAdapterError(": this runtime has no navigator.gpu (use Deno 2.9 or later)");
   }
   quietDisplayProbe();
-  const adapter = await navigator.gpu.requestAdapter({
+  const adapter = await requestAdapterOf(backend, {
     powerPreference: options.powerPreference ?? "high-performance",
   });
-  if (!adapter) throw new NoAdapterError();
+  if (!adapter) {
+    throw new NoAdapterError(
+      backend === "dawn" ? " (Dawn found none: it needs Vulkan 1.1+, e.g. Mesa 24 or later)" : "",
+    );
+  }
   for (const f of options.requiredFeatures ?? []) {
     if (!adapter.features.has(f)) {
       throw new Error(
@@ -144,17 +167,24 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
       );
     }
   }
+  // Deno's WebGPU grants "subgroups" on request although adapter.features omits it: asked
+  // for there anyway, and dropped again if the device refuses it.
+  const offered = (f: GPUFeatureName) =>
+    adapter.features.has(f) || (backend === "deno" && f === "subgroups");
   const requiredFeatures = [
     ...new Set([
       ...(options.requiredFeatures ?? []),
-      ...OPTIONAL_FEATURES.filter((f) =>
-        adapter.features.has(f) && !options.withoutFeatures?.includes(f)
-      ),
+      ...OPTIONAL_FEATURES.filter((f) => offered(f) && !options.withoutFeatures?.includes(f)),
     ]),
   ];
   const requiredLimits: Record<string, number> = {};
   for (const k of RAISED_LIMITS) requiredLimits[k] = adapter.limits[k];
-  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits }).catch((e) => {
+    if (adapter.features.has("subgroups") || !requiredFeatures.includes("subgroups")) throw e;
+    const without = requiredFeatures.filter((f) => f !== "subgroups");
+    return adapter.requestDevice({ requiredFeatures: without, requiredLimits });
+  });
+  if (backend === "dawn") pinDawnObject(device);
   // Errors outside an error scope would otherwise only drop the command silently.
   const errors: string[] = [];
   device.addEventListener("uncapturederror", (e) => {
@@ -172,6 +202,8 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
   }
   return {
     device,
+    backend,
+    backendWhy: why,
     name,
     driver,
     isCpu: adapter.info.isFallbackAdapter || CPU_ADAPTER.test(name),
@@ -191,6 +223,7 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
     features: {
       shaderF16: device.features.has("shader-f16"),
       timestampQuery: device.features.has("timestamp-query"),
+      subgroups: device.features.has("subgroups"),
     },
     errors,
   };

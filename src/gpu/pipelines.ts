@@ -6,6 +6,7 @@
  * @module
  */
 
+import { type Backend, withDirectives } from "./backend.ts";
 import { debugLevel, debugLog } from "./debug.ts";
 
 /** Pipeline compiles slower than this are logged under DEBUG=1. */
@@ -65,13 +66,16 @@ export class ShaderError extends Error {
 export class PipelineCache {
   /** The device pipelines are compiled for. */
   readonly device: GPUDevice;
+  /** Its WebGPU implementation, which decides the `enable` directives added to a kernel. */
+  readonly backend: Backend;
   #modules = new Map<string, GPUShaderModule>();
   #pipelines = new Map<string, Promise<GPUComputePipeline>>();
   #layouts = new Map<string, KernelLayout>();
 
-  /** An empty cache for `device`. */
-  constructor(device: GPUDevice) {
+  /** An empty cache for `device`, from `backend` (Deno's own by default). */
+  constructor(device: GPUDevice, backend: Backend = "deno") {
     this.device = device;
+    this.backend = backend;
   }
 
   /** Number of distinct pipelines compiled so far. */
@@ -120,13 +124,14 @@ export class PipelineCache {
     const device = this.device;
     let module = this.#modules.get(kernel.code);
     if (!module) {
+      const source = withDirectives(kernel.code, this.backend);
       device.pushErrorScope("validation");
-      module = device.createShaderModule({ label: kernel.name, code: kernel.code });
+      module = device.createShaderModule({ label: kernel.name, code: source.code });
       const info = await module.getCompilationInfo();
       const scopeError = await device.popErrorScope();
       const errors = info.messages.filter((m) => m.type === "error");
       if (errors.length) {
-        const lines = kernel.code.split("\n"), h = kernel.headerLines ?? 0;
+        const lines = source.code.split("\n"), h = (kernel.headerLines ?? 0) + source.lines;
         // Lines of the generated header are named as such; the body's as in its .wgsl file.
         const at = (line: number) =>
           line > h

@@ -41,7 +41,7 @@ export async function createRuntime(options: RequestGpuOptions = {}): Promise<Ru
     gpu,
     device: gpu.device,
     arena: new Arena(gpu.device),
-    pipelines: new PipelineCache(gpu.device),
+    pipelines: new PipelineCache(gpu.device, gpu.backend),
     profiler: debugLevel() >= 3 ? Profiler.create(gpu.device) : undefined,
   };
 }

@@ -9,6 +9,7 @@
 
 import type { GPT2Config } from "../model/config.ts";
 import type { MatmulImpl } from "../model/ops/matmul.ts";
+import type { BackendChoice } from "../gpu/backend.ts";
 import type { Precision, Recompute } from "../model/plan.ts";
 
 export {
@@ -122,6 +123,8 @@ export interface TrainConfig {
   peakTflops: number;
   /** Matmul kernel for every product (default auto: the autotuner's choice per shape). */
   matmul?: MatmulImpl;
+  /** WebGPU implementation (src/gpu/backend.ts); unset: WEBGPU_GPT2_BACKEND, else Deno's own. */
+  backend?: BackendChoice;
   /** Where tokenized text files are cached. */
   cacheDir: string;
   /** Start over in a run directory that holds checkpoints: they and the log are removed. */

@@ -10,6 +10,7 @@ import { OPTIMIZERS, optionsHelp } from "../optim/registry.ts";
 import { parseMatmulImpl } from "../model/ops/matmul.ts";
 import type { ConfigRow, ConfigTable, TrainConfig } from "./config.ts";
 import { parseDuration } from "./budget.ts";
+import { BACKEND_ROW } from "../gpu/backend.ts";
 
 /** The training run's table: every TrainConfig key, its flag, check, default and help. */
 export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
@@ -388,6 +389,7 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     help: "matmul kernel (default auto: the autotuner's choice per shape and device, cached; " +
       "DEBUG=1 says why)",
   },
+  backend: { ...BACKEND_ROW, group: "Model" },
   cacheDir: {
     flag: "cache-dir",
     kind: "string",

@@ -305,6 +305,7 @@ export function resolvedConfig(
     optimizer_bytes_per_parameter: +(run.opt.stateBytes / parameterCount(run.cfg)).toFixed(3),
     adapter: rt.gpu.name,
     driver: rt.gpu.driver || undefined,
+    backend: rt.gpu.backend,
     mfu_formula:
       "MFU = tokens/s x (6N + 12LCT) / peak FLOP/s (nanoGPT estimate_mfu; N without wpe)",
     resumed_from: c.resume,
