@@ -1,9 +1,28 @@
 // The autotuner's check before timing (src/gpu/autotune.ts TuneCheck): with fake timers, a
 // fast candidate whose check fails is dropped (never timed, chosen or cached), verdicts are
 // remembered per id, a cached choice that fails its check is tuned again, and DEBUG=1 names
-// the dropped candidate.
+// the dropped candidate; on the adapter, matmul's check (src/model/ops/matmul_check.ts)
+// passes every real candidate of several kinds, catches a deliberately wrong kernel injected
+// through tuneMatmul's `build` (half of K: twice as fast by construction), a wrong incumbent
+// and a kernel that writes outside the product.
 import { deepEqual, equal, match, ok } from "node:assert/strict";
-import { Autotuner, type TuneSpec } from "../src/gpu/autotune.ts";
+import { Autotuner, deviceKey, type TuneSpec, withTuner } from "../src/gpu/autotune.ts";
+import { readF32 } from "../src/gpu/runtime.ts";
+import { runDispatches } from "../src/gpu/dispatch.ts";
+import { type DType, dtypeOf } from "../src/gpu/dtype.ts";
+import { matmul, type MatmulShape } from "../src/model/ops/matmul.ts";
+import {
+  type BuildWith,
+  matmulCandidates,
+  type MatmulKernel,
+  matmulTuneKey,
+  tuneMatmul,
+  type TuneProduct,
+} from "../src/model/ops/matmul_tune.ts";
+import { checkedKernel, checkProblem, matmulCheck } from "../src/model/ops/matmul_check.ts";
+import { aligned } from "../src/model/ops/matmul_block.ts";
+import { matmulRef } from "./reference/matmul.ts";
+import { assertAllClose, gpuTest, hasF16, randn } from "./_harness.ts";
 
 /**
  * A spec whose candidates "take" the given ms, with a check that calls `bad` candidates
@@ -120,3 +139,176 @@ Deno.test("autotune check: DEBUG=1 names the dropped candidate and what its chec
   equal(new TextDecoder().decode(out.stdout).trim(), "inc");
   match(stderr, /\[debug1\] autotune matmul NN f32: dropped wrong: worst C\[0, 1\] = 3/);
 });
+
+// ---------------------------------------------------------------------------
+// Matmul's check on the adapter.
+
+/** Buffers for a product of shape `s` with element types `t`, as matmul() would get them. */
+function productBuffers(
+  rt: Parameters<Parameters<typeof gpuTest>[1]>[0],
+  s: TuneProduct,
+  t: DType = "f32",
+) {
+  const rows = (tr: boolean, a: number, b: number) => (tr ? a : b);
+  const aLen = (rows(s.transA, s.K, s.M) - 1) * s.lda + rows(s.transA, s.M, s.K);
+  const bLen = (rows(s.transB, s.N, s.K) - 1) * s.ldb + rows(s.transB, s.K, s.N);
+  const eb = t === "f16" ? 2 : 4;
+  const mk = (l: string, n: number) => rt.arena.alloc(l, "scratch", n * eb, undefined, t);
+  return {
+    a: { buffer: mk("A", aLen) },
+    b: { buffer: mk("B", bLen) },
+    c: { buffer: mk("C", (s.M - 1) * s.ldc + s.N) },
+    bias: s.bias ? { buffer: mk("bias", s.N) } : undefined,
+  };
+}
+
+function product(shape: MatmulShape): TuneProduct {
+  const transA = shape.transA ?? false, transB = shape.transB ?? false;
+  return {
+    M: shape.M,
+    N: shape.N,
+    K: shape.K,
+    transA,
+    transB,
+    lda: shape.lda ?? (transA ? shape.M : shape.K),
+    ldb: shape.ldb ?? (transB ? shape.K : shape.N),
+    ldc: shape.ldc ?? shape.N,
+    bias: shape.bias ?? false,
+    accumulate: shape.accumulate ?? false,
+  };
+}
+
+const alignedOf = (s: TuneProduct, ops: ReturnType<typeof productBuffers>) =>
+  aligned(s, ops as Parameters<typeof aligned>[1]);
+
+gpuTest("matmul check: every candidate of several kinds passes", async (rt) => {
+  const kinds: [string, MatmulShape, DType][] = [
+    ["NN bias, vec4", { M: 100, N: 768, K: 768, bias: true }, "f32"],
+    [
+      "TN accumulate, unaligned",
+      { M: 99, N: 771, K: 769, transA: true, accumulate: true },
+      "f32",
+    ],
+    ["TN, K tail, vec4", { M: 100, N: 768, K: 770, transA: true }, "f32"],
+  ];
+  if (hasF16) {
+    kinds.push(["NT bias f16", { M: 100, N: 768, K: 768, transB: true, bias: true }, "f16"]);
+  }
+  const build: BuildWith = (k, shape, ops) => matmul(rt, shape, ops, { impl: k });
+  for (const [label, shape, t] of kinds) {
+    const s = product(shape), ops = productBuffers(rt, s, t), al = alignedOf(s, ops);
+    const candidates = matmulCandidates(rt, Object.values(al).every(Boolean), s);
+    const check = matmulCheck(rt, s, { ops, aligned: al, build, incumbent: candidates[0] });
+    try {
+      for (const c of candidates) equal(await check.run(c), undefined, `${label}: ${c}`);
+      // The small problem keeps the product's vec4 reads, hence the same kernel code.
+      const p = checkProblem(s, al);
+      const pAl = aligned(p.shape, {
+        a: { buffer: ops.a.buffer, offset: p.off.a },
+        b: { buffer: ops.b.buffer, offset: p.off.b },
+        c: { buffer: ops.c.buffer, offset: p.off.c },
+        bias: ops.bias && { buffer: ops.bias.buffer, offset: p.off.bias },
+      });
+      deepEqual(pAl, al, label);
+      equal(dtypeOf(ops.c.buffer), t);
+    } finally {
+      check.dispose();
+      for (const o of Object.values(ops)) if (o) rt.arena.free(o.buffer);
+    }
+  }
+});
+
+gpuTest(
+  "matmul check: a wrong incumbent, and a kernel writing outside C, are caught",
+  async (rt) => {
+    // 100 rows: small tiles, quick to compile on CPU adapters.
+    const s = product({ M: 100, N: 768, K: 768, bias: true });
+    const ops = productBuffers(rt, s), al = alignedOf(s, ops);
+    const candidates = matmulCandidates(rt, true, s);
+    const [inc, other] = candidates;
+    // The incumbent adds what C held before (accumulate flipped on): its check is against
+    // float64, and the others are then checked against float64 too.
+    const build: BuildWith = (k, shape, o) =>
+      matmul(rt, k === checkedKernel(inc, s) ? { ...shape, accumulate: true } : shape, o, {
+        impl: k,
+      });
+    const check = matmulCheck(rt, s, { ops, aligned: al, build, incumbent: inc });
+    // C's rows 4 elements late: the last 4 of each row land in the row padding.
+    const spill: BuildWith = (k, shape, o) => {
+      const late = { ...o, c: { ...o.c, offset: (o.c.offset ?? 0) + 4 } };
+      return matmul(rt, shape, k === other ? late : o, { impl: k });
+    };
+    const check2 = matmulCheck(rt, s, { ops, aligned: al, build: spill, incumbent: inc });
+    try {
+      match(
+        (await check.run(inc)) ?? "",
+        /^differs from the float64 product on 260x132x84 NN bias f32\.f32\.f32\.f32: worst C\[\d+, \d+\] = .* off by .* of the row's scale .* \(tolerance 0\.0001\)$/,
+      );
+      equal(await check.run(other), undefined);
+      equal(await check2.run(inc), undefined);
+      match(
+        (await check2.run(other)) ?? "",
+        /^differs from the incumbent .*: it wrote outside the product: element \d+ of C's buffer/,
+      );
+    } finally {
+      check.dispose();
+      check2.dispose();
+      for (const o of Object.values(ops)) if (o) rt.arena.free(o.buffer);
+    }
+  },
+);
+
+gpuTest(
+  "matmul auto: a wrong candidate twice as fast is dropped, not chosen, and said so",
+  async (rt) => {
+    const debug: string[] = [];
+    const tuner = new Autotuner({ deviceKey: deviceKey(rt), debug: (m) => debug.push(m) });
+    const trt = withTuner(rt, tuner);
+    // Over 2^32 FLOPs (timed on CPU adapters too), 128 rows (cheap tiles to compile there).
+    const M = 128, N = 8192, K = 2048;
+    const s = product({ M, N, K, bias: true });
+    const a = randn(M * K, 3), b = randn(K * N, 4), bias = randn(N, 5);
+    const A = rt.arena.allocWith("A", "scratch", a), B = rt.arena.allocWith("B", "scratch", b);
+    const Bias = rt.arena.allocWith("bias", "scratch", bias);
+    const C = rt.arena.alloc("C", "scratch", M * N * 4);
+    const ops = { a: { buffer: A }, b: { buffer: B }, c: { buffer: C }, bias: { buffer: Bias } };
+    const al = aligned(s, ops);
+    const candidates = matmulCandidates(rt, true, s);
+    const wrong = candidates[1];
+    // The wrong candidate runs the incumbent's kernel on the first half of K only: twice as fast
+    // as the incumbent by construction, so on times alone it would win.
+    const built: string[] = [];
+    const build: BuildWith = (k, shape, o) => {
+      built.push(`${k} ${shape.M}x${shape.N}x${shape.K}`);
+      if (k !== wrong) return matmul(trt, shape, o, { impl: k });
+      const half = Math.ceil(shape.K / 8) * 4;
+      return matmul(trt, { ...shape, K: half }, o, { impl: checkedKernel(candidates[0], s) });
+    };
+    try {
+      const r = await tuneMatmul(trt, s, ops, { aligned: al, build });
+      ok(r.choice !== wrong, `chose ${r.choice}`);
+      equal(r.source, "timed");
+      ok(!(wrong in r.ms), "the wrong candidate was timed");
+      match(
+        r.rejected?.[wrong as MatmulKernel] ?? "",
+        /^differs from the incumbent .* on 260x132x84 NN bias f32\.f32\.f32\.f32: worst C\[/,
+      );
+      // Built for its check (the small problem) and never for timing.
+      deepEqual(built.filter((x) => x.startsWith(`${wrong} `)), [`${wrong} 260x132x84`]);
+      const line = debug.find((l) => l.includes(`dropped ${wrong}`)) ?? "";
+      match(line, /^autotune matmul NN f32\.f32\.f32 vec444 M128 N8192 K2048: dropped (rb|wg)/);
+      match(line, /worst C\[\d+, \d+\] = .* against .*, off by .* of the row's scale/);
+      const key = matmulTuneKey(s, { a: "f32", b: "f32", c: "f32" }, al);
+      equal((await tuner.choices())[key], r.choice);
+      // And the choice computes the product.
+      const d = await matmul(trt, s, ops, { impl: r.choice });
+      await runDispatches(rt.device, d);
+      const got = await readF32(rt.device, C, 0, 2 * N);
+      const want = matmulRef(a.subarray(0, 2 * K), b, { M: 2, N, K }, { bias });
+      const tol = 1e-4 * Math.sqrt(K / 768);
+      assertAllClose(got, want, { rtol: tol, atol: tol, label: `tuned (${r.choice})` });
+    } finally {
+      for (const x of [A, B, Bias, C]) rt.arena.free(x);
+    }
+  },
+);

@@ -91,6 +91,8 @@ export interface TuneResult<C extends string> {
   rejected?: Partial<Record<C, string>>;
   /** Milliseconds this choice spent in checks (0 when every verdict was remembered). */
   checkMs?: number;
+  /** Milliseconds this choice took in all: checks, builds (compiles) and timings. */
+  tuneMs?: number;
 }
 
 interface CacheEntry {
@@ -194,6 +196,7 @@ export class Autotuner {
       return { choice: candidates[0], source: "only", ms: {}, reason: "the only candidate" };
     }
     const cached = (await this.#load())[key];
+    const start = performance.now();
     let checkMs = 0;
     if (cached && candidates.includes(cached.choice as C)) {
       const t0 = performance.now();
@@ -206,6 +209,7 @@ export class Autotuner {
           ms: cached.ms as Partial<Record<C, number>>,
           reason: `cached ${cached.time}${this.path ? ` in ${this.path}` : ""}`,
           checkMs,
+          tuneMs: performance.now() - start,
         };
         this.#debug(`autotune ${key}: ${r.choice} (${r.reason})`);
         return r;
@@ -216,12 +220,15 @@ export class Autotuner {
     }
     const out = await this.#time(spec);
     out.checkMs = checkMs + (out.checkMs ?? 0);
+    out.tuneMs = performance.now() - start;
     const entry = { choice: out.choice, ms: out.ms as Record<string, number> };
     await this.#store(key, { ...entry, time: new Date().toISOString() });
     const times = Object.entries(out.ms as Record<string, number>)
       .sort((a, b) => a[1] - b[1])
       .map(([c, ms]) => `${c} ${ms.toFixed(3)} ms`).join(", ");
-    const checks = spec.check ? `; checks ${out.checkMs.toFixed(0)} ms` : "";
+    const checks = spec.check
+      ? `; checks ${out.checkMs.toFixed(0)} of ${out.tuneMs.toFixed(0)} ms`
+      : "";
     this.#debug(`autotune ${key}: ${times} -> ${out.choice} (${out.reason}${checks})`);
     return out;
   }
