@@ -4,11 +4,12 @@
 // the dropped candidate; on the adapter, matmul's check (src/model/ops/matmul_check.ts)
 // passes every real candidate of several kinds, catches a deliberately wrong kernel injected
 // through tuneMatmul's `build` (half of K: twice as fast by construction), a wrong incumbent
-// and a kernel that writes outside the product.
+// and a kernel that writes outside the product; flash attention's rows check passes 1, 2
+// and 4 and catches a forward that skips its last key chunk.
 import { deepEqual, equal, match, ok } from "node:assert/strict";
 import { Autotuner, deviceKey, type TuneSpec, withTuner } from "../src/gpu/autotune.ts";
 import { readF32 } from "../src/gpu/runtime.ts";
-import { runDispatches } from "../src/gpu/dispatch.ts";
+import { freeDispatches, runDispatches } from "../src/gpu/dispatch.ts";
 import { type DType, dtypeOf } from "../src/gpu/dtype.ts";
 import { matmul, type MatmulShape } from "../src/model/ops/matmul.ts";
 import {
@@ -21,6 +22,8 @@ import {
 } from "../src/model/ops/matmul_tune.ts";
 import { checkedKernel, checkProblem, matmulCheck } from "../src/model/ops/matmul_check.ts";
 import { aligned } from "../src/model/ops/matmul_block.ts";
+import { flashRowsCheck } from "../src/model/ops/attention_check.ts";
+import { flashAttentionForward } from "../src/model/ops/attention.ts";
 import { matmulRef } from "./reference/matmul.ts";
 import { assertAllClose, gpuTest, hasF16, randn } from "./_harness.ts";
 
@@ -309,6 +312,49 @@ gpuTest(
       assertAllClose(got, want, { rtol: tol, atol: tol, label: `tuned (${r.choice})` });
     } finally {
       for (const x of [A, B, Bias, C]) rt.arena.free(x);
+    }
+  },
+);
+
+// ---------------------------------------------------------------------------
+// Flash attention's rows candidates.
+
+gpuTest(
+  "flash rows check: 1, 2 and 4 rows pass; a forward that skips its last key chunk does not",
+  async (rt) => {
+    const kinds: { qkv: DType; out: DType }[] = [{ qkv: "f32", out: "f32" }];
+    if (hasF16) kinds.push({ qkv: "f16", out: "f16" });
+    for (const types of kinds) {
+      const check = flashRowsCheck(rt, 64, { types });
+      try {
+        for (const c of ["1", "2", "4"]) {
+          equal(
+            await check.run(c),
+            undefined,
+            `${types.qkv} rows ${c}`,
+          );
+        }
+      } finally {
+        check.dispose();
+      }
+    }
+    // The split-KV forward without its last chunk: keys past 64 * rows * (chunks - 1) unseen.
+    const skip = flashRowsCheck(rt, 64, {
+      types: { qkv: "f32", out: "f32" },
+      build: async (s, ops) => {
+        const d = await flashAttentionForward(rt, s, ops);
+        freeDispatches(rt.arena, d.slice(-1));
+        return d.slice(0, -1);
+      },
+    });
+    try {
+      match(
+        (await skip.run("4")) ?? "",
+        /^differs from the float64 attention on B=1 T=300 NH=2 f32\.f32 HS64: worst out\[\d+\] = .* off by .* \(tolerance 0\.0001\)$/,
+      );
+      deepEqual(skip.id("4"), "flash forward f32.f32 HS64 rows 4");
+    } finally {
+      skip.dispose();
     }
   },
 );
