@@ -52,8 +52,15 @@ export function checkedKernel(kernel: MatmulKernel, s: TuneProduct): MatmulKerne
   return d.cols ? kernel : regblockName(d);
 }
 
-/** The small problem of the same kind as `s`: shape, element offsets, buffer lengths. */
-export function checkProblem(s: TuneProduct, aligned: Record<Op, boolean>) {
+/** A small problem: its product, and each operand's element offset and buffer length. */
+export interface CheckProblem {
+  shape: TuneProduct;
+  off: Record<Op, number>;
+  len: Record<Op, number>;
+}
+
+/** The small problem of the same kind as `s` (see the module's doc). */
+export function checkProblem(s: TuneProduct, aligned: Record<Op, boolean>): CheckProblem {
   const M = 260 + (s.M % 4), N = 132 + (s.N % 4), K = 84 + (s.K % 4);
   const pad = (op: Op) => (aligned[op] ? 4 : 1);
   const shape: TuneProduct = {
@@ -80,7 +87,7 @@ export function checkProblem(s: TuneProduct, aligned: Record<Op, boolean>) {
  * the largest |bias| + |C before| + sum over k of |a·b| in the row.
  */
 function reference(
-  p: ReturnType<typeof checkProblem>,
+  p: CheckProblem,
   v: Record<Op, Float32Array>,
 ): { want: Float64Array; scale: Float64Array } {
   const { M, N, K, transA, transB, lda, ldb, ldc, bias, accumulate } = p.shape;
@@ -113,7 +120,7 @@ const fmt = (x: number) => (Number.isFinite(x) ? Number(x.toPrecision(6)).toStri
  * C's starting values `c0`: undefined when nothing is.
  */
 function compare(
-  p: ReturnType<typeof checkProblem>,
+  p: CheckProblem,
   got: Float32Array,
   c0: Float32Array,
   want: ArrayLike<number>,
@@ -259,7 +266,7 @@ export function matmulCheck(
 }
 
 /** The product's elements (M x N, row-major) of C's buffer as a kernel left it. */
-function pick(p: ReturnType<typeof checkProblem>, c: Float32Array): Float64Array {
+function pick(p: CheckProblem, c: Float32Array): Float64Array {
   const { M, N, ldc } = p.shape;
   const out = new Float64Array(M * N);
   for (let m = 0; m < M; m++) {
