@@ -4,7 +4,7 @@
  * kernel the package used before the autotuner (regblock on CPU adapters, tiled on GPUs)
  * and with the autotuner's choice ("auto", or the kernel `--impl` forces), timed in
  * alternation so both see the same noise. The tuner's choices and their timings follow
- * as rows of their own.
+ * as rows of their own, with the ms its checks took (check_ms) of the whole tuning (tune_ms).
  *
  * @module
  */
@@ -148,7 +148,15 @@ export const matmulBench: BenchCase = {
       const times = Object.entries(r.ms as Record<string, number>)
         .sort((a, b) => a[1] - b[1])
         .map(([c, ms]) => `${c} ${ms.toFixed(2)}`).join(", ");
-      rows.push({ product: `tuned: ${key}`, after: r.choice, why: r.reason, timed_ms: times });
+      rows.push({
+        product: `tuned: ${key}`,
+        after: r.choice,
+        why: r.reason,
+        timed_ms: times,
+        // What checking the candidates before timing them cost, of the whole tuning.
+        check_ms: r.checkMs ?? 0,
+        tune_ms: r.tuneMs ?? 0,
+      });
     }
     for (const r of rows) r.adapter = rt.gpu.name;
     return rows;

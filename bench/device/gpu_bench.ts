@@ -368,6 +368,10 @@ export async function main(argv: string[]): Promise<number> {
       why: r.reason,
       candidates_ms: Object.entries(r.ms as Record<string, number>)
         .sort((x, y) => x[1] - y[1]).map(([c, ms]) => `${c} ${ms.toFixed(3)}`).join(", "),
+      // Candidates whose numbers were wrong on this device (never timed), and the checks' cost.
+      rejected: Object.entries(r.rejected ?? {}).map(([c, why]) => `${c}: ${why}`).join("; "),
+      check_ms: r.checkMs ?? 0,
+      tune_ms: r.tuneMs ?? 0,
     }));
 
   // ---- matmul (the autotuner runs on first use of each shape class)

@@ -12,11 +12,18 @@
  * - Tunings run one at a time (timings interleaved with other tunings would be noise).
  * - A candidate that fails to build is skipped; one whose warm-up run is over 4 times the
  *   best so far, or whose first timed run is over twice, is not timed further.
+ * - Before a candidate is timed, the spec's {@linkcode TuneCheck} runs it on a small problem
+ *   on the device (matmul: against the incumbent, itself checked against a float64 product):
+ *   one whose numbers are wrong, or that fails to build or run there, is dropped: never
+ *   timed, never chosen, never cached. The verdict is remembered per tuner (per process for
+ *   the runtime's) under the check's id, so each kernel is checked once whatever the shape.
+ *   A choice read back from the cache file is checked too, and tuned afresh when it fails.
  * - The cache file is `$WEBGPU_GPT2_TUNE_CACHE`, else `$XDG_CACHE_HOME/webgpu-gpt2/
  *   autotune.json`, else `~/.cache/webgpu-gpt2/autotune.json` (`WEBGPU_GPT2_TUNE_CACHE=none`:
  *   memory only). It is written whole to a temporary file and renamed; an unreadable or
  *   corrupt one is ignored with a warning (and replaced on the next write).
- * - `DEBUG=1` logs each choice with the times that made it.
+ * - `DEBUG=1` logs each choice with the times that made it, and each dropped candidate with
+ *   what its check found.
  *
  * @module
  */
@@ -36,6 +43,24 @@ export interface TuneTimer {
   dispose(): void;
 }
 
+/**
+ * Checks a candidate's numbers on the device before it is timed: a kernel that has never met
+ * this hardware must not win on wrong numbers.
+ */
+export interface TuneCheck<C extends string> {
+  /**
+   * What the verdict is remembered under: the kernel the candidate builds with the flags and
+   * element types that change its code, not the shape class (one check serves every size),
+   * e.g. "matmul NN f32.f32.f32.f32 vec4444 bias rb8_t16x32".
+   */
+  id(candidate: C): string;
+  /**
+   * Runs the candidate on a small problem: undefined when its numbers are right, else what is
+   * wrong (the problem, the worst element, its error). Throwing counts as wrong.
+   */
+  run(candidate: C): Promise<string | undefined>;
+}
+
 /** What to tune. */
 export interface TuneSpec<C extends string> {
   /** The kernel family and shape class, e.g. "matmul NT f32.f32.f32 M1024 N2304 K768". */
@@ -48,6 +73,8 @@ export interface TuneSpec<C extends string> {
   reps?: number;
   /** How much faster than the incumbent a challenger must be (default 0.1: 10%). */
   margin?: number;
+  /** Checks each candidate before it is timed (none: every candidate is trusted). */
+  check?: TuneCheck<C>;
 }
 
 /** A choice and how it was made. */
@@ -60,6 +87,12 @@ export interface TuneResult<C extends string> {
   ms: Partial<Record<C, number>>;
   /** Why, in words. */
   reason: string;
+  /** Candidates dropped because their check failed, with what it found. */
+  rejected?: Partial<Record<C, string>>;
+  /** Milliseconds this choice spent in checks (0 when every verdict was remembered). */
+  checkMs?: number;
+  /** Milliseconds this choice took in all: checks, builds (compiles) and timings. */
+  tuneMs?: number;
 }
 
 interface CacheEntry {
@@ -83,6 +116,8 @@ export interface AutotunerOptions {
   path?: string;
   /** Where warnings go (default console.warn). */
   warn?: (message: string) => void;
+  /** Where the `DEBUG=1` lines go (default stderr, when DEBUG is 1 or more). */
+  debug?: (message: string) => void;
 }
 
 /**
@@ -103,6 +138,8 @@ export class Autotuner {
   readonly deviceKey: string;
   #path?: string;
   #warn: (message: string) => void;
+  #debug: (message: string) => void;
+  #verdicts = new Map<string, Promise<string | undefined>>();
   #memo = new Map<string, Promise<TuneResult<string>>>();
   #disk?: Record<string, CacheEntry>;
   #queue: Promise<unknown> = Promise.resolve();
@@ -112,6 +149,7 @@ export class Autotuner {
     this.deviceKey = options.deviceKey;
     this.#path = options.path;
     this.#warn = options.warn ?? ((m) => console.warn(`warning: ${m}`));
+    this.#debug = options.debug ?? ((m) => debugLog(1, m));
   }
 
   /** The cache file, when there is one (none after a failed write). */
@@ -158,33 +196,76 @@ export class Autotuner {
       return { choice: candidates[0], source: "only", ms: {}, reason: "the only candidate" };
     }
     const cached = (await this.#load())[key];
+    const start = performance.now();
+    let checkMs = 0;
     if (cached && candidates.includes(cached.choice as C)) {
-      const r: TuneResult<C> = {
-        choice: cached.choice as C,
-        source: "cache",
-        ms: cached.ms as Partial<Record<C, number>>,
-        reason: `cached ${cached.time}${this.path ? ` in ${this.path}` : ""}`,
-      };
-      debugLog(1, `autotune ${key}: ${r.choice} (${r.reason})`);
-      return r;
+      const t0 = performance.now();
+      const wrong = await this.#verify(spec, cached.choice as C);
+      checkMs = performance.now() - t0;
+      if (wrong === undefined) {
+        const r: TuneResult<C> = {
+          choice: cached.choice as C,
+          source: "cache",
+          ms: cached.ms as Partial<Record<C, number>>,
+          reason: `cached ${cached.time}${this.path ? ` in ${this.path}` : ""}`,
+          checkMs,
+          tuneMs: performance.now() - start,
+        };
+        this.#debug(`autotune ${key}: ${r.choice} (${r.reason})`);
+        return r;
+      }
+      this.#debug(`autotune ${key}: cached ${cached.choice} fails its check, tuning again`);
+    } else if (cached) {
+      this.#debug(`autotune ${key}: cached ${cached.choice} is no candidate now`);
     }
-    if (cached) debugLog(1, `autotune ${key}: cached ${cached.choice} is no candidate now`);
-    const result = await this.#time(spec);
-    const entry = { choice: result.choice, ms: result.ms as Record<string, number> };
+    const out = await this.#time(spec);
+    out.checkMs = checkMs + (out.checkMs ?? 0);
+    out.tuneMs = performance.now() - start;
+    const entry = { choice: out.choice, ms: out.ms as Record<string, number> };
     await this.#store(key, { ...entry, time: new Date().toISOString() });
-    const times = Object.entries(result.ms as Record<string, number>)
+    const times = Object.entries(out.ms as Record<string, number>)
       .sort((a, b) => a[1] - b[1])
       .map(([c, ms]) => `${c} ${ms.toFixed(3)} ms`).join(", ");
-    debugLog(1, `autotune ${key}: ${times} -> ${result.choice} (${result.reason})`);
-    return result;
+    const checks = spec.check
+      ? `; checks ${out.checkMs.toFixed(0)} of ${out.tuneMs.toFixed(0)} ms`
+      : "";
+    this.#debug(`autotune ${key}: ${times} -> ${out.choice} (${out.reason}${checks})`);
+    return out;
+  }
+
+  /**
+   * The candidate's verdict: undefined when its check passed (or there is none), else what
+   * is wrong. Remembered per check id; a check that throws is a failed check.
+   */
+  #verify<C extends string>(spec: TuneSpec<C>, candidate: C): Promise<string | undefined> {
+    const check = spec.check;
+    if (!check) return Promise.resolve(undefined);
+    const id = check.id(candidate);
+    let v = this.#verdicts.get(id);
+    if (!v) {
+      v = check.run(candidate).catch((e) =>
+        `it failed to build or run: ${e instanceof Error ? e.message : e}`
+      );
+      this.#verdicts.set(id, v);
+    }
+    return v;
   }
 
   async #time<C extends string>(spec: TuneSpec<C>): Promise<TuneResult<C>> {
     const reps = spec.reps ?? 3, margin = spec.margin ?? 0.1;
     const ms: Partial<Record<C, number>> = {};
     const failed: string[] = [];
-    let best = Infinity;
+    const rejected: Partial<Record<C, string>> = {};
+    let best = Infinity, checkMs = 0;
     for (const c of spec.candidates) {
+      const t0 = performance.now();
+      const wrong = await this.#verify(spec, c);
+      checkMs += performance.now() - t0;
+      if (wrong !== undefined) {
+        rejected[c] = wrong;
+        this.#debug(`autotune ${spec.key}: dropped ${c}: ${wrong}`);
+        continue;
+      }
       let timer: TuneTimer;
       try {
         timer = await spec.prepare(c);
@@ -211,17 +292,29 @@ export class Autotuner {
         timer.dispose();
       }
     }
-    if (failed.length) debugLog(1, `autotune ${spec.key}: skipped ${failed.join("; ")}`);
+    if (failed.length) this.#debug(`autotune ${spec.key}: skipped ${failed.join("; ")}`);
     const timed = Object.entries(ms) as [C, number][];
     if (timed.length === 0) {
-      throw new Error(`Autotune "${spec.key}": no candidate could run: ${failed.join("; ")}`);
+      const why = [
+        ...failed,
+        ...Object.entries(rejected).map(([c, w]) => `${c}: wrong numbers: ${w}`),
+      ];
+      throw new Error(`Autotune "${spec.key}": no candidate could run: ${why.join("; ")}`);
     }
+    const checked = Object.keys(rejected).length ? { rejected, checkMs } : { checkMs };
     const [fastest, tFast] = timed.reduce((a, b) => (b[1] < a[1] ? b : a));
     const inc = spec.candidates[0], tInc = ms[inc];
     if (tInc === undefined) {
-      return { choice: fastest, source: "timed", ms, reason: "fastest (the default failed)" };
+      const why = rejected[inc] !== undefined ? "failed its check" : "failed";
+      return {
+        choice: fastest,
+        source: "timed",
+        ms,
+        reason: `fastest (the default ${why})`,
+        ...checked,
+      };
     }
-    if (fastest === inc) return { choice: inc, source: "timed", ms, reason: "fastest" };
+    if (fastest === inc) return { choice: inc, source: "timed", ms, reason: "fastest", ...checked };
     const gain = 1 - tFast / tInc;
     if (gain <= margin) {
       return {
@@ -230,6 +323,7 @@ export class Autotuner {
         ms,
         reason: `the default: ${fastest} is only ${(100 * gain).toFixed(0)}% faster ` +
           `(a challenger needs ${(100 * margin).toFixed(0)}%)`,
+        ...checked,
       };
     }
     return {
@@ -237,6 +331,7 @@ export class Autotuner {
       source: "timed",
       ms,
       reason: `fastest, ${(100 * gain).toFixed(0)}% faster than the default ${inc}`,
+      ...checked,
     };
   }
 

@@ -46,6 +46,7 @@ export {
   Autotuner,
   type AutotunerOptions,
   tuneCachePath,
+  type TuneCheck,
   type TuneResult,
   tunerFor,
   type TuneSpec,

@@ -12,6 +12,7 @@ import { grid1d, LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { dtypeOf } from "../../gpu/dtype.ts";
 import flashSrc from "../../../kernels/flash_attention.wgsl" with { type: "text" };
+import { flashRowsCheck } from "./attention_check.ts";
 
 /** kernels/flash_attention.wgsl's interface. */
 export const flashAttentionKernel = defineKernel({
@@ -109,7 +110,8 @@ export const FLASH_TUNE_MIN_FLOPS = { gpu: 2 ** 26, cpu: 2 ** 30 };
  * a run near 2^31 FLOPs, 2^34 on GPUs), once per device and shape
  * class (element types, head size, T and B*NH rounded up to powers of two), and the
  * choice is cached; {@linkcode flashRows}'s heuristic is the incumbent and the answer for
- * shapes too small to time. The backward passes take the forward's choice.
+ * shapes too small to time. The backward passes take the forward's choice. Each candidate's
+ * forward is first checked against float64 on a small problem (src/model/ops/attention_check.ts).
  */
 export async function chooseFlashRows(
   rt: Runtime,
@@ -122,10 +124,14 @@ export async function chooseFlashRows(
   const pow2 = (n: number) => 2 ** Math.ceil(Math.log2(n));
   const candidates = [incumbent, ...([1, 2, 4] as const).filter((r) => r !== incumbent)]
     .map(String);
+  const check = flashRowsCheck(rt, HS, {
+    types: { qkv: dtypeOf(ops.qkv), out: dtypeOf(ops.out) },
+  });
   const { choice } = await tunerFor(rt).choose({
     key: `flash rows ${dtypeOf(ops.qkv)}.${dtypeOf(ops.out)} HS${HS} T${pow2(s.T)} ` +
       `BH${pow2(s.B * s.NH)}`,
     candidates,
+    check,
     // Timed on as many (b, h) pairs as keep one run near 2^31 FLOPs (2^34 on GPUs): each pair
     // is the same work, and T=4096 on a CPU adapter would otherwise take seconds a run.
     prepare: async (c) => {
@@ -136,7 +142,7 @@ export async function chooseFlashRows(
       return dispatchTimer(rt, d, { dispose: () => freeDispatches(rt.arena, d) });
     },
     reps: 2,
-  });
+  }).finally(() => check.dispose());
   return Number(choice) as FlashRows;
 }
 

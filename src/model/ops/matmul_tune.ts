@@ -16,6 +16,9 @@
  *   of ms on a CPU adapter, and scratch stays under 256 MiB (32 MiB on CPU adapters).
  * - Products under 2^26 FLOPs (2^32 on CPU adapters) are not timed: they take the
  *   incumbent (on a CPU adapter compiling the candidates would cost more than they save).
+ * - Checking: before it is timed, each candidate computes a small product of the same kind
+ *   and must agree with the incumbent, itself checked against float64
+ *   (src/model/ops/matmul_check.ts); one that does not is dropped.
  *
  * @module
  */
@@ -27,6 +30,7 @@ import type { Runtime } from "../../gpu/runtime.ts";
 import { dispatchTimer, type TuneResult, tunerFor } from "../../gpu/autotune.ts";
 import { GPU_TILES, type GpuTileName, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
 import { regblockDefault, regblockName, regblockProblem } from "./matmul_regblock.ts";
+import { matmulCheck } from "./matmul_check.ts";
 
 /** A register-blocked tile's name: rb{lanes}_t{rows}x{columns}. */
 export type RegblockName = `rb${number}_t${number}x${number}`;
@@ -132,7 +136,15 @@ export async function tuneMatmul(
   rt: Runtime,
   s: TuneProduct,
   ops: TuneOperands,
-  options: { aligned: Record<"a" | "b" | "c", boolean>; build: BuildWith },
+  options: {
+    /** Which operands are 4-aligned (bias: true when absent). */
+    aligned: Record<"a" | "b" | "c", boolean> & { bias?: boolean };
+    /**
+     * Builds a candidate's dispatches, for its check (a small product of the same kind, on
+     * buffers of its own) and for its timing.
+     */
+    build: BuildWith;
+  },
 ): Promise<TuneResult<MatmulKernel>> {
   const candidates = matmulCandidates(rt, Object.values(options.aligned).every(Boolean), s);
   if (2 * s.M * s.N * s.K < TUNE_MIN_FLOPS[rt.gpu.isCpu ? "cpu" : "gpu"]) {
@@ -147,32 +159,45 @@ export async function tuneMatmul(
   const eb = dtypeBytes(types.c);
   const part = timedShape(rt, s, eb);
   const tuner = tunerFor(rt);
-  return await tuner.choose({
-    key,
-    candidates,
-    async prepare(kernel) {
-      // Scratch C keeps the real offset's residue, hence the same alignment.
-      const off = (ops.c.offset ?? 0) % 64;
-      const c = rt.arena.alloc(
-        "matmul.tune.c",
-        "scratch",
-        (off + (part.M - 1) * part.ldc + part.N) * eb,
-        undefined,
-        types.c,
-      );
-      let d: Dispatch[] = [];
-      try {
-        d = await options.build(kernel, part, { ...ops, c: { buffer: c, offset: off } });
-      } catch (e) {
-        rt.arena.free(c);
-        throw e;
-      }
-      return dispatchTimer(rt, d, {
-        dispose: () => {
-          freeDispatches(rt.arena, d);
-          rt.arena.free(c);
-        },
-      });
-    },
+  const check = matmulCheck(rt, s, {
+    ops,
+    aligned: { ...options.aligned, bias: options.aligned.bias ?? true },
+    build: options.build,
+    incumbent: candidates[0],
   });
+  try {
+    return await tuner.choose({
+      key,
+      candidates,
+      check,
+      prepare: (kernel) => prepare(kernel),
+    });
+  } finally {
+    check.dispose();
+  }
+
+  async function prepare(kernel: MatmulKernel) {
+    // Scratch C keeps the real offset's residue, hence the same alignment.
+    const off = (ops.c.offset ?? 0) % 64;
+    const c = rt.arena.alloc(
+      "matmul.tune.c",
+      "scratch",
+      (off + (part.M - 1) * part.ldc + part.N) * eb,
+      undefined,
+      types.c,
+    );
+    let d: Dispatch[] = [];
+    try {
+      d = await options.build(kernel, part, { ...ops, c: { buffer: c, offset: off } });
+    } catch (e) {
+      rt.arena.free(c);
+      throw e;
+    }
+    return dispatchTimer(rt, d, {
+      dispose: () => {
+        freeDispatches(rt.arena, d);
+        rt.arena.free(c);
+      },
+    });
+  }
 }
