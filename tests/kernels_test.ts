@@ -97,6 +97,67 @@ gpuTest("layernorm forward and backward match float64", async (rt) => {
   }
 });
 
+// The GPU path (a workgroup per row, subgroup sums), forced on whatever adapter runs the
+// tests: with and without bias, C below, at and above the 64 lanes, GPT-2 medium's C=1024 with
+// a row scale far from 1 (a mean that dwarfs the spread: the two-pass variance matters), and
+// more rows than one grid dimension holds (the grid folds into y).
+for (
+  const [N, C, bias, scale] of [
+    [37, 20, true, 2],
+    [5, 64, false, 1],
+    [9, 1024, true, 30],
+    [66_000, 16, true, 1],
+  ] as const
+) {
+  gpuTest(
+    `layernorm with a workgroup per row: N=${N} C=${C}${bias ? "" : " no bias"}`,
+    async (rt) => {
+      if (!rt.gpu.features.subgroups) throw new Error(`${rt.gpu.name} grants no subgroups`);
+      const p = pool(rt), sub = { subgroups: true };
+      try {
+        const x = randn(N * C, 1, scale), w = randn(C, 2), b = randn(C, 3), dout = randn(N * C, 4);
+        for (let i = 0; i < x.length; i++) x[i] += 3 * scale; // rows with a mean far from 0
+        const dinp0 = randn(N * C, 5), zeros = new Float32Array(C);
+        const X = p.data("x", x), W = p.data("w", w), Bb = p.data("b", b), D = p.data("dout", dout);
+        const out = p.empty("out", N * C), mean = p.empty("mean", N), rstd = p.empty("rstd", N);
+        const dinp = p.data("dinp", dinp0), dw = p.data("dw", zeros), db = p.data("db", zeros);
+        const fwd = await layernormForward(rt, { N, C }, {
+          inp: X,
+          weight: range(W, C),
+          bias: bias ? range(Bb, C) : undefined,
+          out,
+          mean,
+          rstd,
+        }, sub);
+        const bwd = await layernormBackward(rt, { N, C }, {
+          inp: X,
+          weight: range(W, C),
+          mean,
+          rstd,
+          dout: D,
+          dinp,
+          dweight: range(dw, C),
+          dbias: bias ? range(db, C) : undefined,
+        }, sub);
+        equal(fwd.name, bias ? "layernorm_rows_forward" : "layernorm_rows_forward_no_bias");
+        equal(bwd[0].name, "layernorm_rows_backward_input");
+        await runDispatches(rt.device, [fwd, ...bwd]);
+        const ref = layernorm(f64(x), f64(w), bias ? f64(b) : new Float64Array(C), N, C);
+        const rdinp = f64(dinp0), rdw = new Float64Array(C), rdb = new Float64Array(C);
+        layernormBack(f64(dout), f64(x), f64(w), ref.mean, ref.rstd, rdinp, rdw, rdb, N, C);
+        const t = { rtol: 1e-4, atol: 1e-4 };
+        assertAllClose(await p.read(out), ref.out, { ...t, label: "out" });
+        assertAllClose(await p.read(mean), ref.mean, { ...t, atol: 1e-4 * scale, label: "mean" });
+        assertAllClose(await p.read(rstd), ref.rstd, { ...t, label: "rstd" });
+        assertAllClose(await p.read(dinp), rdinp, { ...t, label: "dinp (accumulated)" });
+        assertAllClose(await p.read(dw), rdw, { ...t, label: "dweight" });
+      } finally {
+        p.free();
+      }
+    },
+  );
+}
+
 gpuTest("gelu and residual forward and backward match float64", async (rt) => {
   const N = 203;
   const p = pool(rt);

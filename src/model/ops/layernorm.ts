@@ -1,5 +1,7 @@
 /**
- * LayerNorm (kernels/layernorm.wgsl), forward and backward.
+ * LayerNorm (kernels/layernorm.wgsl), forward and backward. On a GPU with subgroups the
+ * forward and the input gradient take a workgroup per row, its sums through subgroups
+ * (kernels/layernorm_rows.wgsl); a CPU adapter keeps an invocation per row, which suits it.
  *
  * @module
  */
@@ -10,6 +12,7 @@ import { grid1d, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { bytes, type TensorRange } from "./tensor.ts";
 import layernormSrc from "../../../kernels/layernorm.wgsl" with { type: "text" };
+import layernormRowsSrc from "../../../kernels/layernorm_rows.wgsl" with { type: "text" };
 
 /** kernels/layernorm.wgsl's interface. */
 export const layernormKernel = defineKernel({
@@ -52,6 +55,49 @@ export const layernormKernel = defineKernel({
   },
 });
 
+/** kernels/layernorm_rows.wgsl's interface: a workgroup of 64 lanes per row, subgroup sums. */
+export const layernormRowsKernel = defineKernel({
+  name: "layernorm_rows",
+  source: layernormRowsSrc,
+  bindings: {
+    inp: { access: "read", type: "f32" },
+    weight: { access: "read", type: "f32" },
+    bias: { access: "read", type: "f32" },
+    out: { access: "read_write", type: "float" },
+    mean: { access: "read_write", type: "f32" },
+    rstd: { access: "read_write", type: "f32" },
+    dout: { access: "read", type: "f32" },
+    dinp: { access: "read_write", type: "f32" },
+  },
+  uniforms: { N: "u32", C: "u32" },
+  entryPoints: {
+    forward: {
+      bindings: ["inp", "weight", "bias", "out", "mean", "rstd"],
+      loopBound: (u) => 3 * Math.ceil(u.C / 64) + 2 * 64,
+    },
+    forward_no_bias: {
+      bindings: ["inp", "weight", "out", "mean", "rstd"],
+      loopBound: (u) => 3 * Math.ceil(u.C / 64) + 2 * 64,
+    },
+    backward_input: {
+      bindings: ["inp", "weight", "mean", "rstd", "dout", "dinp"],
+      loopBound: (u) => 2 * Math.ceil(u.C / 64) + 2 * 64,
+    },
+  },
+});
+
+/** How a LayerNorm's rows are spread. */
+export interface LayernormOptions {
+  /**
+   * A workgroup per row with subgroup sums (kernels/layernorm_rows.wgsl) instead of an
+   * invocation per row. Default: where the device has subgroups and is not a CPU adapter.
+   */
+  subgroups?: boolean;
+}
+
+const rowsPerWorkgroup = (rt: Runtime, o: LayernormOptions) =>
+  o.subgroups ?? (rt.gpu.features.subgroups && !rt.gpu.isCpu);
+
 /** out, mean, rstd = LayerNorm(inp [N, C]) with weight and bias (none: no bias add). */
 export function layernormForward(
   rt: Runtime,
@@ -64,8 +110,23 @@ export function layernormForward(
     mean: GPUBuffer;
     rstd: GPUBuffer;
   },
+  options: LayernormOptions = {},
 ): Promise<Dispatch> {
   const { inp, out, mean, rstd } = ops, weight = bytes(ops.weight);
+  if (rowsPerWorkgroup(rt, options)) {
+    const uniforms = { N: s.N, C: s.C }, workgroups = grid1d(s.N, 1);
+    return ops.bias
+      ? layernormRowsKernel.dispatch(rt, "forward", {
+        buffers: { inp, weight, bias: bytes(ops.bias), out, mean, rstd },
+        uniforms,
+        workgroups,
+      })
+      : layernormRowsKernel.dispatch(rt, "forward_no_bias", {
+        buffers: { inp, weight, out, mean, rstd },
+        uniforms,
+        workgroups,
+      });
+  }
   const uniforms = { N: s.N, C: s.C, n0: 0, n1: 0 };
   if (!ops.bias) {
     return layernormKernel.dispatch(rt, "forward_no_bias", {
@@ -95,6 +156,7 @@ export async function layernormBackward(
     dweight: TensorRange;
     dbias?: TensorRange;
   },
+  options: LayernormOptions = {},
 ): Promise<Dispatch[]> {
   const { inp, mean, rstd, dout } = ops;
   // The parameter gradients sum over rows: in ranges within the loop budget, in order.
@@ -115,12 +177,19 @@ export async function layernormBackward(
         }),
     );
   }
+  const input = { inp, weight: bytes(ops.weight), mean, rstd, dout, dinp: ops.dinp };
   return [
-    await layernormKernel.dispatch(rt, "backward_input", {
-      buffers: { inp, weight: bytes(ops.weight), mean, rstd, dout, dinp: ops.dinp },
-      uniforms: { N: s.N, C: s.C, n0: 0, n1: 0 },
-      workgroups: grid1d(s.N, 64),
-    }),
+    rowsPerWorkgroup(rt, options)
+      ? await layernormRowsKernel.dispatch(rt, "backward_input", {
+        buffers: input,
+        uniforms: { N: s.N, C: s.C },
+        workgroups: grid1d(s.N, 1),
+      })
+      : await layernormKernel.dispatch(rt, "backward_input", {
+        buffers: input,
+        uniforms: { N: s.N, C: s.C, n0: 0, n1: 0 },
+        workgroups: grid1d(s.N, 64),
+      }),
     ...params,
   ];
 }
