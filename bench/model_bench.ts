@@ -17,6 +17,7 @@ import { GPT2 } from "../src/model/gpt2.ts";
 import { mulberry32 } from "../src/model/init.ts";
 import type { Precision } from "../src/model/plan.ts";
 import { type BenchCase, type BenchRow, median } from "./_harness.ts";
+import { type HostWaits, watchHostWaits } from "./_host_waits.ts";
 
 /** `deno task bench model [--models tiny,gpt2] [--B 4] [--T 64] [--steps 3] [--precision fp32,fp16]` */
 export const modelBench: BenchCase = {
@@ -39,7 +40,13 @@ export const modelBench: BenchCase = {
         log(`model ${name}: building B=${B} T=${T} ${precision}`);
         const t0 = performance.now();
         const model = await GPT2.create(rt, cfg, { B, T, seed: 1, precision });
-        runs.push({ precision, model, setupMs: performance.now() - t0, times: [] as number[] });
+        runs.push({
+          precision,
+          model,
+          setupMs: performance.now() - t0,
+          times: [] as number[],
+          host: { submits: 0, readbacks: 0, waitMs: 0 } as HostWaits,
+        });
       }
       try {
         const u = mulberry32(7);
@@ -52,9 +59,16 @@ export const modelBench: BenchCase = {
         }
         for (let s = 0; s < steps; s++) {
           for (const r of runs) { // interleaved: the same noise for every precision
-            const t1 = performance.now();
-            loss.set(r.precision, await r.model.forwardBackward(tokens, targets));
+            const watch = watchHostWaits(rt), t1 = performance.now();
+            try {
+              loss.set(r.precision, await r.model.forwardBackward(tokens, targets));
+            } finally {
+              watch.close();
+            }
             r.times.push(performance.now() - t1);
+            for (const k of ["submits", "readbacks", "waitMs"] as const) {
+              r.host[k] += watch.totals[k];
+            }
             log(
               `model ${name} ${r.precision}: step ${s + 1}/${steps} ${r.times[s].toFixed(0)} ms, ` +
                 `loss ${loss.get(r.precision)!.toFixed(3)}`,
@@ -82,6 +96,12 @@ export const modelBench: BenchCase = {
             gflops: (flopsPerToken * tokensPerS) / 1e9,
             setup_s: r.setupMs / 1000,
             dispatches: r.model.dispatchCount,
+            submits_per_step: r.host.submits / steps,
+            readbacks_per_step: r.host.readbacks / steps,
+            // The host's own time in a step: encoding and submitting, without the waits.
+            host_ms: (r.times.reduce((a, b) => a + b, 0) - r.host.waitMs) / steps,
+            wait_ms: r.host.waitMs / steps,
+            backend: rt.gpu.backend,
             loss: loss.get(r.precision)!,
             adapter: rt.gpu.name,
           });

@@ -3,6 +3,7 @@
 # python3, no network and an 8-minute budget:
 #
 #   bash bench/device/run.sh [--tiny] [--out FILE] [--no-peer] [--budget-s 470]
+#                            [--backends deno,dawn]
 #
 # 1. Deno: bench/device/deno.gz (a gzipped Deno binary carried beside this script; make it
 #    with bash bench/device/pack.sh), else `deno` on the PATH.
@@ -14,23 +15,26 @@
 #    prints the adapter and its features, the autotuner's choices, matmul TFLOP/s for
 #    GPT-2's shapes in f32 and f16, and tokens/s and MFU for gpt2 (B=8, T=1024, fp32 and
 #    fp16) and gpt2-medium-4096 (B=1, T=4096, adamw4bit), each as a ratio to PyTorch's.
-# 5. One JSON file: --out, default $OUT/bench_device.json when OUT is set, else
-#    ./bench_device.json. It is rewritten after every figure, so a cut-short run keeps
-#    what it measured.
+# 5. One JSON file per backend: --out (default $OUT/bench_device.json when OUT is set, else
+#    ./bench_device.json) for Deno's own WebGPU, the same name with _dawn for Dawn
+#    (npm:webgpu, from bench/device/dawn_npm.tgz carried by pack.sh where there is no
+#    network). The backends share what is left of the budget after the peer, Deno's first.
+#    Each file is rewritten after every figure, so a cut-short run keeps what it measured.
 #
 # --tiny runs small shapes and models on whatever adapter there is (lavapipe included):
 # the end-to-end check this script has had. It has not yet been timed on a GPU.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-tiny="" peer=1 budget=470 out="${OUT:+$OUT/}bench_device.json"
+tiny="" peer=1 budget=470 out="${OUT:+$OUT/}bench_device.json" backends=deno,dawn
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) tiny=--tiny ;;
     --no-peer) peer=0 ;;
     --out) out=$2; shift ;;
     --budget-s) budget=$2; shift ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    --backends) backends=$2; shift ;;
+    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -95,11 +99,25 @@ if [ "$peer" = 1 ] && "$py" -c "import torch" 2>/dev/null; then
 else
   say "no PyTorch peer (${py} has no torch, or --no-peer)"
 fi
-left=$((budget - SECONDS))
-say "WebGPU bench (${left}s left)"
-timeout "$left" "$deno" run -A --no-lock "$root/bench/device/gpu_bench.ts" $tiny "${peer_args[@]}" \
-  --json "$out" --budget-s $((left - 60))
-rc=$?
-[ $rc = 124 ] && say "the WebGPU bench ran out of time; $out holds what it measured"
-say "done: $out (rc $rc)"
+# Dawn's package (npm:webgpu) into Deno's npm cache where pack.sh carried it.
+if [ -f "$here/dawn_npm.tgz" ]; then
+  npm_cache="${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}/npm/registry.npmjs.org"
+  mkdir -p "$npm_cache" && tar xzf "$here/dawn_npm.tgz" -C "$npm_cache" &&
+    say "dawn: npm:webgpu unpacked into $npm_cache"
+fi
+IFS=, read -r -a todo <<<"$backends"
+rc=0
+for i in "${!todo[@]}"; do
+  b=${todo[$i]}
+  file=$out
+  [ "$b" = deno ] || file="${out%.json}_$b.json"
+  left=$(((budget - SECONDS) / (${#todo[@]} - i)))
+  say "WebGPU bench on $b (${left}s)"
+  WEBGPU_GPT2_BACKEND=$b timeout "$left" "$deno" run -A --no-lock "$root/bench/device/gpu_bench.ts" \
+    $tiny "${peer_args[@]}" --json "$file" --budget-s $((left - 60))
+  r=$?
+  [ $r = 124 ] && say "the $b bench ran out of time; $file holds what it measured"
+  [ $r != 0 ] && rc=$r
+  say "$b done: $file (rc $r)"
+done
 exit $rc
