@@ -44,7 +44,7 @@ export const adamw8bitKernel = defineKernel({
 
 /**
  * kernels/adamw4bit.wgsl's interface. `scales` is the piece's row and column maxima (rank-1
- * v), or its `mabs` range again (block-wise v, which never reads it).
+ * v), or the first 16 bytes of the scales buffer (block-wise v, which never reads it).
  */
 export const adamw4bitKernel = defineKernel({
   name: "adamw4bit",
@@ -171,9 +171,11 @@ export async function pieceDispatches(
   const rank1 = p.rows > 0;
   const all = {
     ...common,
+    // Block-wise v never touches `scales`: its first 16 bytes stand in (never another
+    // writable binding's range: WebGPU forbids aliasing them, and Dawn checks it).
     scales: rank1
       ? f(ctx.state.scales, p.scales, 2 * (p.rows + p.cols))
-      : f(ctx.state.mabs, p.abs, nBlocks),
+      : f(ctx.state.scales, 0, 4),
     maps: ctx.maps4,
   };
   type Entry = "row_max" | "col_max" | "update" | "commit";
