@@ -5,7 +5,9 @@
  *
  * `deno task bench memory --model gpt2-medium-4096 --batch 1 --seq 4096 --optimizer adamw4bit`
  * (add --recompute block, --precision fp16, or --plan-only to skip the step, which takes long
- * on a CPU adapter).
+ * on a CPU adapter). `--cards` instead plans every preset from gpt2 to gpt2-xl-4096 at B=1 and
+ * its own context in the modes that take the least memory, with the smallest common card
+ * (4 to 80 GB, 0.4 GiB left to the driver) each fits.
  *
  * @module
  */
@@ -24,14 +26,65 @@ import type { BenchCase, BenchRow } from "./_harness.ts";
 type Kind = "adamw" | "adamw8bit" | "adamw4bit";
 const GiB = 2 ** 30;
 
+/** Common cards' memory (GiB), and what the driver and the process keep of it. */
+const CARDS_GIB = [4, 6, 8, 12, 16, 24, 40, 48, 80];
+const DRIVER_GIB = 0.4;
+
+/** The smallest common card a plan of `bytes` fits, with the driver's share left free. */
+export function smallestCard(bytes: number): string {
+  const card = CARDS_GIB.find((c) => bytes / GiB <= c - DRIVER_GIB);
+  return card ? `${card} GB` : `over ${CARDS_GIB[CARDS_GIB.length - 1]} GB`;
+}
+
+/** The presets at their own context, B=1, in the modes that take the least memory today. */
+function cardTable(): BenchRow[] {
+  const modes = [
+    { optimizer: "adamw", recompute: "none", precision: "fp32" },
+    { optimizer: "adamw4bit", recompute: "block", precision: "fp16" },
+    { optimizer: "adafactor", recompute: "block", precision: "fp16" },
+    { optimizer: "adamw4bit", recompute: "block", precision: "fp16", optimizerOffload: true },
+  ] as const;
+  const rows: BenchRow[] = [];
+  for (
+    const name of [
+      "gpt2",
+      "gpt2-medium",
+      "gpt2-medium-4096",
+      "gpt2-large",
+      "gpt2-xl",
+      "gpt2-xl-4096",
+    ]
+  ) {
+    const cfg = resolveConfig(name);
+    for (const m of modes) {
+      const b = planMemory(cfg, { B: 1, T: cfg.nCtx, ...m }).bytes;
+      rows.push({
+        model: name,
+        T: cfg.nCtx,
+        optimizer: m.optimizer + ("optimizerOffload" in m ? "+offload" : ""),
+        recompute: m.recompute,
+        precision: m.precision,
+        weights_grads_GiB: +((b.parameters + b.gradients) / GiB).toFixed(2),
+        optimizer_GiB: +(b.optimizer / GiB).toFixed(2),
+        activations_scratch_GiB: +((b.activations + b.scratch) / GiB).toFixed(2),
+        total_GiB: +(b.total / GiB).toFixed(2),
+        smallest_card: smallestCard(b.total),
+      });
+    }
+  }
+  return rows;
+}
+
 export const memoryBench: BenchCase = {
   name: "memory",
   args:
     "--model M --batch B --seq T --optimizer adamw|adamw8bit|adamw4bit --recompute none|mlp|block " +
-    "--precision fp32|fp16 --plan-only",
+    "--precision fp32|fp16 --plan-only --cards",
   description:
     "memory plan by category (every optimizer x recompute x precision), then one real step's peak",
   async run({ args, quick, log }) {
+    // --cards: which card each preset fits (B=1, its own context) in today's leanest modes.
+    if (args.cards !== undefined) return cardTable();
     const model = args.model ?? (quick ? "gpt2-mini" : "gpt2-medium-4096");
     const cfg = resolveConfig(model);
     const B = Number(args.batch ?? 1), T = Number(args.seq ?? (quick ? 128 : cfg.nCtx));

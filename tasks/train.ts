@@ -48,7 +48,8 @@ const MODEL_FLAGS: FlagSpec[] = [
     arg: "NAME",
     group: "Model",
     default: configDefault("modelName"),
-    help: "gpt2-mini, gpt2, gpt2-medium, gpt2-medium-4096, gpt2-large, gpt2-xl; tiny is a " +
+    help:
+      "gpt2-mini, gpt2, gpt2-medium, gpt2-medium-4096, gpt2-large, gpt2-xl, gpt2-xl-4096; tiny is a " +
       "test model with a 101-token vocabulary, not for text",
   },
   ...Object.keys(SHAPE_FLAGS).map((flag): FlagSpec => ({

@@ -48,6 +48,8 @@ export const PRESETS: Readonly<Record<string, GPT2Config>> = {
   },
   "gpt2-large": { nLayer: 36, nHead: 20, nEmbd: 1280, nCtx: 1024, vocabSize: GPT2_VOCAB_SIZE },
   "gpt2-xl": { nLayer: 48, nHead: 25, nEmbd: 1600, nCtx: 1024, vocabSize: GPT2_VOCAB_SIZE },
+  /** gpt2-xl's shape (1.5B) with a 4096-token context: the 12 GB-card target of the memory work. */
+  "gpt2-xl-4096": { nLayer: 48, nHead: 25, nEmbd: 1600, nCtx: 4096, vocabSize: GPT2_VOCAB_SIZE },
 };
 
 /**
