@@ -1,6 +1,6 @@
 /**
- * The WebGPU runtime: device and limits, buffer arena with memory accounting,
- * pipeline cache, dispatches and the timestamp profiler.
+ * The WebGPU runtime: the backend (Deno's own or Dawn), device and limits, buffer arena with
+ * memory accounting, pipeline cache, dispatches and the timestamp profiler.
  *
  * @module
  */
@@ -14,6 +14,13 @@ export {
   type MemoryCategory,
   type MemoryReport,
 } from "./arena.ts";
+export {
+  type Backend,
+  BACKEND_CHOICES,
+  type BackendChoice,
+  backendChoice,
+  withDirectives,
+} from "./backend.ts";
 export {
   type Gpu,
   type GpuLimits,
