@@ -164,6 +164,9 @@ export async function main(argv: string[]): Promise<number> {
       );
     }
     const rt = await createRuntime({ backend: config.backend });
+    if (dist.rank === 0 && rt.gpu.backendWhy !== "asked for") {
+      console.log(`backend: ${rt.gpu.backend} (${rt.gpu.backendWhy})`);
+    }
     const r = await train(rt, config, {
       dist: dist.size > 1 ? dist : undefined,
       signal: stop.signal,
