@@ -56,6 +56,8 @@ export class RunLoop {
   #prunePending = false;
   #stopAfter = false;
   #valLoss?: number;
+  /** The step begun ahead (see TrainOptions.runAhead): its readback, or why it failed. */
+  #ahead?: { end?: () => Promise<StepOutcome>; error?: unknown; cursor: LoaderCursor };
 
   private constructor(
     rt: Runtime,
@@ -128,28 +130,40 @@ export class RunLoop {
     this.#t0 = performance.now();
     this.#errorsBefore = this.#rt.gpu.errors.length;
     const { dp } = this.#run;
-    while (this.#step < this.#steps && !this.#stopping()) {
-      const tStep = performance.now();
-      const lr = lrAt(this.#run.schedule, this.#step);
-      const r = await this.#takeStep(lr);
-      this.#losses.push(r.loss);
-      const step = ++this.#step;
-      const now = performance.now();
-      await this.#decideSteps(now);
-      await this.#report(r, lr, (now - tStep) / 1000, now);
-      await this.#check(r);
-      const last = step === this.#steps;
-      await this.#evaluate(last);
-      if (step % 10 === 0 || last) await this.#log.writeCurve();
-      if (this.#c.saveEvery > 0 && step % this.#c.saveEvery === 0 && !last) {
-        this.#lastCheckpoint = await this.#save(step);
-        this.#prunePending = true;
+    try {
+      // A step begun ahead is always finished, reported and saved, stop or not.
+      while (this.#ahead || (this.#step < this.#steps && !this.#stopping())) {
+        await this.#oneStep();
+        // Ctrl-C reaches the ranks at different steps: all stop after the same one.
+        if (dp) this.#stopAfter = await dp.agree(this.#stopping());
       }
-      if (this.#options.stopAfter?.(step)) this.#stopAfter = true;
-      // Ctrl-C reaches the ranks at different steps: all stop after the same one.
-      if (dp) this.#stopAfter = await dp.agree(this.#stopping());
+    } finally {
+      // An error with a step in flight: read it back before the buffers go.
+      await this.#ahead?.end?.().catch(() => {});
+      this.#ahead = undefined;
     }
     return await this.#finish();
+  }
+
+  /** One step: taken (or finished, if begun ahead), reported, checked, evaluated, saved. */
+  async #oneStep(): Promise<void> {
+    const tStep = performance.now();
+    const lr = lrAt(this.#run.schedule, this.#step);
+    const r = await this.#takeStep(lr);
+    this.#losses.push(r.loss);
+    const step = ++this.#step;
+    const now = performance.now();
+    await this.#decideSteps(now);
+    await this.#report(r, lr, (now - tStep) / 1000, now);
+    await this.#check(r);
+    const last = step === this.#steps;
+    await this.#evaluate(last);
+    if (step % 10 === 0 || last) await this.#log.writeCurve();
+    if (this.#c.saveEvery > 0 && step % this.#c.saveEvery === 0 && !last) {
+      this.#lastCheckpoint = await this.#save(step);
+      this.#prunePending = true;
+    }
+    if (this.#options.stopAfter?.(step)) this.#stopAfter = true;
   }
 
   #stopping(): boolean {
@@ -177,9 +191,20 @@ export class RunLoop {
   /** One optimizer step; bad data ends the run with why and where the steps done are. */
   async #takeStep(lr: number): Promise<StepOutcome> {
     const run = this.#run, c = this.#c;
-    const cursor = run.loader.cursor;
+    const ahead = this.#ahead;
+    this.#ahead = undefined;
+    const cursor = ahead?.cursor ?? run.loader.cursor;
     try {
-      return await run.step.run(lr, run.nextBatch);
+      if (ahead?.error) throw ahead.error;
+      const end = ahead?.end ?? (await run.step.begin(lr, run.nextBatch)).end;
+      if (this.#mayRunAhead(this.#step + 1)) {
+        const at = run.loader.cursor, next = lrAt(run.schedule, this.#step + 1);
+        this.#ahead = await run.step.begin(next, run.nextBatch).then(
+          (b) => ({ end: b.end, cursor: at }),
+          (error) => ({ error, cursor: at }), // thrown when its turn comes
+        );
+      }
+      return await end();
     } catch (e) {
       if (!(e instanceof BatchError)) throw e; // bad data: say why, keep the steps done
       const why = e.cause instanceof OutOfVocabularyError
@@ -187,6 +212,21 @@ export class RunLoop {
         : "";
       throw new RangeError(e.message + why + (await this.#keepProgress(cursor)));
     }
+  }
+
+  /**
+   * Whether step `step + 1` may begin before `step` is read back: nothing after `step` needs
+   * the weights as they are after it (a save, an evaluation, the end) nor its outcome to
+   * encode the next (a loss scaler, other ranks, a stop request or a `stopAfter` hook).
+   */
+  #mayRunAhead(step: number): boolean {
+    const c = this.#c, o = this.#options;
+    if (o.runAhead === false || o.stopAfter || this.#run.dp || !this.#run.step.canRunAhead) {
+      return false;
+    }
+    if (!Number.isFinite(this.#steps) || step + 1 > this.#steps || this.#stopping()) return false;
+    const at = (every: number) => every > 0 && step % every === 0;
+    return !at(c.saveEvery) && !at(c.valEvery) && !at(c.hellaswagEvery) && !at(c.sampleEvery);
   }
 
   /**

@@ -106,7 +106,9 @@ export class TrainStep {
   readonly #opt: Optimizer;
   readonly #scaler?: LossScaler;
   readonly #hooks: StepHooks;
-  readonly #staging: GPUBuffer;
+  /** Two readback buffers: step n's is read while step n+1 (begun ahead) writes the other. */
+  readonly #staging: [GPUBuffer, GPUBuffer];
+  #turn = 0;
   readonly #gradClip: number;
   readonly #normLayout: ParamLayout;
   #norm?: GradNorm;
@@ -122,17 +124,37 @@ export class TrainStep {
     this.optimizerSteps = o.optimizerSteps ?? 0;
     this.#gradClip = o.gradClip ?? 1;
     this.#normLayout = o.normLayout ?? model.layout;
-    this.#staging = rt.device.createBuffer({
-      label: "train.readback",
-      size: o.accum * model.B * model.T * 4 + GRAD_STATS_BYTES,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
+    const staging = (i: number) =>
+      rt.device.createBuffer({
+        label: `train.readback${i}`,
+        size: o.accum * model.B * model.T * 4 + GRAD_STATS_BYTES,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+    this.#staging = [staging(0), staging(1)];
+  }
+
+  /**
+   * True when the next step can be begun before this one is read back: nothing it encodes
+   * depends on this step's outcome. Not with a loss scaler (an overflow changes the next
+   * step's scale and AdamW's t) nor with hooks (data parallelism talks to other ranks).
+   */
+  get canRunAhead(): boolean {
+    return !this.#scaler && Object.keys(this.#hooks).length === 0;
   }
 
   /** One optimizer step at learning rate `lr`; `next` gives each micro-batch. */
   async run(lr: number, next: () => MicroBatch): Promise<StepOutcome> {
+    return await (await this.begin(lr, next)).end();
+  }
+
+  /**
+   * Encodes and submits one optimizer step; its `end()` reads the losses and statistics back.
+   * Another step may be begun before this one ends where {@linkcode canRunAhead} says so (the
+   * queue runs them in order; each has its own readback buffer); at most one ahead.
+   */
+  async begin(lr: number, next: () => MicroBatch): Promise<{ end(): Promise<StepOutcome> }> {
     const rt = this.#rt, model = this.#model, opt = this.#opt, scaler = this.#scaler;
-    const { accum } = this, BT = model.B * model.T, staging = this.#staging;
+    const { accum } = this, BT = model.B * model.T, staging = this.#staging[this.#turn];
     const scale = scaler?.scale ?? 1;
     if (scaler) model.setLossScale(scale);
     // Built once, on the first step: it writes the buffer the optimizer's update reads.
@@ -201,6 +223,15 @@ export class TrainStep {
     }
     // The f16 copy: written by a fused update, else refreshed before the next pass.
     if (!opt.writesHalf || updated) model.markParamsChanged();
+    this.#turn ^= 1;
+    // Without a scaler every step updates: t moves on now, so a step begun ahead gets its own.
+    if (!scaler) this.optimizerSteps++;
+    return { end: () => this.#end(staging, scale) };
+  }
+
+  /** Reads a begun step back: mean loss, norm, overflow; the scaler and t move on. */
+  async #end(staging: GPUBuffer, scale: number): Promise<StepOutcome> {
+    const scaler = this.#scaler, BT = this.#model.B * this.#model.T, accum = this.accum;
     await staging.mapAsync(GPUMapMode.READ);
     const back = new Float32Array(staging.getMappedRange());
     let sum = 0;
@@ -209,16 +240,16 @@ export class TrainStep {
     const gradNorm = stats[GRAD_STATS.norm] / scale;
     const overflow = scaler !== undefined && stats[GRAD_STATS.skip] > 0;
     staging.unmap();
-    if (!overflow) this.optimizerSteps++;
+    if (scaler && !overflow) this.optimizerSteps++;
     scaler?.update(overflow);
     const local = sum / (accum * BT);
     const loss = this.#hooks.reduceLoss ? await this.#hooks.reduceLoss(local) : local;
     return { loss, norm: gradNorm, overflow, lossScale: scale };
   }
 
-  /** Frees the readback buffer and the norm's (the model and optimizer are the caller's). */
+  /** Frees the readback buffers and the norm's (the model and optimizer are the caller's). */
   destroy(): void {
-    this.#staging.destroy();
+    for (const b of this.#staging) b.destroy();
     this.#norm?.destroy();
   }
 }

@@ -87,6 +87,13 @@ export interface TrainOptions {
   onStep?: (record: StepRecord) => void;
   /** Stop after the step this returns true for (used by tests to interrupt). */
   stopAfter?: (step: number) => boolean;
+  /**
+   * Begin step n+1 on the GPU before step n is read back, where nothing depends on step n's
+   * outcome (no loss scaler, one process, no `stopAfter`, not before a save, an evaluation
+   * or the last step): the host's encoding and the readback wait overlap the GPU's work.
+   * Same numbers either way; default true.
+   */
+  runAhead?: boolean;
   /** Extension points of each optimizer step (run before the data-parallel ones). */
   step?: StepHooks;
   /** Called with the trained graph (and so its weights) before it is freed. */
