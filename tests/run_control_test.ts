@@ -269,7 +269,18 @@ gpuTest("SIGTERM during validation saves at once, without waiting for the pass",
 
 gpuTest("a second Ctrl-C exits at once, and the next run cleans up after it", async () => {
   await withDir(async (dir) => {
-    const p = new TrainProcess([...smallRun(dir), "--steps", "100000", "--save-every", "2"]);
+    // Steps of ~0.1-1 s (128 wide, B=4, T=64): the second signal lands while the stopping run
+    // still finishes its step, however fast the machine (the 32-wide model's took ~10 ms).
+    const args = smallRun(dir).map((a, i, all) =>
+      all[i - 1] === "--n-embd"
+        ? "128"
+        : all[i - 1] === "--batch"
+        ? "4"
+        : all[i - 1] === "--seq"
+        ? "64"
+        : a
+    );
+    const p = new TrainProcess([...args, "--steps", "100000", "--save-every", "2"]);
     ok(await p.until(/^step +3\/100000 /m), p.out);
     p.child.kill("SIGINT");
     ok(await p.until(/SIGINT: stopping after this step/), p.out);
@@ -280,7 +291,7 @@ gpuTest("a second Ctrl-C exits at once, and the next run cleans up after it", as
     // What a save cut short would leave; the resume removes it and goes on.
     const ck = `${dir}/run/checkpoints`;
     await Deno.mkdir(`${ck}/.tmp-step_00000009-deadbeef`);
-    const q = new TrainProcess([...smallRun(dir), "--resume", "latest", "--steps", "6"]);
+    const q = new TrainProcess([...args, "--resume", "latest", "--steps", "6"]);
     const end = await q.end();
     equal(end.code, 0, `${q.out}\n${end.err}`);
     match(q.out, /removed \S+\.tmp-step_00000009-deadbeef, left by an interrupted save/);
