@@ -71,7 +71,11 @@ Moby-Dick for about ${formatDuration(DEFAULT_TIME_S)}.
 ${flagHelp(FLAGS, ["Model", "Data", "Optimizer and schedule", "Output"])}
   -h, --help            this text
 
-Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues exactly.`;
+Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues exactly.
+
+Which card fits which model: \`deno task bench memory --cards\` (every preset at B=1 and its own
+context in the leanest modes: gpt2-medium-4096 takes 4.42 GiB with --optimizer adafactor
+--recompute block --precision fp16, a 6 GB card; gpt2-xl-4096 16.37 GiB, a 24 GB card).`;
 
 /**
  * Parses flags into the run's TrainConfig: the flags given, then (with --resume) the resumed
