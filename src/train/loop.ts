@@ -56,6 +56,8 @@ export class RunLoop {
   #prunePending = false;
   #stopAfter = false;
   #valLoss?: number;
+  /** The last steps' times (seconds), for tokens/s. */
+  readonly #recent: number[] = [];
   /** The step begun ahead (see TrainOptions.runAhead): its readback, or why it failed. */
   #ahead?: { end?: () => Promise<StepOutcome>; error?: unknown; cursor: LoaderCursor };
 
@@ -263,7 +265,13 @@ export class RunLoop {
   async #report(r: StepOutcome, lr: number, dt: number, now: number): Promise<void> {
     const { loss, norm, overflow, lossScale: scale } = r;
     const c = this.#c, step = this.#step, steps = this.#steps, scaler = this.#run.scaler;
-    const tokPerS = c.totalBatch / dt;
+    // Over the last 10 steps: with a step run ahead, Deno's readback of step n waits for n+1
+    // too, so the step before a save or an evaluation reads ~0 s and the one after it double.
+    const recent = this.#recent;
+    recent.push(dt);
+    if (recent.length > 10) recent.shift();
+    const tokPerS = c.totalBatch * recent.length / recent.reduce((a, b) => a + b, 0);
+    if (step === this.#run.startStep + 1) recent.length = 0; // the first compiles the kernels
     const flops = tokPerS * this.#fpt;
     const elapsed = (now - this.#t0) / 1000;
     const memBytes = this.#rt.arena.currentBytes;

@@ -59,11 +59,14 @@ export interface StepRecord {
   lr: number;
   /** The global gradient norm before clipping. */
   gradNorm: number;
-  /** Tokens trained on per second, over this step. */
+  /**
+   * Tokens trained on per second, over the last 10 steps (a step run ahead is read back
+   * with the one before it on some backends, so one step's own time can read near 0).
+   */
   tokensPerS: number;
-  /** Model FLOP/s over this step (6N + 12LCT per token). */
+  /** Model FLOP/s over the last 10 steps (6N + 12LCT per token). */
   flopsPerS: number;
-  /** Milliseconds the step took. */
+  /** Milliseconds from the step's start to its readback. */
   ms: number;
   /** Bytes of GPU memory the run holds. */
   memBytes: number;
