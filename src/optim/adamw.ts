@@ -52,11 +52,9 @@ export const adamwKernel = defineKernel({
   name: "adamw",
   source: optimizerSource(adamwBody, { adamw: true }),
   bindings: {
-    params: { access: "read_write", type: "f32" },
-    grads: { access: "read", type: "f32" },
+    ...ADAMW_BINDINGS,
     m: { access: "read_write", type: "f32" },
     v: { access: "read_write", type: "f32" },
-    ...ADAMW_BINDINGS,
     // The f16 copy (an f16 buffer; f32 in the header of `main`, which never touches it).
     half: { access: "read_write", type: "float" },
   },

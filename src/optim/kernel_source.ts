@@ -31,10 +31,13 @@ export function optimizerSource(body: string, parts: KernelParts = {}): string {
 }
 
 /**
- * The bindings kernels/adamw_update.wgsl reads, declared by every AdamW kernel: the gradient
- * statistics (scale, skip) and the per-step uniform `s`.
+ * The bindings every AdamW kernel declares: the flat parameters and gradients it updates, and
+ * what kernels/adamw_update.wgsl reads, the gradient statistics (scale, skip) and the per-step
+ * uniform `s`.
  */
 export const ADAMW_BINDINGS = {
+  params: { access: "read_write", type: "f32" },
+  grads: { access: "read", type: "f32" },
   gstats: { access: "read", type: GRAD_STATS_STRUCT },
   s: { access: "uniform", type: ADAMW_STEP },
 } as const satisfies Record<string, BindingDecl>;

@@ -7,7 +7,7 @@
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
-import { defineKernel } from "../gpu/define_kernel.ts";
+import { type BindingDecl, defineKernel } from "../gpu/define_kernel.ts";
 import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { StateKind, StatePiece } from "./lowbit_plan.ts";
@@ -16,20 +16,21 @@ import { ADAMW_BINDINGS, optimizerSource } from "./kernel_source.ts";
 import adamw8Body from "../../kernels/adamw8bit.wgsl" with { type: "text" };
 import adamw4Body from "../../kernels/adamw4bit.wgsl" with { type: "text" };
 
+/** What both low-bit kernels bind: AdamW's, the quantized moments, their block maxima, the maps. */
+const LOWBIT_BINDINGS = {
+  ...ADAMW_BINDINGS,
+  mq: { access: "read_write", type: "u32" },
+  vq: { access: "read_write", type: "u32" },
+  mabs: { access: "read_write", type: "f32" },
+  vabs: { access: "read_write", type: "f32" },
+  maps: { access: "read", type: "f32" },
+} as const satisfies Record<string, BindingDecl>;
+
 /** kernels/adamw8bit.wgsl's interface: one workgroup of WG per block of 4 * WG elements. */
 export const adamw8bitKernel = defineKernel({
   name: "adamw8bit",
   source: optimizerSource(adamw8Body, { adamw: true, lowbit: true }),
-  bindings: {
-    params: { access: "read_write", type: "f32" },
-    grads: { access: "read", type: "f32" },
-    mq: { access: "read_write", type: "u32" },
-    vq: { access: "read_write", type: "u32" },
-    mabs: { access: "read_write", type: "f32" },
-    vabs: { access: "read_write", type: "f32" },
-    maps: { access: "read", type: "f32" },
-    ...ADAMW_BINDINGS,
-  },
+  bindings: LOWBIT_BINDINGS,
   uniforms: { n: "u32", decay: "u32" },
   overrides: { WG: { type: "u32", default: 64 } },
   entryPoints: {
@@ -49,17 +50,7 @@ export const adamw8bitKernel = defineKernel({
 export const adamw4bitKernel = defineKernel({
   name: "adamw4bit",
   source: optimizerSource(adamw4Body, { adamw: true, lowbit: true }),
-  bindings: {
-    params: { access: "read_write", type: "f32" },
-    grads: { access: "read", type: "f32" },
-    mq: { access: "read_write", type: "u32" },
-    vq: { access: "read_write", type: "u32" },
-    mabs: { access: "read_write", type: "f32" },
-    vabs: { access: "read_write", type: "f32" },
-    scales: { access: "read_write", type: "f32" },
-    maps: { access: "read", type: "f32" },
-    ...ADAMW_BINDINGS,
-  },
+  bindings: { ...LOWBIT_BINDINGS, scales: { access: "read_write", type: "f32" } },
   uniforms: {
     n: "u32",
     decay: "u32",
