@@ -16,6 +16,7 @@
  * @module
  */
 
+import { worstElement } from "./device_check.ts";
 import { type Dispatch, freeDispatches, runDispatches } from "../../gpu/dispatch.ts";
 import { type DType, dtypeBytes, roundToF16 } from "../../gpu/dtype.ts";
 import { readValues, type Runtime } from "../../gpu/runtime.ts";
@@ -57,25 +58,6 @@ function attentionRef(qkv: Float32Array, s: AttentionShape) {
     }
   }
   return { out, lse };
-}
-
-/** The worst element of `got` against `want`, error over `scale(want)`: undefined within tol. */
-function worst(
-  name: string,
-  got: Float32Array,
-  want: Float64Array,
-  scale: (w: number) => number,
-  tol: number,
-): string | undefined {
-  let err = -1, at = 0;
-  for (let i = 0; i < want.length; i++) {
-    const d = Math.abs(got[i] - want[i]) / scale(want[i]);
-    const e = Number.isNaN(d) ? Infinity : d;
-    if (e > err) [err, at] = [e, i];
-  }
-  if (err <= tol) return undefined;
-  return `worst ${name}[${at}] = ${got[at]} against ${Number(want[at].toPrecision(7))}, ` +
-    `off by ${err.toExponential(1)} (tolerance ${tol})`;
 }
 
 /**
@@ -135,15 +117,17 @@ export function flashRowsCheck(
           freeDispatches(rt.arena, d);
         }
         const tol = ATTENTION_CHECK_TOLERANCE[types.out];
-        const wrong = worst("out", await readValues(rt.device, out, 0, n), setup.ref.out, () =>
-          1, tol) ??
-          worst(
-            "lse",
-            await readValues(rt.device, lse, 0, s.B * s.NH * s.T),
-            setup.ref.lse,
-            (w) => Math.max(1, Math.abs(w)),
-            ATTENTION_CHECK_TOLERANCE.f32,
-          );
+        const wrong =
+          worstElement("out", await readValues(rt.device, out, 0, n), setup.ref.out, () =>
+            1, tol) ??
+            worstElement(
+              "lse",
+              await readValues(rt.device, lse, 0, s.B * s.NH * s.T),
+              setup.ref.lse,
+              (w) =>
+                Math.max(1, Math.abs(w)),
+              ATTENTION_CHECK_TOLERANCE.f32,
+            );
         return wrong &&
           `differs from the float64 attention on B=1 T=${s.T} NH=2 ${kind}: ${wrong}`;
       } finally {
