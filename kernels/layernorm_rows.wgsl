@@ -23,10 +23,21 @@ const WG = 64u;
 
 var<workgroup> partial: array<f32, 64>;
 
+// The builtins every entry point takes: the workgroup's (uniform across it: a struct holding
+// a lane's index too would make the row non-uniform to the uniformity analysis) and the lane's.
+struct Row {
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+}
+struct Lane {
+  @builtin(local_invocation_index) lid: u32,
+  @builtin(subgroup_invocation_id) sid: u32,
+}
+
 // The workgroup's total of `v` (called by every lane, in uniform control flow).
-fn row_sum(v: f32, lid: u32, sid: u32) -> f32 {
+fn row_sum(v: f32, l: Lane) -> f32 {
   let s = subgroupAdd(v);
-  partial[lid] = select(0.0, s, sid == 0u);
+  partial[l.lid] = select(0.0, s, l.sid == 0u);
   workgroupBarrier();
   var t = 0.0;
   for (var i = 0u; i < WG; i++) { t += partial[i]; }
@@ -34,23 +45,24 @@ fn row_sum(v: f32, lid: u32, sid: u32) -> f32 {
   return t;
 }
 
-fn row_index(wid: vec3u, nwg: vec3u) -> u32 {
-  return wid.x + wid.y * nwg.x;
+// The workgroup's row (the whole workgroup returns together when it is past N).
+fn row_of(r: Row) -> u32 {
+  return r.wid.x + r.wid.y * r.nwg.x;
 }
 
 // The row's mean and rstd (lane 0 writes them to mean[n], rstd[n]).
-fn row_stats(n: u32, lid: u32, sid: u32) -> vec2f {
+fn row_stats(n: u32, l: Lane) -> vec2f {
   let base = n * p.C;
   var s = 0.0;
-  for (var c = lid; c < p.C; c += WG) { s += inp[base + c]; }
-  let m = row_sum(s, lid, sid) / f32(p.C);
+  for (var c = l.lid; c < p.C; c += WG) { s += inp[base + c]; }
+  let m = row_sum(s, l) / f32(p.C);
   var v = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
+  for (var c = l.lid; c < p.C; c += WG) {
     let d = inp[base + c] - m;
     v += d * d;
   }
-  let r = inverseSqrt(row_sum(v, lid, sid) / f32(p.C) + EPS);
-  if (lid == 0u) {
+  let r = inverseSqrt(row_sum(v, l) / f32(p.C) + EPS);
+  if (l.lid == 0u) {
     mean[n] = m;
     rstd[n] = r;
   }
@@ -58,59 +70,44 @@ fn row_stats(n: u32, lid: u32, sid: u32) -> vec2f {
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn forward(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-  @builtin(subgroup_invocation_id) sid: u32,
-) {
-  let n = row_index(wid, nwg);
-  if (n >= p.N) { return; } // the whole workgroup: n is its row
+fn forward(row: Row, l: Lane) {
+  let n = row_of(row);
+  if (n >= p.N) { return; }
   let base = n * p.C;
-  let st = row_stats(n, lid, sid);
-  for (var c = lid; c < p.C; c += WG) {
+  let st = row_stats(n, l);
+  for (var c = l.lid; c < p.C; c += WG) {
     out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c] + bias[c]);
   }
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn forward_no_bias(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-  @builtin(subgroup_invocation_id) sid: u32,
-) {
-  let n = row_index(wid, nwg);
+fn forward_no_bias(row: Row, l: Lane) {
+  let n = row_of(row);
   if (n >= p.N) { return; }
   let base = n * p.C;
-  let st = row_stats(n, lid, sid);
-  for (var c = lid; c < p.C; c += WG) {
+  let st = row_stats(n, l);
+  for (var c = l.lid; c < p.C; c += WG) {
     out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c]);
   }
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn backward_input(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-  @builtin(subgroup_invocation_id) sid: u32,
-) {
-  let n = row_index(wid, nwg);
+fn backward_input(row: Row, l: Lane) {
+  let n = row_of(row);
   if (n >= p.N) { return; }
   let base = n * p.C;
   let m = mean[n];
   let r = rstd[n];
   var a = 0.0;
   var b = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
+  for (var c = l.lid; c < p.C; c += WG) {
     let dnorm = weight[c] * dout[base + c];
     a += dnorm;
     b += dnorm * (inp[base + c] - m) * r;
   }
-  let dnorm_mean = row_sum(a, lid, sid) / f32(p.C);
-  let dnorm_norm_mean = row_sum(b, lid, sid) / f32(p.C);
-  for (var c = lid; c < p.C; c += WG) {
+  let dnorm_mean = row_sum(a, l) / f32(p.C);
+  let dnorm_norm_mean = row_sum(b, l) / f32(p.C);
+  for (var c = l.lid; c < p.C; c += WG) {
     let norm = (inp[base + c] - m) * r;
     let dnorm = weight[c] * dout[base + c];
     dinp[base + c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;

@@ -1,7 +1,7 @@
 // Each GPT-2 kernel (other than matmul, see matmul_test.ts) against its float64
 // reference, forward and backward, at sizes that are not multiples of the
 // workgroup size.
-import { equal, ok } from "node:assert/strict";
+import { equal, match, ok } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readF32, type Runtime } from "../src/gpu/runtime.ts";
 import {
@@ -18,6 +18,7 @@ import {
   residualForward,
   tableChunks,
 } from "../src/model/ops/mod.ts";
+import { checkLayernormRows, defineLayernormRows } from "../src/model/ops/layernorm.ts";
 import { attentionBackward, attentionForward } from "./reference/attention_gpu.ts";
 import {
   attention,
@@ -157,6 +158,21 @@ for (
     },
   );
 }
+
+gpuTest(
+  "the rows form is checked on the device before graphs use it; a wrong variant is refused",
+  async (rt) => {
+    if (!rt.gpu.features.subgroups) throw new Error(`${rt.gpu.name} grants no subgroups`);
+    equal(await checkLayernormRows(rt), undefined);
+    const text = await Deno.readTextFile(
+      new URL("../kernels/layernorm_rows.wgsl", import.meta.url),
+    );
+    const noBias = text.replace("* weight[c] + bias[c]", "* weight[c]");
+    ok(noBias !== text);
+    const why = await checkLayernormRows(rt, defineLayernormRows(noBias, "layernorm_rows_wrong"));
+    match(why ?? "", /differs from float64 on 3 rows of 200: worst out\[\d+\]/);
+  },
+);
 
 gpuTest("gelu and residual forward and backward match float64", async (rt) => {
   const N = 203;

@@ -1,35 +1,42 @@
 /**
  * LayerNorm (kernels/layernorm.wgsl), forward and backward. On a GPU with subgroups the
  * forward and the input gradient take a workgroup per row, its sums through subgroups
- * (kernels/layernorm_rows.wgsl); a CPU adapter keeps an invocation per row, which suits it.
+ * (kernels/layernorm_rows.wgsl), once a check on the device agreed with float64; a CPU adapter
+ * keeps an invocation per row, which suits it.
  *
  * @module
  */
 
-import type { Dispatch } from "../../gpu/dispatch.ts";
-import { defineKernel } from "../../gpu/define_kernel.ts";
+import { debugLog } from "../../gpu/debug.ts";
+import { type Dispatch, freeDispatches, runDispatches } from "../../gpu/dispatch.ts";
+import { type BindingDecl, defineKernel } from "../../gpu/define_kernel.ts";
 import { grid1d, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
-import type { Runtime } from "../../gpu/runtime.ts";
+import { readF32, type Runtime } from "../../gpu/runtime.ts";
+import { mulberry32 } from "../init.ts";
+import { worstElement } from "./device_check.ts";
 import { bytes, type TensorRange } from "./tensor.ts";
 import layernormSrc from "../../../kernels/layernorm.wgsl" with { type: "text" };
 import layernormRowsSrc from "../../../kernels/layernorm_rows.wgsl" with { type: "text" };
+
+/** What both LayerNorm kernels bind (the rows form has no parameter gradients). */
+const LAYERNORM_BINDINGS = {
+  inp: { access: "read", type: "f32" },
+  weight: { access: "read", type: "f32" },
+  bias: { access: "read", type: "f32" },
+  out: { access: "read_write", type: "float" },
+  mean: { access: "read_write", type: "f32" },
+  rstd: { access: "read_write", type: "f32" },
+  dout: { access: "read", type: "f32" },
+  dinp: { access: "read_write", type: "f32" },
+  dweight: { access: "read_write", type: "f32" },
+  dbias: { access: "read_write", type: "f32" },
+} as const satisfies Record<string, BindingDecl>;
 
 /** kernels/layernorm.wgsl's interface. */
 export const layernormKernel = defineKernel({
   name: "layernorm",
   source: layernormSrc,
-  bindings: {
-    inp: { access: "read", type: "f32" },
-    weight: { access: "read", type: "f32" },
-    bias: { access: "read", type: "f32" },
-    out: { access: "read_write", type: "float" },
-    mean: { access: "read_write", type: "f32" },
-    rstd: { access: "read_write", type: "f32" },
-    dout: { access: "read", type: "f32" },
-    dinp: { access: "read_write", type: "f32" },
-    dweight: { access: "read_write", type: "f32" },
-    dbias: { access: "read_write", type: "f32" },
-  },
+  bindings: LAYERNORM_BINDINGS,
   uniforms: { N: "u32", C: "u32", n0: "u32", n1: "u32" },
   entryPoints: {
     forward: {
@@ -55,51 +62,155 @@ export const layernormKernel = defineKernel({
   },
 });
 
-/** kernels/layernorm_rows.wgsl's interface: a workgroup of 64 lanes per row, subgroup sums. */
-export const layernormRowsKernel = defineKernel({
-  name: "layernorm_rows",
-  source: layernormRowsSrc,
-  bindings: {
-    inp: { access: "read", type: "f32" },
-    weight: { access: "read", type: "f32" },
-    bias: { access: "read", type: "f32" },
-    out: { access: "read_write", type: "float" },
-    mean: { access: "read_write", type: "f32" },
-    rstd: { access: "read_write", type: "f32" },
-    dout: { access: "read", type: "f32" },
-    dinp: { access: "read_write", type: "f32" },
-  },
-  uniforms: { N: "u32", C: "u32" },
-  entryPoints: {
-    forward: {
-      bindings: ["inp", "weight", "bias", "out", "mean", "rstd"],
-      loopBound: (u) => 3 * Math.ceil(u.C / 64) + 2 * 64,
+/**
+ * kernels/layernorm_rows.wgsl's interface (a workgroup of 64 lanes per row, subgroup sums)
+ * over `source`: the kernel's own text by default (a test gives a wrong one to the check).
+ */
+export function defineLayernormRows(source: string = layernormRowsSrc, name = "layernorm_rows") {
+  const { dweight: _w, dbias: _b, ...bindings } = LAYERNORM_BINDINGS;
+  return defineKernel({
+    name,
+    source,
+    bindings,
+    uniforms: { N: "u32", C: "u32" },
+    entryPoints: {
+      forward: {
+        bindings: ["inp", "weight", "bias", "out", "mean", "rstd"],
+        loopBound: (u) => 3 * Math.ceil(u.C / 64) + 2 * 64,
+      },
+      forward_no_bias: {
+        bindings: ["inp", "weight", "out", "mean", "rstd"],
+        loopBound: (u) => 3 * Math.ceil(u.C / 64) + 2 * 64,
+      },
+      backward_input: {
+        bindings: ["inp", "weight", "mean", "rstd", "dout", "dinp"],
+        loopBound: (u) => 2 * Math.ceil(u.C / 64) + 2 * 64,
+      },
     },
-    forward_no_bias: {
-      bindings: ["inp", "weight", "out", "mean", "rstd"],
-      loopBound: (u) => 3 * Math.ceil(u.C / 64) + 2 * 64,
-    },
-    backward_input: {
-      bindings: ["inp", "weight", "mean", "rstd", "dout", "dinp"],
-      loopBound: (u) => 2 * Math.ceil(u.C / 64) + 2 * 64,
-    },
-  },
-});
+  });
+}
+
+/** The rows form of kernels/layernorm_rows.wgsl. */
+export const layernormRowsKernel: LayernormRowsKernel = defineLayernormRows();
+
+/** A kernel declared by {@linkcode defineLayernormRows}. */
+export type LayernormRowsKernel = ReturnType<typeof defineLayernormRows>;
+
+/**
+ * Why `kernel` (the rows form by default) must not be used on this device, or undefined when
+ * it agrees with float64: forward and input gradient on 3 rows of 200 channels (a row longer
+ * than the 64 lanes and not a multiple of them, a mean far from 0), to 1e-4 of each value
+ * (at least 1). A variant that no machine here has run is checked where it runs before any
+ * graph uses it; the default kernel's verdict is kept per device.
+ */
+export function checkLayernormRows(
+  rt: Runtime,
+  kernel: LayernormRowsKernel = layernormRowsKernel,
+): Promise<string | undefined> {
+  if (kernel !== layernormRowsKernel) return runRowsCheck(rt, kernel);
+  let v = verdicts.get(rt.device);
+  if (!v) verdicts.set(rt.device, v = runRowsCheck(rt, kernel));
+  return v;
+}
+
+const verdicts = new WeakMap<GPUDevice, Promise<string | undefined>>();
+
+async function runRowsCheck(rt: Runtime, kernel: LayernormRowsKernel): Promise<string | undefined> {
+  const N = 3, C = 200, u = mulberry32(0x6c6e);
+  const rand = (n: number, shift = 0) =>
+    Float32Array.from({ length: n }, () => shift + 2 * u() - 1);
+  const x = rand(N * C, 3), w = rand(C), b = rand(C), dout = rand(N * C);
+  // float64: the forward, then dinp = rstd (dnorm - mean(dnorm) - norm mean(dnorm norm)).
+  const out = new Float64Array(N * C), mean = new Float64Array(N), rstd = new Float64Array(N);
+  const dinp = new Float64Array(N * C);
+  for (let n = 0; n < N; n++) {
+    const row = x.subarray(n * C, (n + 1) * C);
+    const m = row.reduce((a, v) => a + v, 0) / C;
+    const r = 1 / Math.sqrt(row.reduce((a, v) => a + (v - m) ** 2, 0) / C + 1e-5);
+    [mean[n], rstd[n]] = [m, r];
+    let dm = 0, dnm = 0;
+    for (let c = 0; c < C; c++) {
+      const norm = (row[c] - m) * r, dnorm = w[c] * dout[n * C + c];
+      out[n * C + c] = norm * w[c] + b[c];
+      dm += dnorm / C;
+      dnm += dnorm * norm / C;
+    }
+    for (let c = 0; c < C; c++) {
+      const norm = (row[c] - m) * r, dnorm = w[c] * dout[n * C + c];
+      dinp[n * C + c] = (dnorm - dm - norm * dnm) * r;
+    }
+  }
+  const a = rt.arena, made: GPUBuffer[] = [];
+  const data = (label: string, v: Float32Array<ArrayBuffer>) => {
+    const buf = a.allocWith(`layernorm.check.${label}`, "scratch", v);
+    made.push(buf);
+    return buf;
+  };
+  const bufs = {
+    inp: data("inp", x),
+    weight: data("weight", w),
+    bias: data("bias", b),
+    out: data("out", new Float32Array(N * C)),
+    mean: data("mean", new Float32Array(N)),
+    rstd: data("rstd", new Float32Array(N)),
+    dout: data("dout", dout),
+    dinp: data("dinp", new Float32Array(N * C)),
+  };
+  const d: Dispatch[] = [];
+  try {
+    const uniforms = { N, C }, workgroups = grid1d(N, 1);
+    const { dout: _, dinp: __, ...fwd } = bufs;
+    d.push(await kernel.dispatch(rt, "forward", { buffers: fwd, uniforms, workgroups }));
+    const { bias: _b, out: _o, ...bwd } = bufs;
+    d.push(await kernel.dispatch(rt, "backward_input", { buffers: bwd, uniforms, workgroups }));
+    await runDispatches(rt.device, d);
+    const scale = (v: number) => Math.max(1, Math.abs(v));
+    for (
+      const [name, want] of [["out", out], ["mean", mean], ["rstd", rstd], ["dinp", dinp]] as const
+    ) {
+      const wrong = worstElement(
+        name,
+        await readF32(rt.device, bufs[name], 0, want.length),
+        want,
+        scale,
+        1e-4,
+      );
+      if (wrong) return `differs from float64 on ${N} rows of ${C}: ${wrong}`;
+    }
+    return undefined;
+  } catch (e) {
+    return `fails on this device: ${(e as Error).message}`;
+  } finally {
+    freeDispatches(a, d);
+    for (const buf of made) a.free(buf);
+  }
+}
+
+/** Whether graphs on this device take the rows form: a GPU with subgroups, where it checked. */
+async function rowsByDefault(rt: Runtime): Promise<boolean> {
+  if (!rt.gpu.features.subgroups || rt.gpu.isCpu) return false;
+  const why = await checkLayernormRows(rt);
+  if (why) {
+    debugLog(1, `layernorm: the workgroup-per-row form is not used on ${rt.gpu.name}: ${why}`);
+  }
+  return why === undefined;
+}
 
 /** How a LayerNorm's rows are spread. */
 export interface LayernormOptions {
   /**
    * A workgroup per row with subgroup sums (kernels/layernorm_rows.wgsl) instead of an
-   * invocation per row. Default: where the device has subgroups and is not a CPU adapter.
+   * invocation per row. Default: where the device has subgroups, is not a CPU adapter and
+   * passed {@linkcode checkLayernormRows}.
    */
   subgroups?: boolean;
 }
 
-const rowsPerWorkgroup = (rt: Runtime, o: LayernormOptions) =>
-  o.subgroups ?? (rt.gpu.features.subgroups && !rt.gpu.isCpu);
+const rowsPerWorkgroup = async (rt: Runtime, o: LayernormOptions) =>
+  o.subgroups ?? await rowsByDefault(rt);
 
 /** out, mean, rstd = LayerNorm(inp [N, C]) with weight and bias (none: no bias add). */
-export function layernormForward(
+export async function layernormForward(
   rt: Runtime,
   s: { N: number; C: number },
   ops: {
@@ -113,7 +224,7 @@ export function layernormForward(
   options: LayernormOptions = {},
 ): Promise<Dispatch> {
   const { inp, out, mean, rstd } = ops, weight = bytes(ops.weight);
-  if (rowsPerWorkgroup(rt, options)) {
+  if (await rowsPerWorkgroup(rt, options)) {
     const uniforms = { N: s.N, C: s.C }, workgroups = grid1d(s.N, 1);
     return ops.bias
       ? layernormRowsKernel.dispatch(rt, "forward", {
@@ -179,7 +290,7 @@ export async function layernormBackward(
   }
   const input = { inp, weight: bytes(ops.weight), mean, rstd, dout, dinp: ops.dinp };
   return [
-    rowsPerWorkgroup(rt, options)
+    await rowsPerWorkgroup(rt, options)
       ? await layernormRowsKernel.dispatch(rt, "backward_input", {
         buffers: input,
         uniforms: { N: s.N, C: s.C },
