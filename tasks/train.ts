@@ -168,7 +168,7 @@ export async function main(argv: string[]): Promise<number> {
       );
     }
     const rt = await createRuntime({ backend: config.backend });
-    if (dist.rank === 0 && rt.gpu.backendWhy !== "asked for") {
+    if (dist.rank === 0 && rt.gpu.backendWhy) {
       console.log(`backend: ${rt.gpu.backend} (${rt.gpu.backendWhy})`);
     }
     const r = await train(rt, config, {

@@ -113,7 +113,7 @@ export function dawnGpu(): Promise<GPU> {
 }
 
 /** The `GPU` object of a backend: `navigator.gpu` for Deno, Dawn's for Dawn. */
-export async function gpuOf(backend: Backend): Promise<GPU | undefined> {
+async function gpuOf(backend: Backend): Promise<GPU | undefined> {
   if (backend === "dawn") return await dawnGpu();
   return typeof navigator !== "undefined" && "gpu" in navigator ? navigator.gpu : undefined;
 }
@@ -133,13 +133,13 @@ export async function requestAdapterOf(
 
 /**
  * Resolves "auto": Dawn when it loads and its adapter has {@linkcode SUBGROUP_MATRIX}, else
- * Deno's own; `why` says which and why (for the run's log).
+ * Deno's own; `why` says which and why (for the run's log). A named backend is itself.
  */
 export async function resolveBackend(
   choice: BackendChoice,
   powerPreference: GPUPowerPreference = "high-performance",
-): Promise<{ backend: Backend; why: string }> {
-  if (choice !== "auto") return { backend: choice, why: "asked for" };
+): Promise<{ backend: Backend; why?: string }> {
+  if (choice !== "auto") return { backend: choice };
   try {
     const adapter = await requestAdapterOf("dawn", { powerPreference });
     if ((adapter?.features as ReadonlySet<string> | undefined)?.has(SUBGROUP_MATRIX)) {

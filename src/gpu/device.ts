@@ -62,8 +62,8 @@ export interface Gpu {
   device: GPUDevice;
   /** The WebGPU implementation it came from (src/gpu/backend.ts). */
   backend: Backend;
-  /** How the backend was chosen ("asked for", or why "auto" took it). */
-  backendWhy: string;
+  /** Why `--backend auto` took this backend; undefined when it was named. */
+  backendWhy?: string;
   /** Human-readable adapter name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
   name: string;
   /** True for software adapters (llvmpipe, SwiftShader, WARP): kernels pick CPU-friendly variants. */

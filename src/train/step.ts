@@ -101,6 +101,12 @@ export class TrainStep {
   readonly accum: number;
   /** Updates applied so far: AdamW's t. */
   optimizerSteps: number;
+  /**
+   * True when the next step can be begun before this one is read back: nothing it encodes
+   * depends on this step's outcome. Not with a loss scaler (an overflow changes the next
+   * step's scale and AdamW's t) nor with hooks (data parallelism talks to other ranks).
+   */
+  readonly canRunAhead: boolean;
   readonly #rt: Runtime;
   readonly #model: GPT2;
   readonly #opt: Optimizer;
@@ -124,6 +130,7 @@ export class TrainStep {
     this.optimizerSteps = o.optimizerSteps ?? 0;
     this.#gradClip = o.gradClip ?? 1;
     this.#normLayout = o.normLayout ?? model.layout;
+    this.canRunAhead = !o.scaler && Object.keys(this.#hooks).length === 0;
     const staging = (i: number) =>
       rt.device.createBuffer({
         label: `train.readback${i}`,
@@ -131,15 +138,6 @@ export class TrainStep {
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       });
     this.#staging = [staging(0), staging(1)];
-  }
-
-  /**
-   * True when the next step can be begun before this one is read back: nothing it encodes
-   * depends on this step's outcome. Not with a loss scaler (an overflow changes the next
-   * step's scale and AdamW's t) nor with hooks (data parallelism talks to other ranks).
-   */
-  get canRunAhead(): boolean {
-    return !this.#scaler && Object.keys(this.#hooks).length === 0;
   }
 
   /** One optimizer step at learning rate `lr`; `next` gives each micro-batch. */
