@@ -8,9 +8,10 @@
 // sum(R), sum(U^2) of tensor k at 2k, 2k + 1.
 // Bindings (src/optim/adafactor.ts declares them, and which each entry point uses): params,
 // grads, m, state, acc, sums, gstats (GradStats), s (Step: lr, beta2t = 1 - t^(-decay), beta1,
-// eps1, clip, wd; written once per step); p: n, rows, cols, row0 (the piece's first row in its
-// tensor), lo, hi, first (the walk starts the sum), so, ao (state and acc offsets), k (the
-// tensor's sums slot), decay, trows (the tensor's rows), nel (the tensor's elements).
+// eps1, clip, wd, round_seed; written once per step); p: n, rows, cols, row0 (the piece's first
+// row in its tensor), lo, hi, first (the walk starts the sum), so, ao (state and acc offsets),
+// k (the tensor's sums slot), decay, trows (the tensor's rows), nel (the tensor's elements),
+// e0 (the piece's first element in the flat buffer). params and grads are f32 or f16.
 // Geometry: row_sq, u_rows: one invocation per piece row; col_sq: per column; decay2: per
 // row and column; decay1, update: per element (64 wide, folded into y); sum_*: one
 // workgroup of 64.
@@ -25,7 +26,7 @@ fn is_finite(x: f32) -> bool {
 
 // The gradient as the update uses it (0 where it is not finite).
 fn grad(e: u32) -> f32 {
-  let g = grads[e] * gstats.scale;
+  let g = f32(grads[e]) * gstats.scale;
   return select(0.0, g, is_finite(g));
 }
 
@@ -135,7 +136,7 @@ fn sum_u1(@builtin(local_invocation_index) l: u32) {
 fn update(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let e = linear(gid, nwg);
   if (e >= p.n || gstats.skip != 0.0) { return; }
-  let g = grads[e] * gstats.scale;
+  let g = f32(grads[e]) * gstats.scale;
   if (!is_finite(g)) { return; } // NaN/Inf: leave p and m
   let rms = sqrt(sums[2u * p.k + 1u] / f32(p.nel));
   var u = g / sqrt(vhat(e)) / max(1.0, rms / s.clip);
@@ -143,7 +144,7 @@ fn update(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
     u = s.beta1 * m[e] + (1.0 - s.beta1) * u;
     m[e] = u;
   }
-  let w = params[e];
+  let w = f32(params[e]);
   let wd = select(0.0, s.wd, p.decay == 1u);
-  params[e] = w - s.lr * (u + wd * w);
+  params[e] = params_t(stored_param(w - s.lr * (u + wd * w), p.e0 + e));
 }

@@ -12,7 +12,7 @@
 //
 // Shapes: params, grads, m, v [n] (ranges of the flat buffers); half [p0 + n] f16.
 // Bindings (src/optim/adamw.ts declares them): params, grads, m, v, gstats, s (uniform),
-// half (main_f16copy only); p: n, decay, p0.
+// half (main_f16copy only); p: n, decay, p0, e0 (the range's first element in the flat buffer).
 // Geometry: workgroup (64,1,1); grid over n, folded into y.
 // Loop bound per invocation: 0 (no loops).
 
@@ -23,13 +23,14 @@ struct Stepped { done: bool, param: f32 }
 
 fn step_element(i: u32) -> Stepped {
   if (i >= p.n || skip_step()) { return Stepped(false, 0.0); }
-  let g = scaled_grad(grads[i]);
+  let g = scaled_grad(f32(grads[i]));
   if (!is_finite(g)) { return Stepped(false, 0.0); } // NaN/Inf: leave p, m, v
-  let u = adamw_update(params[i], g, m[i], v[i], p.decay == 1u);
+  let u = adamw_update(f32(params[i]), g, m[i], v[i], p.decay == 1u);
   m[i] = u.m;
   v[i] = u.v;
-  params[i] = u.p;
-  return Stepped(true, u.p);
+  let w = stored_param(u.p, p.e0 + i);
+  params[i] = params_t(w);
+  return Stepped(true, w);
 }
 
 @compute @workgroup_size(64, 1, 1)

@@ -17,13 +17,13 @@
 //             one invocation's loop stays within the budget.
 //   update:   dequantize, update, requantize        one workgroup of 16 per block of 128
 //   commit:   rows_old, cols_old = rows_new, cols_new
-// Shapes: params, grads [n] f32 (n = rows*cols for rank-1); mq, vq [n/8] u32; mabs [n/128];
+// Shapes: params, grads [n] f32 or f16 (n = rows*cols for rank-1); mq, vq [n/8] u32; mabs [n/128];
 // vabs [n/128] (block-wise v only); scales [2*(rows+cols)] = rows_old | cols_old | rows_new | cols_new;
 // maps [32] = m map | v map. rows = cols = 0 selects block-wise v (a uniform branch, so
 // every binding is used whatever the tensor).
 // Bindings (src/optim/lowbit_pieces.ts declares them, and which each entry point uses):
 // params, grads, mq, vq, mabs, vabs, scales, maps, gstats, s (uniform); p: n, decay, rows,
-// cols, lo, hi, first.
+// cols, lo, hi, first, e0 (the first element in the flat buffer).
 // Loop bound per invocation: row_max, col_max hi - lo (at most 32768, src/optim/lowbit.ts);
 // update 2 + 2 * 8 * 5 + 4 (the maps, two passes of 8 codes, 5 halvings each, and the
 // 16-wide tree); commit 0.
@@ -43,7 +43,7 @@ fn rank1(e: u32, which: u32) -> f32 {
 // v after this step's update (unchanged where the gradient is not finite).
 fn v_next(e: u32) -> f32 {
   let v = maps[16u + code(vq[e / 8u], e % 8u)] * rank1(e, 0u);
-  let g = scaled_grad(grads[e]);
+  let g = scaled_grad(f32(grads[e]));
   if (!is_finite(g)) { return v; }
   return s.beta2 * v + (1.0 - s.beta2) * g * g;
 }
@@ -106,12 +106,12 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
       } else {
         v = qmap[16u + code(vw, k)] * av;
       }
-      let g = scaled_grad(grads[e]);
+      let g = scaled_grad(f32(grads[e]));
       if (is_finite(g)) {
-        let u = adamw_update(params[e], g, m, v, p.decay == 1u);
+        let u = adamw_update(f32(params[e]), g, m, v, p.decay == 1u);
         m = u.m;
         v = u.v;
-        params[e] = u.p;
+        params[e] = params_t(stored_param(u.p, p.e0 + e));
       }
     }
     mv[k] = m;

@@ -6,10 +6,10 @@
 // A NaN or Inf gradient element leaves its parameter and its (dequantized) m and v
 // unchanged; gstats.skip skips the whole step. Gradient scale as in kernels/adamw.wgsl.
 //
-// Shapes: params, grads [n] f32; mq, vq [ceil(n/4)] u32 (4 codes, low byte first);
+// Shapes: params, grads [n] f32 or f16; mq, vq [ceil(n/4)] u32 (4 codes, low byte first);
 // mabs, vabs [ceil(n/BLOCK)] f32; maps [512] f32 (signed then unsigned, ascending).
 // Bindings (src/optim/lowbit_pieces.ts declares them): params, grads, mq, vq, mabs, vabs, maps,
-// gstats, s (uniform); p: n, decay. Override WG (the block size over 4).
+// gstats, s (uniform); p: n, decay, e0 (the first element in the flat buffer). Override WG (the block size over 4).
 // Geometry: workgroup (WG,1,1), one workgroup per block; grid folded into y.
 // Loop bound per invocation: 512/WG (map load) + 2 * 4 * 9 (two passes of 4 codes, 9
 // halvings each) + log2(WG) (the tree): 88 for WG = 32, whatever n.
@@ -37,12 +37,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     var m = qmap[(mw >> (8u * k)) & 255u] * am;
     var v = qmap[256u + ((vw >> (8u * k)) & 255u)] * av;
     if (e < p.n) {
-      let g = scaled_grad(grads[e]);
+      let g = scaled_grad(f32(grads[e]));
       if (is_finite(g)) {
-        let u = adamw_update(params[e], g, m, v, p.decay == 1u);
+        let u = adamw_update(f32(params[e]), g, m, v, p.decay == 1u);
         m = u.m;
         v = u.v;
-        params[e] = u.p;
+        params[e] = params_t(stored_param(u.p, p.e0 + e));
       }
     } else {
       m = 0.0;

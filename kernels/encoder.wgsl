@@ -35,9 +35,9 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let c = i % p.C;
   let tok = tokens[bt];
   var v = 0.0;
-  if (tok >= p.v0 && tok < p.v1) { v = wte[(tok - p.v0) * p.C + c]; }
+  if (tok >= p.v0 && tok < p.v1) { v = f32(wte[(tok - p.v0) * p.C + c]); }
   if (p.first == 1u) {
-    out[i] = wpe[(p.pos0 + bt % p.T) * p.C + c] + v;
+    out[i] = f32(wpe[(p.pos0 + bt % p.T) * p.C + c]) + v;
   } else {
     out[i] += v;
   }
@@ -51,7 +51,7 @@ fn backward_wpe(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
   let B = p.BT / p.T;
   var s = 0.0;
   for (var b = 0u; b < B; b++) { s += dout[b * p.T * p.C + i]; }
-  dwpe[i] += s;
+  dwpe[i] = dwpe_t(f32(dwpe[i]) + s);
 }
 
 // ---------------------------------------------------------------------------
@@ -68,5 +68,6 @@ fn backward_wte(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
   for (var r = s; r < p.s1 && tokens[order[r]] == tok; r++) {
     sum += dout[order[r] * p.C + c];
   }
-  dwte[(tok - p.v0) * p.C + c] += sum;
+  let w = (tok - p.v0) * p.C + c;
+  dwte[w] = dwte_t(f32(dwte[w]) + sum);
 }

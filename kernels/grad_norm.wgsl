@@ -33,7 +33,7 @@ fn partial(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l
   for (var k = 0u; k < 64u; k++) {
     let i = start + k * 64u + l;
     if (i < p.n) {
-      let g = grads[i];
+      let g = f32(grads[i]);
       // NaN and Inf elements are counted, and skipped here and by the optimizers' updates.
       if ((bitcast<u32>(g) & 0x7f800000u) != 0x7f800000u) { s += g * g; } else { nb += 1.0; }
     }

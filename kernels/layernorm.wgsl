@@ -53,7 +53,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let base = n * p.C;
   let st = row_stats(n);
   for (var c = 0u; c < p.C; c++) {
-    out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c] + bias[c]);
+    out[base + c] = out_t((inp[base + c] - st.x) * st.y * f32(weight[c]) + f32(bias[c]));
   }
 }
 
@@ -65,7 +65,7 @@ fn forward_no_bias(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workg
   let base = n * p.C;
   let st = row_stats(n);
   for (var c = 0u; c < p.C; c++) {
-    out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c]);
+    out[base + c] = out_t((inp[base + c] - st.x) * st.y * f32(weight[c]));
   }
 }
 
@@ -81,7 +81,7 @@ fn backward_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgr
   var dnorm_mean = 0.0;
   var dnorm_norm_mean = 0.0;
   for (var c = 0u; c < p.C; c++) {
-    let dnorm = weight[c] * dout[base + c];
+    let dnorm = f32(weight[c]) * dout[base + c];
     dnorm_mean += dnorm;
     dnorm_norm_mean += dnorm * (inp[base + c] - m) * r;
   }
@@ -89,7 +89,7 @@ fn backward_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgr
   dnorm_norm_mean /= f32(p.C);
   for (var c = 0u; c < p.C; c++) {
     let norm = (inp[base + c] - m) * r;
-    let dnorm = weight[c] * dout[base + c];
+    let dnorm = f32(weight[c]) * dout[base + c];
     dinp[base + c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;
   }
 }
@@ -113,8 +113,8 @@ fn backward_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workg
   let c = linear_index(gid, nwg);
   if (c >= p.C) { return; }
   let s = param_sums(c);
-  dweight[c] += s.x;
-  dbias[c] += s.y;
+  dweight[c] = dweight_t(f32(dweight[c]) + s.x);
+  dbias[c] = dbias_t(f32(dbias[c]) + s.y);
 }
 
 // Without a bias: no dbias binding.
@@ -125,5 +125,5 @@ fn backward_params_no_bias(
 ) {
   let c = linear_index(gid, nwg);
   if (c >= p.C) { return; }
-  dweight[c] += param_sums(c).x;
+  dweight[c] = dweight_t(f32(dweight[c]) + param_sums(c).x);
 }

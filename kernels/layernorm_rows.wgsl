@@ -76,7 +76,7 @@ fn forward(row: Row, l: Lane) {
   let base = n * p.C;
   let st = row_stats(n, l);
   for (var c = l.lid; c < p.C; c += WG) {
-    out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c] + bias[c]);
+    out[base + c] = out_t((inp[base + c] - st.x) * st.y * f32(weight[c]) + f32(bias[c]));
   }
 }
 
@@ -87,7 +87,7 @@ fn forward_no_bias(row: Row, l: Lane) {
   let base = n * p.C;
   let st = row_stats(n, l);
   for (var c = l.lid; c < p.C; c += WG) {
-    out[base + c] = out_t((inp[base + c] - st.x) * st.y * weight[c]);
+    out[base + c] = out_t((inp[base + c] - st.x) * st.y * f32(weight[c]));
   }
 }
 
@@ -101,7 +101,7 @@ fn backward_input(row: Row, l: Lane) {
   var a = 0.0;
   var b = 0.0;
   for (var c = l.lid; c < p.C; c += WG) {
-    let dnorm = weight[c] * dout[base + c];
+    let dnorm = f32(weight[c]) * dout[base + c];
     a += dnorm;
     b += dnorm * (inp[base + c] - m) * r;
   }
@@ -109,7 +109,7 @@ fn backward_input(row: Row, l: Lane) {
   let dnorm_norm_mean = row_sum(b, l) / f32(p.C);
   for (var c = l.lid; c < p.C; c += WG) {
     let norm = (inp[base + c] - m) * r;
-    let dnorm = weight[c] * dout[base + c];
+    let dnorm = f32(weight[c]) * dout[base + c];
     dinp[base + c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;
   }
 }

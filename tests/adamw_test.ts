@@ -172,7 +172,11 @@ Deno.test("AdamW's f16 copy is a declared entry point: the f32 update needs no s
     gstats: fake("grad_stats"),
     s: fake("step"),
   };
-  const args = { buffers, uniforms: { n: 100, decay: 1, p0: 3 }, workgroups: [2, 1, 1] as const };
+  const args = {
+    buffers,
+    uniforms: { n: 100, decay: 1, p0: 3, e0: 0 },
+    workgroups: [2, 1, 1] as const,
+  };
   const f32 = adamwKernel.plan("main", args);
   const f16 = adamwKernel.plan("main_f16copy", {
     ...args,

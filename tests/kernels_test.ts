@@ -167,7 +167,7 @@ gpuTest(
     const text = await Deno.readTextFile(
       new URL("../kernels/layernorm_rows.wgsl", import.meta.url),
     );
-    const noBias = text.replace("* weight[c] + bias[c]", "* weight[c]");
+    const noBias = text.replace("* f32(weight[c]) + f32(bias[c])", "* f32(weight[c])");
     ok(noBias !== text);
     const why = await checkLayernormRows(rt, defineLayernormRows(noBias, "layernorm_rows_wrong"));
     match(why ?? "", /differs from float64 on 3 rows of 200: worst out\[\d+\]/);

@@ -68,7 +68,7 @@ export async function readBuffer(
   }
 }
 
-/** A range of f32 elements in a buffer: where it starts and how many. */
+/** A range of elements in a buffer: where it starts and how many. */
 export interface ElementRange {
   /** First element. */
   offset: number;
@@ -77,8 +77,9 @@ export interface ElementRange {
 }
 
 /**
- * Reads many f32 ranges of one buffer (sorted by offset) in a few round trips: neighbouring
+ * Reads many ranges of one buffer (sorted by offset) in a few round trips: neighbouring
  * ranges are copied together, in spans of at most `spanBytes`, through one staging buffer.
+ * Elements are the buffer's type (f32, or f16 widened to f32; src/gpu/dtype.ts).
  */
 export async function readSpans(
   device: GPUDevice,
@@ -86,16 +87,22 @@ export async function readSpans(
   ranges: readonly ElementRange[],
   spanBytes: number = 256 * 2 ** 20,
 ): Promise<Float32Array[]> {
+  const half = dtypeOf(buffer) === "f16", n = half ? 2 : 4;
   const spans: { start: number; end: number; members: number[] }[] = [];
   ranges.forEach((r, i) => {
     const span = spans[spans.length - 1];
-    if (span && r.offset >= span.start && (r.offset + r.size - span.start) * 4 <= spanBytes) {
+    if (span && r.offset >= span.start && (r.offset + r.size - span.start) * n <= spanBytes) {
       span.end = Math.max(span.end, r.offset + r.size);
       span.members.push(i);
     } else spans.push({ start: r.offset, end: r.offset + r.size, members: [i] });
   });
+  // A span's bytes, widened to whole 4-byte words (copies move words).
+  const window = (s: { start: number; end: number }) => {
+    const from = Math.floor((s.start * n) / 4) * 4;
+    return { from, bytes: Math.min(buffer.size, Math.ceil((s.end * n) / 4) * 4) - from };
+  };
   const out: Float32Array[] = new Array(ranges.length);
-  const biggest = Math.max(4, ...spans.map((s) => (s.end - s.start) * 4));
+  const biggest = Math.max(4, ...spans.map((s) => window(s).bytes));
   const staging = device.createBuffer({
     label: "read_spans",
     size: Math.ceil(biggest / 4) * 4,
@@ -103,19 +110,24 @@ export async function readSpans(
   });
   try {
     for (const s of spans) {
-      const bytes = (s.end - s.start) * 4;
-      if (bytes === 0) {
+      if (s.end === s.start) {
         for (const i of s.members) out[i] = new Float32Array(0);
         continue;
       }
+      const { from, bytes } = window(s);
       const encoder = device.createCommandEncoder();
-      encoder.copyBufferToBuffer(buffer, s.start * 4, staging, 0, bytes);
+      encoder.copyBufferToBuffer(buffer, from, staging, 0, bytes);
       device.queue.submit([encoder.finish()]);
       await staging.mapAsync(GPUMapMode.READ, 0, bytes);
-      const all = new Float32Array(staging.getMappedRange(0, bytes));
+      const raw = staging.getMappedRange(0, bytes);
+      const all = half ? new Float16Array(raw) : new Float32Array(raw);
+      const first = from / n; // the element at the window's start
       for (const i of s.members) {
         const r = ranges[i];
-        out[i] = all.slice(r.offset - s.start, r.offset - s.start + r.size);
+        const [lo, hi] = [r.offset - first, r.offset - first + r.size];
+        out[i] = all instanceof Float16Array
+          ? Float32Array.from(all.subarray(lo, hi))
+          : all.slice(lo, hi);
       }
       staging.unmap();
     }

@@ -10,7 +10,8 @@
  *
  * Precision `fp16` (mixed precision, on devices with shader-f16): parameters
  * stay f32 (the master copy the optimizer updates) and the matmuls read an f16
- * copy, refreshed before the next pass after {@linkcode Weights.markChanged};
+ * copy, refreshed before the next pass after {@linkcode Weights.markChanged}
+ * (or, with 16-bit weights, the parameters are f16 and every kernel reads them);
  * the activations marked half in src/model/block_spec.ts are f16; every sum is f32. The
  * loss gradient is multiplied by a loss scale ({@linkcode GPT2.setLossScale}),
  * so that small gradients survive f16.
@@ -20,6 +21,7 @@
 
 import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
 import type { ArenaScope } from "../gpu/arena.ts";
+import type { DType } from "../gpu/dtype.ts";
 import { readF32, type Runtime } from "../gpu/runtime.ts";
 import { checkSequenceLength, type GPT2Config } from "./config.ts";
 import { BatchPacker } from "./batch.ts";
@@ -66,6 +68,10 @@ export interface GPT2Options {
    * Default fp32.
    */
   precision?: Precision;
+  /** New weights: the gradients' element type (f16: 16-bit gradients; see WeightsOptions). */
+  gradDtype?: DType;
+  /** New weights: the parameters' element type (f16: 16-bit weights; see WeightsOptions). */
+  weightDtype?: DType;
 }
 
 /**
@@ -154,6 +160,8 @@ export class GPT2 {
       seed: options.seed,
       precision: options.precision,
       grads: !options.inference,
+      gradDtype: options.gradDtype,
+      weightDtype: options.weightDtype,
     });
     const m = new GPT2(rt, weights, !shared, options.B, options.T);
     m.#p = await buildPasses(rt, weights, {

@@ -18,7 +18,7 @@ export interface TensorView {
   name: string;
   /** Dimensions, outermost first (Conv1D weights are [in, out]). */
   shape: number[];
-  /** Element offset in the flat buffer; a multiple of 64 (256 bytes). */
+  /** Element offset in the flat buffer; a multiple of TENSOR_ALIGN (128). */
   offset: number;
   /** Number of elements: the product of `shape`. */
   size: number;
@@ -36,8 +36,11 @@ export interface ParamLayout {
   totalElements: number;
 }
 
-/** Tensor offsets are aligned to 256 bytes, WebGPU's largest binding offset alignment. */
-export const TENSOR_ALIGN = 64;
+/**
+ * Tensor offsets are aligned to 128 elements: 256 bytes (WebGPU's largest binding offset
+ * alignment) in f16 buffers (16-bit weights and gradients), 512 in f32 ones.
+ */
+export const TENSOR_ALIGN = 128;
 
 /**
  * The tensors of GPT-2 in the flat buffer's order (from the block spec): Hugging Face shapes,

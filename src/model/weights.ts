@@ -1,7 +1,8 @@
 /**
- * A model's weights, apart from any graph: the flat f32 parameters (the master copy the
- * optimizer updates), their gradients, the f16 copy mixed precision reads, and named views
- * by Hugging Face name. Several graphs of different batch shapes (training, validation,
+ * A model's weights, apart from any graph: the flat parameters (f32, the master copy the
+ * optimizer updates; or f16, 16-bit weights the optimizer rounds stochastically), their
+ * gradients (f32, or f16), the f16 copy mixed precision reads from f32 parameters, and named
+ * views by Hugging Face name. Several graphs of different batch shapes (training, validation,
  * sampling, HellaSwag) share one Weights object, so one f16 refresh serves them all.
  *
  * Hugging Face names and the vocabulary padding live here and nowhere else: wte is stored
@@ -13,7 +14,8 @@
 
 import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
-import { readF32, readSpans, type Runtime } from "../gpu/runtime.ts";
+import { type DType, dtypeBytes, dtypeOf } from "../gpu/dtype.ts";
+import { readSpans, readValues, type Runtime } from "../gpu/runtime.ts";
 import {
   encodeSafetensors,
   type SafeDtype,
@@ -37,6 +39,17 @@ export interface WeightsOptions {
   precision?: Precision;
   /** Allocate gradients (default true; false for inference only). */
   grads?: boolean;
+  /**
+   * The gradients' element type: f32 (default) or f16 (16-bit gradients: half the memory;
+   * they carry the fp16 loss scale, so they need precision fp16).
+   */
+  gradDtype?: DType;
+  /**
+   * The parameters' element type: f32 (default: the master copy, with an f16 copy under fp16)
+   * or f16 (16-bit weights: no f32 copy on the GPU at all, the matmuls read the parameters
+   * themselves and the optimizer rounds its updates stochastically; precision fp16 only).
+   */
+  weightDtype?: DType;
 }
 
 /**
@@ -64,7 +77,7 @@ export class Weights {
   readonly Vp: number;
   /** fp16 (an f16 copy for the matmuls) or fp32, as resolved for this device. */
   readonly precision: Precision;
-  /** All parameters, flat, f32. */
+  /** All parameters, flat, f32 (or f16: {@linkcode WeightsOptions.weightDtype}). */
   readonly params: GPUBuffer;
   /** The f16 copy (mixed precision), same layout as `params`. */
   readonly half?: GPUBuffer;
@@ -78,17 +91,26 @@ export class Weights {
     this.config = validateConfig(config);
     this.layout = parameterLayout(config);
     this.Vp = paddedVocab(config.vocabSize);
-    const bytes = this.layout.totalElements * 4;
+    this.precision = o.precision === "fp16" && rt.gpu.features.shaderF16 ? "fp16" : "fp32";
+    // 16-bit weights and gradients need the device's f16 (they fall back with the precision).
+    const dtype = (t?: DType): DType => (this.precision === "fp16" && t === "f16" ? "f16" : "f32");
+    const elements = this.layout.totalElements;
+    const bytes = elements * dtypeBytes(dtype(o.weightDtype));
     if (bytes > rt.gpu.limits.maxBufferSize) {
       throw new RangeError(
         `Model parameters need ${bytes} bytes in one buffer, over this adapter's maxBufferSize ` +
           `of ${rt.gpu.limits.maxBufferSize}: use a smaller model`,
       );
     }
-    this.precision = o.precision === "fp16" && rt.gpu.features.shaderF16 ? "fp16" : "fp32";
     this.#mem = rt.arena.scope();
-    this.params = this.#mem.alloc("params", "parameters", bytes);
-    if (this.precision === "fp16") {
+    this.params = this.#mem.alloc(
+      "params",
+      "parameters",
+      bytes,
+      undefined,
+      dtype(o.weightDtype),
+    );
+    if (this.precision === "fp16" && dtype(o.weightDtype) === "f32") {
       this.half = this.#mem.alloc(
         "params.f16",
         "parameters",
@@ -97,7 +119,10 @@ export class Weights {
         "f16",
       );
     }
-    if (o.grads ?? true) this.#grads = this.#mem.alloc("grads", "gradients", bytes);
+    if (o.grads ?? true) {
+      const t = dtype(o.gradDtype);
+      this.#grads = this.#mem.alloc("grads", "gradients", elements * dtypeBytes(t), undefined, t);
+    }
   }
 
   /** Allocates the weights, initialises them and builds the f16 cast. */
@@ -109,9 +134,7 @@ export class Weights {
     const w = new Weights(rt, config, options);
     const seed = options.seed === undefined ? 1337 : options.seed;
     if (seed !== null) {
-      w.layout.tensors.forEach((t, i) => {
-        rt.device.queue.writeBuffer(w.params, t.offset * 4, initTensor(w.config, t, i, seed));
-      });
+      w.layout.tensors.forEach((t, i) => w.#write(t, initTensor(w.config, t, i, seed)));
     }
     if (w.half) {
       w.#cast = await castToHalf(rt, w.layout.totalElements, { src: w.params, dst: w.half });
@@ -125,6 +148,16 @@ export class Weights {
       throw new Error("These weights were created for inference: they have no gradients");
     }
     return this.#grads;
+  }
+
+  /** The parameters' element type: f32, or f16 (16-bit weights, no f32 copy). */
+  get weightDtype(): DType {
+    return dtypeOf(this.params);
+  }
+
+  /** The gradients' element type: f32, or f16 (16-bit gradients). */
+  get gradDtype(): DType {
+    return dtypeOf(this.grads);
   }
 
   /** True when the weights have a gradient buffer. */
@@ -143,7 +176,7 @@ export class Weights {
     return { buffer: grads ? this.grads : this.params, offset: t.offset, size: t.size };
   }
 
-  /** Where matmuls read a weight: the f16 copy under fp16, else the parameters. */
+  /** Where matmuls read a weight: the f16 copy under fp16 (unless 16-bit), else the parameters. */
   weight(name: string): TensorRange {
     const t = this.tensor(name);
     return this.half ? { ...t, buffer: this.half } : t;
@@ -164,7 +197,7 @@ export class Weights {
   /** A tensor (or its gradient) by Hugging Face name; wte without its padding rows. */
   readTensor(name: string, grads = false): Promise<Float32Array> {
     const t = this.tensor(name, grads);
-    return readF32(this.rt.device, t.buffer, t.offset, hfSize(this.#view(name), this.config));
+    return readValues(this.rt.device, t.buffer, t.offset, hfSize(this.#view(name), this.config));
   }
 
   /** Overwrites a tensor by name (wte may omit its padding rows). */
@@ -173,8 +206,20 @@ export class Weights {
     if (data.length !== want && data.length !== t.size) {
       throw new RangeError(`Parameter "${name}" has ${want} elements, got ${data.length}`);
     }
-    this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
+    this.#write(t, data);
     this.markChanged();
+  }
+
+  /** Writes a tensor's values in the parameters' type (f16: rounded to nearest). */
+  #write(t: TensorView, data: Float32Array<ArrayBuffer>): void {
+    if (dtypeOf(this.params) === "f32") {
+      this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
+      return;
+    }
+    // Whole 4-byte words: an odd count ends in the alignment padding after the tensor.
+    const half = new Float16Array(data.length + (data.length % 2));
+    half.set(data);
+    this.rt.device.queue.writeBuffer(this.params, t.offset * 2, half);
   }
 
   /**

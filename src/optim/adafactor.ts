@@ -34,7 +34,9 @@ import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { arenaBytes } from "../model/plan.ts";
-import { ownGradStats } from "./adamw_common.ts";
+import { bytes } from "../model/ops/tensor.ts";
+import { ownGradStats, roundSeed } from "./adamw_common.ts";
+import { optimizerSource } from "./kernel_source.ts";
 import {
   GRAD_STATS_STRUCT,
   type Optimizer,
@@ -50,16 +52,24 @@ import adafactorSrc from "../../kernels/adafactor.wgsl" with { type: "text" };
 /** The per-step uniform (kernels/adafactor.wgsl's `s`), written by `setStep`. */
 const ADAFACTOR_STEP: StructDecl = {
   struct: "Step",
-  fields: { lr: "f32", beta2t: "f32", beta1: "f32", eps1: "f32", clip: "f32", wd: "f32" },
+  fields: {
+    lr: "f32",
+    beta2t: "f32",
+    beta1: "f32",
+    eps1: "f32",
+    clip: "f32",
+    wd: "f32",
+    round_seed: "u32",
+  },
 };
 
 /** kernels/adafactor.wgsl's interface: its entry points, in the order of one step. */
 export const adafactorKernel = defineKernel({
   name: "adafactor",
-  source: adafactorSrc,
+  source: optimizerSource(adafactorSrc),
   bindings: {
-    params: { access: "read_write", type: "f32" },
-    grads: { access: "read", type: "f32" },
+    params: { access: "read_write", type: "float" },
+    grads: { access: "read", type: "float" },
     m: { access: "read_write", type: "f32" },
     state: { access: "read_write", type: "f32" },
     acc: { access: "read_write", type: "f32" },
@@ -81,6 +91,7 @@ export const adafactorKernel = defineKernel({
     decay: "u32",
     trows: "u32",
     nel: "u32",
+    e0: "u32",
   },
   entryPoints: {
     row_sq: { bindings: ["grads", "acc", "gstats", "s"], loopBound: (u) => u.hi - u.lo },
@@ -234,6 +245,7 @@ export class Adafactor implements Optimizer {
   readonly #accFloats: number;
   readonly #mem: ArenaScope;
   readonly #step: GPUBuffer;
+  #params?: GPUBuffer;
 
   private constructor(
     rt: Runtime,
@@ -282,17 +294,18 @@ export class Adafactor implements Optimizer {
 
   async #build(params: GPUBuffer, grads: GPUBuffer): Promise<void> {
     const { rt } = this;
+    this.#params = params;
     const acc = this.#mem.alloc("adafactor.acc", "scratch", Math.max(16, this.#accFloats * 4));
     const sums = this.#mem.alloc("adafactor.sums", "scratch", 8 * this.tensors.length);
     // Without a first moment the kernel never touches m: a small stand-in keeps it bound.
     const m = this.m ?? this.#mem.alloc("adafactor.m_unused", "scratch", 16);
     const out: Dispatch[] = [];
     for (const [k, t] of this.tensors.entries()) {
-      const range = (buffer: GPUBuffer, first: number, n: number): BufferRange => ({
-        buffer,
-        offset: (t.offset + first) * 4,
-        size: Math.max(16, n * 4),
-      });
+      // In the buffer's element type: the parameters and gradients may be f16.
+      const range = (buffer: GPUBuffer, first: number, n: number): BufferRange => {
+        const r = bytes({ buffer, offset: t.offset + first, size: n });
+        return { ...r, size: Math.max(16, r.size) };
+      };
       const dispatch = (
         entry: Entry,
         piece: { row0: number; rows: number; n: number },
@@ -328,6 +341,7 @@ export class Adafactor implements Optimizer {
             decay: t.decay ? 1 : 0,
             trows: t.rows,
             nel: t.size,
+            e0: t.offset + first,
           },
           workgroups,
         });
@@ -372,6 +386,7 @@ export class Adafactor implements Optimizer {
       eps1: c.eps1,
       clip: c.clip,
       wd: c.weightDecay,
+      round_seed: roundSeed(this.#params!, t),
     });
     this.rt.device.queue.writeBuffer(this.#step, 0, words);
   }

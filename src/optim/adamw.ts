@@ -13,6 +13,7 @@ import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { ArenaScope } from "../gpu/arena.ts";
 import { defineKernel } from "../gpu/define_kernel.ts";
 import { dtypeOf } from "../gpu/dtype.ts";
+import { bytes } from "../model/ops/tensor.ts";
 import { grid1d } from "../gpu/kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
@@ -58,7 +59,7 @@ export const adamwKernel = defineKernel({
     // The f16 copy (an f16 buffer; f32 in the header of `main`, which never touches it).
     half: { access: "read_write", type: "float" },
   },
-  uniforms: { n: "u32", decay: "u32", p0: "u32" },
+  uniforms: { n: "u32", decay: "u32", p0: "u32", e0: "u32" },
   entryPoints: {
     main: {
       bindings: ["params", "grads", "m", "v", "gstats", "s"],
@@ -124,6 +125,7 @@ export class AdamW implements Optimizer {
   /** The AdamW dispatches, one per range. */
   dispatches: Dispatch[] = [];
   #stepUniform: GPUBuffer;
+  #params?: GPUBuffer;
   #mem: ArenaScope;
 
   private constructor(
@@ -195,10 +197,11 @@ export class AdamW implements Optimizer {
       );
     }
     const rt = this.rt;
+    this.#params = params;
     const ranges = parameterRanges(this.layout, maxBindingBytes);
     const update: Dispatch[] = [];
     for (const r of ranges) {
-      const range = (buffer: GPUBuffer) => ({ buffer, offset: r.offset * 4, size: r.size * 4 });
+      const range = (buffer: GPUBuffer) => bytes({ buffer, offset: r.offset, size: r.size });
       const state = (buffer: GPUBuffer) => ({
         buffer,
         offset: (r.offset - this.stateBase) * 4,
@@ -217,7 +220,7 @@ export class AdamW implements Optimizer {
       update.push(
         await adamwKernel.dispatch(rt, half ? "main_f16copy" : "main", {
           buffers: half ? { ...buffers, half: halfWindow(half, r.offset, r.size) } : buffers,
-          uniforms: { n: r.size, decay: r.decay ? 1 : 0, p0: r.offset % 128 },
+          uniforms: { n: r.size, decay: r.decay ? 1 : 0, p0: r.offset % 128, e0: r.offset },
           workgroups: grid1d(r.size, 64),
           flops: 12 * r.size,
         }),
@@ -228,7 +231,11 @@ export class AdamW implements Optimizer {
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
   setStep(t: number, lr: number): void {
-    this.rt.device.queue.writeBuffer(this.#stepUniform, 0, stepWords(this.config, t, lr));
+    this.rt.device.queue.writeBuffer(
+      this.#stepUniform,
+      0,
+      stepWords(this.config, t, lr, this.#params!),
+    );
   }
 
   /** Encodes the update (all of it runs in the step's encoder). */

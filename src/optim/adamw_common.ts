@@ -8,6 +8,7 @@
 
 import type { ArenaScope } from "../gpu/arena.ts";
 import { packUniforms, type StructDecl, uniformLayout } from "../gpu/define_kernel.ts";
+import { dtypeOf } from "../gpu/dtype.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { GRAD_STATS_BYTES, identityGradStats } from "./optimizer.ts";
 
@@ -42,9 +43,12 @@ export interface ParamRange {
   decay: boolean;
 }
 
-/** Splits every tensor of a layout into ranges of at most `maxBytes` bytes. */
+/**
+ * Splits every tensor of a layout into ranges of at most `maxBytes` bytes of f32 (so of f16
+ * too), starting 256-byte aligned in either.
+ */
 export function parameterRanges(layout: ParamLayout, maxBytes: number): ParamRange[] {
-  const per = Math.floor(maxBytes / 4 / 64) * 64;
+  const per = Math.floor(maxBytes / 4 / 128) * 128;
   const out: ParamRange[] = [];
   for (const t of layout.tensors) {
     for (let o = 0; o < t.size; o += per) {
@@ -61,13 +65,31 @@ export function parameterRanges(layout: ParamLayout, maxBytes: number): ParamRan
 
 /**
  * The per-step uniform every AdamW kernel reads as `s` (kernels/adamw_update.wgsl): the
- * learning rate, the hyperparameters and the bias corrections of step t, written once per
- * step ({@linkcode stepWords}).
+ * learning rate, the hyperparameters and the bias corrections of step t, and the seed of
+ * 16-bit weights' stochastic rounding (kernels/param_store.wgsl; 0 for f32 weights), written
+ * once per step ({@linkcode stepWords}).
  */
 export const ADAMW_STEP: StructDecl = {
   struct: "Step",
-  fields: { lr: "f32", beta1: "f32", beta2: "f32", eps: "f32", bc1: "f32", bc2: "f32", wd: "f32" },
+  fields: {
+    lr: "f32",
+    beta1: "f32",
+    beta2: "f32",
+    eps: "f32",
+    bc1: "f32",
+    bc2: "f32",
+    wd: "f32",
+    round_seed: "u32",
+  },
 };
+
+/**
+ * The seed of stochastic rounding at step `t` (kernels/param_store.wgsl): the step itself for
+ * 16-bit (f16) weights, 0 (no rounding) for f32 ones.
+ */
+export function roundSeed(params: GPUBuffer, t: number): number {
+  return dtypeOf(params) === "f16" ? t >>> 0 || 1 : 0;
+}
 
 /** Bytes of the per-step uniform. */
 const STEP_BYTES = uniformLayout(ADAMW_STEP.fields).size;
@@ -99,8 +121,16 @@ export function ownGradStats(mem: ArenaScope, prefix: string): GPUBuffer {
   return b;
 }
 
-/** The per-step uniform {@linkcode ADAMW_STEP} for step `t` (1-based) at learning rate `lr`. */
-export function stepWords(c: AdamWConfig, t: number, lr: number): Uint32Array<ArrayBuffer> {
+/**
+ * The per-step uniform {@linkcode ADAMW_STEP} for step `t` (1-based) at learning rate `lr`, for
+ * the parameters `params` (f16 ones get stochastic rounding).
+ */
+export function stepWords(
+  c: AdamWConfig,
+  t: number,
+  lr: number,
+  params: GPUBuffer,
+): Uint32Array<ArrayBuffer> {
   return packUniforms("AdamW step", ADAMW_STEP.fields, {
     lr,
     beta1: c.beta1,
@@ -109,5 +139,6 @@ export function stepWords(c: AdamWConfig, t: number, lr: number): Uint32Array<Ar
     bc1: 1 - c.beta1 ** t,
     bc2: 1 - c.beta2 ** t,
     wd: c.weightDecay,
+    round_seed: roundSeed(params, t),
   });
 }

@@ -14,6 +14,7 @@ import { ADAMW_STEP } from "./adamw_common.ts";
 import { GRAD_STATS_STRUCT } from "./optimizer.ts";
 import adamwUpdateSrc from "../../kernels/adamw_update.wgsl" with { type: "text" };
 import lowbitCommonSrc from "../../kernels/lowbit_common.wgsl" with { type: "text" };
+import paramStoreSrc from "../../kernels/param_store.wgsl" with { type: "text" };
 
 /** Which shared parts a kernel needs before its own text. */
 export interface KernelParts {
@@ -23,21 +24,29 @@ export interface KernelParts {
   lowbit?: boolean;
 }
 
-/** `body` with the shared parts it names before it. */
+/**
+ * `body` with the shared parts it names before it, after the parameter store every
+ * optimizer writes its parameters through (kernels/param_store.wgsl: f32 as they are, 16-bit
+ * weights stochastically rounded).
+ */
 export function optimizerSource(body: string, parts: KernelParts = {}): string {
-  return [parts.adamw ? adamwUpdateSrc : "", parts.lowbit ? lowbitCommonSrc : "", body].join(
-    "\n",
-  );
+  return [
+    paramStoreSrc,
+    parts.adamw ? adamwUpdateSrc : "",
+    parts.lowbit ? lowbitCommonSrc : "",
+    body,
+  ].join("\n");
 }
 
 /**
- * The bindings every AdamW kernel declares: the flat parameters and gradients it updates, and
+ * The bindings every AdamW kernel declares: the flat parameters and gradients it updates (f32,
+ * or f16: 16-bit weights, 16-bit gradients), and
  * what kernels/adamw_update.wgsl reads, the gradient statistics (scale, skip) and the per-step
  * uniform `s`.
  */
 export const ADAMW_BINDINGS = {
-  params: { access: "read_write", type: "f32" },
-  grads: { access: "read", type: "f32" },
+  params: { access: "read_write", type: "float" },
+  grads: { access: "read", type: "float" },
   gstats: { access: "read", type: GRAD_STATS_STRUCT },
   s: { access: "uniform", type: ADAMW_STEP },
 } as const satisfies Record<string, BindingDecl>;

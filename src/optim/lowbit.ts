@@ -100,6 +100,7 @@ export class LowBitAdamW implements Optimizer {
   /** Every piece's update dispatches in order (the pieces' lists, flat). */
   #updates: Dispatch[] = [];
   #step: GPUBuffer;
+  #params?: GPUBuffer;
   #mem: ArenaScope;
 
   private constructor(
@@ -171,6 +172,7 @@ export class LowBitAdamW implements Optimizer {
 
   async #build(params: GPUBuffer, grads: GPUBuffer): Promise<void> {
     const { rt } = this;
+    this.#params = params;
     const st = this.#state;
     const maps8 = this.#mem.alloc("opt.maps8", "scratch", 512 * 4);
     rt.device.queue.writeBuffer(
@@ -204,7 +206,7 @@ export class LowBitAdamW implements Optimizer {
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
   setStep(t: number, lr: number): void {
-    this.rt.device.queue.writeBuffer(this.#step, 0, stepWords(this.config, t, lr));
+    this.rt.device.queue.writeBuffer(this.#step, 0, stepWords(this.config, t, lr, this.#params!));
   }
 
   /** Bytes of optimizer state on the GPU (offload: the one-piece window). */

@@ -10,6 +10,7 @@ import type { Dispatch } from "../gpu/dispatch.ts";
 import { type BindingDecl, defineKernel } from "../gpu/define_kernel.ts";
 import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
+import { bytes } from "../model/ops/tensor.ts";
 import type { StateKind, StatePiece } from "./lowbit_plan.ts";
 import { adamwKernel } from "./adamw.ts";
 import { ADAMW_BINDINGS, optimizerSource } from "./kernel_source.ts";
@@ -31,7 +32,7 @@ export const adamw8bitKernel = defineKernel({
   name: "adamw8bit",
   source: optimizerSource(adamw8Body, { adamw: true, lowbit: true }),
   bindings: LOWBIT_BINDINGS,
-  uniforms: { n: "u32", decay: "u32" },
+  uniforms: { n: "u32", decay: "u32", e0: "u32" },
   overrides: { WG: { type: "u32", default: 64 } },
   entryPoints: {
     main: {
@@ -59,6 +60,7 @@ export const adamw4bitKernel = defineKernel({
     lo: "u32",
     hi: "u32",
     first: "u32",
+    e0: "u32",
   },
   entryPoints: {
     row_max: {
@@ -117,7 +119,9 @@ export async function pieceDispatches(
   const out: Dispatch[] = [];
   // Offloaded state sits at the start of the GPU window.
   const p = ctx.offload ? { ...piece, ...zero } : piece;
-  const pr = f(ctx.params, p.offset, p.size), gr = f(ctx.grads, p.offset, p.size);
+  // Parameters and gradients in their own element type (f32, or f16: 16-bit weights/gradients).
+  const pr = bytes({ buffer: ctx.params, offset: p.offset, size: p.size });
+  const gr = bytes({ buffer: ctx.grads, offset: p.offset, size: p.size });
   if (p.kind === "fp32") {
     out.push(
       await adamwKernel.dispatch(rt, "main", {
@@ -129,7 +133,7 @@ export async function pieceDispatches(
           gstats: ctx.gradStats,
           s: ctx.step,
         },
-        uniforms: { n: p.size, decay: p.decay ? 1 : 0, p0: 0 },
+        uniforms: { n: p.size, decay: p.decay ? 1 : 0, p0: 0, e0: p.offset },
         workgroups: grid1d(p.size, 64),
       }),
     );
@@ -152,7 +156,7 @@ export async function pieceDispatches(
     out.push(
       await adamw8bitKernel.dispatch(rt, "main", {
         buffers: { ...common, maps: ctx.maps8 },
-        uniforms: { n: p.size, decay: p.decay ? 1 : 0 },
+        uniforms: { n: p.size, decay: p.decay ? 1 : 0, e0: p.offset },
         overrides: { WG: block / 4 },
         workgroups: grid1d(nBlocks, 1),
       }),
@@ -187,6 +191,7 @@ export async function pieceDispatches(
         lo: walk[0],
         hi: walk[1],
         first: walk[2],
+        e0: p.offset,
       },
       workgroups,
     });

@@ -10,6 +10,7 @@
 import type { GPT2Config } from "../model/config.ts";
 import type { MatmulImpl } from "../model/ops/matmul.ts";
 import type { BackendChoice } from "../gpu/backend.ts";
+import type { DType } from "../gpu/dtype.ts";
 import type { Precision, Recompute } from "../model/plan.ts";
 
 export {
@@ -89,6 +90,10 @@ export interface TrainConfig {
   logitsChunkRows?: number;
   /** fp16: mixed precision where the adapter has shader-f16 (default fp32). */
   precision: Precision;
+  /** f16: 16-bit gradients (fp16 only; default f32). */
+  gradDtype: DType;
+  /** f16: 16-bit weights, stochastically rounded, no f32 copy on the GPU (fp16 only; default f32). */
+  weightDtype: DType;
   /** Mixed precision: the first loss scale (default 65536). */
   lossScale: number;
   /** Mixed precision: clean steps in a row before the loss scale doubles (default 2000). */

@@ -247,6 +247,24 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     help: "fp16: mixed precision (f16 activations and matmul inputs, fp32 master weights and " +
       "sums) where the adapter has shader-f16",
   },
+  gradDtype: {
+    flag: "grad-dtype",
+    kind: "string",
+    choices: ["f32", "f16"],
+    default: "f32",
+    group: "Model",
+    help: "f16: 16-bit gradients (half their memory; --precision fp16, whose loss scale they " +
+      "carry; clipping and the overflow skip stay global)",
+  },
+  weightDtype: {
+    flag: "weight-dtype",
+    kind: "string",
+    choices: ["f32", "f16"],
+    default: "f32",
+    group: "Model",
+    help: "f16: 16-bit weights, no f32 copy on the GPU (a third of fp16's weight memory); the " +
+      "optimizer rounds its updates stochastically (--precision fp16)",
+  },
   lossScale: {
     flag: "loss-scale",
     kind: "number",

@@ -18,6 +18,7 @@ import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
+import { bytes } from "../model/ops/tensor.ts";
 import { parameterRanges } from "../optim/adamw_common.ts";
 import { GRAD_STATS_STRUCT } from "../optim/optimizer.ts";
 import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
@@ -35,7 +36,7 @@ export const gradNormKernel = defineKernel({
   name: "grad_norm",
   source: gradNormSrc,
   bindings: {
-    grads: { access: "read", type: "f32" },
+    grads: { access: "read", type: "float" },
     partials: { access: "read_write", type: "f32" },
     stats: { access: "read_write", type: GRAD_STATS_STRUCT },
     clip: { access: "uniform", type: CLIP },
@@ -72,7 +73,7 @@ export async function gradNormDispatches(
     const blocks = Math.ceil(r.size / BLOCK);
     norm.push(
       await gradNormKernel.dispatch(rt, "partial", {
-        buffers: { grads: { buffer: grads, offset: r.offset * 4, size: r.size * 4 }, partials },
+        buffers: { grads: bytes({ buffer: grads, offset: r.offset, size: r.size }), partials },
         uniforms: { n: r.size, slot, count: total },
         workgroups: [blocks, 1, 1],
         flops: 2 * r.size,

@@ -7,6 +7,7 @@
  */
 
 import type { MemoryBytes } from "../gpu/arena.ts";
+import type { DType } from "../gpu/dtype.ts";
 import type { GPT2Config } from "../model/config.ts";
 import { parameterLayout } from "../model/params.ts";
 import {
@@ -26,6 +27,10 @@ export interface TrainPlanOptions extends PlanOptions, Omit<OptimizerSettings, "
   maxBindingBytes?: number;
   /** ZeRO-1 over this many ranks: the figure is the largest rank's share of the state. */
   zeroRanks?: number;
+  /** f16: 16-bit gradients (default f32). */
+  gradDtype?: DType;
+  /** f16: 16-bit weights, without the f32 master copy (default f32). */
+  weightDtype?: DType;
 }
 
 /** Bytes of optimizer state on the GPU, as the optimizer's registry row counts them. */
@@ -47,12 +52,15 @@ export function planMemory(
   o: TrainPlanOptions,
 ): { bytes: MemoryBytes; buffers: PlannedBuffer[] } {
   const elements = parameterLayout(cfg).totalElements;
-  const params = arenaBytes(elements * 4);
+  // 16-bit weights and gradients exist only under fp16 (as Weights allocates them).
+  const half = (t?: DType) => o.precision === "fp16" && t === "f16";
+  const size = (t?: DType) => arenaBytes(elements * (half(t) ? 2 : 4));
   const buffers = activationBuffers(cfg, o);
   const bytes: MemoryBytes = {
-    // fp16 adds the f16 copy the matmuls read.
-    parameters: params + (o.precision === "fp16" ? arenaBytes(elements * 2) : 0),
-    gradients: o.inference ? 0 : params,
+    // fp16 adds the f16 copy the matmuls read, unless the weights are 16-bit themselves.
+    parameters: size(o.weightDtype) +
+      (o.precision === "fp16" && !half(o.weightDtype) ? size("f16") : 0),
+    gradients: o.inference ? 0 : size(o.gradDtype),
     optimizer: o.inference ? 0 : optimizerBytes(cfg, o),
     activations: 0,
     scratch: 0,

@@ -79,6 +79,16 @@ export async function resolveTrainConfig(
   if (settings.warmup === undefined && base.warmup === undefined && c.schedule === "constant") {
     c.warmup = 0;
   }
+  for (
+    const [key, flag] of [["gradDtype", "grad-dtype"], ["weightDtype", "weight-dtype"]] as const
+  ) {
+    if (c[key] === "f16" && c.precision !== "fp16") {
+      throw new TypeError(
+        `--${flag} f16 needs --precision fp16 (16-bit weights and gradients live with its f16 ` +
+          "kernels and loss scale): add --precision fp16",
+      );
+    }
+  }
   if (resume) {
     for (const r of ROWS.filter((r) => r.resume === "fixed")) {
       const was = base[r.key] ?? r.default;

@@ -99,6 +99,8 @@ export async function setUpRun(
     recompute: c.recompute,
     logitsChunkRows: c.logitsChunkRows,
     precision: c.precision,
+    gradDtype: c.gradDtype,
+    weightDtype: c.weightDtype,
   });
   const made: { destroy(): void }[] = [model];
   try {

@@ -17,12 +17,12 @@ export const encoderKernel = defineKernel({
   source: encoderSrc,
   bindings: {
     tokens: { access: "read", type: "u32" },
-    wte: { access: "read", type: "f32" },
-    wpe: { access: "read", type: "f32" },
+    wte: { access: "read", type: "float" },
+    wpe: { access: "read", type: "float" },
     out: { access: "read_write", type: "f32" },
     dout: { access: "read", type: "f32" },
-    dwpe: { access: "read_write", type: "f32" },
-    dwte: { access: "read_write", type: "f32" },
+    dwpe: { access: "read_write", type: "float" },
+    dwte: { access: "read_write", type: "float" },
     order: { access: "read", type: "u32" },
   },
   uniforms: {

@@ -21,15 +21,15 @@ import layernormRowsSrc from "../../../kernels/layernorm_rows.wgsl" with { type:
 /** What both LayerNorm kernels bind (the rows form has no parameter gradients). */
 const LAYERNORM_BINDINGS = {
   inp: { access: "read", type: "f32" },
-  weight: { access: "read", type: "f32" },
-  bias: { access: "read", type: "f32" },
+  weight: { access: "read", type: "float" },
+  bias: { access: "read", type: "float" },
   out: { access: "read_write", type: "float" },
   mean: { access: "read_write", type: "f32" },
   rstd: { access: "read_write", type: "f32" },
   dout: { access: "read", type: "f32" },
   dinp: { access: "read_write", type: "f32" },
-  dweight: { access: "read_write", type: "f32" },
-  dbias: { access: "read_write", type: "f32" },
+  dweight: { access: "read_write", type: "float" },
+  dbias: { access: "read_write", type: "float" },
 } as const satisfies Record<string, BindingDecl>;
 
 /** kernels/layernorm.wgsl's interface. */
