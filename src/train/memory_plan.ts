@@ -71,3 +71,75 @@ export function planMemory(
     bytes.scratch;
   return { bytes, buffers };
 }
+
+/** The settings that decide a training run's memory, by name (`bench memory --mode`). */
+export interface MemoryMode {
+  optimizer: string;
+  recompute: "none" | "mlp" | "block";
+  precision: "fp32" | "fp16";
+  gradDtype?: DType;
+  weightDtype?: DType;
+  optimizerOffload?: boolean;
+  /** What it keeps exact and what it gives up. */
+  note: string;
+}
+
+/**
+ * The memory modes, from the reference to the leanest: each keeps global gradient clipping
+ * and the fp16 overflow skip exact (the whole gradient exists before the update).
+ */
+export const MEMORY_MODES: Record<string, MemoryMode> = {
+  "fp32": {
+    optimizer: "adamw",
+    recompute: "none",
+    precision: "fp32",
+    note: "the reference: fp32 weights, gradients and AdamW, every activation kept",
+  },
+  "fp16-4bit": {
+    optimizer: "adamw4bit",
+    recompute: "block",
+    precision: "fp16",
+    note: "mixed precision (fp32 master weights, an f16 copy, fp32 gradients), 4-bit AdamW",
+  },
+  "fp16-adafactor": {
+    optimizer: "adafactor",
+    recompute: "block",
+    precision: "fp16",
+    note: "as fp16-4bit with Adafactor's factored second moment (~0 bytes per parameter)",
+  },
+  "grads16": {
+    optimizer: "adafactor",
+    recompute: "block",
+    precision: "fp16",
+    gradDtype: "f16",
+    note: "fp16-adafactor with 16-bit gradients (f32 sums inside every kernel)",
+  },
+  "lean-4bit": {
+    optimizer: "adamw4bit",
+    recompute: "block",
+    precision: "fp16",
+    gradDtype: "f16",
+    weightDtype: "f16",
+    note: "16-bit weights (stochastic rounding, no f32 copy) and gradients, 4-bit AdamW",
+  },
+  "lean": {
+    optimizer: "adafactor",
+    recompute: "block",
+    precision: "fp16",
+    gradDtype: "f16",
+    weightDtype: "f16",
+    note: "16-bit weights (stochastic rounding, no f32 copy) and gradients, Adafactor",
+  },
+};
+
+/** A memory mode as `deno task train` flags. */
+export function memoryModeFlags(m: MemoryMode): string {
+  return [
+    `--optimizer ${m.optimizer}`,
+    m.optimizerOffload ? "--optimizer-offload" : "",
+    m.recompute !== "none" ? `--recompute ${m.recompute}` : "",
+    m.precision !== "fp32" ? `--precision ${m.precision}` : "",
+    m.gradDtype === "f16" ? "--grad-dtype f16" : "",
+    m.weightDtype === "f16" ? "--weight-dtype f16" : "",
+  ].filter(Boolean).join(" ");
+}
