@@ -166,9 +166,9 @@ f16Test(
       const last = (l: number[]) => l.slice(-5).reduce((a, b) => a + b, 0) / 5;
       console.log(`last 5 steps: ${[base, g16, lean].map((r) => last(r.losses).toFixed(4))}`);
       ok(last(base.losses) < base.losses[0] - 0.5, `no learning: ${base.losses}`);
-    // Each mode is its own arithmetic, not the base run again.
-    ok(g16.losses.some((l, i) => l !== base.losses[i]), "16-bit gradients changed nothing");
-    ok(lean.losses.some((l, i) => l !== g16.losses[i]), "16-bit weights changed nothing");
+      // Each mode is its own arithmetic, not the base run again.
+      ok(g16.losses.some((l, i) => l !== base.losses[i]), "16-bit gradients changed nothing");
+      ok(lean.losses.some((l, i) => l !== g16.losses[i]), "16-bit weights changed nothing");
       for (const [name, r] of [["16-bit gradients", g16], ["16-bit weights", lean]] as const) {
         const rel = Math.abs(last(r.losses) - last(base.losses)) / last(base.losses);
         ok(rel < 0.02, `${name}: last losses ${last(r.losses)} against ${last(base.losses)}`);
