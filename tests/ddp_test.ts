@@ -2,7 +2,8 @@
  * Data-parallel training through mpirun (Open MPI), on the small model of the training tests:
  * 2 ranks with batch B give the losses of one process with batch 2B and end with
  * bit-identical parameters (fp32 AdamW; 8-bit AdamW with fp16 loss scaling and forced
- * overflows; 4-bit AdamW); a stopped 2-rank run resumes bit-exactly; a rank killed mid-run
+ * overflows; 4-bit AdamW); 16-bit weights and gradients keep the ranks bit-identical and one
+ * process's losses within 1e-3; a stopped 2-rank run resumes bit-exactly; a rank killed mid-run
  * ends the job within seconds and leaves its last checkpoint intact. Ignored, with the reason
  * printed, when Open MPI's mpirun is not on PATH.
  *
@@ -245,6 +246,41 @@ Deno.test({
         Math.abs(b.val_loss.loss - a.val_loss.loss) < 1e-9,
         `${b.val_loss.loss} vs ${a.val_loss.loss}`,
       );
+    }),
+});
+
+Deno.test({
+  name: "ddp: 16-bit weights and gradients: the ranks agree bit for bit, train like 1 process " +
+    "within 1e-3, resume bit-exactly; ZeRO-1 refuses them",
+  ignore: !mpirun,
+  fn: () =>
+    withRun(async (dir, text) => {
+      const lean = {
+        cacheDir: `${dir}/cache`,
+        steps: 8,
+        saveEvery: 4,
+        precision: "fp16",
+        gradDtype: "f16",
+        weightDtype: "f16",
+      };
+      const one = await run(1, [`${dir}/one`, text, config(4, lean)]);
+      equal(one.code, 0, one.out);
+      const c = config(2, lean);
+      const full = await run(2, [`${dir}/full`, text, c]);
+      equal(full.code, 0, full.out);
+      const [a, b] = full.results;
+      equal(a.hash, b.hash, "the ranks' parameters differ");
+      deepEqual(a.losses, b.losses, "the ranks disagree on the losses");
+      // Each rank rounds its own half of the batch's gradient to f16 before the sum: not one
+      // process's bits, but its losses.
+      a.losses.forEach((l, i) => {
+        const want = one.results[0].losses[i];
+        ok(Math.abs(l - want) <= 1e-3 * want, `step ${i + 1} loss ${l} vs ${want}`);
+      });
+      await expectResumesLike(full.results, dir, text, c);
+      const zero = await run(2, [`${dir}/zero`, text, config(2, { ...lean, zero: true })]);
+      ok(zero.code !== 0, zero.out);
+      ok(/--zero shards f32 weights and gradients/.test(zero.out), zero.out);
     }),
 });
 

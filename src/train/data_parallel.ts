@@ -110,21 +110,29 @@ export function dataParallel(
 ): DataParallel {
   const { device } = model.rt;
   const BT = model.B * model.T;
+  if (options.zero && (model.weights.gradDtype === "f16" || model.weights.weightDtype === "f16")) {
+    throw new TypeError(
+      "--zero shards f32 weights and gradients: with --grad-dtype f16 or --weight-dtype f16 " +
+        "drop --zero (16-bit weights and gradients already take a quarter of its memory)",
+    );
+  }
+  // 16-bit gradients (f16) are read back and written in f16, summed across ranks in f32.
+  const half = model.weights.gradDtype === "f16", n = half ? 2 : 4;
   // One bucket per gradient mark of the graph: a layer's tensors as soon as its backward is
   // done (the last layer first), then ln_f, wte and wpe at the end. Each bucket's ranges are
-  // packed into one staging buffer.
+  // packed into one staging buffer, each part at a 4-byte boundary (copies move words).
   const buckets = model.gradMarks.map((m) => {
     let at = 0;
     const parts = m.ranges.map((r) => {
-      const p = { ...r, at };
-      at += r.end - r.start;
+      const p = { ...r, at, words: Math.ceil(((r.end - r.start) * n) / 4) * 4 };
+      at += p.words / n;
       return p;
     });
     return {
       parts,
       staging: device.createBuffer({
         label: "ddp.readback",
-        size: Math.max(16, at * 4),
+        size: Math.max(16, at * n),
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       }),
       host: new Float32Array(at),
@@ -138,13 +146,14 @@ export function dataParallel(
       const b = buckets[i];
       const enc = device.createCommandEncoder();
       for (const p of b.parts) {
-        enc.copyBufferToBuffer(grads, p.start * 4, b.staging, p.at * 4, (p.end - p.start) * 4);
+        enc.copyBufferToBuffer(grads, p.start * n, b.staging, p.at * n, p.words);
       }
       device.queue.submit([enc.finish()]);
       chain = chain.then(async () => {
         const r0 = performance.now();
-        await b.staging.mapAsync(GPUMapMode.READ, 0, b.host.length * 4);
-        b.host.set(new Float32Array(b.staging.getMappedRange(0, b.host.length * 4)));
+        await b.staging.mapAsync(GPUMapMode.READ, 0, b.host.length * n);
+        const raw = b.staging.getMappedRange(0, b.host.length * n);
+        b.host.set(half ? new Float16Array(raw) : new Float32Array(raw));
         b.staging.unmap();
         const a0 = performance.now();
         await dist.allReduceSum(b.host); // on MPI's thread: the GPU goes on with the backward
@@ -157,8 +166,10 @@ export function dataParallel(
       await chain;
       const u0 = performance.now();
       for (const b of buckets) {
+        // f16: the sums rounded to nearest, whole words (a part's odd last element is padding).
+        const out = half ? new Float16Array(b.host) : b.host;
         for (const p of b.parts) {
-          device.queue.writeBuffer(grads, p.start * 4, b.host, p.at, p.end - p.start);
+          device.queue.writeBuffer(grads, p.start * n, out, p.at, p.words / n);
         }
       }
       times.upload += performance.now() - u0;
