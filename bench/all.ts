@@ -14,6 +14,7 @@ import { matmulBench } from "./matmul_bench.ts";
 import { memoryBench } from "./memory_bench.ts";
 import { modelBench } from "./model_bench.ts";
 import { optimBench } from "./optim_bench.ts";
+import { qualityBench } from "./quality_bench.ts";
 
 /** All benches, in the order `deno task bench` runs them. */
 export const BENCHES: BenchCase[] = [
@@ -24,6 +25,7 @@ export const BENCHES: BenchCase[] = [
   evalBench,
   optimBench,
   memoryBench,
+  qualityBench,
   checkpointBench,
   ddpBench,
 ];

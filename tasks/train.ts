@@ -8,7 +8,8 @@
 
 import { parseArgs } from "node:util";
 import { createRuntime } from "../src/gpu/runtime.ts";
-import type { GPT2Config } from "../src/model/config.ts";
+import { type GPT2Config, resolveConfig } from "../src/model/config.ts";
+import { MEMORY_MODES, memoryModeFlags, planMemory } from "../src/train/memory_plan.ts";
 import { DEFAULT_TIME_S } from "../src/train/budget.ts";
 import { formatDuration } from "../src/format.ts";
 import {
@@ -73,9 +74,28 @@ ${flagHelp(FLAGS, ["Model", "Data", "Optimizer and schedule", "Output"])}
 
 Ctrl-C finishes the current step, saves a checkpoint and exits; --resume continues exactly.
 
-Which card fits which model: \`deno task bench memory --cards\` (every preset at B=1 and its own
-context in the leanest modes: gpt2-medium-4096 takes 4.42 GiB with --optimizer adafactor
---recompute block --precision fp16, a 6 GB card; gpt2-xl-4096 16.37 GiB, a 24 GB card).`;
+${memoryHelp()}`;
+
+/** Which flags fit which card, from the memory plan (B=1, the model's own context). */
+function memoryHelp(): string {
+  const gib = (name: string, mode: string) => {
+    const cfg = resolveConfig(name);
+    const b = planMemory(cfg, { B: 1, T: cfg.nCtx, ...MEMORY_MODES[mode] }).bytes.total;
+    return `${(b / 2 ** 30).toFixed(2)} GiB`;
+  };
+  return `Memory (batch 1 at the model's own context; every preset and mode: deno task bench memory
+--cards). The leanest mode, 16-bit weights updated with stochastic rounding and 16-bit gradients
+(clipping and the fp16 overflow skip stay global):
+  ${memoryModeFlags(MEMORY_MODES.lean)}
+  4 GB card   gpt2-medium-4096 ${gib("gpt2-medium-4096", "lean")} (${
+    gib("gpt2-medium-4096", "lean-4bit")
+  } with --optimizer adamw4bit)
+  12 GB card  gpt2-xl-4096 (1.5B) ${gib("gpt2-xl-4096", "lean")} (${
+    gib("gpt2-xl-4096", "lean-4bit")
+  } with --optimizer adamw4bit)
+With f32 weights and gradients (--precision fp16 --recompute block --optimizer adafactor) they
+take ${gib("gpt2-medium-4096", "fp16-adafactor")} and ${gib("gpt2-xl-4096", "fp16-adafactor")}.`;
+}
 
 /**
  * Parses flags into the run's TrainConfig: the flags given, then (with --resume) the resumed
