@@ -5,11 +5,14 @@
  * gradients, an exact resume, and the memory plan against the arena.
  */
 
-import { deepEqual, equal, ok, rejects } from "node:assert/strict";
+import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readValues } from "../src/gpu/runtime.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import { layoutOf } from "../src/model/params.ts";
+import { splitPoints, Weights } from "../src/model/weights.ts";
+import { SplitBuffer } from "../src/gpu/split_buffer.ts";
+import { createOptimizer } from "../src/optim/registry.ts";
 import { AdamW } from "../src/optim/adamw.ts";
 import { Adafactor } from "../src/optim/adafactor.ts";
 import { LowBitAdamW } from "../src/optim/lowbit.ts";
@@ -207,3 +210,89 @@ f16Test(
     }
   },
 );
+
+Deno.test("a split buffer addresses whole-array offsets in its parts; splits fall at tensor starts", () => {
+  const buf = (label: string, size: number) => ({ label, size }) as GPUBuffer;
+  const s = new SplitBuffer([
+    { start: 0, end: 256, buffer: buf("a", 1024) },
+    { start: 256, end: 640, buffer: buf("b", 1536) },
+  ]);
+  equal(s.elements, 640);
+  deepEqual(s.at(300, 100), { buffer: s.parts[1].buffer, offset: 44 });
+  deepEqual(s.range(256, 3), { buffer: s.parts[1].buffer, offset: 0, size: 12 });
+  throws(() => s.at(200, 100), /Elements \[200, 300\) are not inside one part/);
+  throws(() => s.single("The parameters"), /The parameters span 2 buffers/);
+  deepEqual(
+    s.pieces(200, 300).map((p) => [p.start, p.end, p.part.buffer.label]),
+    [[200, 256, "a"], [256, 300, "b"]],
+  );
+  throws(() => new SplitBuffer([{ start: 1, end: 2, buffer: buf("c", 16) }]), /follow each other/);
+  const layout = layoutOf([
+    { name: "a", shape: [100] },
+    { name: "b", shape: [300] },
+    { name: "c", shape: [50] },
+  ]);
+  // 128-element alignment: a at 0, b at 128, c at 512; at most 512 bytes (128 f32) a part.
+  deepEqual(splitPoints(layout, 2048), [[0, 512], [512, 640]]);
+  deepEqual(splitPoints(layout, 4096), [[0, 640]]);
+  throws(() => splitPoints(layout, 1024), /Parameter "b" needs 1536 bytes, over this adapter's/);
+});
+
+f16Test("weights split over several buffers train bit for bit like one buffer", async (rt) => {
+  const B = 2, T = 32;
+  const modes = [
+    { optimizer: "adamw", precision: "fp32" },
+    { optimizer: "adamw", precision: "fp16" }, // the fused f16 copy, split too
+    { optimizer: "adamw4bit", precision: "fp16", gradDtype: "f16", weightDtype: "f16" },
+    { optimizer: "adafactor", precision: "fp16", gradDtype: "f16", weightDtype: "f16" },
+  ] as const;
+  for (const mode of modes) {
+    const runs: { losses: number[]; tensors: Float32Array[]; parts: number }[] = [];
+    for (const maxBufferBytes of [undefined, 200_000]) {
+      const weights = await Weights.create(rt, CFG, { seed: 2, ...mode, maxBufferBytes });
+      const m = await GPT2.create(rt, CFG, { B, T, weights });
+      const opt = await createOptimizer(mode.optimizer, rt, m.layout, {
+        params: weights.paramParts,
+        grads: weights.gradParts,
+        half: weights.halfParts,
+      }, {});
+      const norm = await GradNorm.create(rt, m.layout, weights.gradParts, opt.gradStats);
+      try {
+        const losses: number[] = [];
+        const u = rng(9);
+        for (let step = 1; step <= 3; step++) {
+          const tokens = Array.from({ length: B * T }, () => Math.floor(u() * CFG.vocabSize));
+          m.setLossScale(mode.precision === "fp16" ? 256 : 1);
+          m.setBatch(tokens, tokens.map((t) => (t * 3 + 1) % CFG.vocabSize));
+          const enc = rt.device.createCommandEncoder();
+          m.encodeTrain(enc);
+          norm.setStep({ gradClip: 1, lossScale: mode.precision === "fp16" ? 256 : 1 });
+          opt.setStep(step, 1e-2);
+          norm.encodeNorm(enc);
+          norm.encodeDecide(enc);
+          opt.encodeUpdate(enc);
+          rt.device.queue.submit([enc.finish()]);
+          await opt.finishUpdate();
+          if (!opt.writesHalf) m.markParamsChanged();
+          const l = await m.readLosses();
+          losses.push(l.reduce((a, b) => a + b, 0));
+        }
+        runs.push({
+          losses,
+          tensors: (await weights.readAll()).map((t) => t.data as Float32Array),
+          parts: weights.paramParts.parts.length,
+        });
+      } finally {
+        norm.destroy();
+        opt.destroy();
+        m.destroy();
+        weights.destroy();
+      }
+    }
+    const what = JSON.stringify(mode);
+    equal(runs[0].parts, 1, what);
+    ok(runs[1].parts >= 3, `${what}: ${runs[1].parts} parts`);
+    deepEqual(runs[1].losses, runs[0].losses, what);
+    runs[0].tensors.forEach((t, i) => deepEqual(runs[1].tensors[i], t, `${what}: tensor ${i}`));
+  }
+});

@@ -246,7 +246,10 @@ export class GPT2 {
 
   /** A named parameter's range in the flat buffer (or in the gradient buffer). */
   tensor(name: string, grads = false): TensorRange {
-    return grads ? { ...this.weights.tensor(name), buffer: this.grads } : this.weights.tensor(name);
+    if (grads && this.inference) {
+      throw new Error("This model was created with inference: true: it has no gradients");
+    }
+    return this.weights.tensor(name, grads);
   }
 
   /**
@@ -266,6 +269,14 @@ export class GPT2 {
 
   async #meanLoss(): Promise<number> {
     return this.#batch.meanLoss(await this.readLosses());
+  }
+
+  /** The gradients' buffers (one, or several past maxBufferSize). */
+  get #gradBuffers(): GPUBuffer[] {
+    if (!this.#p.dres) {
+      throw new Error("This model was created with inference: true: it has no gradients");
+    }
+    return this.weights.gradParts.parts.map((p) => p.buffer);
   }
 
   #submit(dispatches: Dispatch[], clear: GPUBuffer[]): void {
@@ -298,7 +309,7 @@ export class GPT2 {
 
   #encodeStart(encoder: GPUCommandEncoder, accumulate: boolean): void {
     encoder.clearBuffer(this.#p.dres!);
-    if (!accumulate) encoder.clearBuffer(this.grads);
+    if (!accumulate) this.#gradBuffers.forEach((b) => encoder.clearBuffer(b));
     this.weights.encodeRefresh(encoder);
   }
 
@@ -342,7 +353,7 @@ export class GPT2 {
     if (this.inference) throw new Error("This model was created with inference: true: no backward");
     this.setBatch(tokens, targets);
     const dres = this.#p.dres!;
-    this.#submit(this.#p.train, options.accumulate ? [dres] : [dres, this.grads]);
+    this.#submit(this.#p.train, options.accumulate ? [dres] : [dres, ...this.#gradBuffers]);
     const loss = await this.#meanLoss();
     await this.rt.profiler?.collect();
     return loss;
@@ -351,7 +362,7 @@ export class GPT2 {
   /** Sets all gradients to zero. */
   zeroGrad(): void {
     const encoder = this.rt.device.createCommandEncoder();
-    encoder.clearBuffer(this.grads);
+    this.#gradBuffers.forEach((b) => encoder.clearBuffer(b));
     this.rt.device.queue.submit([encoder.finish()]);
   }
 

@@ -14,7 +14,7 @@
 
 import type { ArenaScope } from "../gpu/arena.ts";
 import { type Dispatch, encodeDispatches, freeDispatches } from "../gpu/dispatch.ts";
-import { type DType, dtypeBytes, dtypeOf } from "../gpu/dtype.ts";
+import { type DType, dtypeBytes } from "../gpu/dtype.ts";
 import { readSpans, readValues, type Runtime } from "../gpu/runtime.ts";
 import {
   encodeSafetensors,
@@ -28,7 +28,9 @@ import { modelParams } from "./block_spec.ts";
 import { initTensor } from "./init.ts";
 import { castToHalf } from "./ops/cast.ts";
 import type { TensorRange } from "./ops/tensor.ts";
-import { parameterLayout, type ParamLayout, type TensorView } from "./params.ts";
+import { parameterLayout, type ParamLayout, TENSOR_ALIGN, type TensorView } from "./params.ts";
+import { SplitBuffer } from "../gpu/split_buffer.ts";
+import type { MemoryCategory } from "../gpu/arena.ts";
 import { arenaBytes, type Precision } from "./plan.ts";
 
 /** Options for {@linkcode Weights.create}. */
@@ -50,6 +52,32 @@ export interface WeightsOptions {
    * themselves and the optimizer rounds its updates stochastically; precision fp16 only).
    */
   weightDtype?: DType;
+  /** Largest buffer (bytes of f32) before the parameters split (default: maxBufferSize). */
+  maxBufferBytes?: number;
+}
+
+/**
+ * Where a layout's flat buffers split: element ranges of whole tensors, each at most
+ * `maxBytes` of f32 (so of f16 too); one range when everything fits.
+ */
+export function splitPoints(layout: ParamLayout, maxBytes: number): [number, number][] {
+  const out: [number, number][] = [];
+  let start = 0;
+  for (const t of layout.tensors) {
+    const end = t.offset + Math.ceil(t.size / TENSOR_ALIGN) * TENSOR_ALIGN;
+    if ((end - t.offset) * 4 > maxBytes) {
+      throw new RangeError(
+        `Parameter "${t.name}" needs ${(end - t.offset) * 4} bytes, over this adapter's ` +
+          `maxBufferSize of ${maxBytes}: use a smaller model`,
+      );
+    }
+    if ((end - start) * 4 > maxBytes) {
+      out.push([start, t.offset]);
+      start = t.offset;
+    }
+  }
+  out.push([start, layout.totalElements]);
+  return out;
 }
 
 /**
@@ -77,11 +105,14 @@ export class Weights {
   readonly Vp: number;
   /** fp16 (an f16 copy for the matmuls) or fp32, as resolved for this device. */
   readonly precision: Precision;
-  /** All parameters, flat, f32 (or f16: {@linkcode WeightsOptions.weightDtype}). */
-  readonly params: GPUBuffer;
-  /** The f16 copy (mixed precision), same layout as `params`. */
-  readonly half?: GPUBuffer;
-  #grads?: GPUBuffer;
+  /**
+   * All parameters, flat, f32 (or f16: {@linkcode WeightsOptions.weightDtype}), in one buffer
+   * or, past the adapter's maxBufferSize, several (split at tensor boundaries).
+   */
+  readonly paramParts: SplitBuffer;
+  /** The f16 copy (mixed precision), same layout and parts as the parameters. */
+  readonly halfParts?: SplitBuffer;
+  #grads?: SplitBuffer;
   #mem: ArenaScope;
   #cast: Dispatch[] = [];
   #stale = true;
@@ -94,35 +125,36 @@ export class Weights {
     this.precision = o.precision === "fp16" && rt.gpu.features.shaderF16 ? "fp16" : "fp32";
     // 16-bit weights and gradients need the device's f16 (they fall back with the precision).
     const dtype = (t?: DType): DType => (this.precision === "fp16" && t === "f16" ? "f16" : "f32");
-    const elements = this.layout.totalElements;
-    const bytes = elements * dtypeBytes(dtype(o.weightDtype));
-    if (bytes > rt.gpu.limits.maxBufferSize) {
-      throw new RangeError(
-        `Model parameters need ${bytes} bytes in one buffer, over this adapter's maxBufferSize ` +
-          `of ${rt.gpu.limits.maxBufferSize}: use a smaller model`,
-      );
-    }
+    // Parameters, gradients and the f16 copy share one split, at tensor starts.
+    const bounds = splitPoints(this.layout, o.maxBufferBytes ?? rt.gpu.limits.maxBufferSize);
     this.#mem = rt.arena.scope();
-    this.params = this.#mem.alloc(
-      "params",
-      "parameters",
-      bytes,
-      undefined,
-      dtype(o.weightDtype),
-    );
+    const alloc = (label: string, category: MemoryCategory, t: DType) =>
+      new SplitBuffer(bounds.map(([start, end], i) => ({
+        start,
+        end,
+        buffer: this.#mem.alloc(
+          bounds.length > 1 ? `${label}.${i}` : label,
+          category,
+          arenaBytes((end - start) * dtypeBytes(t)),
+          undefined,
+          t,
+        ),
+      })));
+    this.paramParts = alloc("params", "parameters", dtype(o.weightDtype));
     if (this.precision === "fp16" && dtype(o.weightDtype) === "f32") {
-      this.half = this.#mem.alloc(
-        "params.f16",
-        "parameters",
-        arenaBytes(bytes / 2),
-        undefined,
-        "f16",
-      );
+      this.halfParts = alloc("params.f16", "parameters", "f16");
     }
-    if (o.grads ?? true) {
-      const t = dtype(o.gradDtype);
-      this.#grads = this.#mem.alloc("grads", "gradients", elements * dtypeBytes(t), undefined, t);
-    }
+    if (o.grads ?? true) this.#grads = alloc("grads", "gradients", dtype(o.gradDtype));
+  }
+
+  /** All parameters in one buffer (throws when they span several: use `paramParts`). */
+  get params(): GPUBuffer {
+    return this.paramParts.single("The parameters");
+  }
+
+  /** The f16 copy in one buffer, if any (throws when it spans several: use `halfParts`). */
+  get half(): GPUBuffer | undefined {
+    return this.halfParts?.single("The f16 copy");
   }
 
   /** Allocates the weights, initialises them and builds the f16 cast. */
@@ -136,28 +168,43 @@ export class Weights {
     if (seed !== null) {
       w.layout.tensors.forEach((t, i) => w.#write(t, initTensor(w.config, t, i, seed)));
     }
-    if (w.half) {
-      w.#cast = await castToHalf(rt, w.layout.totalElements, { src: w.params, dst: w.half });
+    const half = w.halfParts;
+    if (half) {
+      for (const [i, p] of w.paramParts.parts.entries()) {
+        const cast = await castToHalf(rt, p.end - p.start, {
+          src: p.buffer,
+          dst: half.parts[i].buffer,
+        });
+        w.#cast.push(...cast);
+      }
     }
     return w;
   }
 
-  /** The gradients, same layout as the parameters (throws when created without them). */
-  get grads(): GPUBuffer {
+  /**
+   * The gradients, same layout and parts as the parameters (throws when created without
+   * them).
+   */
+  get gradParts(): SplitBuffer {
     if (!this.#grads) {
       throw new Error("These weights were created for inference: they have no gradients");
     }
     return this.#grads;
   }
 
+  /** The gradients in one buffer (throws when they span several: use `gradParts`). */
+  get grads(): GPUBuffer {
+    return this.gradParts.single("The gradients");
+  }
+
   /** The parameters' element type: f32, or f16 (16-bit weights, no f32 copy). */
   get weightDtype(): DType {
-    return dtypeOf(this.params);
+    return this.paramParts.dtype;
   }
 
   /** The gradients' element type: f32, or f16 (16-bit gradients). */
   get gradDtype(): DType {
-    return dtypeOf(this.grads);
+    return this.gradParts.dtype;
   }
 
   /** True when the weights have a gradient buffer. */
@@ -170,16 +217,18 @@ export class Weights {
     return this.layout.byName.has(name);
   }
 
-  /** A named tensor's range in the parameters (or in the gradients). */
+  /** A named tensor's range in the parameters (or in the gradients): its buffer's. */
   tensor(name: string, grads = false): TensorRange {
     const t = this.#view(name);
-    return { buffer: grads ? this.grads : this.params, offset: t.offset, size: t.size };
+    return { ...(grads ? this.gradParts : this.paramParts).at(t.offset, t.size), size: t.size };
   }
 
   /** Where matmuls read a weight: the f16 copy under fp16 (unless 16-bit), else the parameters. */
   weight(name: string): TensorRange {
-    const t = this.tensor(name);
-    return this.half ? { ...t, buffer: this.half } : t;
+    const t = this.#view(name);
+    return this.halfParts
+      ? { ...this.halfParts.at(t.offset, t.size), size: t.size }
+      : this.tensor(name);
   }
 
   /** The parameters changed on the GPU (an optimizer step): refresh the f16 copy before use. */
@@ -189,7 +238,7 @@ export class Weights {
 
   /** Encodes the refresh of the f16 copy when it is stale. */
   encodeRefresh(encoder: GPUCommandEncoder): void {
-    if (!this.half || !this.#stale) return;
+    if (!this.halfParts || !this.#stale) return;
     encodeDispatches(encoder, this.#cast, this.rt.profiler);
     this.#stale = false;
   }
@@ -212,14 +261,15 @@ export class Weights {
 
   /** Writes a tensor's values in the parameters' type (f16: rounded to nearest). */
   #write(t: TensorView, data: Float32Array<ArrayBuffer>): void {
-    if (dtypeOf(this.params) === "f32") {
-      this.rt.device.queue.writeBuffer(this.params, t.offset * 4, data);
+    const { buffer, offset } = this.paramParts.at(t.offset, t.size);
+    if (this.paramParts.dtype === "f32") {
+      this.rt.device.queue.writeBuffer(buffer, offset * 4, data);
       return;
     }
     // Whole 4-byte words: an odd count ends in the alignment padding after the tensor.
     const half = new Float16Array(data.length + (data.length % 2));
     half.set(data);
-    this.rt.device.queue.writeBuffer(this.params, t.offset * 2, half);
+    this.rt.device.queue.writeBuffer(buffer, offset * 2, half);
   }
 
   /**
@@ -227,13 +277,16 @@ export class Weights {
    * model without biases writes zero biases, so that any GPT-2 reader takes the file.
    */
   async readAll(): Promise<TensorToWrite[]> {
-    const { tensors } = this.layout;
-    const data = await readSpans(
-      this.rt.device,
-      this.params,
-      tensors.map((t) => ({ offset: t.offset, size: hfSize(t, this.config) })),
-    );
-    const read = new Map(tensors.map((t, i) => [t.name, data[i] as Float32Array<ArrayBuffer>]));
+    const read = new Map<string, Float32Array<ArrayBuffer>>();
+    for (const p of this.paramParts.parts) {
+      const mine = this.layout.tensors.filter((t) => t.offset >= p.start && t.offset < p.end);
+      const data = await readSpans(
+        this.rt.device,
+        p.buffer,
+        mine.map((t) => ({ offset: t.offset - p.start, size: hfSize(t, this.config) })),
+      );
+      mine.forEach((t, i) => read.set(t.name, data[i] as Float32Array<ArrayBuffer>));
+    }
     return withZeroBiases(this.config, (name) => read.get(name));
   }
 

@@ -34,7 +34,7 @@ import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { arenaBytes } from "../model/plan.ts";
-import { bytes } from "../model/ops/tensor.ts";
+import { SplitBuffer, splitOf } from "../gpu/split_buffer.ts";
 import { ownGradStats, roundSeed } from "./adamw_common.ts";
 import { optimizerSource } from "./kernel_source.ts";
 import {
@@ -245,7 +245,7 @@ export class Adafactor implements Optimizer {
   readonly #accFloats: number;
   readonly #mem: ArenaScope;
   readonly #step: GPUBuffer;
-  #params?: GPUBuffer;
+  #params?: SplitBuffer;
 
   private constructor(
     rt: Runtime,
@@ -277,7 +277,11 @@ export class Adafactor implements Optimizer {
   static async create(
     rt: Runtime,
     layout: ParamLayout,
-    buffers: { params: GPUBuffer; grads: GPUBuffer; gradStats?: GPUBuffer },
+    buffers: {
+      params: GPUBuffer | SplitBuffer;
+      grads: GPUBuffer | SplitBuffer;
+      gradStats?: GPUBuffer;
+    },
     config: Partial<AdafactorConfig> = {},
     options: { maxBindingBytes?: number } = {},
   ): Promise<Adafactor> {
@@ -288,11 +292,11 @@ export class Adafactor implements Optimizer {
       options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize,
       buffers.gradStats,
     );
-    await opt.#build(buffers.params, buffers.grads);
+    await opt.#build(splitOf(buffers.params), splitOf(buffers.grads));
     return opt;
   }
 
-  async #build(params: GPUBuffer, grads: GPUBuffer): Promise<void> {
+  async #build(params: SplitBuffer, grads: SplitBuffer): Promise<void> {
     const { rt } = this;
     this.#params = params;
     const acc = this.#mem.alloc("adafactor.acc", "scratch", Math.max(16, this.#accFloats * 4));
@@ -302,8 +306,8 @@ export class Adafactor implements Optimizer {
     const out: Dispatch[] = [];
     for (const [k, t] of this.tensors.entries()) {
       // In the buffer's element type: the parameters and gradients may be f16.
-      const range = (buffer: GPUBuffer, first: number, n: number): BufferRange => {
-        const r = bytes({ buffer, offset: t.offset + first, size: n });
+      const range = (buffer: SplitBuffer, first: number, n: number): BufferRange => {
+        const r = buffer.range(t.offset + first, n);
         return { ...r, size: Math.max(16, r.size) };
       };
       const dispatch = (
@@ -316,7 +320,7 @@ export class Adafactor implements Optimizer {
         const all = {
           params: range(params, first, piece.n),
           grads: range(grads, first, piece.n),
-          m: this.m ? range(m, first, piece.n) : { buffer: m },
+          m: this.m ? range(SplitBuffer.of(m), first, piece.n) : { buffer: m },
           state: this.state,
           acc,
           sums,

@@ -12,8 +12,7 @@
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { ArenaScope } from "../gpu/arena.ts";
 import { defineKernel } from "../gpu/define_kernel.ts";
-import { dtypeOf } from "../gpu/dtype.ts";
-import { bytes } from "../model/ops/tensor.ts";
+import { type SplitBuffer, splitOf } from "../gpu/split_buffer.ts";
 import { grid1d } from "../gpu/kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
@@ -125,7 +124,7 @@ export class AdamW implements Optimizer {
   /** The AdamW dispatches, one per range. */
   dispatches: Dispatch[] = [];
   #stepUniform: GPUBuffer;
-  #params?: GPUBuffer;
+  #params?: SplitBuffer;
   #mem: ArenaScope;
 
   private constructor(
@@ -156,7 +155,12 @@ export class AdamW implements Optimizer {
   static async create(
     rt: Runtime,
     layout: ParamLayout,
-    buffers: { params: GPUBuffer; grads: GPUBuffer; half?: GPUBuffer; gradStats?: GPUBuffer },
+    buffers: {
+      params: GPUBuffer | SplitBuffer;
+      grads: GPUBuffer | SplitBuffer;
+      half?: GPUBuffer | SplitBuffer;
+      gradStats?: GPUBuffer;
+    },
     config: Partial<AdamWConfig> = {},
     options: {
       maxBindingBytes?: number;
@@ -176,23 +180,23 @@ export class AdamW implements Optimizer {
       buffers.gradStats,
     );
     await opt.#build(
-      buffers.params,
-      buffers.grads,
+      splitOf(buffers.params),
+      splitOf(buffers.grads),
       options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize,
-      buffers.half,
+      buffers.half && splitOf(buffers.half),
     );
     return opt;
   }
 
   async #build(
-    params: GPUBuffer,
-    grads: GPUBuffer,
+    params: SplitBuffer,
+    grads: SplitBuffer,
     maxBindingBytes: number,
-    half?: GPUBuffer,
+    half?: SplitBuffer,
   ): Promise<void> {
-    if (half && dtypeOf(half) !== "f16") {
+    if (half && half.dtype !== "f16") {
       throw new TypeError(
-        `AdamW: the parameters' f16 copy ("${half.label}") holds ${dtypeOf(half)}: ` +
+        `AdamW: the parameters' f16 copy ("${half.parts[0].buffer.label}") holds ${half.dtype}: ` +
           "pass the f16 buffer (Weights.half)",
       );
     }
@@ -201,15 +205,14 @@ export class AdamW implements Optimizer {
     const ranges = parameterRanges(this.layout, maxBindingBytes);
     const update: Dispatch[] = [];
     for (const r of ranges) {
-      const range = (buffer: GPUBuffer) => bytes({ buffer, offset: r.offset, size: r.size });
       const state = (buffer: GPUBuffer) => ({
         buffer,
         offset: (r.offset - this.stateBase) * 4,
         size: r.size * 4,
       });
       const buffers = {
-        params: range(params),
-        grads: range(grads),
+        params: params.range(r.offset, r.size),
+        grads: grads.range(r.offset, r.size),
         m: state(this.m),
         v: state(this.v),
         gstats: this.gradStats,
@@ -217,9 +220,10 @@ export class AdamW implements Optimizer {
       };
       // With the f16 copy: bound from the 128-element (256-byte) boundary at or before the
       // range, which the kernel's p.p0 (the range's offset past that boundary) skips.
+      const h = half?.at(r.offset, r.size);
       update.push(
-        await adamwKernel.dispatch(rt, half ? "main_f16copy" : "main", {
-          buffers: half ? { ...buffers, half: halfWindow(half, r.offset, r.size) } : buffers,
+        await adamwKernel.dispatch(rt, h ? "main_f16copy" : "main", {
+          buffers: h ? { ...buffers, half: halfWindow(h.buffer, h.offset, r.size) } : buffers,
           uniforms: { n: r.size, decay: r.decay ? 1 : 0, p0: r.offset % 128, e0: r.offset },
           workgroups: grid1d(r.size, 64),
           flops: 12 * r.size,

@@ -8,7 +8,7 @@
 
 import type { ArenaScope } from "../gpu/arena.ts";
 import { packUniforms, type StructDecl, uniformLayout } from "../gpu/define_kernel.ts";
-import { dtypeOf } from "../gpu/dtype.ts";
+import type { SplitBuffer } from "../gpu/split_buffer.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { GRAD_STATS_BYTES, identityGradStats } from "./optimizer.ts";
 
@@ -87,8 +87,8 @@ export const ADAMW_STEP: StructDecl = {
  * The seed of stochastic rounding at step `t` (kernels/param_store.wgsl): the step itself for
  * 16-bit (f16) weights, 0 (no rounding) for f32 ones.
  */
-export function roundSeed(params: GPUBuffer, t: number): number {
-  return dtypeOf(params) === "f16" ? t >>> 0 || 1 : 0;
+export function roundSeed(params: SplitBuffer, t: number): number {
+  return params.dtype === "f16" ? t >>> 0 || 1 : 0;
 }
 
 /** Bytes of the per-step uniform. */
@@ -129,7 +129,7 @@ export function stepWords(
   c: AdamWConfig,
   t: number,
   lr: number,
-  params: GPUBuffer,
+  params: SplitBuffer,
 ): Uint32Array<ArrayBuffer> {
   return packUniforms("AdamW step", ADAMW_STEP.fields, {
     lr,

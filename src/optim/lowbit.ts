@@ -17,6 +17,7 @@
  */
 
 import type { ArenaScope } from "../gpu/arena.ts";
+import { type SplitBuffer, splitOf } from "../gpu/split_buffer.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import { readBuffer, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
@@ -100,7 +101,7 @@ export class LowBitAdamW implements Optimizer {
   /** Every piece's update dispatches in order (the pieces' lists, flat). */
   #updates: Dispatch[] = [];
   #step: GPUBuffer;
-  #params?: GPUBuffer;
+  #params?: SplitBuffer;
   #mem: ArenaScope;
 
   private constructor(
@@ -139,7 +140,11 @@ export class LowBitAdamW implements Optimizer {
   static async create(
     rt: Runtime,
     layout: ParamLayout,
-    buffers: { params: GPUBuffer; grads: GPUBuffer; gradStats?: GPUBuffer },
+    buffers: {
+      params: GPUBuffer | SplitBuffer;
+      grads: GPUBuffer | SplitBuffer;
+      gradStats?: GPUBuffer;
+    },
     config: Partial<LowBitConfig> & { bits: 8 | 4 },
     options: { maxBindingBytes?: number } = {},
   ): Promise<LowBitAdamW> {
@@ -157,7 +162,7 @@ export class LowBitAdamW implements Optimizer {
       options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize,
       buffers.gradStats,
     );
-    await opt.#build(buffers.params, buffers.grads);
+    await opt.#build(splitOf(buffers.params), splitOf(buffers.grads));
     return opt;
   }
 
@@ -170,7 +175,7 @@ export class LowBitAdamW implements Optimizer {
     return cfg;
   }
 
-  async #build(params: GPUBuffer, grads: GPUBuffer): Promise<void> {
+  async #build(params: SplitBuffer, grads: SplitBuffer): Promise<void> {
     const { rt } = this;
     this.#params = params;
     const st = this.#state;

@@ -10,7 +10,7 @@ import type { Dispatch } from "../gpu/dispatch.ts";
 import { type BindingDecl, defineKernel } from "../gpu/define_kernel.ts";
 import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
-import { bytes } from "../model/ops/tensor.ts";
+import type { SplitBuffer } from "../gpu/split_buffer.ts";
 import type { StateKind, StatePiece } from "./lowbit_plan.ts";
 import { adamwKernel } from "./adamw.ts";
 import { ADAMW_BINDINGS, optimizerSource } from "./kernel_source.ts";
@@ -83,10 +83,10 @@ export const adamw4bitKernel = defineKernel({
 
 /** The buffers and settings every piece's dispatches bind. */
 export interface PieceContext {
-  /** Flat parameters and gradients. */
-  params: GPUBuffer;
+  /** Flat parameters. */
+  params: SplitBuffer;
   /** Flat gradients. */
-  grads: GPUBuffer;
+  grads: SplitBuffer;
   /** The state buffers by kind (offload: the one-piece window). */
   state: Record<StateKind, GPUBuffer>;
   /** The gradient statistics (GRAD_STATS), read by the update. */
@@ -120,8 +120,7 @@ export async function pieceDispatches(
   // Offloaded state sits at the start of the GPU window.
   const p = ctx.offload ? { ...piece, ...zero } : piece;
   // Parameters and gradients in their own element type (f32, or f16: 16-bit weights/gradients).
-  const pr = bytes({ buffer: ctx.params, offset: p.offset, size: p.size });
-  const gr = bytes({ buffer: ctx.grads, offset: p.offset, size: p.size });
+  const pr = ctx.params.range(p.offset, p.size), gr = ctx.grads.range(p.offset, p.size);
   if (p.kind === "fp32") {
     out.push(
       await adamwKernel.dispatch(rt, "main", {

@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { SplitBuffer } from "../gpu/split_buffer.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { arenaBytes } from "../model/plan.ts";
@@ -50,12 +51,12 @@ export interface OptimizerSettings {
 
 /** The buffers an optimizer updates: parameters, read with their gradients. */
 export interface OptimizerBuffers {
-  /** Flat f32 parameters. */
-  params: GPUBuffer;
-  /** Flat f32 gradients, same layout. */
-  grads: GPUBuffer;
+  /** Flat parameters (f32, or f16: 16-bit weights), in one buffer or split. */
+  params: GPUBuffer | SplitBuffer;
+  /** Flat gradients (f32 or f16), same layout and parts. */
+  grads: GPUBuffer | SplitBuffer;
   /** The parameters' f16 copy (mixed precision): an optimizer may write it as it updates. */
-  half?: GPUBuffer;
+  half?: GPUBuffer | SplitBuffer;
   /**
    * The gradient statistics (GRAD_STATS) its update reads; by default its own (scale 1,
    * never skipped), which a training step writes through `Optimizer.gradStats`.

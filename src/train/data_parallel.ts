@@ -110,21 +110,34 @@ export function dataParallel(
 ): DataParallel {
   const { device } = model.rt;
   const BT = model.B * model.T;
-  if (options.zero && (model.weights.gradDtype === "f16" || model.weights.weightDtype === "f16")) {
+  const w = model.weights;
+  if (options.zero && (w.gradDtype === "f16" || w.weightDtype === "f16")) {
     throw new TypeError(
       "--zero shards f32 weights and gradients: with --grad-dtype f16 or --weight-dtype f16 " +
         "drop --zero (16-bit weights and gradients already take a quarter of its memory)",
     );
   }
+  if (options.zero && w.paramParts.parts.length > 1) {
+    throw new RangeError(
+      "--zero needs the parameters in one buffer: this model's span " +
+        `${w.paramParts.parts.length} (over the adapter's maxBufferSize); drop --zero`,
+    );
+  }
   // 16-bit gradients (f16) are read back and written in f16, summed across ranks in f32.
-  const half = model.weights.gradDtype === "f16", n = half ? 2 : 4;
+  const half = w.gradDtype === "f16", n = half ? 2 : 4;
   // One bucket per gradient mark of the graph: a layer's tensors as soon as its backward is
-  // done (the last layer first), then ln_f, wte and wpe at the end. Each bucket's ranges are
-  // packed into one staging buffer, each part at a 4-byte boundary (copies move words).
+  // done (the last layer first), then ln_f, wte and wpe at the end. Each bucket's ranges
+  // (cut where the gradients' buffers split) are packed into one staging buffer, each at a
+  // 4-byte boundary (copies move words).
   const buckets = model.gradMarks.map((m) => {
     let at = 0;
-    const parts = m.ranges.map((r) => {
-      const p = { ...r, at, words: Math.ceil(((r.end - r.start) * n) / 4) * 4 };
+    const parts = m.ranges.flatMap((r) => w.gradParts.pieces(r.start, r.end)).map((r) => {
+      const p = {
+        buffer: r.part.buffer,
+        from: (r.start - r.part.start) * n, // bytes into its buffer
+        at,
+        words: Math.ceil(((r.end - r.start) * n) / 4) * 4,
+      };
       at += p.words / n;
       return p;
     });
@@ -142,11 +155,11 @@ export function dataParallel(
   // Buckets are read and reduced strictly in order (MPI needs the same order on every rank).
   let chain = Promise.resolve();
   const hooks: StepHooks = {
-    bucketReady(grads, i) {
+    bucketReady(_, i) {
       const b = buckets[i];
       const enc = device.createCommandEncoder();
       for (const p of b.parts) {
-        enc.copyBufferToBuffer(grads, p.start * n, b.staging, p.at * n, p.words);
+        enc.copyBufferToBuffer(p.buffer, p.from, b.staging, p.at * n, p.words);
       }
       device.queue.submit([enc.finish()]);
       chain = chain.then(async () => {
@@ -161,7 +174,7 @@ export function dataParallel(
         times.allReduce += performance.now() - a0;
       });
     },
-    async gradientsReady(grads) {
+    async gradientsReady() {
       const e0 = performance.now();
       await chain;
       const u0 = performance.now();
@@ -169,7 +182,7 @@ export function dataParallel(
         // f16: the sums rounded to nearest, whole words (a part's odd last element is padding).
         const out = half ? new Float16Array(b.host) : b.host;
         for (const p of b.parts) {
-          device.queue.writeBuffer(grads, p.start * n, out, p.at, p.words / n);
+          device.queue.writeBuffer(p.buffer, p.from, out, p.at, p.words / n);
         }
       }
       times.upload += performance.now() - u0;
@@ -262,9 +275,10 @@ function zeroHooks(
       // Each rank receives the sum (the mean: dloss is pre-divided) of its own shard, the only
       // gradients its optimizer reads.
       async gradientsReady(grads) {
-        await read(grads, 0, gradsBack, full);
+        const g = grads.single("ZeRO-1's gradients");
+        await read(g, 0, gradsBack, full);
         await dist.reduceScatterSum(full, counts, reduced);
-        device.queue.writeBuffer(grads, mine.start * 4, reduced);
+        device.queue.writeBuffer(g, mine.start * 4, reduced);
       },
       async normReady(buffer) {
         await read(buffer, 0, statsBack, stats);
@@ -276,9 +290,10 @@ function zeroHooks(
         device.queue.writeBuffer(buffer, 0, stats);
       },
       async updated(params) {
-        await read(params, mine.start * 4, paramsBack, local);
+        const p = params.single("ZeRO-1's parameters");
+        await read(p, mine.start * 4, paramsBack, local);
         await dist.allGather(local, counts, gathered);
-        device.queue.writeBuffer(params, 0, gathered);
+        device.queue.writeBuffer(p, 0, gathered);
       },
     },
     destroy() {

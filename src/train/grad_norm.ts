@@ -18,7 +18,7 @@ import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
-import { bytes } from "../model/ops/tensor.ts";
+import { type SplitBuffer, splitOf } from "../gpu/split_buffer.ts";
 import { parameterRanges } from "../optim/adamw_common.ts";
 import { GRAD_STATS_STRUCT } from "../optim/optimizer.ts";
 import gradNormSrc from "../../kernels/grad_norm.wgsl" with { type: "text" };
@@ -62,18 +62,18 @@ export function gradNormPartials(ranges: { size: number }[]): number {
 export async function gradNormDispatches(
   rt: Runtime,
   ranges: { offset: number; size: number }[],
-  grads: GPUBuffer,
+  grads: GPUBuffer | SplitBuffer,
   partials: GPUBuffer,
   stats: GPUBuffer,
 ): Promise<Dispatch[]> {
-  const norm: Dispatch[] = [];
+  const norm: Dispatch[] = [], split = splitOf(grads);
   const total = gradNormPartials(ranges) / 2;
   let slot = 0;
   for (const r of ranges) {
     const blocks = Math.ceil(r.size / BLOCK);
     norm.push(
       await gradNormKernel.dispatch(rt, "partial", {
-        buffers: { grads: bytes({ buffer: grads, offset: r.offset, size: r.size }), partials },
+        buffers: { grads: split.range(r.offset, r.size), partials },
         uniforms: { n: r.size, slot, count: total },
         workgroups: [blocks, 1, 1],
         flops: 2 * r.size,
@@ -144,7 +144,7 @@ export class GradNorm {
   static async create(
     rt: Runtime,
     layout: ParamLayout,
-    grads: GPUBuffer,
+    grads: GPUBuffer | SplitBuffer,
     stats: GPUBuffer,
     options: { maxBindingBytes?: number } = {},
   ): Promise<GradNorm> {

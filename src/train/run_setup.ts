@@ -106,7 +106,11 @@ export async function setUpRun(
   try {
     signal?.throwIfAborted();
     if (c.precision === "fp16" && model.precision !== "fp16") {
-      print("precision: this adapter has no shader-f16, so training runs in fp32");
+      const sixteen = c.gradDtype === "f16" || c.weightDtype === "f16";
+      print(
+        "precision: this adapter has no shader-f16, so training runs in fp32" +
+          (sixteen ? " with f32 weights and gradients" : ""),
+      );
     }
     const scaler = model.precision === "fp16"
       ? new LossScaler({ init: c.lossScale, window: c.lossScaleWindow })
@@ -238,7 +242,11 @@ function runOptimizer(
     rt,
     shard ? shardLayout(model.layout, shard) : model.layout,
     // The f16 copy is written by the update itself, unless ZeRO-1 gathers the parameters.
-    { params: model.params, grads: model.grads, half: shard ? undefined : model.weights.half },
+    {
+      params: model.weights.paramParts,
+      grads: model.weights.gradParts,
+      half: shard ? undefined : model.weights.halfParts,
+    },
     // The run's settings as they are: the optimizer's row takes what it uses.
     { ...c, stateBase: shard?.start },
   );

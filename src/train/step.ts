@@ -12,6 +12,7 @@
  * @module
  */
 
+import type { SplitBuffer } from "../gpu/split_buffer.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { GPT2 } from "../model/gpt2.ts";
 import type { ParamLayout } from "../model/params.ts";
@@ -33,13 +34,13 @@ export interface StepHooks {
    * Runs once the last micro-step's gradients are complete on the GPU and before the
    * optimizer reads them: e.g. averages them over ranks (they carry the loss scale).
    */
-  gradientsReady?: (grads: GPUBuffer) => Promise<void>;
+  gradientsReady?: (grads: SplitBuffer) => Promise<void>;
   /**
    * With it, the last micro-step's backward is submitted in parts at the graph's gradMarks,
    * and this runs (without being awaited) after part `mark`: the hook can start reading back
    * and reducing those gradients while the backward goes on. `gradientsReady` then waits.
    */
-  bucketReady?: (grads: GPUBuffer, mark: number) => void;
+  bucketReady?: (grads: SplitBuffer, mark: number) => void;
   /**
    * Runs after the step wrote the gradient norm and non-finite count to `stats` (GRAD_STATS)
    * and before it decides the clip factor and the skip from them (ZeRO-1: each rank's norm
@@ -47,7 +48,7 @@ export interface StepHooks {
    */
   normReady?: (stats: GPUBuffer) => Promise<void>;
   /** Runs after the update, before the f16 refresh (ZeRO-1: all-gathers the parameters). */
-  updated?: (params: GPUBuffer) => Promise<void>;
+  updated?: (params: SplitBuffer) => Promise<void>;
   /** Combines this process's mean loss with the other ranks' (default: itself). */
   reduceLoss?: (loss: number) => Promise<number>;
 }
@@ -159,7 +160,7 @@ export class TrainStep {
     const norm = this.#norm ??= await GradNorm.create(
       rt,
       this.#normLayout,
-      model.grads,
+      model.weights.gradParts,
       opt.gradStats,
     );
     norm.setStep({ gradClip: this.#gradClip, lossScale: scale, skipOnOverflow: !!scaler });
@@ -183,7 +184,7 @@ export class TrainStep {
       enc.copyBufferToBuffer(norm.stats, 0, staging, accum * BT * 4, GRAD_STATS_BYTES);
       await submit(enc);
       await opt.finishUpdate();
-      await updated?.(model.params);
+      await updated?.(model.weights.paramParts);
     };
     for (let micro = 0; micro < accum; micro++) {
       try {
@@ -203,9 +204,9 @@ export class TrainStep {
             part.copyBufferToBuffer(model.losses, 0, staging, micro * BT * 4, BT * 4);
           }
           await submit(part);
-          bucketReady(model.grads, i);
+          bucketReady(model.weights.gradParts, i);
         }
-        await hook(model.grads);
+        await hook(model.weights.gradParts);
         await encodeUpdate(rt.device.createCommandEncoder());
         continue;
       }
@@ -215,7 +216,7 @@ export class TrainStep {
       if (!last) await submit(enc);
       else if (hook) {
         await submit(enc);
-        await hook(model.grads);
+        await hook(model.weights.gradParts);
         await encodeUpdate(rt.device.createCommandEncoder());
       } else await encodeUpdate(enc);
     }
