@@ -12,7 +12,7 @@
  */
 
 import { formatBytes } from "../src/gpu/arena.ts";
-import { createRuntime, readF32 } from "../src/gpu/runtime.ts";
+import { createRuntime } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import { createOptimizer } from "../src/optim/registry.ts";
@@ -22,7 +22,8 @@ import {
   memoryModeFlags,
   planMemory,
 } from "../src/train/memory_plan.ts";
-import { GradNorm } from "../src/train/grad_norm.ts";
+import { LossScaler } from "../src/train/loss_scale.ts";
+import { TrainStep } from "../src/train/step.ts";
 import type { BenchCase, BenchRow } from "./_harness.ts";
 
 const GiB = 2 ** 30;
@@ -107,54 +108,52 @@ export const memoryBench: BenchCase = {
 
     const rt = await createRuntime();
     log(`memory: building ${model} B=${B} T=${T}, mode ${modeName}: ${memoryModeFlags(mode)}`);
-    const m = await GPT2.create(rt, cfg, { B, T, seed: 1, ...mode });
+    const m = await GPT2.create(rt, cfg, {
+      B,
+      T,
+      seed: 1,
+      ...mode,
+      sharedBlockGrads: mode.optimizerInBackward,
+    });
     if (m.precision !== mode.precision) {
       log(`memory: no shader-f16 on this adapter: ${m.precision}`);
     }
+    const w = m.weights;
     const opt = await createOptimizer(mode.optimizer, rt, m.layout, {
-      params: m.params,
-      grads: m.grads,
-      half: m.weights.half,
+      params: w.paramParts,
+      grads: w.gradParts,
+      half: w.halfParts,
     }, { optimizerOffload: mode.optimizerOffload });
-    // The training step's gradient statistics, as TrainStep builds them.
-    const norm = await GradNorm.create(rt, m.layout, m.grads, opt.gradStats);
+    // The training step as a run takes it: loss scale, norm, clip, update.
+    const scaler = m.precision === "fp16"
+      ? new LossScaler({ init: 1024, window: 2000 })
+      : undefined;
+    const step = new TrainStep(rt, m, opt, {
+      accum: 1,
+      scaler,
+      inBackward: mode.optimizerInBackward,
+    });
     try {
       const tokens = Array.from({ length: B * T }, (_, i) => (i * 7919) % cfg.vocabSize);
       log("memory: one training step (minutes on a CPU adapter at T=4096)");
       const t0 = performance.now();
       // Each position predicts the next token: at init the loss is ~ln(V).
-      const scale = m.precision === "fp16" ? 1024 : 1;
-      m.setLossScale(scale);
-      m.setBatch(tokens, [...tokens.slice(1), tokens[0]]);
-      const enc = rt.device.createCommandEncoder();
-      m.encodeTrain(enc);
-      rt.device.queue.submit([enc.finish()]);
-      const enc2 = rt.device.createCommandEncoder();
-      norm.setStep({ gradClip: 1, lossScale: scale, skipOnOverflow: scale !== 1 });
-      opt.setStep(1, 1e-4);
-      norm.encodeNorm(enc2);
-      norm.encodeDecide(enc2);
-      opt.encodeUpdate(enc2);
-      rt.device.queue.submit([enc2.finish()]);
-      await opt.finishUpdate();
-      await rt.device.queue.onSubmittedWorkDone();
+      const r = await step.run(1e-4, () => ({
+        inputs: tokens,
+        targets: [...tokens.slice(1), tokens[0]],
+      }));
       const seconds = (performance.now() - t0) / 1000;
       log(`memory: step took ${seconds.toFixed(1)} s`);
-      // The step must also be right: at init the loss is ~ln(V) and the norm finite.
-      const losses = await m.readLosses();
-      const loss = losses.reduce((x, y) => x + y, 0) / losses.length;
-      const stats = await readF32(rt.device, norm.stats);
-      const gradNorm = stats[1] / scale;
       log(
-        `memory: loss ${loss.toFixed(4)} (ln(V) = ${Math.log(cfg.vocabSize).toFixed(4)}), ` +
-          `gradient norm ${gradNorm.toPrecision(5)}, non-finite gradients ${stats[2]}`,
+        `memory: loss ${r.loss.toFixed(4)} (ln(V) = ${Math.log(cfg.vocabSize).toFixed(4)}), ` +
+          `gradient norm ${r.norm.toPrecision(5)}, overflow ${r.overflow}`,
       );
       const peak = rt.arena.report().peak;
       row("measured peak", modeName, peak);
       Object.assign(rows[rows.length - 1], {
-        loss,
-        grad_norm: gradNorm,
-        nonfinite: stats[2],
+        loss: r.loss,
+        grad_norm: r.norm,
+        overflow: r.overflow,
         step_s: +seconds.toFixed(1),
         rss_GiB: gib(Deno.memoryUsage().rss),
       });
@@ -166,7 +165,7 @@ export const memoryBench: BenchCase = {
           }: dispatch uniforms and optimizer scratch)`,
       );
     } finally {
-      norm.destroy();
+      step.destroy();
       opt.destroy();
       m.destroy();
     }

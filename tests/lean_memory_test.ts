@@ -9,8 +9,8 @@ import { deepEqual, equal, ok, rejects, throws } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readValues } from "../src/gpu/runtime.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
-import { layoutOf } from "../src/model/params.ts";
-import { splitPoints, Weights } from "../src/model/weights.ts";
+import { layoutOf, parameterLayout } from "../src/model/params.ts";
+import { blockSpans, splitPoints, Weights } from "../src/model/weights.ts";
 import { SplitBuffer } from "../src/gpu/split_buffer.ts";
 import { createOptimizer } from "../src/optim/registry.ts";
 import { AdamW } from "../src/optim/adamw.ts";
@@ -20,7 +20,7 @@ import type { Optimizer } from "../src/optim/optimizer.ts";
 import { GradNorm } from "../src/train/grad_norm.ts";
 import { planMemory } from "../src/train/memory_plan.ts";
 import { train } from "../src/train/trainer.ts";
-import { gpuTest, rng, uploadAs } from "./_harness.ts";
+import { gpuTest, hasF16, rng, uploadAs } from "./_harness.ts";
 import { syntheticText, testTrainConfig } from "./_train_config.ts";
 
 const f16Test = (name: string, fn: Parameters<typeof gpuTest>[1]) =>
@@ -295,4 +295,69 @@ f16Test("weights split over several buffers train bit for bit like one buffer", 
     deepEqual(runs[1].losses, runs[0].losses, what);
     runs[0].tensors.forEach((t, i) => deepEqual(runs[1].tensors[i], t, `${what}: tensor ${i}`));
   }
+});
+
+gpuTest(
+  "the optimizer in backward trains bit for bit like the usual step, with one block's gradients",
+  async (rt) => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await Deno.writeTextFile(`${dir}/t.txt`, syntheticText(20000, 4, 7));
+      const quiet = { logger: { log: () => {} } };
+      const config = (out: string, over: Record<string, unknown> = {}) =>
+        testTrainConfig(`${dir}/${out}`, `${dir}/t.txt`, {
+          model: { nLayer: 3, nHead: 2, nEmbd: 64, nCtx: 32, vocabSize: 50257 },
+          seq: 32,
+          batch: 2,
+          totalBatch: 64, // one micro-step
+          steps: 6,
+          lr: 3e-3,
+          saveEvery: 3,
+          cacheDir: `${dir}/cache`,
+          ...over,
+        });
+      const modes: Record<string, unknown>[] = [
+        { optimizer: "adamw" },
+        { optimizer: "adamw4bit", gradClip: 0.05 }, // clipping on at every step
+        ...(hasF16
+          ? [{ optimizer: "adafactor", precision: "fp16", gradDtype: "f16", weightDtype: "f16" }]
+          : []),
+      ];
+      for (const [i, mode] of modes.entries()) {
+        const usual = await train(rt, config(`usual${i}`, mode), quiet);
+        const said: string[] = [];
+        const fused = await train(
+          rt,
+          config(`fused${i}`, { ...mode, optimizerInBackward: true }),
+          { logger: { log: (l) => said.push(l) } },
+        );
+        ok(said.some((l) => /^optimizer in backward: gradients of one block/.test(l)), `${said}`);
+        deepEqual(fused.losses, usual.losses, JSON.stringify(mode));
+        const bytes = (r: typeof usual) => Deno.readFile(`${r.checkpoint}/model.safetensors`);
+        deepEqual(await bytes(fused), await bytes(usual), `${JSON.stringify(mode)}: weights`);
+      }
+      // Resumed from its step-3 checkpoint, it goes on as it would have.
+      const fusedOf = (out: string) => config(out, { ...modes[0], optimizerInBackward: true });
+      const whole = await train(rt, fusedOf("whole"), quiet);
+      const part = await train(rt, fusedOf("part"), { ...quiet, stopAfter: (s) => s === 3 });
+      const rest = await train(rt, { ...fusedOf("part"), resume: part.checkpoint }, quiet);
+      deepEqual([...part.losses, ...rest.losses], whole.losses);
+      // Accumulation cannot update inside one backward.
+      await rejects(
+        () => train(rt, config("accum", { optimizerInBackward: true, totalBatch: 128 }), quiet),
+        /--optimizer-in-backward .* one micro-step per update \(--total-batch 64, not 128\)/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test("the optimizer in backward plans one block's gradients, as Weights allocates them", () => {
+  const cfg = { nLayer: 4, nHead: 2, nEmbd: 64, nCtx: 64, vocabSize: 503 };
+  const usual = planMemory(cfg, { B: 1, T: 64 }).bytes.gradients;
+  const fused = planMemory(cfg, { B: 1, T: 64, optimizerInBackward: true }).bytes.gradients;
+  const layout = parameterLayout(cfg), blocks = blockSpans(layout, cfg.nLayer);
+  const block = (blocks[0][1] - blocks[0][0]) * 4;
+  equal(usual - fused, 3 * block); // 4 blocks' gradients become 1
 });

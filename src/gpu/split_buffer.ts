@@ -4,17 +4,21 @@
  * lavapipe, often 4 GiB on GPUs; a 1.5B-parameter model's f16 weights take 3.1 GB). Its users
  * address it by element offsets in the whole array, as if it were one buffer, and bind
  * {@linkcode SplitBuffer.at}'s buffer and local offset; a range never straddles two parts.
+ * Parts may share a buffer (`base` says where a part starts in it): the optimizer-in-backward
+ * mode keeps every block's gradients in one block-sized buffer, reused block after block.
  *
  * @module
  */
 
 import { type DType, dtypeBytes, dtypeOf } from "./dtype.ts";
 
-/** One buffer of a split array: elements [start, end) of the whole. */
+/** One buffer of a split array: elements [start, end) of the whole, from `base` of `buffer`. */
 export interface BufferPart {
   start: number;
   end: number;
   buffer: GPUBuffer;
+  /** Where the part starts in its buffer, in elements (default 0). */
+  base?: number;
 }
 
 /** A flat array of elements in one or more buffers of one element type. */
@@ -50,6 +54,16 @@ export class SplitBuffer {
     return this.parts[this.parts.length - 1].end;
   }
 
+  /** The distinct buffers, in order. */
+  get buffers(): GPUBuffer[] {
+    return [...new Set(this.parts.map((p) => p.buffer))];
+  }
+
+  /** The buffers that hold more than one part (reused, like the shared block gradients). */
+  get shared(): GPUBuffer[] {
+    return this.buffers.filter((b) => this.parts.filter((p) => p.buffer === b).length > 1);
+  }
+
   /** The only buffer, or an error naming `what` when there are several. */
   single(what: string): GPUBuffer {
     if (this.parts.length > 1) {
@@ -71,7 +85,7 @@ export class SplitBuffer {
           `(${this.parts.map((q) => `[${q.start}, ${q.end})`).join(", ")})`,
       );
     }
-    return { buffer: p.buffer, offset: offset - p.start };
+    return { buffer: p.buffer, offset: offset - p.start + (p.base ?? 0) };
   }
 
   /** Elements [offset, offset + size) as a binding range (bytes, whole 4-byte words). */

@@ -72,6 +72,8 @@ export interface GPT2Options {
   gradDtype?: DType;
   /** New weights: the parameters' element type (f16: 16-bit weights; see WeightsOptions). */
   weightDtype?: DType;
+  /** New weights: one block's gradients at a time (optimizer in backward; see WeightsOptions). */
+  sharedBlockGrads?: boolean;
 }
 
 /**
@@ -162,6 +164,7 @@ export class GPT2 {
       grads: !options.inference,
       gradDtype: options.gradDtype,
       weightDtype: options.weightDtype,
+      sharedBlockGrads: options.sharedBlockGrads,
     });
     const m = new GPT2(rt, weights, !shared, options.B, options.T);
     m.#p = await buildPasses(rt, weights, {
@@ -276,7 +279,7 @@ export class GPT2 {
     if (!this.#p.dres) {
       throw new Error("This model was created with inference: true: it has no gradients");
     }
-    return this.weights.gradParts.parts.map((p) => p.buffer);
+    return this.weights.gradParts.buffers;
   }
 
   #submit(dispatches: Dispatch[], clear: GPUBuffer[]): void {

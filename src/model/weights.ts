@@ -29,7 +29,7 @@ import { initTensor } from "./init.ts";
 import { castToHalf } from "./ops/cast.ts";
 import type { TensorRange } from "./ops/tensor.ts";
 import { parameterLayout, type ParamLayout, TENSOR_ALIGN, type TensorView } from "./params.ts";
-import { SplitBuffer } from "../gpu/split_buffer.ts";
+import { type BufferPart, SplitBuffer } from "../gpu/split_buffer.ts";
 import type { MemoryCategory } from "../gpu/arena.ts";
 import { arenaBytes, type Precision } from "./plan.ts";
 
@@ -54,7 +54,50 @@ export interface WeightsOptions {
   weightDtype?: DType;
   /** Largest buffer (bytes of f32) before the parameters split (default: maxBufferSize). */
   maxBufferBytes?: number;
+  /**
+   * Keep one block's gradients at a time: every block's gradient tensors share one block-sized
+   * buffer, which the optimizer-in-backward step clears after updating each block (the
+   * embeddings' and ln_f's keep their own). Default false.
+   */
+  sharedBlockGrads?: boolean;
 }
+
+/** Each block's element range [start, end) in a layout, alignment padding included. */
+export function blockSpans(layout: ParamLayout, nLayer: number): [number, number][] {
+  return Array.from({ length: nLayer }, (_, l) => {
+    const mine = layout.tensors.filter((t) => t.name.startsWith(`h.${l}.`));
+    const last = mine[mine.length - 1];
+    return [mine[0].offset, last.offset + alignUp(last.size)];
+  });
+}
+
+/**
+ * The gradients' parts when every block shares one buffer: the tensors before the blocks,
+ * each block's (all at base 0 of one buffer), the tensors after them.
+ */
+function sharedBlockParts(
+  layout: ParamLayout,
+  nLayer: number,
+  alloc: (label: string, elements: number) => GPUBuffer,
+): BufferPart[] {
+  const blocks = blockSpans(layout, nLayer);
+  const first = blocks[0][0], last = blocks[nLayer - 1][1], size = blocks[0][1] - first;
+  const shared = alloc("grads.block", size);
+  return [
+    { start: 0, end: first, buffer: alloc("grads.embeddings", first) },
+    ...blocks.map(([start, end], l) => {
+      if (end - start !== size) throw new Error(`Block ${l} is not the size of block 0`);
+      return { start, end, buffer: shared };
+    }),
+    {
+      start: last,
+      end: layout.totalElements,
+      buffer: alloc("grads.head", layout.totalElements - last),
+    },
+  ];
+}
+
+const alignUp = (n: number) => Math.ceil(n / TENSOR_ALIGN) * TENSOR_ALIGN;
 
 /**
  * Where a layout's flat buffers split: element ranges of whole tensors, each at most
@@ -144,7 +187,17 @@ export class Weights {
     if (this.precision === "fp16" && dtype(o.weightDtype) === "f32") {
       this.halfParts = alloc("params.f16", "parameters", "f16");
     }
-    if (o.grads ?? true) this.#grads = alloc("grads", "gradients", dtype(o.gradDtype));
+    if ((o.grads ?? true) && o.sharedBlockGrads) {
+      const t = dtype(o.gradDtype);
+      this.#grads = new SplitBuffer(
+        sharedBlockParts(
+          this.layout,
+          config.nLayer,
+          (label, n) =>
+            this.#mem.alloc(label, "gradients", arenaBytes(n * dtypeBytes(t)), undefined, t),
+        ),
+      );
+    } else if (o.grads ?? true) this.#grads = alloc("grads", "gradients", dtype(o.gradDtype));
   }
 
   /** All parameters in one buffer (throws when they span several: use `paramParts`). */

@@ -38,6 +38,7 @@ import { SplitBuffer, splitOf } from "../gpu/split_buffer.ts";
 import { ownGradStats, roundSeed } from "./adamw_common.ts";
 import { optimizerSource } from "./kernel_source.ts";
 import {
+  dispatchesWithin,
   GRAD_STATS_STRUCT,
   type Optimizer,
   otherOptimizerError,
@@ -242,6 +243,8 @@ export class Adafactor implements Optimizer {
   readonly m?: GPUBuffer;
   /** Every dispatch of a step, in order. */
   dispatches: Dispatch[] = [];
+  /** Each tensor's dispatches, by the elements it updates. */
+  #parts: { offset: number; size: number; dispatches: Dispatch[] }[] = [];
   readonly #accFloats: number;
   readonly #mem: ArenaScope;
   readonly #step: GPUBuffer;
@@ -303,8 +306,9 @@ export class Adafactor implements Optimizer {
     const sums = this.#mem.alloc("adafactor.sums", "scratch", 8 * this.tensors.length);
     // Without a first moment the kernel never touches m: a small stand-in keeps it bound.
     const m = this.m ?? this.#mem.alloc("adafactor.m_unused", "scratch", 16);
-    const out: Dispatch[] = [];
+    const out: Dispatch[] = [], starts: number[] = [];
     for (const [k, t] of this.tensors.entries()) {
+      starts.push(out.length);
       // In the buffer's element type: the parameters and gradients may be f16.
       const range = (buffer: SplitBuffer, first: number, n: number): BufferRange => {
         const r = buffer.range(t.offset + first, n);
@@ -378,6 +382,11 @@ export class Adafactor implements Optimizer {
       for (const p of pieces) out.push(await dispatch("update", p, grid1d(p.n, 64)));
     }
     this.dispatches = out;
+    this.#parts = this.tensors.map((t, k) => ({
+      offset: t.offset,
+      size: t.size,
+      dispatches: out.slice(starts[k], starts[k + 1] ?? out.length),
+    }));
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
@@ -393,6 +402,11 @@ export class Adafactor implements Optimizer {
       round_seed: roundSeed(this.#params!, t),
     });
     this.rt.device.queue.writeBuffer(this.#step, 0, words);
+  }
+
+  /** Encodes the update of the tensors in elements [start, end) (optimizer in backward). */
+  encodeUpdatePart(encoder: GPUCommandEncoder, start: number, end: number): void {
+    encodeDispatches(encoder, dispatchesWithin(this.#parts, start, end));
   }
 
   /** Encodes the update (all of it runs in the step's encoder). */

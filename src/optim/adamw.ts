@@ -18,6 +18,7 @@ import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import {
+  dispatchesWithin,
   type Optimizer,
   otherOptimizerError,
   type SavedState,
@@ -123,6 +124,8 @@ export class AdamW implements Optimizer {
   readonly gradStats: GPUBuffer;
   /** The AdamW dispatches, one per range. */
   dispatches: Dispatch[] = [];
+  /** Each range's dispatch, by the elements it updates. */
+  #parts: { offset: number; size: number; dispatches: Dispatch[] }[] = [];
   #stepUniform: GPUBuffer;
   #params?: SplitBuffer;
   #mem: ArenaScope;
@@ -231,6 +234,11 @@ export class AdamW implements Optimizer {
       );
     }
     this.dispatches = update;
+    this.#parts = ranges.map((r, i) => ({
+      offset: r.offset,
+      size: r.size,
+      dispatches: [update[i]],
+    }));
   }
 
   /** Writes the per-step uniform for step `t` (1-based) at learning rate `lr`. */
@@ -245,6 +253,11 @@ export class AdamW implements Optimizer {
   /** Encodes the update (all of it runs in the step's encoder). */
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void {
     encodeDispatches(encoder, this.dispatches, profiler);
+  }
+
+  /** Encodes the update of the tensors in elements [start, end) (optimizer in backward). */
+  encodeUpdatePart(encoder: GPUCommandEncoder, start: number, end: number): void {
+    encodeDispatches(encoder, dispatchesWithin(this.#parts, start, end));
   }
 
   /** Nothing to finish: the update ran in the step's encoder. */

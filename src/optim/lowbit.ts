@@ -27,6 +27,7 @@ import { ADAMW_DEFAULTS, type AdamWConfig, stepBuffers, stepWords } from "./adam
 import { dynamicMap, linearMapNoZero } from "./quant_maps.ts";
 import { pieceDispatches } from "./lowbit_pieces.ts";
 import {
+  dispatchesWithin,
   type Optimizer,
   otherOptimizerError,
   type SavedState,
@@ -256,6 +257,15 @@ export class LowBitAdamW implements Optimizer {
       host[k].set(new Uint8Array(back[k].getMappedRange()));
       back[k].unmap();
     }
+  }
+
+  /** Encodes the update of the tensors in elements [start, end) (optimizer in backward). */
+  encodeUpdatePart(encoder: GPUCommandEncoder, start: number, end: number): void {
+    if (this.offloaded) {
+      throw new Error("Offloaded optimizer state streams whole steps: it cannot update in parts");
+    }
+    const parts = this.pieces.map((p, i) => ({ ...p, dispatches: this.#pieceDispatches[i] }));
+    encodeDispatches(encoder, dispatchesWithin(parts, start, end));
   }
 
   /** Encodes the piece updates (offload: nothing here, {@linkcode finishUpdate} streams them). */

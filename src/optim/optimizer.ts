@@ -11,6 +11,7 @@
  * @module
  */
 
+import type { Dispatch } from "../gpu/dispatch.ts";
 import type { StructDecl } from "../gpu/define_kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 
@@ -95,6 +96,12 @@ export interface Optimizer {
    * after the step wrote `gradStats`.
    */
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void;
+  /**
+   * Encodes the update of the parameters in elements [start, end) only (whole tensors): the
+   * optimizer-in-backward step updates each block as soon as its gradients are complete.
+   * Absent, or throwing, where the update cannot run in pieces (offloaded state).
+   */
+  encodeUpdatePart?(encoder: GPUCommandEncoder, start: number, end: number): void;
   /** Finishes the update after that encoder was submitted (offload streams the state). */
   finishUpdate(): Promise<void>;
   /** The state as named tensors, for a checkpoint. */
@@ -103,6 +110,17 @@ export interface Optimizer {
   writeState(saved: SavedState): void;
   /** Frees the state and every buffer the optimizer made. */
   destroy(): void;
+}
+
+/** The dispatches of `parts` (each over elements [offset, offset + size)) inside [start, end). */
+export function dispatchesWithin(
+  parts: readonly { offset: number; size: number; dispatches: readonly Dispatch[] }[],
+  start: number,
+  end: number,
+): Dispatch[] {
+  return parts.filter((p) => p.offset >= start && p.offset + p.size <= end).flatMap((p) =>
+    p.dispatches
+  );
 }
 
 /** The error when saved state lacks a tensor this optimizer needs. */

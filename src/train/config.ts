@@ -80,6 +80,8 @@ export interface TrainConfig {
   optimizerFp32Embeddings: boolean;
   /** Low-bit optimizers: keep the state in CPU memory, streamed through the GPU per tensor. */
   optimizerOffload: boolean;
+  /** Update each block within the backward (LOMO's two passes): one block's gradients in memory. */
+  optimizerInBackward: boolean;
   /** Data-parallel runs: shard the optimizer state over the ranks (ZeRO-1). */
   zero: boolean;
   /** Activations the backward recomputes (none, mlp, block). */

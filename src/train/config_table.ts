@@ -205,6 +205,15 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     group: "Optimizer and schedule",
     help: 'low-bit optimizers: state in CPU memory, streamed per tensor ("paged")',
   },
+  optimizerInBackward: {
+    flag: "optimizer-in-backward",
+    kind: "boolean",
+    default: false,
+    group: "Optimizer and schedule",
+    help: "update each block as soon as its gradients are complete: gradients of one block at " +
+      "a time in memory, but every step runs forward and backward twice (the first for the " +
+      "global norm: clipping and the fp16 skip stay exact); one process, no accumulation",
+  },
   zero: {
     flag: "zero",
     kind: "boolean",

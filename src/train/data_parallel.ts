@@ -134,7 +134,7 @@ export function dataParallel(
     const parts = m.ranges.flatMap((r) => w.gradParts.pieces(r.start, r.end)).map((r) => {
       const p = {
         buffer: r.part.buffer,
-        from: (r.start - r.part.start) * n, // bytes into its buffer
+        from: (r.start - r.part.start + (r.part.base ?? 0)) * n, // bytes into its buffer
         at,
         words: Math.ceil(((r.end - r.start) * n) / 4) * 4,
       };

@@ -118,6 +118,8 @@ export class GradNorm {
   readonly stats: GPUBuffer;
   /** The norm and the non-finite count (partial sums, then their sum). */
   readonly normDispatches: Dispatch[];
+  /** The gradient range each partial dispatch of `normDispatches` reads (the last sums them). */
+  readonly #ranges: { offset: number; size: number }[];
   /** The scale and the skip flag from the norm (after the norm; ZeRO-1 sums norms between). */
   readonly decideDispatches: Dispatch[];
   readonly #rt: Runtime;
@@ -131,8 +133,10 @@ export class GradNorm {
     clip: GPUBuffer,
     norm: Dispatch[],
     decide: Dispatch[],
+    ranges: { offset: number; size: number }[],
   ) {
     this.#rt = rt;
+    this.#ranges = ranges;
     this.#mem = mem;
     this.stats = stats;
     this.#clip = clip;
@@ -166,7 +170,7 @@ export class GradNorm {
       uniforms: { n: 0, slot: 0, count: 0 },
       workgroups: [1, 1, 1],
     });
-    const out = new GradNorm(rt, mem, stats, clip, norm, [decide]);
+    const out = new GradNorm(rt, mem, stats, clip, norm, [decide], ranges);
     out.setStep({ gradClip: 0 });
     return out;
   }
@@ -189,6 +193,24 @@ export class GradNorm {
   /** Encodes the norm dispatches. */
   encodeNorm(encoder: GPUCommandEncoder, profiler?: Profiler): void {
     encodeDispatches(encoder, this.normDispatches, profiler);
+  }
+
+  /**
+   * Encodes the partial sums of the gradients in elements [start, end) only: the norm in
+   * pieces, while the gradients are there (optimizer in backward), then
+   * {@linkcode encodeNormTotal}. Every piece's sums land where the whole norm's would.
+   */
+  encodeNormPart(encoder: GPUCommandEncoder, start: number, end: number, profiler?: Profiler) {
+    const mine = this.normDispatches.filter((_, i) => {
+      const r = this.#ranges[i];
+      return r && r.offset >= start && r.offset + r.size <= end;
+    });
+    encodeDispatches(encoder, mine, profiler);
+  }
+
+  /** Encodes the sum of the partial sums (after every {@linkcode encodeNormPart}). */
+  encodeNormTotal(encoder: GPUCommandEncoder, profiler?: Profiler): void {
+    encodeDispatches(encoder, this.normDispatches.slice(this.#ranges.length), profiler);
   }
 
   /** Encodes the decision (scale and skip) from the norm in `stats`. */

@@ -10,6 +10,7 @@ import type { MemoryBytes } from "../gpu/arena.ts";
 import type { DType } from "../gpu/dtype.ts";
 import type { GPT2Config } from "../model/config.ts";
 import { parameterLayout } from "../model/params.ts";
+import { blockSpans } from "../model/weights.ts";
 import {
   activationBuffers,
   arenaBytes,
@@ -31,6 +32,8 @@ export interface TrainPlanOptions extends PlanOptions, Omit<OptimizerSettings, "
   gradDtype?: DType;
   /** f16: 16-bit weights, without the f32 master copy (default f32). */
   weightDtype?: DType;
+  /** Optimizer in backward: gradients of one block at a time (plus the embeddings' and ln_f's). */
+  optimizerInBackward?: boolean;
 }
 
 /** Bytes of optimizer state on the GPU, as the optimizer's registry row counts them. */
@@ -51,16 +54,23 @@ export function planMemory(
   cfg: GPT2Config,
   o: TrainPlanOptions,
 ): { bytes: MemoryBytes; buffers: PlannedBuffer[] } {
-  const elements = parameterLayout(cfg).totalElements;
+  const layout = parameterLayout(cfg), elements = layout.totalElements;
   // 16-bit weights and gradients exist only under fp16 (as Weights allocates them).
   const half = (t?: DType) => o.precision === "fp16" && t === "f16";
-  const size = (t?: DType) => arenaBytes(elements * (half(t) ? 2 : 4));
+  const size = (t?: DType, n = elements) => arenaBytes(n * (half(t) ? 2 : 4));
+  // Optimizer in backward: before the blocks, one block, after them (as Weights allocates).
+  const blocks = blockSpans(layout, cfg.nLayer), first = blocks[0][0];
+  const last = blocks[cfg.nLayer - 1][1];
+  const gradients = o.optimizerInBackward
+    ? size(o.gradDtype, first) + size(o.gradDtype, blocks[0][1] - first) +
+      size(o.gradDtype, elements - last)
+    : size(o.gradDtype);
   const buffers = activationBuffers(cfg, o);
   const bytes: MemoryBytes = {
     // fp16 adds the f16 copy the matmuls read, unless the weights are 16-bit themselves.
     parameters: size(o.weightDtype) +
       (o.precision === "fp16" && !half(o.weightDtype) ? size("f16") : 0),
-    gradients: o.inference ? 0 : size(o.gradDtype),
+    gradients: o.inference ? 0 : gradients,
     optimizer: o.inference ? 0 : optimizerBytes(cfg, o),
     activations: 0,
     scratch: 0,
@@ -80,13 +90,15 @@ export interface MemoryMode {
   gradDtype?: DType;
   weightDtype?: DType;
   optimizerOffload?: boolean;
+  optimizerInBackward?: boolean;
   /** What it keeps exact and what it gives up. */
   note: string;
 }
 
 /**
  * The memory modes, from the reference to the leanest: each keeps global gradient clipping
- * and the fp16 overflow skip exact (the whole gradient exists before the update).
+ * and the fp16 overflow skip exact (the whole gradient's norm is known before any update; the
+ * optimizer in backward runs forward and backward twice for it).
  */
 export const MEMORY_MODES: Record<string, MemoryMode> = {
   "fp32": {
@@ -130,6 +142,15 @@ export const MEMORY_MODES: Record<string, MemoryMode> = {
     weightDtype: "f16",
     note: "16-bit weights (stochastic rounding, no f32 copy) and gradients, Adafactor",
   },
+  "lean-fused": {
+    optimizer: "adafactor",
+    recompute: "block",
+    precision: "fp16",
+    gradDtype: "f16",
+    weightDtype: "f16",
+    optimizerInBackward: true,
+    note: "lean, each block updated inside the backward: one block's gradients, 2x the compute",
+  },
 };
 
 /** A memory mode as `deno task train` flags. */
@@ -141,5 +162,6 @@ export function memoryModeFlags(m: MemoryMode): string {
     m.precision !== "fp32" ? `--precision ${m.precision}` : "",
     m.gradDtype === "f16" ? "--grad-dtype f16" : "",
     m.weightDtype === "f16" ? "--weight-dtype f16" : "",
+    m.optimizerInBackward ? "--optimizer-in-backward" : "",
   ].filter(Boolean).join(" ");
 }

@@ -89,6 +89,13 @@ export async function setUpRun(
 
   // ---- the GPU side
   const { cfg, data, resumed, init } = src;
+  if (c.optimizerInBackward && (accum !== 1 || N > 1 || c.optimizerOffload)) {
+    throw new RangeError(
+      "--optimizer-in-backward updates each block inside one backward: it needs one process, " +
+        `one micro-step per update (--total-batch ${BT}, not ${c.totalBatch}) and optimizer ` +
+        "state on the GPU (no --optimizer-offload)",
+    );
+  }
   const matmul = c.matmul ? { impl: c.matmul } : undefined;
   const model = await GPT2.create(rt, cfg, {
     B: c.batch,
@@ -101,6 +108,7 @@ export async function setUpRun(
     precision: c.precision,
     gradDtype: c.gradDtype,
     weightDtype: c.weightDtype,
+    sharedBlockGrads: c.optimizerInBackward,
   });
   const made: { destroy(): void }[] = [model];
   try {
@@ -143,7 +151,14 @@ export async function setUpRun(
       hooks,
       gradClip: c.gradClip,
       normLayout: shard ? shardLayout(model.layout, shard) : undefined,
+      inBackward: c.optimizerInBackward,
     });
+    if (c.optimizerInBackward) {
+      print(
+        "optimizer in backward: gradients of one block at a time; every step runs the forward " +
+          "and backward twice (the first for the global norm), about 2x the compute",
+      );
+    }
     made.push(step);
     const loader = new TokenLoader(src.trainShards, {
       batchSize: c.batch * N,

@@ -94,6 +94,14 @@ export interface TrainStepOptions {
   normLayout?: ParamLayout;
   /** Extension points. */
   hooks?: StepHooks;
+  /**
+   * Optimizer in backward (LOMO's two passes): the forward and backward run twice per step,
+   * the first for the global norm and the overflow decision, the second updating each block
+   * as soon as its gradients are complete, so the model needs gradients of one block at a
+   * time (GPT2Options.sharedBlockGrads). Clipping and the overflow skip stay exact; the
+   * parameters come out bit for bit as from the usual step. One micro-step, no hooks.
+   */
+  inBackward?: boolean;
 }
 
 /** Runs optimizer steps of `model` with `opt`. */
@@ -119,6 +127,7 @@ export class TrainStep {
   readonly #gradClip: number;
   readonly #normLayout: ParamLayout;
   #norm?: GradNorm;
+  readonly #inBackward: boolean;
 
   /** A step for `model` (its dloss must be 1 / (B*T*accum)) and `opt` over its weights. */
   constructor(rt: Runtime, model: GPT2, opt: Optimizer, o: TrainStepOptions) {
@@ -131,7 +140,18 @@ export class TrainStep {
     this.optimizerSteps = o.optimizerSteps ?? 0;
     this.#gradClip = o.gradClip ?? 1;
     this.#normLayout = o.normLayout ?? model.layout;
-    this.canRunAhead = !o.scaler && Object.keys(this.#hooks).length === 0;
+    this.#inBackward = o.inBackward ?? false;
+    if (
+      this.#inBackward &&
+      (o.accum !== 1 || Object.keys(this.#hooks).length || !opt.encodeUpdatePart)
+    ) {
+      throw new RangeError(
+        "The optimizer in backward takes one micro-step per update, one process and an " +
+          "optimizer that updates in parts (not offloaded): drop --optimizer-in-backward, or " +
+          "--total-batch, --optimizer-offload or the extra ranks",
+      );
+    }
+    this.canRunAhead = !o.scaler && Object.keys(this.#hooks).length === 0 && !this.#inBackward;
     const staging = (i: number) =>
       rt.device.createBuffer({
         label: `train.readback${i}`,
@@ -171,6 +191,19 @@ export class TrainStep {
       rt.device.queue.submit([enc.finish()]);
       await rt.profiler?.collect();
     };
+    if (this.#inBackward) {
+      try {
+        const b = next();
+        model.setBatch(b.inputs, b.targets);
+      } catch (e) {
+        throw e instanceof RangeError ? new BatchError(e) : e;
+      }
+      const enc = rt.device.createCommandEncoder();
+      this.#encodeInBackward(enc, norm, staging);
+      await submit(enc);
+      await opt.finishUpdate();
+      return this.#begun(staging, scale);
+    }
     const { normReady, updated } = this.#hooks;
     const encodeUpdate = async (enc: GPUCommandEncoder) => {
       norm.encodeNorm(enc, rt.profiler);
@@ -220,12 +253,43 @@ export class TrainStep {
         await encodeUpdate(rt.device.createCommandEncoder());
       } else await encodeUpdate(enc);
     }
+    return this.#begun(staging, scale, updated !== undefined);
+  }
+
+  /** The bookkeeping after a step's update was submitted. */
+  #begun(staging: GPUBuffer, scale: number, gathered = false): { end(): Promise<StepOutcome> } {
     // The f16 copy: written by a fused update, else refreshed before the next pass.
-    if (!opt.writesHalf || updated) model.markParamsChanged();
+    if (!this.#opt.writesHalf || gathered) this.#model.markParamsChanged();
     this.#turn ^= 1;
     // Without a scaler every step updates: t moves on now, so a step begun ahead gets its own.
-    if (!scaler) this.optimizerSteps++;
+    if (!this.#scaler) this.optimizerSteps++;
     return { end: () => this.#end(staging, scale) };
+  }
+
+  /**
+   * The optimizer in backward's two passes over one micro-batch: the norm's partial sums after
+   * each mark (a block's gradients, then the rest's), then the same forward and backward with
+   * each mark's tensors updated there; the shared block gradients are cleared after each.
+   */
+  #encodeInBackward(enc: GPUCommandEncoder, norm: GradNorm, staging: GPUBuffer): void {
+    const model = this.#model, opt = this.#opt, profiler = this.#rt.profiler;
+    const marks = model.gradMarks, BT = model.B * model.T;
+    const reused = model.weights.gradParts.shared;
+    for (const pass of ["norm", "update"] as const) {
+      for (let i = 0; i < marks.length; i++) {
+        model.encodeTrainPart(enc, i, false);
+        for (const r of marks[i].ranges) {
+          if (pass === "norm") norm.encodeNormPart(enc, r.start, r.end, profiler);
+          else opt.encodeUpdatePart!(enc, r.start, r.end);
+        }
+        for (const b of reused) enc.clearBuffer(b);
+      }
+      if (pass === "update") break;
+      enc.copyBufferToBuffer(model.losses, 0, staging, 0, BT * 4);
+      norm.encodeNormTotal(enc, profiler);
+      norm.encodeDecide(enc, profiler);
+    }
+    enc.copyBufferToBuffer(norm.stats, 0, staging, BT * 4, GRAD_STATS_BYTES);
   }
 
   /** Reads a begun step back: mean loss, norm, overflow; the scaler and t move on. */
