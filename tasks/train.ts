@@ -93,6 +93,10 @@ function memoryHelp(): string {
   12 GB card  gpt2-xl-4096 (1.5B) ${gib("gpt2-xl-4096", "lean")} (${
     gib("gpt2-xl-4096", "lean-4bit")
   } with --optimizer adamw4bit)
+Adding --optimizer-in-backward keeps one block's gradients (exact, about twice the compute):
+gpt2-medium-4096 ${gib("gpt2-medium-4096", "lean-fused")}, gpt2-xl-4096 ${
+    gib("gpt2-xl-4096", "lean-fused")
+  } (a 6 GB card).
 With f32 weights and gradients (--precision fp16 --recompute block --optimizer adafactor) they
 take ${gib("gpt2-medium-4096", "fp16-adafactor")} and ${gib("gpt2-xl-4096", "fp16-adafactor")}.`;
 }
