@@ -84,7 +84,7 @@ function memoryHelp(): string {
     return `${(b / 2 ** 30).toFixed(2)} GiB`;
   };
   return `Memory (batch 1 at the model's own context; every preset and mode: deno task bench memory
---cards). The leanest mode, 16-bit weights updated with stochastic rounding and 16-bit gradients
+--cards). The lean mode, 16-bit weights updated with stochastic rounding and 16-bit gradients
 (clipping and the fp16 overflow skip stay global):
   ${memoryModeFlags(MEMORY_MODES.lean)}
   4 GB card   gpt2-medium-4096 ${gib("gpt2-medium-4096", "lean")} (${
