@@ -192,12 +192,7 @@ export class TrainStep {
       await rt.profiler?.collect();
     };
     if (this.#inBackward) {
-      try {
-        const b = next();
-        model.setBatch(b.inputs, b.targets);
-      } catch (e) {
-        throw e instanceof RangeError ? new BatchError(e) : e;
-      }
+      this.#take(next);
       const enc = rt.device.createCommandEncoder();
       this.#encodeInBackward(enc, norm, staging);
       await submit(enc);
@@ -220,12 +215,7 @@ export class TrainStep {
       await updated?.(model.weights.paramParts);
     };
     for (let micro = 0; micro < accum; micro++) {
-      try {
-        const b = next();
-        model.setBatch(b.inputs, b.targets);
-      } catch (e) {
-        throw e instanceof RangeError ? new BatchError(e) : e;
-      }
+      this.#take(next);
       const last = micro === accum - 1, bucketReady = this.#hooks.bucketReady;
       if (last && bucketReady && hook) {
         // The backward in parts: each layer's gradients go out while the layers below run.
@@ -254,6 +244,16 @@ export class TrainStep {
       } else await encodeUpdate(enc);
     }
     return this.#begun(staging, scale, updated !== undefined);
+  }
+
+  /** Uploads the next micro-batch; a bad one is a BatchError. */
+  #take(next: () => MicroBatch): void {
+    try {
+      const b = next();
+      this.#model.setBatch(b.inputs, b.targets);
+    } catch (e) {
+      throw e instanceof RangeError ? new BatchError(e) : e;
+    }
   }
 
   /** The bookkeeping after a step's update was submitted. */
