@@ -29,7 +29,8 @@ const f16Test = (name: string, fn: Parameters<typeof gpuTest>[1]) =>
 const CFG = { nLayer: 2, nHead: 2, nEmbd: 64, nCtx: 64, vocabSize: 503 };
 
 f16Test(
-  "16-bit gradients match f32 ones, and their global norm (the clip factor) to 1e-3",
+  "16-bit gradients match f32 ones, and their global norm (the clip factor) to 1e-3, also " +
+    "accumulated over micro-steps",
   async (rt) => {
     const B = 2, T = 64, scale = 1024;
     const models = await Promise.all(
@@ -44,13 +45,14 @@ f16Test(
     try {
       equal(models[1].weights.gradDtype, "f16");
       const u = rng(5);
-      for (let batch = 0; batch < 4; batch++) {
+      // Batches 0-3 on their own, 4-7 accumulated into one gradient (f32 sums, f16 stores).
+      for (let batch = 0; batch < 8; batch++) {
         const tokens = Array.from({ length: B * T }, () => Math.floor(u() * CFG.vocabSize));
         const targets = tokens.map((t) => (t * 7 + 3) % CFG.vocabSize);
         const got: number[] = [];
         for (const [i, m] of models.entries()) {
           m.setLossScale(scale);
-          await m.forwardBackward(tokens, targets);
+          await m.forwardBackward(tokens, targets, { accumulate: batch > 4 });
           norms[i].setStep({ gradClip: 1, lossScale: scale });
           await runDispatches(rt.device, norms[i].normDispatches);
           got.push((await readValues(rt.device, norms[i].stats, 0, 2))[1]);
