@@ -15,17 +15,17 @@ const rank = new URL("./_ddp_rank.ts", import.meta.url).pathname;
 /** `deno task bench ddp [--models tiny,gpt2-mini] [--batch 4] [--seq 64] [--steps 5]` */
 export const ddpBench: BenchCase = {
   name: "ddp",
-  args: "--models tiny,gpt2-mini --batch 4 --seq 64 --steps 5",
+  args: "--models tiny,gpt2-mini --batch 4 --seq 64 --steps 5 --grad-dtype f32|f16",
   description: "data parallel over MPI: tokens/s for 1 and 2 ranks, readback/all-reduce/upload ms",
   async run({ args, quick, log }) {
     const models = (args.models ?? (quick ? "tiny" : "tiny,gpt2-mini")).split(",");
     const [B, T] = [args.batch ?? "4", args.seq ?? "64"];
-    const steps = args.steps ?? (quick ? "2" : "5");
+    const steps = args.steps ?? (quick ? "2" : "5"), grads = args["grad-dtype"] ?? "f32";
     const rows: BenchRow[] = [];
     for (const model of models) {
       for (const ranks of [1, 2]) {
         log(`ddp: ${model} on ${ranks} rank(s)`);
-        const deno = [Deno.execPath(), "run", "-A", rank, model, B, T, steps];
+        const deno = [Deno.execPath(), "run", "-A", rank, model, B, T, steps, grads];
         const [cmd, ...rest] = ranks === 1 ? deno : [
           "mpirun",
           "--allow-run-as-root",
