@@ -75,7 +75,14 @@ export const qualityBench: BenchCase = {
           saveEvery: 0,
           keep: 1,
           ...MODES[mode],
-        }, { logger: { log: () => {} } });
+        }, {
+          logger: { log: () => {} },
+          onStep: (s) => {
+            if (s.step % 50 === 0) {
+              log(`quality: ${mode} step ${s.step}, loss ${s.loss.toFixed(3)}`);
+            }
+          },
+        });
         const tail = r.losses.slice(-20);
         const final = tail.reduce((a, b) => a + b, 0) / tail.length;
         const ref = rows[0] as { final_loss: number; val_loss: number } | undefined;
