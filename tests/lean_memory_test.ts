@@ -19,6 +19,7 @@ import { LowBitAdamW } from "../src/optim/lowbit.ts";
 import type { Optimizer } from "../src/optim/optimizer.ts";
 import { GradNorm } from "../src/train/grad_norm.ts";
 import { planMemory } from "../src/train/memory_plan.ts";
+import type { TrainSettings } from "../src/train/resolve.ts";
 import { train } from "../src/train/trainer.ts";
 import { gpuTest, hasF16, rng, uploadAs } from "./_harness.ts";
 import { syntheticText, testTrainConfig } from "./_train_config.ts";
@@ -27,6 +28,38 @@ const f16Test = (name: string, fn: Parameters<typeof gpuTest>[1]) =>
   gpuTest({ name, needs: "shader-f16" }, fn);
 
 const CFG = { nLayer: 2, nHead: 2, nEmbd: 64, nCtx: 64, vocabSize: 503 };
+
+/**
+ * Runs `fn` with small training runs on synthetic text in a temporary directory: `config`
+ * gives a run of an `nLayer`-layer model (batch 2 x 32 tokens, one micro-step a step) with
+ * `base` and then `over` applied.
+ */
+async function withSmallRuns(
+  nLayer: number,
+  base: TrainSettings,
+  fn: (
+    config: (out: string, over?: TrainSettings) => TrainSettings,
+    quiet: { logger: { log(line: string): void } },
+  ) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/t.txt`, syntheticText(20000, 4, 7));
+    await fn((out, over = {}) =>
+      testTrainConfig(`${dir}/${out}`, `${dir}/t.txt`, {
+        model: { nLayer, nHead: 2, nEmbd: 64, nCtx: 32, vocabSize: 50257 },
+        seq: 32,
+        batch: 2,
+        totalBatch: 64,
+        lr: 3e-3,
+        cacheDir: `${dir}/cache`,
+        ...base,
+        ...over,
+      }), { logger: { log: () => {} } });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
 
 f16Test(
   "16-bit gradients match f32 ones, and their global norm (the clip factor) to 1e-3, also " +
@@ -144,22 +177,7 @@ f16Test(
 f16Test(
   "a run with 16-bit weights and gradients learns like fp16 with f32 ones, and resumes exactly",
   async (rt) => {
-    const dir = await Deno.makeTempDir();
-    try {
-      await Deno.writeTextFile(`${dir}/t.txt`, syntheticText(20000, 4, 7));
-      const quiet = { logger: { log: () => {} } };
-      const config = (out: string, over: Record<string, unknown> = {}) =>
-        testTrainConfig(`${dir}/${out}`, `${dir}/t.txt`, {
-          model: { nLayer: 2, nHead: 2, nEmbd: 64, nCtx: 32, vocabSize: 50257 },
-          seq: 32,
-          batch: 2,
-          totalBatch: 64,
-          steps: 20,
-          lr: 3e-3,
-          precision: "fp16",
-          cacheDir: `${dir}/cache`,
-          ...over,
-        });
+    await withSmallRuns(2, { steps: 20, precision: "fp16" }, async (config, quiet) => {
       // Without fp16 the 16-bit modes are refused before anything is built.
       await rejects(
         () => train(rt, config("bad", { precision: "fp32", gradDtype: "f16" }), quiet),
@@ -183,9 +201,7 @@ f16Test(
       const part = await train(rt, leanOf("part"), { ...quiet, stopAfter: (s) => s === 8 });
       const rest = await train(rt, { ...leanOf("part"), resume: part.checkpoint }, quiet);
       deepEqual([...part.losses, ...rest.losses], lean.losses);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 );
 
@@ -302,22 +318,8 @@ f16Test("weights split over several buffers train bit for bit like one buffer", 
 gpuTest(
   "the optimizer in backward trains bit for bit like the usual step, with one block's gradients",
   async (rt) => {
-    const dir = await Deno.makeTempDir();
-    try {
-      await Deno.writeTextFile(`${dir}/t.txt`, syntheticText(20000, 4, 7));
-      const quiet = { logger: { log: () => {} } };
-      const config = (out: string, over: Record<string, unknown> = {}) =>
-        testTrainConfig(`${dir}/${out}`, `${dir}/t.txt`, {
-          model: { nLayer: 3, nHead: 2, nEmbd: 64, nCtx: 32, vocabSize: 50257 },
-          seq: 32,
-          batch: 2,
-          totalBatch: 64, // one micro-step
-          steps: 6,
-          lr: 3e-3,
-          saveEvery: 3,
-          cacheDir: `${dir}/cache`,
-          ...over,
-        });
+    // One micro-step a step (totalBatch = batch x seq), a checkpoint every 3 steps.
+    await withSmallRuns(3, { steps: 6, saveEvery: 3 }, async (config, quiet) => {
       const modes: Record<string, unknown>[] = [
         { optimizer: "adamw" },
         { optimizer: "adamw4bit", gradClip: 0.05 }, // clipping on at every step
@@ -349,9 +351,7 @@ gpuTest(
         () => train(rt, config("accum", { optimizerInBackward: true, totalBatch: 128 }), quiet),
         /--optimizer-in-backward .* one micro-step per update \(--total-batch 64, not 128\)/,
       );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 );
 
