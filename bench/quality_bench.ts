@@ -32,7 +32,7 @@ export const qualityBench: BenchCase = {
   name: "quality",
   args: `--steps 300 --layers 4 --width 256 --seq 256 --batch 4 --modes ${
     Object.keys(MODES).join(",")
-  } --data FILE`,
+  } --reference fp32|none --data FILE`,
   description: "final loss of a small model in each memory mode against fp32 AdamW's",
   async run({ args, quick, log }) {
     const steps = Number(args.steps ?? (quick ? 40 : 300));
@@ -43,7 +43,9 @@ export const qualityBench: BenchCase = {
     for (const m of modes) {
       if (!MODES[m]) throw new RangeError(`--modes ${m}: one of ${Object.keys(MODES).join(", ")}`);
     }
-    if (modes[0] !== "fp32") modes.unshift("fp32"); // the reference comes first
+    // The reference comes first (`--reference none` leaves it out: it is deterministic, so a
+    // mode run later compares with an earlier run's fp32 row).
+    if (modes[0] !== "fp32" && args.reference !== "none") modes.unshift("fp32");
     const data = args.data ?? SHAKESPEARE;
     await Deno.stat(data).catch(() => {
       throw new Error(`${data} is missing: give a text file with --data`);
@@ -85,7 +87,9 @@ export const qualityBench: BenchCase = {
         });
         const tail = r.losses.slice(-20);
         const final = tail.reduce((a, b) => a + b, 0) / tail.length;
-        const ref = rows[0] as { final_loss: number; val_loss: number } | undefined;
+        const ref = rows.find((r) => r.mode === "fp32") as
+          | { final_loss: number; val_loss: number }
+          | undefined;
         rows.push({
           mode,
           final_loss: final,
