@@ -404,9 +404,9 @@ export class Adafactor implements Optimizer {
     this.rt.device.queue.writeBuffer(this.#step, 0, words);
   }
 
-  /** Encodes the update of the tensors in elements [start, end) (optimizer in backward). */
-  encodeUpdatePart(encoder: GPUCommandEncoder, start: number, end: number): void {
-    encodeDispatches(encoder, dispatchesWithin(this.#parts, start, end));
+  /** The update of the tensors in elements [start, end) (optimizer in backward). */
+  updatePart(start: number, end: number): Dispatch[] {
+    return dispatchesWithin(this.#parts, start, end);
   }
 
   /** Encodes the update (all of it runs in the step's encoder). */

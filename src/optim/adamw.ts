@@ -255,9 +255,9 @@ export class AdamW implements Optimizer {
     encodeDispatches(encoder, this.dispatches, profiler);
   }
 
-  /** Encodes the update of the tensors in elements [start, end) (optimizer in backward). */
-  encodeUpdatePart(encoder: GPUCommandEncoder, start: number, end: number): void {
-    encodeDispatches(encoder, dispatchesWithin(this.#parts, start, end));
+  /** The update of the tensors in elements [start, end) (optimizer in backward). */
+  updatePart(start: number, end: number): Dispatch[] {
+    return dispatchesWithin(this.#parts, start, end);
   }
 
   /** Nothing to finish: the update ran in the step's encoder. */

@@ -259,13 +259,13 @@ export class LowBitAdamW implements Optimizer {
     }
   }
 
-  /** Encodes the update of the tensors in elements [start, end) (optimizer in backward). */
-  encodeUpdatePart(encoder: GPUCommandEncoder, start: number, end: number): void {
+  /** The update of the tensors in elements [start, end) (optimizer in backward). */
+  updatePart(start: number, end: number): Dispatch[] {
     if (this.offloaded) {
       throw new Error("Offloaded optimizer state streams whole steps: it cannot update in parts");
     }
     const parts = this.pieces.map((p, i) => ({ ...p, dispatches: this.#pieceDispatches[i] }));
-    encodeDispatches(encoder, dispatchesWithin(parts, start, end));
+    return dispatchesWithin(parts, start, end);
   }
 
   /** Encodes the piece updates (offload: nothing here, {@linkcode finishUpdate} streams them). */

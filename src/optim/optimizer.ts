@@ -97,11 +97,12 @@ export interface Optimizer {
    */
   encodeUpdate(encoder: GPUCommandEncoder, profiler?: Profiler): void;
   /**
-   * Encodes the update of the parameters in elements [start, end) only (whole tensors): the
-   * optimizer-in-backward step updates each block as soon as its gradients are complete.
-   * Absent, or throwing, where the update cannot run in pieces (offloaded state).
+   * The update's dispatches for the parameters in elements [start, end) only (whole tensors):
+   * the optimizer-in-backward step updates each block as soon as its gradients are complete
+   * (it asks once and replays them). Absent, or throwing, where the update cannot run in
+   * pieces (offloaded state).
    */
-  encodeUpdatePart?(encoder: GPUCommandEncoder, start: number, end: number): void;
+  updatePart?(start: number, end: number): Dispatch[];
   /** Finishes the update after that encoder was submitted (offload streams the state). */
   finishUpdate(): Promise<void>;
   /** The state as named tensors, for a checkpoint. */

@@ -156,15 +156,18 @@ export function dataParallel(
       // The all-gather's f16 bytes: this rank's, then every rank's.
       mine: new Uint8Array(gather ? at * n : 0),
       all: new Uint8Array(gather ? dist.size * at * n : 0),
+      counts: gather ? Array<number>(dist.size).fill(at * n) : [],
+      // f16: the sums rounded to nearest for the upload, made once like the rest.
+      upload: half ? new Float16Array(at) : undefined,
     };
   });
   /** The bucket's f16 gradients summed over the ranks into `b.host`, through an all-gather. */
   const gatherSum = async (b: typeof buckets[number]) => {
-    await dist.allGather(b.mine, Array(dist.size).fill(b.mine.length), b.all);
+    await dist.allGather(b.mine, b.counts, b.all);
+    const all = new Float16Array(b.all.buffer), n = b.host.length;
     b.host.fill(0);
     for (let r = 0; r < dist.size; r++) {
-      const part = new Float16Array(b.all.buffer, r * b.mine.length, b.host.length);
-      for (let i = 0; i < part.length; i++) b.host[i] += part[i];
+      for (let i = 0; i < n; i++) b.host[i] += all[r * n + i];
     }
   };
   const times: ExchangeTimes = { readback: 0, allReduce: 0, upload: 0, exposed: 0, steps: 0 };
@@ -199,7 +202,8 @@ export function dataParallel(
       const u0 = performance.now();
       for (const b of buckets) {
         // f16: the sums rounded to nearest, whole words (a part's odd last element is padding).
-        const out = half ? new Float16Array(b.host) : b.host;
+        const out = b.upload ?? b.host;
+        b.upload?.set(b.host);
         for (const p of b.parts) {
           device.queue.writeBuffer(p.buffer, p.from, out, p.at, p.words / n);
         }

@@ -196,21 +196,20 @@ export class GradNorm {
   }
 
   /**
-   * Encodes the partial sums of the gradients in elements [start, end) only: the norm in
-   * pieces, while the gradients are there (optimizer in backward), then
-   * {@linkcode encodeNormTotal}. Every piece's sums land where the whole norm's would.
+   * The partial sums of the gradients in elements [start, end) only: the norm in pieces,
+   * while the gradients are there (optimizer in backward), then {@linkcode totalDispatches}.
+   * Every piece's sums land where the whole norm's would.
    */
-  encodeNormPart(encoder: GPUCommandEncoder, start: number, end: number, profiler?: Profiler) {
-    const mine = this.normDispatches.filter((_, i) => {
+  partDispatches(start: number, end: number): Dispatch[] {
+    return this.normDispatches.filter((_, i) => {
       const r = this.#ranges[i];
       return r && r.offset >= start && r.offset + r.size <= end;
     });
-    encodeDispatches(encoder, mine, profiler);
   }
 
-  /** Encodes the sum of the partial sums (after every {@linkcode encodeNormPart}). */
-  encodeNormTotal(encoder: GPUCommandEncoder, profiler?: Profiler): void {
-    encodeDispatches(encoder, this.normDispatches.slice(this.#ranges.length), profiler);
+  /** The sum of the partial sums (after every {@linkcode partDispatches}). */
+  get totalDispatches(): Dispatch[] {
+    return this.normDispatches.slice(this.#ranges.length);
   }
 
   /** Encodes the decision (scale and skip) from the norm in `stats`. */

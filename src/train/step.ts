@@ -12,6 +12,7 @@
  * @module
  */
 
+import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { SplitBuffer } from "../gpu/split_buffer.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { GPT2 } from "../model/gpt2.ts";
@@ -128,6 +129,7 @@ export class TrainStep {
   readonly #normLayout: ParamLayout;
   #norm?: GradNorm;
   readonly #inBackward: boolean;
+  #inBackwardPlan?: { marks: { norm: Dispatch[]; update: Dispatch[] }[]; reused: GPUBuffer[] };
 
   /** A step for `model` (its dloss must be 1 / (B*T*accum)) and `opt` over its weights. */
   constructor(rt: Runtime, model: GPT2, opt: Optimizer, o: TrainStepOptions) {
@@ -143,7 +145,7 @@ export class TrainStep {
     this.#inBackward = o.inBackward ?? false;
     if (
       this.#inBackward &&
-      (o.accum !== 1 || Object.keys(this.#hooks).length || !opt.encodeUpdatePart)
+      (o.accum !== 1 || Object.keys(this.#hooks).length || !opt.updatePart)
     ) {
       throw new RangeError(
         "The optimizer in backward takes one micro-step per update, one process and an " +
@@ -269,24 +271,27 @@ export class TrainStep {
   /**
    * The optimizer in backward's two passes over one micro-batch: the norm's partial sums after
    * each mark (a block's gradients, then the rest's), then the same forward and backward with
-   * each mark's tensors updated there; the shared block gradients are cleared after each.
+   * each mark's tensors updated there; the shared block gradients are cleared after each. The
+   * per-mark dispatch lists are gathered on the first step and replayed.
    */
   #encodeInBackward(enc: GPUCommandEncoder, norm: GradNorm, staging: GPUBuffer): void {
-    const model = this.#model, opt = this.#opt, profiler = this.#rt.profiler;
-    const marks = model.gradMarks, BT = model.B * model.T;
-    const reused = model.weights.gradParts.shared;
+    const model = this.#model, profiler = this.#rt.profiler, BT = model.B * model.T;
+    const plan = this.#inBackwardPlan ??= {
+      marks: model.gradMarks.map((m) => ({
+        norm: m.ranges.flatMap((r) => norm.partDispatches(r.start, r.end)),
+        update: m.ranges.flatMap((r) => this.#opt.updatePart!(r.start, r.end)),
+      })),
+      reused: model.weights.gradParts.shared,
+    };
     for (const pass of ["norm", "update"] as const) {
-      for (let i = 0; i < marks.length; i++) {
+      for (const [i, mark] of plan.marks.entries()) {
         model.encodeTrainPart(enc, i, false);
-        for (const r of marks[i].ranges) {
-          if (pass === "norm") norm.encodeNormPart(enc, r.start, r.end, profiler);
-          else opt.encodeUpdatePart!(enc, r.start, r.end);
-        }
-        for (const b of reused) enc.clearBuffer(b);
+        encodeDispatches(enc, mark[pass], profiler);
+        for (const b of plan.reused) enc.clearBuffer(b);
       }
       if (pass === "update") break;
       enc.copyBufferToBuffer(model.losses, 0, staging, 0, BT * 4);
-      norm.encodeNormTotal(enc, profiler);
+      encodeDispatches(enc, norm.totalDispatches, profiler);
       norm.encodeDecide(enc, profiler);
     }
     enc.copyBufferToBuffer(norm.stats, 0, staging, BT * 4, GRAD_STATS_BYTES);
