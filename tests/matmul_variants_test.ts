@@ -12,6 +12,7 @@ import {
   matmul,
   type MatmulImpl,
   matmulLoops,
+  type MatmulOptions,
   type MatmulShape,
   parseMatmulImpl,
 } from "../src/model/ops/matmul.ts";
@@ -23,6 +24,7 @@ import {
   regblockName,
 } from "../src/model/ops/matmul_regblock.ts";
 import { matmulCandidates } from "../src/model/ops/matmul_tune.ts";
+import { parseSgmTile } from "../src/model/ops/matmul_sgmat.ts";
 import { matmulRef } from "./reference/matmul.ts";
 import { assertAllClose, gpuTest, randn, uploadAs } from "./_harness.ts";
 
@@ -42,6 +44,8 @@ async function check(
     types?: [DType, DType, DType];
     rows?: number[];
     seed?: number;
+    /** matmul()'s options beyond `impl` (subgroup-matrix emulation). */
+    options?: MatmulOptions;
   } = {},
 ): Promise<number> {
   const { M, N, K, transA = false, transB = false } = shape;
@@ -64,10 +68,14 @@ async function check(
       b: { buffer: B, offset: bo },
       c: { buffer: C, offset: co },
       bias: shape.bias ? { buffer: Bias, offset: biaso } : undefined,
-    }, { impl });
+    }, { ...opts.options, impl });
     if (impl !== "auto" && impl !== "regblock") {
       const label = parseRegblockName(impl) ? "matmul_regblock" : `matmul_${impl}`;
-      ok(d.every((x) => x.pipeline.label === label), `${impl} ran another kernel`);
+      const sm = parseSgmTile(impl);
+      ok(
+        d.every((x) => sm ? x.pipeline.label.startsWith(`${label}_s`) : x.pipeline.label === label),
+        `${impl} ran another kernel`,
+      );
     }
     await runDispatches(rt.device, d);
     const rows = opts.rows ?? Array.from({ length: M }, (_, i) => i);
@@ -311,4 +319,86 @@ gpuTest("the tuner's candidates on this adapter", (rt) => {
     ok(got.length > 1 && got.slice(1).every((t) => t.startsWith("wg")));
   }
   return Promise.resolve();
+});
+
+// ---------------------------------------------------------------------------
+// Subgroup-matrix (tensor core) tiles, emulated: the generator's tile logic (staging, the
+// fragments' offsets, strides and majorness, the slots, the epilogue) runs as plain WGSL
+// with the extension's meaning (src/model/ops/matmul_sgmat.ts); the native code is compiled
+// by Dawn in tests/matmul_sgmat_test.ts.
+
+/**
+ * Tiles, the emulated device (largest subgroup, the subgroups' real width) and the
+ * transposes tried (each pair compiles two variants: ~4 s each on a cold Mesa 25 cache).
+ */
+const SGM_CASES: [
+  MatmulImpl,
+  { subgroupMax: number; subgroupSize?: number },
+  readonly (readonly [boolean, boolean])[],
+][] = [
+  ["sm32x32x16_g2x2_f8x8x8", { subgroupMax: 8 }, TRANSPOSES],
+  // Subgroups half the largest size: twice as many as slots, the extra ones idle.
+  ["sm64x32x16_g2x1_f8x8x8", { subgroupMax: 16, subgroupSize: 8 }, [[false, true], [true, false]]],
+  // A fragment whose three sides differ (8 rows, 4 columns, 12 deep): roles cannot swap.
+  ["sm32x16x24_g2x2_f8x4x12", { subgroupMax: 4 }, [[false, false], [true, true]]],
+];
+
+for (const [impl, emulate, transposes] of SGM_CASES) {
+  gpuTest({
+    name: `matmul ${impl} (emulated, subgroups ${JSON.stringify(emulate)}): every transpose, ` +
+      "bias, accumulate, offsets, odd sizes",
+    needs: "shader-f16",
+  }, async (rt) => {
+    const options = { emulateSubgroupMatrix: emulate };
+    for (const [transA, transB] of transposes) {
+      const tr = { transA, transB, bias: true, accumulate: true };
+      // 4-aligned A and B (vec4 staging), f32 C; no dimension a multiple of the tile.
+      const [M, N, K] = [68, 132, 92];
+      await check(rt, impl, {
+        M,
+        N,
+        K,
+        ...tr,
+        lda: (transA ? M : K) + 8,
+        ldb: (transB ? K : N) + 4,
+        ldc: N + 12,
+      }, { offsets: [4, 8, 12, 16], types: ["f16", "f16", "f32"], options });
+      // Odd sizes, strides and offsets (scalar staging), f16 C.
+      const [m, n, k] = [67, 45, 37];
+      await check(rt, impl, {
+        M: m,
+        N: n,
+        K: k,
+        ...tr,
+        lda: (transA ? m : k) + 1,
+        ldb: (transB ? k : n) + 3,
+        ldc: n + 5,
+      }, { offsets: [1, 3, 5, 7], seed: 5, types: ["f16", "f16", "f16"], options });
+    }
+    // Plain C = A·B.
+    await check(rt, impl, { M: 33, N: 17, K: 9 }, {
+      seed: 9,
+      types: ["f16", "f16", "f32"],
+      options,
+    });
+  });
+}
+
+gpuTest({
+  name: "a subgroup-matrix tile (emulated) at GPT-2's shapes (sampled rows)",
+  needs: "shader-f16",
+}, async (rt) => {
+  // The qkv forward with W as stored [N, K], 64 of its rows (emulation repeats every
+  // fragment's work in each of a subgroup's invocations: subgroups of 4 keep that small).
+  // C is f32: the emulated fragment loops count against the loop budget, so K splits in
+  // several dispatches, and an f16 C would be rounded between them.
+  const options = { emulateSubgroupMatrix: { subgroupMax: 4 } };
+  const n = await check(rt, "sm32x32x16_g2x2_f8x8x8", {
+    M: 64,
+    N: 2304,
+    K: 768,
+    transB: true,
+    bias: true,
+  }, { rows: [0, 1, 31, 32, 45, 62, 63], types: ["f16", "f16", "f32"], options });
+  ok(n > 1, `expected K to split under the emulated loop budget, got ${n} dispatch(es)`);
 });

@@ -317,12 +317,19 @@ export async function main(argv: string[]): Promise<number> {
     name: rt.gpu.name,
     cpu_adapter: rt.gpu.isCpu,
     features: feats,
+    // Tensor cores through WebGPU (Dawn): the shapes the adapter lists, and its subgroup size.
+    subgroup_matrix_configs: rt.gpu.subgroupMatrixConfigs ?? [],
+    subgroup_max_size: rt.gpu.subgroupMaxSize ?? 0,
     limits: rt.gpu.limits,
     tune_key: deviceKey(rt),
     peak_tflops: { ...peak, source: v["peak-fp32"] ? "flag" : pk?.chip ?? "unknown" },
   };
   say(`== adapter: ${rt.gpu.name}${rt.gpu.isCpu ? " (CPU adapter)" : ""}`);
   say(`   features: ${feats.join(", ")}`);
+  const sgm = (rt.gpu.subgroupMatrixConfigs ?? []).map((c) =>
+    `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`
+  );
+  say(`   subgroup matrices: ${sgm.length ? sgm.join(", ") : "none"}`);
   say(
     `   peaks (dense): fp32 ${peak.fp32 ?? "?"} TFLOP/s, bf16 ${peak.bf16 ?? "?"} TFLOP/s ` +
       `(${adapter.peak_tflops.source}${peak.fp32 ? "" : "; give --peak-fp32 and --peak-bf16"})`,

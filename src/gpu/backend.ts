@@ -93,9 +93,9 @@ export function pinDawnObject(o: object): void {
  */
 export function dawnGpu(): Promise<GPU> {
   dawn ??= (async () => {
-    let mod: { create(flags: string[]): GPU };
+    let gpu: GPU;
     try {
-      mod = await import(DAWN_PACKAGE);
+      gpu = await createDawn(DAWN_FLAGS);
     } catch (e) {
       dawn = undefined; // a later call may try again
       throw new Error(
@@ -104,12 +104,53 @@ export function dawnGpu(): Promise<GPU> {
           "use --backend deno",
       );
     }
-    throttleNativeImmediates();
-    const gpu = mod.create(DAWN_FLAGS);
-    pinned.push(gpu);
     return gpu;
   })();
   return dawn;
+}
+
+/** A new Dawn GPU object with `flags`, held for the process's life. */
+async function createDawn(flags: string[]): Promise<GPU> {
+  const mod: { create(flags: string[]): GPU } = await import(DAWN_PACKAGE);
+  throttleNativeImmediates();
+  const gpu = mod.create(flags);
+  pinned.push(gpu);
+  return gpu;
+}
+
+let validator: Promise<GPUDevice> | undefined;
+
+/**
+ * A device of Dawn's null backend: it runs nothing, but compiles and validates shaders and
+ * pipelines with every feature Dawn knows, subgroup matrices included, so that kernels for
+ * hardware this machine lacks are checked by Dawn's own compiler (tests, `deno task check`).
+ * Its largest subgroup is `subgroupMaxSize` (128). Rejects where npm:webgpu cannot load.
+ */
+export function dawnValidator(): Promise<{ device: GPUDevice; subgroupMaxSize: number }> {
+  validator ??= (async () => {
+    const gpu = await createDawn(["backend=null", ...DAWN_FLAGS]);
+    const adapter = await gpu.requestAdapter();
+    if (!adapter) throw new Error("Dawn's null backend offers no adapter");
+    pinned.push(adapter);
+    const device = await adapter.requestDevice({
+      requiredFeatures: ["shader-f16", "subgroups", SUBGROUP_MATRIX] as GPUFeatureName[],
+      requiredLimits: {
+        maxComputeInvocationsPerWorkgroup: adapter.limits.maxComputeInvocationsPerWorkgroup,
+        maxComputeWorkgroupSizeX: adapter.limits.maxComputeWorkgroupSizeX,
+        maxComputeWorkgroupStorageSize: adapter.limits.maxComputeWorkgroupStorageSize,
+      },
+    });
+    pinned.push(device);
+    return device;
+  })().catch((e) => {
+    validator = undefined;
+    throw e;
+  });
+  return validator.then((device) => ({
+    device,
+    subgroupMaxSize: (device as unknown as { adapterInfo?: { subgroupMaxSize?: number } })
+      .adapterInfo?.subgroupMaxSize ?? 128,
+  }));
 }
 
 /** The `GPU` object of a backend: `navigator.gpu` for Deno, Dawn's for Dawn. */

@@ -12,10 +12,30 @@ import {
   pinDawnObject,
   requestAdapterOf,
   resolveBackend,
+  SUBGROUP_MATRIX,
 } from "./backend.ts";
 
-/** Optional adapter features the package uses when they exist. */
-export const OPTIONAL_FEATURES: GPUFeatureName[] = ["shader-f16", "timestamp-query", "subgroups"];
+/** Optional adapter features the package uses when they exist (the last one Dawn's only). */
+export const OPTIONAL_FEATURES: GPUFeatureName[] = [
+  "shader-f16",
+  "timestamp-query",
+  "subgroups",
+  SUBGROUP_MATRIX as GPUFeatureName,
+];
+
+/** A subgroup-matrix shape the adapter supports (`GPUAdapterInfo.subgroupMatrixConfigs`). */
+export interface SubgroupMatrixConfig {
+  /** Element type of the left and right fragments ("f16", "f32", "i8", ...). */
+  componentType: string;
+  /** Element type of the result fragment. */
+  resultComponentType: string;
+  /** Rows of the left and result fragments. */
+  M: number;
+  /** Columns of the right and result fragments. */
+  N: number;
+  /** Columns of the left fragment, rows of the right one. */
+  K: number;
+}
 
 /** Limits requested at the adapter's maximum (WebGPU defaults are far lower). */
 const RAISED_LIMITS = [
@@ -75,8 +95,20 @@ export interface Gpu {
   driver: string;
   /** The device's limits that the package reads. */
   limits: GpuLimits;
-  /** Whether the device has `shader-f16`, `timestamp-query` and `subgroups` enabled. */
-  features: { shaderF16: boolean; timestampQuery: boolean; subgroups: boolean };
+  /**
+   * Whether the device has `shader-f16`, `timestamp-query`, `subgroups` and (Dawn)
+   * `chromium-experimental-subgroup-matrix` enabled.
+   */
+  features: {
+    shaderF16: boolean;
+    timestampQuery: boolean;
+    subgroups: boolean;
+    subgroupMatrix?: boolean;
+  };
+  /** The adapter's largest subgroup size where it says (Dawn does), else 0. */
+  subgroupMaxSize?: number;
+  /** The subgroup-matrix shapes the adapter supports (empty without the feature). */
+  subgroupMatrixConfigs?: SubgroupMatrixConfig[];
   /** Messages of uncaptured WebGPU errors so far (such errors only drop the command). */
   errors: string[];
 }
@@ -224,8 +256,28 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
       shaderF16: device.features.has("shader-f16"),
       timestampQuery: device.features.has("timestamp-query"),
       subgroups: device.features.has("subgroups"),
+      subgroupMatrix: device.features.has(SUBGROUP_MATRIX as GPUFeatureName),
     },
+    ...subgroupInfo(adapter),
     errors,
+  };
+}
+
+/** The adapter's subgroup sizes and subgroup-matrix shapes, as far as it tells them. */
+function subgroupInfo(adapter: GPUAdapter) {
+  const info = adapter.info as GPUAdapterInfo & {
+    subgroupMaxSize?: number;
+    subgroupMatrixConfigs?: readonly SubgroupMatrixConfig[];
+  };
+  return {
+    subgroupMaxSize: info.subgroupMaxSize ?? 0,
+    subgroupMatrixConfigs: (info.subgroupMatrixConfigs ?? []).map((c) => ({
+      componentType: c.componentType,
+      resultComponentType: c.resultComponentType,
+      M: c.M,
+      N: c.N,
+      K: c.K,
+    })),
   };
 }
 

@@ -28,7 +28,9 @@ export {
   OPTIONAL_FEATURES,
   requestGpu,
   type RequestGpuOptions,
+  type SubgroupMatrixConfig,
 } from "./device.ts";
+export { type BufferPart, SplitBuffer, splitOf } from "./split_buffer.ts";
 export { type Dispatch, encodeDispatches, freeDispatches, runDispatches } from "./dispatch.ts";
 export { type DType, dtypeBytes } from "./dtype.ts";
 export {

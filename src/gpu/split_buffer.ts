@@ -14,8 +14,11 @@ import { type DType, dtypeBytes, dtypeOf } from "./dtype.ts";
 
 /** One buffer of a split array: elements [start, end) of the whole, from `base` of `buffer`. */
 export interface BufferPart {
+  /** The first element of the whole array this part holds. */
   start: number;
+  /** One past its last element. */
   end: number;
+  /** The buffer holding it. */
   buffer: GPUBuffer;
   /** Where the part starts in its buffer, in elements (default 0). */
   base?: number;
@@ -28,6 +31,7 @@ export class SplitBuffer {
   /** Their element type. */
   readonly dtype: DType;
 
+  /** Makes a split buffer of `parts`, which must follow each other from element 0. */
   constructor(parts: readonly BufferPart[]) {
     if (!parts.length) throw new RangeError("A split buffer needs at least one part");
     parts.forEach((p, i) => {

@@ -27,6 +27,7 @@ import { defineKernel } from "../../gpu/define_kernel.ts";
 import { LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
 import { dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
 import { GPU_TILES, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
+import { deviceFragment, parseSgmTile, sgmTileName, sgmTileProblem } from "./matmul_sgmat.ts";
 import { parseRegblockName, regblockProblem } from "./matmul_regblock.ts";
 import { type MatmulKernel, tuneMatmul } from "./matmul_tune.ts";
 import {
@@ -106,14 +107,17 @@ export interface MatmulOperands {
  * Which kernel computes the product: "auto" (the autotuner's choice), "regblock" (the
  * register-blocked kernel with the default tile for the product's size), a register-blocked
  * tile such as "rb8_t32x32" (`rb{lanes}_t{rows}x{columns}` per lane), "tiled", or a GPU
- * tile such as "wg128x128x8_t8x8" (any valid `wg{BM}x{BN}x{BK}_t{TM}x{TN}`).
+ * tile such as "wg128x128x8_t8x8" (any valid `wg{BM}x{BN}x{BK}_t{TM}x{TN}`), or a
+ * subgroup-matrix (tensor core) tile such as "sm64x64x32_g2x2_f16x16x16"
+ * (`sm{BM}x{BN}x{BK}_g{GY}x{GX}_f{m}x{n}x{k}`, f16 A and B, Dawn on a device that has them).
  */
 export type MatmulImpl =
   | "auto"
   | "regblock"
   | "tiled"
   | `rb${number}_t${number}x${number}`
-  | `wg${number}x${number}x${number}_t${number}x${number}`;
+  | `wg${number}x${number}x${number}_t${number}x${number}`
+  | `sm${number}x${number}x${number}_g${number}x${number}_f${string}`;
 
 /** The names `--matmul` offers (any other valid rb or GPU tile name works too). */
 export const MATMUL_IMPLS: readonly MatmulImpl[] = [
@@ -130,11 +134,13 @@ export function parseMatmulImpl(name: string): MatmulImpl {
   if (name === "auto" || name === "regblock" || name === "tiled") return name;
   const r = parseRegblockName(name);
   const t = parseGpuTile(name);
-  const problem = r ? regblockProblem(r) : t && gpuTileProblem(t);
-  if ((r || t) && !problem) return name as MatmulImpl;
+  const sm = parseSgmTile(name);
+  const problem = r ? regblockProblem(r) : t ? gpuTileProblem(t) : sm && sgmTileProblem(sm);
+  if ((r || t || sm) && !problem) return name as MatmulImpl;
   throw new TypeError(
     `Unknown matmul kernel "${name}"${problem ? ` (${problem})` : ""}: use one of ` +
-      `${MATMUL_IMPLS.join(", ")} or another rbL_tTMxTN or wgBMxBNxBK_tTMxTN tile`,
+      `${MATMUL_IMPLS.join(", ")} or another rbL_tTMxTN, wgBMxBNxBK_tTMxTN or ` +
+      "smBMxBNxBK_gGYxGX_fMxNxK tile",
   );
 }
 
@@ -157,6 +163,12 @@ export interface MatmulOptions {
   tile?: { tm: number; tn4: number; lanes?: number };
   /** Override the binding limit (bytes), for tests of the splitting. */
   maxBindingBytes?: number;
+  /**
+   * Tests: run subgroup-matrix tiles as plain WGSL on any adapter
+   * (src/model/ops/matmul_sgmat.ts), for a device whose largest subgroup is `subgroupMax`
+   * and whose subgroups are `subgroupSize` wide (default `subgroupMax`).
+   */
+  emulateSubgroupMatrix?: { subgroupMax: number; subgroupSize?: number };
 }
 
 /**
@@ -224,10 +236,13 @@ export async function matmul(
   if (tileProblem) {
     throw new RangeError(`Matmul kernel ${impl} cannot run on ${rt.gpu.name}: ${tileProblem}`);
   }
+  const emulated = options.emulateSubgroupMatrix;
+  const sm = parseSgmTile(impl);
+  if (sm) sgmCanRun(rt, sm, operands, emulated);
   const limit = options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
   const blocks: Block[] = [];
   const split = (b: Block) => {
-    if (matmulLoops(impl, b.k1 - b.k0) > LOOP_BUDGET) {
+    if (matmulLoops(impl, b.k1 - b.k0, !!emulated) > LOOP_BUDGET) {
       // One invocation walks all of K: halve it (the second half accumulates).
       const mid = b.k0 + Math.ceil((b.k1 - b.k0) / 2 / 4) * 4;
       split({ ...b, k1: mid });
@@ -269,6 +284,47 @@ export async function matmul(
       buildBlock(rt, s, operands, b, impl, options, blocks.length > 1 ? `${name}[${i}]` : name)
     ),
   );
+}
+
+/**
+ * Throws unless subgroup-matrix tile `t` can run here: f16 A and B, and the device's
+ * fragment shape and limits (or emulation).
+ */
+function sgmCanRun(
+  rt: Runtime,
+  t: ReturnType<typeof parseSgmTile> & object,
+  ops: MatmulOperands,
+  emulated?: { subgroupMax: number },
+): void {
+  const name = sgmTileName(t);
+  if (dtypeOf(ops.a.buffer) !== "f16" || dtypeOf(ops.b.buffer) !== "f16") {
+    throw new TypeError(
+      `Matmul kernel ${name} multiplies f16 matrices (tensor cores): A and B are ` +
+        `${dtypeOf(ops.a.buffer)} and ${dtypeOf(ops.b.buffer)}; use --precision fp16 or ` +
+        "another kernel",
+    );
+  }
+  if (!emulated) {
+    const f = deviceFragment(rt.gpu);
+    if (!f) {
+      throw new TypeError(
+        `Matmul kernel ${name} needs subgroup matrices (tensor cores), which ${rt.gpu.name} ` +
+          `on ${rt.gpu.backend} does not offer: use --backend dawn on a GPU that has them ` +
+          "(chromium-experimental-subgroup-matrix), or another kernel",
+      );
+    }
+    if (f.m !== t.m || f.n !== t.n || f.k !== t.k) {
+      throw new RangeError(
+        `Matmul kernel ${name} uses ${t.m}x${t.n}x${t.k} fragments; ${rt.gpu.name} has ` +
+          `${f.m}x${f.n}x${f.k} (f16 -> f32): use _f${f.m}x${f.n}x${f.k}`,
+      );
+    }
+  }
+  const max = emulated?.subgroupMax ?? (rt.gpu.subgroupMaxSize || 32);
+  const problem = sgmTileProblem(t, rt.gpu.limits, max);
+  if (problem) {
+    throw new RangeError(`Matmul kernel ${name} cannot run on ${rt.gpu.name}: ${problem}`);
+  }
 }
 
 /** Rows of dout one dispatch of the bias gradient sums (a quarter of that per loop). */

@@ -20,6 +20,7 @@ import {
   tiledPlan,
 } from "./matmul_gpu.ts";
 import type { MatmulKernel } from "./matmul_tune.ts";
+import { parseSgmTile, sgmLoops, sgmPlan } from "./matmul_sgmat.ts";
 import type { MatmulOperands, MatmulOptions, MatmulShape } from "./matmul.ts";
 
 /** A range of the product that one dispatch computes. */
@@ -50,11 +51,14 @@ export function extents(s: Required<MatmulShape>, ops: MatmulOperands, b: Block)
  * The most loop iterations one invocation runs for a K of `k`: regblock's loop takes 4 k a
  * step (and up to 3 single steps); tiled's takes 16 a step and runs its 16-step inner loop
  * each time, 18 iterations a step in all (its 4-step loops are unrolled; measured on
- * llvmpipe, pinned by tests/loop_budget_test.ts); a GPU tile's takes BK a step, unrolled.
+ * llvmpipe, pinned by tests/loop_budget_test.ts); a GPU tile's takes BK a step, unrolled;
+ * a subgroup-matrix tile's too (emulated, its fragment loops count as well).
  */
-export function matmulLoops(impl: MatmulKernel, k: number): number {
+export function matmulLoops(impl: MatmulKernel, k: number, emulated = false): number {
   if (impl === "regblock" || parseRegblockName(impl)) return regblockLoops(k);
   if (impl === "tiled") return tiledLoops(k);
+  const sm = parseSgmTile(impl);
+  if (sm) return sgmLoops(sm, k, emulated);
   const t = parseGpuTile(impl);
   if (!t) throw new TypeError(`Unknown matmul kernel "${impl}"`);
   return gpuTileLoops(t, k);
@@ -136,13 +140,19 @@ export async function buildBlock(
     types,
     aligned: { ...al, bias: b.bias && al.bias },
   };
-  const tile = parseGpuTile(impl), rb = parseRegblockName(impl);
+  const tile = parseGpuTile(impl), rb = parseRegblockName(impl), sm = parseSgmTile(impl);
+  const em = options.emulateSubgroupMatrix;
   const plan: KernelPlan = impl === "regblock"
     ? regblockPlan(product, options.tile)
     : rb
     ? regblockPlan(product, rb)
     : tile
     ? gpuTilePlan(tile, product)
+    : sm
+    ? sgmPlan(sm, product, {
+      subgroupMax: em?.subgroupMax ?? (rt.gpu.subgroupMaxSize || 32),
+      emulate: em && (em.subgroupSize ?? em.subgroupMax),
+    })
     : tiledPlan(product);
   const biasBinding = plan.binding4 === "bias" ? bias! : plan.binding4 === "a" ? a : undefined;
   return await plan.decl.dispatch(rt, "main", {

@@ -32,9 +32,11 @@ export function matmulKernel(
     bias: boolean;
     loopBound: (K: number) => number;
     overrides?: boolean;
+    /** Extra `enable` directives (a subgroup-matrix kernel's). */
+    enables?: readonly string[];
   },
 ): MatmulDecl {
-  const key = `${name}\0${JSON.stringify([o.vec4, o.bias, !!o.overrides])}\0${source}`;
+  const key = `${name}\0${JSON.stringify([o.vec4, o.bias, !!o.overrides, o.enables])}\0${source}`;
   let k = matmulDecls.get(key);
   if (k) return k;
   const operand = (op: "a" | "b" | "c" | "bias", access: "read" | "read_write"): BindingDecl => ({
@@ -46,6 +48,7 @@ export function matmulKernel(
   k = defineKernel({
     name,
     source,
+    enables: o.enables,
     bindings: {
       A: operand("a", "read"),
       B: operand("b", "read"),

@@ -7,7 +7,8 @@
  *   when the operands are not 4-aligned), and half its rows over 16 and over 8 lanes (each
  *   costs a compile: seconds on Mesa 22, up to a minute on Mesa 25 cold, not timed; the GPU
  *   tiles, 2-5x slower there, are not tried); on GPUs tiled (the incumbent)
- *   and every tile of GPU_TILES the device can run.
+ *   and every tile of GPU_TILES the device can run, and with f16 A and B on a device with
+ *   subgroup matrices (Dawn) the tensor-core tiles of src/model/ops/matmul_sgmat.ts.
  * - Shape class: the transposes, element types, which operands are 4-aligned, N, and M
  *   and K rounded up to powers of two.
  * - Timing: the real A, B and bias buffers are read as they are (their contents do not
@@ -30,13 +31,17 @@ import type { Runtime } from "../../gpu/runtime.ts";
 import { dispatchTimer, type TuneResult, tunerFor } from "../../gpu/autotune.ts";
 import { GPU_TILES, type GpuTileName, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
 import { regblockDefault, regblockName, regblockProblem } from "./matmul_regblock.ts";
+import { deviceFragment, type SgmTileName, sgmTiles } from "./matmul_sgmat.ts";
 import { matmulCheck } from "./matmul_check.ts";
 
 /** A register-blocked tile's name: rb{lanes}_t{rows}x{columns}. */
 export type RegblockName = `rb${number}_t${number}x${number}`;
 
-/** A kernel the tuner can pick: regblock (default tile), an rb tile, tiled, or a GPU tile. */
-export type MatmulKernel = "regblock" | "tiled" | RegblockName | GpuTileName;
+/**
+ * A kernel the tuner can pick: regblock (default tile), an rb tile, tiled, a GPU tile or a
+ * subgroup-matrix (tensor core) tile.
+ */
+export type MatmulKernel = "regblock" | "tiled" | RegblockName | GpuTileName | SgmTileName;
 
 /** Products smaller than this (2·M·N·K) take the incumbent without timing, by adapter kind. */
 export const TUNE_MIN_FLOPS = { gpu: 2 ** 26, cpu: 2 ** 32 };
@@ -75,12 +80,15 @@ export type BuildWith = (
  * default register-blocked tile for the size, and half its rows over 16 lanes (the same rows
  * per workgroup: one AVX-512 register's worth of lanes) and over 8; the
  * GPU tiles, 2-5x slower on llvmpipe, are not worth their compile, except for operands
- * that cannot be read as vec4, where the choice is tiled or the best GPU tile.
+ * that cannot be read as vec4, where the choice is tiled or the best GPU tile. On a GPU: tiled,
+ * the GPU tiles, and where the device has subgroup matrices and A and B are f16 (`types`),
+ * the subgroup-matrix tiles for its f16 x f16 -> f32 fragment.
  */
 export function matmulCandidates(
   rt: Runtime,
   aligned: boolean,
   s: { M: number; N: number; K: number; transA: boolean },
+  types?: Record<"a" | "b", DType>,
 ): MatmulKernel[] {
   if (rt.gpu.isCpu) {
     // Without vec4 operands: tiled, and the GPU tile llvmpipe runs best (scalar loads).
@@ -95,7 +103,11 @@ export function matmulCandidates(
   const tiles = GPU_TILES.filter((t) =>
     gpuTileProblem(parseGpuTile(t)!, rt.gpu.limits) === undefined
   );
-  return ["tiled", ...tiles];
+  const frag = deviceFragment(rt.gpu);
+  const sgm = frag && types?.a === "f16" && types.b === "f16"
+    ? sgmTiles(frag, rt.gpu.limits, rt.gpu.subgroupMaxSize || 32)
+    : [];
+  return ["tiled", ...tiles, ...sgm];
 }
 
 const pow2 = (x: number) => 2 ** Math.ceil(Math.log2(x));
@@ -146,15 +158,20 @@ export async function tuneMatmul(
     build: BuildWith;
   },
 ): Promise<TuneResult<MatmulKernel>> {
-  const candidates = matmulCandidates(rt, Object.values(options.aligned).every(Boolean), s);
-  if (2 * s.M * s.N * s.K < TUNE_MIN_FLOPS[rt.gpu.isCpu ? "cpu" : "gpu"]) {
-    return { choice: candidates[0], source: "only", ms: {}, reason: "too small to time" };
-  }
   const types = {
     a: dtypeOf(ops.a.buffer),
     b: dtypeOf(ops.b.buffer),
     c: dtypeOf(ops.c.buffer),
   };
+  const candidates = matmulCandidates(
+    rt,
+    Object.values(options.aligned).every(Boolean),
+    s,
+    types,
+  );
+  if (2 * s.M * s.N * s.K < TUNE_MIN_FLOPS[rt.gpu.isCpu ? "cpu" : "gpu"]) {
+    return { choice: candidates[0], source: "only", ms: {}, reason: "too small to time" };
+  }
   const key = matmulTuneKey(s, types, options.aligned);
   const eb = dtypeBytes(types.c);
   const part = timedShape(rt, s, eb);
