@@ -110,32 +110,45 @@ async function check(
 
 const TRANSPOSES = [[false, false], [false, true], [true, false], [true, true]] as const;
 
+/**
+ * One transpose pair with bias and accumulate, twice: 4-aligned operands (vec4 paths) at
+ * 68 x 132 x 92, no dimension a multiple of any tile, with padded strides and offsets; then
+ * odd sizes `odd`, strides and offsets (scalar paths). `types`: each run's operand types.
+ */
+async function stridedCases(
+  rt: Runtime,
+  impl: MatmulImpl,
+  transA: boolean,
+  transB: boolean,
+  o: { odd: [number, number, number]; types?: [DType, DType, DType][]; options?: MatmulOptions },
+): Promise<void> {
+  const tr = { transA, transB, bias: true, accumulate: true };
+  const [M, N, K] = [68, 132, 92];
+  await check(rt, impl, {
+    M,
+    N,
+    K,
+    ...tr,
+    lda: (transA ? M : K) + 8,
+    ldb: (transB ? K : N) + 4,
+    ldc: N + 12,
+  }, { offsets: [4, 8, 12, 16], types: o.types?.[0], options: o.options });
+  const [m, n, k] = o.odd;
+  await check(rt, impl, {
+    M: m,
+    N: n,
+    K: k,
+    ...tr,
+    lda: (transA ? m : k) + 1,
+    ldb: (transB ? k : n) + 3,
+    ldc: n + 5,
+  }, { offsets: [1, 3, 5, 7], seed: 5, types: o.types?.[1], options: o.options });
+}
+
 for (const impl of TILES) {
   gpuTest(`matmul ${impl}: every transpose, bias, accumulate, offsets, odd sizes`, async (rt) => {
     for (const [transA, transB] of TRANSPOSES) {
-      const tr = { transA, transB, bias: true, accumulate: true };
-      // 4-aligned operands (vec4 paths), no dimension a multiple of any tile.
-      const [M, N, K] = [68, 132, 92];
-      await check(rt, impl, {
-        M,
-        N,
-        K,
-        ...tr,
-        lda: (transA ? M : K) + 8,
-        ldb: (transB ? K : N) + 4,
-        ldc: N + 12,
-      }, { offsets: [4, 8, 12, 16] });
-      // Odd sizes, strides and offsets (scalar paths).
-      const [m, n, k] = [67, 129, 93];
-      await check(rt, impl, {
-        M: m,
-        N: n,
-        K: k,
-        ...tr,
-        lda: (transA ? m : k) + 1,
-        ldb: (transB ? k : n) + 3,
-        ldc: n + 5,
-      }, { offsets: [1, 3, 5, 7], seed: 5 });
+      await stridedCases(rt, impl, transA, transB, { odd: [67, 129, 93] });
     }
     // Plain C = A·B, without bias or accumulate.
     await check(rt, impl, { M: 67, N: 129, K: 93 }, { seed: 9 });
@@ -351,29 +364,12 @@ for (const [impl, emulate, transposes] of SGM_CASES) {
   }, async (rt) => {
     const options = { emulateSubgroupMatrix: emulate };
     for (const [transA, transB] of transposes) {
-      const tr = { transA, transB, bias: true, accumulate: true };
-      // 4-aligned A and B (vec4 staging), f32 C; no dimension a multiple of the tile.
-      const [M, N, K] = [68, 132, 92];
-      await check(rt, impl, {
-        M,
-        N,
-        K,
-        ...tr,
-        lda: (transA ? M : K) + 8,
-        ldb: (transB ? K : N) + 4,
-        ldc: N + 12,
-      }, { offsets: [4, 8, 12, 16], types: ["f16", "f16", "f32"], options });
-      // Odd sizes, strides and offsets (scalar staging), f16 C.
-      const [m, n, k] = [67, 45, 37];
-      await check(rt, impl, {
-        M: m,
-        N: n,
-        K: k,
-        ...tr,
-        lda: (transA ? m : k) + 1,
-        ldb: (transB ? k : n) + 3,
-        ldc: n + 5,
-      }, { offsets: [1, 3, 5, 7], seed: 5, types: ["f16", "f16", "f16"], options });
+      // vec4 staging with f32 C; scalar staging with f16 C.
+      await stridedCases(rt, impl, transA, transB, {
+        odd: [67, 45, 37],
+        types: [["f16", "f16", "f32"], ["f16", "f16", "f16"]],
+        options,
+      });
     }
     // Plain C = A·B.
     await check(rt, impl, { M: 33, N: 17, K: 9 }, {
