@@ -11,8 +11,11 @@
 //           the result is deterministic. (gpt2-medium-4096 has ~94K partials: one invocation
 //           walking them all would pass the loop budget.)
 // decide:   stats.scale = min(1, max_norm / (norm / S + 1e-6)) / S (1 / S without clipping,
-//           S the loss scale), stats.skip = 1 when skip_overflow and anything was non-finite.
-//           Its own dispatch, so that data-parallel ranks can sum their norms in between.
+//           S the loss scale), stats.skip = 1 when skip_overflow and anything was non-finite,
+//           or when void_after_skip and the step before skipped (stats.skip as it left it: a
+//           step begun before that one was read back assumed it would not, so it is void and
+//           runs again; src/train/step.ts). Its own dispatch, so that data-parallel ranks can
+//           sum their norms in between.
 //
 // Loop bound per invocation: partial 64 + 6; finish ceil(count / 256) + 8; decide 0.
 // Shapes: grads [n] (a range of the flat gradient buffer), partials [2 * count], stats GradStats.
@@ -90,5 +93,7 @@ fn decide() {
   var c = 1.0;
   if (clip.max_norm > 0.0) { c = min(1.0, clip.max_norm / (norm + 1e-6)); }
   stats.scale = c * clip.inv_scale;
-  stats.skip = select(0.0, 1.0, clip.skip_overflow != 0u && stats.nonfinite > 0.0);
+  let overflow = clip.skip_overflow != 0u && stats.nonfinite > 0.0;
+  let void_step = clip.void_after_skip != 0u && stats.skip > 0.0;
+  stats.skip = select(0.0, 1.0, overflow || void_step);
 }

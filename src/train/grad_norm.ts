@@ -28,7 +28,7 @@ const BLOCK = 4096; // elements per grad_norm workgroup
 /** The per-step clip settings (kernels/grad_norm.wgsl's `clip`), written by setStep. */
 const CLIP: StructDecl = {
   struct: "Clip",
-  fields: { max_norm: "f32", inv_scale: "f32", skip_overflow: "u32" },
+  fields: { max_norm: "f32", inv_scale: "f32", skip_overflow: "u32", void_after_skip: "u32" },
 };
 
 /** kernels/grad_norm.wgsl's interface. */
@@ -99,6 +99,12 @@ export interface GradNormStep {
   lossScale?: number;
   /** Skip the whole update when any gradient is NaN or Inf (fp16; default false). */
   skipOnOverflow?: boolean;
+  /**
+   * Skip it too when the step before skipped (the skip flag as it was left in `stats`): for a
+   * step begun before the one before it was read back, which assumed that one would not
+   * overflow (default false).
+   */
+  voidAfterSkip?: boolean;
 }
 
 /**
@@ -186,6 +192,7 @@ export class GradNorm {
       max_norm: o.gradClip,
       inv_scale: 1 / (o.lossScale ?? 1),
       skip_overflow: o.skipOnOverflow ? 1 : 0,
+      void_after_skip: o.voidAfterSkip ? 1 : 0,
     });
     this.#rt.device.queue.writeBuffer(this.#clip, 0, words);
   }

@@ -219,7 +219,8 @@ export class RunLoop {
   /**
    * Whether step `step + 1` may begin before `step` is read back: nothing after `step` needs
    * the weights as they are after it (a save, an evaluation, the end) nor its outcome to
-   * encode the next (a loss scaler, other ranks, a stop request or a `stopAfter` hook).
+   * encode the next (other ranks, a stop request or a `stopAfter` hook; under a loss scaler
+   * the step begun ahead runs again if this one overflows: src/train/step.ts).
    */
   #mayRunAhead(step: number): boolean {
     const c = this.#c, o = this.#options;

@@ -71,15 +71,17 @@ export class LossScaler {
 
   /** Records a step's outcome: overflow halves the scale, a full window of clean steps doubles it. */
   update(overflow: boolean): void {
-    if (overflow) {
-      this.scale = Math.max(this.min, this.scale / 2);
-      this.goodSteps = 0;
-      return;
+    this.state = this.after(overflow);
+  }
+
+  /** The state {@linkcode update} would leave, without changing this one. */
+  after(overflow: boolean): LossScalerState {
+    if (overflow) return { scale: Math.max(this.min, this.scale / 2), goodSteps: 0 };
+    if (this.goodSteps + 1 >= this.window) {
+      // Growth never lowers it.
+      return { scale: Math.max(this.scale, Math.min(this.max, this.scale * 2)), goodSteps: 0 };
     }
-    if (++this.goodSteps >= this.window) {
-      this.scale = Math.max(this.scale, Math.min(this.max, this.scale * 2)); // growth never lowers it
-      this.goodSteps = 0;
-    }
+    return { scale: this.scale, goodSteps: this.goodSteps + 1 };
   }
 
   /** The scale and clean-step counter, to save in a checkpoint and restore on resume. */

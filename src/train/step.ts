@@ -54,6 +54,12 @@ export interface StepHooks {
   reduceLoss?: (loss: number) => Promise<number>;
 }
 
+/** A step encoded and submitted: `end()` reads it back. */
+export interface Begun {
+  /** Waits for the step and reads its losses and statistics. */
+  end(): Promise<StepOutcome>;
+}
+
 /** What a step did. */
 export interface StepOutcome {
   /** Mean loss over the step's tokens (all ranks with `reduceLoss`). */
@@ -105,6 +111,14 @@ export interface TrainStepOptions {
   inBackward?: boolean;
 }
 
+/** A step begun ahead under a loss scaler, kept to run it again (see TrainStep.canRunAhead). */
+interface AheadStep {
+  lr: number;
+  batches: MicroBatch[];
+  staging: GPUBuffer;
+  again?: Promise<Begun>;
+}
+
 /** Runs optimizer steps of `model` with `opt`. */
 export class TrainStep {
   /** Micro-steps per optimizer step. */
@@ -112,9 +126,12 @@ export class TrainStep {
   /** Updates applied so far: AdamW's t. */
   optimizerSteps: number;
   /**
-   * True when the next step can be begun before this one is read back: nothing it encodes
-   * depends on this step's outcome. Not with a loss scaler (an overflow changes the next
-   * step's scale and AdamW's t) nor with hooks (data parallelism talks to other ranks).
+   * True when the next step can be begun before this one is read back. Not with hooks (data
+   * parallelism talks to other ranks) nor with the optimizer in backward. With a loss
+   * scaler the step begun ahead assumes the unread one will not overflow (its scale and
+   * AdamW's t follow from that); if it does, the step begun ahead skips its update on the
+   * GPU (it never changes a weight) and runs again, on the same micro-batches, at the
+   * halved scale: every number is as if the steps had run one at a time.
    */
   readonly canRunAhead: boolean;
   readonly #rt: Runtime;
@@ -125,6 +142,14 @@ export class TrainStep {
   /** Two readback buffers: step n's is read while step n+1 (begun ahead) writes the other. */
   readonly #staging: [GPUBuffer, GPUBuffer];
   #turn = 0;
+  /** Steps begun and not yet read back (2 with one begun ahead). */
+  #inFlight = 0;
+  /**
+   * Under a loss scaler, the step begun ahead of an unread one: its learning rate,
+   * micro-batches and readback buffer, to run it again if the unread one overflows; `again`
+   * is that second run once begun.
+   */
+  #ahead?: AheadStep;
   readonly #gradClip: number;
   readonly #normLayout: ParamLayout;
   #norm?: GradNorm;
@@ -153,7 +178,7 @@ export class TrainStep {
           "--total-batch, --optimizer-offload or the extra ranks",
       );
     }
-    this.canRunAhead = !o.scaler && Object.keys(this.#hooks).length === 0 && !this.#inBackward;
+    this.canRunAhead = Object.keys(this.#hooks).length === 0 && !this.#inBackward;
     const staging = (i: number) =>
       rt.device.createBuffer({
         label: `train.readback${i}`,
@@ -173,10 +198,48 @@ export class TrainStep {
    * Another step may be begun before this one ends where {@linkcode canRunAhead} says so (the
    * queue runs them in order; each has its own readback buffer); at most one ahead.
    */
-  async begin(lr: number, next: () => MicroBatch): Promise<{ end(): Promise<StepOutcome> }> {
+  async begin(lr: number, next: () => MicroBatch): Promise<Begun> {
+    const staging = this.#staging[this.#turn];
+    this.#turn ^= 1;
+    if (!this.#scaler || this.#inFlight === 0) return await this.#begin(lr, next, staging, false);
+    // Ahead of an unread step under a loss scaler: the micro-batches are kept to run it again.
+    const ahead: AheadStep = { lr, batches: [], staging };
+    this.#ahead = ahead;
+    const first = await this.#begin(
+      lr,
+      () => {
+        const b = next();
+        ahead.batches.push({ inputs: Array.from(b.inputs), targets: Array.from(b.targets) });
+        return b;
+      },
+      staging,
+      true,
+    );
+    return {
+      end: async () => {
+        try {
+          return await (ahead.again ? (await ahead.again).end() : first.end());
+        } finally {
+          if (this.#ahead === ahead) this.#ahead = undefined;
+        }
+      },
+    };
+  }
+
+  /**
+   * Encodes and submits one step into `staging`. `speculative`: begun ahead of an unread
+   * step under a loss scaler, so at the scale and t that follow a clean step, and void on the
+   * GPU if that step skips.
+   */
+  async #begin(
+    lr: number,
+    next: () => MicroBatch,
+    staging: GPUBuffer,
+    speculative: boolean,
+  ): Promise<Begun> {
     const rt = this.#rt, model = this.#model, opt = this.#opt, scaler = this.#scaler;
-    const { accum } = this, BT = model.B * model.T, staging = this.#staging[this.#turn];
-    const scale = scaler?.scale ?? 1;
+    const { accum } = this, BT = model.B * model.T;
+    const scale = scaler ? (speculative ? scaler.after(false).scale : scaler.scale) : 1;
     if (scaler) model.setLossScale(scale);
     // Built once, on the first step: it writes the buffer the optimizer's update reads.
     const norm = this.#norm ??= await GradNorm.create(
@@ -185,8 +248,14 @@ export class TrainStep {
       model.weights.gradParts,
       opt.gradStats,
     );
-    norm.setStep({ gradClip: this.#gradClip, lossScale: scale, skipOnOverflow: !!scaler });
-    opt.setStep(this.optimizerSteps + 1, lr);
+    norm.setStep({
+      gradClip: this.#gradClip,
+      lossScale: scale,
+      skipOnOverflow: !!scaler,
+      voidAfterSkip: speculative,
+    });
+    // With a scaler, t moves on when a step is read back clean: one begun ahead assumes so.
+    opt.setStep(this.optimizerSteps + 1 + (scaler && speculative ? 1 : 0), lr);
     const hook = this.#hooks.gradientsReady;
     const submit = async (enc: GPUCommandEncoder) => {
       rt.profiler?.resolve(enc);
@@ -259,10 +328,10 @@ export class TrainStep {
   }
 
   /** The bookkeeping after a step's update was submitted. */
-  #begun(staging: GPUBuffer, scale: number, gathered = false): { end(): Promise<StepOutcome> } {
+  #begun(staging: GPUBuffer, scale: number, gathered = false): Begun {
     // The f16 copy: written by a fused update, else refreshed before the next pass.
     if (!this.#opt.writesHalf || gathered) this.#model.markParamsChanged();
-    this.#turn ^= 1;
+    this.#inFlight++;
     // Without a scaler every step updates: t moves on now, so a step begun ahead gets its own.
     if (!this.#scaler) this.optimizerSteps++;
     return { end: () => this.#end(staging, scale) };
@@ -308,8 +377,18 @@ export class TrainStep {
     const gradNorm = stats[GRAD_STATS.norm] / scale;
     const overflow = scaler !== undefined && stats[GRAD_STATS.skip] > 0;
     staging.unmap();
+    this.#inFlight--;
     if (scaler && !overflow) this.optimizerSteps++;
     scaler?.update(overflow);
+    const ahead = this.#ahead;
+    if (overflow && ahead && !ahead.again && ahead.staging !== staging) {
+      // The step begun ahead assumed this one clean: it skipped on the GPU and is never read
+      // back; it runs again now, on its micro-batches, at the scale and t that follow.
+      this.#inFlight--;
+      let i = 0;
+      ahead.again = this.#begin(ahead.lr, () => ahead.batches[i++], ahead.staging, false);
+      await ahead.again;
+    }
     const local = sum / (accum * BT);
     const loss = this.#hooks.reduceLoss ? await this.#hooks.reduceLoss(local) : local;
     return { loss, norm: gradNorm, overflow, lossScale: scale };
