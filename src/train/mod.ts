@@ -40,6 +40,7 @@ export {
 } from "../table.ts";
 export {
   BatchError,
+  type Begun,
   type MicroBatch,
   type StepHooks,
   type StepOutcome,
