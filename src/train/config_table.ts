@@ -411,10 +411,10 @@ export const TRAIN_CONFIG: ConfigTable<TrainConfig> = {
     kind: "string",
     parse: parseMatmulImpl,
     default: undefined,
-    arg: "auto|regblock|rbL_tTMxTN|tiled|wgBMxBNxBK_tTMxTN",
+    arg: "auto|regblock|rbL_tTMxTN|tiled|wgBMxBNxBK_tTMxTN|smBMxBNxBK_gGYxGX_fMxNxK",
     group: "Model",
     help: "matmul kernel (default auto: the autotuner's choice per shape and device, cached; " +
-      "DEBUG=1 says why)",
+      "DEBUG=1 says why; sm...: tensor cores for fp16's f16 products, Dawn only)",
   },
   backend: { ...BACKEND_ROW, group: "Model" },
   cacheDir: {

@@ -89,6 +89,12 @@ export async function resolveTrainConfig(
       );
     }
   }
+  if (c.matmul?.startsWith("sm") && c.precision !== "fp16") {
+    throw new TypeError(
+      `--matmul ${c.matmul} is a tensor-core kernel for f16 products: add --precision fp16, ` +
+        "or use another kernel",
+    );
+  }
   if (resume) {
     for (const r of ROWS.filter((r) => r.resume === "fixed")) {
       const was = base[r.key] ?? r.default;

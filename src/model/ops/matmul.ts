@@ -109,7 +109,8 @@ export interface MatmulOperands {
  * tile such as "rb8_t32x32" (`rb{lanes}_t{rows}x{columns}` per lane), "tiled", or a GPU
  * tile such as "wg128x128x8_t8x8" (any valid `wg{BM}x{BN}x{BK}_t{TM}x{TN}`), or a
  * subgroup-matrix (tensor core) tile such as "sm64x64x32_g2x2_f16x16x16"
- * (`sm{BM}x{BN}x{BK}_g{GY}x{GX}_f{m}x{n}x{k}`, f16 A and B, Dawn on a device that has them).
+ * (`sm{BM}x{BN}x{BK}_g{GY}x{GX}_f{m}x{n}x{k}`, Dawn on a device that has them; it computes
+ * the f16 x f16 products, and the others take "auto").
  */
 export type MatmulImpl =
   | "auto"
@@ -218,7 +219,12 @@ export async function matmul(
   const name = options.name ?? "matmul";
   const al = aligned(s, operands);
   let impl: MatmulKernel;
-  const asked = options.impl ?? (options.tile ? "regblock" : "auto");
+  let asked = options.impl ?? (options.tile ? "regblock" : "auto");
+  if (parseSgmTile(asked) && !(dtypeOf(a.buffer) === "f16" && dtypeOf(b.buffer) === "f16")) {
+    // A forced tensor-core tile serves the f16 x f16 products; mixed precision's others tune.
+    debugLog(1, `${name}: ${asked} takes f16 A and B only, using the tuner's choice`);
+    asked = "auto";
+  }
   if (asked === "auto") {
     const r = await tuneMatmul(rt, s, operands, {
       aligned: al,
@@ -238,7 +244,7 @@ export async function matmul(
   }
   const emulated = options.emulateSubgroupMatrix;
   const sm = parseSgmTile(impl);
-  if (sm) sgmCanRun(rt, sm, operands, emulated);
+  if (sm) sgmCanRun(rt, sm, emulated);
   const limit = options.maxBindingBytes ?? rt.gpu.limits.maxStorageBufferBindingSize;
   const blocks: Block[] = [];
   const split = (b: Block) => {
@@ -287,23 +293,15 @@ export async function matmul(
 }
 
 /**
- * Throws unless subgroup-matrix tile `t` can run here: f16 A and B, and the device's
- * fragment shape and limits (or emulation).
+ * Throws unless subgroup-matrix tile `t` can run here (its operands are f16): the device's
+ * fragment shape and limits, or emulation.
  */
 function sgmCanRun(
   rt: Runtime,
   t: ReturnType<typeof parseSgmTile> & object,
-  ops: MatmulOperands,
   emulated?: { subgroupMax: number },
 ): void {
   const name = sgmTileName(t);
-  if (dtypeOf(ops.a.buffer) !== "f16" || dtypeOf(ops.b.buffer) !== "f16") {
-    throw new TypeError(
-      `Matmul kernel ${name} multiplies f16 matrices (tensor cores): A and B are ` +
-        `${dtypeOf(ops.a.buffer)} and ${dtypeOf(ops.b.buffer)}; use --precision fp16 or ` +
-        "another kernel",
-    );
-  }
   if (!emulated) {
     const f = deviceFragment(rt.gpu);
     if (!f) {
