@@ -140,8 +140,13 @@ Deno.test({
     "subgroupMatrixMultiplyAccumulate($2, $1,",
   );
   ok(swapped !== code);
+  device.pushErrorScope("validation"); // captured: Dawn would print it otherwise
   const info = await device.createShaderModule({ code: withDirectives(swapped, "dawn").code })
     .getCompilationInfo();
+  match(
+    (await device.popErrorScope())?.message ?? "",
+    /no matching call to 'subgroupMatrixMultiplyAccumulate/,
+  );
   ok(info.messages.some((m) => m.type === "error"), "swapped operands compile");
   const narrow = code.replace(/@workgroup_size\(\d+, 1, 1\)/, "@workgroup_size(32, 1, 1)");
   const module = device.createShaderModule({ code: withDirectives(narrow, "dawn").code });

@@ -151,9 +151,12 @@ export function sgmTileProblem(
 export function sgmLoops(t: SgmTile, K: number, emulate = false): number {
   const steps = Math.ceil(K / t.bk);
   if (!emulate) return steps + 1;
-  const rm = t.bm / t.gy / t.m, rn = t.bn / t.gx / t.n, ks = t.bk / t.k;
-  const perStep = ks * ((rm + rn) * t.k * Math.max(t.m, t.n) + rm * rn * t.m * t.n * t.k);
-  return steps * (perStep + 1) + rm * rn * t.m * t.n + 1;
+  const { m, n, k } = t, rm = t.bm / t.gy / m, rn = t.bn / t.gx / n, ks = t.bk / k;
+  // Every iteration of the emulated loads (rows, then columns), multiply-adds (rows,
+  // columns, depth) and stores, per K step and in the epilogue.
+  const loads = rm * (m * k + m) + rn * (k * n + k);
+  const mma = rm * rn * (m * n * k + m * n + m);
+  return steps * (ks * (loads + mma) + 1) + rm * rn * (m * n + 1) + 1;
 }
 
 /** What a generated kernel computes. */
