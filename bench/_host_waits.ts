@@ -17,11 +17,17 @@ export interface HostWaits {
   readbacks: number;
   /** Milliseconds the host spent waiting on those promises. */
   waitMs: number;
+  /**
+   * Milliseconds inside `queue.submit` calls: small on a GPU, but where the driver runs the
+   * work in the calling thread before returning (Deno's WebGPU on lavapipe) it is the GPU's
+   * time, not the host's own.
+   */
+  submitMs: number;
 }
 
 /** Opens a watch on `rt`'s device; `close()` puts the original methods back. */
 export function watchHostWaits(rt: Runtime): { totals: HostWaits; close(): void } {
-  const totals: HostWaits = { submits: 0, readbacks: 0, waitMs: 0 };
+  const totals: HostWaits = { submits: 0, readbacks: 0, waitMs: 0, submitMs: 0 };
   const probe = rt.device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ });
   const bufferProto = Object.getPrototypeOf(probe) as { mapAsync: GPUBuffer["mapAsync"] };
   probe.destroy();
@@ -41,7 +47,12 @@ export function watchHostWaits(rt: Runtime): { totals: HostWaits; close(): void 
   };
   queue.submit = (buffers: GPUCommandBuffer[]) => {
     totals.submits++;
-    return submit.call(rt.device.queue, buffers);
+    const t0 = performance.now();
+    try {
+      return submit.call(rt.device.queue, buffers);
+    } finally {
+      totals.submitMs += performance.now() - t0;
+    }
   };
   queue.onSubmittedWorkDone = () => timed(done.call(rt.device.queue));
   return {

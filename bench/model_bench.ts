@@ -45,7 +45,7 @@ export const modelBench: BenchCase = {
           model,
           setupMs: performance.now() - t0,
           times: [] as number[],
-          host: { submits: 0, readbacks: 0, waitMs: 0 } as HostWaits,
+          host: { submits: 0, readbacks: 0, waitMs: 0, submitMs: 0 } as HostWaits,
         });
       }
       try {
@@ -66,7 +66,7 @@ export const modelBench: BenchCase = {
               watch.close();
             }
             r.times.push(performance.now() - t1);
-            for (const k of ["submits", "readbacks", "waitMs"] as const) {
+            for (const k of ["submits", "readbacks", "waitMs", "submitMs"] as const) {
               r.host[k] += watch.totals[k];
             }
             log(
@@ -98,9 +98,12 @@ export const modelBench: BenchCase = {
             dispatches: r.model.dispatchCount,
             submits_per_step: r.host.submits / steps,
             readbacks_per_step: r.host.readbacks / steps,
-            // The host's own time in a step: encoding and submitting, without the waits.
-            host_ms: (r.times.reduce((a, b) => a + b, 0) - r.host.waitMs) / steps,
+            // The host's own time in a step: encoding, without the waits and the submits.
+            host_ms: (r.times.reduce((a, b) => a + b, 0) - r.host.waitMs - r.host.submitMs) /
+              steps,
             wait_ms: r.host.waitMs / steps,
+            // Inside queue.submit: the GPU's time where the driver runs the work there.
+            submit_ms: r.host.submitMs / steps,
             backend: rt.gpu.backend,
             loss: loss.get(r.precision)!,
             adapter: rt.gpu.name,
