@@ -150,6 +150,8 @@ export class TrainStep {
    * is that second run once begun.
    */
   #ahead?: AheadStep;
+  /** The copies of a step's micro-batches that {@linkcode #ahead} keeps (made once). */
+  #kept?: { inputs: Float64Array; targets: Float64Array }[];
   readonly #gradClip: number;
   readonly #normLayout: ParamLayout;
   #norm?: GradNorm;
@@ -202,14 +204,23 @@ export class TrainStep {
     const staging = this.#staging[this.#turn];
     this.#turn ^= 1;
     if (!this.#scaler || this.#inFlight === 0) return await this.#begin(lr, next, staging, false);
-    // Ahead of an unread step under a loss scaler: the micro-batches are kept to run it again.
-    const ahead: AheadStep = { lr, batches: [], staging };
+    // Ahead of an unread step under a loss scaler: its micro-batches are kept (copied: the
+    // loader reuses its arrays) to run it again. One set of copies, made once, serves: a
+    // step is run again before the next one is begun.
+    const BT = this.#model.B * this.#model.T;
+    const kept = this.#kept ??= Array.from({ length: this.accum }, () => ({
+      inputs: new Float64Array(BT),
+      targets: new Float64Array(BT),
+    }));
+    const ahead: AheadStep = { lr, batches: kept, staging };
     this.#ahead = ahead;
+    let i = 0;
     const first = await this.#begin(
       lr,
       () => {
-        const b = next();
-        ahead.batches.push({ inputs: Array.from(b.inputs), targets: Array.from(b.targets) });
+        const b = next(), k = kept[i++];
+        k.inputs.set(b.inputs);
+        k.targets.set(b.targets);
         return b;
       },
       staging,
@@ -217,11 +228,9 @@ export class TrainStep {
     );
     return {
       end: async () => {
-        try {
-          return await (ahead.again ? (await ahead.again).end() : first.end());
-        } finally {
-          if (this.#ahead === ahead) this.#ahead = undefined;
-        }
+        // Read back, this step no longer waits to be run again: only one begun after it.
+        if (this.#ahead === ahead) this.#ahead = undefined;
+        return await (ahead.again ? (await ahead.again).end() : first.end());
       },
     };
   }
@@ -381,7 +390,7 @@ export class TrainStep {
     if (scaler && !overflow) this.optimizerSteps++;
     scaler?.update(overflow);
     const ahead = this.#ahead;
-    if (overflow && ahead && !ahead.again && ahead.staging !== staging) {
+    if (overflow && ahead) {
       // The step begun ahead assumed this one clean: it skipped on the GPU and is never read
       // back; it runs again now, on its micro-batches, at the scale and t that follow.
       this.#inFlight--;
