@@ -199,6 +199,19 @@ Deno.test("subgroup-matrix tile names, limits and the tiles tried per fragment s
   equal(sgmLoops(t, 1000), Math.ceil(1000 / 32) + 1);
   ok(sgmLoops(t, 1000, true) > 100 * sgmLoops(t, 1000));
   equal(sgmTileName(t), "sm64x64x32_g2x2_f16x16x16");
+  // The generated kernel states its bound.
+  const code = matmulSgmWgsl({
+    ...t,
+    transA: false,
+    transB: true,
+    bias: false,
+    accumulate: false,
+    types: { a: "f16", b: "f16", c: "f32", bias: "f32" },
+    vec4: { a: true, b: true },
+    subgroupMax: 32,
+  });
+  ok(code.includes("loop bound ceil(K/32) + 1)"), "the bound in the header");
+  equal(code.match(/\bfor \(/g)?.length, 1, "one loop: the k0 loop");
 });
 
 /** `rt` seen as a GPU whose adapter has subgroup matrices of `configs` (nothing else changes). */

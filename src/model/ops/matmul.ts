@@ -27,7 +27,14 @@ import { defineKernel } from "../../gpu/define_kernel.ts";
 import { LOOP_BUDGET, splitRange } from "../../gpu/kernel.ts";
 import { dtypeBytes, dtypeOf } from "../../gpu/dtype.ts";
 import { GPU_TILES, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
-import { deviceFragment, parseSgmTile, sgmTileName, sgmTileProblem } from "./matmul_sgmat.ts";
+import {
+  deviceFragment,
+  parseSgmTile,
+  sgmSubgroupMax,
+  type SgmTile,
+  sgmTileName,
+  sgmTileProblem,
+} from "./matmul_sgmat.ts";
 import { parseRegblockName, regblockProblem } from "./matmul_regblock.ts";
 import { type MatmulKernel, tuneMatmul } from "./matmul_tune.ts";
 import {
@@ -298,7 +305,7 @@ export async function matmul(
  */
 function sgmCanRun(
   rt: Runtime,
-  t: ReturnType<typeof parseSgmTile> & object,
+  t: SgmTile,
   emulated?: { subgroupMax: number },
 ): void {
   const name = sgmTileName(t);
@@ -318,8 +325,7 @@ function sgmCanRun(
       );
     }
   }
-  const max = emulated?.subgroupMax ?? (rt.gpu.subgroupMaxSize || 32);
-  const problem = sgmTileProblem(t, rt.gpu.limits, max);
+  const problem = sgmTileProblem(t, rt.gpu.limits, sgmSubgroupMax(rt.gpu, emulated));
   if (problem) {
     throw new RangeError(`Matmul kernel ${name} cannot run on ${rt.gpu.name}: ${problem}`);
   }

@@ -20,7 +20,7 @@ import {
   tiledPlan,
 } from "./matmul_gpu.ts";
 import type { MatmulKernel } from "./matmul_tune.ts";
-import { parseSgmTile, sgmLoops, sgmPlan } from "./matmul_sgmat.ts";
+import { parseSgmTile, sgmLoops, sgmPlan, sgmSubgroupMax } from "./matmul_sgmat.ts";
 import type { MatmulOperands, MatmulOptions, MatmulShape } from "./matmul.ts";
 
 /** A range of the product that one dispatch computes. */
@@ -150,7 +150,7 @@ export async function buildBlock(
     ? gpuTilePlan(tile, product)
     : sm
     ? sgmPlan(sm, product, {
-      subgroupMax: em?.subgroupMax ?? (rt.gpu.subgroupMaxSize || 32),
+      subgroupMax: sgmSubgroupMax(rt.gpu, em),
       emulate: em && (em.subgroupSize ?? em.subgroupMax),
     })
     : tiledPlan(product);

@@ -31,7 +31,7 @@ import type { Runtime } from "../../gpu/runtime.ts";
 import { dispatchTimer, type TuneResult, tunerFor } from "../../gpu/autotune.ts";
 import { GPU_TILES, type GpuTileName, gpuTileProblem, parseGpuTile } from "./matmul_gpu.ts";
 import { regblockDefault, regblockName, regblockProblem } from "./matmul_regblock.ts";
-import { deviceFragment, type SgmTileName, sgmTiles } from "./matmul_sgmat.ts";
+import { deviceFragment, sgmSubgroupMax, type SgmTileName, sgmTiles } from "./matmul_sgmat.ts";
 import { matmulCheck } from "./matmul_check.ts";
 
 /** A register-blocked tile's name: rb{lanes}_t{rows}x{columns}. */
@@ -105,7 +105,7 @@ export function matmulCandidates(
   );
   const frag = deviceFragment(rt.gpu);
   const sgm = frag && types?.a === "f16" && types.b === "f16"
-    ? sgmTiles(frag, rt.gpu.limits, rt.gpu.subgroupMaxSize || 32)
+    ? sgmTiles(frag, rt.gpu.limits, sgmSubgroupMax(rt.gpu))
     : [];
   return ["tiled", ...tiles, ...sgm];
 }
