@@ -229,8 +229,7 @@ function withSubgroupMatrices(rt: Runtime, configs: Gpu["subgroupMatrixConfigs"]
 
 gpuTest(
   "a device with subgroup matrices gets their tiles as candidates for f16 products",
-  async (rt) => {
-    await Promise.resolve();
+  (rt) => {
     const f16 = { componentType: "f16", resultComponentType: "f32", M: 16, N: 16, K: 16 };
     const s = { M: 4096, N: 3072, K: 768, transA: false };
     const gpu = withSubgroupMatrices(rt, [
@@ -254,57 +253,62 @@ gpuTest(
     );
     equal(deviceFragment(rt.gpu), undefined);
     ok(!matmulCandidates(rt, true, s, { a: "f16", b: "f16" }).some((c) => c.startsWith("sm")));
+    return Promise.resolve();
   },
 );
 
-gpuTest(
-  "a subgroup-matrix tile where it cannot run is a clear error; f32 products tune",
-  async (rt) => {
-    const mk = (t: DType, n: number) => rt.arena.alloc("X", "scratch", n * 4, undefined, t);
-    const t = rt.gpu.features.shaderF16 ? "f16" : "f32";
-    const [a, b, c] = [mk(t, 64 * 64), mk(t, 64 * 64), mk("f32", 64 * 64)];
-    const f32s = [mk("f32", 64 * 64), mk("f32", 64 * 64)];
-    try {
-      const ops = { a: { buffer: a }, b: { buffer: b }, c: { buffer: c } };
-      if (t === "f16") {
-        await rejects(
-          matmul(rt, { M: 64, N: 64, K: 64 }, ops, { impl: "sm64x64x32_g2x2_f16x16x16" }),
-          /needs subgroup matrices \(tensor cores\), which .* does not offer: use --backend dawn/,
-        );
-        await rejects(
-          matmul(
-            withSubgroupMatrices(rt, [{
-              componentType: "f16",
-              resultComponentType: "f32",
-              M: 8,
-              N: 8,
-              K: 8,
-            }]),
-            { M: 64, N: 64, K: 64 },
-            ops,
-            { impl: "sm64x64x32_g2x2_f16x16x16" },
-          ),
-          /uses 16x16x16 fragments; .* has 8x8x8 \(f16 -> f32\): use _f8x8x8/,
-        );
-      }
-      // Mixed precision's f32 products under a forced tensor-core tile take the tuner's kernel.
-      const d = await matmul(rt, { M: 64, N: 64, K: 64 }, {
-        a: { buffer: f32s[0] },
-        b: { buffer: f32s[1] },
-        c: { buffer: c },
-      }, { impl: "sm64x64x32_g2x2_f16x16x16" });
-      ok(d.every((x) => !x.pipeline.label.includes("sm")), d.map((x) => x.pipeline.label).join());
-      freeDispatches(rt.arena, d);
-    } finally {
-      for (const x of [a, b, c, ...f32s]) rt.arena.free(x);
-    }
-    // The CLI refuses it without fp16, before anything is built.
+gpuTest({
+  name: "a subgroup-matrix tile where it cannot run is a clear error",
+  needs: "shader-f16",
+}, async (rt) => {
+  const mk = () => rt.arena.alloc("X", "scratch", 64 * 64 * 2, undefined, "f16");
+  const [a, b, c] = [mk(), mk(), mk()];
+  try {
+    const ops = { a: { buffer: a }, b: { buffer: b }, c: { buffer: c } };
     await rejects(
-      resolveTrainConfig({ matmul: "sm64x64x32_g2x2_f16x16x16", precision: "fp32" }),
-      /--matmul sm64x64x32_g2x2_f16x16x16 is a tensor-core kernel for f16 products: add --precision fp16/,
+      matmul(rt, { M: 64, N: 64, K: 64 }, ops, { impl: "sm64x64x32_g2x2_f16x16x16" }),
+      /needs subgroup matrices \(tensor cores\), which .* does not offer: use --backend dawn/,
     );
-  },
-);
+    await rejects(
+      matmul(
+        withSubgroupMatrices(rt, [{
+          componentType: "f16",
+          resultComponentType: "f32",
+          M: 8,
+          N: 8,
+          K: 8,
+        }]),
+        { M: 64, N: 64, K: 64 },
+        ops,
+        { impl: "sm64x64x32_g2x2_f16x16x16" },
+      ),
+      /uses 16x16x16 fragments; .* has 8x8x8 \(f16 -> f32\): use _f8x8x8/,
+    );
+  } finally {
+    for (const x of [a, b, c]) rt.arena.free(x);
+  }
+});
+
+gpuTest("f32 products under a forced subgroup-matrix tile tune; the CLI needs fp16", async (rt) => {
+  // Mixed precision's f32 products under a forced tensor-core tile take the tuner's kernel.
+  const [a, b, c] = [0, 1, 2].map(() => rt.arena.alloc("X", "scratch", 64 * 64 * 4));
+  try {
+    const d = await matmul(rt, { M: 64, N: 64, K: 64 }, {
+      a: { buffer: a },
+      b: { buffer: b },
+      c: { buffer: c },
+    }, { impl: "sm64x64x32_g2x2_f16x16x16" });
+    ok(d.every((x) => !x.pipeline.label.includes("sm")), d.map((x) => x.pipeline.label).join());
+    freeDispatches(rt.arena, d);
+  } finally {
+    for (const x of [a, b, c]) rt.arena.free(x);
+  }
+  // The CLI refuses it without fp16, before anything is built.
+  await rejects(
+    resolveTrainConfig({ matmul: "sm64x64x32_g2x2_f16x16x16", precision: "fp32" }),
+    /--matmul sm64x64x32_g2x2_f16x16x16 is a tensor-core kernel for f16 products: add --precision fp16/,
+  );
+});
 
 gpuTest({
   name: "an fp16 model's f16 products through an emulated tensor-core tile: same loss, gradients",
