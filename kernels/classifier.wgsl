@@ -10,56 +10,34 @@
 //
 // Bindings (logits rw, targets [N] u32, losses [N], loss_scale: the uniform's x), uniforms
 // (p.N, p.V, p.Vp, p.dloss) and WRITE_GRAD: declared in src/model/ops/classifier.ts.
+// A row's max and sum: wg_max and wg_sum (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl,
+// put before this text by src/model/ops/reduce.ts).
 // Geometry: workgroup (64,1,1), one workgroup per row; grid (N,1,1) folded into y.
-// Loop bound per invocation: 2 * ceil(V/64) + ceil(Vp/64) + 12 (2,370 for GPT-2's V).
+// Loop bound per invocation: 2 * ceil(V/64) + ceil(Vp/64) + the two reductions' (2 * 64 at
+// most; 2,486 for GPT-2's V).
 
-var<workgroup> red: array<f32, 64>;
-
-fn reduce_max(x: f32, l: u32) -> f32 {
-  red[l] = x;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (l < s) { red[l] = max(red[l], red[l + s]); }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-
-fn reduce_sum(x: f32, l: u32) -> f32 {
-  red[l] = x;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (l < s) { red[l] = red[l] + red[l + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
+const WG = 64u;
 
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) l: u32) {
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, l: Lane) {
   let n = wid.x + wid.y * nwg.x;
   if (n >= p.N) { return; } // uniform per workgroup: barriers stay uniform
   let base = n * p.Vp;
   let tgt = targets[n];
   var m = -3.0e38;
-  for (var v = l; v < p.V; v += 64u) { m = max(m, logits[base + v]); }
-  m = reduce_max(m, l);
+  for (var v = l.lid; v < p.V; v += WG) { m = max(m, logits[base + v]); }
+  m = wg_max(m, l);
   var s = 0.0;
-  for (var v = l; v < p.V; v += 64u) { s += exp(logits[base + v] - m); }
-  s = reduce_sum(s, l);
+  for (var v = l.lid; v < p.V; v += WG) { s += exp(logits[base + v] - m); }
+  s = wg_sum(s, l);
   let valid = tgt < p.V;
-  if (l == 0u) {
+  if (l.lid == 0u) {
     losses[n] = select(0.0, log(s) + m - logits[base + min(tgt, p.V - 1u)], valid);
   }
   if (WRITE_GRAD) {
     workgroupBarrier(); // the tgt logit is read above before it is overwritten
     let scale = select(0.0, p.dloss * loss_scale.x, valid);
-    for (var v = l; v < p.Vp; v += 64u) {
+    for (var v = l.lid; v < p.Vp; v += WG) {
       var g = 0.0;
       if (v < p.V) {
         g = (exp(logits[base + v] - m) / s - select(0.0, 1.0, v == tgt)) * scale;

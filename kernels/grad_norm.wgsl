@@ -3,7 +3,8 @@
 // every optimizer update reads (stats: GradStats, src/optim/optimizer.ts's GRAD_STATS).
 //
 // partial:  partials[slot + w] = sum of finite g^2 over the w-th block of 4096 elements of
-//           one range (one workgroup a block; a fixed tree within the workgroup), and
+//           one range (one workgroup a block; the workgroup's wg_sum2, kernels/reduce_tree.wgsl
+//           or reduce_subgroup.wgsl, put before this text: a fixed order on a device), and
 //           partials[total + slot + w] = the number of non-finite elements in the block.
 // finish:   stats.norm = sqrt(sum of partials[0..count]), stats.nonfinite = the number of
 //           non-finite elements (+1 if the norm itself overflows). One workgroup of 256: invocation l
@@ -17,7 +18,7 @@
 //           runs again; src/train/step.ts). Its own dispatch, so that data-parallel ranks can
 //           sum their norms in between.
 //
-// Loop bound per invocation: partial 64 + 6; finish ceil(count / 256) + 8; decide 0.
+// Loop bound per invocation: partial 64 + 64 (the reduction's, at most); finish ceil(count / 256) + 8; decide 0.
 // Shapes: grads [n] (a range of the flat gradient buffer), partials [2 * count], stats GradStats.
 // Bindings (src/train/grad_norm.ts declares them): grads, partials (rw), stats (rw), clip
 // (uniform Clip, written every step: max_norm 0 is no clipping, inv_scale = 1 / S); p: n,
@@ -25,35 +26,25 @@
 // Geometry: partial: workgroup (64,1,1), grid (ceil(n / 4096), 1, 1); finish: (256,1,1),
 // (1,1,1); decide: (1,1,1), (1,1,1).
 
-var<workgroup> red: array<f32, 64>;
-var<workgroup> bad: array<f32, 64>;
+const WG = 64u;
 
 @compute @workgroup_size(64, 1, 1)
-fn partial(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
+fn partial(@builtin(workgroup_id) wid: vec3u, l: Lane) {
   let start = wid.x * 4096u;
   var s = 0.0;
   var nb = 0.0;
   for (var k = 0u; k < 64u; k++) {
-    let i = start + k * 64u + l;
+    let i = start + k * WG + l.lid;
     if (i < p.n) {
       let g = f32(grads[i]);
       // NaN and Inf elements are counted, and skipped here and by the optimizers' updates.
       if ((bitcast<u32>(g) & 0x7f800000u) != 0x7f800000u) { s += g * g; } else { nb += 1.0; }
     }
   }
-  red[l] = s;
-  bad[l] = nb;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w >>= 1u) {
-    if (l < w) {
-      red[l] += red[l + w];
-      bad[l] += bad[l + w];
-    }
-    workgroupBarrier();
-  }
-  if (l == 0u) {
-    partials[p.slot + wid.x] = red[0];
-    partials[p.count + p.slot + wid.x] = bad[0];
+  let t = wg_sum2(vec2f(s, nb), l);
+  if (l.lid == 0u) {
+    partials[p.slot + wid.x] = t.x;
+    partials[p.count + p.slot + wid.x] = t.y;
   }
 }
 

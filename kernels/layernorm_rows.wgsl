@@ -7,13 +7,12 @@
 // forward_no_bias: the same without bias
 // backward_input:  dinp [N, C] += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
 //
-// A row's sum: each lane adds its strided share of the row, subgroupAdd sums a subgroup, and
-// each subgroup's first lane posts that at its own slot of `partial` (the other lanes post 0),
-// which every lane then adds up in the same order. Nothing assumes a subgroup size (8 on
-// lavapipe, 32 on NVIDIA, 32 or 64 on AMD) or how lanes are grouped into subgroups.
+// A row's sum: each lane adds its strided share of the row, then wg_sum adds the lanes' through
+// subgroups (kernels/reduce_subgroup.wgsl, put before this text by src/model/ops/layernorm.ts):
+// nothing assumes a subgroup size (8 on lavapipe, 32 on NVIDIA, 32 or 64 on AMD) or how lanes
+// are grouped into subgroups.
 //
-// Loop bound per invocation: forward 3 ceil(C / 64) + 2 * 64; backward_input 2 ceil(C / 64) +
-// 2 * 64.
+// Loop bound per invocation: forward 3 ceil(C / 64) + 2 * 64; backward_input 2 ceil(C / 64) + 64.
 //
 // Bindings and uniforms (p.N, p.C): declared in src/model/ops/layernorm.ts.
 // Geometry: workgroup (64,1,1), one per row; the grid over N rows folded into y.
@@ -21,28 +20,11 @@
 const EPS = 1e-5;
 const WG = 64u;
 
-var<workgroup> partial: array<f32, 64>;
-
-// The builtins every entry point takes: the workgroup's (uniform across it: a struct holding
-// a lane's index too would make the row non-uniform to the uniformity analysis) and the lane's.
+// The workgroup's builtins (uniform across it: a struct holding a lane's index too would make
+// the row non-uniform to the uniformity analysis); the lane's are reduce_subgroup's `Lane`.
 struct Row {
   @builtin(workgroup_id) wid: vec3u,
   @builtin(num_workgroups) nwg: vec3u,
-}
-struct Lane {
-  @builtin(local_invocation_index) lid: u32,
-  @builtin(subgroup_invocation_id) sid: u32,
-}
-
-// The workgroup's total of `v` (called by every lane, in uniform control flow).
-fn row_sum(v: f32, l: Lane) -> f32 {
-  let s = subgroupAdd(v);
-  partial[l.lid] = select(0.0, s, l.sid == 0u);
-  workgroupBarrier();
-  var t = 0.0;
-  for (var i = 0u; i < WG; i++) { t += partial[i]; }
-  workgroupBarrier(); // `partial` is written again by the next sum
-  return t;
 }
 
 // The workgroup's row (the whole workgroup returns together when it is past N).
@@ -55,13 +37,13 @@ fn row_stats(n: u32, l: Lane) -> vec2f {
   let base = n * p.C;
   var s = 0.0;
   for (var c = l.lid; c < p.C; c += WG) { s += inp[base + c]; }
-  let m = row_sum(s, l) / f32(p.C);
+  let m = wg_sum(s, l) / f32(p.C);
   var v = 0.0;
   for (var c = l.lid; c < p.C; c += WG) {
     let d = inp[base + c] - m;
     v += d * d;
   }
-  let r = inverseSqrt(row_sum(v, l) / f32(p.C) + EPS);
+  let r = inverseSqrt(wg_sum(v, l) / f32(p.C) + EPS);
   if (l.lid == 0u) {
     mean[n] = m;
     rstd[n] = r;
@@ -105,8 +87,9 @@ fn backward_input(row: Row, l: Lane) {
     a += dnorm;
     b += dnorm * (inp[base + c] - m) * r;
   }
-  let dnorm_mean = row_sum(a, l) / f32(p.C);
-  let dnorm_norm_mean = row_sum(b, l) / f32(p.C);
+  let means = wg_sum2(vec2f(a, b), l) / f32(p.C);
+  let dnorm_mean = means.x;
+  let dnorm_norm_mean = means.y;
   for (var c = l.lid; c < p.C; c += WG) {
     let norm = (inp[base + c] - m) * r;
     let dnorm = f32(weight[c]) * dout[base + c];

@@ -342,61 +342,80 @@ gpuTest("encoder forward and backward match float64, with wte in chunks", async 
   }
 });
 
-gpuTest("classifier loss and in-place gradient match float64, in row chunks", async (rt) => {
-  // 150 rows in 64-row chunks (maxBindingBytes): three dispatches per call.
-  const N = 150, V = 75, Vp = 128, dloss = 1 / 7, maxBindingBytes = 64 * Vp * 4;
-  const p = pool(rt);
-  const lossScale = rt.arena.allocWith(
-    "loss_scale",
-    "scratch",
-    new Float32Array([4, 0, 0, 0]),
-    GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  );
-  try {
-    const logits = randn(N * Vp, 1, 3);
-    const u = rng(2);
-    const targets = Uint32Array.from({ length: N }, () => Math.floor(u() * V));
-    targets[4] = targets[130] = 0xffffffff; // no loss at these positions
-    const L = p.data("logits", logits), Tg = p.data("targets", targets);
-    const losses = p.empty("losses", N);
-    const L2 = p.data("logits2", logits), losses2 = p.empty("losses2", N);
-    const tg = { buffer: Tg, offset: 0, size: N * 4 };
-    const s = { N, V, Vp, dloss, maxBindingBytes };
-    // The loss scale (mixed precision) multiplies the gradient, not the loss.
-    const withGrad = await classifier(rt, { ...s, writeGrad: true }, {
-      logits: L,
-      targets: tg,
-      losses: { buffer: losses },
-      lossScale,
-    });
-    equal(withGrad.length, 3);
-    await runDispatches(rt.device, [
-      ...withGrad,
-      ...await classifier(rt, { ...s, writeGrad: false }, {
-        logits: L2,
-        targets: tg,
-        losses: { buffer: losses2 },
-        lossScale,
-      }),
-    ]);
-    const refLoss = new Float64Array(N), refGrad = new Float64Array(N * Vp);
-    for (let n = 0; n < N; n++) {
-      if (targets[n] === 0xffffffff) continue;
-      const row = Array.from(logits.subarray(n * Vp, n * Vp + V));
-      const m = Math.max(...row);
-      const sum = row.reduce((s, x) => s + Math.exp(x - m), 0);
-      refLoss[n] = Math.log(sum) + m - row[targets[n]];
-      for (let v = 0; v < V; v++) {
-        refGrad[n * Vp + v] = (Math.exp(row[v] - m) / sum - (v === targets[n] ? 1 : 0)) * dloss *
-          4;
+// Both reduction forms (src/model/ops/reduce.ts), each forced, at a toy vocabulary in row chunks
+// and at GPT-2's (V 50257 padded to 50304) with logits spread wide.
+for (
+  const [subgroups, N, V, Vp, spread] of [
+    [false, 150, 75, 128, 3],
+    [true, 150, 75, 128, 3],
+    [false, 5, 50257, 50304, 12],
+    [true, 5, 50257, 50304, 12],
+  ] as const
+) {
+  gpuTest(
+    `classifier loss and in-place gradient match float64, in row chunks: V=${V}, ` +
+      (subgroups ? "subgroup" : "tree") + " reductions",
+    async (rt) => {
+      if (subgroups && !rt.gpu.features.subgroups) {
+        throw new Error(`${rt.gpu.name} grants no subgroups`);
       }
-    }
-    assertAllClose(await p.read(losses), refLoss, { ...tol, label: "losses" });
-    assertAllClose(await p.read(L), refGrad, { ...tol, label: "dlogits" });
-    assertAllClose(await p.read(losses2), refLoss, { ...tol, label: "loss only" });
-    assertAllClose(await p.read(L2), logits, { rtol: 0, atol: 0, label: "logits kept" });
-  } finally {
-    rt.arena.free(lossScale);
-    p.free();
-  }
-});
+      // Rows in 64-row chunks (maxBindingBytes): three dispatches per call for 150.
+      const dloss = 1 / 7, maxBindingBytes = 64 * Vp * 4, chunks = Math.ceil(N / 64);
+      const p = pool(rt);
+      const lossScale = rt.arena.allocWith(
+        "loss_scale",
+        "scratch",
+        new Float32Array([4, 0, 0, 0]),
+        GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      );
+      try {
+        const logits = randn(N * Vp, 1, spread);
+        const u = rng(2);
+        const targets = Uint32Array.from({ length: N }, () => Math.floor(u() * V));
+        targets[4] = targets[Math.min(130, N - 2)] = 0xffffffff; // no loss at these positions
+        const L = p.data("logits", logits), Tg = p.data("targets", targets);
+        const losses = p.empty("losses", N);
+        const L2 = p.data("logits2", logits), losses2 = p.empty("losses2", N);
+        const tg = { buffer: Tg, offset: 0, size: N * 4 };
+        const s = { N, V, Vp, dloss, maxBindingBytes };
+        // The loss scale (mixed precision) multiplies the gradient, not the loss.
+        const withGrad = await classifier(rt, { ...s, writeGrad: true }, {
+          logits: L,
+          targets: tg,
+          losses: { buffer: losses },
+          lossScale,
+        }, { subgroups });
+        equal(withGrad.length, chunks);
+        await runDispatches(rt.device, [
+          ...withGrad,
+          ...await classifier(rt, { ...s, writeGrad: false }, {
+            logits: L2,
+            targets: tg,
+            losses: { buffer: losses2 },
+            lossScale,
+          }, { subgroups }),
+        ]);
+        const refLoss = new Float64Array(N), refGrad = new Float64Array(N * Vp);
+        for (let n = 0; n < N; n++) {
+          if (targets[n] === 0xffffffff) continue;
+          const row = Array.from(logits.subarray(n * Vp, n * Vp + V));
+          const m = row.reduce((a, x) => Math.max(a, x), -Infinity);
+          const sum = row.reduce((s, x) => s + Math.exp(x - m), 0);
+          refLoss[n] = Math.log(sum) + m - row[targets[n]];
+          for (let v = 0; v < V; v++) {
+            refGrad[n * Vp + v] = (Math.exp(row[v] - m) / sum - (v === targets[n] ? 1 : 0)) *
+              dloss *
+              4;
+          }
+        }
+        assertAllClose(await p.read(losses), refLoss, { ...tol, label: "losses" });
+        assertAllClose(await p.read(L), refGrad, { ...tol, label: "dlogits" });
+        assertAllClose(await p.read(losses2), refLoss, { ...tol, label: "loss only" });
+        assertAllClose(await p.read(L2), logits, { rtol: 0, atol: 0, label: "logits kept" });
+      } finally {
+        rt.arena.free(lossScale);
+        p.free();
+      }
+    },
+  );
+}

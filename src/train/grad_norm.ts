@@ -8,16 +8,12 @@
  */
 
 import type { ArenaScope } from "../gpu/arena.ts";
-import {
-  defineKernel,
-  packUniforms,
-  type StructDecl,
-  uniformLayout,
-} from "../gpu/define_kernel.ts";
+import { packUniforms, type StructDecl, uniformLayout } from "../gpu/define_kernel.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
+import { defineReducing, reduceForm, type ReduceOptions } from "../model/ops/reduce.ts";
 import { type SplitBuffer, splitOf } from "../gpu/split_buffer.ts";
 import { parameterRanges } from "../optim/adamw_common.ts";
 import { GRAD_STATS_STRUCT } from "../optim/optimizer.ts";
@@ -31,8 +27,11 @@ const CLIP: StructDecl = {
   fields: { max_norm: "f32", inv_scale: "f32", skip_overflow: "u32", void_after_skip: "u32" },
 };
 
-/** kernels/grad_norm.wgsl's interface. */
-export const gradNormKernel = defineKernel({
+/**
+ * kernels/grad_norm.wgsl's interface, in each reduction form (src/model/ops/reduce.ts: the
+ * partial sums reduce their workgroup).
+ */
+export const gradNormKernels = defineReducing({
   name: "grad_norm",
   source: gradNormSrc,
   bindings: {
@@ -43,7 +42,7 @@ export const gradNormKernel = defineKernel({
   },
   uniforms: { n: "u32", slot: "u32", count: "u32" },
   entryPoints: {
-    partial: { bindings: ["grads", "partials"], loopBound: () => 64 + 6 },
+    partial: { bindings: ["grads", "partials"], loopBound: () => 64 + 64 },
     finish: { bindings: ["partials", "stats"], loopBound: (u) => Math.ceil(u.count / 256) + 8 },
     decide: { bindings: ["stats", "clip"], loopBound: () => 0 },
   },
@@ -57,7 +56,8 @@ export function gradNormPartials(ranges: { size: number }[]): number {
 /**
  * Dispatches that write the global L2 norm of the gradient ranges to `stats.norm` and the
  * number of NaN or Inf elements to `stats.nonfinite`: a partial sum of squares per block of
- * 4096, then one workgroup's fixed-order sum of the partials.
+ * 4096 (its workgroup reduced in the device's form, or as `options` says), then one
+ * workgroup's fixed-order sum of the partials.
  */
 export async function gradNormDispatches(
   rt: Runtime,
@@ -65,14 +65,16 @@ export async function gradNormDispatches(
   grads: GPUBuffer | SplitBuffer,
   partials: GPUBuffer,
   stats: GPUBuffer,
+  options: ReduceOptions = {},
 ): Promise<Dispatch[]> {
   const norm: Dispatch[] = [], split = splitOf(grads);
+  const partial = gradNormKernels[await reduceForm(rt, options)];
   const total = gradNormPartials(ranges) / 2;
   let slot = 0;
   for (const r of ranges) {
     const blocks = Math.ceil(r.size / BLOCK);
     norm.push(
-      await gradNormKernel.dispatch(rt, "partial", {
+      await partial.dispatch(rt, "partial", {
         buffers: { grads: split.range(r.offset, r.size), partials },
         uniforms: { n: r.size, slot, count: total },
         workgroups: [blocks, 1, 1],
@@ -82,7 +84,7 @@ export async function gradNormDispatches(
     slot += blocks;
   }
   norm.push(
-    await gradNormKernel.dispatch(rt, "finish", {
+    await gradNormKernels.tree.dispatch(rt, "finish", {
       buffers: { partials, stats },
       uniforms: { n: 0, slot: 0, count: slot },
       workgroups: [1, 1, 1],
@@ -156,7 +158,7 @@ export class GradNorm {
     layout: ParamLayout,
     grads: GPUBuffer | SplitBuffer,
     stats: GPUBuffer,
-    options: { maxBindingBytes?: number } = {},
+    options: { maxBindingBytes?: number } & ReduceOptions = {},
   ): Promise<GradNorm> {
     const mem = rt.arena.scope();
     const ranges = parameterRanges(
@@ -170,8 +172,8 @@ export class GradNorm {
       uniformLayout(CLIP.fields).size,
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
-    const norm = await gradNormDispatches(rt, ranges, grads, partials, stats);
-    const decide = await gradNormKernel.dispatch(rt, "decide", {
+    const norm = await gradNormDispatches(rt, ranges, grads, partials, stats, options);
+    const decide = await gradNormKernels.tree.dispatch(rt, "decide", {
       buffers: { stats, clip },
       uniforms: { n: 0, slot: 0, count: 0 },
       workgroups: [1, 1, 1],

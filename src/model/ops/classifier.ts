@@ -1,18 +1,19 @@
 /**
- * The fused classifier: softmax, cross-entropy and its gradient (kernels/classifier.wgsl).
+ * The fused classifier: softmax, cross-entropy and its gradient (kernels/classifier.wgsl), a
+ * row's max and sum in the device's reduction form (src/model/ops/reduce.ts).
  *
  * @module
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { defineKernel } from "../../gpu/define_kernel.ts";
 import { type BufferRange, grid1d } from "../../gpu/kernel.ts";
+import { defineReducing, reduceForm, type ReduceOptions } from "./reduce.ts";
 import { tableChunks } from "./tensor.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import classifierSrc from "../../../kernels/classifier.wgsl" with { type: "text" };
 
-/** kernels/classifier.wgsl's interface. */
-export const classifierKernel = defineKernel({
+/** kernels/classifier.wgsl's interface, in each reduction form. */
+export const classifierKernels = defineReducing({
   name: "classifier",
   source: classifierSrc,
   bindings: {
@@ -27,7 +28,7 @@ export const classifierKernel = defineKernel({
     main: {
       label: "classifier",
       bindings: ["logits", "targets", "losses", "loss_scale"],
-      loopBound: (u) => 2 * Math.ceil(u.V / 64) + Math.ceil(u.Vp / 64) + 12,
+      loopBound: (u) => 2 * Math.ceil(u.V / 64) + Math.ceil(u.Vp / 64) + 2 * 64,
     },
   },
 });
@@ -38,7 +39,7 @@ export const classifierKernel = defineKernel({
  * loss scale (x of the 16-byte uniform `lossScale`). Rows are split into
  * binding-sized chunks (64-row multiples keep offsets aligned).
  */
-export function classifier(
+export async function classifier(
   rt: Runtime,
   s: {
     N: number;
@@ -49,12 +50,14 @@ export function classifier(
     maxBindingBytes?: number;
   },
   ops: { logits: GPUBuffer; targets: BufferRange; losses: BufferRange; lossScale: GPUBuffer },
+  options: ReduceOptions = {},
 ): Promise<Dispatch[]> {
+  const kernel = classifierKernels[await reduceForm(rt, options)];
   // Rows of logits in binding-sized chunks of 64-row multiples, as an embedding table's.
   const chunks = tableChunks(rt, s.N, s.Vp, s.maxBindingBytes);
   const t0 = ops.targets.offset ?? 0, l0 = ops.losses.offset ?? 0;
-  return Promise.all(chunks.map(([r0, r1]) =>
-    classifierKernel.dispatch(rt, "main", {
+  return await Promise.all(chunks.map(([r0, r1]) =>
+    kernel.dispatch(rt, "main", {
       name: s.writeGrad ? "classifier_loss_grad" : "classifier_loss",
       overrides: { WRITE_GRAD: s.writeGrad },
       buffers: {

@@ -5,17 +5,20 @@
  * @module
  */
 
-/** The worst element of `got` against `want`, error over `scale(want)`: undefined within tol. */
+/**
+ * The worst element of `got` against `want`, error over `scale(want[i], i)`: undefined within
+ * tol.
+ */
 export function worstElement(
   name: string,
   got: Float32Array,
   want: Float64Array,
-  scale: (w: number) => number,
+  scale: (w: number, i: number) => number,
   tol: number,
 ): string | undefined {
   let err = -1, at = 0;
   for (let i = 0; i < want.length; i++) {
-    const d = Math.abs(got[i] - want[i]) / scale(want[i]);
+    const d = Math.abs(got[i] - want[i]) / scale(want[i], i);
     const e = Number.isNaN(d) ? Infinity : d;
     if (e > err) [err, at] = [e, i];
   }

@@ -14,6 +14,7 @@ import { grid1d, splitRange, WALK_ROWS } from "../../gpu/kernel.ts";
 import { readF32, type Runtime } from "../../gpu/runtime.ts";
 import { mulberry32 } from "../init.ts";
 import { worstElement } from "./device_check.ts";
+import { REDUCE_SOURCES, reduceForm } from "./reduce.ts";
 import { bytes, type TensorRange } from "./tensor.ts";
 import layernormSrc from "../../../kernels/layernorm.wgsl" with { type: "text" };
 import layernormRowsSrc from "../../../kernels/layernorm_rows.wgsl" with { type: "text" };
@@ -63,14 +64,15 @@ export const layernormKernel = defineKernel({
 });
 
 /**
- * kernels/layernorm_rows.wgsl's interface (a workgroup of 64 lanes per row, subgroup sums)
- * over `source`: the kernel's own text by default (a test gives a wrong one to the check).
+ * kernels/layernorm_rows.wgsl's interface (a workgroup of 64 lanes per row, subgroup sums:
+ * kernels/reduce_subgroup.wgsl before it) over `source`: the kernel's own text by default (a
+ * test gives a wrong one to the check).
  */
 export function defineLayernormRows(source: string = layernormRowsSrc, name = "layernorm_rows") {
   const { dweight: _w, dbias: _b, ...bindings } = LAYERNORM_BINDINGS;
   return defineKernel({
     name,
-    source,
+    source: `${REDUCE_SOURCES.subgroup}\n${source}`,
     bindings,
     uniforms: { N: "u32", C: "u32" },
     entryPoints: {
@@ -84,7 +86,7 @@ export function defineLayernormRows(source: string = layernormRowsSrc, name = "l
       },
       backward_input: {
         bindings: ["inp", "weight", "mean", "rstd", "dout", "dinp"],
-        loopBound: (u) => 2 * Math.ceil(u.C / 64) + 2 * 64,
+        loopBound: (u) => 2 * Math.ceil(u.C / 64) + 64,
       },
     },
   });
@@ -186,9 +188,13 @@ async function runRowsCheck(rt: Runtime, kernel: LayernormRowsKernel): Promise<s
   }
 }
 
-/** Whether graphs on this device take the rows form: a GPU with subgroups, where it checked. */
+/**
+ * Whether graphs on this device take the rows form: where its reductions take subgroups
+ * (src/model/ops/reduce.ts: a GPU that has them, or as set for the device) and the rows form
+ * checked.
+ */
 async function rowsByDefault(rt: Runtime): Promise<boolean> {
-  if (!rt.gpu.features.subgroups || rt.gpu.isCpu) return false;
+  if (await reduceForm(rt) !== "subgroup") return false;
   const why = await checkLayernormRows(rt);
   if (why) {
     debugLog(1, `layernorm: the workgroup-per-row form is not used on ${rt.gpu.name}: ${why}`);
@@ -200,8 +206,8 @@ async function rowsByDefault(rt: Runtime): Promise<boolean> {
 export interface LayernormOptions {
   /**
    * A workgroup per row with subgroup sums (kernels/layernorm_rows.wgsl) instead of an
-   * invocation per row. Default: where the device has subgroups, is not a CPU adapter and
-   * passed {@linkcode checkLayernormRows}.
+   * invocation per row. Default: where the device's reductions take subgroups
+   * (src/model/ops/reduce.ts's `reduceForm`) and it passed {@linkcode checkLayernormRows}.
    */
   subgroups?: boolean;
 }
