@@ -15,10 +15,12 @@
 // Geometry: row_sq, u_rows: one invocation per piece row; col_sq: per column; decay2: per
 // row and column; decay1, update: per element (64 wide, folded into y); sum_*: one
 // workgroup of 64.
+// sum_*: the workgroup's wg_sum (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put before
+// this text by src/optim/adafactor.ts).
 // Loop bound per invocation: row_sq, col_sq, u_rows hi - lo (at most WALK_ROWS); sum_r,
-// sum_u2 ceil(trows / 64) + 6; sum_u1 ceil(n / 64) + 6; others 0.
+// sum_u2 ceil(trows / 64) + 64 (the reduction's, at most); sum_u1 ceil(n / 64) + 64; others 0.
 
-var<workgroup> red: array<f32, 64>;
+const WG = 64u;
 
 fn is_finite(x: f32) -> bool {
   return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -44,17 +46,6 @@ fn vhat(e: u32) -> f32 {
   if (p.cols == 0u) { return state[p.so + e]; }
   let i = p.row0 + e / p.cols;
   return state[p.so + i] * state[p.so + p.trows + e % p.cols] / sums[2u * p.k];
-}
-
-// The fixed tree sum of red[0..64) (every invocation of the workgroup calls it).
-fn tree(l: u32, x: f32) -> f32 {
-  red[l] = x;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w >>= 1u) {
-    if (l < w) { red[l] += red[l + w]; }
-    workgroupBarrier();
-  }
-  return red[0];
 }
 
 @compute @workgroup_size(64, 1, 1)
@@ -90,11 +81,12 @@ fn decay1(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn sum_r(@builtin(local_invocation_index) l: u32) {
+fn sum_r(lane: Lane) {
   if (gstats.skip != 0.0) { return; }
+  let l = lane.lid;
   var x = 0.0;
   for (var i = l; i < p.trows; i += 64u) { x += state[p.so + i]; }
-  let t = tree(l, x);
+  let t = wg_sum(x, lane);
   if (l == 0u) { sums[2u * p.k] = t; }
 }
 
@@ -112,23 +104,25 @@ fn u_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn sum_u2(@builtin(local_invocation_index) l: u32) {
+fn sum_u2(lane: Lane) {
   if (gstats.skip != 0.0) { return; }
+  let l = lane.lid;
   var x = 0.0;
   for (var i = l; i < p.trows; i += 64u) { x += acc[p.ao + i]; }
-  let t = tree(l, x);
+  let t = wg_sum(x, lane);
   if (l == 0u) { sums[2u * p.k + 1u] = t; }
 }
 
 @compute @workgroup_size(64, 1, 1)
-fn sum_u1(@builtin(local_invocation_index) l: u32) {
+fn sum_u1(lane: Lane) {
   if (gstats.skip != 0.0) { return; }
+  let l = lane.lid;
   var x = 0.0;
   for (var e = l; e < p.n; e += 64u) {
     let g = grad(e);
     x += g * g / state[p.so + e];
   }
-  let t = tree(l, x);
+  let t = wg_sum(x, lane);
   if (l == 0u) { sums[2u * p.k + 1u] = t; }
 }
 

@@ -25,11 +25,15 @@
 // params, grads, mq, vq, mabs, vabs, scales, maps, gstats, s (uniform); p: n, decay, rows,
 // cols, lo, hi, first, e0 (the first element in the flat buffer).
 // Loop bound per invocation: row_max, col_max hi - lo (at most 32768, src/optim/lowbit.ts);
-// update 2 + 2 * 8 * 5 + 4 (the maps, two passes of 8 codes, 5 halvings each, and the
-// 16-wide tree); commit 0.
+// update 2 + 2 * 8 * 5 + 16 (the maps, two passes of 8 codes, 5 halvings each, and the
+// block's max over the 16 invocations: wg_max2, log2(16) as a tree, 16 through subgroups);
+// commit 0.
 
-// adamw_update (kernels/adamw_update.wgsl) and qmap, nearest, block_max
-// (kernels/lowbit_common.wgsl) come first: src/optim/kernel_source.ts.
+// adamw_update (kernels/adamw_update.wgsl), qmap and nearest (kernels/lowbit_common.wgsl) come
+// first (src/optim/kernel_source.ts), and before them Lane and wg_max2
+// (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl: src/optim/lowbit_pieces.ts).
+
+const WG = 16u; // update's workgroup: one per block of 128
 fn code(words: u32, k: u32) -> u32 {
   return (words >> (4u * k)) & 15u;
 }
@@ -79,13 +83,12 @@ fn commit(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
   scales[i] = scales[p.rows + p.cols + i];
 }
 
-@compute @workgroup_size(16, 1, 1)
-fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-          @builtin(local_invocation_index) l: u32) {
+@compute @workgroup_size(WG, 1, 1)
+fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, l: Lane) {
   let blk = wid.x + wid.y * nwg.x;
   if (blk * 128u >= p.n || skip_step()) { return; } // uniform per workgroup
-  load_maps(l, 16u, 32u);
-  let w = blk * 16u + l;
+  load_maps(l.lid, WG, 32u);
+  let w = blk * WG + l.lid;
   let mw = mq[w];
   let vw = vq[w];
   let am = mabs[blk];
@@ -119,7 +122,7 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
     mmax = max(mmax, abs(m));
     vmax = max(vmax, v);
   }
-  let mx = block_max(l, 16u, mmax, vmax);
+  let mx = wg_max2(vec2f(mmax, vmax), l);
   let nm = mx.x;
   let nv = mx.y;
   var mout = 0u;
@@ -133,7 +136,7 @@ fn update(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   }
   mq[w] = mout;
   vq[w] = vout;
-  if (l == 0u) {
+  if (l.lid == 0u) {
     mabs[blk] = nm;
     if (!rank1_mode) { vabs[blk] = nv; }
   }

@@ -12,20 +12,21 @@
 // gstats, s (uniform); p: n, decay, e0 (the first element in the flat buffer). Override WG (the block size over 4).
 // Geometry: workgroup (WG,1,1), one workgroup per block; grid folded into y.
 // Loop bound per invocation: 512/WG (map load) + 2 * 4 * 9 (two passes of 4 codes, 9
-// halvings each) + log2(WG) (the tree): 88 for WG = 32, whatever n.
+// halvings each) + the block's max (wg_max2: log2(WG) as a tree, WG through subgroups),
+// whatever n.
 
-// adamw_update (kernels/adamw_update.wgsl) and qmap, nearest, block_max
-// (kernels/lowbit_common.wgsl) come first: src/optim/kernel_source.ts.
+// adamw_update (kernels/adamw_update.wgsl), qmap and nearest (kernels/lowbit_common.wgsl) come
+// first (src/optim/kernel_source.ts), and before them Lane and wg_max2
+// (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl: src/optim/lowbit_pieces.ts).
 
 @compute @workgroup_size(WG, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) l: u32) {
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, l: Lane) {
   let blk = wid.x + wid.y * nwg.x;
   if (blk * 4u * WG >= p.n || skip_step()) { return; } // uniform per workgroup
-  load_maps(l, WG, 512u);
+  load_maps(l.lid, WG, 512u);
   let am = mabs[blk];
   let av = vabs[blk];
-  let w = blk * WG + l;
+  let w = blk * WG + l.lid;
   let mw = mq[w];
   let vw = vq[w];
   var mv: array<f32, 4>;
@@ -53,7 +54,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     mmax = max(mmax, abs(m));
     vmax = max(vmax, v);
   }
-  let mx = block_max(l, WG, mmax, vmax);
+  let mx = wg_max2(vec2f(mmax, vmax), l);
   let nm = mx.x;
   let nv = mx.y;
   var mout = 0u;
@@ -66,7 +67,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   mq[w] = mout;
   vq[w] = vout;
-  if (l == 0u) {
+  if (l.lid == 0u) {
     mabs[blk] = nm;
     vabs[blk] = nv;
   }

@@ -5,14 +5,15 @@
 //
 // partial: a workgroup owns DK = 256 cache rows of one head (grid (splits, NH)): the
 //          invocations score a row each (4 rows apiece), the workgroup reduces the max and
-//          the sum of exponentials in workgroup memory, then each invocation sums the
+//          the sum of exponentials (wg_max, wg_sum: kernels/reduce_tree.wgsl or
+//          reduce_subgroup.wgsl, put before this text), then each invocation sums the
 //          weighted values of one channel over the chunk. It writes the chunk's
 //          unnormalised output, its max and its sum to `partial`. Chunks past t return.
 // combine: one workgroup a head; each invocation merges one channel of the chunks 0..t/DK
 //          through their maxima (the log-sum-exp trick), in order: deterministic.
 //
-// Loop bound per invocation: partial DK/64 * (HS + 2) + 12 + ceil(HS/64) * DK (= 542 for
-// HS = 64); combine ceil(HS/64) * 2 * (t/DK + 1) (t < maxT, checked in src/model/ops/attention_decode.ts).
+// Loop bound per invocation: partial DK/64 * (HS + 2) + the two reductions' (2 * 64 at most)
+// + ceil(HS/64) * DK (= 648 for HS = 64); combine ceil(HS/64) * 2 * (t/DK + 1) (t < maxT, checked in src/model/ops/attention_decode.ts).
 //
 // Shapes: q1 [3C] (the new token's q | k | v; only q is read), cache [maxT, 3C] (rows 0..t
 // hold q | k | v of every position, row t included), out [C], partial [NH, S, HS + 2] with
@@ -28,24 +29,11 @@ const DK = 256u;
 const NEG = -3.0e38;
 
 var<workgroup> w: array<f32, DK>; // scores, then their exponentials
-var<workgroup> red: array<f32, WG>;
-
-fn reduce(x: f32, l: u32, is_max: bool) -> f32 {
-  red[l] = x;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (l < s) { red[l] = select(red[l] + red[l + s], max(red[l], red[l + s]), is_max); }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-
 fn slot(h: u32, s: u32) -> u32 { return (h * p.S + s) * (HS + 2u); }
 
 @compute @workgroup_size(64, 1, 1)
-fn partial_chunk(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) l: u32) {
+fn partial_chunk(@builtin(workgroup_id) wid: vec3u, lane: Lane) {
+  let l = lane.lid;
   let s = wid.x;
   let h = wid.y;
   let k0 = s * DK;
@@ -65,14 +53,14 @@ fn partial_chunk(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_in
     w[j] = sc;
     mx = max(mx, sc);
   }
-  mx = reduce(mx, l, true);
+  mx = wg_max(mx, lane);
   var sum = 0.0;
   for (var j = l; j < DK; j += WG) {
     let e = select(0.0, exp(w[j] - mx), j < n);
     w[j] = e;
     sum += e;
   }
-  sum = reduce(sum, l, false); // its barriers also make every w[j] visible below
+  sum = wg_sum(sum, lane); // its barriers also make every w[j] visible below
   let o = slot(h, s);
   for (var c = l; c < HS; c += WG) {
     var acc = 0.0;

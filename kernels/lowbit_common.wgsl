@@ -1,15 +1,13 @@
 // lowbit_common: what the 8-bit and 4-bit AdamW kernels (kernels/adamw8bit.wgsl,
 // adamw4bit.wgsl) share, put before them by src/optim/kernel_source.ts: the quantization maps
-// in workgroup memory, the nearest code, and the max tree of a block's m and v.
+// in workgroup memory and the nearest code. (A block's max |m| and max v is their workgroup's
+// wg_max2: kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put before them too.)
 //
 // qmap holds the kernel's two maps (8-bit: 256 + 256 codes; 4-bit: 16 + 16), ascending,
 // copied from the `maps` binding each of those kernels declares (src/optim/lowbit_pieces.ts).
-// Loop bound per invocation: load_maps len / width; nearest 9 (log2(256) + 1 halvings);
-// block_max log2(width).
+// Loop bound per invocation: load_maps len / width; nearest 9 (log2(256) + 1 halvings).
 
 var<workgroup> qmap: array<f32, 512>;
-var<workgroup> red_m: array<f32, 256>;
-var<workgroup> red_v: array<f32, 256>;
 
 // Copies the maps binding into qmap: invocation l of a workgroup of `width` copies every
 // width-th of the first `len` floats.
@@ -32,19 +30,4 @@ fn nearest(base: u32, count: u32, x: f32) -> u32 {
   let dl = x - qmap[base + lo - 1u];
   let dh = qmap[base + lo] - x;
   return select(lo - 1u, lo, dh < dl);
-}
-
-// The block's max |m| and max v over a workgroup of `width` (a power of two): a fixed tree.
-fn block_max(l: u32, width: u32, mmax: f32, vmax: f32) -> vec2f {
-  red_m[l] = mmax;
-  red_v[l] = vmax;
-  workgroupBarrier();
-  for (var h = width / 2u; h > 0u; h >>= 1u) {
-    if (l < h) {
-      red_m[l] = max(red_m[l], red_m[l + h]);
-      red_v[l] = max(red_v[l], red_v[l + h]);
-    }
-    workgroupBarrier();
-  }
-  return vec2f(red_m[0], red_v[0]);
 }

@@ -8,6 +8,7 @@ import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { Adafactor } from "../src/optim/adafactor.ts";
 import { createOptimizer, OPTIMIZERS, parseOptions } from "../src/optim/registry.ts";
 import { GradNorm } from "../src/train/grad_norm.ts";
+import { setReduceForm } from "../src/model/ops/reduce.ts";
 import { planMemory } from "../src/train/memory_plan.ts";
 import { train } from "../src/train/trainer.ts";
 import { parseTrainArgs } from "../tasks/train.ts";
@@ -37,14 +38,26 @@ function realLayout(): ParamLayout {
   ]);
 }
 
+// The sums in the tree form, and once through subgroups (src/model/ops/reduce.ts), forced.
 const CASES = [
   { name: "awkward sizes, beta1 0", layout: fakeLayout, beta1: 0, maxBindingBytes: 1280 },
   { name: "awkward sizes, beta1 0.9", layout: fakeLayout, beta1: 0.9, maxBindingBytes: 1280 },
   { name: "gpt2's c_fc and a 40,000-row tensor", layout: realLayout, beta1: 0.9 },
-];
+  {
+    name: "awkward sizes, beta1 0.9, sums through subgroups",
+    layout: fakeLayout,
+    beta1: 0.9,
+    maxBindingBytes: 1280,
+    form: "subgroup",
+  },
+] as const;
 
-for (const { name: label, layout: makeLayout, beta1, maxBindingBytes } of CASES) {
+for (const c of CASES) {
+  const { name: label, layout: makeLayout, beta1 } = c;
+  const maxBindingBytes = "maxBindingBytes" in c ? c.maxBindingBytes : undefined;
+  const form = "form" in c ? c.form : "tree";
   gpuTest(`Adafactor matches a float64 reference over four steps: ${label}`, async (rt) => {
+    setReduceForm(rt, form);
     const layout = makeLayout();
     const n = layout.totalElements;
     const p0 = randn(n, 3);
@@ -54,6 +67,10 @@ for (const { name: label, layout: makeLayout, beta1, maxBindingBytes } of CASES)
     const opt = await Adafactor.create(rt, layout, { params, grads }, cfg, { maxBindingBytes });
     const gn = await GradNorm.create(rt, layout, grads, opt.gradStats, { maxBindingBytes });
     if (maxBindingBytes) equal(opt.tensors[2].pieces.length, 3, "the tall tensor runs in pieces");
+    const sums = opt.dispatches.filter((d) => d.pipeline.label.startsWith("adafactor_sum_"));
+    ok(
+      sums.length > 0 && sums.every((d) => d.pipeline.label.endsWith("_sg") === (form !== "tree")),
+    );
     const ref = layout.tensors.map((t) => ({
       t,
       p: Float64Array.from(p0.subarray(t.offset, t.offset + t.size)),
@@ -125,6 +142,7 @@ for (const { name: label, layout: makeLayout, beta1, maxBindingBytes } of CASES)
       deepEqual(await again.readState(), saved);
       again.destroy();
     } finally {
+      setReduceForm(rt, undefined);
       gn.destroy();
       opt.destroy();
       rt.arena.free(params);

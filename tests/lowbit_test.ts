@@ -7,6 +7,7 @@ import { layoutOf, type ParamLayout } from "../src/model/params.ts";
 import { encodeSafetensors, parseSafetensors } from "../src/io/safetensors.ts";
 import { train, type TrainConfig, type TrainSettings } from "../src/train/trainer.ts";
 import { GradNorm } from "../src/train/grad_norm.ts";
+import { setReduceForm } from "../src/model/ops/reduce.ts";
 import { gradNormRef } from "./reference/adamw.ts";
 import { lowbitStepRef, refQuantState, unpackCodes } from "./reference/lowbit.ts";
 import { assertAllClose, gpuTest, rng } from "./_harness.ts";
@@ -65,16 +66,21 @@ function tallLayout(): ParamLayout {
   return layoutOf([{ name: "tall", shape: [40000, 4] }, { name: "b", shape: [5120] }]);
 }
 
+// The block maxima in each reduction form (src/model/ops/reduce.ts), subgroups forced on.
 for (
-  const [bits, layoutName, makeLayout] of [
-    [8, "", fakeLayout],
-    [4, "", fakeLayout],
-    [4, ", a 40,000-row tensor", tallLayout],
+  const [bits, layoutName, makeLayout, form] of [
+    [8, "", fakeLayout, "tree"],
+    [4, "", fakeLayout, "tree"],
+    [4, ", a 40,000-row tensor", tallLayout, "tree"],
+    [8, "", fakeLayout, "subgroup"],
+    [4, "", fakeLayout, "subgroup"],
   ] as const
 ) {
   gpuTest(
-    `${bits}-bit AdamW: codes bit-exact and steps match the CPU reference${layoutName}`,
+    `${bits}-bit AdamW: codes bit-exact and steps match the CPU reference${layoutName}` +
+      (form === "subgroup" ? ", block maxima through subgroups" : ""),
     async (rt) => {
+      setReduceForm(rt, form);
       const layout = makeLayout();
       const n = layout.totalElements;
       const u = rng(bits);
@@ -87,6 +93,11 @@ for (
       const opt = await LowBitAdamW.create(rt, layout, { params, grads }, { bits, ...exact });
       // The training step's norm and clip, written where the update reads them.
       const gn = await GradNorm.create(rt, layout, grads, opt.gradStats);
+      const update = bits === 8 ? "adamw8bit" : "adamw4bit_update";
+      ok(
+        opt.dispatches.some((d) => d.pipeline.label === update + (form === "tree" ? "" : "_sg")),
+        `${form} form of ${update} in ${opt.dispatches.map((d) => d.pipeline.label)}`,
+      );
       const pieces = opt.pieces;
       const ref = pieces.map((pc) => {
         const block = bits === 8 ? 256 : 128;
@@ -176,6 +187,7 @@ for (
         }
         // NaN and Inf gradients left their parameters exactly as they were after step 2.
       } finally {
+        setReduceForm(rt, undefined);
         gn.destroy();
         opt.destroy();
         rt.arena.free(params);

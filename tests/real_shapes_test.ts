@@ -17,6 +17,7 @@ import {
   flashRows,
   layernormBackward,
   layernormForward,
+  setDecodePosition,
 } from "../src/model/ops/mod.ts";
 import { matmulBiasBackward } from "../src/model/ops/matmul.ts";
 import { type GPT2Config, parameterCount, PRESETS } from "../src/model/config.ts";
@@ -151,50 +152,61 @@ gpuTest(
   (rt) => checkAttention(rt, { B: 1, T: 4096, NH: 16, C: 1024 }, "f16", { rtol: 1e-2, atol: 2e-3 }),
 );
 
-gpuTest("decode attention over a 4096-row cache matches float64 at positions 0 to 4095", async (
-  rt,
-) => {
-  const maxT = 4096, NH = 16, C = 1024, HS = C / NH;
-  const cacheData = randn(maxT * 3 * C, 11, 1.5);
-  const cache = uploadAs(rt, "cache", cacheData);
-  const q1 = rt.arena.alloc("q1", "scratch", 3 * C * 4);
-  const out = rt.arena.alloc("out", "scratch", C * 4);
-  const partial = rt.arena.alloc("partial", "scratch", decodePartialBytes({ maxT, C, NH }));
-  try {
-    const d = await attentionDecode(rt, { maxT, C, NH }, { q1, cache, out, partial });
-    for (const t of [0, 255, 256, 300, 2047, 4095]) {
-      // The new token's q|k|v is row t of the cache, as the decoder leaves it.
-      rt.device.queue.writeBuffer(q1, 0, cacheData, t * 3 * C, 3 * C);
-      for (const x of d) rt.device.queue.writeBuffer(x.resources![0], 0, new Uint32Array([t]));
-      await runDispatches(rt.device, d);
-      const want = new Float64Array(C);
-      for (let h = 0; h < NH; h++) {
-        const s: number[] = [];
-        for (let t2 = 0; t2 <= t; t2++) {
-          let dot = 0;
-          for (let i = 0; i < HS; i++) {
-            dot += cacheData[t * 3 * C + h * HS + i] * cacheData[t2 * 3 * C + C + h * HS + i];
-          }
-          s.push(dot / Math.sqrt(HS));
-        }
-        const mx = Math.max(...s), e = s.map((x) => Math.exp(x - mx));
-        const sum = e.reduce((a, x) => a + x, 0);
-        for (let t2 = 0; t2 <= t; t2++) {
-          for (let i = 0; i < HS; i++) {
-            want[h * HS + i] += (e[t2] / sum) * cacheData[t2 * 3 * C + 2 * C + h * HS + i];
-          }
-        }
+// A chunk's max and sum in each reduction form (src/model/ops/reduce.ts).
+for (const subgroups of [false, true]) {
+  gpuTest(
+    "decode attention over a 4096-row cache matches float64 at positions 0 to 4095, " +
+      (subgroups ? "subgroup" : "tree") + " reductions",
+    async (rt) => {
+      if (subgroups && !rt.gpu.features.subgroups) {
+        throw new Error(`${rt.gpu.name} grants no subgroups`);
       }
-      assertAllClose(await readValues(rt.device, out), want, {
-        rtol: 1e-4,
-        atol: 1e-5,
-        label: `decode out at t=${t}`,
-      });
-    }
-  } finally {
-    for (const x of [cache, q1, out, partial]) rt.arena.free(x);
-  }
-});
+      const maxT = 4096, NH = 16, C = 1024, HS = C / NH;
+      const cacheData = randn(maxT * 3 * C, 11, 1.5);
+      const cache = uploadAs(rt, "cache", cacheData);
+      const q1 = rt.arena.alloc("q1", "scratch", 3 * C * 4);
+      const out = rt.arena.alloc("out", "scratch", C * 4);
+      const partial = rt.arena.alloc("partial", "scratch", decodePartialBytes({ maxT, C, NH }));
+      try {
+        const d = await attentionDecode(rt, { maxT, C, NH }, { q1, cache, out, partial }, {
+          subgroups,
+        });
+        equal(d[0].pipeline.label, subgroups ? "attention_decode_sg" : "attention_decode");
+        for (const t of [0, 255, 256, 300, 2047, 4095]) {
+          // The new token's q|k|v is row t of the cache, as the decoder leaves it.
+          rt.device.queue.writeBuffer(q1, 0, cacheData, t * 3 * C, 3 * C);
+          setDecodePosition(rt.device.queue, d, t);
+          await runDispatches(rt.device, d);
+          const want = new Float64Array(C);
+          for (let h = 0; h < NH; h++) {
+            const s: number[] = [];
+            for (let t2 = 0; t2 <= t; t2++) {
+              let dot = 0;
+              for (let i = 0; i < HS; i++) {
+                dot += cacheData[t * 3 * C + h * HS + i] * cacheData[t2 * 3 * C + C + h * HS + i];
+              }
+              s.push(dot / Math.sqrt(HS));
+            }
+            const mx = Math.max(...s), e = s.map((x) => Math.exp(x - mx));
+            const sum = e.reduce((a, x) => a + x, 0);
+            for (let t2 = 0; t2 <= t; t2++) {
+              for (let i = 0; i < HS; i++) {
+                want[h * HS + i] += (e[t2] / sum) * cacheData[t2 * 3 * C + 2 * C + h * HS + i];
+              }
+            }
+          }
+          assertAllClose(await readValues(rt.device, out), want, {
+            rtol: 1e-4,
+            atol: 1e-5,
+            label: `decode out at t=${t}`,
+          });
+        }
+      } finally {
+        for (const x of [cache, q1, out, partial]) rt.arena.free(x);
+      }
+    },
+  );
+}
 
 // ---------------------------------------------------------------------------
 // Reductions over B*T rows, past 65,536 of them (B=16 at T=4096 is 65,536 tokens).

@@ -178,6 +178,8 @@ export interface Kernel<B extends string, U extends string, O extends string, E 
   plan(entry: E, args: DispatchArgs<B, U, O>): DispatchPlan;
   /** Compiles (or reuses) the pipeline and builds the dispatch. */
   dispatch(rt: Runtime, entry: E, args: DispatchArgs<B, U, O>): Promise<Dispatch>;
+  /** Whether this kernel built `dispatch` (with uniforms): whose uniforms it may write. */
+  owns(dispatch: Dispatch): boolean;
   /**
    * Writes some uniform fields of a dispatch this kernel built (a per-token position, say)
    * through the queue; the other fields keep their values.
@@ -501,6 +503,10 @@ class DeclaredKernel<B extends string, U extends string, O extends string, E ext
     return d;
   }
 
+  owns(dispatch: Dispatch): boolean {
+    return uniformBuffers.get(dispatch)?.kernel === this.decl.name;
+  }
+
   writeUniforms(
     queue: GPUQueue,
     dispatch: Dispatch,
@@ -508,7 +514,7 @@ class DeclaredKernel<B extends string, U extends string, O extends string, E ext
   ): void {
     const k = this.decl.name;
     const u = uniformBuffers.get(dispatch);
-    if (!u || u.kernel !== k) {
+    if (!u || !this.owns(dispatch)) {
       throw new TypeError(
         `Kernel "${k}": dispatch "${dispatch.name}" was not built by it: write its own uniforms`,
       );

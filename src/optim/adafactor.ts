@@ -16,24 +16,20 @@
  * Tensors over the binding limit run in pieces of whole rows (multiples of 64); walks over a
  * long dimension are split at WALK_ROWS.
  *
- * The kernel is kernels/adafactor.wgsl, its interface {@linkcode adafactorKernel}.
+ * The kernel is kernels/adafactor.wgsl, its interface {@linkcode adafactorKernels}.
  *
  * @module
  */
 
 import type { ArenaScope } from "../gpu/arena.ts";
-import {
-  defineKernel,
-  packUniforms,
-  type StructDecl,
-  uniformLayout,
-} from "../gpu/define_kernel.ts";
+import { packUniforms, type StructDecl, uniformLayout } from "../gpu/define_kernel.ts";
 import { type Dispatch, encodeDispatches } from "../gpu/dispatch.ts";
 import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Profiler } from "../gpu/profiler.ts";
 import { readSpans, type Runtime } from "../gpu/runtime.ts";
 import type { ParamLayout } from "../model/params.ts";
 import { arenaBytes } from "../model/plan.ts";
+import { defineReducing, reduceForm } from "../model/ops/reduce.ts";
 import { SplitBuffer, splitOf } from "../gpu/split_buffer.ts";
 import { ownGradStats, roundSeed } from "./adamw_common.ts";
 import { optimizerSource } from "./kernel_source.ts";
@@ -64,8 +60,11 @@ const ADAFACTOR_STEP: StructDecl = {
   },
 };
 
-/** kernels/adafactor.wgsl's interface: its entry points, in the order of one step. */
-export const adafactorKernel = defineKernel({
+/**
+ * kernels/adafactor.wgsl's interface: its entry points, in the order of one step; in each
+ * reduction form (src/model/ops/reduce.ts: the sums of one workgroup).
+ */
+export const adafactorKernels = defineReducing({
   name: "adafactor",
   source: optimizerSource(adafactorSrc),
   bindings: {
@@ -101,7 +100,7 @@ export const adafactorKernel = defineKernel({
     decay1: { bindings: ["grads", "state", "gstats", "s"], loopBound: () => 0 },
     sum_r: {
       bindings: ["state", "sums", "gstats"],
-      loopBound: (u) => Math.ceil(u.trows / 64) + 6,
+      loopBound: (u) => Math.ceil(u.trows / 64) + 64,
     },
     u_rows: {
       bindings: ["grads", "state", "acc", "sums", "gstats"],
@@ -109,11 +108,11 @@ export const adafactorKernel = defineKernel({
     },
     sum_u2: {
       bindings: ["acc", "sums", "gstats"],
-      loopBound: (u) => Math.ceil(u.trows / 64) + 6,
+      loopBound: (u) => Math.ceil(u.trows / 64) + 64,
     },
     sum_u1: {
       bindings: ["grads", "state", "sums", "gstats"],
-      loopBound: (u) => Math.ceil(u.n / 64) + 6,
+      loopBound: (u) => Math.ceil(u.n / 64) + 64,
     },
     update: {
       bindings: ["params", "grads", "m", "state", "sums", "gstats", "s"],
@@ -122,8 +121,8 @@ export const adafactorKernel = defineKernel({
   },
 });
 
-/** An entry point of {@linkcode adafactorKernel}. */
-type Entry = keyof typeof adafactorKernel.decl.entryPoints;
+/** An entry point of {@linkcode adafactorKernels}. */
+type Entry = keyof typeof adafactorKernels.tree.decl.entryPoints;
 
 // ---------------------------------------------------------------------------
 // Settings and the state plan
@@ -307,6 +306,7 @@ export class Adafactor implements Optimizer {
     // Without a first moment the kernel never touches m: a small stand-in keeps it bound.
     const m = this.m ?? this.#mem.alloc("adafactor.m_unused", "scratch", 16);
     const out: Dispatch[] = [], starts: number[] = [];
+    const kernel = adafactorKernels[await reduceForm(rt)];
     for (const [k, t] of this.tensors.entries()) {
       starts.push(out.length);
       // In the buffer's element type: the parameters and gradients may be f16.
@@ -332,8 +332,8 @@ export class Adafactor implements Optimizer {
           s: this.#step,
         };
         // Each entry point binds exactly what it uses.
-        const uses = adafactorKernel.decl.entryPoints[entry].bindings;
-        return adafactorKernel.dispatch(rt, entry, {
+        const uses = kernel.decl.entryPoints[entry].bindings;
+        return kernel.dispatch(rt, entry, {
           buffers: Object.fromEntries(uses.map((b) => [b, all[b]])),
           uniforms: {
             n: piece.n,

@@ -7,10 +7,11 @@
  */
 
 import type { Dispatch } from "../gpu/dispatch.ts";
-import { type BindingDecl, defineKernel } from "../gpu/define_kernel.ts";
+import type { BindingDecl } from "../gpu/define_kernel.ts";
 import { type BufferRange, grid1d, splitRange, WALK_ROWS } from "../gpu/kernel.ts";
 import type { Runtime } from "../gpu/runtime.ts";
 import type { SplitBuffer } from "../gpu/split_buffer.ts";
+import { defineReducing, reduceForm } from "../model/ops/reduce.ts";
 import type { StateKind, StatePiece } from "./lowbit_plan.ts";
 import { adamwKernel } from "./adamw.ts";
 import { ADAMW_BINDINGS, optimizerSource } from "./kernel_source.ts";
@@ -27,8 +28,11 @@ const LOWBIT_BINDINGS = {
   maps: { access: "read", type: "f32" },
 } as const satisfies Record<string, BindingDecl>;
 
-/** kernels/adamw8bit.wgsl's interface: one workgroup of WG per block of 4 * WG elements. */
-export const adamw8bitKernel = defineKernel({
+/**
+ * kernels/adamw8bit.wgsl's interface: one workgroup of WG per block of 4 * WG elements, in each
+ * reduction form (src/model/ops/reduce.ts: the block's max).
+ */
+export const adamw8bitKernels = defineReducing({
   name: "adamw8bit",
   source: optimizerSource(adamw8Body, { adamw: true, lowbit: true }),
   bindings: LOWBIT_BINDINGS,
@@ -37,18 +41,19 @@ export const adamw8bitKernel = defineKernel({
   entryPoints: {
     main: {
       bindings: ["params", "grads", "mq", "vq", "mabs", "vabs", "maps", "gstats", "s"],
-      // The map load, two passes of 4 codes of 9 halvings each, the max tree.
-      loopBound: (_, o) => 512 / o.WG + 2 * 4 * 9 + Math.log2(o.WG),
+      // The map load, two passes of 4 codes of 9 halvings each, the block's max.
+      loopBound: (_, o) => 512 / o.WG + 2 * 4 * 9 + o.WG,
       label: "adamw8bit",
     },
   },
 });
 
 /**
- * kernels/adamw4bit.wgsl's interface. `scales` is the piece's row and column maxima (rank-1
- * v), or the first 16 bytes of the scales buffer (block-wise v, which never reads it).
+ * kernels/adamw4bit.wgsl's interface, in each reduction form (the update's block max).
+ * `scales` is the piece's row and column maxima (rank-1 v), or the first 16 bytes of the
+ * scales buffer (block-wise v, which never reads it).
  */
-export const adamw4bitKernel = defineKernel({
+export const adamw4bitKernels = defineReducing({
   name: "adamw4bit",
   source: optimizerSource(adamw4Body, { adamw: true, lowbit: true }),
   bindings: { ...LOWBIT_BINDINGS, scales: { access: "read_write", type: "f32" } },
@@ -73,8 +78,8 @@ export const adamw4bitKernel = defineKernel({
     },
     update: {
       bindings: ["params", "grads", "mq", "vq", "mabs", "vabs", "scales", "maps", "gstats", "s"],
-      // The maps, two passes of 8 codes of 5 halvings each, the 16-wide tree.
-      loopBound: () => 2 + 2 * 8 * 5 + 4,
+      // The maps, two passes of 8 codes of 5 halvings each, the block's max over 16.
+      loopBound: () => 2 + 2 * 8 * 5 + 16,
     },
     // gstats: a skipped step keeps the old scales.
     commit: { bindings: ["scales", "gstats"], loopBound: () => 0 },
@@ -151,9 +156,10 @@ export async function pieceDispatches(
     gstats: ctx.gradStats,
     s: ctx.step,
   };
+  const form = await reduceForm(rt);
   if (p.kind === "q8") {
     out.push(
-      await adamw8bitKernel.dispatch(rt, "main", {
+      await adamw8bitKernels[form].dispatch(rt, "main", {
         buffers: { ...common, maps: ctx.maps8 },
         uniforms: { n: p.size, decay: p.decay ? 1 : 0, e0: p.offset },
         overrides: { WG: block / 4 },
@@ -179,8 +185,9 @@ export async function pieceDispatches(
     walk: [number, number, number] = [0, 0, 1], // [lo, hi, first] of row_max/col_max
   ) => {
     // Each entry point binds exactly what it uses.
-    const uses = adamw4bitKernel.decl.entryPoints[entry].bindings;
-    return adamw4bitKernel.dispatch(rt, entry, {
+    const kernel = adamw4bitKernels[form];
+    const uses = kernel.decl.entryPoints[entry].bindings;
+    return kernel.dispatch(rt, entry, {
       buffers: Object.fromEntries(uses.map((b) => [b, all[b]])),
       uniforms: {
         n: p.size,

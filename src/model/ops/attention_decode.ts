@@ -6,15 +6,18 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
-import { defineKernel } from "../../gpu/define_kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
+import { defineReducing, reduceForm, type ReduceOptions } from "./reduce.ts";
 import decodeSrc from "../../../kernels/attention_decode.wgsl" with { type: "text" };
 
 /** Cache rows per workgroup of kernels/attention_decode.wgsl. */
 const DECODE_DK = 256;
 
-/** kernels/attention_decode.wgsl's interface. */
-export const attentionDecodeKernel = defineKernel({
+/**
+ * kernels/attention_decode.wgsl's interface, in each reduction form (src/model/ops/reduce.ts:
+ * a chunk's max and sum).
+ */
+export const attentionDecodeKernels = defineReducing({
   name: "attention_decode",
   source: decodeSrc,
   bindings: {
@@ -31,7 +34,7 @@ export const attentionDecodeKernel = defineKernel({
       label: "attention_decode",
       loopBound: (_, o) => {
         const per = DECODE_DK / 64;
-        return per * (o.HS + 1) + per + 12 + Math.ceil(o.HS / 64) * (DECODE_DK + 1);
+        return per * (o.HS + 1) + per + 2 * 64 + Math.ceil(o.HS / 64) * (DECODE_DK + 1);
       },
     },
     combine: {
@@ -59,22 +62,24 @@ export function decodePartialBytes(s: DecodeShape): number {
  * flash-decoding style: a dispatch of chunks, then one that combines them. Both read the
  * position t from their uniform, which {@linkcode setDecodePosition} rewrites before each token.
  */
-export function attentionDecode(
+export async function attentionDecode(
   rt: Runtime,
   s: DecodeShape,
   ops: { q1: GPUBuffer; cache: GPUBuffer; out: GPUBuffer; partial: GPUBuffer },
+  options: ReduceOptions = {},
 ): Promise<Dispatch[]> {
   const HS = s.C / s.NH, S = Math.ceil(s.maxT / DECODE_DK);
   if (HS > 128) throw new RangeError(`Head size ${HS} is over decode attention's maximum of 128`);
   const uniforms = { t: 0, C: s.C, NH: s.NH, S };
-  return Promise.all([
-    attentionDecodeKernel.dispatch(rt, "partial_chunk", {
+  const kernel = attentionDecodeKernels[await reduceForm(rt, options)];
+  return await Promise.all([
+    kernel.dispatch(rt, "partial_chunk", {
       buffers: { q1: ops.q1, cache: ops.cache, partial: ops.partial },
       uniforms,
       overrides: { HS },
       workgroups: [S, s.NH, 1],
     }),
-    attentionDecodeKernel.dispatch(rt, "combine", {
+    kernel.dispatch(rt, "combine", {
       buffers: { out: ops.out, partial: ops.partial },
       uniforms,
       overrides: { HS },
@@ -89,5 +94,6 @@ export function setDecodePosition(
   dispatches: readonly Dispatch[],
   t: number,
 ): void {
-  for (const d of dispatches) attentionDecodeKernel.writeUniforms(queue, d, { t });
+  const { tree, subgroup } = attentionDecodeKernels;
+  for (const d of dispatches) (subgroup.owns(d) ? subgroup : tree).writeUniforms(queue, d, { t });
 }
