@@ -6,6 +6,7 @@
 
 import type { BenchCase } from "./_harness.ts";
 import { attentionBench } from "./attention_bench.ts";
+import { reduceBench } from "./reduce_bench.ts";
 import { checkpointBench } from "./checkpoint_bench.ts";
 import { dataBench } from "./data_bench.ts";
 import { ddpBench } from "./ddp_bench.ts";
@@ -21,6 +22,7 @@ export const BENCHES: BenchCase[] = [
   matmulBench,
   modelBench,
   attentionBench,
+  reduceBench,
   dataBench,
   evalBench,
   optimBench,

@@ -20,6 +20,8 @@
 #    (npm:webgpu, from bench/device/dawn_npm.tgz carried by pack.sh where there is no
 #    network). The backends share what is left of the budget after the peer, Deno's first.
 #    Each file is rewritten after every figure, so a cut-short run keeps what it measured.
+# 6. The workgroup reductions, tree against subgroups (deno task bench reduce), on Deno's own
+#    WebGPU, in the last 45 s: the same name with _reduce.
 #
 # --tiny runs small shapes and models on whatever adapter there is (lavapipe included):
 # the end-to-end check this script has had. It has not yet been timed on a GPU.
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --budget-s) budget=$2; shift ;;
     --backends) backends=$2; shift ;;
-    -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -111,7 +113,7 @@ for i in "${!todo[@]}"; do
   b=${todo[$i]}
   file=$out
   [ "$b" = deno ] || file="${out%.json}_$b.json"
-  left=$(((budget - SECONDS) / (${#todo[@]} - i)))
+  left=$(((budget - 45 - SECONDS) / (${#todo[@]} - i)))
   say "WebGPU bench on $b (${left}s)"
   WEBGPU_GPT2_BACKEND=$b timeout "$left" "$deno" run -A --no-lock "$root/bench/device/gpu_bench.ts" \
     $tiny "${peer_args[@]}" --json "$file" --budget-s $((left - 60))
@@ -120,4 +122,9 @@ for i in "${!todo[@]}"; do
   [ $r != 0 ] && rc=$r
   say "$b done: $file (rc $r)"
 done
+say "reductions, tree against subgroups"
+quick=""
+[ -n "$tiny" ] && quick=--quick
+timeout 45 "$deno" run -A --no-lock "$root/tasks/bench.ts" reduce $quick \
+  --json "${out%.json}_reduce.json" || say "the reductions bench failed or ran out of time"
 exit $rc
