@@ -16,3 +16,4 @@ export * from "./attention.ts";
 export * from "./attention_decode.ts";
 export * from "./classifier.ts";
 export * from "./cast.ts";
+export * from "./reduce.ts";
