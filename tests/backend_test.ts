@@ -12,7 +12,7 @@ import {
 } from "../src/gpu/backend.ts";
 import { defineKernel } from "../src/gpu/define_kernel.ts";
 import { runDispatches } from "../src/gpu/dispatch.ts";
-import { createRuntime, readF32, type Runtime } from "../src/gpu/runtime.ts";
+import { createRuntime, readBuffer, readF32, type Runtime } from "../src/gpu/runtime.ts";
 import { resolveConfig } from "../src/model/config.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
 import { mulberry32 } from "../src/model/init.ts";
@@ -142,6 +142,27 @@ gpuTest(
     try {
       equal(rt.gpu.backend, other);
       await checkSubgroupSum(rt);
+    } finally {
+      rt.device.destroy();
+    }
+  },
+);
+
+// npm:webgpu 0.6.2 died of SIGFPE on a Float16Array (16-bit weights on Dawn); mended in
+// src/gpu/backend.ts.
+gpuTest(
+  {
+    name: "Dawn's queue writes f16 data given as a Float16Array, offset and size in elements",
+    ignore: !!dawnMissing,
+  },
+  async () => {
+    const rt = await createRuntime({ backend: "dawn" });
+    try {
+      const buf = rt.arena.alloc("f16", "scratch", 16);
+      rt.device.queue.writeBuffer(buf, 0, new Float16Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), 2, 6);
+      const got = new Float16Array(await readBuffer(rt.device, buf, 0, 12));
+      deepEqual(Array.from(got), [3, 4, 5, 6, 7, 8]);
+      rt.arena.free(buf);
     } finally {
       rt.device.destroy();
     }

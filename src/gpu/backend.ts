@@ -82,6 +82,31 @@ function throttleNativeImmediates(): void {
   g.setImmediate = Object.assign(throttled, { dawnThrottled: true });
 }
 
+/**
+ * Dawn's Node-API build (npm:webgpu 0.6.2) divides by the element size of the typed array
+ * given to `queue.writeBuffer`, and knows none for a Float16Array: the process dies of SIGFPE.
+ * The device's queue sends f16 data as the Uint16Array over the same bytes instead (element
+ * offsets and sizes mean the same). Done once per device, where Dawn's device is made.
+ */
+export function mendDawnQueue(device: GPUDevice): void {
+  const queue = device.queue as GPUQueue & { dawnMended?: boolean };
+  if (queue.dawnMended) return;
+  const write = queue.writeBuffer;
+  queue.writeBuffer = function (
+    this: GPUQueue,
+    buffer: GPUBuffer,
+    offset: number,
+    data: BufferSource,
+    ...rest: number[]
+  ) {
+    const d = data instanceof Float16Array
+      ? new Uint16Array(data.buffer, data.byteOffset, data.length)
+      : data;
+    return write.call(this, buffer, offset, d, ...rest);
+  };
+  queue.dawnMended = true;
+}
+
 /** Holds a Dawn object (an adapter, a device) for the life of the process. */
 export function pinDawnObject(o: object): void {
   pinned.push(o);

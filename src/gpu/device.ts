@@ -9,6 +9,7 @@ import {
   type Backend,
   type BackendChoice,
   backendChoice,
+  mendDawnQueue,
   pinDawnObject,
   requestAdapterOf,
   resolveBackend,
@@ -216,7 +217,10 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
     const without = requiredFeatures.filter((f) => f !== "subgroups");
     return adapter.requestDevice({ requiredFeatures: without, requiredLimits });
   });
-  if (backend === "dawn") pinDawnObject(device);
+  if (backend === "dawn") {
+    pinDawnObject(device);
+    mendDawnQueue(device);
+  }
   // Errors outside an error scope would otherwise only drop the command silently.
   const errors: string[] = [];
   device.addEventListener("uncapturederror", (e) => {
