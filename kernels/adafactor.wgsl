@@ -15,7 +15,7 @@
 // Geometry: row_sq, u_rows: one invocation per piece row; col_sq: per column; decay2: per
 // row and column; decay1, update: per element (64 wide, folded into y); sum_*: one
 // workgroup of 64.
-// sum_*: the workgroup's wg_sum (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put before
+// sum_*: the workgroup's wg_sum (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put after
 // this text by src/optim/adafactor.ts).
 // Loop bound per invocation: row_sq, col_sq, u_rows hi - lo (at most WALK_ROWS); sum_r,
 // sum_u2 ceil(trows / 64) + 64 (the reduction's, at most); sum_u1 ceil(n / 64) + 64; others 0.

@@ -30,8 +30,8 @@
 // commit 0.
 
 // adamw_update (kernels/adamw_update.wgsl), qmap and nearest (kernels/lowbit_common.wgsl) come
-// first (src/optim/kernel_source.ts), and before them Lane and wg_max2
-// (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl: src/optim/lowbit_pieces.ts).
+// first (src/optim/kernel_source.ts); Lane and wg_max2 (kernels/reduce_tree.wgsl or
+// reduce_subgroup.wgsl) come last (src/optim/lowbit_pieces.ts).
 
 const WG = 16u; // update's workgroup: one per block of 128
 fn code(words: u32, k: u32) -> u32 {

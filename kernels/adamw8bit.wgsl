@@ -16,8 +16,8 @@
 // whatever n.
 
 // adamw_update (kernels/adamw_update.wgsl), qmap and nearest (kernels/lowbit_common.wgsl) come
-// first (src/optim/kernel_source.ts), and before them Lane and wg_max2
-// (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl: src/optim/lowbit_pieces.ts).
+// first (src/optim/kernel_source.ts); Lane and wg_max2 (kernels/reduce_tree.wgsl or
+// reduce_subgroup.wgsl) come last (src/optim/lowbit_pieces.ts).
 
 @compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, l: Lane) {

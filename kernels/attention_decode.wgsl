@@ -6,7 +6,7 @@
 // partial: a workgroup owns DK = 256 cache rows of one head (grid (splits, NH)): the
 //          invocations score a row each (4 rows apiece), the workgroup reduces the max and
 //          the sum of exponentials (wg_max, wg_sum: kernels/reduce_tree.wgsl or
-//          reduce_subgroup.wgsl, put before this text), then each invocation sums the
+//          reduce_subgroup.wgsl, put after this text), then each invocation sums the
 //          weighted values of one channel over the chunk. It writes the chunk's
 //          unnormalised output, its max and its sum to `partial`. Chunks past t return.
 // combine: one workgroup a head; each invocation merges one channel of the chunks 0..t/DK

@@ -11,7 +11,7 @@
 // Bindings (logits rw, targets [N] u32, losses [N], loss_scale: the uniform's x), uniforms
 // (p.N, p.V, p.Vp, p.dloss) and WRITE_GRAD: declared in src/model/ops/classifier.ts.
 // A row's max and sum: wg_max and wg_sum (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl,
-// put before this text by src/model/ops/reduce.ts).
+// put after this text by src/model/ops/reduce.ts).
 // Geometry: workgroup (64,1,1), one workgroup per row; grid (N,1,1) folded into y.
 // Loop bound per invocation: 2 * ceil(V/64) + ceil(Vp/64) + the two reductions' (2 * 64 at
 // most; 2,486 for GPT-2's V).

@@ -4,7 +4,7 @@
 //
 // partial:  partials[slot + w] = sum of finite g^2 over the w-th block of 4096 elements of
 //           one range (one workgroup a block; the workgroup's wg_sum2, kernels/reduce_tree.wgsl
-//           or reduce_subgroup.wgsl, put before this text: a fixed order on a device), and
+//           or reduce_subgroup.wgsl, put after this text: a fixed order on a device), and
 //           partials[total + slot + w] = the number of non-finite elements in the block.
 // finish:   stats.norm = sqrt(sum of partials[0..count]), stats.nonfinite = the number of
 //           non-finite elements (+1 if the norm itself overflows). One workgroup of 256: invocation l

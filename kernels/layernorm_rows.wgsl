@@ -8,7 +8,7 @@
 // backward_input:  dinp [N, C] += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm))
 //
 // A row's sum: each lane adds its strided share of the row, then wg_sum adds the lanes' through
-// subgroups (kernels/reduce_subgroup.wgsl, put before this text by src/model/ops/layernorm.ts):
+// subgroups (kernels/reduce_subgroup.wgsl, put after this text by src/model/ops/layernorm.ts):
 // nothing assumes a subgroup size (8 on lavapipe, 32 on NVIDIA, 32 or 64 on AMD) or how lanes
 // are grouped into subgroups.
 //

@@ -1,7 +1,7 @@
 // lowbit_common: what the 8-bit and 4-bit AdamW kernels (kernels/adamw8bit.wgsl,
 // adamw4bit.wgsl) share, put before them by src/optim/kernel_source.ts: the quantization maps
 // in workgroup memory and the nearest code. (A block's max |m| and max v is their workgroup's
-// wg_max2: kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put before them too.)
+// wg_max2: kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put after them.)
 //
 // qmap holds the kernel's two maps (8-bit: 256 + 256 codes; 4-bit: 16 + 16), ascending,
 // copied from the `maps` binding each of those kernels declares (src/optim/lowbit_pieces.ts).

@@ -1,5 +1,5 @@
 // reduce_check: what src/model/ops/reduce.ts runs on a device before kernels use a reduction
-// form there (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put before this text).
+// form there (kernels/reduce_tree.wgsl or reduce_subgroup.wgsl, put after this text).
 //
 // Row r of inp [R, n] (one workgroup a row) gives out[4r .. 4r + 4) =
 //   (sum of the row, max of the row, WG counted by wg_sum2's second half, WG - 1: the largest

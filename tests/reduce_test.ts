@@ -1,7 +1,7 @@
 // The workgroup reductions' two forms (src/model/ops/reduce.ts): the device check of the
 // subgroup form and a wrong form it refuses, how the form is chosen, the gradient norm's
 // partial sums in each form, and a model whose every reduction takes subgroups against the tree.
-import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { runDispatches } from "../src/gpu/dispatch.ts";
 import { readValues } from "../src/gpu/runtime.ts";
 import { GPT2 } from "../src/model/gpt2.ts";
@@ -76,9 +76,36 @@ Deno.test("defineReducing declares a kernel in both forms, the subgroup one apar
   equal(k.tree.decl.name, "rowsum");
   equal(k.subgroup.decl.name, "rowsum_sg");
   equal(k.subgroup.decl.entryPoints.main.label, "rowsum_main_sg");
-  ok(k.tree.decl.source.startsWith(REDUCE_SOURCES.tree));
-  ok(k.subgroup.decl.source.startsWith(REDUCE_SOURCES.subgroup));
-  ok(k.tree.decl.source.endsWith("wg_sum(1.0, l); }"));
+  // The form after the kernel's text: its lines keep their numbers in compile errors.
+  ok(k.tree.decl.source.endsWith(REDUCE_SOURCES.tree));
+  ok(k.subgroup.decl.source.endsWith(REDUCE_SOURCES.subgroup));
+  ok(k.tree.decl.source.startsWith("const WG = 64u;"));
+  equal(k.subgroup.decl.file, "rowsum.wgsl");
+});
+
+gpuTest("a compile error in a reducing kernel names its own file and line, in either form", async (
+  rt,
+) => {
+  const k = defineReducing({
+    name: "rowsum_wrong",
+    source: "const WG = 64u;\n@compute @workgroup_size(64) fn main(l: Lane) {\n" +
+      "  out[0] = wg_sum(undefined_name, l);\n}",
+    bindings: { out: { access: "read_write", type: "f32" } },
+    entryPoints: { main: { bindings: ["out"], loopBound: () => 64 } },
+  });
+  const out = rt.arena.alloc("out", "scratch", 16);
+  try {
+    for (
+      const form of rt.gpu.features.subgroups ? ["tree", "subgroup"] as const : ["tree"] as const
+    ) {
+      await rejects(
+        k[form].dispatch(rt, "main", { buffers: { out }, workgroups: [1, 1, 1] }),
+        /rowsum_wrong\.wgsl:3:/,
+      );
+    }
+  } finally {
+    rt.arena.free(out);
+  }
 });
 
 // The gradient norm's partial sums in each form at awkward sizes: ranges that end inside a

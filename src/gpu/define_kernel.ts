@@ -98,6 +98,8 @@ export interface KernelDecl<
 > {
   /** Kernel name (its .wgsl file without the extension), for errors. */
   name: string;
+  /** The .wgsl file compile errors name, when not `<name>.wgsl` (a variant's). */
+  file?: string;
   /** The WGSL body: functions, constants, workgroup memory; no `@group`/`@binding` lines. */
   source: string;
   /** Buffer bindings by name; numbered 0, 1, ... in this order. */
@@ -486,7 +488,7 @@ class DeclaredKernel<B extends string, U extends string, O extends string, E ext
       pipelineName: p.pipelineName,
       code: p.code,
       headerLines: p.headerLines,
-      file: `${this.decl.name}.wgsl`,
+      file: this.decl.file ?? `${this.decl.name}.wgsl`,
       entryPoint: p.entryPoint,
       constants: p.constants,
       layout: p.layout,

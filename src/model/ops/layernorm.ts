@@ -65,14 +65,14 @@ export const layernormKernel = defineKernel({
 
 /**
  * kernels/layernorm_rows.wgsl's interface (a workgroup of 64 lanes per row, subgroup sums:
- * kernels/reduce_subgroup.wgsl before it) over `source`: the kernel's own text by default (a
+ * kernels/reduce_subgroup.wgsl after it) over `source`: the kernel's own text by default (a
  * test gives a wrong one to the check).
  */
 export function defineLayernormRows(source: string = layernormRowsSrc, name = "layernorm_rows") {
   const { dweight: _w, dbias: _b, ...bindings } = LAYERNORM_BINDINGS;
   return defineKernel({
     name,
-    source: `${REDUCE_SOURCES.subgroup}\n${source}`,
+    source: `${source}\n${REDUCE_SOURCES.subgroup}`,
     bindings,
     uniforms: { N: "u32", C: "u32" },
     entryPoints: {

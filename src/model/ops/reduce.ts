@@ -30,15 +30,16 @@ import reduceCheckSrc from "../../../kernels/reduce_check.wgsl" with { type: "te
 /** How a workgroup reduces: a tree in workgroup memory, or subgroup operations. */
 export type ReduceForm = "tree" | "subgroup";
 
-/** The WGSL of each form, put before a reducing kernel's own text. */
+/** The WGSL of each form, put after a reducing kernel's own text. */
 export const REDUCE_SOURCES: Readonly<Record<ReduceForm, string>> = {
   tree: reduceTreeSrc,
   subgroup: reduceSubgroupSrc,
 };
 
 /**
- * `decl` declared in both forms: its source after each form's WGSL; the subgroup form's name
- * and entry labels end in `_sg` (its pipelines and profile rows apart from the tree's).
+ * `decl` declared in both forms: its source followed by each form's WGSL; the subgroup form's
+ * name and entry labels end in `_sg` (its pipelines and profile rows apart from the tree's),
+ * its compile errors name the kernel's own file.
  */
 export function defineReducing<
   B extends string,
@@ -53,12 +54,16 @@ export function defineReducing<
   const sg = Object.fromEntries(
     entries.map(([e, d]) => [e, { ...d, label: `${d.label ?? `${decl.name}_${e}`}_sg` }]),
   ) as KernelDecl<B, U, O, E>["entryPoints"];
+  // After the kernel's text (WGSL declarations may come in any order), so that a compile
+  // error in it names its own line of its own file.
+  const file = decl.file ?? `${decl.name}.wgsl`;
   return {
-    tree: defineKernel({ ...decl, source: `${reduceTreeSrc}\n${decl.source}` }),
+    tree: defineKernel({ ...decl, file, source: `${decl.source}\n${reduceTreeSrc}` }),
     subgroup: defineKernel({
       ...decl,
       name: `${decl.name}_sg`,
-      source: `${reduceSubgroupSrc}\n${decl.source}`,
+      file,
+      source: `${decl.source}\n${reduceSubgroupSrc}`,
       entryPoints: sg,
     }),
   };
@@ -107,7 +112,7 @@ const verdicts = new WeakMap<GPUDevice, Promise<string | undefined>>();
 const defineCheck = (source: string) =>
   defineKernel({
     name: "reduce_check",
-    source: `${source}\n${reduceCheckSrc}`,
+    source: `${reduceCheckSrc}\n${source}`,
     bindings: { inp: { access: "read", type: "f32" }, out: { access: "read_write", type: "f32" } },
     uniforms: { n: "u32" },
     entryPoints: {
