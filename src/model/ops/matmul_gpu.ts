@@ -326,17 +326,15 @@ export interface KernelPlan {
   binding4: "bias" | "a" | "none";
 }
 
+/** What a generated variant takes from a block's product: its transposes, epilogue and types. */
+export function variantOf(b: BlockProduct) {
+  const { transA, transB, bias, accumulate, types } = b;
+  return { transA, transB, bias, accumulate, types };
+}
+
 /** The plan for a generated GPU-family kernel. */
 export function gpuTilePlan(t: GpuTile, b: BlockProduct): KernelPlan {
-  const decl = matmulGpuKernel({
-    ...t,
-    transA: b.transA,
-    transB: b.transB,
-    bias: b.bias,
-    accumulate: b.accumulate,
-    types: b.types,
-    vec4: b.aligned,
-  });
+  const decl = matmulGpuKernel({ ...t, ...variantOf(b), vec4: b.aligned });
   return {
     kernel: `matmul_${gpuTileName(t)}`,
     decl,

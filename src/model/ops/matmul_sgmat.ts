@@ -43,7 +43,7 @@
 import type { DType } from "../../gpu/dtype.ts";
 import type { Gpu, GpuLimits } from "../../gpu/device.ts";
 import { type MatmulDecl, matmulKernel, matmulTypes } from "./matmul_kernel.ts";
-import type { BlockProduct, KernelPlan } from "./matmul_gpu.ts";
+import { type BlockProduct, type KernelPlan, variantOf } from "./matmul_gpu.ts";
 
 /** A subgroup-matrix shape the adapter supports (f16 x f16 -> f32 here). */
 export interface SgmFragment {
@@ -460,11 +460,7 @@ export function sgmPlan(
 ): KernelPlan {
   const v: SgmVariant = {
     ...t,
-    transA: b.transA,
-    transB: b.transB,
-    bias: b.bias,
-    accumulate: b.accumulate,
-    types: b.types,
+    ...variantOf(b),
     vec4: { a: b.aligned.a, b: b.aligned.b },
     subgroupMax: o.subgroupMax,
     emulate: o.emulate,
