@@ -180,8 +180,6 @@ export interface Kernel<B extends string, U extends string, O extends string, E 
   plan(entry: E, args: DispatchArgs<B, U, O>): DispatchPlan;
   /** Compiles (or reuses) the pipeline and builds the dispatch. */
   dispatch(rt: Runtime, entry: E, args: DispatchArgs<B, U, O>): Promise<Dispatch>;
-  /** Whether this kernel built `dispatch` (with uniforms): whose uniforms it may write. */
-  owns(dispatch: Dispatch): boolean;
   /**
    * Writes some uniform fields of a dispatch this kernel built (a per-token position, say)
    * through the queue; the other fields keep their values.
@@ -198,7 +196,8 @@ export interface Kernel<B extends string, U extends string, O extends string, E 
  * made it, and the values its loop bound was checked for.
  */
 const uniformBuffers = new WeakMap<Dispatch, {
-  kernel: string;
+  // deno-lint-ignore no-explicit-any
+  kernel: Kernel<any, any, any, any>;
   entry: string;
   buffer: GPUBuffer;
   uniforms: Record<string, number>;
@@ -216,6 +215,22 @@ export function defineKernel<
   E extends string = string,
 >(decl: KernelDecl<B, U, O, E>): Kernel<B, U, O, E> {
   return new DeclaredKernel(decl);
+}
+
+/**
+ * Writes some uniform fields of a dispatch a declared kernel built, through that kernel's
+ * {@linkcode Kernel.writeUniforms} (for dispatches of several kernels or variants alike).
+ */
+export function writeDispatchUniforms(
+  queue: GPUQueue,
+  dispatch: Dispatch,
+  values: Record<string, number | readonly number[]>,
+): void {
+  const u = uniformBuffers.get(dispatch);
+  if (!u) {
+    throw new TypeError(`Dispatch "${dispatch.name}" was not built by a declared kernel`);
+  }
+  u.kernel.writeUniforms(queue, dispatch, values);
 }
 
 /**
@@ -500,13 +515,9 @@ class DeclaredKernel<B extends string, U extends string, O extends string, E ext
     });
     if (p.uniform) {
       const buffer = d.resources![0];
-      uniformBuffers.set(d, { kernel: this.decl.name, entry, buffer, ...p.values });
+      uniformBuffers.set(d, { kernel: this, entry, buffer, ...p.values });
     }
     return d;
-  }
-
-  owns(dispatch: Dispatch): boolean {
-    return uniformBuffers.get(dispatch)?.kernel === this.decl.name;
   }
 
   writeUniforms(
@@ -516,7 +527,7 @@ class DeclaredKernel<B extends string, U extends string, O extends string, E ext
   ): void {
     const k = this.decl.name;
     const u = uniformBuffers.get(dispatch);
-    if (!u || !this.owns(dispatch)) {
+    if (!u || u.kernel !== this) {
       throw new TypeError(
         `Kernel "${k}": dispatch "${dispatch.name}" was not built by it: write its own uniforms`,
       );

@@ -6,6 +6,7 @@
  */
 
 import type { Dispatch } from "../../gpu/dispatch.ts";
+import { writeDispatchUniforms } from "../../gpu/define_kernel.ts";
 import type { Runtime } from "../../gpu/runtime.ts";
 import { defineReducing, reduceForm, type ReduceOptions } from "./reduce.ts";
 import decodeSrc from "../../../kernels/attention_decode.wgsl" with { type: "text" };
@@ -94,6 +95,5 @@ export function setDecodePosition(
   dispatches: readonly Dispatch[],
   t: number,
 ): void {
-  const { tree, subgroup } = attentionDecodeKernels;
-  for (const d of dispatches) (subgroup.owns(d) ? subgroup : tree).writeUniforms(queue, d, { t });
+  for (const d of dispatches) writeDispatchUniforms(queue, d, { t }); // either form's
 }
